@@ -325,9 +325,6 @@ def generate(
     eos = _eos_ids(net, tok)
     gen_kwargs = generation_kwargs(settings)
     gen_kwargs["pad_token_id"] = tok.pad_token_id
-    if settings.stop:
-        gen_kwargs["stop_strings"] = list(settings.stop)
-        gen_kwargs["tokenizer"] = tok
     want_scores = settings.num_return_sequences > 1
     if want_scores:
         gen_kwargs.update(output_scores=True, return_dict_in_generate=True)
@@ -353,13 +350,18 @@ def generate(
         if on_text is not None and len(batch) == 1 and settings.num_beams == 1 and settings.num_return_sequences == 1:
             index = batch[0].index
             streamer = _TextStream(tok, lambda delta: on_text(index, delta), settings.stop, skip=1)
+        extra: dict[str, Any] = {}
+        if settings.stop:
+            start = 1 if encoder_decoder else padded["input_ids"].shape[1]
+            extra["stopping_criteria"] = _stop_criteria(tok, settings.stop, start)
         started = time.perf_counter()
         with torch.inference_mode():
-            out = net.generate(**padded, **gen_kwargs, streamer=streamer)
+            out = net.generate(**padded, **gen_kwargs, **extra, streamer=streamer)
         seconds = time.perf_counter() - started
         sequences = out.sequences if want_scores else out
         scores = _sequence_scores(net, out, settings) if want_scores else None
-        new_tokens = sequences if encoder_decoder else sequences[:, padded["input_ids"].shape[1] :]
+        # Encoder-decoders start their output with the decoder start token; decoders repeat the prompt first.
+        new_tokens = sequences[:, 1:] if encoder_decoder else sequences[:, padded["input_ids"].shape[1] :]
         results = []
         n = settings.num_return_sequences
         for b, item in enumerate(batch):
@@ -397,6 +399,26 @@ def generate(
         yield from _run_window(pending, batch_size, run_batch)
 
 
+def _stop_criteria(tok: Any, stops: tuple[str, ...], start: int) -> Any:
+    """Stop each sequence once its new text contains a stop string.
+
+    Decodes only the last few tokens per step (a stop string of n characters spans at most n + 1 tokens), which
+    works for any tokenizer; transformers' own `stop_strings` needs a tokenizer whose vocabulary it can parse.
+    """
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    window = max(len(s) for s in stops) + 2
+
+    class StopOnStrings(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            tail = input_ids[:, max(start, input_ids.shape[1] - window) :]
+            texts = tok.batch_decode(tail, skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stops) for t in texts], device=input_ids.device)
+
+    return StoppingCriteriaList([StopOnStrings()])
+
+
 def _run_window(
     items: list[_Prepared], batch_size: int, run_batch: Callable[[list[_Prepared]], list[Generation]]
 ) -> Iterator[Generation]:
@@ -404,7 +426,7 @@ def _run_window(
     done: dict[int, Generation] = {}
     next_index = items[0].index
     for batch in _length_grouped(items, batch_size):
-        for item, result in zip(batch, run_batch(batch)):
+        for item, result in zip(batch, run_batch(batch), strict=True):
             done[item.index] = result
         while next_index in done:
             yield done.pop(next_index)

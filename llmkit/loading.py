@@ -292,13 +292,21 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        try:
+            with _quiet_transformers():
+                tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=str(gguf_path))
+                model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=str(gguf_path))
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(
+                f"{gguf_path} is not a GGUF causal LM that transformers can load ({first}); "
+                "check the file, or pass a model folder"
+            ) from exc
         with _quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=str(gguf_path))
-            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=str(gguf_path))
             # transformers refuses to save a GGUF-loaded model although its weights are already de-quantized:
             # drop the quantizer marker so save_pretrained writes plain safetensors.
-            model.hf_quantizer = None
-            model.is_quantized = False
+            model.hf_quantizer = None  # type: ignore[assignment]
+            model.is_quantized = False  # type: ignore[assignment]
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.save_pretrained(str(tmp))

@@ -49,6 +49,7 @@ def bert_tokenizer():
 
     vocab = _vocab(SPECIALS_BERT)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.add_special_tokens(SPECIALS_BERT)
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     tok.post_processor = processors.TemplateProcessing(
@@ -74,6 +75,7 @@ def lm_tokenizer(chat: bool = True):
 
     vocab = _vocab(SPECIALS_LM)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.add_special_tokens(SPECIALS_LM)  # matched whole, before pre-tokenization splits "<|user|>"
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     tok.decoder = decoders.WordPiece(prefix="##")
     fast = PreTrainedTokenizerFast(

