@@ -67,6 +67,17 @@ BUNDLED: dict[str, BundledModel] = {
 }
 
 
+def quiet_library_logs() -> None:
+    """Silence import-time noise from optional libraries (stderr is for llmkit's own talk).
+
+    torchao, when installed, warns about its CUDA kernels on a CPU-only torch each time transformers imports it.
+    """
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def llmkit_home() -> Path:
     """Where llmkit keeps its own caches: $LLMKIT_HOME, default ~/.cache/llmkit."""
     return Path(os.environ.get("LLMKIT_HOME") or Path.home() / ".cache" / "llmkit").expanduser()
@@ -387,6 +398,7 @@ def load(
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}")
     started = time.perf_counter()
+    quiet_library_logs()
     source = resolve(spec)
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device, low_precision=low_precision)

