@@ -264,3 +264,21 @@ def test_bundled_model_knows_the_capital_of_france() -> None:
     record = json.loads(result.stdout)
     assert "Paris" in record["text"]
     assert record["finish_reason"] in ("eos", "length")
+
+
+def test_ctrl_c_exits_130_without_traceback(tiny_causal_lm: Path) -> None:
+    import signal
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "generate", "-m", str(tiny_causal_lm), "-n", "2", "-b", "1",
+                             "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("the king\n")
+    proc.stdin.flush()
+    first = proc.stdout.readline()  # the first answer is out; llmkit now waits for more input
+    assert json.loads(first)["prompt"] == "the king"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Interrupted" in stderr and "Traceback" not in stderr
