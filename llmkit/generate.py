@@ -264,8 +264,11 @@ class _Prepared:
 
 
 def _length_grouped(items: list[_Prepared], batch_size: int) -> list[list[_Prepared]]:
+    """Batches of similar length (less padding), run in the order of their earliest input so the first results
+    can be printed as soon as possible."""
     ordered = sorted(items, key=lambda p: len(p.ids))
-    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    return sorted(batches, key=lambda batch: min(p.index for p in batch))
 
 
 def generate(

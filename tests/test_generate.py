@@ -282,3 +282,10 @@ def test_ctrl_c_exits_130_without_traceback(tiny_causal_lm: Path) -> None:
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "Interrupted" in stderr and "Traceback" not in stderr
+
+
+def test_length_grouping_cuts_padding_and_runs_first_input_first() -> None:
+    items = [gen._Prepared(i, str(i), [0] * n) for i, n in enumerate([9, 1, 8, 2, 7, 3])]
+    batches = gen._length_grouped(items, 2)
+    assert [[p.index for p in b] for b in batches] == [[2, 0], [1, 3], [5, 4]]
+    assert all(max(len(p.ids) for p in b) - min(len(p.ids) for p in b) <= 4 for b in batches)
