@@ -293,7 +293,7 @@ class _ClassifierRunner(_Runner):
             else:
                 probs = logits
             for row, k in enumerate(positions):
-                out[live[k][0]] = ([(n, float(s)) for n, s in zip(self.names, probs[row].tolist())], encoded[k][1])
+                out[live[k][0]] = ([(n, float(s)) for n, s in zip(self.names, probs[row].tolist(), strict=True)], encoded[k][1])
         return out
 
 
@@ -336,7 +336,7 @@ class _NliRunner(_Runner):
         for n, (k, _) in enumerate(jobs):
             cut_any[k] = cut_any[k] or encoded[n][1]
         return {
-            index: (list(zip(self.labels, probs[k].tolist())), cut_any[k]) for k, (index, _) in enumerate(live)
+            index: (list(zip(self.labels, probs[k].tolist(), strict=True)), cut_any[k]) for k, (index, _) in enumerate(live)
         }
 
 
@@ -391,7 +391,7 @@ class _CausalRunner(_Runner):
             logps = scores[k * n : (k + 1) * n]
             peak = max(logps)
             total = sum(math.exp(v - peak) for v in logps)
-            out[index] = ([(lbl, math.exp(v - peak) / total) for lbl, v in zip(self.labels, logps)], cut)
+            out[index] = ([(lbl, math.exp(v - peak) / total) for lbl, v in zip(self.labels, logps, strict=True)], cut)
         return out
 
 
@@ -449,7 +449,7 @@ def evaluate(gold: Sequence[str], predicted: Sequence[str], *, skipped: int = 0)
     labels = sorted(set(gold) | set(predicted))
     where = {label: i for i, label in enumerate(labels)}
     confusion = [[0] * len(labels) for _ in labels]
-    for g, p in zip(gold, predicted):
+    for g, p in zip(gold, predicted, strict=True):
         confusion[where[g]][where[p]] += 1
     per_class = []
     for i, label in enumerate(labels):

@@ -426,6 +426,7 @@ def classify(
     in (CSV/TSV/JSONL/Parquet, --text-column), tables out (--output keeps every input column); --evaluate with
     --label-column prints accuracy, macro-F1, per-class precision/recall and the confusion matrix.
     """
+    from dataclasses import replace
     from itertools import chain
 
     from llmkit import output
@@ -467,7 +468,8 @@ def classify(
         model=model,
         labels=label_list,
         top_k=top_k,
-        all_scores=all_scores,
+        # Evaluation maps label ids in the gold column to names, so it needs every label's name.
+        all_scores=all_scores or evaluate,
         multi_label=multi_label,
         min_score=min_score,
         hypothesis_template=hypothesis_template,
@@ -484,7 +486,7 @@ def classify(
     predicted: list[str] = []
     label_names: list[str] = []
 
-    def track(index: int, result: Any) -> None:
+    def track(index: int, result: Any) -> Any:
         seen.append(result)
         if not label_names and result.scores:
             label_names.extend(s.label for s in result.scores)
@@ -493,13 +495,16 @@ def classify(
             if value is not None:
                 gold.append(value)
                 predicted.append(result.label)
+        if evaluate and not all_scores:
+            return replace(result, scores=result.scores[:top_k])
+        return result
 
     if output_file is not None:
         base_columns = columns or [text_column, *sorted({k for f in fields.values() for k in f})]
 
         def rows() -> Any:
             for index, result in enumerate(results):
-                track(index, result)
+                result = track(index, result)
                 row = dict(fields.pop(index, {}))
                 row[text_column] = texts_seen.pop(index, result.text)
                 row.update(_prediction_columns(result, all_scores or top_k > 1))

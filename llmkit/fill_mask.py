@@ -282,7 +282,7 @@ class _MlmRunner(_Runner):
                 _, pos, p = states[i]
                 totals[i] += float(logp[row, pos + step, p[step]])
                 seqs[i] = seqs[i][: pos + step] + [p[step]] + seqs[i][pos + step + 1 :]
-        return list(zip(totals, seqs))
+        return list(zip(totals, seqs, strict=True))
 
     def decode(self, ids: list[int], keep_masks: bool) -> str:
         ids = [t for t in ids if t != self.pad_id]
@@ -309,7 +309,7 @@ class _MlmRunner(_Runner):
             spaces = self.spaces(text)
             masks = [
                 self.per_mask(ids, pos, row[pos], space, single=len(positions) == 1)
-                for pos, space in zip(positions, spaces + [True] * len(positions))
+                for pos, space in zip(positions, spaces + [True] * len(positions), strict=False)
             ]
             joint = self.joint_fill(text, ids) if self.joint else None
             results.append(
@@ -328,7 +328,7 @@ class _MlmRunner(_Runner):
 
         if not self.targets:
             values, tokens = torch.topk(logp, min(self.top_k, logp.shape[-1]))
-            return [self.token_fill(ids, pos, int(t), math.exp(float(v)), single) for v, t in zip(values, tokens)]
+            return [self.token_fill(ids, pos, int(t), math.exp(float(v)), single) for v, t in zip(values, tokens, strict=True)]
         fills: list[Fill] = []
         multi: list[tuple[str, list[int]]] = []
         seen: set[tuple[int, ...]] = set()
@@ -342,10 +342,10 @@ class _MlmRunner(_Runner):
             else:
                 multi.append((word, pieces))
         if multi:
-            for (word, pieces), (total, filled) in zip(multi, self.chain([(ids, pos, p) for _, p in multi])):
+            for (word, pieces), (total, filled) in zip(multi, self.chain([(ids, pos, p) for _, p in multi]), strict=True):
                 fills.append(
                     Fill(
-                        token=self.tok.decode(pieces).strip(),
+                        token=word,
                         score=math.exp(total),
                         sequence=self.decode(filled, keep_masks=not single),
                         token_id=None,
@@ -373,7 +373,7 @@ class _MlmRunner(_Runner):
                 pos = seq.index(self.mask_id)
                 if not self.targets:
                     values, tokens = logp[row, pos].topk(width)
-                    for v, t in zip(values.tolist(), tokens.tolist()):
+                    for v, t in zip(values.tolist(), tokens.tolist(), strict=True):
                         expansions.append((total + v, seq[:pos] + [t] + seq[pos + 1 :], words + [self.tok.decode([t])]))
                     continue
                 space = spaces[len(words)] if len(words) < len(spaces) else True
@@ -386,7 +386,7 @@ class _MlmRunner(_Runner):
                     elif pieces:
                         multi.append((word, pieces))
                 if multi:
-                    for (word, _), (v, filled) in zip(multi, self.chain([(seq, pos, p) for _, p in multi])):
+                    for (word, _), (v, filled) in zip(multi, self.chain([(seq, pos, p) for _, p in multi]), strict=True):
                         expansions.append((total + v, filled, words + [word]))
             expansions.sort(key=lambda e: -e[0])
             beams = expansions[:width]
@@ -488,7 +488,7 @@ class _CausalRunner(_Runner):
             fills = [
                 Fill(token=word, score=math.exp(v - peak) / norm, sequence=prefix + word + suffix,
                      pieces=len(self.tok(word, add_special_tokens=False)["input_ids"]))
-                for word, v in zip(candidates[index], logps)
+                for word, v in zip(candidates[index], logps, strict=True)
             ]
             fills.sort(key=lambda f: -f.score)
             results.append(

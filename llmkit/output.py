@@ -261,7 +261,7 @@ def evaluation_view(report: Any) -> Any:
     matrix.add_column("")
     for label in report.labels:
         matrix.add_column(label, justify="right")
-    for label, counts in zip(report.labels, report.confusion):
+    for label, counts in zip(report.labels, report.confusion, strict=True):
         matrix.add_row(label, *[str(c) for c in counts])
     return Group(head, per_class, matrix)
 
@@ -300,14 +300,14 @@ def write_table(path: Any, columns: list[str], rows: Any) -> int:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            collected = [dict(r) for r in rows]
+            collected = [_ordered(r, columns) for r in rows]
             count = len(collected)
             pq.write_table(pa.Table.from_pylist(collected), str(tmp))
         else:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
                 if fmt == "jsonl":
                     for row in rows:
-                        handle.write(json.dumps(_plain(row), ensure_ascii=False) + "\n")
+                        handle.write(json.dumps(_plain(_ordered(row, columns)), ensure_ascii=False) + "\n")
                         count += 1
                 else:
                     writer = csv.DictWriter(handle, fieldnames=columns, delimiter="," if fmt == "csv" else "\t",
@@ -321,3 +321,10 @@ def write_table(path: Any, columns: list[str], rows: Any) -> int:
         if tmp.exists():
             tmp.unlink()
     return count
+
+
+def _ordered(row: dict[str, Any], columns: list[str]) -> dict[str, Any]:
+    """A row with `columns` first, in that order, then any other keys."""
+    ordered = {c: row.get(c) for c in columns}
+    ordered.update((k, v) for k, v in row.items() if k not in ordered)
+    return ordered
