@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ SENTENCE = "paris is the [MASK] of france ."
 TWO_MASKS = "the [MASK] is the [MASK] of france ."
 
 
+@functools.lru_cache(maxsize=8)  # building a pipeline costs more than running it here
 def _pipe(model_dir: Path):
     from transformers import pipeline
 
