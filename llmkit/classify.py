@@ -140,7 +140,9 @@ def classify(
         raise UsageError("--min-score must be in [0, 1]")
     if labels is not None and "{}" not in hypothesis_template:
         raise UsageError("--hypothesis-template needs a {} where the label goes, e.g. 'This example is {}.'")
-    if model is None:
+    if loaded is not None:
+        model = loaded.source.spec
+    elif model is None:
         if labels is None:
             raise UsageError(
                 "give --model (a text-classification model, e.g. a `llmkit finetune` output) "
