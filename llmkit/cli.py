@@ -240,6 +240,317 @@ def generate(
         emitter.emit(result, passthrough.pop(index, None))
 
 
+# --- fill-mask --------------------------------------------------------------------------------------------------
+
+from llmkit import classify as _cls  # noqa: E402  (pure-python modules: defaults for --help, no torch)
+from llmkit import fill_mask as _fm  # noqa: E402
+
+TruncateOpt = Annotated[
+    bool,
+    typer.Option("--truncate/--no-truncate", help="Cut inputs longer than the model's maximum (with one warning), "
+                 "or stop with an error."),
+]
+
+
+def _report_skipped(results: list[Any], what: str) -> None:
+    """One warning each for inputs that were cut or had nothing to process (never dropped silently)."""
+    from llmkit import output
+
+    cut = sum(1 for r in results if r.truncated)
+    if cut:
+        output.warn(f"{cut} of {len(results)} inputs were longer than the model's maximum and were truncated "
+                    f"(--no-truncate to stop instead)")
+    empty = [str(i + 1) for i, r in enumerate(results) if r.error == "empty input"]
+    if empty:
+        shown = ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else "")
+        output.warn(f"{len(empty)} empty input(s) got no {what} (input {shown}); they are in the output with "
+                    "an \"error\" field")
+
+
+@app.command(
+    "fill-mask",
+    epilog="Examples:\n\n"
+    "  llmkit fill-mask \"Paris is the [MASK] of France.\"\n\n"
+    "  llmkit fill-mask --targets capital,city,heart \"Paris is the [MASK] of France.\"\n\n"
+    "  llmkit fill-mask -m bert-base-uncased --joint \"The [MASK] sat on the [MASK].\"\n\n"
+    "  cat sentences.txt | llmkit fill-mask --top-k 1 | jq -r '.masks[0][0].token'",
+)
+def fill_mask_command(
+    texts: TextsArg = None,
+    model: ModelOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Answers per mask.", min=1)] = _fm.DEFAULT_TOP_K,
+    targets: Annotated[
+        str | None,
+        typer.Option("--targets", help="Comma-separated candidates to rank; words of several tokens are scored whole."),
+    ] = None,
+    joint: Annotated[
+        bool, typer.Option("--joint", help="Also give the top-k fillings of all masks together (beam search).")
+    ] = False,
+    truncate: TruncateOpt = True,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    revision: RevisionOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    input_file: InputOpt = None,
+    input_format: InputFormatOpt = "auto",
+    field: FieldOpt = "text",
+    json_out: JsonOpt = False,
+    fmt: FormatOpt = "auto",
+) -> None:
+    """Fill the [MASK] in each sentence: per mask the top-k tokens, their probabilities and the filled sentence.
+
+    [MASK] works for every model (mapped to the tokenizer's own mask, e.g. <mask>). A masked LM (BERT, RoBERTa,
+    ...) scores with its MLM head, as transformers' pipeline("fill-mask") does; a causal LM (the default, the
+    bundled SmolLM2) ranks candidates by the likelihood of the whole filled sentence. Each record says which
+    "method" was used. --targets words that split into several tokens are scored whole (their mask is widened and
+    filled left to right); --joint ranks fillings of several masks together.
+    """
+    from llmkit import output
+    from llmkit.data import read_inputs
+
+    fmt = output.resolve_format(fmt, json_out)
+    target_words = _fm.parse_targets(targets) if targets is not None else None
+    inputs = read_inputs(texts, input_file=input_file, input_format=input_format, text_field=field)
+    passthrough: dict[int, dict[str, Any]] = {}
+
+    def sentences() -> Any:
+        for record in inputs:
+            passthrough[record.index] = record.fields
+            yield record.text
+
+    def best(result: Any) -> str:
+        if result.error:
+            return ""
+        if result.joint:
+            return result.joint[0].sequence
+        return "\t".join(fills[0].sequence if fills else "" for fills in result.masks)
+
+    emitter = output.Emitter(fmt, text=best, rich=output.mask_view)
+    results = []
+    for index, result in enumerate(
+        _fm.fill_mask(
+            sentences(),
+            model=model or _fm.DEFAULT_MODEL,
+            top_k=top_k,
+            targets=target_words,
+            joint=joint,
+            batch_size=batch_size or _fm.DEFAULT_BATCH_SIZE,
+            truncate=truncate,
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+        )
+    ):
+        emitter.emit(result, passthrough.pop(index, None))
+        results.append(result)
+    _report_skipped(results, "answers")
+
+
+# --- classify ---------------------------------------------------------------------------------------------------
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  llmkit classify --labels positive,negative \"I loved it\"\n\n"
+    "  llmkit classify -m ./my-finetuned-model --all-scores \"The plot was thin.\"\n\n"
+    "  llmkit classify -m ./nli-model --labels sports,politics --hypothesis-template \"This text is about {}.\" "
+    "\"The match went to penalties.\"\n\n"
+    "  llmkit classify -m ./my-model -i reviews.csv --text-column review -o predicted.csv\n\n"
+    "  llmkit classify -m ./my-model -i test.parquet --label-column y --evaluate --json",
+)
+def classify(
+    texts: TextsArg = None,
+    model: ModelOpt = None,
+    labels: Annotated[
+        str | None, typer.Option("--labels", help="Zero-shot: comma-separated candidate labels.")
+    ] = None,
+    labels_file: Annotated[
+        Path | None, typer.Option("--labels-file", help="Zero-shot: a file with one candidate label per line.")
+    ] = None,
+    hypothesis_template: Annotated[
+        str, typer.Option("--hypothesis-template", help="NLI zero-shot: the hypothesis, {} is the label.")
+    ] = _cls.DEFAULT_HYPOTHESIS_TEMPLATE,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Labels (with scores) per input.", min=1)] = _cls.DEFAULT_TOP_K,
+    all_scores: Annotated[bool, typer.Option("--all-scores", help="Scores for every label.")] = False,
+    multi_label: Annotated[
+        bool | None,
+        typer.Option("--multi-label/--single-label",
+                     help="Independent labels (sigmoid), or one label (softmax) [default: from the model config]."),
+    ] = None,
+    min_score: Annotated[
+        float | None, typer.Option("--min-score", help=f"Answer {_cls.UNKNOWN} when the best score is below this.")
+    ] = None,
+    pair: Annotated[str | None, typer.Option("--pair", help="Second text of a text pair, for every input.")] = None,
+    pair_column: Annotated[
+        str | None, typer.Option("--pair-column", help="Column/field with the second text of each pair.")
+    ] = None,
+    text_column: Annotated[
+        str, typer.Option("--text-column", "--field", help="Column/field with the text (tables, JSONL).")
+    ] = "text",
+    label_column: Annotated[
+        str | None, typer.Option("--label-column", help="Column with the true label (for --evaluate).")
+    ] = None,
+    evaluate: Annotated[
+        bool, typer.Option("--evaluate", help="Score against --label-column: accuracy, macro-F1, per class, confusion.")
+    ] = False,
+    output_file: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write a table (.csv/.tsv/.jsonl/.parquet): the input's columns plus "
+                     "prediction columns."),
+    ] = None,
+    truncate: TruncateOpt = True,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    revision: RevisionOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    input_file: Annotated[
+        Path | None, typer.Option("--input", "-i", help="Read inputs from FILE (lines, .jsonl, .csv, .tsv, .parquet).")
+    ] = None,
+    input_format: Annotated[
+        str, typer.Option("--input-format", help="auto|text|jsonl|csv|tsv|parquet (auto: by file suffix).")
+    ] = "auto",
+    json_out: JsonOpt = False,
+    fmt: FormatOpt = "auto",
+) -> None:
+    """Label texts with a text-classification model, or zero-shot with --labels.
+
+    A classifier (e.g. `llmkit finetune` output) gives its own labels: softmax for single-label, sigmoid for
+    multi-label, like pipeline("text-classification"). With --labels, an NLI model scores each label as an
+    entailed hypothesis and a causal LM (default: the bundled SmolLM2) scores each label as the answer. Tables
+    in (CSV/TSV/JSONL/Parquet, --text-column), tables out (--output keeps every input column); --evaluate with
+    --label-column prints accuracy, macro-F1, per-class precision/recall and the confusion matrix.
+    """
+    from dataclasses import replace
+    from itertools import chain
+
+    from llmkit import output
+    from llmkit.data import read_inputs, read_table, table_format
+    from llmkit.errors import UsageError
+
+    fmt = output.resolve_format(fmt, json_out)
+    label_list = _cls.parse_labels(labels, labels_file)
+    if pair is not None and pair_column is not None:
+        raise UsageError("give --pair (one second text for all inputs) or --pair-column, not both")
+    if evaluate and label_column is None:
+        raise UsageError("--evaluate needs --label-column COL (the column with the true labels)")
+    required = [c for c in (pair_column, label_column) if c]
+    columns: list[str] = []
+    fmt_name = table_format(input_file, input_format if input_format != "text" else "auto") if input_file else None
+    if input_file is not None and input_format != "text" and fmt_name is not None:
+        table = read_table(input_file, text_column, table_format_name=fmt_name, required=required)
+        columns, records = table.columns, table.records
+    else:
+        if input_format == "parquet":
+            raise UsageError("--input-format parquet needs --input FILE")
+        records = read_inputs(texts, input_file=input_file, input_format=input_format, text_field=text_column)
+        if required and input_file is None and texts and texts != ["-"]:
+            raise UsageError("--pair-column/--label-column need table input (--input FILE); got text arguments")
+    fields: dict[int, dict[str, Any]] = {}
+    texts_seen: dict[int, str] = {}
+
+    def items() -> Any:
+        for record in records:
+            fields[record.index] = record.fields
+            texts_seen[record.index] = record.text
+            if pair_column is not None and pair_column not in record.fields:
+                raise UsageError(f"input {record.index + 1}: no field {pair_column!r} for --pair-column")
+            second = record.fields.get(pair_column) if pair_column else pair
+            yield record.text, None if second is None else str(second)
+
+    results = _cls.classify(
+        items(),
+        model=model,
+        labels=label_list,
+        top_k=top_k,
+        # Evaluation maps label ids in the gold column to names, so it needs every label's name.
+        all_scores=all_scores or evaluate,
+        multi_label=multi_label,
+        min_score=min_score,
+        hypothesis_template=hypothesis_template,
+        batch_size=batch_size or _cls.DEFAULT_BATCH_SIZE,
+        truncate=truncate,
+        device=device,
+        dtype=dtype,
+        revision=revision,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
+    seen: list[Any] = []
+    gold: list[str] = []
+    predicted: list[str] = []
+    label_names: list[str] = []
+
+    def track(index: int, result: Any) -> Any:
+        seen.append(result)
+        if not label_names and result.scores:
+            label_names.extend(s.label for s in result.scores)
+        if label_column is not None and result.label is not None:
+            value = _cls.gold_label(fields.get(index, {}).get(label_column), label_names or list(label_list or ()))
+            if value is not None:
+                gold.append(value)
+                predicted.append(result.label)
+        if evaluate and not all_scores:
+            return replace(result, scores=result.scores[:top_k])
+        return result
+
+    if output_file is not None:
+        base_columns = columns or [text_column, *sorted({k for f in fields.values() for k in f})]
+
+        def rows() -> Any:
+            for index, result in enumerate(results):
+                result = track(index, result)
+                row = dict(fields.pop(index, {}))
+                row[text_column] = texts_seen.pop(index, result.text)
+                row.update(_prediction_columns(result, all_scores or top_k > 1))
+                yield row
+
+        stream = rows()
+        first = next(stream, None)
+        head = [] if first is None else [first]
+        extra = [] if first is None else [k for k in first if k not in base_columns]
+        written = output.write_table(output_file, base_columns + extra, chain(head, stream))
+        output.info(f"Wrote {written} rows to {output_file}")
+    else:
+        emitter = output.Emitter(
+            fmt,
+            text=lambda r: "" if r.error else f"{r.label}\t{r.score:.4f}",
+            rich=output.classification_view,
+        )
+        for index, result in enumerate(results):
+            track(index, result)
+            if not evaluate:
+                emitter.emit(result, fields.pop(index, None))
+            texts_seen.pop(index, None)
+    _report_skipped(seen, "prediction")
+    if evaluate:
+        report = _cls.evaluate(gold, predicted, skipped=len(seen) - len(gold))
+        if fmt == "rich":
+            output.stdout_console().print(output.evaluation_view(report))
+        elif fmt == "text":
+            output.write_text(f"accuracy\t{report.accuracy:.4f}\nmacro_f1\t{report.macro_f1:.4f}")
+        else:
+            output.write_json(output.to_record(report))
+
+
+def _prediction_columns(result: Any, with_scores: bool) -> dict[str, Any]:
+    """The columns a classify --output table appends to each input row."""
+    columns: dict[str, Any] = {"prediction": result.label, "prediction_score": result.score}
+    if with_scores:
+        for item in result.scores:
+            columns[f"score_{item.label}"] = item.score
+    if result.active is not None:
+        columns["active_labels"] = ",".join(result.active)
+    if result.error:
+        columns["error"] = result.error
+    return columns
+
+
 @app.command()
 def models(
     json_out: JsonOpt = False,

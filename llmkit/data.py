@@ -178,3 +178,121 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+# --- tables (classify --input data.csv|.tsv|.jsonl|.parquet --text-column COL) -------------------------------------
+
+TABLE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+_TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+PARQUET_READ_ROWS = 1024  # rows per Parquet record batch: memory stays flat on big files
+
+
+@dataclass
+class Table:
+    """A table read lazily: its columns (in file order) and one `InputRecord` per row.
+
+    `InputRecord.fields` holds every column except the text column, so an output can rebuild the original row.
+    """
+
+    columns: list[str]
+    records: Iterator[InputRecord]
+    source: str
+
+
+def table_format(path: Path, table_format: str = "auto") -> str | None:
+    """The table format of `path` (`table_format` wins unless auto), or None for a plain text file."""
+    if table_format != "auto":
+        if table_format not in TABLE_FORMATS:
+            raise UsageError(f"unknown table format {table_format!r}; use one of {', '.join(TABLE_FORMATS)}")
+        return table_format
+    return _TABLE_SUFFIXES.get(path.suffix.lower())
+
+
+def read_table(
+    path: Path,
+    text_column: str = DEFAULT_FIELD,
+    *,
+    table_format_name: str = "auto",
+    required: Iterable[str] = (),
+) -> Table:
+    """Read a CSV/TSV/JSONL/Parquet table row by row.
+
+    Args:
+        path: the file.
+        text_column: the column with the text.
+        table_format_name: auto (by suffix), csv, tsv, jsonl or parquet.
+        required: other columns that must exist (e.g. a label or pair column).
+
+    Raises:
+        NotFoundError: no such file or column.
+        UsageError: not a table format.
+    """
+    fmt = table_format(path, table_format_name)
+    if fmt is None:
+        raise UsageError(f"{path}: not a table; use a .csv, .tsv, .jsonl or .parquet file (or --input-format)")
+    if not path.exists():
+        raise NotFoundError(f"input file not found: {path}")
+    source = str(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(str(path))
+        columns = list(parquet.schema_arrow.names)
+
+        def parquet_rows() -> Iterator[dict[str, Any]]:
+            for batch in parquet.iter_batches(batch_size=PARQUET_READ_ROWS):
+                yield from batch.to_pylist()
+
+        rows: Iterator[dict[str, Any]] = parquet_rows()
+    elif fmt == "jsonl":
+        stream = open_text(path)
+        first = ""
+        for raw in stream:
+            if raw.strip():
+                first = raw
+                break
+        stream.seek(0)
+        try:
+            columns = list(json.loads(first)) if first else []
+        except (json.JSONDecodeError, TypeError):
+            raise DataError(f"{source}: the first line is not a JSON object") from None
+        rows = _jsonl_rows(stream, source)
+    else:
+        stream = open_text(path)
+        reader = csv.DictReader(stream, delimiter="," if fmt == "csv" else "\t")
+        columns = [c for c in (reader.fieldnames or []) if c is not None]
+        rows = _closing(reader, stream)
+    for column in [text_column, *required]:
+        if column not in columns:
+            raise NotFoundError(f"{source}: no column {column!r} (columns: {', '.join(columns) or 'none'})")
+
+    def records() -> Iterator[InputRecord]:
+        for index, row in enumerate(rows):
+            value = row.get(text_column)
+            fields = {k: v for k, v in row.items() if k != text_column and k is not None}
+            yield InputRecord(text="" if value is None else str(value), index=index, fields=fields, line=index + 2)
+
+    return Table(columns=columns, records=records(), source=source)
+
+
+def _jsonl_rows(stream: TextIO, source: str) -> Iterator[dict[str, Any]]:
+    try:
+        for number, raw in _lines(stream):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{source}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{source}:{number}: expected a JSON object")
+            yield obj
+    finally:
+        stream.close()
+
+
+def _closing(rows: Iterable[dict[str, Any]], stream: TextIO) -> Iterator[dict[str, Any]]:
+    try:
+        yield from rows
+    finally:
+        stream.close()

@@ -512,3 +512,42 @@ def list_models() -> list[dict[str, Any]]:
     for row in cached_hub_models():
         rows.append(dict(row, installed=True, description="Hugging Face cache"))
     return rows
+
+
+def model_heads(spec: str, *, revision: str | None = None, trust_remote_code: bool = False) -> tuple[str, Any]:
+    """Which head a model carries, read from its config alone (no weights): for commands that pick a method.
+
+    Returns:
+        (kind, config): kind is "causal-lm", "masked-lm", "sequence-classification", "seq2seq-lm" or "base"
+        (from the config's `architectures`; a .gguf file is always a causal LM).
+
+    Raises:
+        ModelNotFoundError, UsageError: as `load`.
+    """
+    source = resolve(spec)
+    location = source.location
+    if source.kind == "gguf":
+        location = str(convert_gguf(Path(source.location)))
+    if source.kind == "hub":
+        _go_offline_if_hub_unreachable()
+    from transformers import AutoConfig
+
+    try:
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(location, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        if source.kind == "hub":
+            raise _hub_error(spec, exc) from exc
+        raise ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})") from exc
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    if source.kind == "gguf" or "ForCausalLM" in archs:
+        return "causal-lm", config
+    for marker, kind in (
+        ("ForMaskedLM", "masked-lm"),
+        ("ForSequenceClassification", "sequence-classification"),
+        ("ForConditionalGeneration", "seq2seq-lm"),
+        ("ForPreTraining", "masked-lm"),
+    ):
+        if marker in archs:
+            return kind, config
+    return "base", config

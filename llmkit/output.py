@@ -195,3 +195,136 @@ class GenerationStream:
         )
         lines.append(footer, style="dim")
         return lines
+
+
+# --- fill-mask and classify views ------------------------------------------------------------------------------
+
+
+def mask_view(result: Any) -> Any:
+    """Terminal view of one `MaskPrediction`: a table per mask (and the joint fillings), with the method."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    if result.error:
+        return Text(f"{result.text!r}: {result.error}", style="yellow")
+    parts: list[Any] = []
+    for number, fills in enumerate(result.masks, start=1):
+        title = f"mask {number}" if len(result.masks) > 1 else "answers"
+        table = Table(title=f"{result.text}  [dim]({title}, {result.method})[/dim]", title_justify="left")
+        for column in ("#", "token", "score", "sequence"):
+            table.add_column(column, justify="right" if column in ("#", "score") else "left")
+        for rank, fill in enumerate(fills, start=1):
+            table.add_row(str(rank), fill.token, f"{fill.score:.4f}", fill.sequence)
+        parts.append(table)
+    if result.joint:
+        table = Table(title="joint fillings", title_justify="left")
+        for column in ("#", "tokens", "score", "sequence"):
+            table.add_column(column, justify="right" if column in ("#", "score") else "left")
+        for rank, item in enumerate(result.joint, start=1):
+            table.add_row(str(rank), " | ".join(item.tokens), f"{item.score:.3g}", item.sequence)
+        parts.append(table)
+    return Group(*parts)
+
+
+def classification_view(result: Any) -> Any:
+    """Terminal view of one `Classification`: the label, its score and the other scores asked for."""
+    from rich.text import Text
+
+    if result.error:
+        return Text(f"{result.text!r}: {result.error}", style="yellow")
+    line = Text()
+    line.append(f"{result.label}", style="bold")
+    line.append(f"  {result.score:.4f}  ")
+    others = [f"{s.label} {s.score:.3f}" for s in result.scores[1:]]
+    if others:
+        line.append("(" + ", ".join(others) + ")  ", style="dim")
+    line.append(result.text if len(result.text) <= 80 else result.text[:77] + "...")
+    return line
+
+
+def evaluation_view(report: Any) -> Any:
+    """Terminal view of an `Evaluation`: headline numbers, per-class table, confusion matrix."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    head = Text(
+        f"{report.count} examples · accuracy {report.accuracy:.4f} · macro-F1 {report.macro_f1:.4f}", style="bold"
+    )
+    per_class = Table(title="per class", title_justify="left")
+    for column in ("label", "precision", "recall", "f1", "support"):
+        per_class.add_column(column, justify="left" if column == "label" else "right")
+    for row in report.per_class:
+        per_class.add_row(row.label, f"{row.precision:.4f}", f"{row.recall:.4f}", f"{row.f1:.4f}", str(row.support))
+    matrix = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+    matrix.add_column("")
+    for label in report.labels:
+        matrix.add_column(label, justify="right")
+    for label, counts in zip(report.labels, report.confusion, strict=True):
+        matrix.add_row(label, *[str(c) for c in counts])
+    return Group(head, per_class, matrix)
+
+
+TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+
+
+def write_table(path: Any, columns: list[str], rows: Any) -> int:
+    """Write rows (dicts) as CSV/TSV/JSONL/Parquet (by suffix) under a temporary name, then rename into place.
+
+    Args:
+        path: the output file; its suffix picks the format.
+        columns: column order (CSV/TSV/Parquet); keys missing from a row are left empty.
+        rows: an iterable of dicts, consumed as it is written (Parquet collects them first).
+
+    Returns:
+        The number of rows written.
+    """
+    import csv
+    import tempfile
+    from pathlib import Path
+
+    from llmkit.errors import UsageError
+
+    path = Path(path)
+    fmt = TABLE_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"--output {path}: use a .csv, .tsv, .jsonl or .parquet file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = Path(tmp_name)
+    count = 0
+    try:
+        if fmt == "parquet":
+            os.close(fd)
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            collected = [_ordered(r, columns) for r in rows]
+            count = len(collected)
+            pq.write_table(pa.Table.from_pylist(collected), str(tmp))
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                if fmt == "jsonl":
+                    for row in rows:
+                        handle.write(json.dumps(_plain(_ordered(row, columns)), ensure_ascii=False) + "\n")
+                        count += 1
+                else:
+                    writer = csv.DictWriter(handle, fieldnames=columns, delimiter="," if fmt == "csv" else "\t",
+                                            extrasaction="ignore")
+                    writer.writeheader()
+                    for row in rows:
+                        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+                        count += 1
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return count
+
+
+def _ordered(row: dict[str, Any], columns: list[str]) -> dict[str, Any]:
+    """A row with `columns` first, in that order, then any other keys."""
+    ordered = {c: row.get(c) for c in columns}
+    ordered.update((k, v) for k, v in row.items() if k not in ordered)
+    return ordered

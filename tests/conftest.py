@@ -61,3 +61,18 @@ def bundled_installed(alias: str) -> bool:
     from llmkit.loading import BUNDLED, bundled_location
 
     return bundled_location(BUNDLED[alias]) is not None
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm_angle(tiny_dir: Path) -> Path:
+    return tiny.build_masked_lm_angle_mask(tiny_dir / "mlm-angle")
+
+
+@pytest.fixture(scope="session")
+def tiny_nli(tiny_dir: Path) -> Path:
+    return tiny.build_classifier(tiny_dir / "nli", labels=("contradiction", "neutral", "entailment"))
+
+
+@pytest.fixture(scope="session")
+def tiny_multilabel(tiny_dir: Path) -> Path:
+    return tiny.build_classifier(tiny_dir / "multilabel", labels=("sports", "politics", "music"), multi_label=True)

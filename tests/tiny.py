@@ -198,3 +198,28 @@ def build_encoder(path: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = BertModel(_bert_config(tokenizer))
     return _save(model, tokenizer, path)
+
+
+def build_masked_lm_angle_mask(path: Path, *, seed: int = 0) -> Path:
+    """A tiny BERT MLM whose tokenizer's mask is `<mask>` (as RoBERTa's), to test that [MASK] maps onto it."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertForMaskedLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<mask>"]
+    vocab = _vocab(specials)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.add_special_tokens(specials)
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])]
+    )
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", cls_token="<s>", sep_token="</s>",
+        bos_token="<s>", eos_token="</s>", mask_token="<mask>", model_max_length=MAX_POSITIONS,
+    )
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(_bert_config(tokenizer))
+    return _save(model, tokenizer, path)

@@ -1,0 +1,126 @@
+"""Benchmark: llmkit classify against pipeline("text-classification", batch_size=32), back to back in one process.
+
+Model: the bundled MiniLM-L6 encoder with a 2-label classification head (random, seeded: speed does not depend
+on what the head learned), saved to a temp folder and loaded once for each side. Inputs: a few thousand generated
+texts of mixed length (3 to 200 words, most short, as real review or support-ticket data is). Both sides run
+float32 on the same threads; the timed part is classification only (model loading is excluded for both). Each
+side runs `--repeats` times, alternating, and the best time counts. Agreement is checked: same labels, scores
+within 1e-4.
+
+    python benchmarks/classify.py [--inputs 3000] [--repeats 2] [--batch-size 32] [--out benchmarks/results/classify.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+WORDS = (
+    "the a service food movie plot actor was is very really not good bad great terrible slow fast price quality "
+    "delivery arrived broken works perfectly never again would recommend staff friendly rude clean dirty room "
+    "hotel battery screen sound music story ending boring exciting loved hated okay fine cheap expensive"
+).split()
+
+
+def make_inputs(n: int, seed: int = 0) -> list[str]:
+    """Mixed lengths: most texts short, a long tail up to 200 words (log-normal), reproducible."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        length = max(3, min(200, int(rng.lognormvariate(3.0, 0.9))))
+        texts.append(" ".join(rng.choice(WORDS) for _ in range(length)) + ".")
+    return texts
+
+
+def build_model(folder: Path) -> Path:
+    import torch
+
+    from llmkit import loading
+
+    torch.manual_seed(0)
+    lm = loading.load("minilm-l6", "sequence-classification", device="cpu", dtype="float32",
+                      model_kwargs={"num_labels": 2})
+    lm.model.save_pretrained(str(folder))
+    lm.tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def run_pipeline(pipe, texts: list[str], batch_size: int) -> tuple[float, list[dict]]:
+    started = time.perf_counter()
+    out = pipe(texts, batch_size=batch_size, truncation=True)
+    return time.perf_counter() - started, out
+
+
+def run_llmkit(loaded, texts: list[str], batch_size: int) -> tuple[float, list]:
+    from llmkit.classify import classify
+
+    started = time.perf_counter()
+    out = list(classify(texts, loaded=loaded, batch_size=batch_size))
+    return time.perf_counter() - started, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=None, help="Also write the numbers as JSON here.")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    from llmkit import loading
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    texts = make_inputs(args.inputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = build_model(Path(tmp) / "minilm-cls")
+        pipe = pipeline("text-classification", model=str(folder), device="cpu", dtype=torch.float32)
+        loaded = loading.load(str(folder), "sequence-classification", device="cpu", dtype="float32")
+        token_counts = [len(ids) for ids in loaded.tokenizer(texts)["input_ids"]]
+        # Warm-up (first-call allocations), not timed.
+        run_pipeline(pipe, texts[:64], args.batch_size)
+        run_llmkit(loaded, texts[:64], args.batch_size)
+        times: dict[str, list[float]] = {"pipeline": [], "llmkit": []}
+        for _ in range(args.repeats):
+            seconds, expected = run_pipeline(pipe, texts, args.batch_size)
+            times["pipeline"].append(seconds)
+            seconds, got = run_llmkit(loaded, texts, args.batch_size)
+            times["llmkit"].append(seconds)
+
+    same_labels = sum(g.label == e["label"] for g, e in zip(got, expected, strict=True))
+    max_diff = max(abs(g.score - e["score"]) for g, e in zip(got, expected, strict=True))
+    best = {name: min(values) for name, values in times.items()}
+    ratio = best["pipeline"] / best["llmkit"]
+    print(f"{args.inputs} inputs, {min(token_counts)}-{max(token_counts)} tokens (mean "
+          f"{sum(token_counts) / len(token_counts):.0f}); batch size {args.batch_size}; torch threads "
+          f"{torch.get_num_threads()}; best of {args.repeats}\n")
+    print("| run | seconds | inputs/s | speed-up |")
+    print("|---|---:|---:|---:|")
+    print(f"| pipeline(\"text-classification\", batch_size={args.batch_size}) | {best['pipeline']:.2f} | "
+          f"{args.inputs / best['pipeline']:.0f} | 1.00x |")
+    print(f"| llmkit classify (length-grouped, dynamic padding) | {best['llmkit']:.2f} | "
+          f"{args.inputs / best['llmkit']:.0f} | {ratio:.2f}x |")
+    print(f"\nagreement: {same_labels}/{args.inputs} labels equal, max score difference {max_diff:.2e}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"inputs": args.inputs, "batch_size": args.batch_size, "times": times,
+                                        "best": best, "speedup": ratio, "same_labels": same_labels,
+                                        "max_score_diff": max_diff}, indent=2) + "\n")
+    if same_labels != args.inputs or max_diff > 1e-4:
+        raise SystemExit("llmkit and the pipeline disagree")
+
+
+if __name__ == "__main__":
+    main()

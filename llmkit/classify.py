@@ -1,0 +1,484 @@
+"""`llmkit classify`: label texts (or text pairs) with a classifier, or zero-shot with --labels.
+
+Three methods, picked from the model's head and whether --labels is given:
+
+- classifier: a sequence-classification checkpoint (including `llmkit finetune` output). Label names from
+  `id2label`; softmax for single-label, sigmoid for multi-label (`problem_type` or --multi-label) and one-logit
+  models, exactly as `pipeline("text-classification")` decides. Inputs are read in windows, sorted by token
+  length and padded per batch only to the batch's own longest input (the pipeline pads in input order).
+- nli: a sequence-classification checkpoint with an "entailment" label and --labels: each label becomes the
+  hypothesis `--hypothesis-template` for the text as premise; scores are the softmax of the entailment logits over
+  the labels (or, multi-label, entailment vs contradiction per label), as transformers' zero-shot pipeline does.
+- causal-lm: a causal LM and --labels (the bundled SmolLM2 by default): the model is asked which label fits
+  and each label is scored by log P(label | prompt), the sum over its tokens; scores are the softmax over labels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import DataError, NotFoundError, UsageError
+
+DEFAULT_ZERO_SHOT_MODEL = "smollm2-135m-instruct"  # bundled: `classify --labels a,b` works offline
+DEFAULT_BATCH_SIZE = 32  # inputs per forward pass
+DEFAULT_TOP_K = 1  # labels per input in the output
+DEFAULT_HYPOTHESIS_TEMPLATE = "This example is {}."  # transformers' zero-shot default
+LENGTH_GROUP_WINDOW = 16  # batches read ahead and sorted by length, so padding stays small
+MULTI_LABEL_THRESHOLD = 0.5  # multi-label: labels at or above this sigmoid score are "active"
+UNKNOWN = "UNKNOWN"  # the label when the best score is below --min-score
+CAUSAL_PROMPT = (
+    "Classify the text into exactly one of these labels: {labels}.\n\nText: {text}\n\n"
+    "Answer with the label only."
+)
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The prediction for one input.
+
+    Attributes:
+        text: the input (the premise for NLI).
+        label: the best label, or "UNKNOWN" when its score is below --min-score.
+        score: the best label's score (probability, or sigmoid score for multi-label).
+        scores: the top-k labels with scores (all with --all-scores), best first.
+        method: "classifier", "nli" or "causal-lm".
+        pair: the second text of a text pair, if any.
+        active: multi-label only: the labels scoring at least MULTI_LABEL_THRESHOLD.
+        truncated: the input was longer than the model's maximum and was cut.
+        error: why there is no prediction (e.g. "empty input").
+    """
+
+    text: str
+    label: str | None
+    score: float | None
+    scores: list[LabelScore]
+    method: str
+    model: str
+    pair: str | None = None
+    active: list[str] | None = None
+    truncated: bool = False
+    error: str | None = None
+
+
+def parse_labels(labels: str | None, labels_file: Path | None = None) -> tuple[str, ...] | None:
+    """`--labels a,b,c` and/or `--labels-file` (one per line) -> labels, in order, without duplicates."""
+    if labels is None and labels_file is None:
+        return None
+    items: list[str] = []
+    if labels is not None:
+        items += labels.split(",")
+    if labels_file is not None:
+        if not labels_file.exists():
+            raise NotFoundError(f"--labels-file not found: {labels_file}")
+        items += labels_file.read_text(encoding="utf-8").splitlines()
+    out: list[str] = []
+    for item in (i.strip() for i in items):
+        if item and item not in out:
+            out.append(item)
+    if len(out) < 1:
+        raise UsageError("no labels given; use --labels positive,negative or a --labels-file with one per line")
+    return tuple(out)
+
+
+def classify(
+    inputs: Iterable[str | tuple[str, str | None]],
+    *,
+    model: str | None = None,
+    labels: Sequence[str] | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    all_scores: bool = False,
+    multi_label: bool | None = None,
+    min_score: float | None = None,
+    hypothesis_template: str = DEFAULT_HYPOTHESIS_TEMPLATE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    truncate: bool = True,
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    loaded: Any = None,
+) -> Iterator[Classification]:
+    """Classify each input, yielding one `Classification` per input in input order.
+
+    Args:
+        inputs: texts, or (text, pair) tuples for NLI-style pair classifiers; read lazily in windows.
+        model: alias, folder or hub id; default: the bundled causal LM when `labels` are given.
+        labels: zero-shot candidate labels (NLI or causal LM); None uses the classifier's own labels.
+        top_k: labels per result; `all_scores` returns all of them.
+        multi_label: independent labels (sigmoid / per-label entailment); None: from the model config.
+        min_score: abstain (label "UNKNOWN") when the best score is below this.
+        hypothesis_template: NLI zero-shot hypothesis, with {} for the label.
+        batch_size: inputs per forward pass.
+        truncate: cut inputs longer than the model's maximum (else raise DataError).
+        loaded: an already loaded `LoadedModel` for `model` (skips loading).
+
+    Returns:
+        An iterator of `Classification`.
+
+    Raises:
+        UsageError: impossible settings, or a model that cannot do what was asked.
+        DataError: an input too long with truncate=False.
+    """
+    from llmkit import loading
+
+    if top_k < 1:
+        raise UsageError("--top-k must be at least 1")
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if min_score is not None and not 0 <= min_score <= 1:
+        raise UsageError("--min-score must be in [0, 1]")
+    if labels is not None and "{}" not in hypothesis_template:
+        raise UsageError("--hypothesis-template needs a {} where the label goes, e.g. 'This example is {}.'")
+    if loaded is not None:
+        model = loaded.source.spec
+    elif model is None:
+        if labels is None:
+            raise UsageError(
+                "give --model (a text-classification model, e.g. a `llmkit finetune` output) "
+                "or --labels a,b,c for zero-shot classification with the bundled model"
+            )
+        model = DEFAULT_ZERO_SHOT_MODEL
+    if loaded is None:
+        kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code)
+        task = {"causal-lm": "causal-lm", "sequence-classification": "sequence-classification"}.get(kind)
+        if task is None:
+            raise UsageError(
+                f"{model} has no classification head ({kind}); fine-tune it first (llmkit finetune), or use "
+                "--labels with an NLI model or a causal LM"
+            )
+        loaded = loading.load(model, task, device=device, dtype=dtype, revision=revision,
+                              allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    causal = "ForCausalLM" in type(loaded.model).__name__
+    runner: _Runner
+    if causal:
+        if labels is None:
+            raise UsageError(f"{model} is a causal LM: give --labels a,b,c to classify zero-shot")
+        if multi_label:
+            raise UsageError("--multi-label needs a classifier or an NLI model, not a causal LM")
+        runner = _CausalRunner(loaded, list(labels), truncate)
+    elif labels is not None:
+        runner = _NliRunner(loaded, list(labels), truncate, hypothesis_template, bool(multi_label))
+    else:
+        runner = _ClassifierRunner(loaded, truncate, multi_label)
+    keep = None if all_scores else top_k
+    window: list[tuple[int, str, str | None]] = []
+    for index, item in enumerate(inputs):
+        text, pair = (item, None) if isinstance(item, str) else item
+        window.append((index, text, pair))
+        if len(window) >= batch_size * LENGTH_GROUP_WINDOW:
+            yield from runner.finish(window, runner.run(window, batch_size), keep, min_score)
+            window = []
+    if window:
+        yield from runner.finish(window, runner.run(window, batch_size), keep, min_score)
+
+
+def _length_batches(items: list[Any], lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Positions of `items` in batches of similar length (longest first, so a memory error shows at once)."""
+    order = sorted(range(len(items)), key=lambda i: -lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+class _Runner:
+    method = ""
+
+    def __init__(self, lm: Any, truncate: bool) -> None:
+        from llmkit.scoring import max_input_tokens
+
+        self.lm, self.net, self.tok = lm, lm.model, lm.tokenizer
+        self.truncate = truncate
+        self.max_tokens = max_input_tokens(self.net, self.tok)
+        self.spec = lm.source.spec
+        self.multi = False
+
+    def run(self, window: list[tuple[int, str, str | None]], batch_size: int) -> dict[int, tuple[list[tuple[str, float]], bool]]:
+        """(label, score) pairs and the truncated flag for each non-empty input of the window, by index."""
+        raise NotImplementedError
+
+    def too_long(self, index: int, n: int) -> None:
+        if not self.truncate:
+            raise DataError(
+                f"input {index + 1} has {n} tokens, more than the model's {self.max_tokens}; "
+                "shorten it or drop --no-truncate"
+            )
+
+    def finish(
+        self,
+        window: list[tuple[int, str, str | None]],
+        scored: dict[int, tuple[list[tuple[str, float]], bool]],
+        keep: int | None,
+        min_score: float | None,
+    ) -> Iterator[Classification]:
+        for index, text, pair in window:
+            if index not in scored:
+                yield Classification(text=text, label=None, score=None, scores=[], method=self.method,
+                                     model=self.spec, pair=pair, error="empty input")
+                continue
+            pairs, cut = scored[index]
+            ranked = sorted(pairs, key=lambda p: -p[1])
+            best_label, best = ranked[0]
+            label = UNKNOWN if min_score is not None and best < min_score else best_label
+            yield Classification(
+                text=text,
+                label=label,
+                score=best,
+                scores=[LabelScore(lbl, s) for lbl, s in (ranked if keep is None else ranked[:keep])],
+                method=self.method,
+                model=self.spec,
+                pair=pair,
+                active=[lbl for lbl, s in ranked if s >= MULTI_LABEL_THRESHOLD] if self.multi else None,
+                truncated=cut,
+            )
+
+    def encode(self, index: int, text: str, pair: str | None) -> tuple[dict[str, list[int]], bool]:
+        """Model inputs (ids, segment ids) of a text (pair), cut to the model's maximum when allowed."""
+        features = self.tok(text, pair, return_attention_mask=False)
+        cut = len(features["input_ids"]) > self.max_tokens
+        if cut:
+            self.too_long(index, len(features["input_ids"]))
+            # Pairs: cut the premise/text, keep the (short) hypothesis or second text whole when possible.
+            short_pair = pair is not None and len(self.tok(pair)["input_ids"]) < self.max_tokens // 2
+            features = self.tok(text, pair, truncation="only_first" if short_pair else "longest_first",
+                                max_length=self.max_tokens, return_attention_mask=False)
+        return {k: list(v) for k, v in features.items()}, cut
+
+    def logits(self, features: list[dict[str, list[int]]]) -> Any:
+        """Classifier logits (float32) for one batch, padded only to its own longest sequence."""
+        import torch
+
+        batch = self.tok.pad(features, return_tensors="pt")
+        batch = {k: v.to(self.lm.device) for k, v in batch.items()}
+        with torch.inference_mode():
+            return self.net(**batch).logits.float()
+
+
+class _ClassifierRunner(_Runner):
+    method = "classifier"
+
+    def __init__(self, lm: Any, truncate: bool, multi_label: bool | None) -> None:
+        super().__init__(lm, truncate)
+        config = self.net.config
+        self.names = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+        problem = getattr(config, "problem_type", None)
+        # The pipeline's rule: regression -> raw scores; multi-label or a single logit -> sigmoid; else softmax.
+        if multi_label is not None:
+            self.activation = "sigmoid" if multi_label else "softmax"
+        elif problem == "regression":
+            self.activation = "none"
+        elif problem == "multi_label_classification" or config.num_labels == 1:
+            self.activation = "sigmoid"
+        else:
+            self.activation = "softmax"
+        self.multi = self.activation == "sigmoid" and config.num_labels > 1
+
+    def run(self, window: list[tuple[int, str, str | None]], batch_size: int) -> dict[int, tuple[list[tuple[str, float]], bool]]:
+        live = [(i, t, p) for i, t, p in window if t.strip()]
+        encoded = [self.encode(i, t, p) for i, t, p in live]
+        out: dict[int, tuple[list[tuple[str, float]], bool]] = {}
+        for positions in _length_batches(live, [len(e[0]["input_ids"]) for e in encoded], batch_size):
+            logits = self.logits([encoded[k][0] for k in positions])
+            if self.activation == "softmax":
+                probs = logits.softmax(-1)
+            elif self.activation == "sigmoid":
+                probs = logits.sigmoid()
+            else:
+                probs = logits
+            for row, k in enumerate(positions):
+                out[live[k][0]] = ([(n, float(s)) for n, s in zip(self.names, probs[row].tolist(), strict=True)], encoded[k][1])
+        return out
+
+
+class _NliRunner(_Runner):
+    method = "nli"
+
+    def __init__(self, lm: Any, labels: list[str], truncate: bool, template: str, multi_label: bool) -> None:
+        super().__init__(lm, truncate)
+        label2id = {str(k).lower(): int(v) for k, v in (self.net.config.label2id or {}).items()}
+        entail = [i for name, i in label2id.items() if name.startswith("entail")]
+        if not entail:
+            names = ", ".join(sorted(label2id)) or "none"
+            raise UsageError(
+                f"{self.spec} is a classifier without an 'entailment' label (labels: {names}), so it cannot do "
+                "zero-shot --labels; drop --labels to use its own labels, or pick an NLI model"
+            )
+        self.entail = entail[0]
+        self.contradiction = -1 if self.entail == 0 else 0  # the pipeline's choice
+        self.labels, self.template = labels, template
+        self.multi = multi_label or len(labels) == 1
+
+    def run(self, window: list[tuple[int, str, str | None]], batch_size: int) -> dict[int, tuple[list[tuple[str, float]], bool]]:
+        import torch
+
+        live = [(i, t) for i, t, _ in window if t.strip()]
+        jobs = [(k, j) for k in range(len(live)) for j in range(len(self.labels))]
+        encoded = [self.encode(live[k][0], live[k][1], self.template.format(self.labels[j])) for k, j in jobs]
+        entail_logits = torch.zeros((len(live), len(self.labels), 2))
+        for positions in _length_batches(jobs, [len(e[0]["input_ids"]) for e in encoded], batch_size):
+            logits = self.logits([encoded[n][0] for n in positions])
+            for row, n in enumerate(positions):
+                k, j = jobs[n]
+                entail_logits[k, j, 0] = logits[row, self.contradiction]
+                entail_logits[k, j, 1] = logits[row, self.entail]
+        if self.multi:
+            probs = entail_logits.softmax(-1)[..., 1]
+        else:
+            probs = entail_logits[..., 1].softmax(-1)
+        cut_any = [False] * len(live)
+        for n, (k, _) in enumerate(jobs):
+            cut_any[k] = cut_any[k] or encoded[n][1]
+        return {
+            index: (list(zip(self.labels, probs[k].tolist(), strict=True)), cut_any[k]) for k, (index, _) in enumerate(live)
+        }
+
+
+class _CausalRunner(_Runner):
+    method = "causal-lm"
+
+    def __init__(self, lm: Any, labels: list[str], truncate: bool) -> None:
+        super().__init__(lm, truncate)
+        self.labels = labels
+        self.chat = bool(getattr(self.tok, "chat_template", None))
+        pad = self.tok.pad_token_id
+        self.pad_id = pad if pad is not None else (self.tok.eos_token_id or 0)
+        # Without a chat template the answer follows "Answer:" after a space; with one, right after the turn.
+        lead = "" if self.chat else " "
+        self.label_ids = [self.tok(lead + label, add_special_tokens=False)["input_ids"] for label in labels]
+        self.room = max(len(ids) for ids in self.label_ids)
+
+    def prompt_ids(self, text: str, pair: str | None) -> list[int]:
+        from llmkit.generate import format_prompt
+        from llmkit.scoring import start_ids
+
+        body = text if pair is None else f"{text}\n{pair}"
+        question = CAUSAL_PROMPT.format(labels=", ".join(self.labels), text=body)
+        if self.chat:
+            return self.tok(format_prompt(self.tok, question, system=None, raw=False), add_special_tokens=False)["input_ids"]
+        return start_ids(self.tok) + self.tok(question + "\nAnswer:", add_special_tokens=False)["input_ids"]
+
+    def run(self, window: list[tuple[int, str, str | None]], batch_size: int) -> dict[int, tuple[list[tuple[str, float]], bool]]:
+        from llmkit.scoring import continuation_logprobs
+
+        out: dict[int, tuple[list[tuple[str, float]], bool]] = {}
+        pairs: list[tuple[list[int], list[int]]] = []
+        live: list[tuple[int, bool]] = []
+        for index, text, pair in window:
+            if not text.strip():
+                continue
+            ids = self.prompt_ids(text, pair)
+            cut = len(ids) + self.room > self.max_tokens
+            if cut:
+                self.too_long(index, len(ids) + self.room)
+                # Cut the text itself (not the instructions around it) by as many tokens as are over.
+                text_ids = self.tok(text, add_special_tokens=False)["input_ids"]
+                over = len(ids) + self.room - self.max_tokens
+                text = self.tok.decode(text_ids[: max(1, len(text_ids) - over - 8)])
+                ids = self.prompt_ids(text, pair)[-(self.max_tokens - self.room) :]
+            live.append((index, cut))
+            pairs += [(ids, label_ids) for label_ids in self.label_ids]
+        scores = continuation_logprobs(self.net, pairs, pad_id=self.pad_id, device=self.lm.device,
+                                       batch_size=batch_size) if pairs else []
+        n = len(self.labels)
+        for k, (index, cut) in enumerate(live):
+            logps = scores[k * n : (k + 1) * n]
+            peak = max(logps)
+            total = sum(math.exp(v - peak) for v in logps)
+            out[index] = ([(lbl, math.exp(v - peak) / total) for lbl, v in zip(self.labels, logps, strict=True)], cut)
+        return out
+
+
+# --- evaluation ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassMetrics:
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores of predictions against gold labels.
+
+    Attributes:
+        count: examples scored (inputs with no prediction are left out and counted in `skipped`).
+        accuracy: share of exact matches.
+        macro_f1: unweighted mean F1 over `labels` (the union of gold and predicted labels, as scikit-learn).
+        per_class: precision/recall/F1/support per label.
+        labels: the label order of `confusion`.
+        confusion: confusion[i][j] = examples with gold labels[i] predicted as labels[j].
+        skipped: inputs without a prediction (empty) or without a gold label.
+    """
+
+    count: int
+    accuracy: float
+    macro_f1: float
+    per_class: list[ClassMetrics]
+    labels: list[str]
+    confusion: list[list[int]]
+    skipped: int = 0
+
+
+def evaluate(gold: Sequence[str], predicted: Sequence[str], *, skipped: int = 0) -> Evaluation:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix.
+
+    Args:
+        gold: true labels.
+        predicted: predicted labels, aligned with `gold`.
+        skipped: how many inputs were left out (reported, not scored).
+
+    Returns:
+        An `Evaluation` (precision/recall of a label never predicted/present count as 0, as scikit-learn's
+        zero_division=0).
+    """
+    if len(gold) != len(predicted):
+        raise ValueError("gold and predicted differ in length")
+    if not gold:
+        raise DataError("nothing to evaluate: no input had both a prediction and a gold label")
+    labels = sorted(set(gold) | set(predicted))
+    where = {label: i for i, label in enumerate(labels)}
+    confusion = [[0] * len(labels) for _ in labels]
+    for g, p in zip(gold, predicted, strict=True):
+        confusion[where[g]][where[p]] += 1
+    per_class = []
+    for i, label in enumerate(labels):
+        tp = confusion[i][i]
+        predicted_n = sum(row[i] for row in confusion)
+        support = sum(confusion[i])
+        precision = tp / predicted_n if predicted_n else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class.append(ClassMetrics(label, precision, recall, f1, support))
+    correct = sum(confusion[i][i] for i in range(len(labels)))
+    return Evaluation(
+        count=len(gold),
+        accuracy=correct / len(gold),
+        macro_f1=sum(c.f1 for c in per_class) / len(per_class),
+        per_class=per_class,
+        labels=labels,
+        confusion=confusion,
+        skipped=skipped,
+    )
+
+
+def gold_label(value: Any, names: Sequence[str]) -> str | None:
+    """A gold label as the model names it: label ids ("1", 1) become names when the model's labels are names."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    text = str(value).strip()
+    if text not in names and text.lstrip("-").isdigit() and 0 <= int(text) < len(names):
+        return names[int(text)]
+    return text
