@@ -81,21 +81,63 @@ class DistillSettings:
         return self
 
 
-def build_settings(config_file: Path | None, cli: dict[str, Any]) -> tuple[DistillSettings, Any]:
-    """(DistillSettings, training.TrainSettings) from defaults < the TOML `config_file` < `cli` (None = unset).
+def build_settings(config_file: Path | None, cli: dict[str, Any]) -> tuple[str, DistillSettings, Any]:
+    """(teacher, DistillSettings, training.TrainSettings) from defaults < TOML `config_file` < `cli`.
+
+    `cli` holds the command's values, None for those not given, so the file can fill them.
 
     Raises:
-        UsageError: an unknown key in the file or an impossible value. NotFoundError: no such file.
+        UsageError: no teacher, an unknown key in the file or an impossible value. NotFoundError: no such file.
     """
     from llmkit import training
 
     config = training.load_config(config_file)
     known = {f.name for f in fields(DistillSettings)} | {f.name for f in fields(training.TrainSettings)}
-    known |= {"teacher"}
-    training.check_config_keys(config, known, config_file)
+    training.check_config_keys(config, known | {"teacher"}, config_file)
+    teacher = cli.get("teacher") or config.get("teacher")
+    if not teacher:
+        raise UsageError("no teacher: pass --teacher MODEL (e.g. a folder written by llmkit finetune)")
     distill_settings = training.settings_from(DistillSettings, config, cli)
     train_settings = training.settings_from(training.TrainSettings, config, cli)
-    return distill_settings, train_settings
+    return str(teacher), distill_settings, train_settings
+
+
+def render(result: DistillResult) -> Any:
+    """Teacher, student and baseline side by side, as a rich table for the terminal."""
+    from rich.table import Table
+
+    classification = result.task == "classification"
+    table = Table(title=f"Distillation report ({result.task}, {result.validation_examples} validation examples)",
+                  title_justify="left")
+    columns = ["model", "layers", "parameters", "size", "latency/ex", "examples/s"]
+    columns += ["accuracy", "macro-F1"] if classification else ["perplexity"]
+    columns.append("KL to teacher")
+    for name in columns:
+        table.add_column(name, justify="left" if name == "model" else "right")
+
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    for m in result.models:
+        row = [m.role, str(m.layers), f"{m.parameters / 1e6:.2f} M", f"{m.size_bytes / 1e6:.1f} MB",
+               f"{m.latency_ms:.1f} ms", f"{m.throughput:.1f}"]
+        row += [num(m.accuracy, ".3f"), num(m.macro_f1, ".3f")] if classification else [num(m.perplexity, ".2f")]
+        row.append(num(m.kl_to_teacher, ".4f"))
+        table.add_row(*row)
+    s = result.summary
+    parts = [f"student: {result.student}", f"speed-up x{num(s.get('speedup'), '.2f')}",
+             f"size x{num(s.get('size_ratio'), '.2f')}"]
+    if classification:
+        parts.append(f"accuracy share {num(s.get('accuracy_share'), '.3f')}")
+        if "accuracy_gain_over_baseline" in s:
+            parts.append(f"gain over baseline {num(s.get('accuracy_gain_over_baseline'), '+.3f')}")
+    else:
+        parts.append(f"perplexity x{num(s.get('perplexity_ratio'), '.3f')}")
+        if "perplexity_gain_over_baseline" in s:
+            parts.append(f"perplexity gain over baseline {num(s.get('perplexity_gain_over_baseline'), '+.3f')}")
+    parts.append(f"KL to teacher {result.kl_before:.4f} -> {result.kl_after:.4f}")
+    table.caption = " · ".join(parts) + f"\nsaved: {result.output_dir} (report: {result.report_path})"
+    return table
 
 
 # --- results ------------------------------------------------------------------------------------------------
@@ -503,6 +545,12 @@ def _train(model: Any, examples: list[dict[str, Any]], task: str, settings: Dist
         callbacks=callbacks,
         kd={"task": task, "settings": settings, "matching": matching, "teacher": teacher},
     )
+    # The Trainer adds its own printer (dicts on stdout) and tqdm bar; stdout is data, and ours is on stderr.
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import ProgressCallback as HFProgress
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(HFProgress)
     last = training.last_checkpoint(checkpoints.parent / checkpoints.name.removesuffix(training.CHECKPOINTS_SUFFIX))
     trainer.train(resume_from_checkpoint=str(last) if resume and last is not None else None)
     model.eval()
@@ -627,18 +675,18 @@ def detect_task(config: Any) -> str:
                      "pass --task classification|causal-lm|masked-lm")
 
 
-def _peek_config(spec: str) -> Any:
-    from transformers import AutoConfig
+# A teacher must have been trained for the task: a head that from_pretrained invents is random noise.
+_HEADS = {"classification": ("ForSequenceClassification",), "causal-lm": ("ForCausalLM",),
+          "masked-lm": ("ForMaskedLM", "ForPreTraining")}
 
-    from llmkit.errors import ModelNotFoundError
-    from llmkit.loading import convert_gguf, resolve
 
-    source = resolve(spec)
-    location = str(convert_gguf(Path(source.location))) if source.kind == "gguf" else source.location
-    try:
-        return AutoConfig.from_pretrained(location)
-    except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"{spec}: config.json could not be read; pass a model folder") from exc
+def _check_teacher_head(spec: str, config: Any, task: str) -> None:
+    names = config.architectures or []
+    if any(head in name for name in names for head in _HEADS[task]):
+        return
+    what = ", ".join(names) or "no head recorded in config.json"
+    fix = "fine-tune it first with llmkit finetune" if task == "classification" else "pick a teacher made for it"
+    raise UsageError(f"{spec} ({what}) has no trained {task} head to learn from; {fix}")
 
 
 def distill(
@@ -679,7 +727,7 @@ def distill(
     import torch
 
     from llmkit import teacher_cache, training
-    from llmkit.loading import load, set_seed
+    from llmkit.loading import load, read_config, set_seed
     from llmkit.losses import hidden_layer_map
     from llmkit.student import check_compatible, drop_layers, parameter_count
 
@@ -688,17 +736,13 @@ def distill(
     log = on_log or (lambda _message: None)
     output_dir = Path(output_dir)
     training.check_output(output_dir, overwrite=overwrite, resume=resume)
-    task = settings.task if settings.task != "auto" else detect_task(_peek_config(teacher))
+    task = settings.task if settings.task != "auto" else detect_task(read_config(teacher))
     model_kwargs = {"attn_implementation": "eager"} if settings.attention_weight > 0 else None  # sdpa: no maps
 
     set_seed(train_settings.seed)
     teacher_lm = load(teacher, LOAD_TASK[task], device=device, dtype="float32", model_kwargs=model_kwargs)
     teacher_model, tokenizer = teacher_lm.model, teacher_lm.tokenizer
-    if task == "classification" and not any(
-        "ForSequenceClassification" in a for a in (teacher_model.config.architectures or [])
-    ):
-        raise UsageError(f"{teacher} is not a fine-tuned classifier (no classification head); "
-                         "fine-tune it first with llmkit finetune")
+    _check_teacher_head(teacher, teacher_model.config, task)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # causal LMs often ship without a pad token
     pad_id = tokenizer.pad_token_id
