@@ -87,7 +87,8 @@ def build_settings(config_file: Path | None, cli: dict[str, Any]) -> tuple[str, 
     `cli` holds the command's values, None for those not given, so the file can fill them.
 
     Raises:
-        UsageError: no teacher, an unknown key in the file or an impossible value. NotFoundError: no such file.
+        UsageError: no teacher, an unknown key in the file or an impossible value.
+        NotFoundError: no such file.
     """
     from llmkit import training
 
@@ -107,8 +108,10 @@ def render(result: DistillResult) -> Any:
     from rich.table import Table
 
     classification = result.task == "classification"
-    table = Table(title=f"Distillation report ({result.task}, {result.validation_examples} validation examples)",
-                  title_justify="left")
+    table = Table(
+        title=f"Distillation report ({result.task}, {result.validation_examples} validation examples)",
+        title_justify="left",
+    )
     columns = ["model", "layers", "parameters", "size", "latency/ex", "examples/s"]
     columns += ["accuracy", "macro-F1"] if classification else ["perplexity"]
     columns.append("KL to teacher")
@@ -119,14 +122,25 @@ def render(result: DistillResult) -> Any:
         return "-" if value is None else format(value, fmt)
 
     for m in result.models:
-        row = [m.role, str(m.layers), f"{m.parameters / 1e6:.2f} M", f"{m.size_bytes / 1e6:.1f} MB",
-               f"{m.latency_ms:.1f} ms", f"{m.throughput:.1f}"]
-        row += [num(m.accuracy, ".3f"), num(m.macro_f1, ".3f")] if classification else [num(m.perplexity, ".2f")]
+        row = [
+            m.role,
+            str(m.layers),
+            f"{m.parameters / 1e6:.2f} M",
+            f"{m.size_bytes / 1e6:.1f} MB",
+            f"{m.latency_ms:.1f} ms",
+            f"{m.throughput:.1f}",
+        ]
+        row += (
+            [num(m.accuracy, ".3f"), num(m.macro_f1, ".3f")] if classification else [num(m.perplexity, ".2f")]
+        )
         row.append(num(m.kl_to_teacher, ".4f"))
         table.add_row(*row)
     s = result.summary
-    parts = [f"student: {result.student}", f"speed-up x{num(s.get('speedup'), '.2f')}",
-             f"size x{num(s.get('size_ratio'), '.2f')}"]
+    parts = [
+        f"student: {result.student}",
+        f"speed-up x{num(s.get('speedup'), '.2f')}",
+        f"size x{num(s.get('size_ratio'), '.2f')}",
+    ]
     if classification:
         parts.append(f"accuracy share {num(s.get('accuracy_share'), '.3f')}")
         if "accuracy_gain_over_baseline" in s:
@@ -134,7 +148,9 @@ def render(result: DistillResult) -> Any:
     else:
         parts.append(f"perplexity x{num(s.get('perplexity_ratio'), '.3f')}")
         if "perplexity_gain_over_baseline" in s:
-            parts.append(f"perplexity gain over baseline {num(s.get('perplexity_gain_over_baseline'), '+.3f')}")
+            parts.append(
+                f"perplexity gain over baseline {num(s.get('perplexity_gain_over_baseline'), '+.3f')}"
+            )
     parts.append(f"KL to teacher {result.kl_before:.4f} -> {result.kl_after:.4f}")
     table.caption = " · ".join(parts) + f"\nsaved: {result.output_dir} (report: {result.report_path})"
     return table
@@ -154,7 +170,7 @@ class ModelReport:
         latency_ms: median wall time for one example (batch 1).
         throughput: examples per second in batches of EVAL_BATCH_SIZE.
         accuracy, macro_f1: classification quality (None for LMs).
-        perplexity: exp(mean token cross-entropy) for LMs (masked-LM: over the masked tokens; None for classifiers).
+        perplexity: exp(mean token cross-entropy) for LMs (masked LM: over the masked tokens).
         kl_to_teacher: mean KL(teacher || model) at T=1 on the validation data (0 for the teacher).
     """
 
@@ -201,7 +217,7 @@ class DistillResult:
 
 @dataclass
 class Examples:
-    """Texts and (for classification) label ids of the train and validation parts, plus what the reading did."""
+    """Texts and (classification) label ids of the train and validation parts, and notes on the reading."""
 
     train_texts: list[str]
     train_labels: list[int] | None
@@ -226,17 +242,25 @@ def _is_text_file(path: Path | None) -> bool:
     return path is not None and path.is_file() and path.suffix.lower() in TEXT_SUFFIXES
 
 
-def load_examples(data: Path, validation: Path | None, settings: DistillSettings, *, task: str,
-                  label_names: list[str] | None, need_labels: bool, seed: int) -> Examples:
+def load_examples(
+    data: Path,
+    validation: Path | None,
+    settings: DistillSettings,
+    *,
+    task: str,
+    label_names: list[str] | None,
+    need_labels: bool,
+    seed: int,
+) -> Examples:
     """Read, clean, label and split the data with the shared training machinery (training.py).
 
     Args:
-        data: a table file (.csv/.tsv/.jsonl/.json/.parquet), a folder of train/validation files, a hub dataset
-            id, or (language modelling) a plain text file with one example per line.
+        data: a table file (.csv/.tsv/.jsonl/.json/.parquet), a folder of train/validation files, a hub
+            dataset id, or (language modelling) a plain text file with one example per line.
         validation: a separate validation table or text file; default: split off from `data`.
         settings: columns and the validation share.
         task: classification | causal-lm | masked-lm.
-        label_names: the teacher's labels in id order (classification): the data's labels are mapped onto them.
+        label_names: the teacher's labels in id order (classification); the data's labels map onto them.
         need_labels: whether the training rows must carry labels (hard loss or --baseline).
         seed: for the validation split.
 
@@ -251,7 +275,9 @@ def load_examples(data: Path, validation: Path | None, settings: DistillSettings
         train_ds = _text_lines_dataset(Path(data), text_col)
         val_ds = None
     else:
-        splits = training.load_dataset_splits(data, validation_file=None if _is_text_file(validation) else validation)
+        splits = training.load_dataset_splits(
+            data, validation_file=None if _is_text_file(validation) else validation
+        )
         train_ds, val_ds, stats = splits.train, splits.validation, splits.stats
     if _is_text_file(validation):
         assert validation is not None
@@ -265,18 +291,26 @@ def load_examples(data: Path, validation: Path | None, settings: DistillSettings
     if val_ds is not None:
         val_ds = training.clean_rows(val_ds, [text_col], label_col if val_has_labels else None, stats)
     if has_labels:
-        train_ds, val_ds, _ = training.prepare_labels(train_ds, val_ds if val_has_labels else None, label_col,
-                                                      stats=stats, label_names=label_names)
-        unknown = sorted({str(v) for v, i in zip(train_ds[label_col], train_ds["labels"], strict=True) if i < 0})
+        train_ds, val_ds, _ = training.prepare_labels(
+            train_ds, val_ds if val_has_labels else None, label_col, stats=stats, label_names=label_names
+        )
+        unknown = sorted(
+            {str(v) for v, i in zip(train_ds[label_col], train_ds["labels"], strict=True) if i < 0}
+        )
         if unknown:
-            raise DataError(f"label(s) {', '.join(unknown)} are not among the teacher's labels "
-                            f"({', '.join(label_names or [])}); distillation keeps the teacher's label set")
+            raise DataError(
+                f"label(s) {', '.join(unknown)} are not among the teacher's labels "
+                f"({', '.join(label_names or [])}); distillation keeps the teacher's label set"
+            )
     if val_ds is None:
         share = settings.validation_split or training.DEFAULT_VALIDATION_SPLIT
-        train_ds, val_ds = training.split_validation(train_ds, share, seed=seed,
-                                                     label_column="labels" if has_labels else None)
+        train_ds, val_ds = training.split_validation(
+            train_ds, share, seed=seed, label_column="labels" if has_labels else None
+        )
     if len(train_ds) == 0 or len(val_ds) == 0:
-        raise DataError(f"{data}: no usable rows left for training or validation; check the columns and labels")
+        raise DataError(
+            f"{data}: no usable rows left for training or validation; check the columns and labels"
+        )
     return Examples(
         train_texts=list(train_ds[text_col]),
         train_labels=list(train_ds["labels"]) if has_labels else None,
@@ -286,8 +320,16 @@ def load_examples(data: Path, validation: Path | None, settings: DistillSettings
     )
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str], labels: Sequence[int] | None, task: str, *,
-             max_length: int, mlm_probability: float, seed: int) -> list[dict[str, Any]]:
+def tokenize(
+    tokenizer: Any,
+    texts: Sequence[str],
+    labels: Sequence[int] | None,
+    task: str,
+    *,
+    max_length: int,
+    mlm_probability: float,
+    seed: int,
+) -> list[dict[str, Any]]:
     """Token ids per example (`example_id` = position), plus what each task trains on.
 
     Classification: `label` (a class id) when there are labels. Masked LM: `mlm_input_ids`/`mlm_labels`,
@@ -309,9 +351,10 @@ def tokenize(tokenizer: Any, texts: Sequence[str], labels: Sequence[int] | None,
     return examples
 
 
-def _mask_tokens(ids: list[int], tokenizer: Any, special: set[int], prob: float,
-                 rng: random.Random) -> tuple[list[int], list[int]]:
-    """BERT's recipe: of the chosen tokens, 80% -> [MASK], 10% -> a random token, 10% kept; >= 1 per example."""
+def _mask_tokens(
+    ids: list[int], tokenizer: Any, special: set[int], prob: float, rng: random.Random
+) -> tuple[list[int], list[int]]:
+    """BERT's recipe: of the chosen tokens 80% -> [MASK], 10% -> a random token, 10% kept; >= 1 chosen."""
     from llmkit.losses import IGNORE_INDEX
 
     candidates = [i for i, t in enumerate(ids) if t not in special]
@@ -402,7 +445,7 @@ class TeacherOutputs:
         self.cached = cached
 
     def per_example(self, input_ids: Any, attention_mask: Any) -> list[dict[str, Any]]:
-        """Run the teacher on a batch and split its outputs into unpadded per-example tensors (for the cache)."""
+        """Run the teacher on a batch; split its outputs into unpadded per-example tensors (for the cache)."""
         out = self._forward(input_ids, attention_mask)
         lengths = attention_mask.sum(dim=1).tolist()
         results = []
@@ -416,7 +459,7 @@ class TeacherOutputs:
         return results
 
     def batch(self, input_ids: Any, attention_mask: Any, example_ids: Any) -> dict[str, Any]:
-        """{"logits": [B,(S,)C], "hidden": [n, B, S, H]?, "attention": [n, B, heads, S, S]?} for this batch."""
+        """{"logits": [B,(S,)C], "hidden": [n,B,S,H]?, "attention": [n,B,heads,S,S]?} for this batch."""
         if self.cached is None:
             return self._forward(input_ids, attention_mask)
         import torch
@@ -485,8 +528,13 @@ def _make_trainer_class() -> Any:
                 optimizer.add_param_group({"params": list(projections.parameters()), "weight_decay": 0.0})
             return optimizer
 
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
             from llmkit.losses import attention_loss, distillation_loss, hard_loss, hidden_loss
 
             kd = self.kd
@@ -512,12 +560,20 @@ def _make_trainer_class() -> Any:
                     projections = list(matching.projections) if matching.projections is not None else None
                     hidden = hidden_loss(s_hidden, list(t["hidden"]), inputs["attention_mask"], projections)
                 if "attention" in t:
-                    attention = attention_loss(list(out.attentions), list(t["attention"]), inputs["attention_mask"])
+                    attention = attention_loss(
+                        list(out.attentions), list(t["attention"]), inputs["attention_mask"]
+                    )
                 parts = distillation_loss(
-                    logits, t_logits, target if settings.alpha > 0 else None,
-                    alpha=settings.alpha, temperature=settings.temperature, mask=mask,
-                    hidden=hidden, hidden_weight=settings.hidden_weight,
-                    attention=attention, attention_weight=settings.attention_weight,
+                    logits,
+                    t_logits,
+                    target if settings.alpha > 0 else None,
+                    alpha=settings.alpha,
+                    temperature=settings.temperature,
+                    mask=mask,
+                    hidden=hidden,
+                    hidden_weight=settings.hidden_weight,
+                    attention=attention,
+                    attention_weight=settings.attention_weight,
                 )
                 loss = parts.total
             self.history.append(float(loss.detach()))
@@ -526,14 +582,31 @@ def _make_trainer_class() -> Any:
     return DistillTrainer
 
 
-def _train(model: Any, examples: list[dict[str, Any]], task: str, settings: DistillSettings, train_settings: Any,
-           pad_id: int, teacher: TeacherOutputs | None, matching: Matching, checkpoints: Path, device: str,
-           *, resume: bool, progress: bool, label: str) -> Any:
-    """Train `model` in place with the shared TrainingArguments (training.py); checkpoints go to `checkpoints`."""
+def _train(
+    model: Any,
+    examples: list[dict[str, Any]],
+    task: str,
+    settings: DistillSettings,
+    train_settings: Any,
+    pad_id: int,
+    teacher: TeacherOutputs | None,
+    matching: Matching,
+    checkpoints: Path,
+    device: str,
+    *,
+    resume: bool,
+    progress: bool,
+    label: str,
+) -> Any:
+    """Train `model` in place with the shared TrainingArguments (training.py) (checkpoints: `checkpoints`)."""
     from llmkit import training
 
     args = training.build_training_args(
-        train_settings, checkpoints, has_eval=False, device=device, train_rows=len(examples),
+        train_settings,
+        checkpoints,
+        has_eval=False,
+        device=device,
+        train_rows=len(examples),
         remove_unused_columns=False,  # the collator needs example_id (the teacher cache key)
     )
     callbacks = [training.ProgressCallback.create(description=label)] if progress else []
@@ -551,7 +624,9 @@ def _train(model: Any, examples: list[dict[str, Any]], task: str, settings: Dist
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(HFProgress)
-    last = training.last_checkpoint(checkpoints.parent / checkpoints.name.removesuffix(training.CHECKPOINTS_SUFFIX))
+    last = training.last_checkpoint(
+        checkpoints.parent / checkpoints.name.removesuffix(training.CHECKPOINTS_SUFFIX)
+    )
     trainer.train(resume_from_checkpoint=str(last) if resume and last is not None else None)
     model.eval()
     return trainer
@@ -560,8 +635,15 @@ def _train(model: Any, examples: list[dict[str, Any]], task: str, settings: Dist
 # --- measuring ----------------------------------------------------------------------------------------------
 
 
-def evaluate(model: Any, examples: list[dict[str, Any]], task: str, pad_id: int, *,
-             teacher_logits: dict[int, Any] | None = None, label_names: Sequence[str] = ()) -> dict[str, Any]:
+def evaluate(
+    model: Any,
+    examples: list[dict[str, Any]],
+    task: str,
+    pad_id: int,
+    *,
+    teacher_logits: dict[int, Any] | None = None,
+    label_names: Sequence[str] = (),
+) -> dict[str, Any]:
     """Quality and KL to the teacher of `model` on the validation examples.
 
     Args:
@@ -586,10 +668,13 @@ def evaluate(model: Any, examples: list[dict[str, Any]], task: str, pad_id: int,
         for start in range(0, len(examples), EVAL_BATCH_SIZE):
             chunk = examples[start : start + EVAL_BATCH_SIZE]
             batch = collate(chunk, task, pad_id)
-            out = model(input_ids=batch["input_ids"].to(model.device),
-                        attention_mask=batch["attention_mask"].to(model.device))
-            logits, target, mask = task_view(task, out.logits.float().cpu(), batch.get("labels"),
-                                             batch["attention_mask"])
+            out = model(
+                input_ids=batch["input_ids"].to(model.device),
+                attention_mask=batch["attention_mask"].to(model.device),
+            )
+            logits, target, mask = task_view(
+                task, out.logits.float().cpu(), batch.get("labels"), batch["attention_mask"]
+            )
             for row, example in enumerate(chunk):
                 eid = example["example_id"]
                 logits_by_id[eid] = logits[row]
@@ -602,14 +687,21 @@ def evaluate(model: Any, examples: list[dict[str, Any]], task: str, pad_id: int,
                     predictions.extend(logits.argmax(-1).tolist())
                     gold.extend(target.tolist())
             elif target is not None:
-                nll_sum += float(torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                    ignore_index=IGNORE_INDEX, reduction="sum"))
+                nll_sum += float(
+                    torch.nn.functional.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]),
+                        target.reshape(-1),
+                        ignore_index=IGNORE_INDEX,
+                        reduction="sum",
+                    )
+                )
                 nll_count += int((target != IGNORE_INDEX).sum())
     result: dict[str, Any] = {
         "logits": logits_by_id,
         "kl_to_teacher": kl_sum / kl_count if kl_count else None,
-        "accuracy": None, "macro_f1": None, "perplexity": None,
+        "accuracy": None,
+        "macro_f1": None,
+        "perplexity": None,
     }
     if task == "classification" and gold:
         report = training.classification_report(gold, predictions, list(label_names))
@@ -619,7 +711,9 @@ def evaluate(model: Any, examples: list[dict[str, Any]], task: str, pad_id: int,
     return result
 
 
-def measure_speed(models: list[Any], examples: list[dict[str, Any]], task: str, pad_id: int) -> list[tuple[float, float]]:
+def measure_speed(
+    models: list[Any], examples: list[dict[str, Any]], task: str, pad_id: int
+) -> list[tuple[float, float]]:
     """(median ms per example at batch 1, examples/s in batches of EVAL_BATCH_SIZE) for each model.
 
     The models take turns on every example and batch (interleaved, after a warm-up of each), so a busy
@@ -629,12 +723,17 @@ def measure_speed(models: list[Any], examples: list[dict[str, Any]], task: str, 
 
     def run(model: Any, batch: dict[str, Any]) -> float:
         started = time.perf_counter()
-        model(input_ids=batch["input_ids"].to(model.device), attention_mask=batch["attention_mask"].to(model.device))
+        model(
+            input_ids=batch["input_ids"].to(model.device),
+            attention_mask=batch["attention_mask"].to(model.device),
+        )
         return time.perf_counter() - started
 
     singles = [collate([e], task, pad_id) for e in examples[:LATENCY_EXAMPLES]]
-    batches = [collate(examples[i : i + EVAL_BATCH_SIZE], task, pad_id)
-               for i in range(0, min(len(examples), THROUGHPUT_EXAMPLES), EVAL_BATCH_SIZE)]
+    batches = [
+        collate(examples[i : i + EVAL_BATCH_SIZE], task, pad_id)
+        for i in range(0, min(len(examples), THROUGHPUT_EXAMPLES), EVAL_BATCH_SIZE)
+    ]
     single_times: list[list[float]] = [[] for _ in models]
     batch_times = [0.0 for _ in models]
     with torch.inference_mode():
@@ -649,8 +748,10 @@ def measure_speed(models: list[Any], examples: list[dict[str, Any]], task: str, 
             for i, model in enumerate(models):
                 batch_times[i] += run(model, batch)
     counted = sum(int(b["input_ids"].shape[0]) for b in batches)
-    return [(statistics.median(single_times[i]), counted / batch_times[i] if batch_times[i] > 0 else 0.0)
-            for i in range(len(models))]
+    return [
+        (statistics.median(single_times[i]), counted / batch_times[i] if batch_times[i] > 0 else 0.0)
+        for i in range(len(models))
+    ]
 
 
 def weights_size(directory: Path) -> int:
@@ -671,13 +772,18 @@ def detect_task(config: Any) -> str:
         return "causal-lm"
     if "ForMaskedLM" in names or "ForPreTraining" in names:
         return "masked-lm"
-    raise UsageError(f"cannot tell the task of the teacher ({names or 'no architecture in config.json'}); "
-                     "pass --task classification|causal-lm|masked-lm")
+    raise UsageError(
+        f"cannot tell the task of the teacher ({names or 'no architecture in config.json'}); "
+        "pass --task classification|causal-lm|masked-lm"
+    )
 
 
 # A teacher must have been trained for the task: a head that from_pretrained invents is random noise.
-_HEADS = {"classification": ("ForSequenceClassification",), "causal-lm": ("ForCausalLM",),
-          "masked-lm": ("ForMaskedLM", "ForPreTraining")}
+_HEADS = {
+    "classification": ("ForSequenceClassification",),
+    "causal-lm": ("ForCausalLM",),
+    "masked-lm": ("ForMaskedLM", "ForPreTraining"),
+}
 
 
 def _check_teacher_head(spec: str, config: Any, task: str) -> None:
@@ -685,7 +791,11 @@ def _check_teacher_head(spec: str, config: Any, task: str) -> None:
     if any(head in name for name in names for head in _HEADS[task]):
         return
     what = ", ".join(names) or "no head recorded in config.json"
-    fix = "fine-tune it first with llmkit finetune" if task == "classification" else "pick a teacher made for it"
+    fix = (
+        "fine-tune it first with llmkit finetune"
+        if task == "classification"
+        else "pick a teacher made for it"
+    )
     raise UsageError(f"{spec} ({what}) has no trained {task} head to learn from; {fix}")
 
 
@@ -737,7 +847,9 @@ def distill(
     output_dir = Path(output_dir)
     training.check_output(output_dir, overwrite=overwrite, resume=resume)
     task = settings.task if settings.task != "auto" else detect_task(read_config(teacher))
-    model_kwargs = {"attn_implementation": "eager"} if settings.attention_weight > 0 else None  # sdpa: no maps
+    model_kwargs = (
+        {"attn_implementation": "eager"} if settings.attention_weight > 0 else None
+    )  # sdpa: no maps
 
     set_seed(train_settings.seed)
     teacher_lm = load(teacher, LOAD_TASK[task], device=device, dtype="float32", model_kwargs=model_kwargs)
@@ -746,13 +858,23 @@ def distill(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # causal LMs often ship without a pad token
     pad_id = tokenizer.pad_token_id
-    label_names = [str(teacher_model.config.id2label[i]) for i in range(teacher_model.config.num_labels)] \
-        if task == "classification" else []
+    label_names = (
+        [str(teacher_model.config.id2label[i]) for i in range(teacher_model.config.num_labels)]
+        if task == "classification"
+        else []
+    )
 
     # Labels are needed for the hard loss and for the baseline (which learns from labels alone).
     need_labels = task == "classification" and (settings.alpha > 0 or settings.baseline)
-    ex = load_examples(Path(data) if Path(data).exists() else data, validation, settings, task=task,
-                       label_names=label_names or None, need_labels=need_labels, seed=train_settings.seed)
+    ex = load_examples(
+        Path(data) if Path(data).exists() else data,
+        validation,
+        settings,
+        task=task,
+        label_names=label_names or None,
+        need_labels=need_labels,
+        seed=train_settings.seed,
+    )
     for note in ex.notes:
         log(f"Data: {note}.")
     common = {"max_length": train_settings.max_length, "mlm_probability": settings.mlm_probability}
@@ -763,8 +885,9 @@ def distill(
     # The student.
     kept: list[int] | None = None
     if settings.student is not None:
-        student_lm = load(settings.student, LOAD_TASK[task], device=device, dtype="float32",
-                          model_kwargs=model_kwargs)
+        student_lm = load(
+            settings.student, LOAD_TASK[task], device=device, dtype="float32", model_kwargs=model_kwargs
+        )
         student = student_lm.model
         check_compatible(teacher_model, tokenizer, student, student_lm.tokenizer, task)
         student_name = settings.student
@@ -773,7 +896,9 @@ def distill(
         n = settings.student_layers if settings.student_layers is not None else max(1, total // 2)
         student, kept = drop_layers(teacher_model, n)
         student_name = f"teacher layers {kept} of {total}"
-        log(f"Student: keeps teacher layers {kept} of 0..{total - 1}, initialised from the teacher's weights.")
+        log(
+            f"Student: keeps teacher layers {kept} of 0..{total - 1}, initialised from the teacher's weights."
+        )
     student.train()
     initial_student = copy.deepcopy(student) if settings.baseline else None
 
@@ -782,7 +907,9 @@ def distill(
     matching = Matching()
     if settings.hidden_weight > 0 or settings.attention_weight > 0:
         if s_layers > t_layers:
-            raise UsageError("--hidden-weight/--attention-weight need a student with no more layers than the teacher")
+            raise UsageError(
+                "--hidden-weight/--attention-weight need a student with no more layers than the teacher"
+            )
         layer_map = hidden_layer_map(t_layers, s_layers)
         if settings.hidden_weight > 0:
             matching.hidden_map = layer_map
@@ -801,8 +928,11 @@ def distill(
         fingerprint = teacher_cache.teacher_fingerprint(teacher_lm.source.location)
         key = teacher_cache.cache_key(fingerprint, task, train, extras)
         path = teacher_cache.cache_path(key)
-        width = teacher_model.config.num_labels if task == "classification" else \
-            teacher_model.get_output_embeddings().weight.shape[0]
+        width = (
+            teacher_model.config.num_labels
+            if task == "classification"
+            else teacher_model.get_output_embeddings().weight.shape[0]
+        )
         mean_len = sum(len(e["input_ids"]) for e in train) / len(train)
         estimate = teacher_cache.estimate_bytes(len(train), mean_len, width, task)
         if estimate > CACHE_WARN_BYTES and not path.exists():
@@ -827,8 +957,21 @@ def distill(
 
     checkpoints = training.checkpoint_dir(output_dir)
     started = time.perf_counter()
-    trainer = _train(student, train, task, settings, train_settings, pad_id, teacher_out, matching, checkpoints,
-                     teacher_lm.device, resume=resume, progress=progress, label="distill")
+    trainer = _train(
+        student,
+        train,
+        task,
+        settings,
+        train_settings,
+        pad_id,
+        teacher_out,
+        matching,
+        checkpoints,
+        teacher_lm.device,
+        resume=resume,
+        progress=progress,
+        label="distill",
+    )
     train_seconds = time.perf_counter() - started
     history = list(trainer.history)
     student_eval = evaluate(student, val, task, pad_id, teacher_logits=t_logits, label_names=label_names)
@@ -837,38 +980,72 @@ def distill(
     if initial_student is not None:
         initial_student.train()
         # Same student, same data, same schedule; labels only (alpha 1) and no teacher at all.
-        _train(initial_student, train, task, replace(settings, alpha=1.0), train_settings, pad_id, None, Matching(),
-               training.checkpoint_dir(checkpoints / "baseline"), teacher_lm.device, resume=resume,
-               progress=progress, label="baseline")
+        _train(
+            initial_student,
+            train,
+            task,
+            replace(settings, alpha=1.0),
+            train_settings,
+            pad_id,
+            None,
+            Matching(),
+            training.checkpoint_dir(checkpoints / "baseline"),
+            teacher_lm.device,
+            resume=resume,
+            progress=progress,
+            label="baseline",
+        )
         baseline_model = initial_student
-        baseline_eval = evaluate(baseline_model, val, task, pad_id, teacher_logits=t_logits, label_names=label_names)
+        baseline_eval = evaluate(
+            baseline_model, val, task, pad_id, teacher_logits=t_logits, label_names=label_names
+        )
 
-    def report(role: str, name: str, model: Any, folder: Path, ev: dict[str, Any], speed: tuple) -> ModelReport:
+    def report(
+        role: str, name: str, model: Any, folder: Path, ev: dict[str, Any], speed: tuple
+    ) -> ModelReport:
         return ModelReport(
-            role=role, model=name, layers=getattr(model.config, "num_hidden_layers", None),
-            parameters=parameter_count(model), size_bytes=weights_size(folder),
-            latency_ms=round(speed[0], 3), throughput=round(speed[1], 2),
-            accuracy=_round(ev["accuracy"]), macro_f1=_round(ev["macro_f1"]), perplexity=_round(ev["perplexity"]),
+            role=role,
+            model=name,
+            layers=getattr(model.config, "num_hidden_layers", None),
+            parameters=parameter_count(model),
+            size_bytes=weights_size(folder),
+            latency_ms=round(speed[0], 3),
+            throughput=round(speed[1], 2),
+            accuracy=_round(ev["accuracy"]),
+            macro_f1=_round(ev["macro_f1"]),
+            perplexity=_round(ev["perplexity"]),
             kl_to_teacher=0.0 if role == "teacher" else _round(ev["kl_to_teacher"]),
         )
 
     timed = [teacher_model, student] + ([baseline_model] if baseline_model is not None else [])
     speeds = measure_speed(timed, val, task, pad_id)
 
-    with training.atomic_output(output_dir, overwrite=overwrite) as staging, \
-            tempfile.TemporaryDirectory(prefix="llmkit-distill-") as work:
+    with (
+        training.atomic_output(output_dir, overwrite=overwrite) as staging,
+        tempfile.TemporaryDirectory(prefix="llmkit-distill-") as work,
+    ):
         student.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
         teacher_folder = Path(teacher_lm.source.location)
         if teacher_lm.source.kind != "dir":  # a GGUF/hub teacher: measure what it weighs as safetensors
             teacher_folder = Path(work) / "teacher"
             teacher_model.save_pretrained(str(teacher_folder))
-        models = [report("teacher", teacher, teacher_model, teacher_folder, teacher_eval, speeds[0]),
-                  report("student", student_name, student, staging, student_eval, speeds[1])]
+        models = [
+            report("teacher", teacher, teacher_model, teacher_folder, teacher_eval, speeds[0]),
+            report("student", student_name, student, staging, student_eval, speeds[1]),
+        ]
         if baseline_model is not None and baseline_eval is not None:
             baseline_model.save_pretrained(str(Path(work) / "baseline"))
-            models.append(report("baseline", f"{student_name}, trained without the teacher", baseline_model,
-                                 Path(work) / "baseline", baseline_eval, speeds[2]))
+            models.append(
+                report(
+                    "baseline",
+                    f"{student_name}, trained without the teacher",
+                    baseline_model,
+                    Path(work) / "baseline",
+                    baseline_eval,
+                    speeds[2],
+                )
+            )
         result = DistillResult(
             output_dir=str(output_dir),
             report_path=str(output_dir / "report.json"),
@@ -926,3 +1103,12 @@ def summarize(models: list[ModelReport], task: str) -> dict[str, float | None]:
         if baseline is not None and student.perplexity is not None and baseline.perplexity is not None:
             out["perplexity_gain_over_baseline"] = round(baseline.perplexity - student.perplexity, 4)
     return out
+
+
+def text_lines(result: DistillResult) -> str:
+    """`--format text`: one tab-separated line per model (role, layers, parameters, latency ms, quality)."""
+    lines = []
+    for m in result.models:
+        quality = m.accuracy if result.task == "classification" else m.perplexity
+        lines.append(f"{m.role}\t{m.layers}\t{m.parameters}\t{m.latency_ms}\t{quality}")
+    return "\n".join(lines)

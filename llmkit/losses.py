@@ -71,8 +71,12 @@ def kl_to_teacher(student_logits: Any, teacher_logits: Any, mask: Any | None = N
     return soft_loss(student_logits, teacher_logits, 1.0, mask)
 
 
-def hidden_loss(student_hidden: list[Any], teacher_hidden: list[Any], mask: Any | None = None,
-                projections: list[Any] | None = None) -> Any:
+def hidden_loss(
+    student_hidden: list[Any],
+    teacher_hidden: list[Any],
+    mask: Any | None = None,
+    projections: list[Any] | None = None,
+) -> Any:
     """Mean squared error between paired hidden states, averaged over the pairs.
 
     Args:

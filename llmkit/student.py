@@ -1,4 +1,4 @@
-"""Students for distillation: a copy of the teacher with fewer layers, or another checkpoint checked against it.
+"""Students for distillation: the teacher with fewer layers, or another checkpoint checked against it.
 
 A layer-dropped student keeps every k-th transformer layer of the teacher (DistilBERT's initialisation), with
 the embeddings, final norm and task head copied as they are, so it starts close to the teacher rather than
@@ -30,7 +30,9 @@ def find_layer_list(model: Any) -> tuple[str, Any]:
     found = [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.ModuleList) and count is not None and len(module) == count
+        if isinstance(module, torch.nn.ModuleList)
+        and count is not None
+        and len(module) == count
         and len({type(m) for m in module}) == 1
     ]
     if not found:
@@ -93,14 +95,18 @@ def check_compatible(teacher: Any, teacher_tok: Any, student: Any, student_tok: 
         UsageError: naming what differs.
     """
     if teacher_tok.get_vocab() != student_tok.get_vocab():
-        raise UsageError("the student's tokenizer differs from the teacher's; pick a student from the same family "
-                         "or use --student-layers N")
+        raise UsageError(
+            "the student's tokenizer differs from the teacher's; pick a student from the same family "
+            "or use --student-layers N"
+        )
     if task == "classification":
         t_labels = {int(k): v for k, v in teacher.config.id2label.items()}
         s_labels = {int(k): v for k, v in student.config.id2label.items()}
         if t_labels != s_labels:
-            raise UsageError(f"the student's labels {sorted(s_labels.values())} differ from the teacher's "
-                             f"{sorted(t_labels.values())}; give the student the same label set")
+            raise UsageError(
+                f"the student's labels {sorted(s_labels.values())} differ from the teacher's "
+                f"{sorted(t_labels.values())}; give the student the same label set"
+            )
     elif teacher.get_output_embeddings().weight.shape[0] != student.get_output_embeddings().weight.shape[0]:
         raise UsageError("the student's output vocabulary size differs from the teacher's")
 

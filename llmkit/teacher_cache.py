@@ -29,9 +29,7 @@ def teacher_fingerprint(location: str | Path) -> str:
     if not path.is_dir():
         return str(location)
     parts = [
-        f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-        for p in sorted(path.iterdir())
-        if p.is_file()
+        f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(path.iterdir()) if p.is_file()
     ]
     return f"{path.resolve()}|" + "|".join(parts)
 
@@ -61,7 +59,7 @@ def load_or_fill(
     Args:
         key: from `cache_key`.
         count: number of examples.
-        run_teacher: example ids -> one dict of unpadded tensors per example ("logits", "hidden", "attention").
+        run_teacher: example ids -> a dict of unpadded tensors per example ("logits", "hidden", "attention").
         on_progress: called with (done, count) while filling.
 
     Returns:

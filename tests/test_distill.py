@@ -64,8 +64,24 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def distilled(teacher: Path, small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("runs") / "student"
-    result = _invoke([str(small_data), "--teacher", str(teacher), "--output", str(out), "--student-layers", "1",
-                      "--epochs", "4", "--learning-rate", "1e-3", "--baseline", "--json", *FAST])
+    result = _invoke(
+        [
+            str(small_data),
+            "--teacher",
+            str(teacher),
+            "--output",
+            str(out),
+            "--student-layers",
+            "1",
+            "--epochs",
+            "4",
+            "--learning-rate",
+            "1e-3",
+            "--baseline",
+            "--json",
+            *FAST,
+        ]
+    )
     return _json(result), out
 
 
@@ -85,24 +101,46 @@ def test_distill_trains_a_student_closer_to_its_teacher(distilled: tuple[dict, P
     assert all(m["latency_ms"] > 0 and m["throughput"] > 0 for m in record["models"])
     assert all(0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1 for m in record["models"])
     assert teacher["kl_to_teacher"] == 0.0 and baseline["kl_to_teacher"] > 0
-    assert record["summary"]["accuracy_share"] == pytest.approx(student["accuracy"] / teacher["accuracy"], abs=1e-3)
+    assert record["summary"]["accuracy_share"] == pytest.approx(
+        student["accuracy"] / teacher["accuracy"], abs=1e-3
+    )
     assert record["summary"]["accuracy_gain_over_baseline"] == pytest.approx(
-        student["accuracy"] - baseline["accuracy"], abs=1e-3)
+        student["accuracy"] - baseline["accuracy"], abs=1e-3
+    )
     # report.json always, holding what stdout said; the student is a complete model folder
     assert json.loads((out / "report.json").read_text()) == record
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     assert not (out.parent / (out.name + ".checkpoints")).exists()  # finished runs leave no checkpoints
 
 
-def test_kd_loss_falls_and_the_student_moves_towards_its_teacher(teacher: Path, small_data: Path,
-                                                                  tmp_path: Path) -> None:
+def test_kd_loss_falls_and_the_student_moves_towards_its_teacher(
+    teacher: Path, small_data: Path, tmp_path: Path
+) -> None:
     import tiny
 
     # A fresh random student (uniform outputs) is far from the sharp teacher: pure distillation (alpha 0).
     fresh = tiny.build_classifier(tmp_path / "fresh", seed=5)
-    record = _json(_invoke([str(small_data), "--teacher", str(teacher), "--student", str(fresh), "--alpha", "0",
-                            "--output", str(tmp_path / "s"), "--epochs", "3", "--learning-rate", "3e-3", "--json",
-                            *FAST]))
+    record = _json(
+        _invoke(
+            [
+                str(small_data),
+                "--teacher",
+                str(teacher),
+                "--student",
+                str(fresh),
+                "--alpha",
+                "0",
+                "--output",
+                str(tmp_path / "s"),
+                "--epochs",
+                "3",
+                "--learning-rate",
+                "3e-3",
+                "--json",
+                *FAST,
+            ]
+        )
+    )
     history = record["loss_history"]
     assert len(history) == record["steps"] >= 15
     assert sum(history[-5:]) / 5 < 0.5 * sum(history[:5]) / 5  # the KD loss falls
@@ -123,19 +161,37 @@ def test_layer_dropped_student_loads_and_classifies(distilled: tuple[dict, Path]
     assert logits.shape == (2, 2) and torch.isfinite(logits).all()
 
 
-def test_cache_teacher_gives_the_same_result_and_is_reused(teacher: Path, small_data: Path, tmp_path: Path) -> None:
-    common = [str(small_data), "--teacher", str(teacher), "--student-layers", "1", "--max-steps", "4", "--json",
-              *FAST]
+def test_cache_teacher_gives_the_same_result_and_is_reused(
+    teacher: Path, small_data: Path, tmp_path: Path
+) -> None:
+    common = [
+        str(small_data),
+        "--teacher",
+        str(teacher),
+        "--student-layers",
+        "1",
+        "--max-steps",
+        "4",
+        "--json",
+        *FAST,
+    ]
     plain = _json(_invoke([*common, "--output", str(tmp_path / "plain")]))
     filled = _json(_invoke([*common, "--output", str(tmp_path / "cached"), "--cache-teacher"]))
     again = _json(_invoke([*common, "--output", str(tmp_path / "again"), "--cache-teacher"]))
-    assert (plain["teacher_cache"], filled["teacher_cache"], again["teacher_cache"]) == ("off", "filled", "hit")
+    assert (plain["teacher_cache"], filled["teacher_cache"], again["teacher_cache"]) == (
+        "off",
+        "filled",
+        "hit",
+    )
     for run in (filled, again):
         assert run["loss_history"] == pytest.approx(plain["loss_history"], abs=1e-4)
         assert run["kl_after"] == pytest.approx(plain["kl_after"], abs=1e-5)
     from safetensors.torch import load_file
 
-    a, b = load_file(str(tmp_path / "plain" / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "plain" / "model.safetensors")),
+        load_file(str(tmp_path / "again" / "model.safetensors")),
+    )
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
@@ -145,8 +201,14 @@ def test_student_layers_keep_every_kth_teacher_layer() -> None:
     from llmkit.student import drop_layers
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=6, num_attention_heads=2,
-                        intermediate_size=32, num_labels=2)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=6,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=2,
+    )
     teacher = BertForSequenceClassification(config)
     student, kept = drop_layers(teacher, 3)
     assert kept == [0, 2, 4]
@@ -162,37 +224,112 @@ def test_student_layers_keep_every_kth_teacher_layer() -> None:
 
 def test_causal_lm_student_distills_and_generates(tiny_causal_lm: Path, tmp_path: Path) -> None:
     text = tmp_path / "corpus.txt"
-    text.write_text("\n".join(f"the {w} is a good {v} in the city ." for w in ("dog", "cat", "bird", "fish")
-                              for v in ("movie", "book", "song")) + "\n")
+    text.write_text(
+        "\n".join(
+            f"the {w} is a good {v} in the city ."
+            for w in ("dog", "cat", "bird", "fish")
+            for v in ("movie", "book", "song")
+        )
+        + "\n"
+    )
     out = tmp_path / "lm-student"
-    record = _json(_invoke([str(text), "--teacher", str(tiny_causal_lm), "--output", str(out),
-                            "--student-layers", "1", "--max-steps", "6", "--learning-rate", "1e-3",
-                            "--hidden-weight", "1", "--json", *FAST]))
+    record = _json(
+        _invoke(
+            [
+                str(text),
+                "--teacher",
+                str(tiny_causal_lm),
+                "--output",
+                str(out),
+                "--student-layers",
+                "1",
+                "--max-steps",
+                "6",
+                "--learning-rate",
+                "1e-3",
+                "--hidden-weight",
+                "1",
+                "--json",
+                *FAST,
+            ]
+        )
+    )
     assert record["task"] == "causal-lm" and record["kept_layers"] == [0]
     teacher, student = record["models"]
     assert teacher["perplexity"] > 1 and student["perplexity"] > 1 and student["accuracy"] is None
     assert record["kl_after"] < record["kl_before"]
-    gen = CliRunner().invoke(app, ["generate", "--model", str(out), "--raw", "--max-new-tokens", "3", "--json",
-                                   "--device", "cpu", "the dog"])
+    gen = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(out),
+            "--raw",
+            "--max-new-tokens",
+            "3",
+            "--json",
+            "--device",
+            "cpu",
+            "the dog",
+        ],
+    )
     assert gen.exit_code == 0, gen.output
     assert json.loads(gen.stdout)["completion_tokens"] >= 1
 
 
 def test_masked_lm_student_reports_perplexity(tiny_mlm: Path, tmp_path: Path) -> None:
     text = tmp_path / "corpus.txt"
-    text.write_text("\n".join(f"the {w} was {v} today ." for w in ("movie", "book", "song", "meal")
-                              for v in ("good", "bad", "great")) + "\n")
-    record = _json(_invoke([str(text), "--teacher", str(tiny_mlm), "--output", str(tmp_path / "mlm"),
-                            "--student-layers", "1", "--max-steps", "3", "--attention-weight", "1", "--json",
-                            *FAST]))
+    text.write_text(
+        "\n".join(
+            f"the {w} was {v} today ."
+            for w in ("movie", "book", "song", "meal")
+            for v in ("good", "bad", "great")
+        )
+        + "\n"
+    )
+    record = _json(
+        _invoke(
+            [
+                str(text),
+                "--teacher",
+                str(tiny_mlm),
+                "--output",
+                str(tmp_path / "mlm"),
+                "--student-layers",
+                "1",
+                "--max-steps",
+                "3",
+                "--attention-weight",
+                "1",
+                "--json",
+                *FAST,
+            ]
+        )
+    )
     assert record["task"] == "masked-lm"
     assert all(m["perplexity"] > 1 for m in record["models"])
     assert record["summary"]["perplexity_ratio"] > 0
 
 
 def _first_loss(teacher: Path, data: Path, out: Path, *extra: str) -> float:
-    record = _json(_invoke([str(data), "--teacher", str(teacher), "--output", str(out), "--student-layers", "1",
-                            "--max-steps", "1", "--json", *FAST, *extra]))
+    record = _json(
+        _invoke(
+            [
+                str(data),
+                "--teacher",
+                str(teacher),
+                "--output",
+                str(out),
+                "--student-layers",
+                "1",
+                "--max-steps",
+                "1",
+                "--json",
+                *FAST,
+                *extra,
+            ]
+        )
+    )
     return record["loss_history"][0]
 
 
@@ -214,8 +351,23 @@ def test_alpha_zero_distills_from_unlabeled_text(teacher: Path, tmp_path: Path) 
     with open(DATA, newline="", encoding="utf-8") as f:
         texts = [row["text"] for row in csv.DictReader(f)][:30]
     unlabeled.write_text("text\n" + "\n".join(f'"{t}"' for t in texts) + "\n")
-    record = _json(_invoke([str(unlabeled), "--teacher", str(teacher), "--output", str(tmp_path / "s"),
-                            "--alpha", "0", "--max-steps", "2", "--json", *FAST]))
+    record = _json(
+        _invoke(
+            [
+                str(unlabeled),
+                "--teacher",
+                str(teacher),
+                "--output",
+                str(tmp_path / "s"),
+                "--alpha",
+                "0",
+                "--max-steps",
+                "2",
+                "--json",
+                *FAST,
+            ]
+        )
+    )
     assert record["steps"] == 2 and record["models"][1]["accuracy"] is None  # no labels: no accuracy
     # The same data with the default alpha needs labels, and says which column is missing.
     result = _invoke([str(unlabeled), "--teacher", str(teacher), "--output", str(tmp_path / "t"), *FAST])
@@ -224,20 +376,55 @@ def test_alpha_zero_distills_from_unlabeled_text(teacher: Path, tmp_path: Path) 
 
 
 def test_training_flags_are_applied(teacher: Path, small_data: Path, tmp_path: Path) -> None:
-    record = _json(_invoke([str(small_data), "--teacher", str(teacher), "--output", str(tmp_path / "a"),
-                            "--student-layers", "1", "--epochs", "1", "--batch-size", "4",
-                            "--validation-split", "0.5", "--json", "--max-length", "16", "--device", "cpu"]))
+    record = _json(
+        _invoke(
+            [
+                str(small_data),
+                "--teacher",
+                str(teacher),
+                "--output",
+                str(tmp_path / "a"),
+                "--student-layers",
+                "1",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--validation-split",
+                "0.5",
+                "--json",
+                "--max-length",
+                "16",
+                "--device",
+                "cpu",
+            ]
+        )
+    )
     assert record["validation_examples"] == 30 and record["steps"] == 30 // 4 + (30 % 4 > 0)
 
 
 def test_config_file_fills_settings_and_flags_win(teacher: Path, small_data: Path, tmp_path: Path) -> None:
     config = tmp_path / "distill.toml"
     config.write_text(f'teacher = "{teacher}"\nmax-steps = 2\nstudent-layers = 1\n[loss]\nalpha = 1.0\n')
-    record = _json(_invoke([str(small_data), "--config", str(config), "--output", str(tmp_path / "a"), "--json",
-                            *FAST]))
+    record = _json(
+        _invoke([str(small_data), "--config", str(config), "--output", str(tmp_path / "a"), "--json", *FAST])
+    )
     assert record["steps"] == 2 and record["settings"]["alpha"] == 1.0 and record["teacher"] == str(teacher)
-    record = _json(_invoke([str(small_data), "--config", str(config), "--max-steps", "3", "--output",
-                            str(tmp_path / "b"), "--json", *FAST]))
+    record = _json(
+        _invoke(
+            [
+                str(small_data),
+                "--config",
+                str(config),
+                "--max-steps",
+                "3",
+                "--output",
+                str(tmp_path / "b"),
+                "--json",
+                *FAST,
+            ]
+        )
+    )
     assert record["steps"] == 3
     config.write_text("alpah = 0.5\n")
     result = _invoke([str(small_data), "--config", str(config), "--output", str(tmp_path / "c"), *FAST])
@@ -248,11 +435,30 @@ def test_validation_file_and_columns(teacher: Path, tmp_path: Path) -> None:
     with open(DATA, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))[:40]
     for name, part in (("train.jsonl", rows[:30]), ("dev.jsonl", rows[30:])):
-        (tmp_path / name).write_text("".join(json.dumps({"review": r["text"], "sentiment": r["label"]}) + "\n"
-                                             for r in part))
-    record = _json(_invoke([str(tmp_path / "train.jsonl"), "--validation-file", str(tmp_path / "dev.jsonl"),
-                            "--text-column", "review", "--label-column", "sentiment", "--teacher", str(teacher),
-                            "--output", str(tmp_path / "s"), "--max-steps", "1", "--json", *FAST]))
+        (tmp_path / name).write_text(
+            "".join(json.dumps({"review": r["text"], "sentiment": r["label"]}) + "\n" for r in part)
+        )
+    record = _json(
+        _invoke(
+            [
+                str(tmp_path / "train.jsonl"),
+                "--validation-file",
+                str(tmp_path / "dev.jsonl"),
+                "--text-column",
+                "review",
+                "--label-column",
+                "sentiment",
+                "--teacher",
+                str(teacher),
+                "--output",
+                str(tmp_path / "s"),
+                "--max-steps",
+                "1",
+                "--json",
+                *FAST,
+            ]
+        )
+    )
     assert record["train_examples"] == 30 and record["validation_examples"] == 10
     assert record["models"][0]["accuracy"] is not None
 
@@ -261,12 +467,37 @@ def test_ready_student_must_share_labels(teacher: Path, small_data: Path, tmp_pa
     import tiny
 
     other = tiny.build_classifier(tmp_path / "other", labels=("a", "b", "c"))
-    result = _invoke([str(small_data), "--teacher", str(teacher), "--student", str(other), "--output",
-                      str(tmp_path / "s"), *FAST])
+    result = _invoke(
+        [
+            str(small_data),
+            "--teacher",
+            str(teacher),
+            "--student",
+            str(other),
+            "--output",
+            str(tmp_path / "s"),
+            *FAST,
+        ]
+    )
     assert result.exit_code == 2 and "labels" in result.stderr
     same = tiny.build_classifier(tmp_path / "same", seed=3)
-    record = _json(_invoke([str(small_data), "--teacher", str(teacher), "--student", str(same), "--output",
-                            str(tmp_path / "s2"), "--max-steps", "1", "--json", *FAST]))
+    record = _json(
+        _invoke(
+            [
+                str(small_data),
+                "--teacher",
+                str(teacher),
+                "--student",
+                str(same),
+                "--output",
+                str(tmp_path / "s2"),
+                "--max-steps",
+                "1",
+                "--json",
+                *FAST,
+            ]
+        )
+    )
     assert record["student"] == str(same) and record["kept_layers"] is None
 
 
@@ -280,8 +511,12 @@ def test_ready_student_must_share_labels(teacher: Path, small_data: Path, tmp_pa
         (["--task", "masked-lm"], 2, "has no trained masked-lm head"),
     ],
 )
-def test_bad_settings_fail_with_one_line(teacher: Path, small_data: Path, tmp_path: Path, args, code, message):
-    result = _invoke([str(small_data), "--teacher", str(teacher), "--output", str(tmp_path / "s"), *FAST, *args])
+def test_bad_settings_fail_with_one_line(
+    teacher: Path, small_data: Path, tmp_path: Path, args, code, message
+):
+    result = _invoke(
+        [str(small_data), "--teacher", str(teacher), "--output", str(tmp_path / "s"), *FAST, *args]
+    )
     assert result.exit_code == code, result.output
     assert message in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "s").exists()
@@ -294,12 +529,36 @@ def test_output_is_not_overwritten_without_flag(teacher: Path, small_data: Path,
     result = _invoke([str(small_data), "--teacher", str(teacher), "--output", str(out), *FAST])
     assert result.exit_code == 2 and "--overwrite" in result.stderr
     assert (out / "keep.txt").read_text() == "mine"
-    record = _json(_invoke([str(small_data), "--teacher", str(teacher), "--output", str(out), "--overwrite",
-                            "--max-steps", "1", "--json", *FAST]))
+    record = _json(
+        _invoke(
+            [
+                str(small_data),
+                "--teacher",
+                str(teacher),
+                "--output",
+                str(out),
+                "--overwrite",
+                "--max-steps",
+                "1",
+                "--json",
+                *FAST,
+            ]
+        )
+    )
     assert record["steps"] == 1 and not (out / "keep.txt").exists()
 
 
 def test_teacher_must_be_a_classifier(tiny_encoder: Path, small_data: Path, tmp_path: Path) -> None:
-    result = _invoke([str(small_data), "--teacher", str(tiny_encoder), "--task", "classification",
-                      "--output", str(tmp_path / "s"), *FAST])
+    result = _invoke(
+        [
+            str(small_data),
+            "--teacher",
+            str(tiny_encoder),
+            "--task",
+            "classification",
+            "--output",
+            str(tmp_path / "s"),
+            *FAST,
+        ]
+    )
     assert result.exit_code == 2 and "llmkit finetune" in result.stderr

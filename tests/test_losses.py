@@ -80,8 +80,17 @@ def test_intermediate_terms_are_added_with_their_weights():
     s = torch.tensor([[1.0, 0.0]])
     t = torch.tensor([[0.0, 1.0]])
     base = losses.distillation_loss(s, t, None, alpha=0.0, temperature=1.0).total.item()
-    parts = losses.distillation_loss(s, t, None, alpha=0.0, temperature=1.0, hidden=torch.tensor(2.0),
-                                     hidden_weight=0.5, attention=torch.tensor(4.0), attention_weight=0.25)
+    parts = losses.distillation_loss(
+        s,
+        t,
+        None,
+        alpha=0.0,
+        temperature=1.0,
+        hidden=torch.tensor(2.0),
+        hidden_weight=0.5,
+        attention=torch.tensor(4.0),
+        attention_weight=0.25,
+    )
     assert parts.total.item() == pytest.approx(base + 1.0 + 1.0, rel=1e-6)
 
 
