@@ -42,10 +42,14 @@ class Columns:
 
     text_column: str = DEFAULT_TEXT_COLUMN
     text_pair_column: str | None = None
-    label_column: str = DEFAULT_LABEL_COLUMN
+    label_column: str | None = None  # None: "label" when the data has it; a name given must exist
     prompt_column: str = DEFAULT_PROMPT_COLUMN
     completion_column: str = DEFAULT_COMPLETION_COLUMN
     messages_column: str = DEFAULT_MESSAGES_COLUMN
+
+    @property
+    def label(self) -> str:
+        return self.label_column or DEFAULT_LABEL_COLUMN
 
     def validate(self) -> Columns:
         return self
@@ -144,6 +148,7 @@ class FinetuneResult:
     total_parameters: int
     losses: list[float]
     resumed_from_step: int
+    validation: dict[str, Any] | None = None  # classification: per-class P/R/F1 and the confusion matrix
     notes: list[str] = field(default_factory=list)
 
 
@@ -183,7 +188,9 @@ def infer_task(columns: list[str], cols: Columns, labels: list[Any] | None, mode
     Returns:
         One of TASKS.
     """
-    if cols.label_column in columns and labels is not None:
+    if cols.label_column is not None and cols.label_column not in columns:
+        raise training.column_error(cols.label_column, columns)
+    if cols.label in columns and labels is not None:
         return "regression" if _looks_continuous(labels) else "classification"
     if cols.messages_column in columns:
         return "causal-lm"
@@ -468,7 +475,7 @@ def finetune(
     train_ds, val_ds = splits.train, splits.validation
     present = list(train_ds.column_names)
     if task is None:
-        labels_sample = train_ds[columns.label_column][:1000] if columns.label_column in present else None
+        labels_sample = train_ds[columns.label][:1000] if columns.label in present else None
         if labels_sample is not None:
             labels_sample = [v for v in labels_sample if not training._is_missing(v)]
         task = infer_task(
@@ -478,7 +485,7 @@ def finetune(
     mode = _lm_mode(present, columns) if task == "causal-lm" else "text"
     if labelled:
         text_cols = [columns.text_column] + ([columns.text_pair_column] if columns.text_pair_column else [])
-        label_col: str | None = columns.label_column
+        label_col: str | None = columns.label
     elif mode == "chat":
         text_cols, label_col = [columns.messages_column], None
     elif mode == "prompt-completion":
@@ -568,7 +575,7 @@ def finetune(
     val_tok = tokenize(val_ds) if val_ds is not None and len(val_ds) else None
 
     # --- train ---------------------------------------------------------------------------------------------
-    from transformers import EarlyStoppingCallback, Trainer
+    from transformers import EarlyStoppingCallback
 
     ckpt_dir = training.checkpoint_dir(output)
     metric = {"classification": ("accuracy", True), "regression": ("mse", False)}.get(task, ("loss", False))
@@ -587,7 +594,7 @@ def finetune(
     callbacks = [progress]
     if settings.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
-    trainer = Trainer(
+    trainer = training.trainer_class()(
         model=net,
         args=args,
         data_collator=_collator(task, tokenizer, mlm_probability),
@@ -654,6 +661,7 @@ def finetune(
         total_parameters=total,
         losses=losses,
         resumed_from_step=resumed_from,
+        validation=report_detail or None,
         notes=notes,
     )
 
@@ -663,7 +671,6 @@ def finetune(
         "data": stats.as_dict(),
         "settings": asdict(replace(settings, precision=precision)),
         "columns": asdict(columns),
-        "validation": report_detail or None,
         "evaluations": progress.evaluations,
         "log": progress.history,
     }
@@ -719,3 +726,38 @@ def describe(plan_or_result: FinetunePlan | FinetuneResult) -> str:
         )
     r = plan_or_result
     return f"{r.output}: {r.task}, {r.steps} steps, {json.dumps(r.metrics)}"
+
+
+def renderable(plan_or_result: FinetunePlan | FinetuneResult) -> Any:
+    """Terminal view: a summary table, then (classification) the per-class report and confusion matrix."""
+    from rich.console import Group
+    from rich.table import Table
+
+    table = Table(
+        show_header=False,
+        title="Fine-tuning plan" if isinstance(plan_or_result, FinetunePlan) else "Fine-tuned",
+        title_justify="left",
+    )
+    table.add_column(style="bold")
+    table.add_column()
+    skip = {"losses", "validation", "notes", "dry_run"}
+    for f in fields(plan_or_result):
+        if f.name in skip:
+            continue
+        value = getattr(plan_or_result, f.name)
+        if f.name == "memory_estimate_bytes":
+            mib = {k: v / 2**20 for k, v in value.items()}
+            value = (
+                f"~{mib['total']:.0f} MiB (weights {mib['weights']:.0f}, gradients+optimizer "
+                f"{mib['gradients'] + mib['optimizer']:.0f}, activations {mib['activations']:.0f})"
+            )
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        table.add_row(f.name.replace("_", " "), str(value))
+    parts: list[Any] = [table]
+    validation = getattr(plan_or_result, "validation", None)
+    if validation:
+        parts.append(training.report_renderable(validation))
+    return Group(*parts)

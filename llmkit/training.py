@@ -379,15 +379,20 @@ def load_dataset_splits(source: Path | str, *, validation_file: Path | str | Non
     return Splits(tables["train"], tables.get("validation"), tables.get("test"), stats)
 
 
+def column_error(column: str, present: list[str], where: str = "the data") -> NotFoundError:
+    """The error for a missing column: it lists the columns that are there."""
+    return NotFoundError(
+        f"no column {column!r} in {where} (columns: {', '.join(present) or 'none'}); "
+        "pick the right one with --text-column/--label-column"
+    )
+
+
 def require_columns(dataset: Any, columns: list[str], where: str = "the data") -> None:
     """Raise NotFoundError naming the columns present when one of `columns` is missing."""
     present = list(dataset.column_names)
     for column in columns:
         if column not in present:
-            raise NotFoundError(
-                f"no column {column!r} in {where} (columns: {', '.join(present) or 'none'}); "
-                "pick the right one with --text-column/--label-column"
-            )
+            raise column_error(column, present, where)
 
 
 def _is_missing(value: Any) -> bool:
@@ -774,6 +779,40 @@ def make_compute_metrics(
         return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
 
     return compute
+
+
+_TRAINER_CLASS: Any = None
+
+
+def trainer_class() -> Any:
+    """`transformers.Trainer` whose evaluations leave the random number generators as they found them.
+
+    Evaluation draws from the global RNGs (each DataLoader iterator takes a seed). When evaluation and
+    checkpointing fall on different steps (evaluate each epoch, save every N steps), the RNG state saved in
+    a checkpoint then differs from the one training continued with, and `--resume` ends on different
+    weights. Forking the RNGs around evaluation makes a resumed run equal an uninterrupted one.
+    """
+    global _TRAINER_CLASS
+    if _TRAINER_CLASS is None:
+        import random
+
+        import numpy as np
+        import torch
+        from transformers import Trainer
+
+        class LlmkitTrainer(Trainer):
+            def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+                py_state, np_state = random.getstate(), np.random.get_state()
+                devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+                try:
+                    with torch.random.fork_rng(devices=devices):
+                        return super().evaluate(*args, **kwargs)
+                finally:
+                    random.setstate(py_state)
+                    np.random.set_state(np_state)
+
+        _TRAINER_CLASS = LlmkitTrainer
+    return _TRAINER_CLASS
 
 
 def _trainer_callback_base() -> type:
