@@ -206,6 +206,7 @@ class DistillResult:
     kl_after: float
     train_seconds: float
     teacher_cache: str  # "off", "filled" or "hit"
+    resumed_from_step: int  # 0, or the checkpoint step an interrupted run continued from (--resume)
     models: list[ModelReport]
     summary: dict[str, float | None] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -520,6 +521,7 @@ def _make_trainer_class() -> Any:
             super().__init__(*args, **kwargs)
             self.kd = kd
             self.history: list[float] = []
+            self.resumed_from_step = 0
 
         def create_optimizer(self, model: Any = None) -> Any:
             optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
@@ -627,7 +629,9 @@ def _train(
     last = training.last_checkpoint(
         checkpoints.parent / checkpoints.name.removesuffix(training.CHECKPOINTS_SUFFIX)
     )
-    trainer.train(resume_from_checkpoint=str(last) if resume and last is not None else None)
+    checkpoint = last if resume else None
+    trainer.resumed_from_step = int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     model.eval()
     return trainer
 
@@ -1055,7 +1059,8 @@ def distill(
             kept_layers=kept,
             train_examples=len(train),
             validation_examples=len(val),
-            steps=len(history),
+            steps=trainer.state.global_step,
+            resumed_from_step=trainer.resumed_from_step,
             first_loss=round(history[0], 6) if history else float("nan"),
             last_loss=round(history[-1], 6) if history else float("nan"),
             kl_before=_round(before["kl_to_teacher"]) or 0.0,

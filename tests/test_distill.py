@@ -562,3 +562,40 @@ def test_teacher_must_be_a_classifier(tiny_encoder: Path, small_data: Path, tmp_
         ]
     )
     assert result.exit_code == 2 and "llmkit finetune" in result.stderr
+
+
+def test_resume_continues_an_interrupted_run(
+    teacher: Path, small_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llmkit.distill as distill_module
+
+    config = tmp_path / "c.toml"
+    config.write_text("save-steps = 1\nmax-steps = 4\nstudent-layers = 1\n")
+    args = [str(small_data), "--teacher", str(teacher), "--config", str(config), "--json", *FAST]
+    whole = _json(_invoke([*args, "--output", str(tmp_path / "whole")]))
+
+    make = distill_module._make_trainer_class
+
+    def interrupted_at_step_3():  # Ctrl-C during the fourth step
+        base = make()
+
+        class Interrupted(base):
+            def training_step(self, *a, **k):
+                if self.state.global_step == 3:
+                    raise KeyboardInterrupt
+                return super().training_step(*a, **k)
+
+        return Interrupted
+
+    out = tmp_path / "cut"
+    monkeypatch.setattr(distill_module, "_make_trainer_class", interrupted_at_step_3)
+    cut = _invoke([*args, "--output", str(out)])
+    assert cut.exit_code == 130 and not out.exists()
+    monkeypatch.setattr(distill_module, "_make_trainer_class", make)
+    again = _invoke([*args, "--output", str(out)])  # without --resume: told what to do
+    assert again.exit_code == 2 and "--resume" in again.stderr
+    resumed = _json(_invoke([*args, "--output", str(out), "--resume"]))
+    assert resumed["resumed_from_step"] == 3 and resumed["steps"] == 4 and len(resumed["loss_history"]) == 1
+    assert resumed["loss_history"][0] == pytest.approx(whole["loss_history"][3], abs=1e-4)
+    assert resumed["kl_after"] == pytest.approx(whole["kl_after"], abs=1e-4)
+    assert not (tmp_path / "cut.checkpoints").exists()
