@@ -599,3 +599,47 @@ def test_resume_continues_an_interrupted_run(
     assert resumed["loss_history"][0] == pytest.approx(whole["loss_history"][3], abs=1e-4)
     assert resumed["kl_after"] == pytest.approx(whole["kl_after"], abs=1e-4)
     assert not (tmp_path / "cut.checkpoints").exists()
+
+
+def test_hidden_matching_learns_a_projection_when_widths_differ(
+    teacher: Path, small_data: Path, tmp_path: Path
+) -> None:
+    import tiny
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = tiny.bert_tokenizer()
+    torch.manual_seed(0)
+    narrow = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=tiny.MAX_POSITIONS,
+            pad_token_id=tokenizer.pad_token_id,
+            num_labels=2,
+            id2label={0: "negative", 1: "positive"},
+            label2id={"negative": 0, "positive": 1},
+        )
+    )
+    path = tmp_path / "narrow"
+    narrow.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    common = [
+        str(small_data),
+        "--teacher",
+        str(teacher),
+        "--student",
+        str(path),
+        "--max-steps",
+        "2",
+        "--json",
+        *FAST,
+    ]
+    plain = _json(_invoke([*common, "--output", str(tmp_path / "a")]))
+    matched = _json(_invoke([*common, "--output", str(tmp_path / "b"), "--hidden-weight", "1"]))
+    assert (
+        matched["models"][1]["parameters"] == plain["models"][1]["parameters"]
+    )  # the projection is not saved
+    assert matched["loss_history"][0] > plain["loss_history"][0]  # the hidden-state term is in the loss
