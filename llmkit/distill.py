@@ -273,41 +273,35 @@ def load_examples(
     text_col, label_col = settings.text_column, settings.label_column
     stats = training.DataStats(source=str(data))
     if _is_text_file(Path(data)):
-        train_ds = _text_lines_dataset(Path(data), text_col)
-        val_ds = None
+        train_ds, val_ds = _text_lines_dataset(Path(data), text_col), None
     else:
-        splits = training.load_dataset_splits(
-            data, validation_file=None if _is_text_file(validation) else validation
-        )
+        splits = training.load_dataset_splits(data)
         train_ds, val_ds, stats = splits.train, splits.validation, splits.stats
-    if _is_text_file(validation):
-        assert validation is not None
-        val_ds = _text_lines_dataset(validation, text_col)
+    if validation is not None:  # a separate file wins over a validation split inside `data`
+        if _is_text_file(validation):
+            val_ds = _text_lines_dataset(validation, text_col)
+        else:
+            val_ds = training.read_table(validation, stats)
 
-    has_labels = task == "classification" and label_col in train_ds.column_names
-    if task == "classification" and need_labels and not has_labels:
+    classification = task == "classification"
+    has_labels = classification and label_col in train_ds.column_names
+    if classification and need_labels and not has_labels:
         training.require_columns(train_ds, [text_col, label_col])
     train_ds = training.clean_rows(train_ds, [text_col], label_col if has_labels else None, stats)
-    val_has_labels = has_labels and (val_ds is None or label_col in val_ds.column_names)
-    if val_ds is not None:
-        val_ds = training.clean_rows(val_ds, [text_col], label_col if val_has_labels else None, stats)
     if has_labels:
-        train_ds, val_ds, _ = training.prepare_labels(
-            train_ds, val_ds if val_has_labels else None, label_col, stats=stats, label_names=label_names
-        )
-        unknown = sorted(
-            {str(v) for v, i in zip(train_ds[label_col], train_ds["labels"], strict=True) if i < 0}
-        )
-        if unknown:
-            raise DataError(
-                f"label(s) {', '.join(unknown)} are not among the teacher's labels "
-                f"({', '.join(label_names or [])}); distillation keeps the teacher's label set"
-            )
+        train_ds = _teacher_label_ids(train_ds, label_col, label_names, stats, drop_unknown=False)
     if val_ds is None:
         share = settings.validation_split or training.DEFAULT_VALIDATION_SPLIT
         train_ds, val_ds = training.split_validation(
             train_ds, share, seed=seed, label_column="labels" if has_labels else None
         )
+        val_has_labels = has_labels
+    else:
+        # Validation labels are scored even when training uses none (--alpha 0 on unlabeled text).
+        val_has_labels = classification and label_col in val_ds.column_names
+        val_ds = training.clean_rows(val_ds, [text_col], label_col if val_has_labels else None, stats)
+        if val_has_labels:
+            val_ds = _teacher_label_ids(val_ds, label_col, label_names, stats, drop_unknown=True)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise DataError(
             f"{data}: no usable rows left for training or validation; check the columns and labels"
@@ -316,9 +310,31 @@ def load_examples(
         train_texts=list(train_ds[text_col]),
         train_labels=list(train_ds["labels"]) if has_labels else None,
         val_texts=list(val_ds[text_col]),
-        val_labels=list(val_ds["labels"]) if val_has_labels and "labels" in val_ds.column_names else None,
+        val_labels=list(val_ds["labels"]) if val_has_labels else None,
         notes=stats.notes(),
     )
+
+
+def _teacher_label_ids(
+    ds: Any, column: str, names: list[str] | None, stats: Any, *, drop_unknown: bool
+) -> Any:
+    """A `labels` column of the teacher's class ids. Unknown training labels are an error (the student must
+    keep the teacher's label set); unknown validation labels are left out and counted."""
+    from llmkit import training
+
+    ds, _, _ = training.prepare_labels(ds, None, column, stats=stats, label_names=names)
+    unknown = sorted({str(v) for v, i in zip(ds[column], ds["labels"], strict=True) if i < 0})
+    if unknown and not drop_unknown:
+        raise DataError(
+            f"label(s) {', '.join(unknown)} are not among the teacher's labels "
+            f"({', '.join(names or [])}); distillation keeps the teacher's label set"
+        )
+    if unknown:
+        before = len(ds)
+        ds = ds.filter(lambda row: row["labels"] >= 0)
+        stats.unseen_validation_labels = unknown
+        stats.skipped_unseen_label = before - len(ds)
+    return ds
 
 
 def tokenize(

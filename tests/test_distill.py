@@ -643,3 +643,31 @@ def test_hidden_matching_learns_a_projection_when_widths_differ(
         matched["models"][1]["parameters"] == plain["models"][1]["parameters"]
     )  # the projection is not saved
     assert matched["loss_history"][0] > plain["loss_history"][0]  # the hidden-state term is in the loss
+
+
+def test_unlabeled_text_with_a_labelled_validation_file(teacher: Path, tmp_path: Path) -> None:
+    with open(DATA, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[:40]
+    (tmp_path / "unlabeled.txt").write_text("".join(r["text"] + "\n" for r in rows[:30]))
+    with open(tmp_path / "dev.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows[30:])
+        writer.writerow({"text": "a label the teacher never saw", "label": "neutral"})
+    record = _json(_invoke([str(tmp_path / "unlabeled.txt"), "--validation-file", str(tmp_path / "dev.csv"),
+                            "--teacher", str(teacher), "--alpha", "0", "--output", str(tmp_path / "s"),
+                            "--max-steps", "1", "--json", *FAST]))  # fmt: skip
+    assert (
+        record["train_examples"] == 30 and record["validation_examples"] == 10
+    )  # the unknown label left out
+    assert all(m["accuracy"] is not None for m in record["models"])
+
+
+def test_training_labels_must_be_the_teachers(teacher: Path, tmp_path: Path) -> None:
+    (tmp_path / "odd.csv").write_text(
+        "text,label\na good film,positive\na bad film,negative\nso so,neutral\n"
+    )
+    result = _invoke(
+        [str(tmp_path / "odd.csv"), "--teacher", str(teacher), "--output", str(tmp_path / "s"), *FAST]
+    )
+    assert result.exit_code == 2 and "neutral are not among the teacher's labels" in result.stderr
