@@ -551,6 +551,329 @@ def _prediction_columns(result: Any, with_scores: bool) -> dict[str, Any]:
     return columns
 
 
+# --- finetune ---------------------------------------------------------------------------------------------------
+
+from llmkit import finetune as _ft  # noqa: E402  (defaults for --help; torch is imported only when it runs)
+from llmkit import training as _tr  # noqa: E402
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  llmkit finetune reviews.csv --model minilm-l6 --text-column review --label-column stars --output ./sentiment\n\n"
+    "  llmkit classify --model ./sentiment \"What a great film\"\n\n"
+    "  llmkit finetune data/ --task causal-lm --model smollm2-135m-instruct --lora-r 8 --merge-lora -o ./chat\n\n"
+    "  llmkit finetune notes.txt.jsonl --task masked-lm --mlm-probability 0.15 -o ./domain-bert\n\n"
+    "  llmkit finetune reviews.csv -o ./sentiment --dry-run\n\n"
+    "  accelerate launch -m llmkit finetune reviews.csv -o ./sentiment   (DDP/FSDP/DeepSpeed via accelerate config)"
+)
+def finetune(
+    data: Annotated[
+        str | None, typer.Argument(help="Table (.csv .tsv .jsonl .json .parquet), folder of train/validation files, "
+                                   "or a cached hub dataset id.")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder to create for the model.")] = None,
+    model: ModelOpt = None,
+    task: Annotated[
+        str | None, typer.Option("--task", help="classification|regression|causal-lm|masked-lm (default: inferred).")
+    ] = None,
+    text_column: Annotated[
+        str | None, typer.Option("--text-column", help=f"Column with the text [default: {_ft.DEFAULT_TEXT_COLUMN}].")
+    ] = None,
+    text_pair_column: Annotated[
+        str | None, typer.Option("--text-pair-column", help="Second text column (sentence pairs).")
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option("--label-column", help=f"Column with the label [default: {_ft.DEFAULT_LABEL_COLUMN}].")
+    ] = None,
+    prompt_column: Annotated[
+        str | None, typer.Option("--prompt-column", help=f"causal-lm: prompt column [default: {_ft.DEFAULT_PROMPT_COLUMN}].")
+    ] = None,
+    completion_column: Annotated[
+        str | None,
+        typer.Option("--completion-column", help=f"causal-lm: completion column, the only tokens with a loss "
+                     f"[default: {_ft.DEFAULT_COMPLETION_COLUMN}]."),
+    ] = None,
+    messages_column: Annotated[
+        str | None,
+        typer.Option("--messages-column", help=f"causal-lm: chat messages column [default: {_ft.DEFAULT_MESSAGES_COLUMN}]."),
+    ] = None,
+    validation_file: Annotated[Path | None, typer.Option("--validation-file", help="Separate validation table.")] = None,
+    validation_split: Annotated[
+        float | None,
+        typer.Option("--validation-split", help="Hold out this fraction of train, stratified and seeded (0: no "
+                     f"evaluation) [default: {_tr.DEFAULT_VALIDATION_SPLIT} for labelled data]."),
+    ] = None,
+    train_only: Annotated[
+        str | None, typer.Option("--train-only", help="head|top-N: freeze all but the head (and the top N layers).")
+    ] = None,
+    lora_r: Annotated[int | None, typer.Option("--lora-r", help="Train LoRA adapters of this rank (peft).")] = None,
+    lora_alpha: Annotated[
+        float | None, typer.Option("--lora-alpha", help=f"LoRA scale [default: {_ft.DEFAULT_LORA_ALPHA}].")
+    ] = None,
+    lora_dropout: Annotated[
+        float | None, typer.Option("--lora-dropout", help=f"LoRA dropout [default: {_ft.DEFAULT_LORA_DROPOUT}].")
+    ] = None,
+    lora_targets: Annotated[
+        str | None, typer.Option("--lora-targets", help="Comma-separated module names for LoRA [default: all-linear].")
+    ] = None,
+    merge_lora: Annotated[
+        bool | None, typer.Option("--merge-lora/--no-merge-lora", help="Fold LoRA into a plain model at the end.")
+    ] = None,
+    mlm_probability: Annotated[
+        float | None,
+        typer.Option("--mlm-probability", help=f"masked-lm: masking rate [default: {_ft.DEFAULT_MLM_PROBABILITY}]."),
+    ] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help=f"Passes over train [default: {_tr.DEFAULT_EPOCHS}].")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option("--learning-rate", "--lr", help=f"Peak learning rate [default: {_tr.DEFAULT_LEARNING_RATE}].")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", "-b", help=f"Rows per step per device [default: {_tr.DEFAULT_BATCH_SIZE}].")
+    ] = None,
+    gradient_accumulation: Annotated[
+        int | None, typer.Option("--gradient-accumulation", help="Batches per optimizer step [default: 1].")
+    ] = None,
+    warmup_ratio: Annotated[float | None, typer.Option("--warmup-ratio", help="Fraction of steps to warm up over.")] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="AdamW weight decay [default: 0].")] = None,
+    max_length: Annotated[
+        int | None, typer.Option("--max-length", help=f"Truncate to this many tokens [default: {_tr.DEFAULT_MAX_LENGTH}].")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help=f"Seed for init, shuffling, split [default: {_tr.DEFAULT_SEED}].")] = None,
+    bf16: Annotated[bool, typer.Option("--bf16", help="Mixed precision bfloat16 (CPU and recent GPUs).")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Mixed precision float16 (GPU only).")] = False,
+    fp32: Annotated[bool, typer.Option("--fp32", help="Full float32, no mixed precision.")] = False,
+    eval_steps: Annotated[int | None, typer.Option("--eval-steps", help="Evaluate every N steps [default: each epoch].")] = None,
+    early_stopping_patience: Annotated[
+        int | None, typer.Option("--early-stopping-patience", help="Stop after N evaluations without improvement.")
+    ] = None,
+    save_steps: Annotated[int | None, typer.Option("--save-steps", help="Checkpoint every N steps [default: each epoch].")] = None,
+    save_total_limit: Annotated[
+        int | None, typer.Option("--save-total-limit", help=f"Checkpoints kept [default: {_tr.DEFAULT_SAVE_TOTAL_LIMIT}].")
+    ] = None,
+    group_by_length: Annotated[
+        bool | None,
+        typer.Option("--group-by-length/--no-group-by-length", help="Batch rows of similar length (less padding) [default: on]."),
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of an interrupted run.")] = False,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file of settings; flags override it.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and train nothing.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output folder.")] = False,
+    device: DeviceOpt = "auto",
+    revision: RevisionOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    json_out: JsonOpt = False,
+    fmt: FormatOpt = "auto",
+) -> None:
+    """Fine-tune a model on a table with the transformers Trainer; the output loads in the other commands.
+
+    Classification/regression (labels saved in config.json for `llmkit classify`), causal-lm (text,
+    prompt/completion with the loss on the completion, or chat messages) and masked-lm. Full fine-tuning,
+    --train-only head|top-N, or LoRA (--lora-r). Progress on stderr; the result (and with --json the training
+    log) on stdout; OUTPUT/report.json holds the validation report. The output folder appears only when
+    training has finished; an interrupted run continues with the same command plus --resume.
+    """
+    from llmkit import output as out
+    from llmkit.errors import UsageError
+
+    file_values = _tr.load_config(config)
+    _tr.check_config_keys(file_values, _ft.known_config_keys(), config)
+    if sum((bf16, fp16, fp32)) > 1:
+        raise UsageError("give at most one of --bf16, --fp16, --fp32")
+    precision = "bf16" if bf16 else "fp16" if fp16 else "fp32" if fp32 else None
+    for flag in ("bf16", "fp16", "fp32"):  # the file may say `bf16 = true` as well as `precision = "bf16"`
+        if file_values.pop(flag, False):
+            file_values.setdefault("precision", flag)
+    cli_values: dict[str, Any] = dict(
+        epochs=epochs, max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size,
+        gradient_accumulation=gradient_accumulation, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
+        max_length=max_length, seed=seed, precision=precision, eval_steps=eval_steps, save_steps=save_steps,
+        save_total_limit=save_total_limit, early_stopping_patience=early_stopping_patience,
+        group_by_length=group_by_length,
+        text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
+        prompt_column=prompt_column, completion_column=completion_column, messages_column=messages_column,
+        train_only=train_only, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()) if lora_targets else None,
+        merge_lora=merge_lora,
+    )  # fmt: skip
+    if isinstance(file_values.get("lora_targets"), (list, str)):
+        targets = file_values["lora_targets"]
+        file_values["lora_targets"] = tuple(targets.split(",") if isinstance(targets, str) else targets)
+    settings = _tr.settings_from(_tr.TrainSettings, file_values, cli_values)
+    columns = _tr.settings_from(_ft.Columns, file_values, cli_values)
+    strategy = _tr.settings_from(_ft.Strategy, file_values, cli_values)
+
+    def pick(cli: Any, key: str, default: Any = None) -> Any:
+        return cli if cli is not None else file_values.get(key, default)
+
+    data = pick(data, "data")
+    output_dir = pick(output, "output")
+    if data is None:
+        raise UsageError("no data: give a table file, a folder or a dataset id (or `data = ...` in --config)")
+    if output_dir is None and not dry_run:
+        raise UsageError("no --output folder given (or `output = ...` in --config)")
+    fmt = out.resolve_format(fmt, json_out)
+    try:
+        result = _ft.finetune(
+            data,
+            output=Path(output_dir) if output_dir is not None else Path("finetuned"),
+            model=pick(model, "model", _ft.DEFAULT_MODEL),
+            task=pick(task, "task"),
+            columns=columns,
+            settings=settings,
+            strategy=strategy,
+            validation_file=pick(validation_file, "validation_file"),
+            validation_split=pick(validation_split, "validation_split"),
+            mlm_probability=pick(mlm_probability, "mlm_probability", _ft.DEFAULT_MLM_PROBABILITY),
+            device=device if device != "auto" else file_values.get("device", "auto"),
+            dry_run=dry_run,
+            resume=resume,
+            overwrite=overwrite,
+            json_log=fmt == "json",
+            revision=revision,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+        )
+    except KeyboardInterrupt:
+        if output_dir is not None and _tr.last_checkpoint(output_dir) is not None:
+            out.stderr_console().print("Run the same command with --resume to continue from the last checkpoint.")
+        raise
+    for note in result.notes:
+        out.warn(note)
+    emitter = out.Emitter(fmt, text=_ft.describe, rich=_ft.renderable)
+    emitter.emit(result, {"event": "plan" if dry_run else "result"})
+
+
+# --- distill --------------------------------------------------------------------------------------------
+
+from llmkit import distill as _distill  # noqa: E402  (pure-python module: defaults for --help, no torch)
+
+
+def _opt(kind: Any, *names: str, help: str) -> Any:
+    """A `kind | None` option defaulting to None, so a --config file can fill what the command line leaves."""
+    return Annotated[kind | None, typer.Option(*names, help=help)]
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  llmkit distill reviews.csv --teacher ./sentiment --student-layers 3 --output ./small --baseline\n\n"
+    "  llmkit distill unlabeled.txt --teacher ./sentiment --alpha 0 --cache-teacher --output ./small\n\n"
+    "  llmkit distill corpus.txt --teacher ./my-lm --student-layers 2 --hidden-weight 1 --output ./lm\n\n"
+    "  llmkit distill data.csv --config distill.toml --json | jq .summary"
+)
+def distill(
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Training data: .csv/.tsv/.jsonl/.json/.parquet, a folder of train/validation files, "
+            "or a .txt file with one text per line (language models)."
+        ),
+    ],
+    teacher: _opt(
+        str, "--teacher", help="The model to learn from (classification: a fine-tuned classifier, e.g. from "
+        "llmkit finetune)."
+    ) = None,
+    output: _opt(Path, "--output", "-o", help="Folder for the student and report.json.") = None,
+    student: _opt(str, "--student", help="A ready student with the teacher's tokenizer and labels.") = None,
+    student_layers: _opt(
+        int, "--student-layers", help="Build the student from the teacher: keep N of its layers (every "
+        "k-th) (default: half)."
+    ) = None,
+    task: _opt(
+        str, "--task", help="auto|classification|causal-lm|masked-lm (auto: from the teacher)."
+    ) = None,
+    alpha: _opt(
+        float, "--alpha", help="Weight of the hard-label loss, 0..1; 0 distills from unlabeled text "
+        f"(default: {_distill.DEFAULT_ALPHA})."
+    ) = None,
+    temperature: _opt(
+        float, "--temperature", help="Temperature T of the soft loss T^2 KL(teacher_T || student_T) "
+        f"(default: {_distill.DEFAULT_TEMPERATURE})."
+    ) = None,
+    hidden_weight: _opt(
+        float, "--hidden-weight", help="Weight of the MSE between mapped hidden layers (a learned "
+        "projection when widths differ) (default: 0)."
+    ) = None,
+    attention_weight: _opt(
+        float, "--attention-weight", help="Weight of the MSE between mapped attention maps (default: 0)."
+    ) = None,
+    cache_teacher: _opt(
+        bool, "--cache-teacher/--no-cache-teacher", help="Keep the teacher's outputs on disk "
+        "($LLMKIT_HOME/teacher-cache): later epochs and reruns skip the teacher."
+    ) = None,
+    baseline: _opt(
+        bool, "--baseline/--no-baseline", help="Also train the same student without the teacher, to show "
+        "what distillation adds."
+    ) = None,
+    epochs: _opt(
+        float, "--epochs", help=f"Passes over the data (default: {_tr.DEFAULT_EPOCHS:g})."
+    ) = None,
+    max_steps: _opt(int, "--max-steps", help="Stop after N optimizer steps (overrides --epochs).") = None,
+    learning_rate: _opt(
+        float, "--learning-rate", "--lr",
+        help=f"Peak learning rate (default: {_tr.DEFAULT_LEARNING_RATE:g}).",
+    ) = None,
+    batch_size: _opt(
+        int, "--batch-size", "-b", help=f"Examples per step (default: {_tr.DEFAULT_BATCH_SIZE})."
+    ) = None,
+    max_length: _opt(
+        int, "--max-length", help=f"Tokens per example, longer cut (default: {_tr.DEFAULT_MAX_LENGTH})."
+    ) = None,
+    validation_file: _opt(
+        Path, "--validation-file", help="Held-out data for the report (default: a split of DATA)."
+    ) = None,
+    validation_split: _opt(
+        float, "--validation-split", help="Share of DATA held out without a validation file "
+        f"(default: {_tr.DEFAULT_VALIDATION_SPLIT:g})."
+    ) = None,
+    text_column: _opt(str, "--text-column", help="Column with the text (default: text).") = None,
+    label_column: _opt(str, "--label-column", help="Column with the label (default: label).") = None,
+    config: _opt(Path, "--config", help="TOML file with any of these settings (flags win).") = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run (OUTPUT.checkpoints).")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing OUTPUT once the new one is complete.")
+    ] = False,
+    seed: SeedOpt = None,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+    fmt: FormatOpt = "auto",
+) -> None:
+    """Distill a teacher into a smaller, faster student, and report both side by side.
+
+    The student is --student MODEL, or the teacher with --student-layers N of its layers (every k-th,
+    initialised from the teacher, as DistilBERT did). It learns from alpha x cross-entropy on the labels
+    plus (1 - alpha) x T^2 KL(teacher_T || student_T); --hidden-weight/--attention-weight add intermediate
+    matching. Tasks: sequence classification, causal LM, masked LM. The report (parameters, size on disk,
+    latency, throughput, accuracy/macro-F1 or perplexity, KL to the teacher; --baseline adds the student
+    trained without the teacher) goes to stdout and OUTPUT/report.json.
+    """
+    from llmkit import output as out
+    from llmkit.errors import UsageError
+
+    given = dict(
+        teacher=teacher, student=student, student_layers=student_layers, task=task, alpha=alpha,
+        temperature=temperature, hidden_weight=hidden_weight, attention_weight=attention_weight,
+        cache_teacher=cache_teacher, baseline=baseline, epochs=epochs, max_steps=max_steps,
+        learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
+        validation_split=validation_split, text_column=text_column, label_column=label_column, seed=seed,
+    )
+    teacher_spec, settings, train_settings = _distill.build_settings(config, given)
+    if output is None:
+        raise UsageError("no --output: give the folder to write the student into")
+    fmt = out.resolve_format(fmt, json_out)
+    result = _distill.distill(
+        data, output, teacher_spec, settings, train_settings, validation=validation_file, device=device,
+        overwrite=overwrite, resume=resume, progress=True, on_log=out.info,
+    )
+    if fmt == "rich":
+        out.stdout_console().print(_distill.render(result))
+        return
+    out.Emitter(fmt, text=_distill.text_lines).emit(result)
+
+
 @app.command()
 def models(
     json_out: JsonOpt = False,

@@ -457,6 +457,29 @@ def load(
     return LoadedModel(model, tokenizer, source, device, torch_dtype, time.perf_counter() - started, notes)
 
 
+def read_config(spec: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """The transformers config of `spec` without loading weights (e.g. to tell an encoder from a decoder).
+
+    Raises:
+        ModelNotFoundError.
+    """
+    source = resolve(spec)
+    location = source.location
+    if source.kind == "gguf":
+        location = str(convert_gguf(Path(source.location)))
+    if source.kind == "hub":
+        _go_offline_if_hub_unreachable()
+    from transformers import AutoConfig
+
+    try:
+        with _quiet_transformers():
+            return AutoConfig.from_pretrained(location, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        if source.kind == "hub":
+            raise _hub_error(spec, exc) from exc
+        raise ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})") from exc
+
+
 def set_seed(seed: int | None) -> None:
     """Seed python, numpy and torch (all devices) for reproducible sampling and training."""
     if seed is None:

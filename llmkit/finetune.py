@@ -1,0 +1,763 @@
+"""`llmkit finetune`: fine-tune a pretrained model on a table with the transformers Trainer.
+
+Tasks: classification and regression (a sequence-classification head, labels saved in config.json so
+`llmkit classify --model OUTPUT` loads it), causal-lm (a text column, prompt/completion columns with the loss on
+the completion only, or chat `messages` rendered through the chat template, loss on the last reply) and masked-lm
+(domain-adaptive MLM). Strategies: full fine-tuning, `train_only="head"|"top-N"` (freeze the rest), or LoRA.
+
+The shared machinery (data, labels, TrainingArguments, progress, metrics, atomic output) is in `training.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from llmkit import training
+from llmkit.errors import DataError, MissingDependencyError, UsageError
+from llmkit.training import TrainSettings
+
+DEFAULT_MODEL = "minilm-l6"
+TASKS = ("classification", "regression", "causal-lm", "masked-lm")
+DEFAULT_TEXT_COLUMN = "text"
+DEFAULT_LABEL_COLUMN = "label"
+DEFAULT_PROMPT_COLUMN = "prompt"
+DEFAULT_COMPLETION_COLUMN = "completion"
+DEFAULT_MESSAGES_COLUMN = "messages"
+DEFAULT_MLM_PROBABILITY = 0.15  # BERT's masking rate
+DEFAULT_LORA_R = 8
+DEFAULT_LORA_ALPHA = 16  # scale alpha/r = 2, the LoRA paper's usual setting
+DEFAULT_LORA_DROPOUT = 0.05
+IGNORE_INDEX = -100  # label id the loss skips (padding, prompt tokens)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which columns hold what. `label_column` is ignored by the language-modelling tasks."""
+
+    text_column: str = DEFAULT_TEXT_COLUMN
+    text_pair_column: str | None = None
+    label_column: str | None = None  # None: "label" when the data has it; a name given must exist
+    prompt_column: str = DEFAULT_PROMPT_COLUMN
+    completion_column: str = DEFAULT_COMPLETION_COLUMN
+    messages_column: str = DEFAULT_MESSAGES_COLUMN
+
+    @property
+    def label(self) -> str:
+        return self.label_column or DEFAULT_LABEL_COLUMN
+
+    def validate(self) -> Columns:
+        return self
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """What to train: everything (default), the head only, the head + top N layers, or LoRA adapters.
+
+    `lora_r` set means LoRA; `merge_lora` then folds the adapters into a plain model at the end.
+    """
+
+    train_only: str | None = None
+    lora_r: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float | None = None
+    lora_targets: tuple[str, ...] = ()
+    merge_lora: bool = False
+
+    @property
+    def lora(self) -> bool:
+        return self.lora_r is not None
+
+    @property
+    def top_layers(self) -> int | None:
+        """N for `top-N`, else None."""
+        match = re.fullmatch(r"top-?(\d+)", self.train_only or "")
+        return int(match.group(1)) if match else None
+
+    @property
+    def name(self) -> str:
+        if self.lora:
+            return f"lora(r={self.lora_r})" + ("+merge" if self.merge_lora else "")
+        return self.train_only or "full"
+
+    def validate(self) -> Strategy:
+        if self.train_only is not None and self.train_only != "head" and self.top_layers is None:
+            raise UsageError(f"--train-only {self.train_only!r}: use 'head' or 'top-N' (e.g. top-2)")
+        if self.top_layers == 0:
+            raise UsageError("--train-only top-N needs N >= 1 (for the head alone use --train-only head)")
+        if self.lora and self.train_only is not None:
+            raise UsageError("--lora-r and --train-only are two different strategies; pick one")
+        if self.lora_r is not None and self.lora_r < 1:
+            raise UsageError("--lora-r must be >= 1")
+        if self.lora_dropout is not None and not 0 <= self.lora_dropout < 1:
+            raise UsageError("--lora-dropout must be in [0, 1)")
+        given = (
+            self.lora_alpha is not None,
+            self.lora_dropout is not None,
+            bool(self.lora_targets),
+            self.merge_lora,
+        )
+        if not self.lora and any(given):
+            raise UsageError("--lora-alpha/--lora-dropout/--lora-targets/--merge-lora need --lora-r")
+        return self
+
+
+@dataclass(frozen=True)
+class FinetunePlan:
+    """What a run would do (`--dry-run`): nothing is trained or written."""
+
+    task: str
+    model: str
+    output: str
+    strategy: str
+    rows: dict[str, int]
+    labels: list[str] | None
+    steps: int
+    epochs: float
+    batch_size: int
+    precision: str
+    trainable_parameters: int
+    total_parameters: int
+    memory_estimate_bytes: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+    dry_run: bool = True
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """A finished run: where the model is and how training went."""
+
+    output: str
+    task: str
+    model: str
+    strategy: str
+    rows: dict[str, int]
+    labels: list[str] | None
+    steps: int
+    epochs: float
+    train_seconds: float
+    samples_per_second: float
+    train_loss: float | None
+    metrics: dict[str, Any]
+    trainable_parameters: int
+    total_parameters: int
+    losses: list[float]
+    resumed_from_step: int
+    validation: dict[str, Any] | None = None  # classification: per-class P/R/F1 and the confusion matrix
+    notes: list[str] = field(default_factory=list)
+
+
+# --- task inference and columns --------------------------------------------------------------------------------
+
+
+def _model_family(spec: str, revision: str | None, trust_remote_code: bool) -> str:
+    """'masked-lm' for encoders (BERT-like), 'causal-lm' for decoders, from the model's config."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    from llmkit.loading import read_config
+
+    config = read_config(spec, revision=revision, trust_remote_code=trust_remote_code)
+    return "masked-lm" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "causal-lm"
+
+
+def _looks_continuous(values: list[Any]) -> bool:
+    """Labels that are all numbers and not all whole numbers: regression is the only sensible reading."""
+    numbers = []
+    for value in values[:1000]:
+        try:
+            numbers.append(float(value))
+        except (TypeError, ValueError):
+            return False
+    return bool(numbers) and any(not n.is_integer() for n in numbers)
+
+
+def infer_task(columns: list[str], cols: Columns, labels: list[Any] | None, model_family: Any) -> str:
+    """The task the columns make clear.
+
+    Args:
+        columns: column names present in train.
+        cols: the configured column names.
+        labels: a sample of label values (None when there is no label column).
+        model_family: a callable returning "masked-lm" or "causal-lm" for text-only data (called lazily).
+
+    Returns:
+        One of TASKS.
+    """
+    if cols.label_column is not None and cols.label_column not in columns:
+        raise training.column_error(cols.label_column, columns)
+    if cols.label in columns and labels is not None:
+        return "regression" if _looks_continuous(labels) else "classification"
+    if cols.messages_column in columns:
+        return "causal-lm"
+    if cols.prompt_column in columns and cols.completion_column in columns:
+        return "causal-lm"
+    if cols.text_column in columns:
+        return model_family()
+    raise DataError(
+        f"cannot tell the task from the columns ({', '.join(columns)}): name the text column with --text-column "
+        f"and the label column with --label-column, or give --task"
+    )
+
+
+def _lm_mode(columns: list[str], cols: Columns) -> str:
+    if cols.messages_column in columns:
+        return "chat"
+    if cols.prompt_column in columns and cols.completion_column in columns:
+        return "prompt-completion"
+    return "text"
+
+
+# --- tokenization --------------------------------------------------------------------------------------------
+
+
+def _tokenize_classification(dataset: Any, tokenizer: Any, cols: Columns, max_length: int) -> Any:
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        first = [str(t) for t in batch[cols.text_column]]
+        second = [str(t) for t in batch[cols.text_pair_column]] if cols.text_pair_column else None
+        return tokenizer(first, second, truncation=True, max_length=max_length)
+
+    keep = {"labels"}
+    return dataset.map(
+        encode, batched=True, remove_columns=[c for c in dataset.column_names if c not in keep]
+    )
+
+
+def _tokenize_masked_lm(dataset: Any, tokenizer: Any, cols: Columns, max_length: int) -> Any:
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        texts = [str(t) for t in batch[cols.text_column]]
+        return tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True)
+
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+
+
+def _chat_parts(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, str]:
+    """(prompt, completion) of a conversation: the completion is the last assistant reply as the template
+    renders it, so the loss falls on what the model should learn to say."""
+    messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if len(messages) >= 2 and messages[-1]["role"] == "assistant":
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        if full.startswith(prompt):
+            return prompt, full[len(prompt) :]
+    return "", full
+
+
+def _tokenize_causal_lm(dataset: Any, tokenizer: Any, cols: Columns, max_length: int, mode: str) -> Any:
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if mode == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            f"column {cols.messages_column!r} holds chat messages but the model's tokenizer has no chat template; "
+            "use a chat model or give prompt/completion columns"
+        )
+
+    def encode_pair(prompt: str, completion: str, special: bool) -> tuple[list[int], list[int]]:
+        p = tokenizer(prompt, add_special_tokens=special)["input_ids"] if prompt else []
+        c = tokenizer(completion, add_special_tokens=special and not prompt)["input_ids"]
+        if mode != "chat":  # the chat template already closes the reply
+            c = c + eos
+        ids = (p + c)[:max_length]
+        labels = ([IGNORE_INDEX] * len(p) + c)[:max_length]
+        return ids, labels
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        ids_out, labels_out = [], []
+        size = len(next(iter(batch.values())))
+        for i in range(size):
+            if mode == "chat":
+                messages = batch[cols.messages_column][i]
+                if not isinstance(messages, list) or not all(
+                    isinstance(m, dict) and "role" in m for m in messages
+                ):
+                    raise DataError(
+                        f"column {cols.messages_column!r}: expected a list of {{role, content}} objects"
+                    )
+                prompt, completion = _chat_parts(tokenizer, messages)
+                ids, labels = encode_pair(prompt, completion, special=False)
+            elif mode == "prompt-completion":
+                ids, labels = encode_pair(
+                    str(batch[cols.prompt_column][i]), str(batch[cols.completion_column][i]), True
+                )
+            else:
+                ids, labels = encode_pair("", str(batch[cols.text_column][i]), True)
+            ids_out.append(ids)
+            labels_out.append(labels)
+        return {"input_ids": ids_out, "attention_mask": [[1] * len(x) for x in ids_out], "labels": labels_out}
+
+    encoded = dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+    # A prompt that fills max_length leaves nothing to learn from: drop such rows rather than train on nothing.
+    return encoded.filter(lambda row: any(t != IGNORE_INDEX for t in row["labels"]))
+
+
+# --- strategies ------------------------------------------------------------------------------------------------
+
+
+def _layer_list(base: Any) -> Any:
+    """The longest ModuleList of transformer blocks in the base model (encoder.layer, model.layers, ...)."""
+    import torch
+
+    best = None
+    for _name, module in base.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and (best is None or len(module) > len(best[1])):
+            best = (_name, module)
+    return best
+
+
+def apply_train_only(model: Any, train_only: str, top_layers: int | None) -> None:
+    """Freeze everything but the task head (and, for top-N, the last N blocks plus what follows them).
+
+    The head is every parameter outside `model.base_model`; "what follows" the blocks is the base model's final
+    norm/pooler, which sit between the top block and the head.
+    """
+    base = model.base_model
+    base_ids = {id(p) for p in base.parameters()}
+    for p in model.parameters():
+        p.requires_grad = id(p) not in base_ids
+    if top_layers is None:
+        return
+    found = _layer_list(base)
+    if found is None:
+        raise UsageError("--train-only top-N: this model has no list of layers to pick the top of")
+    name, layers = found
+    if top_layers > len(layers):
+        raise UsageError(f"--train-only top-{top_layers}: the model has only {len(layers)} layers")
+    for layer in list(layers)[-top_layers:]:
+        for p in layer.parameters():
+            p.requires_grad = True
+    embeddings = {id(p) for p in base.get_input_embeddings().parameters()}
+    in_layers = {id(p) for p in layers.parameters()}
+    for pname, p in base.named_parameters():
+        # after the blocks: final norm, pooler. Embedding-side modules (position/type embeddings, their norm)
+        # come before and stay frozen.
+        if id(p) in in_layers or id(p) in embeddings or "embed" in pname:
+            continue
+        p.requires_grad = True
+
+
+def apply_lora(model: Any, strategy: Strategy, task: str) -> Any:
+    """Wrap `model` with LoRA adapters (peft); the classification head stays fully trainable."""
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise MissingDependencyError("LoRA needs peft: pip install 'llmkit[train]'") from None
+    task_type = {
+        "classification": TaskType.SEQ_CLS,
+        "regression": TaskType.SEQ_CLS,
+        "causal-lm": TaskType.CAUSAL_LM,
+    }.get(task)
+    config = LoraConfig(
+        r=strategy.lora_r,
+        lora_alpha=strategy.lora_alpha if strategy.lora_alpha is not None else DEFAULT_LORA_ALPHA,
+        lora_dropout=strategy.lora_dropout if strategy.lora_dropout is not None else DEFAULT_LORA_DROPOUT,
+        target_modules=list(strategy.lora_targets) if strategy.lora_targets else "all-linear",
+        task_type=task_type,
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise UsageError(f"LoRA: {str(exc).splitlines()[0]} (check --lora-targets)") from None
+
+
+# --- the task function -----------------------------------------------------------------------------------------
+
+
+def _load_model(
+    spec: str, task: str, labels: training.LabelMap | None, device: str, load_options: dict[str, Any]
+) -> Any:
+    from llmkit.loading import load
+
+    kwargs: dict[str, Any] = {}
+    if task == "classification":
+        assert labels is not None
+        kwargs = dict(
+            num_labels=len(labels.names),
+            id2label=labels.id2label,
+            label2id=labels.label2id,
+            problem_type="single_label_classification",
+            ignore_mismatched_sizes=True,  # a classifier with other labels gets a fresh head
+        )
+    elif task == "regression":
+        kwargs = dict(num_labels=1, problem_type="regression", ignore_mismatched_sizes=True)
+    loading_task = {"classification": "sequence-classification", "regression": "sequence-classification"}.get(
+        task, task
+    )
+    loaded = load(spec, loading_task, device=device, dtype="float32", model_kwargs=kwargs, **load_options)
+    tokenizer = loaded.tokenizer
+    if tokenizer.pad_token is None:  # decoder tokenizers often lack one; padding with EOS is the usual fix
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(loaded.model.config, "pad_token_id", None) is None:
+        loaded.model.config.pad_token_id = tokenizer.pad_token_id
+    return loaded
+
+
+def _collator(task: str, tokenizer: Any, mlm_probability: float) -> Any:
+    from transformers import DataCollatorForLanguageModeling, DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+    if task == "masked-lm":
+        return DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability)
+    if task == "causal-lm":
+        # pads input_ids with the pad token and labels with -100, so padding never counts in the loss
+        return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding="longest")
+    return DataCollatorWithPadding(tokenizer)  # pad per batch, not to max_length
+
+
+def finetune(
+    data: str | Path,
+    *,
+    output: str | Path,
+    model: str = DEFAULT_MODEL,
+    task: str | None = None,
+    columns: Columns = Columns(),
+    settings: TrainSettings = TrainSettings(),
+    strategy: Strategy = Strategy(),
+    validation_file: str | Path | None = None,
+    validation_split: float | None = None,
+    mlm_probability: float = DEFAULT_MLM_PROBABILITY,
+    device: str = "auto",
+    dry_run: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    json_log: bool = False,
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> FinetunePlan | FinetuneResult:
+    """Fine-tune `model` on the table(s) in `data` and write the result to `output`.
+
+    Args:
+        data: table file, folder of train/validation/test files, or a cached hub dataset id.
+        output: the folder to create (written under a temporary name and renamed when complete).
+        model: model spec (alias, folder, .gguf, hub id).
+        task: one of TASKS, or None to infer from the columns.
+        columns: column names.
+        settings: Trainer settings.
+        strategy: full, head, top-N or LoRA.
+        validation_file: separate validation table.
+        validation_split: fraction of train held out (stratified for classification); None uses the data's
+            own validation split or, failing that, DEFAULT_VALIDATION_SPLIT for classification/regression.
+            0 turns evaluation off.
+        mlm_probability: masking rate for masked-lm.
+        device: auto|cpu|cuda|mps.
+        dry_run: plan only (rows, labels, steps, trainable parameters, memory estimate); nothing is trained.
+        resume: continue from the newest checkpoint in `OUTPUT.checkpoints`.
+        overwrite: replace an existing `output` (only once the new one is complete).
+        json_log: training log records as JSON lines on stdout.
+        revision, allow_pickle, trust_remote_code: passed to the loader.
+
+    Returns:
+        FinetunePlan for a dry run, else FinetuneResult.
+
+    Raises:
+        UsageError, DataError, NotFoundError, MissingDependencyError.
+    """
+    from llmkit.loading import pick_device, set_seed
+
+    settings = settings.validate()
+    strategy = strategy.validate()
+    if task is not None and task not in TASKS:
+        raise UsageError(f"unknown --task {task!r}; use one of {', '.join(TASKS)}")
+    if not 0 < mlm_probability < 1:
+        raise UsageError("--mlm-probability must be between 0 and 1 (e.g. 0.15)")
+    output = Path(output)
+    if not dry_run:
+        training.check_output(output, overwrite=overwrite, resume=resume)
+    device = pick_device(device)
+    precision = training.resolve_precision(settings.precision, device)
+    load_options = dict(revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+
+    # --- data ----------------------------------------------------------------------------------------------
+    splits = training.load_dataset_splits(data, validation_file=validation_file)
+    stats = splits.stats
+    train_ds, val_ds = splits.train, splits.validation
+    present = list(train_ds.column_names)
+    if task is None:
+        labels_sample = train_ds[columns.label][:1000] if columns.label in present else None
+        if labels_sample is not None:
+            labels_sample = [v for v in labels_sample if not training._is_missing(v)]
+        task = infer_task(
+            present, columns, labels_sample, lambda: _model_family(model, revision, trust_remote_code)
+        )
+    labelled = task in ("classification", "regression")
+    mode = _lm_mode(present, columns) if task == "causal-lm" else "text"
+    if labelled:
+        text_cols = [columns.text_column] + ([columns.text_pair_column] if columns.text_pair_column else [])
+        label_col: str | None = columns.label
+    elif mode == "chat":
+        text_cols, label_col = [columns.messages_column], None
+    elif mode == "prompt-completion":
+        text_cols, label_col = [columns.prompt_column, columns.completion_column], None
+    else:
+        text_cols, label_col = [columns.text_column], None
+    if mode == "chat":
+        training.require_columns(train_ds, text_cols)
+        if val_ds is not None:
+            training.require_columns(val_ds, text_cols, "the validation data")
+    else:
+        train_ds = training.clean_rows(train_ds, text_cols, label_col, stats)
+        if val_ds is not None:
+            training.require_columns(
+                val_ds, text_cols + ([label_col] if label_col else []), "the validation data"
+            )
+            val_ds = training.clean_rows(val_ds, text_cols, label_col, stats)
+    if len(train_ds) == 0:
+        raise DataError(f"{data}: no usable training rows ({'; '.join(stats.notes()) or 'empty'})")
+
+    label_map = None
+    if labelled:
+        assert label_col is not None
+        train_ds, val_ds, label_map = training.prepare_labels(
+            train_ds,
+            val_ds,
+            label_col,
+            task="regression" if task == "regression" else "classification",
+            stats=stats,
+        )
+    if val_ds is None:
+        fraction = validation_split
+        if fraction is None:
+            fraction = training.DEFAULT_VALIDATION_SPLIT if labelled and len(train_ds) >= 20 else 0.0
+        if fraction > 0:
+            train_ds, val_ds = training.split_validation(
+                train_ds,
+                fraction,
+                seed=settings.seed,
+                label_column="labels" if task == "classification" else None,
+            )
+    elif validation_split:
+        raise UsageError(
+            "give --validation-file or --validation-split, not both (the data has a validation set)"
+        )
+    stats.rows_used = {"train": len(train_ds)} | ({"validation": len(val_ds)} if val_ds is not None else {})
+    notes = stats.notes()
+
+    # --- model ---------------------------------------------------------------------------------------------
+    set_seed(settings.seed)  # the new head's initialisation is part of the run
+    loaded = _load_model(model, task, label_map, device, load_options)
+    net, tokenizer = loaded.model, loaded.tokenizer
+    if strategy.lora:
+        net = apply_lora(net, strategy, task)
+    elif strategy.train_only:
+        apply_train_only(net, strategy.train_only, strategy.top_layers)
+    trainable, total = training.count_parameters(net)
+
+    if dry_run:
+        plan_settings = replace(settings, precision=precision)
+        return FinetunePlan(
+            task=task,
+            model=model,
+            output=str(output),
+            strategy=strategy.name,
+            rows=dict(stats.rows_used),
+            labels=list(label_map.names) if label_map else None,
+            steps=training.total_steps(settings, len(train_ds)),
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            precision=precision,
+            trainable_parameters=trainable,
+            total_parameters=total,
+            memory_estimate_bytes=training.estimate_memory_bytes(net, plan_settings),
+            notes=notes,
+        )
+
+    # --- tokenize ------------------------------------------------------------------------------------------
+    def tokenize(ds: Any) -> Any:
+        if labelled:
+            return _tokenize_classification(ds, tokenizer, columns, settings.max_length)
+        if task == "masked-lm":
+            return _tokenize_masked_lm(ds, tokenizer, columns, settings.max_length)
+        return _tokenize_causal_lm(ds, tokenizer, columns, settings.max_length, mode)
+
+    train_tok = tokenize(train_ds)
+    val_tok = tokenize(val_ds) if val_ds is not None and len(val_ds) else None
+
+    # --- train ---------------------------------------------------------------------------------------------
+    from transformers import EarlyStoppingCallback
+
+    ckpt_dir = training.checkpoint_dir(output)
+    metric = {"classification": ("accuracy", True), "regression": ("mse", False)}.get(task, ("loss", False))
+    args = training.build_training_args(
+        replace(settings, precision=precision),
+        ckpt_dir,
+        has_eval=val_tok is not None,
+        device=device,
+        metric_for_best_model=metric[0],
+        greater_is_better=metric[1],
+        train_rows=len(train_tok),
+    )
+    progress = training.ProgressCallback.create(
+        json_log=json_log, description="finetune", perplexity_metric=task in ("causal-lm", "masked-lm")
+    )
+    callbacks = [progress]
+    if settings.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
+    trainer = training.trainer_class()(
+        model=net,
+        args=args,
+        data_collator=_collator(task, tokenizer, mlm_probability),
+        train_dataset=train_tok,
+        eval_dataset=val_tok,
+        processing_class=tokenizer,
+        compute_metrics=training.make_compute_metrics(task, len(label_map.names) if label_map else None),
+        callbacks=callbacks,
+    )
+    # The Trainer adds its own tqdm-based printer unless told otherwise; ours replaces it.
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(HFProgress)
+
+    checkpoint = training.last_checkpoint(output) if resume else None
+    resumed_from = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+    if resume and checkpoint is None:
+        notes.append(f"--resume: no checkpoint in {ckpt_dir}, started from the beginning")
+    started = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    seconds = time.perf_counter() - started
+
+    metrics: dict[str, Any] = {}
+    report_detail: dict[str, Any] = {}
+    if val_tok is not None:
+        if task == "classification":
+            assert label_map is not None
+            prediction = trainer.predict(val_tok, metric_key_prefix="eval")
+            logits = (
+                prediction.predictions[0]
+                if isinstance(prediction.predictions, tuple)
+                else prediction.predictions
+            )
+            report_detail = training.classification_report(
+                prediction.label_ids, logits.argmax(-1), label_map.names
+            )
+            metrics = {
+                k: v for k, v in prediction.metrics.items() if not k.endswith(("_runtime", "per_second"))
+            }
+        else:
+            metrics = {
+                k: v for k, v in trainer.evaluate().items() if not k.endswith(("_runtime", "per_second"))
+            }
+            if task in ("causal-lm", "masked-lm"):
+                metrics["eval_perplexity"] = training.perplexity(metrics.get("eval_loss"))
+
+    samples = train_output.metrics.get("train_samples_per_second", 0.0)
+    losses = [float(r["loss"]) for r in progress.history if "loss" in r and r["loss"] is not None]
+    result = FinetuneResult(
+        output=str(output),
+        task=task,
+        model=model,
+        strategy=strategy.name,
+        rows=dict(stats.rows_used),
+        labels=list(label_map.names) if label_map else None,
+        steps=trainer.state.global_step,
+        epochs=round(float(trainer.state.epoch or 0.0), 4),
+        train_seconds=round(seconds, 3),
+        samples_per_second=round(float(samples), 3),
+        train_loss=float(train_output.training_loss) if train_output.training_loss is not None else None,
+        metrics={k: training._round(v) for k, v in metrics.items()},
+        trainable_parameters=trainable,
+        total_parameters=total,
+        losses=losses,
+        resumed_from_step=resumed_from,
+        validation=report_detail or None,
+        notes=notes,
+    )
+
+    # --- write ---------------------------------------------------------------------------------------------
+    report = {
+        "result": asdict(result),
+        "data": stats.as_dict(),
+        "settings": asdict(replace(settings, precision=precision)),
+        "columns": asdict(columns),
+        "evaluations": progress.evaluations,
+        "log": progress.history,
+    }
+    staging = ckpt_dir / "final"
+    if staging.exists():
+        shutil.rmtree(staging)
+    if trainer.is_world_process_zero():
+        with training.atomic_output(output, overwrite=overwrite, staging=staging) as folder:
+            _save(trainer, tokenizer, folder, strategy)
+            (folder / "training_args.json").write_text(args.to_json_string() + "\n", encoding="utf-8")
+            training.write_report(folder, report)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoints are no longer needed
+    else:
+        _save(trainer, tokenizer, staging, strategy)
+    trainer.accelerator.wait_for_everyone()
+    return result
+
+
+def _save(trainer: Any, tokenizer: Any, folder: Path, strategy: Strategy) -> None:
+    """Model (safetensors) + tokenizer into `folder`; LoRA adapters merged first with `merge_lora`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if strategy.lora and strategy.merge_lora:
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        merged.save_pretrained(str(folder))
+    else:
+        trainer.save_model(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    pickled = folder / "training_args.bin"
+    if pickled.exists():  # the JSON copy says the same without needing unpickling to read
+        pickled.unlink()
+
+
+def known_config_keys() -> set[str]:
+    """Every key a `--config` TOML file may set for finetune."""
+    names = (
+        {f.name for f in fields(TrainSettings)}
+        | {f.name for f in fields(Columns)}
+        | {f.name for f in fields(Strategy)}
+    )
+    return names | {
+        "model", "task", "output", "data", "validation_file", "validation_split", "mlm_probability", "device",
+        "bf16", "fp16", "fp32",
+    }  # fmt: skip
+
+
+def describe(plan_or_result: FinetunePlan | FinetuneResult) -> str:
+    """One line for `--format text`."""
+    if isinstance(plan_or_result, FinetunePlan):
+        p = plan_or_result
+        return (
+            f"plan: {p.task} on {p.model}, {p.rows}, {p.steps} steps, "
+            f"{p.trainable_parameters}/{p.total_parameters} trainable parameters"
+        )
+    r = plan_or_result
+    return f"{r.output}: {r.task}, {r.steps} steps, {json.dumps(r.metrics)}"
+
+
+def renderable(plan_or_result: FinetunePlan | FinetuneResult) -> Any:
+    """Terminal view: a summary table, then (classification) the per-class report and confusion matrix."""
+    from rich.console import Group
+    from rich.table import Table
+
+    table = Table(
+        show_header=False,
+        title="Fine-tuning plan" if isinstance(plan_or_result, FinetunePlan) else "Fine-tuned",
+        title_justify="left",
+    )
+    table.add_column(style="bold")
+    table.add_column()
+    skip = {"losses", "validation", "notes", "dry_run"}
+    for f in fields(plan_or_result):
+        if f.name in skip:
+            continue
+        value = getattr(plan_or_result, f.name)
+        if f.name == "memory_estimate_bytes":
+            mib = {k: v / 2**20 for k, v in value.items()}
+            value = (
+                f"~{mib['total']:.0f} MiB (weights {mib['weights']:.0f}, gradients+optimizer "
+                f"{mib['gradients'] + mib['optimizer']:.0f}, activations {mib['activations']:.0f})"
+            )
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        table.add_row(f.name.replace("_", " "), str(value))
+    parts: list[Any] = [table]
+    validation = getattr(plan_or_result, "validation", None)
+    if validation:
+        parts.append(training.report_renderable(validation))
+    return Group(*parts)
