@@ -563,6 +563,8 @@ def quantize(
     if eval_labels is not None and eval_texts is not None and len(eval_labels) != len(eval_texts):
         raise DataError("--eval-data: every example needs a label (or none of them)")
     if method == "dynamic-int8":
+        if dtype not in ("auto", "float32"):
+            raise UsageError("--method dynamic-int8 computes in float32 (torch.ao kernels); drop --dtype")
         device = "cpu"
     group = group_size or DEFAULT_GROUP_SIZE
     task = loading.detect_task(model, revision=revision, trust_remote_code=trust_remote_code)
@@ -699,6 +701,12 @@ def quantize(
         report_path = output.parent / f"{output.stem}.report.json" if method == "gguf" else tmp / REPORT_NAME
         report_path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, output)
+        if converted_cache is not None and converted_cache.exists():
+            # The .gguf keeps its mtime when renamed: hand its de-quantized cache to the final name, so the
+            # first `generate --model OUT.gguf` does not convert it again.
+            final_cache = loading._converted_dir(output)
+            if not final_cache.exists():
+                os.replace(converted_cache, final_cache)
         return report
     finally:
         if tmp.exists():

@@ -238,6 +238,10 @@ def test_gguf_round_trips_through_reader_and_transformers(
     assert record["settings"]["gguf_type"] == gguf_type and out.is_file()
     assert json.loads((tmp_path / f"tiny-{gguf_type}.report.json").read_text()) == record
     assert record["quantized"]["size_bytes"] == out.stat().st_size
+    # the de-quantized cache made while measuring now belongs to the final name (no second conversion)
+    cache = loading._converted_dir(out)
+    assert (cache / "config.json").is_file()
+    assert [p.name for p in cache.parent.iterdir() if p.name.startswith(".")] == []
 
     reader = gguf.GGUFReader(str(out))
     types = {t.name: t.tensor_type.name for t in reader.tensors}
@@ -282,6 +286,8 @@ def test_gguf_refuses_what_it_cannot_write(tiny_causal_lm: Path, tiny_mlm: Path,
     assert result.exit_code == EXIT_USAGE and "give --output a .gguf name" in result.stderr
     result = invoke("quantize", "-m", str(tiny_causal_lm), "--gguf-type", "q4_0", "-o", str(tmp_path / "b"))
     assert result.exit_code == EXIT_USAGE and "--gguf-type applies to --method gguf only" in result.stderr
+    result = invoke("quantize", "-m", str(tiny_causal_lm), "--dtype", "bfloat16", "-o", str(tmp_path / "b"))
+    assert result.exit_code == EXIT_USAGE and "dynamic-int8 computes in float32" in result.stderr
     result = invoke("quantize", "-m", str(tiny_causal_lm), "--group-size", "8", "-o", str(tmp_path / "b"))
     assert (
         result.exit_code == EXIT_USAGE
