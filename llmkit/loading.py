@@ -410,6 +410,10 @@ def load(
         notes.append(f"GGUF {Path(source.location).name} loaded from its safetensors cache {location}")
     if source.kind in ("dir", "gguf"):
         _check_weights_format(Path(location), allow_pickle)
+    # A folder written by `llmkit quantize` carries its settings, so it reloads without flags (quantize.py).
+    quantized = read_quantization_settings(Path(location)) if source.kind == "dir" else None
+    if quantized and dtype == "auto":
+        torch_dtype = pick_dtype(str(quantized.get("compute_dtype", "float32")), device, low_precision=False)
 
     if source.kind == "hub":
         _go_offline_if_hub_unreachable()
@@ -432,7 +436,13 @@ def load(
         kwargs["use_safetensors"] = True
     try:
         with _quiet_transformers():
-            model = auto_class.from_pretrained(location, **kwargs)
+            if quantized and quantized.get("method") == "dynamic-int8":
+                # torch.ao modules, which transformers cannot load itself
+                from llmkit.quantize import load_dynamic_int8
+
+                model = load_dynamic_int8(auto_class, config, Path(location), quantized, device=device)
+            else:
+                model = auto_class.from_pretrained(location, **kwargs)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "does not recognize this architecture" in str(exc):
             kind = type(config).__name__.replace("Config", "")
@@ -478,6 +488,42 @@ def read_config(spec: str, *, revision: str | None = None, trust_remote_code: bo
         if source.kind == "hub":
             raise _hub_error(spec, exc) from exc
         raise ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})") from exc
+
+
+QUANTIZATION_SETTINGS = "llmkit_quantization.json"  # written by `llmkit quantize` beside config.json
+
+
+def read_quantization_settings(directory: Path) -> dict[str, Any] | None:
+    """The settings `llmkit quantize` saved in a folder, or None for any other folder."""
+    import json
+
+    path = directory / QUANTIZATION_SETTINGS
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"{path} is unreadable ({exc}); quantize the model again") from exc
+    return settings if isinstance(settings, dict) else None
+
+
+def detect_task(spec: str, *, revision: str | None = None, trust_remote_code: bool = False) -> str:
+    """The task a model was made for, from its config's architecture (GGUF files are causal LMs).
+
+    Returns:
+        "causal-lm", "seq2seq-lm", "masked-lm", "sequence-classification" or "base".
+    """
+    if resolve(spec).kind == "gguf":
+        return "causal-lm"
+    config = read_config(spec, revision=revision, trust_remote_code=trust_remote_code)
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq-lm"
+    for arch in getattr(config, "architectures", None) or []:
+        for suffix, task in (("ForCausalLM", "causal-lm"), ("ForMaskedLM", "masked-lm"),
+                             ("ForSequenceClassification", "sequence-classification")):
+            if arch.endswith(suffix):
+                return task
+    return "base"
 
 
 def set_seed(seed: int | None) -> None:

@@ -328,3 +328,34 @@ def _ordered(row: dict[str, Any], columns: list[str]) -> dict[str, Any]:
     ordered = {c: row.get(c) for c in columns}
     ordered.update((k, v) for k, v in row.items() if k not in ordered)
     return ordered
+
+def quantize_table(report: Any) -> Any:
+    """Terminal view of `quantize`: original vs quantized, with the change, then agreement and the gate."""
+    from rich.table import Table
+
+    before, after = report.original, report.quantized
+    lower_better = before.quality_metric.endswith("perplexity")
+    table = Table(title=f"quantize {report.method} · {report.model}", title_justify="left")
+    for column in ("", "original", "quantized", "change"):
+        table.add_column(column, justify="left" if not column else "right")
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{b / a:.2f}x" if a and b is not None else "-"
+
+    table.add_row("size on disk", _human_size(before.size_bytes), _human_size(after.size_bytes),
+                  ratio(before.size_bytes, after.size_bytes))
+    table.add_row("load time", f"{before.load_seconds:.2f} s", f"{after.load_seconds:.2f} s",
+                  ratio(before.load_seconds, after.load_seconds))
+    table.add_row(f"speed ({before.speed_unit})", f"{before.speed:.1f}", f"{after.speed:.1f}",
+                  ratio(before.speed, after.speed))
+    worse = report.quality_drop_percent > 0
+    change = f"{'+' if lower_better == worse else '-'}{abs(report.quality_drop_percent):.2f}%"
+    style = "red" if worse else "green"
+    table.add_row(
+        before.quality_metric, f"{before.quality:.4g}", f"{after.quality:.4g}", f"[{style}]{change}[/{style}]"
+    )
+    table.add_row("top-1 agreement", "", f"{report.top1_agreement:.1%}", "")
+    table.add_row("KL divergence", "", f"{report.kl_divergence:.4f}", "")
+    gate = "" if report.max_drop is None else f" · gate --max-drop {report.max_drop:g}%: passed"
+    table.caption = f"written to {report.output}{gate}"
+    return table

@@ -38,6 +38,11 @@ def tiny_causal_lm_nochat(tiny_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_causal_lm_bpe(tiny_dir: Path) -> Path:
+    return tiny.build_causal_lm_bpe(tiny_dir / "causal-lm-bpe")
+
+
+@pytest.fixture(scope="session")
 def tiny_seq2seq(tiny_dir: Path) -> Path:
     return tiny.build_seq2seq_lm(tiny_dir / "seq2seq")
 

@@ -223,3 +223,58 @@ def build_masked_lm_angle_mask(path: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = BertForMaskedLM(_bert_config(tokenizer))
     return _save(model, tokenizer, path)
+
+
+def lm_tokenizer_bpe(vocab_size: int = 320):
+    """A byte-level BPE tokenizer (GPT-2/SmolLM style: GGUF's "gpt2" tokenizer model), trained in-process."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    sentences = [" ".join(WORDS[i : i + 12]) for i in range(0, len(WORDS), 6)]
+    tok.train_from_iterator(sentences * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        model_max_length=MAX_POSITIONS,
+    )
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return fast
+
+
+def build_causal_lm_bpe(path: Path, *, seed: int = 0) -> Path:
+    """A tiny Llama with a byte-level BPE tokenizer and grouped KV heads: exportable to GGUF like SmolLM2."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = lm_tokenizer_bpe()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN * 2,  # 64: rows split into Q8_0/Q4_0's 32-value blocks
+        intermediate_size=INTERMEDIATE * 2,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # grouped-query attention, as SmolLM2: exercises the K permutation
+        max_position_embeddings=MAX_POSITIONS,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    return _save(model, tokenizer, path)

@@ -1,0 +1,715 @@
+"""`llmkit quantize`: a smaller model, with a measured report of what was gained and what was lost.
+
+Methods:
+- gguf:          a .gguf file for llama.cpp / Ollama (llama-family causal LMs; see gguf_export.py).
+- int8-weight:   torchao int8 weight-only (per output channel), saved as torchao safetensors.
+- int4-weight:   torchao int4 weight-only in groups of --group-size (IntxWeightOnlyConfig: runs on CPU too).
+- dynamic-int8:  torch.ao dynamic quantization (int8 weights and activations in the linear layers; fbgemm on
+CPU),
+                 saved as int8 tensors + scales in safetensors and rebuilt by loading.py from the saved
+                 settings.
+- bnb-8bit/bnb-4bit: bitsandbytes LLM.int8() / NF4, for CUDA.
+
+The report measures the original and the output the way llmkit runs them (load through loading.py, generate
+through generate.py): size on disk, load time, speed, quality (perplexity, masked-token perplexity, accuracy
+or
+agreement) plus top-1 agreement and KL divergence against the original. `max_drop` gates the result: a model
+that lost too much is deleted and the call raises QualityGateError (exit 5).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import DataError, MissingDependencyError, QualityGateError, UsageError
+
+METHODS = ("gguf", "int8-weight", "int4-weight", "dynamic-int8", "bnb-8bit", "bnb-4bit")
+TORCHAO_METHODS = ("int8-weight", "int4-weight")
+BNB_METHODS = ("bnb-8bit", "bnb-4bit")
+DEFAULT_METHOD = "dynamic-int8"
+# --skip default: the output head (lm_head, cls.predictions.decoder, classifier): it sees the widest
+# activations,
+# so int8 costs the most quality there, and it is one layer of many.
+DEFAULT_SKIP_HELP = "the output head (lm_head, classifier, ...)"
+DEFAULT_GROUP_SIZE = (
+    32  # int4-weight: weights per scale; smaller groups are more faithful and a little larger
+)
+DEFAULT_DTYPE = "float32"  # compute dtype of the original, the quantized model and both measurements
+EVAL_MAX_TOKENS = 512  # tokens of evaluation text per measurement (one forward pass)
+SPEED_NEW_TOKENS = 32  # tokens generated for the tokens/s measurement (after a short warm-up)
+SPEED_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+MASK_EVERY = 7  # masked LMs: every 7th token is masked for the masked-token perplexity (~15%, as in BERT)
+REPORT_NAME = "report.json"
+DYNAMIC_WEIGHTS = "model-dynamic-int8.safetensors"
+# Non-quantized matrices of a dynamic-int8 model (embeddings, kept heads) are stored in bfloat16: halves their
+# size on disk; they are widened to float32 when loaded. 1-D tensors (norms, biases) stay float32.
+DYNAMIC_KEPT_STORAGE = "bfloat16"
+
+# Built-in evaluation text: plain English prose, used when --eval-data is not given.
+SAMPLE_TEXT = (
+    "The village sat at the edge of a wide valley, where the river slowed and spread into a shallow lake. "
+    "Every morning the baker opened his shop before sunrise, and the smell of fresh bread drifted down the "
+    "narrow street toward the school. Children walked past in small groups, talking about the weather, their "
+    "homework and the football match that had been played the evening before. Their teacher, a patient woman "
+    "who had lived in the village all her life, believed that every question deserved a careful answer. "
+    "In the spring, farmers planted wheat and barley in the fields above the lake, and in the autumn they "
+    "brought the harvest to the market in the main square. Visitors often said that nothing ever changed "
+    "there, "
+    "but the people who lived in the valley knew better. The old bridge had been rebuilt after a flood, a "
+    "new "
+    "library had opened in the former post office, and the railway station now had trains to the city every "
+    "hour. Many young people left to study at the university, and some of them came back with new ideas "
+    "about "
+    "farming, energy and tourism. Solar panels appeared on the roofs of the barns, and a small company "
+    "began to "
+    "make furniture from the wood of fallen trees. When people asked the baker what he thought of all "
+    "this, he "
+    "would smile and say that bread still needed flour, water, salt and time, and that good work always "
+    "takes "
+    "as long as it takes. Science helps us understand how the world works. A good experiment starts with a "
+    "clear question, measures carefully, and reports what it found, even when the result is a surprise."
+)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One model as llmkit runs it.
+
+    Attributes:
+        size_bytes: size on disk (the folder or .gguf file llmkit loads).
+        load_seconds: time for loading.load().
+        speed: tokens/s (generation) or examples/s (other tasks).
+        speed_unit: "tokens/s" or "examples/s".
+        quality: the value of `quality_metric`.
+        quality_metric: "perplexity" (lower is better), "masked-perplexity" (lower), "accuracy" or "agreement"
+            (higher is better).
+    """
+
+    size_bytes: int | None
+    load_seconds: float
+    speed: float
+    speed_unit: str
+    quality: float
+    quality_metric: str
+
+
+@dataclass(frozen=True)
+class QuantizeReport:
+    """What quantization gained and lost.
+
+    Attributes:
+        model: the model spec that was quantized.
+        method: one of METHODS; settings: its settings (gguf type, skipped modules, group size, ...).
+        output: the folder or .gguf written (None when the quality gate refused it).
+        task: what the model does ("causal-lm", "masked-lm", "sequence-classification", "base").
+        original / quantized: the two measurements.
+        size_ratio / speedup: quantized over original (size) and quantized over original (speed).
+        quality_drop_percent: how much worse quality got, in percent (negative: better).
+        top1_agreement: fraction of positions/examples where both models pick the same top token/label.
+        kl_divergence: mean KL(original || quantized) of the output distributions, in nats.
+        max_drop: the gate, if one was set; passed: whether the output was kept.
+    """
+
+    model: str
+    method: str
+    settings: dict[str, Any]
+    output: str | None
+    task: str
+    original: Measurement
+    quantized: Measurement
+    size_ratio: float | None
+    speedup: float
+    quality_drop_percent: float
+    top1_agreement: float
+    kl_divergence: float
+    eval_tokens: int
+    max_drop: float | None
+    passed: bool
+    notes: list[str] = field(default_factory=list)
+
+
+# --- dynamic int8 (torch.ao): apply, save as safetensors, rebuild -------------------------------------------
+
+
+def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    """A module name matches a --skip pattern as a whole name, a dotted prefix or a dotted suffix."""
+    return any(name == p or name.startswith(p + ".") or name.endswith("." + p) for p in patterns)
+
+
+def linear_names(model: Any, skip: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """Names of the nn.Linear modules that a quantizer would convert (those not matched by `skip`)."""
+    import torch
+
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not _matches(n, skip)]
+
+
+def default_skip(model: Any, task: str) -> list[str]:
+    """The module(s) kept precise unless --skip says otherwise: the output head, found from the model."""
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        return [n for n, m in model.named_modules() if m is head][:1]
+    if (
+        task == "sequence-classification"
+    ):  # the classifier is the last linear layer (classifier, score, out_proj)
+        return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1:]
+    return []
+
+
+def apply_dynamic_int8(model: Any, names: list[str]) -> None:
+    """Swap the named nn.Linear modules for torch.ao dynamic int8 ones, in place (per-channel scales)."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with (
+        warnings.catch_warnings()
+    ):  # torch.ao's deprecation notices (it points to torchao, which is slower here)
+        warnings.simplefilter("ignore")
+        quantize_dynamic(
+            model, {n: per_channel_dynamic_qconfig for n in names}, dtype=torch.qint8, inplace=True
+        )
+
+
+def _dynamic_linear_cls() -> Any:
+    from torch.ao.nn.quantized.dynamic import Linear
+
+    return Linear
+
+
+def save_dynamic_int8(model: Any, folder: Path) -> None:
+    """Write a dynamic-int8 model's weights to `folder/DYNAMIC_WEIGHTS` (safetensors: no pickle).
+
+    Quantized linears become `<name>.qweight` (int8), `<name>.qscale`, `<name>.qzero` and `<name>.bias`;
+    every other tensor is stored once (tied copies are re-tied by the model class on load).
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    qlinear = _dynamic_linear_cls()
+    tensors: dict[str, Any] = {}
+    quantized: set[str] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, qlinear):
+            weight = module.weight()
+            tensors[f"{name}.qweight"] = weight.int_repr().contiguous()
+            tensors[f"{name}.qscale"] = weight.q_per_channel_scales().float().contiguous()
+            tensors[f"{name}.qzero"] = weight.q_per_channel_zero_points().contiguous()
+            bias = module.bias()
+            if bias is not None:
+                tensors[f"{name}.bias"] = bias.detach().float().contiguous()
+            quantized.add(name)
+    seen: set[int] = set()
+    kept = getattr(torch, DYNAMIC_KEPT_STORAGE)
+    for key, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor) or value.is_quantized or key.rsplit(".", 1)[0] in quantized:
+            continue
+        if "_packed_params" in key or value.data_ptr() in seen:
+            continue
+        seen.add(value.data_ptr())
+        value = value.detach().cpu()
+        if value.is_floating_point() and value.dim() >= 2:
+            value = value.to(kept)
+        tensors[key] = value.contiguous()
+    save_file(tensors, str(folder / DYNAMIC_WEIGHTS), metadata={"format": "pt", "llmkit": "dynamic-int8"})
+
+
+def load_dynamic_int8(
+    auto_class: Any, config: Any, folder: Path, settings: dict[str, Any], *, device: str
+) -> Any:
+    """Rebuild a dynamic-int8 model saved by `save_dynamic_int8` (called by loading.load for such folders).
+
+    Raises:
+        UsageError: a device other than the CPU (torch.ao dynamic int8 kernels are CPU-only).
+        ModelNotFoundError: weights missing from the folder.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    from llmkit.errors import ModelNotFoundError
+
+    if device != "cpu":
+        raise UsageError("a dynamic-int8 model runs on the CPU only (torch.ao kernels); use --device cpu")
+    path = folder / DYNAMIC_WEIGHTS
+    if not path.is_file():
+        raise ModelNotFoundError(f"{folder} has no {DYNAMIC_WEIGHTS}; quantize the model again")
+    names = list(settings.get("quantized_modules", []))
+    state = load_file(str(path))
+    model = auto_class.from_config(config, dtype=torch.float32)
+    if (folder / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(str(folder))
+    plain = {
+        k: (v.float() if v.is_floating_point() else v)
+        for k, v in state.items()
+        if not k.endswith((".qweight", ".qscale", ".qzero")) and k.rsplit(".", 1)[0] not in names
+    }
+    missing, _ = model.load_state_dict(plain, strict=False)
+    model.tie_weights()
+    owned = {f"{n}.{p}" for n in names for p in ("weight", "bias")}
+    tied = set(
+        getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or []
+    )
+    lost = [k for k in missing if k not in owned and k not in tied]
+    if lost:
+        raise ModelNotFoundError(f"{folder}: weights missing for {lost[:3]}; quantize the model again")
+    apply_dynamic_int8(model, names)
+    for name in names:
+        module = model.get_submodule(name)
+        qweight = torch._make_per_channel_quantized_tensor(
+            state[f"{name}.qweight"], state[f"{name}.qscale"].double(), state[f"{name}.qzero"], 0
+        )
+        module.set_weight_bias(qweight, state.get(f"{name}.bias"))
+    return model
+
+
+# --- measuring ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Eval:
+    """Evaluation inputs prepared once with the original tokenizer (both models share it)."""
+
+    task: str
+    ids: Any = None  # [1, T] token ids (LMs)
+    labels: Any = None  # [1, T] labels for the loss (masked LMs: only masked positions)
+    texts: list[str] = field(default_factory=list)  # classifiers / encoders
+    gold: list[int] | None = None  # classifier label ids, when the eval data has labels
+
+
+def _disk_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != REPORT_NAME)
+
+
+def _prepare_eval(lm: Any, task: str, texts: list[str] | None, labels: list[str] | None) -> _Eval:
+    import torch
+
+    tok = lm.tokenizer
+    if task in ("causal-lm", "masked-lm"):
+        text = "\n".join(t for t in (texts or [SAMPLE_TEXT]) if t.strip())
+        limit = min(
+            EVAL_MAX_TOKENS,
+            getattr(lm.model.config, "max_position_embeddings", EVAL_MAX_TOKENS) or EVAL_MAX_TOKENS,
+        )
+        ids = tok(text, truncation=True, max_length=limit, return_tensors="pt")["input_ids"]
+        if ids.shape[1] < 2:
+            raise DataError("--eval-data has fewer than 2 tokens; give some text to measure perplexity on")
+        if task == "causal-lm":
+            return _Eval(task, ids=ids, labels=ids.clone())
+        if tok.mask_token_id is None:
+            raise UsageError("this masked LM's tokenizer has no mask token; it cannot be evaluated")
+        special = torch.tensor(
+            tok.get_special_tokens_mask(ids[0].tolist(), already_has_special_tokens=True)
+        ).bool()
+        chosen = (torch.arange(ids.shape[1]) % MASK_EVERY == MASK_EVERY // 2) & ~special
+        masked = ids.clone()
+        masked[0, chosen] = tok.mask_token_id
+        gold = torch.full_like(ids, -100)
+        gold[0, chosen] = ids[0, chosen]
+        return _Eval(task, ids=masked, labels=gold)
+    sample = texts or [s.strip() + "." for s in SAMPLE_TEXT.split(". ") if s.strip()]
+    gold_ids = None
+    if labels is not None and task == "sequence-classification":
+        label2id = {str(k): int(v) for k, v in (lm.model.config.label2id or {}).items()}
+        gold_ids = []
+        for label in labels:
+            if label in label2id:
+                gold_ids.append(label2id[label])
+            elif label.isdigit() and int(label) < lm.model.config.num_labels:
+                gold_ids.append(int(label))
+            else:
+                raise DataError(f"label {label!r} is not one of the model's labels ({', '.join(label2id)})")
+    return _Eval(task, texts=list(sample), gold=gold_ids)
+
+
+def _outputs(lm: Any, ev: _Eval) -> tuple[Any, float | None]:
+    """(logits or embeddings to compare, loss-based quality or None) for one model, under inference_mode."""
+    import torch
+
+    net = lm.model
+    with torch.inference_mode():
+        if ev.task in ("causal-lm", "masked-lm"):
+            out = net(input_ids=ev.ids.to(lm.device), labels=ev.labels.to(lm.device))
+            logits = out.logits[0].float().cpu()
+            if ev.task == "causal-lm":
+                logits = logits[:-1]  # position t predicts token t+1
+            else:
+                logits = logits[(ev.labels[0] != -100)]
+            return logits, math.exp(float(out.loss))
+        chunks = []
+        for start in range(0, len(ev.texts), 8):
+            batch = lm.tokenizer(
+                ev.texts[start : start + 8], padding=True, truncation=True, return_tensors="pt"
+            )
+            batch = {k: v.to(lm.device) for k, v in batch.items()}
+            out = net(**batch)
+            if ev.task == "sequence-classification":
+                chunks.append(out.logits.float().cpu())
+            else:  # encoders: the mean of the last hidden states, as sentence embeddings
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                chunks.append(((out.last_hidden_state.float() * mask).sum(1) / mask.sum(1)).cpu())
+        return torch.cat(chunks), None
+
+
+def _speed(lm: Any, ev: _Eval) -> tuple[float, str]:
+    """tokens/s of greedy generation through llmkit's generate(), or examples/s of forward passes."""
+    if ev.task == "causal-lm":
+        from llmkit.generate import build_settings, generate
+
+        list(
+            generate([SPEED_PROMPT], loaded=lm, settings=build_settings("greedy", max_new_tokens=4))
+        )  # warm-up
+        result = next(
+            generate(
+                [SPEED_PROMPT], loaded=lm, settings=build_settings("greedy", max_new_tokens=SPEED_NEW_TOKENS)
+            )
+        )
+        return result.tokens_per_second, "tokens/s"
+    texts = ev.texts if ev.task != "masked-lm" else [SAMPLE_TEXT]
+    probe = _Eval("base" if ev.task == "masked-lm" else ev.task, texts=texts)
+    if ev.task == "masked-lm":  # time the forward pass only
+        import torch
+
+        with torch.inference_mode():
+            lm.model(input_ids=ev.ids.to(lm.device))
+            started = time.perf_counter()
+            lm.model(input_ids=ev.ids.to(lm.device))
+        return 1 / max(time.perf_counter() - started, 1e-9), "examples/s"
+    _outputs(lm, probe)  # warm-up
+    started = time.perf_counter()
+    _outputs(lm, probe)
+    return len(texts) / max(time.perf_counter() - started, 1e-9), "examples/s"
+
+
+def _measure(lm: Any, ev: _Eval, size: int | None, reference: Any = None) -> tuple[Measurement, Any]:
+    import torch
+
+    outputs, loss_quality = _outputs(lm, ev)
+    if loss_quality is not None:
+        metric = "perplexity" if ev.task == "causal-lm" else "masked-perplexity"
+        quality = loss_quality
+    elif ev.gold is not None:
+        metric, quality = "accuracy", float((outputs.argmax(-1) == torch.tensor(ev.gold)).float().mean())
+    else:
+        metric = "agreement"
+        quality = 1.0 if reference is None else _agreement(reference, outputs, ev.task)[0]
+    speed, unit = _speed(lm, ev)
+    return Measurement(size, round(lm.load_seconds, 3), speed, unit, quality, metric), outputs
+
+
+def _agreement(before: Any, after: Any, task: str) -> tuple[float, float]:
+    """(top-1 agreement, mean KL(before || after) in nats); encoders: (mean cosine similarity, 0)."""
+    import torch
+
+    if task == "base":
+        return float(torch.nn.functional.cosine_similarity(before, after, dim=-1).mean()), 0.0
+    logp = torch.log_softmax(before.float(), -1)
+    logq = torch.log_softmax(after.float(), -1)
+    kl = float((logp.exp() * (logp - logq)).sum(-1).mean())
+    return float((before.argmax(-1) == after.argmax(-1)).float().mean()), max(kl, 0.0)
+
+
+def quality_drop(before: float, after: float, metric: str) -> float:
+    """How much worse `after` is than `before`, in percent (perplexity: relative rise; others: fall)."""
+    if before == 0:
+        return 0.0 if after == before else math.inf
+    if metric.endswith("perplexity"):
+        return (after / before - 1) * 100
+    return (before - after) / before * 100
+
+
+# --- the command --------------------------------------------------------------------------------------------
+
+
+def _check_method(
+    method: str,
+    out: Path,
+    gguf_type: str | None,
+    group_size: int | None,
+    skip: tuple[str, ...] | None,
+    device: str,
+) -> None:
+    if method not in METHODS:
+        raise UsageError(f"unknown --method {method!r}; use one of {', '.join(METHODS)}")
+    if gguf_type is not None and method != "gguf":
+        raise UsageError("--gguf-type applies to --method gguf only")
+    if group_size is not None and method != "int4-weight":
+        raise UsageError("--group-size applies to --method int4-weight only")
+    if group_size is not None and group_size < 1:
+        raise UsageError("--group-size must be at least 1")
+    if skip is not None and method == "gguf":
+        raise UsageError(
+            "--skip does not apply to --method gguf (1-D tensors and embeddings are kept precise already)"
+        )
+    if method == "gguf" and out.suffix != ".gguf":
+        raise UsageError(f"--method gguf writes a file: give --output a .gguf name (not {out})")
+    if method != "gguf" and out.suffix == ".gguf":
+        raise UsageError(f"--method {method} writes a folder; a .gguf --output needs --method gguf")
+    if out.exists():
+        raise UsageError(f"{out} already exists; remove it or pick another --output")
+    if method == "dynamic-int8" and device not in ("auto", "cpu"):
+        raise UsageError("--method dynamic-int8 runs on the CPU only (torch.ao kernels); use --device cpu")
+    if method in TORCHAO_METHODS:
+        try:
+            import torchao  # noqa: F401
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"--method {method} needs torchao: pip install 'llmkit[quant]'"
+            ) from exc
+    if method in BNB_METHODS:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MissingDependencyError(
+                f"--method {method} needs a CUDA GPU (bitsandbytes); "
+                "on a CPU use --method gguf or dynamic-int8"
+            )
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"--method {method} needs bitsandbytes: pip install bitsandbytes"
+            ) from exc
+
+
+def _torchao_config(method: str, group_size: int, skip: list[str]) -> Any:
+    import torch
+    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, PerGroup
+    from transformers import TorchAoConfig
+
+    if method == "int8-weight":
+        quant = Int8WeightOnlyConfig()
+    else:
+        # Intx (not Int4WeightOnlyConfig): its int4 kernels are CUDA-only in torchao 0.18, Intx runs
+        # everywhere.
+        quant = IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size))
+    return TorchAoConfig(quant_type=quant, modules_to_not_convert=skip)
+
+
+def _bnb_config(method: str, skip: list[str]) -> Any:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if method == "bnb-8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=skip,
+    )
+
+
+def quantize(
+    model: str,
+    output: Path,
+    *,
+    method: str = DEFAULT_METHOD,
+    gguf_type: str | None = None,
+    group_size: int | None = None,
+    skip: tuple[str, ...] | None = None,
+    eval_texts: list[str] | None = None,
+    eval_labels: list[str] | None = None,
+    max_drop: float | None = None,
+    device: str = "auto",
+    dtype: str = DEFAULT_DTYPE,
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    progress: Any = None,
+) -> QuantizeReport:
+    """Quantize `model` with `method`, write it to `output`, and measure both models.
+
+    Args:
+        model: alias, folder, .gguf file or hub id.
+        output: the folder to write (a .gguf file for --method gguf); must not exist.
+        method: one of METHODS.
+        gguf_type: GGUF tensor type (gguf_export.GGUF_TYPES; default q8_0).
+        group_size: int4-weight group size (default DEFAULT_GROUP_SIZE).
+        skip: module names kept in full precision (dotted prefix or suffix match); default `default_skip()`.
+        eval_texts: evaluation text (LMs: joined; classifiers: one example each); default SAMPLE_TEXT.
+        eval_labels: gold labels for `eval_texts` (classifiers: quality becomes accuracy).
+        max_drop: refuse (delete the output, raise QualityGateError) if quality drops by more than this
+        percent.
+        device, dtype: where and in what float dtype both models run (dtype applies to unquantized parts).
+        progress: called with a short status line at each step (the CLI prints it on stderr).
+
+    Returns:
+        The QuantizeReport (also written as JSON to OUT/report.json, or beside a .gguf as <name>.report.json).
+
+    Raises:
+        UsageError, MissingDependencyError, ModelNotFoundError, QualityGateError (exit 5).
+    """
+    from llmkit import loading
+
+    say = progress or (lambda message: None)
+    output = Path(output)
+    _check_method(method, output, gguf_type, group_size, skip, device)
+    if max_drop is not None and max_drop < 0:
+        raise UsageError("--max-drop must be >= 0 (a percentage)")
+    if eval_labels is not None and eval_texts is not None and len(eval_labels) != len(eval_texts):
+        raise DataError("--eval-data: every example needs a label (or none of them)")
+    if method == "dynamic-int8":
+        if dtype not in ("auto", "float32"):
+            raise UsageError("--method dynamic-int8 computes in float32 (torch.ao kernels); drop --dtype")
+        device = "cpu"
+    group = group_size or DEFAULT_GROUP_SIZE
+    task = loading.detect_task(model, revision=revision, trust_remote_code=trust_remote_code)
+    if task == "seq2seq-lm":
+        raise UsageError(
+            "quantize measures causal LMs, masked LMs, classifiers and encoders; not seq2seq models"
+        )
+    common = {"revision": revision, "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
+
+    say(f"Loading {model} ({task})...")
+    original = loading.load(model, task, device=device, dtype=dtype, **common)
+    source = original.source
+    if source.kind == "gguf":
+        original_size: int | None = _disk_size(loading.convert_gguf(Path(source.location), progress=False))
+    elif source.kind == "dir":
+        original_size = _disk_size(Path(source.location))
+    else:
+        original_size = None
+    skip_list = default_skip(original.model, task) if skip is None else list(skip)
+    ev = _prepare_eval(original, task, eval_texts, eval_labels)
+    say("Measuring the original...")
+    before, before_out = _measure(original, ev, original_size)
+
+    settings: dict[str, Any] = {"method": method, "compute_dtype": str(original.dtype).replace("torch.", "")}
+    notes: list[str] = []
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if method == "gguf":
+        fd, name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".gguf", dir=output.parent)
+        os.close(fd)
+        tmp = Path(name)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    converted_cache: Path | None = None
+    try:
+        say(f"Quantizing ({method})...")
+        if method == "gguf":
+            from llmkit.gguf_export import DEFAULT_GGUF_TYPE, write_gguf
+
+            if task != "causal-lm":
+                raise UsageError(
+                    "--method gguf writes causal LMs only; use --method dynamic-int8 or int8-weight"
+                )
+            settings["gguf_type"] = gguf_type or DEFAULT_GGUF_TYPE
+            write_gguf(
+                original.model,
+                original.tokenizer,
+                tmp,
+                gguf_type=settings["gguf_type"],
+                name=Path(model).stem,
+            )
+            notes.append(
+                "speed measured by loading the .gguf back through transformers (de-quantized); "
+                "llama.cpp runs it natively"
+            )
+        else:
+            settings["skip"] = skip_list
+            names = linear_names(original.model, skip_list)
+            unmatched = [
+                p for p in skip_list if not any(_matches(n, [p]) for n, _ in original.model.named_modules())
+            ]
+            if unmatched:
+                raise UsageError(
+                    f"--skip {unmatched[0]!r} matches no module of this model (e.g. lm_head, down_proj)"
+                )
+            if method == "dynamic-int8":
+                apply_dynamic_int8(original.model, names)
+                settings["quantized_modules"] = names
+                original.model.config.save_pretrained(str(tmp))
+                if getattr(original.model, "generation_config", None) is not None:
+                    original.model.generation_config.save_pretrained(str(tmp))
+                save_dynamic_int8(original.model, tmp)
+            else:
+                if method == "int4-weight":
+                    settings["group_size"] = group
+                config = (
+                    _torchao_config(method, group, skip_list)
+                    if method in TORCHAO_METHODS
+                    else _bnb_config(method, skip_list)
+                )
+                quantized_lm = loading.load(
+                    model,
+                    task,
+                    device=device,
+                    dtype=dtype,
+                    model_kwargs={"quantization_config": config},
+                    **common,
+                )
+                quantized_lm.model.save_pretrained(str(tmp))
+                del quantized_lm
+            original.tokenizer.save_pretrained(str(tmp))
+            (tmp / loading.QUANTIZATION_SETTINGS).write_text(
+                json.dumps(settings, indent=2) + "\n", encoding="utf-8"
+            )
+        del original
+
+        say("Measuring the quantized model...")
+        if method == "gguf":
+            converted_cache = loading._converted_dir(tmp)
+        after_lm = loading.load(
+            str(tmp), task, device=device, dtype=dtype if method == "gguf" else "auto", **common
+        )
+        after, after_out = _measure(after_lm, ev, _disk_size(tmp), reference=before_out)
+        agreement, kl = _agreement(before_out, after_out, task)
+        drop = quality_drop(before.quality, after.quality, before.quality_metric)
+        passed = max_drop is None or drop <= max_drop
+        report = QuantizeReport(
+            model=model,
+            method=method,
+            settings={k: v for k, v in settings.items() if k != "quantized_modules"},
+            output=str(output) if passed else None,
+            task=task,
+            original=before,
+            quantized=after,
+            size_ratio=round(after.size_bytes / before.size_bytes, 4)
+            if before.size_bytes and after.size_bytes
+            else None,
+            speedup=round(after.speed / before.speed, 3) if before.speed else 0.0,
+            quality_drop_percent=round(drop, 3),
+            top1_agreement=round(agreement, 4),
+            kl_divergence=round(kl, 5),
+            eval_tokens=int(ev.ids.shape[1]) if ev.ids is not None else len(ev.texts),
+            max_drop=max_drop,
+            passed=passed,
+            notes=notes,
+        )
+        if not passed:
+            raise QualityGateError(
+                f"quality dropped {drop:.2f}% ({before.quality_metric} {before.quality:.4g} -> "
+                f"{after.quality:.4g}), "
+                f"more than --max-drop {max_drop:g}; nothing was written. Try a gentler method "
+                "(e.g. --method "
+                "int8-weight, --gguf-type q8_0) or --skip more modules"
+            )
+        report_path = output.parent / f"{output.stem}.report.json" if method == "gguf" else tmp / REPORT_NAME
+        report_path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, output)
+        if converted_cache is not None and converted_cache.exists():
+            # The .gguf keeps its mtime when renamed: hand its de-quantized cache to the final name, so the
+            # first `generate --model OUT.gguf` does not convert it again.
+            final_cache = loading._converted_dir(output)
+            if not final_cache.exists():
+                os.replace(converted_cache, final_cache)
+        return report
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        if converted_cache is not None and converted_cache.exists():  # the cache of the temporary name
+            shutil.rmtree(converted_cache, ignore_errors=True)
