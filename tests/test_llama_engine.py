@@ -274,3 +274,26 @@ def test_bundled_model_greedy_agrees_with_transformers_on_most_first_tokens() ->
     hf = list(gen.generate(prompts, settings=settings, engine="transformers", dtype="float32", batch_size=8))
     same_start = sum(a.text.split()[:3] == b.text.split()[:3] for a, b in zip(llama, hf, strict=True))
     assert same_start >= len(prompts) * 3 // 4, [(a.text, b.text) for a, b in zip(llama, hf, strict=True)]
+
+
+@needs_bindings
+def test_a_gpu_device_goes_to_transformers_when_llama_cpp_is_cpu_only(tiny_gguf: Path, monkeypatch) -> None:
+    monkeypatch.setattr(llama_engine, "_bindings_have_gpu", lambda: False)
+    engine, reason = llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cuda")
+    assert (engine, reason) == ("transformers", "--device cuda: the llama.cpp build here is CPU-only")
+    with pytest.raises(UsageError, match="CPU-only; use --device cpu"):
+        llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cuda", requested="llama-cpp")
+    monkeypatch.setattr(llama_engine, "_bindings_have_gpu", lambda: True)
+    assert llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cuda")[0] == "llama-cpp"
+
+
+def test_pick_threads_honours_the_environment_and_stays_within_the_cores(monkeypatch) -> None:
+    monkeypatch.setenv("LLMKIT_THREADS", "3")
+    assert llama_engine.pick_threads() == 3
+    monkeypatch.setenv("LLMKIT_THREADS", "zero")
+    with pytest.raises(UsageError, match="LLMKIT_THREADS='zero'"):
+        llama_engine.pick_threads()
+    monkeypatch.delenv("LLMKIT_THREADS")
+    import os
+
+    assert 1 <= llama_engine.pick_threads() <= len(os.sched_getaffinity(0))
