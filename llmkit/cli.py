@@ -134,7 +134,8 @@ from llmkit import generate as _gen  # noqa: E402  (pure-python module: defaults
     "  llmkit generate \"What is the capital of France?\"\n\n"
     "  llmkit generate --top-p 0.9 --temperature 0.8 --seed 1 \"Write a haiku about rain.\"\n\n"
     "  llmkit generate --num-beams 4 --num-return-sequences 3 --raw \"The meaning of life is\"\n\n"
-    "  cat prompts.txt | llmkit generate --max-new-tokens 64 | jq -r .text"
+    "  cat prompts.txt | llmkit generate --max-new-tokens 64 | jq -r .text\n\n"
+    "  llmkit generate --engine llama-cpp --seed 1 --temperature 0.7 \"Tell me a joke.\""
 )
 def generate(
     texts: TextsArg = None,
@@ -174,6 +175,14 @@ def generate(
     seed: SeedOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="auto|transformers|llama-cpp (auto: llama.cpp for GGUF models when `llmkit[llama]` is installed "
+            "and every setting is supported there; the record's engine_reason says why).",
+        ),
+    ] = "auto",
     revision: RevisionOpt = None,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -239,6 +248,7 @@ def generate(
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
         on_text=streamer.delta if streamer else None,
+        engine=engine,
     )
     for index, result in enumerate(results):
         emitter.emit(result, passthrough.pop(index, None))

