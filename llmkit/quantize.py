@@ -499,9 +499,12 @@ def _torchao_config(method: str, group_size: int, skip: list[str]) -> Any:
     if method == "int8-weight":
         quant = Int8WeightOnlyConfig()
     else:
-        # Intx (not Int4WeightOnlyConfig): its int4 kernels are CUDA-only in torchao 0.18, Intx runs
-        # everywhere.
-        quant = IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size))
+        # Intx, not Int4WeightOnlyConfig: none of the latter's packing formats converted on a CPU with
+        # torchao 0.18 (tried plain, plain_int32, opaque); Intx runs everywhere.
+        quant = IntxWeightOnlyConfig(
+            weight_dtype=torch.int4,  # type: ignore[attr-defined]  # (absent from torch's stubs)
+            granularity=PerGroup(group_size),
+        )
     return TorchAoConfig(quant_type=quant, modules_to_not_convert=skip)
 
 
@@ -578,7 +581,9 @@ def quantize(
         raise UsageError(
             "quantize measures causal LMs, masked LMs, classifiers and encoders; not seq2seq models"
         )
-    common = {"revision": revision, "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
+    common: dict[str, Any] = {
+        "revision": revision, "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code
+    }
 
     say(f"Loading {model} ({task})...")
     original = loading.load(model, task, device=device, dtype=dtype, **common)
