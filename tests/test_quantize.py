@@ -302,6 +302,13 @@ def test_gguf_round_trips_through_reader_and_transformers(
     if gguf_type == "q8_0":  # llmkit's own generate loads the file directly
         record = run_json("generate", "--model", str(out), "-n", "3", "the capital of")
         assert record["completion_tokens"] >= 1
+        from llmkit.llama_engine import bindings_installed
+
+        if bindings_installed():  # llama.cpp rejects this tiny BPE vocabulary: auto falls back, explicit fails
+            assert record["engine"] == "transformers"
+            assert "llama.cpp could not load" in record["engine_reason"]
+            explicit = invoke("generate", "--engine", "llama-cpp", "--model", str(out), "-n", "3", "the capital of")
+            assert explicit.exit_code == 1 and "try --engine transformers" in explicit.stderr
 
 
 def test_gguf_refuses_what_it_cannot_write(tiny_causal_lm: Path, tiny_mlm: Path, tmp_path: Path) -> None:
