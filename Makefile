@@ -40,6 +40,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/distill.py
+	$(BIN)/python benchmarks/classify.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

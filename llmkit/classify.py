@@ -353,8 +353,13 @@ class _CausalRunner(_Runner):
         self.pad_id = pad if pad is not None else (self.tok.eos_token_id or 0)
         # Without a chat template the answer follows "Answer:" after a space; with one, right after the turn.
         lead = "" if self.chat else " "
-        self.label_ids = [self.tok(lead + label, add_special_tokens=False)["input_ids"] for label in labels]
-        self.room = max(len(ids) for ids in self.label_ids)
+        # A label counts in any casing: a small model answers "Sports" where "sports" splits into rare pieces,
+        # so each label's probability is the sum over its surface forms (as given, lower case, Capitalised).
+        self.forms = [_surface_forms(label) for label in labels]
+        self.label_ids = [
+            [self.tok(lead + form, add_special_tokens=False)["input_ids"] for form in forms] for forms in self.forms
+        ]
+        self.room = max(len(ids) for forms in self.label_ids for ids in forms)
 
     def prompt_ids(self, text: str, pair: str | None) -> list[int]:
         from llmkit.generate import format_prompt
@@ -385,16 +390,30 @@ class _CausalRunner(_Runner):
                 text = self.tok.decode(text_ids[: max(1, len(text_ids) - over - 8)])
                 ids = self.prompt_ids(text, pair)[-(self.max_tokens - self.room) :]
             live.append((index, cut))
-            pairs += [(ids, label_ids) for label_ids in self.label_ids]
+            pairs += [(ids, form_ids) for forms in self.label_ids for form_ids in forms]
         scores = continuation_logprobs(self.net, pairs, pad_id=self.pad_id, device=self.lm.device,
                                        batch_size=batch_size) if pairs else []
-        n = len(self.labels)
+        per_input = sum(len(forms) for forms in self.label_ids)
         for k, (index, cut) in enumerate(live):
-            logps = scores[k * n : (k + 1) * n]
+            flat = iter(scores[k * per_input : (k + 1) * per_input])
+            logps = [_logsumexp([next(flat) for _ in forms]) for forms in self.label_ids]
             peak = max(logps)
             total = sum(math.exp(v - peak) for v in logps)
             out[index] = ([(lbl, math.exp(v - peak) / total) for lbl, v in zip(self.labels, logps, strict=True)], cut)
         return out
+
+
+def _surface_forms(label: str) -> list[str]:
+    forms: list[str] = []
+    for form in (label, label.lower(), label[:1].upper() + label[1:].lower()):
+        if form not in forms:
+            forms.append(form)
+    return forms
+
+
+def _logsumexp(values: list[float]) -> float:
+    peak = max(values)
+    return peak + math.log(sum(math.exp(v - peak) for v in values))
 
 
 # --- evaluation ------------------------------------------------------------------------------------------------

@@ -147,11 +147,14 @@ def test_causal_lm_zero_shot_scores_each_label_as_the_answer(tiny_causal_lm: Pat
     context = tok(prompt, add_special_tokens=False)["input_ids"]
     logps = {}
     for label in ("positive", "negative", "neutral"):
-        answer = tok(label, add_special_tokens=False)["input_ids"]
-        ids = context + answer
-        with torch.inference_mode():
-            logp = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
-        logps[label] = float(sum(logp[len(context) + j - 1, t] for j, t in enumerate(answer)))
+        total = 0.0
+        for form in (label, label.capitalize()):  # any casing of the label counts as that label
+            answer = tok(form, add_special_tokens=False)["input_ids"]
+            ids = context + answer
+            with torch.inference_mode():
+                logp = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+            total += math.exp(float(sum(logp[len(context) + j - 1, t] for j, t in enumerate(answer))))
+        logps[label] = math.log(total)
     norm = sum(math.exp(v) for v in logps.values())
     for item in record["scores"]:
         assert item["score"] == pytest.approx(math.exp(logps[item["label"]]) / norm, rel=1e-4)
