@@ -521,7 +521,7 @@ def classify(
                 result = track(index, result)
                 row = dict(fields.pop(index, {}))
                 row[text_column] = texts_seen.pop(index, result.text)
-                row.update(_prediction_columns(result, all_scores or top_k > 1))
+                row.update(_prediction_columns(result, all_scores))
                 yield row
 
         stream = rows()
@@ -560,8 +560,7 @@ def _prediction_columns(result: Any, with_scores: bool) -> dict[str, Any]:
             columns[f"score_{item.label}"] = item.score
     if result.active is not None:
         columns["active_labels"] = ",".join(result.active)
-    if result.error:
-        columns["error"] = result.error
+    columns["error"] = result.error  # always present, so every row has the same columns
     return columns
 
 

@@ -250,7 +250,9 @@ def evaluation_view(report: Any) -> Any:
     from rich.text import Text
 
     head = Text(
-        f"{report.count} examples · accuracy {report.accuracy:.4f} · macro-F1 {report.macro_f1:.4f}", style="bold"
+        f"{report.count} examples · accuracy {report.accuracy:.4f} · macro-F1 {report.macro_f1:.4f}"
+        + (f" · {report.skipped} skipped (empty or no gold label)" if report.skipped else ""),
+        style="bold",
     )
     per_class = Table(title="per class", title_justify="left")
     for column in ("label", "precision", "recall", "f1", "support"):

@@ -236,7 +236,8 @@ def test_output_table_keeps_every_column_and_appends_predictions(
         import pyarrow.parquet as pq
 
         rows = pq.read_table(str(out)).to_pylist()
-    assert list(rows[0]) == ["id", "review", "y", "prediction", "prediction_score", "score_negative", "score_positive"]
+    assert list(rows[0]) == ["id", "review", "y", "prediction", "prediction_score", "score_negative",
+                             "score_positive", "error"]
     expected = _pipe(tiny_classifier)(TEXTS)
     assert [r["review"] for r in rows] == TEXTS
     assert [r["prediction"] for r in rows] == [e["label"] for e in expected]
