@@ -9,8 +9,9 @@ Three methods, picked from the model's head and whether --labels is given:
 - nli: a sequence-classification checkpoint with an "entailment" label and --labels: each label becomes the
   hypothesis `--hypothesis-template` for the text as premise; scores are the softmax of the entailment logits over
   the labels (or, multi-label, entailment vs contradiction per label), as transformers' zero-shot pipeline does.
-- causal-lm: a causal LM and --labels (the bundled SmolLM2 by default): the model is asked which label fits
-  and each label is scored by log P(label | prompt), the sum over its tokens; scores are the softmax over labels.
+- causal-lm: a causal LM and --labels (the bundled SmolLM2 by default): each label is scored by the likelihood of
+  the text after the prefix "Label: <label>\nText:", log P(text | label) (the "channel" direction, which small
+  models get right where asking them for the label fails, see `_CausalRunner`); scores are the softmax over labels.
 """
 
 from __future__ import annotations
@@ -30,10 +31,7 @@ DEFAULT_HYPOTHESIS_TEMPLATE = "This example is {}."  # transformers' zero-shot d
 LENGTH_GROUP_WINDOW = 16  # batches read ahead and sorted by length, so padding stays small
 MULTI_LABEL_THRESHOLD = 0.5  # multi-label: labels at or above this sigmoid score are "active"
 UNKNOWN = "UNKNOWN"  # the label when the best score is below --min-score
-CAUSAL_PROMPT = (
-    "Classify the text into exactly one of these labels: {labels}.\n\nText: {text}\n\n"
-    "Answer with the label only."
-)
+CHANNEL_PROMPT = "Label: {label}\nText:"  # causal-LM zero-shot: the text is scored after this prefix
 
 
 @dataclass(frozen=True)
@@ -343,33 +341,31 @@ class _NliRunner(_Runner):
 
 
 class _CausalRunner(_Runner):
+    """Zero-shot with a causal LM by the "channel" direction: log P(text | label), not P(label | text).
+
+    Asking a 135M model for the label ("Answer with the label only") is dominated by label priors and by where a
+    label sits in the list (measured on 10 obvious sentiment and 6 topic texts with the bundled SmolLM2: the
+    answer-likelihood prompts got 5/10 and 2/6; the channel prompt below 10/10 and 6/6). The text's likelihood
+    under each label prefix does not depend on how likely the label word itself is; with a uniform prior over
+    labels, softmax over labels of log P(text | label) is the posterior.
+    """
+
     method = "causal-lm"
 
     def __init__(self, lm: Any, labels: list[str], truncate: bool) -> None:
-        super().__init__(lm, truncate)
-        self.labels = labels
-        self.chat = bool(getattr(self.tok, "chat_template", None))
-        pad = self.tok.pad_token_id
-        self.pad_id = pad if pad is not None else (self.tok.eos_token_id or 0)
-        # Without a chat template the answer follows "Answer:" after a space; with one, right after the turn.
-        lead = "" if self.chat else " "
-        # A label counts in any casing: a small model answers "Sports" where "sports" splits into rare pieces,
-        # so each label's probability is the sum over its surface forms (as given, lower case, Capitalised).
-        self.forms = [_surface_forms(label) for label in labels]
-        self.label_ids = [
-            [self.tok(lead + form, add_special_tokens=False)["input_ids"] for form in forms] for forms in self.forms
-        ]
-        self.room = max(len(ids) for forms in self.label_ids for ids in forms)
-
-    def prompt_ids(self, text: str, pair: str | None) -> list[int]:
-        from llmkit.generate import format_prompt
         from llmkit.scoring import start_ids
 
-        body = text if pair is None else f"{text}\n{pair}"
-        question = CAUSAL_PROMPT.format(labels=", ".join(self.labels), text=body)
-        if self.chat:
-            return self.tok(format_prompt(self.tok, question, system=None, raw=False), add_special_tokens=False)["input_ids"]
-        return start_ids(self.tok) + self.tok(question + "\nAnswer:", add_special_tokens=False)["input_ids"]
+        super().__init__(lm, truncate)
+        self.labels = labels
+        pad = self.tok.pad_token_id
+        self.pad_id = pad if pad is not None else (self.tok.eos_token_id or 0)
+        self.contexts = [
+            start_ids(self.tok) + self.tok(CHANNEL_PROMPT.format(label=label), add_special_tokens=False)["input_ids"]
+            for label in labels
+        ]
+        self.room = self.max_tokens - max(len(c) for c in self.contexts)
+        if self.room < 1:
+            raise UsageError("--labels: a label is longer than the model's maximum input; use shorter labels")
 
     def run(self, window: list[tuple[int, str, str | None]], batch_size: int) -> dict[int, tuple[list[tuple[str, float]], bool]]:
         from llmkit.scoring import continuation_logprobs
@@ -380,40 +376,23 @@ class _CausalRunner(_Runner):
         for index, text, pair in window:
             if not text.strip():
                 continue
-            ids = self.prompt_ids(text, pair)
-            cut = len(ids) + self.room > self.max_tokens
+            body = text if pair is None else f"{text}\n{pair}"
+            ids = self.tok(" " + body, add_special_tokens=False)["input_ids"]
+            cut = len(ids) > self.room
             if cut:
-                self.too_long(index, len(ids) + self.room)
-                # Cut the text itself (not the instructions around it) by as many tokens as are over.
-                text_ids = self.tok(text, add_special_tokens=False)["input_ids"]
-                over = len(ids) + self.room - self.max_tokens
-                text = self.tok.decode(text_ids[: max(1, len(text_ids) - over - 8)])
-                ids = self.prompt_ids(text, pair)[-(self.max_tokens - self.room) :]
+                self.too_long(index, len(ids) + self.max_tokens - self.room)
+                ids = ids[: self.room]
             live.append((index, cut))
-            pairs += [(ids, form_ids) for forms in self.label_ids for form_ids in forms]
+            pairs += [(context, ids) for context in self.contexts]
         scores = continuation_logprobs(self.net, pairs, pad_id=self.pad_id, device=self.lm.device,
                                        batch_size=batch_size) if pairs else []
-        per_input = sum(len(forms) for forms in self.label_ids)
+        n = len(self.labels)
         for k, (index, cut) in enumerate(live):
-            flat = iter(scores[k * per_input : (k + 1) * per_input])
-            logps = [_logsumexp([next(flat) for _ in forms]) for forms in self.label_ids]
+            logps = scores[k * n : (k + 1) * n]
             peak = max(logps)
             total = sum(math.exp(v - peak) for v in logps)
             out[index] = ([(lbl, math.exp(v - peak) / total) for lbl, v in zip(self.labels, logps, strict=True)], cut)
         return out
-
-
-def _surface_forms(label: str) -> list[str]:
-    forms: list[str] = []
-    for form in (label, label.lower(), label[:1].upper() + label[1:].lower()):
-        if form not in forms:
-            forms.append(form)
-    return forms
-
-
-def _logsumexp(values: list[float]) -> float:
-    peak = max(values)
-    return peak + math.log(sum(math.exp(v - peak) for v in values))
 
 
 # --- evaluation ------------------------------------------------------------------------------------------------

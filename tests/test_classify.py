@@ -129,7 +129,7 @@ def test_labels_need_an_entailment_label(tiny_classifier: Path) -> None:
     assert "without an 'entailment' label (labels: negative, positive)" in result.stderr
 
 
-def test_causal_lm_zero_shot_scores_each_label_as_the_answer(tiny_causal_lm: Path, tmp_path: Path) -> None:
+def test_causal_lm_zero_shot_scores_the_text_under_each_label(tiny_causal_lm: Path, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -141,20 +141,15 @@ def test_causal_lm_zero_shot_scores_each_label_as_the_answer(tiny_causal_lm: Pat
 
     tok = AutoTokenizer.from_pretrained(str(tiny_causal_lm))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_causal_lm), dtype=torch.float32).eval()
-    question = cl.CAUSAL_PROMPT.format(labels="positive, negative, neutral", text=TEXTS[0])
-    prompt = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                     tokenize=False)
-    context = tok(prompt, add_special_tokens=False)["input_ids"]
+    text_ids = tok(" " + TEXTS[0], add_special_tokens=False)["input_ids"]
     logps = {}
     for label in ("positive", "negative", "neutral"):
-        total = 0.0
-        for form in (label, label.capitalize()):  # any casing of the label counts as that label
-            answer = tok(form, add_special_tokens=False)["input_ids"]
-            ids = context + answer
-            with torch.inference_mode():
-                logp = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
-            total += math.exp(float(sum(logp[len(context) + j - 1, t] for j, t in enumerate(answer))))
-        logps[label] = math.log(total)
+        # The channel direction: how likely is the text after "Label: <label>\nText:"?
+        context = [tok.bos_token_id] + tok(cl.CHANNEL_PROMPT.format(label=label), add_special_tokens=False)["input_ids"]
+        ids = context + text_ids
+        with torch.inference_mode():
+            logp = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+        logps[label] = float(sum(logp[len(context) + j - 1, t] for j, t in enumerate(text_ids)))
     norm = sum(math.exp(v) for v in logps.values())
     for item in record["scores"]:
         assert item["score"] == pytest.approx(math.exp(logps[item["label"]]) / norm, rel=1e-4)
