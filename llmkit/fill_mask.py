@@ -158,7 +158,7 @@ def fill_mask(
     archs = " ".join(getattr(loaded.model.config, "architectures", None) or [type(loaded.model).__name__])
     method = "causal-lm" if "ForCausalLM" in archs or "ForCausalLM" in type(loaded.model).__name__ else "masked-lm"
     runner: _Runner = (
-        _CausalRunner(loaded, top_k, target_words, truncate)
+        _CausalRunner(loaded, top_k, target_words, truncate, joint)
         if method == "causal-lm"
         else _MlmRunner(loaded, top_k, target_words, joint, truncate)
     )
@@ -399,10 +399,11 @@ class _MlmRunner(_Runner):
 class _CausalRunner(_Runner):
     method = "causal-lm"
 
-    def __init__(self, lm: Any, top_k: int, targets: tuple[str, ...], truncate: bool) -> None:
+    def __init__(self, lm: Any, top_k: int, targets: tuple[str, ...], truncate: bool, joint: bool = False) -> None:
         from llmkit.scoring import start_ids
 
         super().__init__(lm, top_k, targets, truncate)
+        self.joint = joint  # one mask per input: the joint fillings are the whole-sentence ranking itself
         self.start = start_ids(self.tok)
         pad = self.tok.pad_token_id
         self.pad_id = pad if pad is not None else (self.tok.eos_token_id or 0)
@@ -491,7 +492,9 @@ class _CausalRunner(_Runner):
                 for word, v in zip(candidates[index], logps, strict=True)
             ]
             fills.sort(key=lambda f: -f.score)
+            best = fills[: self.top_k]
+            joint = [JointFill(tokens=[f.token], score=f.score, sequence=f.sequence) for f in best] if self.joint else None
             results.append(
-                MaskPrediction(text=text, method=self.method, model=self.spec, masks=[fills[: self.top_k]], truncated=cut)
+                MaskPrediction(text=text, method=self.method, model=self.spec, masks=[best], joint=joint, truncated=cut)
             )
         return results

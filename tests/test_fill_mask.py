@@ -200,6 +200,11 @@ def test_causal_lm_candidates_come_from_the_blank(tiny_causal_lm: Path) -> None:
     assert all(f["sequence"] == SENTENCE.replace("[MASK]", f["token"]) for f in fills)
 
 
+def test_causal_lm_joint_is_the_sentence_ranking(tiny_causal_lm: Path) -> None:
+    (record,) = _run(["-m", str(tiny_causal_lm), "--joint", "--targets", "capital,city", SENTENCE])
+    assert [[j["tokens"][0], j["score"]] for j in record["joint"]] == [[f["token"], f["score"]] for f in record["masks"][0]]
+
+
 def test_causal_lm_refuses_several_masks(tiny_causal_lm: Path) -> None:
     result = invoke(["fill-mask", "-m", str(tiny_causal_lm), TWO_MASKS])
     assert result.exit_code == 2
