@@ -296,7 +296,7 @@ class _MlmRunner(_Runner):
             if text.strip():
                 encoded[index] = self.encode(index, text)
         order = [i for i, _ in batch if i in encoded]
-        logp = self.forward([encoded[i][0] for i in order]) if order else None
+        logp: Any = self.forward([encoded[i][0] for i in order]) if order else None
         rows = {index: row for row, index in enumerate(order)}
         results = []
         for index, text in batch:
