@@ -605,7 +605,8 @@ def finetune(
         callbacks=callbacks,
     )
     # The Trainer adds its own tqdm-based printer unless told otherwise; ours replaces it.
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import ProgressCallback as HFProgress
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(HFProgress)
