@@ -1037,7 +1037,9 @@ def check_output(output: Path | str, *, overwrite: bool = False, resume: bool = 
 
 
 @contextmanager
-def atomic_output(output: Path | str, *, overwrite: bool = False, staging: Path | None = None) -> Iterator[Path]:
+def atomic_output(
+    output: Path | str, *, overwrite: bool = False, staging: Path | None = None
+) -> Iterator[Path]:
     """Yield a staging folder; on success rename it to `output`, on any failure delete it.
 
     So `output` either does not exist or is complete: a crash, kill or Ctrl-C never leaves it half-written.
