@@ -592,7 +592,7 @@ def finetune(
     progress = training.ProgressCallback.create(
         json_log=json_log, description="finetune", perplexity_metric=task in ("causal-lm", "masked-lm")
     )
-    callbacks = [progress]
+    callbacks = [progress, training.TimedCheckpoint.create(settings)]
     if settings.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
     trainer = training.trainer_class()(

@@ -201,3 +201,25 @@ def test_build_training_args_maps_settings(tmp_path: Path) -> None:
         )
     with pytest.raises(UsageError, match="--fp16 needs a GPU"):
         training.build_training_args(training.TrainSettings(precision="fp16"), tmp_path, has_eval=False)
+
+
+def test_timed_checkpoint_asks_for_a_save_after_its_interval() -> None:
+    from types import SimpleNamespace
+
+    callback = training.TimedCheckpoint.create(training.TrainSettings(checkpoint_minutes=1.0))
+    args, state = SimpleNamespace(save_strategy="no"), SimpleNamespace()
+    control = SimpleNamespace(should_save=False)
+    callback.on_step_end(args, state, control)
+    assert control.should_save is False  # a minute has not passed
+    callback.last -= 61
+    callback.on_step_end(args, state, control)
+    assert control.should_save is True
+    callback.on_save(args, state, control)
+    control.should_save = False
+    callback.on_step_end(args, state, control)
+    assert control.should_save is False  # the clock restarted at the save
+    callback.last -= 61
+    callback.on_step_end(SimpleNamespace(save_strategy="steps"), state, control)
+    assert control.should_save is False  # --save-steps given: the step schedule rules
+    default = training.build_training_args(training.TrainSettings(), "/tmp/unused", has_eval=False)
+    assert default.save_strategy == "no"
