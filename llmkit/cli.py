@@ -500,6 +500,8 @@ def finetune(
                 "Run the same command with --resume to continue from the last checkpoint."
             )
         raise
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under `accelerate launch`, the main process alone reports
     for note in result.notes:
         out.warn(note)
     emitter = out.Emitter(fmt, text=_ft.describe, rich=_ft.renderable)

@@ -685,8 +685,10 @@ def finetune(
             (folder / "training_args.json").write_text(args.to_json_string() + "\n", encoding="utf-8")
             training.write_report(folder, report)
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoints are no longer needed
-    else:
-        _save(trainer, tokenizer, staging, strategy)
+    elif not (strategy.lora and strategy.merge_lora):
+        # Other processes of a distributed run take part in gathering sharded weights (FSDP, DeepSpeed);
+        # only the main one writes files.
+        trainer.save_model(str(staging))
     trainer.accelerator.wait_for_everyone()
     return result
 

@@ -695,6 +695,7 @@ def build_training_args(
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         remove_unused_columns=remove_unused_columns,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every trainable parameter is used; the search costs a graph walk
         save_safetensors=True,
     )
     kwargs.update(extra)
