@@ -457,6 +457,7 @@ def finetune(
     """
     from llmkit.loading import pick_device, set_seed
 
+    training.quiet_libraries()
     settings = settings.validate()
     strategy = strategy.validate()
     if task is not None and task not in TASKS:
@@ -755,8 +756,10 @@ def renderable(plan_or_result: FinetunePlan | FinetuneResult) -> Any:
                 f"~{mib['total']:.0f} MiB (weights {mib['weights']:.0f}, gradients+optimizer "
                 f"{mib['gradients'] + mib['optimizer']:.0f}, activations {mib['activations']:.0f})"
             )
+        elif isinstance(value, float):
+            value = f"{value:.4g}"
         elif isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items())
+            value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
         elif isinstance(value, list):
             value = ", ".join(str(v) for v in value)
         table.add_row(f.name.replace("_", " "), str(value))
