@@ -65,7 +65,7 @@ class Strategy:
 
     train_only: str | None = None
     lora_r: int | None = None
-    lora_alpha: float | None = None
+    lora_alpha: int | None = None
     lora_dropout: float | None = None
     lora_targets: tuple[str, ...] = ()
     merge_lora: bool = False
@@ -351,7 +351,7 @@ def apply_lora(model: Any, strategy: Strategy, task: str) -> Any:
         "causal-lm": TaskType.CAUSAL_LM,
     }.get(task)
     config = LoraConfig(
-        r=strategy.lora_r,
+        r=strategy.lora_r or DEFAULT_LORA_R,
         lora_alpha=strategy.lora_alpha if strategy.lora_alpha is not None else DEFAULT_LORA_ALPHA,
         lora_dropout=strategy.lora_dropout if strategy.lora_dropout is not None else DEFAULT_LORA_DROPOUT,
         target_modules=list(strategy.lora_targets) if strategy.lora_targets else "all-linear",
