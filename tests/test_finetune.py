@@ -643,3 +643,11 @@ def test_lm_column_flags_and_device(tiny_causal_lm: Path, tmp_path: Path) -> Non
 def test_unknown_dataset_id_is_not_found(tmp_path: Path) -> None:
     code, _, stderr = run(["no-such-dataset-xyz", "-o", str(tmp_path / "o")])
     assert code == 3 and "neither a data file nor a dataset" in " ".join(stderr.split())
+
+
+def test_text_and_rich_formats(tiny_encoder: Path, small_csv: Path, tmp_path: Path) -> None:
+    base = ["finetune", str(small_csv), "-m", str(tiny_encoder), "-o", str(tmp_path / "o"), "--dry-run"]
+    text = CliRunner().invoke(app, [*base, "--format", "text"])
+    assert text.exit_code == 0 and text.stdout.startswith("plan: classification on ")
+    rich = CliRunner().invoke(app, [*base, "--format", "rich"])
+    assert rich.exit_code == 0 and "Fine-tuning plan" in rich.stdout and "trainable parameters" in rich.stdout
