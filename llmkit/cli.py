@@ -381,7 +381,8 @@ def finetune(
         typer.Option("--seed", help=f"Seed for init, shuffling, split [default: {_tr.DEFAULT_SEED}]."),
     ] = None,
     bf16: Annotated[
-        bool, typer.Option("--bf16", help="Mixed precision bfloat16 (CPU and recent GPUs).")
+        bool,
+        typer.Option("--bf16", help="Mixed precision bfloat16 (GPUs, AMX/AVX512-BF16 CPUs; slow elsewhere)."),
     ] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="Mixed precision float16 (GPU only).")] = False,
     fp32: Annotated[bool, typer.Option("--fp32", help="Full float32, no mixed precision.")] = False,

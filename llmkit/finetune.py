@@ -759,7 +759,9 @@ def renderable(plan_or_result: FinetunePlan | FinetuneResult) -> Any:
         elif isinstance(value, float):
             value = f"{value:.4g}"
         elif isinstance(value, dict):
-            value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+            value = ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items()
+            )
         elif isinstance(value, list):
             value = ", ".join(str(v) for v in value)
         table.add_row(f.name.replace("_", " "), str(value))
