@@ -453,11 +453,14 @@ def read_config(spec: str, *, revision: str | None = None, trust_remote_code: bo
 
     try:
         with _quiet_transformers():
-            return AutoConfig.from_pretrained(location, revision=revision, trust_remote_code=trust_remote_code)
+            return AutoConfig.from_pretrained(
+                location, revision=revision, trust_remote_code=trust_remote_code
+            )
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
             raise _hub_error(spec, exc) from exc
-        raise ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})") from exc
+        reason = str(exc).splitlines()[0]
+        raise ModelNotFoundError(f"{spec}: config.json could not be read ({reason})") from exc
 
 
 def set_seed(seed: int | None) -> None:
