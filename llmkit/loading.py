@@ -483,11 +483,14 @@ def read_config(spec: str, *, revision: str | None = None, trust_remote_code: bo
 
     try:
         with _quiet_transformers():
-            return AutoConfig.from_pretrained(location, revision=revision, trust_remote_code=trust_remote_code)
+            return AutoConfig.from_pretrained(
+                location, revision=revision, trust_remote_code=trust_remote_code
+            )
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
             raise _hub_error(spec, exc) from exc
-        raise ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})") from exc
+        reason = str(exc).splitlines()[0]
+        raise ModelNotFoundError(f"{spec}: config.json could not be read ({reason})") from exc
 
 
 QUANTIZATION_SETTINGS = "llmkit_quantization.json"  # written by `llmkit quantize` beside config.json
