@@ -1,9 +1,10 @@
 """`llmkit finetune`: fine-tune a pretrained model on a table with the transformers Trainer.
 
-Tasks: classification and regression (a sequence-classification head, labels saved in config.json so
-`llmkit classify --model OUTPUT` loads it), causal-lm (a text column, prompt/completion columns with the loss on
-the completion only, or chat `messages` rendered through the chat template, loss on the last reply) and masked-lm
-(domain-adaptive MLM). Strategies: full fine-tuning, `train_only="head"|"top-N"` (freeze the rest), or LoRA.
+Tasks: classification and regression (a sequence-classification head, labels saved in config.json
+so `llmkit classify --model OUTPUT` loads it), causal-lm (a text column, prompt/completion columns with the
+loss on the completion only, or chat `messages` rendered through the chat template, loss on the last reply)
+and masked-lm (domain-adaptive MLM). Strategies: full fine-tuning, `train_only="head"|"top-N"` (freeze the
+rest), or LoRA.
 
 The shared machinery (data, labels, TrainingArguments, progress, metrics, atomic output) is in `training.py`.
 """
@@ -152,7 +153,7 @@ class FinetuneResult:
     notes: list[str] = field(default_factory=list)
 
 
-# --- task inference and columns --------------------------------------------------------------------------------
+# --- task inference and columns -----------------------------------------------------------------------------
 
 
 def _model_family(spec: str, revision: str | None, trust_remote_code: bool) -> str:
@@ -199,8 +200,8 @@ def infer_task(columns: list[str], cols: Columns, labels: list[Any] | None, mode
     if cols.text_column in columns:
         return model_family()
     raise DataError(
-        f"cannot tell the task from the columns ({', '.join(columns)}): name the text column with --text-column "
-        f"and the label column with --label-column, or give --task"
+        f"cannot tell the task from the columns ({', '.join(columns)}): name the text column with "
+        "--text-column and the label column with --label-column, or give --task"
     )
 
 
@@ -212,7 +213,7 @@ def _lm_mode(columns: list[str], cols: Columns) -> str:
     return "text"
 
 
-# --- tokenization --------------------------------------------------------------------------------------------
+# --- tokenization -------------------------------------------------------------------------------------------
 
 
 def _tokenize_classification(dataset: Any, tokenizer: Any, cols: Columns, max_length: int) -> Any:
@@ -251,8 +252,8 @@ def _tokenize_causal_lm(dataset: Any, tokenizer: Any, cols: Columns, max_length:
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if mode == "chat" and not getattr(tokenizer, "chat_template", None):
         raise DataError(
-            f"column {cols.messages_column!r} holds chat messages but the model's tokenizer has no chat template; "
-            "use a chat model or give prompt/completion columns"
+            f"column {cols.messages_column!r} holds chat messages but the model's tokenizer has no chat "
+            "template; use a chat model or give prompt/completion columns"
         )
 
     def encode_pair(prompt: str, completion: str, special: bool) -> tuple[list[int], list[int]]:
@@ -289,11 +290,11 @@ def _tokenize_causal_lm(dataset: Any, tokenizer: Any, cols: Columns, max_length:
         return {"input_ids": ids_out, "attention_mask": [[1] * len(x) for x in ids_out], "labels": labels_out}
 
     encoded = dataset.map(encode, batched=True, remove_columns=dataset.column_names)
-    # A prompt that fills max_length leaves nothing to learn from: drop such rows rather than train on nothing.
+    # A prompt that fills max_length leaves nothing to learn from: drop such rows, do not train on nothing.
     return encoded.filter(lambda row: any(t != IGNORE_INDEX for t in row["labels"]))
 
 
-# --- strategies ------------------------------------------------------------------------------------------------
+# --- strategies ---------------------------------------------------------------------------------------------
 
 
 def _layer_list(base: Any) -> Any:
@@ -310,8 +311,8 @@ def _layer_list(base: Any) -> Any:
 def apply_train_only(model: Any, train_only: str, top_layers: int | None) -> None:
     """Freeze everything but the task head (and, for top-N, the last N blocks plus what follows them).
 
-    The head is every parameter outside `model.base_model`; "what follows" the blocks is the base model's final
-    norm/pooler, which sit between the top block and the head.
+    The head is every parameter outside `model.base_model`; "what follows" the blocks is the base model's
+    final norm/pooler, which sit between the top block and the head.
     """
     base = model.base_model
     base_ids = {id(p) for p in base.parameters()}
@@ -362,7 +363,7 @@ def apply_lora(model: Any, strategy: Strategy, task: str) -> Any:
         raise UsageError(f"LoRA: {str(exc).splitlines()[0]} (check --lora-targets)") from None
 
 
-# --- the task function -----------------------------------------------------------------------------------------
+# --- the task function --------------------------------------------------------------------------------------
 
 
 def _load_model(
@@ -591,7 +592,7 @@ def finetune(
     progress = training.ProgressCallback.create(
         json_log=json_log, description="finetune", perplexity_metric=task in ("causal-lm", "masked-lm")
     )
-    callbacks = [progress]
+    callbacks = [progress, training.TimedCheckpoint.create(settings)]
     if settings.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
     trainer = training.trainer_class()(
@@ -605,7 +606,8 @@ def finetune(
         callbacks=callbacks,
     )
     # The Trainer adds its own tqdm-based printer unless told otherwise; ours replaces it.
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import ProgressCallback as HFProgress
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(HFProgress)
@@ -683,8 +685,10 @@ def finetune(
             (folder / "training_args.json").write_text(args.to_json_string() + "\n", encoding="utf-8")
             training.write_report(folder, report)
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoints are no longer needed
-    else:
-        _save(trainer, tokenizer, staging, strategy)
+    elif not (strategy.lora and strategy.merge_lora):
+        # Other processes of a distributed run take part in gathering sharded weights (FSDP, DeepSpeed);
+        # only the main one writes files.
+        trainer.save_model(str(staging))
     trainer.accelerator.wait_for_everyone()
     return result
 

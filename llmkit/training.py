@@ -41,6 +41,9 @@ DEFAULT_WARMUP_RATIO = 0.0
 DEFAULT_WEIGHT_DECAY = 0.0
 DEFAULT_SEED = 42
 DEFAULT_SAVE_TOTAL_LIMIT = 2  # checkpoints kept for --resume
+# Without --save-steps, a checkpoint is written every this many minutes of training: a crash loses at most
+# that much work, and short runs do not pay for writing weights + optimizer state (3x the model) each epoch.
+DEFAULT_CHECKPOINT_MINUTES = 10.0
 DEFAULT_VALIDATION_SPLIT = 0.1  # used when there is no validation file or split and evaluation is wanted
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHECKPOINTS_SUFFIX = ".checkpoints"
@@ -68,7 +71,10 @@ SPLIT_NAMES = {
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Trainer knobs. `max_steps` > 0 overrides `epochs`; `eval_steps`/`save_steps` None means once per epoch.
+    """Trainer knobs. `max_steps` > 0 overrides `epochs`; `eval_steps` None means once per epoch.
+
+    Checkpoints (for --resume): every `save_steps` steps when given, else every `checkpoint_minutes` of
+    training (see `TimedCheckpoint`), and once per epoch in a distributed run.
 
     precision: auto (float32 unless the device has fast bfloat16 and the caller opts in), fp32, bf16, fp16.
     """
@@ -85,6 +91,7 @@ class TrainSettings:
     precision: str = "auto"
     eval_steps: int | None = None
     save_steps: int | None = None
+    checkpoint_minutes: float = DEFAULT_CHECKPOINT_MINUTES
     save_total_limit: int = DEFAULT_SAVE_TOTAL_LIMIT
     early_stopping_patience: int | None = None
     group_by_length: bool = True  # sort-ish batches by length: less padding, same data each epoch
@@ -104,6 +111,7 @@ class TrainSettings:
             (self.eval_steps is None or self.eval_steps >= 1, "--eval-steps must be >= 1"),
             (self.save_steps is None or self.save_steps >= 1, "--save-steps must be >= 1"),
             (self.save_total_limit >= 1, "--save-total-limit must be >= 1"),
+            (self.checkpoint_minutes > 0, "checkpoint_minutes must be > 0"),
             (
                 self.early_stopping_patience is None or self.early_stopping_patience >= 1,
                 "--early-stopping-patience must be >= 1",
@@ -644,7 +652,9 @@ def build_training_args(
     eval_strategy = "no"
     if has_eval:
         eval_strategy = "steps" if settings.eval_steps else "epoch"
-    save_strategy = "steps" if settings.save_steps else "epoch"
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # Timed checkpoints are decided per process, which could split a distributed run: use epochs there.
+    save_strategy = "steps" if settings.save_steps else ("epoch" if distributed else "no")
     save_steps = settings.save_steps
     early = settings.early_stopping_patience is not None
     if early:
@@ -685,6 +695,7 @@ def build_training_args(
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         remove_unused_columns=remove_unused_columns,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every trainable parameter is used; the search costs a graph walk
         save_safetensors=True,
     )
     kwargs.update(extra)
@@ -813,6 +824,35 @@ def trainer_class() -> Any:
 
         _TRAINER_CLASS = LlmkitTrainer
     return _TRAINER_CLASS
+
+
+class TimedCheckpoint:
+    """A Trainer callback that asks for a checkpoint every `minutes` of training (single process runs).
+
+    `build_training_args` leaves the step/epoch save schedule off unless --save-steps is given; add
+    `TimedCheckpoint.create(settings)` to the Trainer's callbacks so long runs still stay resumable.
+    """
+
+    @staticmethod
+    def create(settings: TrainSettings) -> Any:
+        base = _trainer_callback_base()
+
+        class _Timed(base):  # type: ignore[misc, valid-type]
+            def __init__(self, seconds: float) -> None:
+                self.seconds = seconds
+                self.last = time.monotonic()
+
+            def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                self.last = time.monotonic()
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if args.save_strategy == "no" and time.monotonic() - self.last >= self.seconds:
+                    control.should_save = True
+
+            def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                self.last = time.monotonic()
+
+        return _Timed(settings.checkpoint_minutes * 60)
 
 
 def _trainer_callback_base() -> type:
@@ -1037,7 +1077,9 @@ def check_output(output: Path | str, *, overwrite: bool = False, resume: bool = 
 
 
 @contextmanager
-def atomic_output(output: Path | str, *, overwrite: bool = False, staging: Path | None = None) -> Iterator[Path]:
+def atomic_output(
+    output: Path | str, *, overwrite: bool = False, staging: Path | None = None
+) -> Iterator[Path]:
     """Yield a staging folder; on success rename it to `output`, on any failure delete it.
 
     So `output` either does not exist or is complete: a crash, kill or Ctrl-C never leaves it half-written.

@@ -56,10 +56,24 @@ def _tensors(folder: Path) -> dict:
     return load_file(str(folder / "model.safetensors"))
 
 
-def test_classification_labels_round_trip_into_a_classifier(tiny_encoder: Path, small_csv: Path, tmp_path: Path):
+def test_classification_labels_round_trip_into_a_classifier(
+    tiny_encoder: Path, small_csv: Path, tmp_path: Path
+):
     out = tmp_path / "sentiment"
-    code, records, stderr = run([str(small_csv), "-m", str(tiny_encoder), "-o", str(out), "--max-steps", "40",
-                                 "--validation-split", "0.25", *FAST])  # fmt: skip
+    code, records, stderr = run(
+        [
+            str(small_csv),
+            "-m",
+            str(tiny_encoder),
+            "-o",
+            str(out),
+            "--max-steps",
+            "40",
+            "--validation-split",
+            "0.25",
+            *FAST,
+        ]
+    )
     assert code == 0, stderr
     result = final(records)
     assert result["task"] == "classification" and result["labels"] == ["negative", "positive"]
@@ -88,17 +102,52 @@ def test_classification_labels_round_trip_into_a_classifier(tiny_encoder: Path, 
 
 def test_numeric_labels_and_regression(tiny_encoder: Path, tmp_path: Path) -> None:
     stars = tmp_path / "stars.jsonl"
-    stars.write_text("".join(json.dumps({"review": f"film {w}", "stars": s}) + "\n"
-                             for w, s in [("good", 5), ("bad", 1), ("great", 10), ("awful", 2)] * 3))  # fmt: skip
+    stars.write_text(
+        "".join(
+            json.dumps({"review": f"film {w}", "stars": s}) + "\n"
+            for w, s in [("good", 5), ("bad", 1), ("great", 10), ("awful", 2)] * 3
+        )
+    )
     out = tmp_path / "stars"
-    code, records, stderr = run([str(stars), "-m", str(tiny_encoder), "-o", str(out), "--text-column", "review",
-                                 "--label-column", "stars", "--max-steps", "2", *FAST])  # fmt: skip
+    code, records, stderr = run(
+        [
+            str(stars),
+            "-m",
+            str(tiny_encoder),
+            "-o",
+            str(out),
+            "--text-column",
+            "review",
+            "--label-column",
+            "stars",
+            "--max-steps",
+            "2",
+            *FAST,
+        ]
+    )
     assert code == 0, stderr
     assert final(records)["labels"] == ["1", "2", "5", "10"]
     assert json.loads((out / "config.json").read_text())["id2label"]["3"] == "10"
-    code, records, stderr = run([str(stars), "-m", str(tiny_encoder), "-o", str(tmp_path / "reg"), "--text-column",
-                                 "review", "--label-column", "stars", "--task", "regression", "--max-steps", "2",
-                                 "--validation-split", "0.25", *FAST])  # fmt: skip
+    code, records, stderr = run(
+        [
+            str(stars),
+            "-m",
+            str(tiny_encoder),
+            "-o",
+            str(tmp_path / "reg"),
+            "--text-column",
+            "review",
+            "--label-column",
+            "stars",
+            "--task",
+            "regression",
+            "--max-steps",
+            "2",
+            "--validation-split",
+            "0.25",
+            *FAST,
+        ]
+    )
     assert code == 0, stderr
     result = final(records)
     assert result["task"] == "regression" and result["labels"] is None and "eval_mse" in result["metrics"]
@@ -108,27 +157,51 @@ def test_numeric_labels_and_regression(tiny_encoder: Path, tmp_path: Path) -> No
 def test_causal_lm_text_prompt_completion_and_chat(tiny_causal_lm: Path, tmp_path: Path) -> None:
     text = tmp_path / "text.csv"
     text.write_text("text\n" + "the cat is on the house .\nthe dog is in the car .\n" * 4)
-    code, records, stderr = run([str(text), "-m", str(tiny_causal_lm), "-o", str(tmp_path / "a"), "--max-steps",
-                                 "15", "--validation-split", "0.25", *FAST])  # fmt: skip
+    code, records, stderr = run(
+        [
+            str(text),
+            "-m",
+            str(tiny_causal_lm),
+            "-o",
+            str(tmp_path / "a"),
+            "--max-steps",
+            "15",
+            "--validation-split",
+            "0.25",
+            *FAST,
+        ]
+    )
     assert code == 0, stderr
     result = final(records)
     assert result["task"] == "causal-lm" and result["losses"][-1] < result["losses"][0]
     assert result["metrics"]["eval_perplexity"] > 1
 
     pc = tmp_path / "pc.jsonl"
-    pc.write_text("".join(json.dumps({"prompt": f"what is {a} ?", "completion": b}) + "\n"
-                          for a, b in [("paris", "france"), ("rome", "italy")] * 4))  # fmt: skip
-    code, records, stderr = run([str(pc), "-m", str(tiny_causal_lm), "-o", str(tmp_path / "b"), "--max-steps", "15",
-                                 *FAST])  # fmt: skip
+    pc.write_text(
+        "".join(
+            json.dumps({"prompt": f"what is {a} ?", "completion": b}) + "\n"
+            for a, b in [("paris", "france"), ("rome", "italy")] * 4
+        )
+    )
+    code, records, stderr = run(
+        [str(pc), "-m", str(tiny_causal_lm), "-o", str(tmp_path / "b"), "--max-steps", "15", *FAST]
+    )
     assert code == 0, stderr
-    assert final(records)["task"] == "causal-lm" and final(records)["losses"][-1] < final(records)["losses"][0]
+    assert (
+        final(records)["task"] == "causal-lm" and final(records)["losses"][-1] < final(records)["losses"][0]
+    )
 
     chat = tmp_path / "chat.jsonl"
-    chat.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
-                                                     {"role": "assistant", "content": a}]}) + "\n"
-                            for q, a in [("hello", "hello ! how are you ?"), ("who are you ?", "a bird .")] * 4))  # fmt: skip
-    code, records, stderr = run([str(chat), "-m", str(tiny_causal_lm), "-o", str(tmp_path / "c"), "--max-steps", "15",
-                                 *FAST])  # fmt: skip
+    chat.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+            + "\n"
+            for q, a in [("hello", "hello ! how are you ?"), ("who are you ?", "a bird .")] * 4
+        )
+    )
+    code, records, stderr = run(
+        [str(chat), "-m", str(tiny_causal_lm), "-o", str(tmp_path / "c"), "--max-steps", "15", *FAST]
+    )
     assert code == 0, stderr
     assert final(records)["losses"][-1] < final(records)["losses"][0]
 
@@ -145,9 +218,12 @@ def test_loss_masks_the_prompt_and_chat_turns(tiny_causal_lm: Path) -> None:
     row = ft._tokenize_causal_lm(ds, tok, cols, 64, "prompt-completion")[0]
     prompt_len = len(tok("what is paris ?")["input_ids"])
     assert row["labels"][:prompt_len] == [ft.IGNORE_INDEX] * prompt_len
-    assert row["labels"][prompt_len:] == tok("france", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    chat = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "hi"},
-                                                     {"role": "assistant", "content": "hello"}]}])  # fmt: skip
+    assert row["labels"][prompt_len:] == tok("france", add_special_tokens=False)["input_ids"] + [
+        tok.eos_token_id
+    ]
+    chat = datasets.Dataset.from_list(
+        [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
+    )
     row = ft._tokenize_causal_lm(chat, tok, cols, 64, "chat")[0]
     learned = [t for t in row["labels"] if t != ft.IGNORE_INDEX]
     assert tok.decode(learned).split() == ["hello", "</s>"]
@@ -155,9 +231,23 @@ def test_loss_masks_the_prompt_and_chat_turns(tiny_causal_lm: Path) -> None:
 
 def test_masked_lm_uses_mlm_probability(tiny_mlm: Path, tmp_path: Path) -> None:
     text = tmp_path / "domain.txt.csv"
-    text.write_text("text\n" + "the king and the queen of the city .\nthe river of the country is blue .\n" * 4)
-    code, records, stderr = run([str(text), "-m", str(tiny_mlm), "-o", str(tmp_path / "m"), "--max-steps", "15",
-                                 "--mlm-probability", "0.3", *FAST])  # fmt: skip
+    text.write_text(
+        "text\n" + "the king and the queen of the city .\nthe river of the country is blue .\n" * 4
+    )
+    code, records, stderr = run(
+        [
+            str(text),
+            "-m",
+            str(tiny_mlm),
+            "-o",
+            str(tmp_path / "m"),
+            "--max-steps",
+            "15",
+            "--mlm-probability",
+            "0.3",
+            *FAST,
+        ]
+    )
     assert code == 0, stderr
     result = final(records)
     assert result["task"] == "masked-lm" and result["losses"][-1] < result["losses"][0]
@@ -168,7 +258,9 @@ def test_masked_lm_uses_mlm_probability(tiny_mlm: Path, tmp_path: Path) -> None:
 
     tok = load_tokenizer(resolve(str(tiny_mlm)))
     assert ft._collator("masked-lm", tok, 0.3).mlm_probability == 0.3
-    code, _, stderr = run([str(text), "-m", str(tiny_mlm), "-o", str(tmp_path / "n"), "--mlm-probability", "1.5"])
+    code, _, stderr = run(
+        [str(text), "-m", str(tiny_mlm), "-o", str(tmp_path / "n"), "--mlm-probability", "1.5"]
+    )
     assert code == 2 and "--mlm-probability must be between 0 and 1" in stderr
 
 
@@ -176,8 +268,20 @@ def test_train_only_head_and_top_layers_freeze_the_rest(tiny_encoder: Path, smal
     from llmkit import finetune as ft
     from llmkit.loading import load
 
-    code, records, stderr = run([str(small_csv), "-m", str(tiny_encoder), "-o", str(tmp_path / "h"),
-                                 "--train-only", "head", "--max-steps", "3", *FAST])  # fmt: skip
+    code, records, stderr = run(
+        [
+            str(small_csv),
+            "-m",
+            str(tiny_encoder),
+            "-o",
+            str(tmp_path / "h"),
+            "--train-only",
+            "head",
+            "--max-steps",
+            "3",
+            *FAST,
+        ]
+    )
     assert code == 0, stderr
     before, after = _tensors(tiny_encoder), _tensors(tmp_path / "h")
     for name, value in before.items():
@@ -190,23 +294,58 @@ def test_train_only_head_and_top_layers_freeze_the_rest(tiny_encoder: Path, smal
     assert any(n.startswith("bert.encoder.layer.1.") for n in trainable)
     assert not any(n.startswith(("bert.encoder.layer.0.", "bert.embeddings.")) for n in trainable)
     assert {"classifier.weight", "bert.pooler.dense.weight"} <= trainable
-    code, _, stderr = run([str(small_csv), "-m", str(tiny_encoder), "-o", str(tmp_path / "x"), "--train-only", "top-9"])
+    code, _, stderr = run(
+        [str(small_csv), "-m", str(tiny_encoder), "-o", str(tmp_path / "x"), "--train-only", "top-9"]
+    )
     assert code == 2 and "only 2 layers" in stderr
 
 
 def test_lora_adapters_and_merge(tiny_encoder: Path, small_csv: Path, tmp_path: Path) -> None:
-    code, records, stderr = run([str(small_csv), "-m", str(tiny_encoder), "-o", str(tmp_path / "lora"), "--lora-r",
-                                 "4", "--lora-alpha", "8", "--lora-targets", "query,value", "--max-steps", "3",
-                                 *FAST])  # fmt: skip
+    code, records, stderr = run(
+        [
+            str(small_csv),
+            "-m",
+            str(tiny_encoder),
+            "-o",
+            str(tmp_path / "lora"),
+            "--lora-r",
+            "4",
+            "--lora-alpha",
+            "8",
+            "--lora-targets",
+            "query,value",
+            "--max-steps",
+            "3",
+            *FAST,
+        ]
+    )
     assert code == 0, stderr
     adapter = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
-    assert (adapter["r"], adapter["lora_alpha"], sorted(adapter["target_modules"])) == (4, 8, ["query", "value"])
+    assert (adapter["r"], adapter["lora_alpha"], sorted(adapter["target_modules"])) == (
+        4,
+        8,
+        ["query", "value"],
+    )
     full_params = final(records)["total_parameters"]
     assert final(records)["trainable_parameters"] < full_params / 2
 
-    code, records, stderr = run([str(small_csv), "-m", str(tiny_encoder), "-o", str(tmp_path / "merged"),
-                                 "--lora-r", "4", "--lora-dropout", "0.0", "--merge-lora", "--max-steps", "3",
-                                 *FAST])  # fmt: skip
+    code, records, stderr = run(
+        [
+            str(small_csv),
+            "-m",
+            str(tiny_encoder),
+            "-o",
+            str(tmp_path / "merged"),
+            "--lora-r",
+            "4",
+            "--lora-dropout",
+            "0.0",
+            "--merge-lora",
+            "--max-steps",
+            "3",
+            *FAST,
+        ]
+    )
     assert code == 0, stderr
     names = {p.name for p in (tmp_path / "merged").iterdir()}
     assert "adapter_config.json" not in names and "model.safetensors" in names
@@ -218,9 +357,20 @@ def test_lora_adapters_and_merge(tiny_encoder: Path, small_csv: Path, tmp_path: 
     assert code == 2 and "need --lora-r" in stderr
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny_encoder: Path, small_csv: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    args = ["-m", str(tiny_encoder), "--max-steps", "6", "--save-steps", "2", "--validation-split", "0.25", *FAST]
+def test_resume_after_a_crash_equals_an_uninterrupted_run(
+    tiny_encoder: Path, small_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = [
+        "-m",
+        str(tiny_encoder),
+        "--max-steps",
+        "6",
+        "--save-steps",
+        "2",
+        "--validation-split",
+        "0.25",
+        *FAST,
+    ]
     code, _, stderr = run([str(small_csv), "-o", str(tmp_path / "straight"), *args])
     assert code == 0, stderr
 
@@ -256,7 +406,10 @@ def test_dry_run_plans_and_writes_nothing(tiny_encoder: Path, tmp_path: Path) ->
     assert code == 0, stderr
     plan = final(records)
     assert plan["rows"] == {"train": 320, "validation": 80} and plan["steps"] == 64 and plan["dry_run"]
-    assert plan["labels"] == ["negative", "positive"] and plan["trainable_parameters"] == plan["total_parameters"]
+    assert (
+        plan["labels"] == ["negative", "positive"]
+        and plan["trainable_parameters"] == plan["total_parameters"]
+    )
     assert not out.exists() and not training.checkpoint_dir(out).exists()
     _, records, _ = run([*base, "--max-steps", "5", "--gradient-accumulation", "4"])
     assert final(records)["steps"] == 5
@@ -273,13 +426,42 @@ def test_dry_run_plans_and_writes_nothing(tiny_encoder: Path, tmp_path: Path) ->
 
 def test_config_file_and_flags_that_reach_the_trainer(tiny_encoder: Path, small_csv: Path, tmp_path: Path):
     config = tmp_path / "train.toml"
-    config.write_text(f'model = "{tiny_encoder}"\nepochs = 9\n[training]\nbatch-size = 2\nweight_decay = 0.5\n')
+    config.write_text(
+        f'model = "{tiny_encoder}"\nepochs = 9\n[training]\nbatch-size = 2\nweight_decay = 0.5\n'
+    )
     out = tmp_path / "cfg"
-    code, records, stderr = run([str(small_csv), "-o", str(out), "--config", str(config), "--batch-size", "4",
-                                 "--max-steps", "4", "--gradient-accumulation", "2", "--warmup-ratio", "0.25",
-                                 "--seed", "3", "--save-total-limit", "1", "--eval-steps", "2", "--save-steps", "2",
-                                 "--validation-split", "0.25", "--no-group-by-length", "--bf16",
-                                 "--lr", "0.002", "--json"])  # fmt: skip
+    code, records, stderr = run(
+        [
+            str(small_csv),
+            "-o",
+            str(out),
+            "--config",
+            str(config),
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "4",
+            "--gradient-accumulation",
+            "2",
+            "--warmup-ratio",
+            "0.25",
+            "--seed",
+            "3",
+            "--save-total-limit",
+            "1",
+            "--eval-steps",
+            "2",
+            "--save-steps",
+            "2",
+            "--validation-split",
+            "0.25",
+            "--no-group-by-length",
+            "--bf16",
+            "--lr",
+            "0.002",
+            "--json",
+        ]
+    )
     assert code == 0, stderr
     args = json.loads((out / "training_args.json").read_text())
     assert args["per_device_train_batch_size"] == 4  # the flag beats the file's 2
@@ -296,9 +478,26 @@ def test_config_file_and_flags_that_reach_the_trainer(tiny_encoder: Path, small_
 
 def test_early_stopping_patience_stops_early(tiny_encoder: Path, small_csv: Path, tmp_path: Path) -> None:
     # learning rate 0: the metric never improves, so patience 1 stops after the second evaluation
-    code, records, stderr = run([str(small_csv), "-m", str(tiny_encoder), "-o", str(tmp_path / "e"), "--max-steps",
-                                 "20", "--eval-steps", "2", "--early-stopping-patience", "1", "--validation-split",
-                                 "0.25", "--json", "--lr", "1e-12"])  # fmt: skip
+    code, records, stderr = run(
+        [
+            str(small_csv),
+            "-m",
+            str(tiny_encoder),
+            "-o",
+            str(tmp_path / "e"),
+            "--max-steps",
+            "20",
+            "--eval-steps",
+            "2",
+            "--early-stopping-patience",
+            "1",
+            "--validation-split",
+            "0.25",
+            "--json",
+            "--lr",
+            "1e-12",
+        ]
+    )
     assert code == 0, stderr
     assert final(records)["steps"] == 4
 
@@ -309,25 +508,64 @@ def test_text_pair_and_validation_file(tiny_encoder: Path, tmp_path: Path) -> No
     val = tmp_path / "val.tsv"
     val.write_text("a\tb\tlabel\nthe king\ta king\tsame\n")
     out = tmp_path / "pair"
-    code, records, stderr = run([str(pairs), "-m", str(tiny_encoder), "-o", str(out), "--text-column", "a",
-                                 "--text-pair-column", "b", "--validation-file", str(val), "--max-steps", "2",
-                                 *FAST])  # fmt: skip
+    code, records, stderr = run(
+        [
+            str(pairs),
+            "-m",
+            str(tiny_encoder),
+            "-o",
+            str(out),
+            "--text-column",
+            "a",
+            "--text-pair-column",
+            "b",
+            "--validation-file",
+            str(val),
+            "--max-steps",
+            "2",
+            *FAST,
+        ]
+    )
     assert code == 0, stderr
     assert final(records)["rows"] == {"train": 8, "validation": 1}
     assert final(records)["validation"]["per_class"]["same"]["support"] == 1
-    code, _, stderr = run([str(pairs), "-m", str(tiny_encoder), "-o", str(out) + "2", "--text-column", "a",
-                           "--text-pair-column", "nope"])  # fmt: skip
+    code, _, stderr = run(
+        [
+            str(pairs),
+            "-m",
+            str(tiny_encoder),
+            "-o",
+            str(out) + "2",
+            "--text-column",
+            "a",
+            "--text-pair-column",
+            "nope",
+        ]
+    )
     assert code == 3 and "no column 'nope'" in stderr and "columns: a, b, label" in stderr
 
 
 def test_messy_data_is_skipped_counted_and_reported(tiny_encoder: Path, tmp_path: Path) -> None:
     messy = tmp_path / "messy.csv"
-    messy.write_bytes(b"text,label\ngood film,pos\n,neg\nbad film,\ncaf\xe9 film,neg\ngreat film,pos\n"
-                      b"awful film,neg\n")  # fmt: skip
+    messy.write_bytes(
+        b"text,label\ngood film,pos\n,neg\nbad film,\ncaf\xe9 film,neg\ngreat film,pos\nawful film,neg\n"
+    )
     val = tmp_path / "val.csv"
     val.write_text("text,label\ngood,pos\nmeh,neutral\n")
-    code, records, stderr = run([str(messy), "-m", str(tiny_encoder), "-o", str(tmp_path / "m"), "--validation-file",
-                                 str(val), "--max-steps", "1", *FAST])  # fmt: skip
+    code, records, stderr = run(
+        [
+            str(messy),
+            "-m",
+            str(tiny_encoder),
+            "-o",
+            str(tmp_path / "m"),
+            "--validation-file",
+            str(val),
+            "--max-steps",
+            "1",
+            *FAST,
+        ]
+    )
     assert code == 0, stderr
     assert final(records)["rows"] == {"train": 4, "validation": 1}
     stderr = " ".join(stderr.split())
@@ -351,9 +589,13 @@ def test_messy_data_is_skipped_counted_and_reported(tiny_encoder: Path, tmp_path
         (["{csv}", "--validation-split", "2"], 2, "--validation-split must be between 0 and 1"),
     ],
 )
-def test_usage_and_data_errors(tiny_encoder: Path, small_csv: Path, tmp_path: Path, args, code, message) -> None:
+def test_usage_and_data_errors(
+    tiny_encoder: Path, small_csv: Path, tmp_path: Path, args, code, message
+) -> None:
     args = [a.replace("{csv}", str(small_csv)) for a in args]
-    exit_code, _, stderr = run([*args, "-m", str(tiny_encoder), "-o", str(tmp_path / "o"), "--max-steps", "1"])
+    exit_code, _, stderr = run(
+        [*args, "-m", str(tiny_encoder), "-o", str(tmp_path / "o"), "--max-steps", "1"]
+    )
     assert exit_code == code
     assert message in " ".join(stderr.split()) and "Traceback" not in stderr
     assert not (tmp_path / "o").exists()
@@ -365,7 +607,8 @@ def test_existing_output_needs_overwrite(tiny_encoder: Path, small_csv: Path, tm
     (out / "keep.txt").write_text("x")
     code, _, stderr = run([str(small_csv), "-m", str(tiny_encoder), "-o", str(out), "--max-steps", "1"])
     assert code == 2 and "already exists" in stderr and (out / "keep.txt").exists()
-    code, _, stderr = run([str(small_csv), "-m", str(tiny_encoder), "-o", str(out), "--max-steps", "1", "--overwrite",
-                           "--json"])  # fmt: skip
+    code, _, stderr = run(
+        [str(small_csv), "-m", str(tiny_encoder), "-o", str(out), "--max-steps", "1", "--overwrite", "--json"]
+    )
     assert code == 0, stderr
     assert not (out / "keep.txt").exists() and (out / "config.json").exists()

@@ -16,8 +16,12 @@ def test_classification_report_hand_computed() -> None:
     report = training.classification_report([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2], ["a", "b", "c"])
     assert report["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
     assert report["accuracy"] == pytest.approx(4 / 6)
-    assert report["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8),
-                                        "support": 3}
+    assert report["per_class"]["a"] == {
+        "precision": 1.0,
+        "recall": pytest.approx(2 / 3),
+        "f1": pytest.approx(0.8),
+        "support": 3,
+    }
     assert report["per_class"]["b"]["precision"] == pytest.approx(0.5)
     assert report["per_class"]["c"]["recall"] == 1.0
     f1_b, f1_c = 0.5, 2 * 0.5 * 1.0 / 1.5
@@ -52,7 +56,10 @@ def test_every_table_format_reads_the_same_rows(tmp_path: Path) -> None:
 
 
 def test_non_utf8_bytes_are_replaced_and_counted(tmp_path: Path) -> None:
-    path = _write(tmp_path / "latin.csv", "text,label\ncaf\xe9 ok,pos\nfine,neg\nna\xefve \xe9t\xe9,pos\n".encode("latin-1"))
+    path = _write(
+        tmp_path / "latin.csv",
+        "text,label\ncaf\xe9 ok,pos\nfine,neg\nna\xefve \xe9t\xe9,pos\n".encode("latin-1"),
+    )
     stats = training.DataStats()
     ds = training.read_table(path, stats)
     assert ds["text"] == ["caf\ufffd ok", "fine", "na\ufffdve \ufffdt\ufffd"]
@@ -88,7 +95,9 @@ def test_folder_of_splits_and_validation_file(tmp_path: Path) -> None:
 def test_clean_rows_counts_and_missing_column_lists_columns(tmp_path: Path) -> None:
     import datasets
 
-    ds = datasets.Dataset.from_dict({"text": ["ok", "", "  ", "fine", "x"], "label": ["a", "b", "a", None, "b"]})
+    ds = datasets.Dataset.from_dict(
+        {"text": ["ok", "", "  ", "fine", "x"], "label": ["a", "b", "a", None, "b"]}
+    )
     stats = training.DataStats()
     kept = training.clean_rows(ds, ["text"], "label", stats)
     assert kept["text"] == ["ok", "x"]
@@ -112,7 +121,9 @@ def test_prepare_labels_maps_sorts_and_reports_unseen() -> None:
     with pytest.raises(DataError, match="only one label"):
         training.prepare_labels(datasets.Dataset.from_dict({"label": ["a", "a"]}), None, "label")
     with pytest.raises(DataError, match="not a number"):
-        training.prepare_labels(datasets.Dataset.from_dict({"label": ["1.5", "x"]}), None, "label", task="regression")
+        training.prepare_labels(
+            datasets.Dataset.from_dict({"label": ["1.5", "x"]}), None, "label", task="regression"
+        )
 
 
 def test_split_validation_is_stratified_and_seeded() -> None:
@@ -129,7 +140,7 @@ def test_split_validation_is_stratified_and_seeded() -> None:
 
 
 def test_config_precedence_cli_over_file_over_defaults(tmp_path: Path) -> None:
-    path = _write(tmp_path / "train.toml", 'epochs = 7\n[training]\nlearning-rate = 0.01\nbatch_size = 4\n')
+    path = _write(tmp_path / "train.toml", "epochs = 7\n[training]\nlearning-rate = 0.01\nbatch_size = 4\n")
     config = training.load_config(path)
     assert config == {"epochs": 7, "learning_rate": 0.01, "batch_size": 4}
     settings = training.settings_from(training.TrainSettings, config, {"batch_size": 2, "epochs": None})
@@ -163,9 +174,18 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path: Path) -> None:
 
 def test_build_training_args_maps_settings(tmp_path: Path) -> None:
     settings = training.TrainSettings(
-        epochs=2, learning_rate=1e-3, batch_size=4, gradient_accumulation=2, warmup_ratio=0.1, weight_decay=0.01,
-        seed=5, eval_steps=3, save_steps=4, save_total_limit=1, group_by_length=False,
-    )  # fmt: skip
+        epochs=2,
+        learning_rate=1e-3,
+        batch_size=4,
+        gradient_accumulation=2,
+        warmup_ratio=0.1,
+        weight_decay=0.01,
+        seed=5,
+        eval_steps=3,
+        save_steps=4,
+        save_total_limit=1,
+        group_by_length=False,
+    )
     args = training.build_training_args(settings, tmp_path, has_eval=True, train_rows=40)
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 2)
     assert (args.learning_rate, args.warmup_steps, args.weight_decay, args.seed) == (1e-3, 0.1, 0.01, 5)
@@ -176,6 +196,30 @@ def test_build_training_args_maps_settings(tmp_path: Path) -> None:
     )
     assert early.load_best_model_at_end and early.save_steps == 2
     with pytest.raises(UsageError, match="needs validation data"):
-        training.build_training_args(training.TrainSettings(early_stopping_patience=1), tmp_path, has_eval=False)
+        training.build_training_args(
+            training.TrainSettings(early_stopping_patience=1), tmp_path, has_eval=False
+        )
     with pytest.raises(UsageError, match="--fp16 needs a GPU"):
         training.build_training_args(training.TrainSettings(precision="fp16"), tmp_path, has_eval=False)
+
+
+def test_timed_checkpoint_asks_for_a_save_after_its_interval() -> None:
+    from types import SimpleNamespace
+
+    callback = training.TimedCheckpoint.create(training.TrainSettings(checkpoint_minutes=1.0))
+    args, state = SimpleNamespace(save_strategy="no"), SimpleNamespace()
+    control = SimpleNamespace(should_save=False)
+    callback.on_step_end(args, state, control)
+    assert control.should_save is False  # a minute has not passed
+    callback.last -= 61
+    callback.on_step_end(args, state, control)
+    assert control.should_save is True
+    callback.on_save(args, state, control)
+    control.should_save = False
+    callback.on_step_end(args, state, control)
+    assert control.should_save is False  # the clock restarted at the save
+    callback.last -= 61
+    callback.on_step_end(SimpleNamespace(save_strategy="steps"), state, control)
+    assert control.should_save is False  # --save-steps given: the step schedule rules
+    default = training.build_training_args(training.TrainSettings(), "/tmp/unused", has_eval=False)
+    assert default.save_strategy == "no"
