@@ -525,10 +525,10 @@ class TeacherOutputs:
 
 def _make_trainer_class() -> Any:
     """The Trainer subclass, built on first use so that importing this module does not import transformers."""
-    from transformers import Trainer
+    from llmkit import training
 
-    class DistillTrainer(Trainer):
-        """transformers' Trainer with the distillation loss (or the plain hard loss for the baseline)."""
+    class DistillTrainer(training.trainer_class()):  # the shared Trainer (RNG-neutral evaluation)
+        """The shared Trainer with the distillation loss (or the plain hard loss for the baseline)."""
 
         # compute_loss returns a per-batch mean: let the Trainer divide it for gradient accumulation.
         loss_is_scaled_for_ga = False
@@ -627,7 +627,10 @@ def _train(
         train_rows=len(examples),
         remove_unused_columns=False,  # the collator needs example_id (the teacher cache key)
     )
-    callbacks = [training.ProgressCallback.create(description=label)] if progress else []
+    # Checkpoints every --save-steps, else every few minutes of training (the shared schedule), for --resume.
+    callbacks = [training.TimedCheckpoint.create(train_settings)]
+    if progress:
+        callbacks.append(training.ProgressCallback.create(description=label))
     trainer = _make_trainer_class()(
         model=model,
         args=args,
