@@ -1,11 +1,11 @@
 """`llmkit distill`: knowledge distillation from a teacher into a smaller, faster student.
 
-Flow: read the data (the shared training.py machinery) -> tokenize with the teacher's tokenizer -> build or load the student ->
-train it with transformers' Trainer on alpha * CE(labels) + (1 - alpha) * T^2 KL(teacher_T || student_T)
-(+ optional hidden-state and attention matching; the losses live in losses.py) with the teacher's outputs
-computed without gradients or read from the on-disk cache -> optionally train the same student without the
-teacher (`--baseline`) -> measure teacher, student and baseline side by side on the validation data -> write
-the student and `report.json` atomically into the output folder.
+Flow: read the data (the shared training.py machinery) -> tokenize with the teacher's tokenizer -> build
+or load the student -> train it with the shared Trainer on alpha * CE(labels) + (1 - alpha) * T^2
+KL(teacher_T || student_T) (+ optional hidden-state and attention matching; the losses live in losses.py),
+the teacher's outputs computed without gradients or read from the on-disk cache -> optionally train the same
+student without the teacher (`--baseline`) -> measure teacher, student and baseline side by side on the
+validation data -> write the student and `report.json` atomically into the output folder.
 """
 
 from __future__ import annotations
