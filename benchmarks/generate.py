@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+TF = ("--engine", "transformers")
 BIN = Path(sys.executable).parent
 # Prompts that make the model talk well past 128 tokens, so every row generates the same amount.
 PROMPTS = [
@@ -108,8 +109,11 @@ def main() -> None:
         configs = [
             ("plain transformers float32", lambda p=prompts: plain(model_dir, p, args.max_new_tokens, env)),
             ("plain transformers bfloat16", lambda p=prompts: plain(model_dir, p, args.max_new_tokens, env, "bfloat16")),
-            ("llmkit (default)", lambda p=prompts: llmkit(p, args.max_new_tokens, env)),
-            ("llmkit --dtype float32", lambda p=prompts: llmkit(p, args.max_new_tokens, env, "--dtype", "float32")),
+            # The transformers engine's default path (dtype auto -> bfloat16 on CPU); the llama.cpp engine has
+            # its own benchmark (benchmarks/generate_llama.py).
+            ("llmkit --engine transformers", lambda p=prompts: llmkit(p, args.max_new_tokens, env, *TF)),
+            ("llmkit --engine transformers --dtype float32",
+             lambda p=prompts: llmkit(p, args.max_new_tokens, env, *TF, "--dtype", "float32")),
         ]
         runs: dict[str, list[dict]] = {name: [] for name, _ in configs}
         for _ in range(args.repeats):  # interleaved, so drift hits every row alike

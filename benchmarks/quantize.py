@@ -12,6 +12,7 @@ float32 transformers. Goal (issue 6): >= 1.5x float32's tokens/s at < 1/3 of its
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -114,6 +115,11 @@ def main() -> None:
     print(
         f"\n(median of {args.repeats} runs of {args.new_tokens} greedy tokens; bfloat16 size = float32 / 2)"
     )
+    # Leave nothing behind: the outputs and the de-quantized caches of the .gguf files under $LLMKIT_HOME.
+    for out in work.iterdir():
+        if out.suffix == ".gguf":
+            shutil.rmtree(loading._converted_dir(out), ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -970,7 +970,7 @@ from llmkit import quantize as _quant  # noqa: E402  (torch-free at import: defa
 @app.command(
     epilog="Examples:\n\n"
     "  llmkit quantize --method gguf --gguf-type q8_0 -o smollm2-q8_0.gguf\n\n"
-    "  llmkit quantize --method dynamic-int8 --max-drop 3 -o smollm2-int8\n\n"
+    "  llmkit quantize --method int8-weight --max-drop 3 -o smollm2-int8\n\n"
     "  llmkit quantize -m ./my-classifier --method int8-weight --eval-data test.csv -o small\n\n"
     "  llmkit generate --model smollm2-int8 \"Hello\""
 )
@@ -979,10 +979,15 @@ def quantize(
         Path,
         typer.Option("--output", "-o", help="Folder to write (a .gguf file for --method gguf); must be new."),
     ],
-    model: ModelOpt = None,
     method: Annotated[
-        str, typer.Option("--method", help="gguf|int8-weight|int4-weight|dynamic-int8|bnb-8bit|bnb-4bit.")
-    ] = _quant.DEFAULT_METHOD,
+        str,
+        typer.Option(
+            "--method",
+            help="gguf|int8-weight|int4-weight|dynamic-int8|bnb-8bit|bnb-4bit (no default: each trades size, "
+            "speed and quality differently; see the README).",
+        ),
+    ],
+    model: ModelOpt = None,
     gguf_type: Annotated[
         str | None,
         typer.Option("--gguf-type", help="--method gguf: f16|q8_0|q5_1|q5_0|q4_1|q4_0 (default: q8_0)."),

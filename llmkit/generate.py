@@ -313,17 +313,23 @@ def generate(
     # Engine dispatch: llama.cpp (no torch import at all) when it can run this model and these settings.
     from llmkit import llama_engine
 
+    requested = engine
     engine, engine_reason = (
-        llama_engine.decide_engine(model, settings, device, requested=engine, dtype=dtype)
+        llama_engine.decide_engine(model, settings, device, requested=requested, dtype=dtype)
         if loaded is None
         else ("transformers", "an already loaded transformers model was passed")
     )
     if engine == "llama-cpp":
-        yield from llama_engine.generate(
-            prompts, model=model, settings=settings, system=system, raw=raw, batch_size=batch_size,
-            on_text=on_text, reason=engine_reason,
-        )
-        return
+        try:
+            yield from llama_engine.generate(
+                prompts, model=model, settings=settings, system=system, raw=raw, batch_size=batch_size,
+                on_text=on_text, reason=engine_reason,
+            )
+            return
+        except llama_engine.EngineLoadError as exc:  # raised before any result, so nothing is printed twice
+            if requested != "auto":
+                raise
+            engine_reason = f"auto: llama.cpp could not load the file ({exc.message.split(' (')[0]}); transformers ran"
 
     import torch
 

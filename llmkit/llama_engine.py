@@ -47,6 +47,10 @@ UNSUPPORTED = {
 }
 
 
+class EngineLoadError(LlmkitError):
+    """llama.cpp refused the file (e.g. a tokenizer it does not know); `--engine auto` falls back to transformers."""
+
+
 # --- which engine ------------------------------------------------------------------------------------------------
 
 
@@ -361,7 +365,7 @@ def _server(gguf: Path, *, parallel: int, context: int) -> Any:
         try:
             server = xllamacpp.Server(params)
         except Exception as exc:
-            raise LlmkitError(f"llama.cpp could not load {gguf.name} ({exc}); try --engine transformers") from exc
+            raise EngineLoadError(f"llama.cpp could not load {gguf.name} ({exc}); try --engine transformers") from exc
         _SERVERS.clear()  # one model at a time: a new configuration releases the old one
         _SERVERS[key] = server
         return server

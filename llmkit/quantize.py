@@ -34,7 +34,6 @@ from llmkit.errors import DataError, MissingDependencyError, QualityGateError, U
 METHODS = ("gguf", "int8-weight", "int4-weight", "dynamic-int8", "bnb-8bit", "bnb-4bit")
 TORCHAO_METHODS = ("int8-weight", "int4-weight")
 BNB_METHODS = ("bnb-8bit", "bnb-4bit")
-DEFAULT_METHOD = "dynamic-int8"
 # --skip default: the output head (lm_head, cls.predictions.decoder, classifier): it sees the widest
 # activations,
 # so int8 costs the most quality there, and it is one layer of many.
@@ -288,6 +287,13 @@ class _Eval:
     gold: list[int] | None = None  # classifier label ids, when the eval data has labels
 
 
+def _public(path: Path) -> None:
+    """Give a finished output the usual permissions (mkstemp/mkdtemp create them private to the user)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def _disk_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
@@ -493,9 +499,12 @@ def _torchao_config(method: str, group_size: int, skip: list[str]) -> Any:
     if method == "int8-weight":
         quant = Int8WeightOnlyConfig()
     else:
-        # Intx (not Int4WeightOnlyConfig): its int4 kernels are CUDA-only in torchao 0.18, Intx runs
-        # everywhere.
-        quant = IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size))
+        # Intx, not Int4WeightOnlyConfig: none of the latter's packing formats converted on a CPU with
+        # torchao 0.18 (tried plain, plain_int32, opaque); Intx runs everywhere.
+        quant = IntxWeightOnlyConfig(
+            weight_dtype=torch.int4,  # type: ignore[attr-defined]  # (absent from torch's stubs)
+            granularity=PerGroup(group_size),
+        )
     return TorchAoConfig(quant_type=quant, modules_to_not_convert=skip)
 
 
@@ -517,7 +526,7 @@ def quantize(
     model: str,
     output: Path,
     *,
-    method: str = DEFAULT_METHOD,
+    method: str,
     gguf_type: str | None = None,
     group_size: int | None = None,
     skip: tuple[str, ...] | None = None,
@@ -572,7 +581,9 @@ def quantize(
         raise UsageError(
             "quantize measures causal LMs, masked LMs, classifiers and encoders; not seq2seq models"
         )
-    common = {"revision": revision, "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
+    common: dict[str, Any] = {
+        "revision": revision, "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code
+    }
 
     say(f"Loading {model} ({task})...")
     original = loading.load(model, task, device=device, dtype=dtype, **common)
@@ -701,6 +712,7 @@ def quantize(
         report_path = output.parent / f"{output.stem}.report.json" if method == "gguf" else tmp / REPORT_NAME
         report_path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, output)
+        _public(output)
         if converted_cache is not None and converted_cache.exists():
             # The .gguf keeps its mtime when renamed: hand its de-quantized cache to the final name, so the
             # first `generate --model OUT.gguf` does not convert it again.

@@ -123,7 +123,7 @@ def test_broken_gguf_fails_cleanly_and_leaves_no_cache(tmp_path: Path, monkeypat
     monkeypatch.setenv("LLMKIT_HOME", str(tmp_path / "home"))
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
-    result = invoke(["generate", "--model", str(bad), "hi"])
+    result = invoke(["generate", "--engine", "transformers", "--model", str(bad), "hi"])
     assert result.exit_code == 2
     assert "not a GGUF causal LM" in result.stderr and "Traceback" not in result.stderr
     converted = tmp_path / "home" / "converted"

@@ -4,6 +4,7 @@ the original; GGUF files round-trip through the gguf reader and transformers' GG
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -90,7 +91,17 @@ def test_generate_runs_a_dynamic_int8_folder(dynamic_out) -> None:
 def test_skip_none_quantizes_the_head_and_skip_names_a_module(tiny_causal_lm: Path, tmp_path: Path) -> None:
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-    record = run_json("quantize", "-m", str(tiny_causal_lm), "--skip", "none", "-o", str(tmp_path / "all"))
+    record = run_json(
+        "quantize",
+        "-m",
+        str(tiny_causal_lm),
+        "--method",
+        "dynamic-int8",
+        "--skip",
+        "none",
+        "-o",
+        str(tmp_path / "all"),
+    )
     assert record["settings"]["skip"] == []
     assert isinstance(loading.load(str(tmp_path / "all"), "causal-lm").model.lm_head, DynamicLinear)
 
@@ -98,6 +109,8 @@ def test_skip_none_quantizes_the_head_and_skip_names_a_module(tiny_causal_lm: Pa
         "quantize",
         "-m",
         str(tiny_causal_lm),
+        "--method",
+        "dynamic-int8",
         "--skip",
         "down_proj",
         "-o",
@@ -123,7 +136,17 @@ def test_skip_none_quantizes_the_head_and_skip_names_a_module(tiny_causal_lm: Pa
 
 
 def test_skip_that_matches_nothing_is_a_usage_error(tiny_causal_lm: Path, tmp_path: Path) -> None:
-    result = invoke("quantize", "-m", str(tiny_causal_lm), "--skip", "nope", "-o", str(tmp_path / "x"))
+    result = invoke(
+        "quantize",
+        "-m",
+        str(tiny_causal_lm),
+        "--method",
+        "dynamic-int8",
+        "--skip",
+        "nope",
+        "-o",
+        str(tmp_path / "x"),
+    )
     assert result.exit_code == EXIT_USAGE
     assert "--skip 'nope' matches no module" in result.stderr
     assert not (tmp_path / "x").exists() and list(tmp_path.iterdir()) == []
@@ -238,6 +261,9 @@ def test_gguf_round_trips_through_reader_and_transformers(
     assert record["settings"]["gguf_type"] == gguf_type and out.is_file()
     assert json.loads((tmp_path / f"tiny-{gguf_type}.report.json").read_text()) == record
     assert record["quantized"]["size_bytes"] == out.stat().st_size
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the private mode of the temporary file
     # the de-quantized cache made while measuring now belongs to the final name (no second conversion)
     cache = loading._converted_dir(out)
     assert (cache / "config.json").is_file()
@@ -276,6 +302,13 @@ def test_gguf_round_trips_through_reader_and_transformers(
     if gguf_type == "q8_0":  # llmkit's own generate loads the file directly
         record = run_json("generate", "--model", str(out), "-n", "3", "the capital of")
         assert record["completion_tokens"] >= 1
+        from llmkit.llama_engine import bindings_installed
+
+        if bindings_installed():  # llama.cpp rejects this tiny BPE vocabulary: auto falls back, explicit fails
+            assert record["engine"] == "transformers"
+            assert "llama.cpp could not load" in record["engine_reason"]
+            explicit = invoke("generate", "--engine", "llama-cpp", "--model", str(out), "-n", "3", "the capital of")
+            assert explicit.exit_code == 1 and "try --engine transformers" in explicit.stderr
 
 
 def test_gguf_refuses_what_it_cannot_write(tiny_causal_lm: Path, tiny_mlm: Path, tmp_path: Path) -> None:
@@ -284,11 +317,41 @@ def test_gguf_refuses_what_it_cannot_write(tiny_causal_lm: Path, tiny_mlm: Path,
     assert "byte-level BPE tokenizers" in result.stderr and "this one is WordLevel" in result.stderr
     result = invoke("quantize", "-m", str(tiny_causal_lm), "--method", "gguf", "-o", str(tmp_path / "folder"))
     assert result.exit_code == EXIT_USAGE and "give --output a .gguf name" in result.stderr
-    result = invoke("quantize", "-m", str(tiny_causal_lm), "--gguf-type", "q4_0", "-o", str(tmp_path / "b"))
+    result = invoke(
+        "quantize",
+        "-m",
+        str(tiny_causal_lm),
+        "--method",
+        "dynamic-int8",
+        "--gguf-type",
+        "q4_0",
+        "-o",
+        str(tmp_path / "b"),
+    )
     assert result.exit_code == EXIT_USAGE and "--gguf-type applies to --method gguf only" in result.stderr
-    result = invoke("quantize", "-m", str(tiny_causal_lm), "--dtype", "bfloat16", "-o", str(tmp_path / "b"))
+    result = invoke(
+        "quantize",
+        "-m",
+        str(tiny_causal_lm),
+        "--method",
+        "dynamic-int8",
+        "--dtype",
+        "bfloat16",
+        "-o",
+        str(tmp_path / "b"),
+    )
     assert result.exit_code == EXIT_USAGE and "dynamic-int8 computes in float32" in result.stderr
-    result = invoke("quantize", "-m", str(tiny_causal_lm), "--group-size", "8", "-o", str(tmp_path / "b"))
+    result = invoke(
+        "quantize",
+        "-m",
+        str(tiny_causal_lm),
+        "--method",
+        "dynamic-int8",
+        "--group-size",
+        "8",
+        "-o",
+        str(tmp_path / "b"),
+    )
     assert (
         result.exit_code == EXIT_USAGE
         and "--group-size applies to --method int4-weight only" in result.stderr
@@ -298,7 +361,9 @@ def test_gguf_refuses_what_it_cannot_write(tiny_causal_lm: Path, tiny_mlm: Path,
 
 def test_existing_output_is_refused(tiny_causal_lm: Path, tmp_path: Path) -> None:
     (tmp_path / "there").mkdir()
-    result = invoke("quantize", "-m", str(tiny_causal_lm), "-o", str(tmp_path / "there"))
+    result = invoke(
+        "quantize", "-m", str(tiny_causal_lm), "--method", "dynamic-int8", "-o", str(tmp_path / "there")
+    )
     assert result.exit_code == EXIT_USAGE and "already exists" in result.stderr
 
 
@@ -312,7 +377,17 @@ def test_classifier_accuracy_on_labeled_eval_data(tiny_classifier: Path, tmp_pat
         + "".join(f"{s},{'positive' if i % 2 else 'negative'}\n" for i, s in enumerate(SENTENCES * 2))
     )
     out = tmp_path / "cls"
-    record = run_json("quantize", "-m", str(tiny_classifier), "--eval-data", str(data), "-o", str(out))
+    record = run_json(
+        "quantize",
+        "-m",
+        str(tiny_classifier),
+        "--method",
+        "dynamic-int8",
+        "--eval-data",
+        str(data),
+        "-o",
+        str(out),
+    )
     assert record["task"] == "sequence-classification"
     assert (
         record["original"]["quality_metric"] == "accuracy"
@@ -325,7 +400,15 @@ def test_classifier_accuracy_on_labeled_eval_data(tiny_classifier: Path, tmp_pat
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nthe dog .,maybe\n")
     result = invoke(
-        "quantize", "-m", str(tiny_classifier), "--eval-data", str(bad), "-o", str(tmp_path / "no")
+        "quantize",
+        "-m",
+        str(tiny_classifier),
+        "--method",
+        "dynamic-int8",
+        "--eval-data",
+        str(bad),
+        "-o",
+        str(tmp_path / "no"),
     )
     assert (
         result.exit_code == EXIT_USAGE and "label 'maybe' is not one of the model's labels" in result.stderr
