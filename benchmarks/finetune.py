@@ -34,6 +34,9 @@ DATA = ROOT / "tests" / "data" / "sentiment.csv"
 VARIANTS = ("trainer-pad-max", "trainer-pad-batch", "llmkit", "llmkit-bf16")
 BASELINE = "trainer-pad-batch"
 DEFAULTS = {"epochs": 3, "batch_size": 16, "learning_rate": 5e-5, "max_length": 128, "seed": 42}
+# One torch thread for every variant: on a machine whose cores are shared, two threads that busy-wait on each
+# other measured up to 15x slower than one, and that noise would swamp the differences measured here.
+DEFAULT_THREADS = 1
 
 
 def make_split(workdir: Path) -> tuple[Path, Path]:
@@ -160,6 +163,9 @@ def llmkit_run(train_csv: Path, val_csv: Path, workdir: Path, cfg: dict, precisi
 
 
 def child(variant: str, workdir: Path, cfg: dict) -> None:
+    import torch
+
+    torch.set_num_threads(cfg["threads"])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
@@ -187,6 +193,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"])
     parser.add_argument("--max-length", type=int, default=DEFAULTS["max_length"])
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch threads in every variant")
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS)
     )
@@ -200,6 +207,7 @@ def main() -> None:
         "learning_rate": args.learning_rate,
         "max_length": args.max_length,
         "seed": args.seed,
+        "threads": args.threads,
     }
     if args.child:
         child(args.child, args.workdir, cfg)
@@ -226,10 +234,11 @@ def main() -> None:
                 str(args.max_length),
                 "--seed",
                 str(args.seed),
+                "--threads",
+                str(args.threads),
             ]
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT))
-            )
+            env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
                 sys.stderr.write(proc.stderr[-3000:])
@@ -242,7 +251,7 @@ def main() -> None:
     print(
         f"\nMiniLM-L6 on tests/data/sentiment.csv (320 train / 80 validation rows), epochs={args.epochs}, "
         f"batch={args.batch_size}, lr={args.learning_rate}, max_length={args.max_length}, "
-        f"torch threads={__import__('torch').get_num_threads()}\n"
+        f"torch threads={args.threads}\n"
     )
     print(f"| variant | samples/s | x {BASELINE} | peak RSS (MB) | val accuracy | train s |")
     print("|---|---:|---:|---:|---:|---:|")

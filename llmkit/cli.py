@@ -648,7 +648,7 @@ def finetune(
         int | None, typer.Option("--lora-r", help="Train LoRA adapters of this rank (peft).")
     ] = None,
     lora_alpha: Annotated[
-        float | None, typer.Option("--lora-alpha", help=f"LoRA scale [default: {_ft.DEFAULT_LORA_ALPHA}].")
+        int | None, typer.Option("--lora-alpha", help=f"LoRA scale [default: {_ft.DEFAULT_LORA_ALPHA}].")
     ] = None,
     lora_dropout: Annotated[
         float | None,

@@ -65,7 +65,7 @@ class Strategy:
 
     train_only: str | None = None
     lora_r: int | None = None
-    lora_alpha: float | None = None
+    lora_alpha: int | None = None
     lora_dropout: float | None = None
     lora_targets: tuple[str, ...] = ()
     merge_lora: bool = False
@@ -351,7 +351,7 @@ def apply_lora(model: Any, strategy: Strategy, task: str) -> Any:
         "causal-lm": TaskType.CAUSAL_LM,
     }.get(task)
     config = LoraConfig(
-        r=strategy.lora_r,
+        r=strategy.lora_r or DEFAULT_LORA_R,
         lora_alpha=strategy.lora_alpha if strategy.lora_alpha is not None else DEFAULT_LORA_ALPHA,
         lora_dropout=strategy.lora_dropout if strategy.lora_dropout is not None else DEFAULT_LORA_DROPOUT,
         target_modules=list(strategy.lora_targets) if strategy.lora_targets else "all-linear",
@@ -457,6 +457,7 @@ def finetune(
     """
     from llmkit.loading import pick_device, set_seed
 
+    training.quiet_libraries()
     settings = settings.validate()
     strategy = strategy.validate()
     if task is not None and task not in TASKS:
@@ -755,8 +756,10 @@ def renderable(plan_or_result: FinetunePlan | FinetuneResult) -> Any:
                 f"~{mib['total']:.0f} MiB (weights {mib['weights']:.0f}, gradients+optimizer "
                 f"{mib['gradients'] + mib['optimizer']:.0f}, activations {mib['activations']:.0f})"
             )
+        elif isinstance(value, float):
+            value = f"{value:.4g}"
         elif isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items())
+            value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
         elif isinstance(value, list):
             value = ", ".join(str(v) for v in value)
         table.add_row(f.name.replace("_", " "), str(value))

@@ -220,6 +220,20 @@ class Splits:
     stats: DataStats = field(default_factory=DataStats)
 
 
+def quiet_libraries() -> None:
+    """Keep library chatter off the terminal: datasets' bars, transformers' info logs, and the warnings
+    optional kernels (torchao, torch's pytree registry) print at import time on machines without them."""
+    import logging
+
+    for name in ("torchao", "torchao.kernel.intmm", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    _quiet_datasets()
+
+
 def _quiet_datasets() -> None:
     import datasets
 

@@ -612,3 +612,42 @@ def test_existing_output_needs_overwrite(tiny_encoder: Path, small_csv: Path, tm
     )
     assert code == 0, stderr
     assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+
+
+def test_lm_column_flags_and_device(tiny_causal_lm: Path, tmp_path: Path) -> None:
+    pc = tmp_path / "qa.jsonl"
+    pc.write_text(
+        "".join(json.dumps({"q": f"what is {a} ?", "a": b}) + "\n" for a, b in [("paris", "france")] * 4)
+    )
+    base = ["-m", str(tiny_causal_lm), "-o", str(tmp_path / "o"), "--dry-run", "--json"]
+    code, records, stderr = run([str(pc), *base, "--prompt-column", "q", "--completion-column", "a"])
+    assert code == 0, stderr
+    assert final(records)["task"] == "causal-lm"
+    code, _, stderr = run([str(pc), *base])  # without the flags nothing names the columns
+    assert code == 2 and "cannot tell the task from the columns (q, a)" in " ".join(stderr.split())
+
+    chat = tmp_path / "conv.jsonl"
+    chat.write_text(
+        json.dumps({"conv": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    )
+    code, records, stderr = run([str(chat), *base, "--messages-column", "conv"])
+    assert code == 0, stderr
+    assert final(records)["task"] == "causal-lm"
+
+    code, _, stderr = run(
+        [str(pc), *base, "--prompt-column", "q", "--completion-column", "a", "--device", "cuda"]
+    )
+    assert code == 4 and "no CUDA device" in stderr
+
+
+def test_unknown_dataset_id_is_not_found(tmp_path: Path) -> None:
+    code, _, stderr = run(["no-such-dataset-xyz", "-o", str(tmp_path / "o")])
+    assert code == 3 and "neither a data file nor a dataset" in " ".join(stderr.split())
+
+
+def test_text_and_rich_formats(tiny_encoder: Path, small_csv: Path, tmp_path: Path) -> None:
+    base = ["finetune", str(small_csv), "-m", str(tiny_encoder), "-o", str(tmp_path / "o"), "--dry-run"]
+    text = CliRunner().invoke(app, [*base, "--format", "text"])
+    assert text.exit_code == 0 and text.stdout.startswith("plan: classification on ")
+    rich = CliRunner().invoke(app, [*base, "--format", "rich"])
+    assert rich.exit_code == 0 and "Fine-tuning plan" in rich.stdout and "trainable parameters" in rich.stdout
