@@ -157,6 +157,9 @@ def test_layer_dropped_student_loads_and_classifies(distilled: tuple[dict, Path]
     with torch.no_grad():
         logits = student.model(**batch).logits
     assert logits.shape == (2, 2) and torch.isfinite(logits).all()
+    result = CliRunner().invoke(app, ["classify", "--model", str(out), "--json", "--device", "cpu", "a wonderful film"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["label"] in ("negative", "positive")
 
 
 def test_cache_teacher_gives_the_same_result_and_is_reused(teacher: Path, small_data: Path, tmp_path: Path) -> None:
