@@ -46,9 +46,7 @@ def split_data(folder: Path, seed: int) -> tuple[Path, Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher-epochs", type=float, default=2.0)
     parser.add_argument("--epochs", type=float, default=3.0, help="student (and baseline) epochs")
     parser.add_argument("--learning-rate", type=float, default=1e-4, help="student (and baseline)")
@@ -61,9 +59,7 @@ def main() -> None:
         help="torch threads (1: on a shared 2-core machine two threads mostly wait on each other)",
     )
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument(
-        "--workdir", type=Path, default=None, help="keep the teacher/student here (default: temp)"
-    )
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the teacher/student here (default: temp)")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -80,7 +76,8 @@ def main() -> None:
 
     teacher_dir = work / "teacher"
     started = time.perf_counter()
-    if not (teacher_dir / "config.json").exists():
+    reused = (teacher_dir / "config.json").exists()  # a teacher from an earlier run with this --workdir
+    if not reused:
         finetune(
             train_csv,
             output=teacher_dir,
@@ -100,9 +97,7 @@ def main() -> None:
         work / "student",
         str(teacher_dir),
         DistillSettings(student_layers=args.student_layers, baseline=True),
-        TrainSettings(
-            epochs=args.epochs, learning_rate=args.learning_rate, max_length=args.max_length, seed=args.seed
-        ),
+        TrainSettings(epochs=args.epochs, learning_rate=args.learning_rate, max_length=args.max_length, seed=args.seed),
         validation=val_csv,
         device="cpu",
         overwrite=True,
@@ -114,7 +109,8 @@ def main() -> None:
 
     record = to_record(result)
     record["benchmark"] = {
-        "teacher_finetune_seconds": round(teacher_seconds, 1),
+        "teacher_finetune_seconds": None if reused else round(teacher_seconds, 1),
+        "teacher_reused": reused,
         "distill_seconds_with_baseline": round(distill_seconds, 1),
         "torch_threads": args.threads,
         "torch": torch.__version__,
@@ -127,10 +123,7 @@ def main() -> None:
         f"\nteacher: {TEACHER_BASE} fine-tuned on {train_csv.name} ({result.train_examples} rows), "
         f"evaluated on {result.validation_examples} held-out rows; student keeps layers {result.kept_layers}"
     )
-    print(
-        "\n| model | layers | parameters | size on disk | latency / example | examples/s | accuracy "
-        "| macro-F1 |"
-    )
+    print("\n| model | layers | parameters | size on disk | latency / example | examples/s | accuracy | macro-F1 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for m in result.models:
         print(
@@ -143,9 +136,10 @@ def main() -> None:
         f"x{s['speedup']:.2f}; throughput x{s['throughput_ratio']:.2f}; size x{s['size_ratio']:.2f}; "
         f"accuracy gain over the baseline (same student, no teacher): {s['accuracy_gain_over_baseline']:+.3f}"
     )
+    teacher_note = "teacher reused from --workdir" if reused else f"finetune {teacher_seconds:.0f} s"
     print(
         f"KL(teacher || student) on validation: {result.kl_before:.4f} before, {result.kl_after:.4f} after; "
-        f"finetune {teacher_seconds:.0f} s, distill + baseline {distill_seconds:.0f} s"
+        f"{teacher_note}, distill + baseline {distill_seconds:.0f} s"
     )
 
 

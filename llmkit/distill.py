@@ -1,11 +1,11 @@
 """`llmkit distill`: knowledge distillation from a teacher into a smaller, faster student.
 
-Flow: read the data (data.py) -> tokenize with the teacher's tokenizer -> build or load the student ->
-train it with transformers' Trainer on alpha * CE(labels) + (1 - alpha) * T^2 KL(teacher_T || student_T)
-(+ optional hidden-state and attention matching; the losses live in losses.py) with the teacher's outputs
-computed without gradients or read from the on-disk cache -> optionally train the same student without the
-teacher (`--baseline`) -> measure teacher, student and baseline side by side on the validation data -> write
-the student and `report.json` atomically into the output folder.
+Flow: read the data (the shared training.py machinery) -> tokenize with the teacher's tokenizer -> build
+or load the student -> train it with the shared Trainer on alpha * CE(labels) + (1 - alpha) * T^2
+KL(teacher_T || student_T) (+ optional hidden-state and attention matching; the losses live in losses.py),
+the teacher's outputs computed without gradients or read from the on-disk cache -> optionally train the same
+student without the teacher (`--baseline`) -> measure teacher, student and baseline side by side on the
+validation data -> write the student and `report.json` atomically into the output folder.
 """
 
 from __future__ import annotations
@@ -130,9 +130,7 @@ def render(result: DistillResult) -> Any:
             f"{m.latency_ms:.1f} ms",
             f"{m.throughput:.1f}",
         ]
-        row += (
-            [num(m.accuracy, ".3f"), num(m.macro_f1, ".3f")] if classification else [num(m.perplexity, ".2f")]
-        )
+        row += [num(m.accuracy, ".3f"), num(m.macro_f1, ".3f")] if classification else [num(m.perplexity, ".2f")]
         row.append(num(m.kl_to_teacher, ".4f"))
         table.add_row(*row)
     s = result.summary
@@ -148,9 +146,7 @@ def render(result: DistillResult) -> Any:
     else:
         parts.append(f"perplexity x{num(s.get('perplexity_ratio'), '.3f')}")
         if "perplexity_gain_over_baseline" in s:
-            parts.append(
-                f"perplexity gain over baseline {num(s.get('perplexity_gain_over_baseline'), '+.3f')}"
-            )
+            parts.append(f"perplexity gain over baseline {num(s.get('perplexity_gain_over_baseline'), '+.3f')}")
     parts.append(f"KL to teacher {result.kl_before:.4f} -> {result.kl_after:.4f}")
     table.caption = " · ".join(parts) + f"\nsaved: {result.output_dir} (report: {result.report_path})"
     return table
@@ -303,9 +299,7 @@ def load_examples(
         if val_has_labels:
             val_ds = _teacher_label_ids(val_ds, label_col, label_names, stats, drop_unknown=True)
     if len(train_ds) == 0 or len(val_ds) == 0:
-        raise DataError(
-            f"{data}: no usable rows left for training or validation; check the columns and labels"
-        )
+        raise DataError(f"{data}: no usable rows left for training or validation; check the columns and labels")
     return Examples(
         train_texts=list(train_ds[text_col]),
         train_labels=list(train_ds["labels"]) if has_labels else None,
@@ -315,9 +309,7 @@ def load_examples(
     )
 
 
-def _teacher_label_ids(
-    ds: Any, column: str, names: list[str] | None, stats: Any, *, drop_unknown: bool
-) -> Any:
+def _teacher_label_ids(ds: Any, column: str, names: list[str] | None, stats: Any, *, drop_unknown: bool) -> Any:
     """A `labels` column of the teacher's class ids. Unknown training labels are an error (the student must
     keep the teacher's label set); unknown validation labels are left out and counted."""
     from llmkit import training
@@ -525,10 +517,10 @@ class TeacherOutputs:
 
 def _make_trainer_class() -> Any:
     """The Trainer subclass, built on first use so that importing this module does not import transformers."""
-    from transformers import Trainer
+    from llmkit import training
 
-    class DistillTrainer(Trainer):
-        """transformers' Trainer with the distillation loss (or the plain hard loss for the baseline)."""
+    class DistillTrainer(training.trainer_class()):  # the shared Trainer (RNG-neutral evaluation)
+        """The shared Trainer with the distillation loss (or the plain hard loss for the baseline)."""
 
         # compute_loss returns a per-batch mean: let the Trainer divide it for gradient accumulation.
         loss_is_scaled_for_ga = False
@@ -578,9 +570,7 @@ def _make_trainer_class() -> Any:
                     projections = list(matching.projections) if matching.projections is not None else None
                     hidden = hidden_loss(s_hidden, list(t["hidden"]), inputs["attention_mask"], projections)
                 if "attention" in t:
-                    attention = attention_loss(
-                        list(out.attentions), list(t["attention"]), inputs["attention_mask"]
-                    )
+                    attention = attention_loss(list(out.attentions), list(t["attention"]), inputs["attention_mask"])
                 parts = distillation_loss(
                     logits,
                     t_logits,
@@ -627,7 +617,10 @@ def _train(
         train_rows=len(examples),
         remove_unused_columns=False,  # the collator needs example_id (the teacher cache key)
     )
-    callbacks = [training.ProgressCallback.create(description=label)] if progress else []
+    # Checkpoints every --save-steps, else every few minutes of training (the shared schedule), for --resume.
+    callbacks = [training.TimedCheckpoint.create(train_settings)]
+    if progress:
+        callbacks.append(training.ProgressCallback.create(description=label))
     trainer = _make_trainer_class()(
         model=model,
         args=args,
@@ -642,9 +635,7 @@ def _train(
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(HFProgress)
-    last = training.last_checkpoint(
-        checkpoints.parent / checkpoints.name.removesuffix(training.CHECKPOINTS_SUFFIX)
-    )
+    last = training.last_checkpoint(checkpoints.parent / checkpoints.name.removesuffix(training.CHECKPOINTS_SUFFIX))
     checkpoint = last if resume else None
     trainer.resumed_from_step = int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
@@ -661,17 +652,18 @@ def evaluate(
     task: str,
     pad_id: int,
     *,
-    teacher_logits: dict[int, Any] | None = None,
+    teacher: Any = None,
     label_names: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Quality and KL to the teacher of `model` on the validation examples.
 
     Args:
-        teacher_logits: example id -> the teacher's logits (as returned in this function's "logits"), for KL.
+        teacher: the teacher model, run on the same batches for the KL (its logits are not kept: for a
+            language model they are sequence x vocabulary per example).
         label_names: class names in id order (classification).
 
     Returns:
-        {"accuracy", "macro_f1", "perplexity", "kl_to_teacher", "logits": {id: tensor}}.
+        {"accuracy", "macro_f1", "perplexity", "kl_to_teacher"}.
     """
     import torch
 
@@ -683,7 +675,6 @@ def evaluate(
     gold: list[int] = []
     nll_sum, nll_count = 0.0, 0
     kl_sum, kl_count = 0.0, 0
-    logits_by_id: dict[int, Any] = {}
     with torch.inference_mode():
         for start in range(0, len(examples), EVAL_BATCH_SIZE):
             chunk = examples[start : start + EVAL_BATCH_SIZE]
@@ -695,12 +686,15 @@ def evaluate(
             logits, target, mask = task_view(
                 task, out.logits.float().cpu(), batch.get("labels"), batch["attention_mask"]
             )
-            for row, example in enumerate(chunk):
-                eid = example["example_id"]
-                logits_by_id[eid] = logits[row]
-                if teacher_logits is not None:
+            if teacher is not None:
+                t_out = teacher(
+                    input_ids=batch["input_ids"].to(teacher.device),
+                    attention_mask=batch["attention_mask"].to(teacher.device),
+                )
+                t_logits, _, _ = task_view(task, t_out.logits.float().cpu(), None, batch["attention_mask"])
+                for row in range(len(chunk)):  # per example, so a long one weighs as much as a short one
                     row_mask = None if mask is None else mask[row]
-                    kl_sum += float(kl_to_teacher(logits[row], teacher_logits[eid], row_mask))
+                    kl_sum += float(kl_to_teacher(logits[row], t_logits[row], row_mask))
                     kl_count += 1
             if task == "classification":
                 if target is not None:
@@ -717,7 +711,6 @@ def evaluate(
                 )
                 nll_count += int((target != IGNORE_INDEX).sum())
     result: dict[str, Any] = {
-        "logits": logits_by_id,
         "kl_to_teacher": kl_sum / kl_count if kl_count else None,
         "accuracy": None,
         "macro_f1": None,
@@ -811,11 +804,7 @@ def _check_teacher_head(spec: str, config: Any, task: str) -> None:
     if any(head in name for name in names for head in _HEADS[task]):
         return
     what = ", ".join(names) or "no head recorded in config.json"
-    fix = (
-        "fine-tune it first with llmkit finetune"
-        if task == "classification"
-        else "pick a teacher made for it"
-    )
+    fix = "fine-tune it first with llmkit finetune" if task == "classification" else "pick a teacher made for it"
     raise UsageError(f"{spec} ({what}) has no trained {task} head to learn from; {fix}")
 
 
@@ -867,9 +856,7 @@ def distill(
     output_dir = Path(output_dir)
     training.check_output(output_dir, overwrite=overwrite, resume=resume)
     task = settings.task if settings.task != "auto" else detect_task(read_config(teacher))
-    model_kwargs = (
-        {"attn_implementation": "eager"} if settings.attention_weight > 0 else None
-    )  # sdpa: no maps
+    model_kwargs = {"attn_implementation": "eager"} if settings.attention_weight > 0 else None  # sdpa: no maps
 
     set_seed(train_settings.seed)
     teacher_lm = load(teacher, LOAD_TASK[task], device=device, dtype="float32", model_kwargs=model_kwargs)
@@ -905,9 +892,7 @@ def distill(
     # The student.
     kept: list[int] | None = None
     if settings.student is not None:
-        student_lm = load(
-            settings.student, LOAD_TASK[task], device=device, dtype="float32", model_kwargs=model_kwargs
-        )
+        student_lm = load(settings.student, LOAD_TASK[task], device=device, dtype="float32", model_kwargs=model_kwargs)
         student = student_lm.model
         check_compatible(teacher_model, tokenizer, student, student_lm.tokenizer, task)
         student_name = settings.student
@@ -916,9 +901,7 @@ def distill(
         n = settings.student_layers if settings.student_layers is not None else max(1, total // 2)
         student, kept = drop_layers(teacher_model, n)
         student_name = f"teacher layers {kept} of {total}"
-        log(
-            f"Student: keeps teacher layers {kept} of 0..{total - 1}, initialised from the teacher's weights."
-        )
+        log(f"Student: keeps teacher layers {kept} of 0..{total - 1}, initialised from the teacher's weights.")
     student.train()
     initial_student = copy.deepcopy(student) if settings.baseline else None
 
@@ -927,17 +910,15 @@ def distill(
     matching = Matching()
     if settings.hidden_weight > 0 or settings.attention_weight > 0:
         if s_layers > t_layers:
-            raise UsageError(
-                "--hidden-weight/--attention-weight need a student with no more layers than the teacher"
-            )
+            raise UsageError("--hidden-weight/--attention-weight need a student with no more layers than the teacher")
         layer_map = hidden_layer_map(t_layers, s_layers)
         if settings.hidden_weight > 0:
             matching.hidden_map = layer_map
             t_width, s_width = teacher_model.config.hidden_size, student.config.hidden_size
             if t_width != s_width:  # a learned projection maps the student's width onto the teacher's
-                matching.projections = torch.nn.ModuleList(
-                    [torch.nn.Linear(s_width, t_width) for _ in layer_map]
-                ).to(student.device)
+                matching.projections = torch.nn.ModuleList([torch.nn.Linear(s_width, t_width) for _ in layer_map]).to(
+                    student.device
+                )
         if settings.attention_weight > 0:
             matching.attention_map = [m - 1 for m in layer_map[1:]]
 
@@ -969,10 +950,9 @@ def distill(
         cache_state = "hit" if hit else "filled"
         log(f"Teacher outputs {'read from' if hit else 'stored in'} {path}.")
 
-    # The teacher on the validation data: its quality, and the logits every student is compared with.
+    # The teacher on the validation data (its quality), and how far the untrained student is from it.
     teacher_eval = evaluate(teacher_model, val, task, pad_id, label_names=label_names)
-    t_logits = teacher_eval["logits"]
-    before = evaluate(student, val, task, pad_id, teacher_logits=t_logits, label_names=label_names)
+    before = evaluate(student, val, task, pad_id, teacher=teacher_model, label_names=label_names)
     student.train()
 
     checkpoints = training.checkpoint_dir(output_dir)
@@ -994,7 +974,7 @@ def distill(
     )
     train_seconds = time.perf_counter() - started
     history = list(trainer.history)
-    student_eval = evaluate(student, val, task, pad_id, teacher_logits=t_logits, label_names=label_names)
+    student_eval = evaluate(student, val, task, pad_id, teacher=teacher_model, label_names=label_names)
 
     baseline_model, baseline_eval = None, None
     if initial_student is not None:
@@ -1016,13 +996,9 @@ def distill(
             label="baseline",
         )
         baseline_model = initial_student
-        baseline_eval = evaluate(
-            baseline_model, val, task, pad_id, teacher_logits=t_logits, label_names=label_names
-        )
+        baseline_eval = evaluate(baseline_model, val, task, pad_id, teacher=teacher_model, label_names=label_names)
 
-    def report(
-        role: str, name: str, model: Any, folder: Path, ev: dict[str, Any], speed: tuple
-    ) -> ModelReport:
+    def report(role: str, name: str, model: Any, folder: Path, ev: dict[str, Any], speed: tuple) -> ModelReport:
         return ModelReport(
             role=role,
             model=name,

@@ -101,9 +101,7 @@ def test_distill_trains_a_student_closer_to_its_teacher(distilled: tuple[dict, P
     assert all(m["latency_ms"] > 0 and m["throughput"] > 0 for m in record["models"])
     assert all(0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1 for m in record["models"])
     assert teacher["kl_to_teacher"] == 0.0 and baseline["kl_to_teacher"] > 0
-    assert record["summary"]["accuracy_share"] == pytest.approx(
-        student["accuracy"] / teacher["accuracy"], abs=1e-3
-    )
+    assert record["summary"]["accuracy_share"] == pytest.approx(student["accuracy"] / teacher["accuracy"], abs=1e-3)
     assert record["summary"]["accuracy_gain_over_baseline"] == pytest.approx(
         student["accuracy"] - baseline["accuracy"], abs=1e-3
     )
@@ -159,11 +157,12 @@ def test_layer_dropped_student_loads_and_classifies(distilled: tuple[dict, Path]
     with torch.no_grad():
         logits = student.model(**batch).logits
     assert logits.shape == (2, 2) and torch.isfinite(logits).all()
+    result = CliRunner().invoke(app, ["classify", "--model", str(out), "--json", "--device", "cpu", "a wonderful film"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["label"] in ("negative", "positive")
 
 
-def test_cache_teacher_gives_the_same_result_and_is_reused(
-    teacher: Path, small_data: Path, tmp_path: Path
-) -> None:
+def test_cache_teacher_gives_the_same_result_and_is_reused(teacher: Path, small_data: Path, tmp_path: Path) -> None:
     common = [
         str(small_data),
         "--teacher",
@@ -281,9 +280,7 @@ def test_masked_lm_student_reports_perplexity(tiny_mlm: Path, tmp_path: Path) ->
     text = tmp_path / "corpus.txt"
     text.write_text(
         "\n".join(
-            f"the {w} was {v} today ."
-            for w in ("movie", "book", "song", "meal")
-            for v in ("good", "bad", "great")
+            f"the {w} was {v} today ." for w in ("movie", "book", "song", "meal") for v in ("good", "bad", "great")
         )
         + "\n"
     )
@@ -511,12 +508,8 @@ def test_ready_student_must_share_labels(teacher: Path, small_data: Path, tmp_pa
         (["--task", "masked-lm"], 2, "has no trained masked-lm head"),
     ],
 )
-def test_bad_settings_fail_with_one_line(
-    teacher: Path, small_data: Path, tmp_path: Path, args, code, message
-):
-    result = _invoke(
-        [str(small_data), "--teacher", str(teacher), "--output", str(tmp_path / "s"), *FAST, *args]
-    )
+def test_bad_settings_fail_with_one_line(teacher: Path, small_data: Path, tmp_path: Path, args, code, message):
+    result = _invoke([str(small_data), "--teacher", str(teacher), "--output", str(tmp_path / "s"), *FAST, *args])
     assert result.exit_code == code, result.output
     assert message in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "s").exists()
@@ -639,9 +632,7 @@ def test_hidden_matching_learns_a_projection_when_widths_differ(
     ]
     plain = _json(_invoke([*common, "--output", str(tmp_path / "a")]))
     matched = _json(_invoke([*common, "--output", str(tmp_path / "b"), "--hidden-weight", "1"]))
-    assert (
-        matched["models"][1]["parameters"] == plain["models"][1]["parameters"]
-    )  # the projection is not saved
+    assert matched["models"][1]["parameters"] == plain["models"][1]["parameters"]  # the projection is not saved
     assert matched["loss_history"][0] > plain["loss_history"][0]  # the hidden-state term is in the loss
 
 
@@ -657,17 +648,25 @@ def test_unlabeled_text_with_a_labelled_validation_file(teacher: Path, tmp_path:
     record = _json(_invoke([str(tmp_path / "unlabeled.txt"), "--validation-file", str(tmp_path / "dev.csv"),
                             "--teacher", str(teacher), "--alpha", "0", "--output", str(tmp_path / "s"),
                             "--max-steps", "1", "--json", *FAST]))  # fmt: skip
-    assert (
-        record["train_examples"] == 30 and record["validation_examples"] == 10
-    )  # the unknown label left out
+    assert record["train_examples"] == 30 and record["validation_examples"] == 10  # the unknown label left out
     assert all(m["accuracy"] is not None for m in record["models"])
 
 
 def test_training_labels_must_be_the_teachers(teacher: Path, tmp_path: Path) -> None:
-    (tmp_path / "odd.csv").write_text(
-        "text,label\na good film,positive\na bad film,negative\nso so,neutral\n"
-    )
-    result = _invoke(
-        [str(tmp_path / "odd.csv"), "--teacher", str(teacher), "--output", str(tmp_path / "s"), *FAST]
-    )
+    (tmp_path / "odd.csv").write_text("text,label\na good film,positive\na bad film,negative\nso so,neutral\n")
+    result = _invoke([str(tmp_path / "odd.csv"), "--teacher", str(teacher), "--output", str(tmp_path / "s"), *FAST])
     assert result.exit_code == 2 and "neutral are not among the teacher's labels" in result.stderr
+
+
+def test_text_and_rich_formats(teacher: Path, small_data: Path, tmp_path: Path) -> None:
+    common = [str(small_data), "--teacher", str(teacher), "--student-layers", "1", "--max-steps", "1", *FAST]
+    text = _invoke([*common, "--output", str(tmp_path / "t"), "--format", "text"])
+    assert text.exit_code == 0, text.output
+    rows = [line.split("\t") for line in text.stdout.splitlines()]
+    assert [r[0] for r in rows] == ["teacher", "student"] and [r[1] for r in rows] == ["2", "1"]
+    report = json.loads((tmp_path / "t" / "report.json").read_text())
+    assert float(rows[1][4]) == report["models"][1]["accuracy"]
+    rich = _invoke([*common, "--output", str(tmp_path / "r"), "--format", "rich"])
+    assert rich.exit_code == 0, rich.output
+    assert "Distillation report" in rich.stdout and "KL to teacher" in rich.stdout
+    assert "teacher layers [0] of 2" in rich.stdout
