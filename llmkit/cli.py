@@ -838,11 +838,6 @@ def finetune(
 from llmkit import distill as _distill  # noqa: E402  (pure-python module: defaults for --help, no torch)
 
 
-def _opt(kind: Any, *names: str, help: str) -> Any:
-    """A `kind | None` option defaulting to None, so a --config file can fill what the command line leaves."""
-    return Annotated[kind | None, typer.Option(*names, help=help)]
-
-
 @app.command(
     epilog="Examples:\n\n"
     "  llmkit distill reviews.csv --teacher ./sentiment --student-layers 3 --output ./small --baseline\n\n"
@@ -858,66 +853,36 @@ def distill(
             "or a .txt file with one text per line (language models)."
         ),
     ],
-    teacher: _opt(
-        str, "--teacher", help="The model to learn from (classification: a fine-tuned classifier, e.g. from "
-        "llmkit finetune)."
-    ) = None,
-    output: _opt(Path, "--output", "-o", help="Folder for the student and report.json.") = None,
-    student: _opt(str, "--student", help="A ready student with the teacher's tokenizer and labels.") = None,
-    student_layers: _opt(
-        int, "--student-layers", help="Build the student from the teacher: keep N of its layers (every "
-        "k-th) (default: half)."
-    ) = None,
-    task: _opt(
-        str, "--task", help="auto|classification|causal-lm|masked-lm (auto: from the teacher)."
-    ) = None,
-    alpha: _opt(
-        float, "--alpha", help="Weight of the hard-label loss, 0..1; 0 distills from unlabeled text "
-        f"(default: {_distill.DEFAULT_ALPHA})."
-    ) = None,
-    temperature: _opt(
-        float, "--temperature", help="Temperature T of the soft loss T^2 KL(teacher_T || student_T) "
-        f"(default: {_distill.DEFAULT_TEMPERATURE})."
-    ) = None,
-    hidden_weight: _opt(
-        float, "--hidden-weight", help="Weight of the MSE between mapped hidden layers (a learned "
-        "projection when widths differ) (default: 0)."
-    ) = None,
-    attention_weight: _opt(
-        float, "--attention-weight", help="Weight of the MSE between mapped attention maps (default: 0)."
-    ) = None,
-    cache_teacher: _opt(
-        bool, "--cache-teacher/--no-cache-teacher", help="Keep the teacher's outputs on disk "
-        "($LLMKIT_HOME/teacher-cache): later epochs and reruns skip the teacher."
-    ) = None,
-    baseline: _opt(
-        bool, "--baseline/--no-baseline", help="Also train the same student without the teacher, to show "
-        "what distillation adds."
-    ) = None,
-    epochs: _opt(
-        float, "--epochs", help=f"Passes over the data (default: {_tr.DEFAULT_EPOCHS:g})."
-    ) = None,
-    max_steps: _opt(int, "--max-steps", help="Stop after N optimizer steps (overrides --epochs).") = None,
-    learning_rate: _opt(
-        float, "--learning-rate", "--lr",
-        help=f"Peak learning rate (default: {_tr.DEFAULT_LEARNING_RATE:g}).",
-    ) = None,
-    batch_size: _opt(
-        int, "--batch-size", "-b", help=f"Examples per step (default: {_tr.DEFAULT_BATCH_SIZE})."
-    ) = None,
-    max_length: _opt(
-        int, "--max-length", help=f"Tokens per example, longer cut (default: {_tr.DEFAULT_MAX_LENGTH})."
-    ) = None,
-    validation_file: _opt(
-        Path, "--validation-file", help="Held-out data for the report (default: a split of DATA)."
-    ) = None,
-    validation_split: _opt(
-        float, "--validation-split", help="Share of DATA held out without a validation file "
-        f"(default: {_tr.DEFAULT_VALIDATION_SPLIT:g})."
-    ) = None,
-    text_column: _opt(str, "--text-column", help="Column with the text (default: text).") = None,
-    label_column: _opt(str, "--label-column", help="Column with the label (default: label).") = None,
-    config: _opt(Path, "--config", help="TOML file with any of these settings (flags win).") = None,
+    teacher: Annotated[str | None, typer.Option( "--teacher", help="The model to learn from (classification: a fine-tuned classifier, e.g. from "
+        "llmkit finetune).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for the student and report.json.")] = None,
+    student: Annotated[str | None, typer.Option("--student", help="A ready student with the teacher's tokenizer and labels.")] = None,
+    student_layers: Annotated[int | None, typer.Option( "--student-layers", help="Build the student from the teacher: keep N of its layers (every "
+        "k-th) (default: half).")] = None,
+    task: Annotated[str | None, typer.Option( "--task", help="auto|classification|causal-lm|masked-lm (auto: from the teacher).")] = None,
+    alpha: Annotated[float | None, typer.Option( "--alpha", help="Weight of the hard-label loss, 0..1; 0 distills from unlabeled text "
+        f"(default: {_distill.DEFAULT_ALPHA}).")] = None,
+    temperature: Annotated[float | None, typer.Option( "--temperature", help="Temperature T of the soft loss T^2 KL(teacher_T || student_T) "
+        f"(default: {_distill.DEFAULT_TEMPERATURE}).")] = None,
+    hidden_weight: Annotated[float | None, typer.Option( "--hidden-weight", help="Weight of the MSE between mapped hidden layers (a learned "
+        "projection when widths differ) (default: 0).")] = None,
+    attention_weight: Annotated[float | None, typer.Option( "--attention-weight", help="Weight of the MSE between mapped attention maps (default: 0).")] = None,
+    cache_teacher: Annotated[bool | None, typer.Option( "--cache-teacher/--no-cache-teacher", help="Keep the teacher's outputs on disk "
+        "($LLMKIT_HOME/teacher-cache): later epochs and reruns skip the teacher.")] = None,
+    baseline: Annotated[bool | None, typer.Option( "--baseline/--no-baseline", help="Also train the same student without the teacher, to show "
+        "what distillation adds.")] = None,
+    epochs: Annotated[float | None, typer.Option( "--epochs", help=f"Passes over the data (default: {_tr.DEFAULT_EPOCHS:g}).")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimizer steps (overrides --epochs).")] = None,
+    learning_rate: Annotated[float | None, typer.Option( "--learning-rate", "--lr",
+        help=f"Peak learning rate (default: {_tr.DEFAULT_LEARNING_RATE:g}).",)] = None,
+    batch_size: Annotated[int | None, typer.Option( "--batch-size", "-b", help=f"Examples per step (default: {_tr.DEFAULT_BATCH_SIZE}).")] = None,
+    max_length: Annotated[int | None, typer.Option( "--max-length", help=f"Tokens per example, longer cut (default: {_tr.DEFAULT_MAX_LENGTH}).")] = None,
+    validation_file: Annotated[Path | None, typer.Option( "--validation-file", help="Held-out data for the report (default: a split of DATA).")] = None,
+    validation_split: Annotated[float | None, typer.Option( "--validation-split", help="Share of DATA held out without a validation file "
+        f"(default: {_tr.DEFAULT_VALIDATION_SPLIT:g}).")] = None,
+    text_column: Annotated[str | None, typer.Option("--text-column", help="Column with the text (default: text).")] = None,
+    label_column: Annotated[str | None, typer.Option("--label-column", help="Column with the label (default: label).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file with any of these settings (flags win).")] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run (OUTPUT.checkpoints).")
     ] = False,

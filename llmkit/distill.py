@@ -477,9 +477,10 @@ class TeacherOutputs:
         length = input_ids.shape[1]
         out: dict[str, Any] = {}
         for name in ("logits", "hidden", "attention"):
-            items = [self.cached.get(f"{name}.{int(i)}") for i in example_ids]
-            if items[0] is None:
+            found = [self.cached.get(f"{name}.{int(i)}") for i in example_ids]
+            if found[0] is None:
                 continue
+            items: list[Any] = found  # the cache holds every example's tensors or none of them
             if name == "logits" and self.task == "classification":
                 out[name] = torch.stack(items).to(device)
                 continue
@@ -519,7 +520,7 @@ def _make_trainer_class() -> Any:
     """The Trainer subclass, built on first use so that importing this module does not import transformers."""
     from llmkit import training
 
-    class DistillTrainer(training.trainer_class()):  # the shared Trainer (RNG-neutral evaluation)
+    class DistillTrainer(training.trainer_class()):  # type: ignore[misc]  # the shared, RNG-neutral Trainer
         """The shared Trainer with the distillation loss (or the plain hard loss for the baseline)."""
 
         # compute_loss returns a per-batch mean: let the Trainer divide it for gradient accumulation.
