@@ -119,6 +119,17 @@ def test_read_gguf_info(tiny_gguf: Path) -> None:
     assert (info.bos_token, info.eos_token, info.add_bos) == ("<|im_start|>", "<|im_end|>", False)
 
 
+def test_gguf_info_is_cached_per_file_version(tiny_gguf: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LLMKIT_HOME", str(tmp_path))
+    first = llama_engine.read_gguf_info(tiny_gguf)
+    (cached,) = (tmp_path / "gguf-info").glob("*.json")
+    cached.write_text(json.dumps(dict(json.loads(cached.read_text()), context_length=7)))
+    assert llama_engine.read_gguf_info(tiny_gguf).context_length == 7  # read from the cache, not the file
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(tiny_gguf.read_bytes())
+    assert llama_engine.read_gguf_info(copy) == first  # another file: its own entry
+
+
 def test_not_a_gguf_file_is_a_usage_error(tmp_path: Path) -> None:
     fake = tmp_path / "fake.gguf"
     fake.write_bytes(b"not a gguf at all")
