@@ -32,7 +32,8 @@ DEFAULT_GGUF_TYPE = "q8_0"
 # keeps it at higher precision in its 4/5-bit presets; Q8_0 is the best type gguf-py can encode for it.
 EMBEDDING_FLOOR = "Q8_0"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
-# llama.cpp picks its pre-tokenizer regex from tokenizer.ggml.pre; "smollm" and "gpt2" are names it knows.
+# llama.cpp picks its pre-tokenizer regex from tokenizer.ggml.pre; "smollm" and "gpt-2" are names it knows
+# (it refuses "gpt2", the name of the tokenizer *model*).
 TOKEN_TYPE_NORMAL, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED, TOKEN_TYPE_UNUSED = 1, 3, 4, 5
 
 
@@ -103,7 +104,7 @@ def _tokenizer_metadata(tokenizer: Any, vocab_size: int) -> dict[str, Any]:
         "tokens": tokens,
         "types": types,
         "merges": merges,
-        "pre": "smollm" if '"Digits"' in pre else "gpt2",
+        "pre": "smollm" if '"Digits"' in pre else "gpt-2",
         "add_bos": bool(tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]),
         "chat_template": getattr(tokenizer, "chat_template", None),
     }

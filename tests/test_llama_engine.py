@@ -321,3 +321,19 @@ def test_bundled_model_answers_the_demo_question_with_llama_cpp() -> None:
     assert result.exit_code == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["engine"] == "llama-cpp" and "Paris" in record["text"] and record["finish_reason"] == "eos"
+
+
+def test_auto_falls_back_when_llama_cpp_refuses_the_file(tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not llama_engine.bindings_installed():
+        pytest.skip("llama.cpp bindings are not installed")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise llama_engine.EngineLoadError("llama.cpp could not load tiny-llama.gguf (unknown pre-tokenizer)")
+
+    monkeypatch.setattr(llama_engine, "_server", refuse)
+    auto = invoke(["generate", "-m", str(tiny_gguf), "-n", "3", "--json", "--raw", "hello"])
+    assert auto.exit_code == 0, auto.stderr
+    record = json.loads(auto.stdout)
+    assert record["engine"] == "transformers" and "llama.cpp could not load" in record["engine_reason"]
+    explicit = invoke(["generate", "--engine", "llama-cpp", "-m", str(tiny_gguf), "-n", "3", "hello"])
+    assert explicit.exit_code == 1 and explicit.stderr.startswith("Error: llama.cpp could not load")
