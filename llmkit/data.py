@@ -73,7 +73,8 @@ def _lines(stream: TextIO) -> Iterator[tuple[int, str]]:
         yield number, raw.rstrip("\r\n")
 
 
-def _jsonl(stream: TextIO, text_field: str, source: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
+def _json_objects(stream: TextIO, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank JSON line; a bad line is an error that names it."""
     for number, raw in _lines(stream):
         if not raw.strip():
             continue
@@ -82,7 +83,12 @@ def _jsonl(stream: TextIO, text_field: str, source: str) -> Iterator[tuple[int, 
         except json.JSONDecodeError as exc:
             raise DataError(f"{source}:{number}: not valid JSON ({exc.msg}); fix the line or use --input-format text") from None
         if not isinstance(obj, dict):
-            raise DataError(f"{source}:{number}: expected a JSON object with a {text_field!r} field")
+            raise DataError(f"{source}:{number}: expected a JSON object, one per line")
+        yield number, obj
+
+
+def _jsonl(stream: TextIO, text_field: str, source: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    for number, obj in _json_objects(stream, source):
         if text_field not in obj:
             present = ", ".join(sorted(obj)) or "none"
             raise DataError(f"{source}:{number}: no field {text_field!r} (fields: {present}); pick one with --field")
@@ -277,15 +283,7 @@ def read_table(
 
 def _jsonl_rows(stream: TextIO, source: str) -> Iterator[dict[str, Any]]:
     try:
-        for number, raw in _lines(stream):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{source}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{source}:{number}: expected a JSON object")
+        for _, obj in _json_objects(stream, source):
             yield obj
     finally:
         stream.close()
