@@ -37,10 +37,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check llmkit tests benchmarks
 	$(BIN)/mypy llmkit
 
+# Each script measures llmkit against its peer back to back in one run and prints a markdown table.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/generate.py
-	$(BIN)/python benchmarks/distill.py
+	$(BIN)/python benchmarks/generate_llama.py
 	$(BIN)/python benchmarks/classify.py
+	$(BIN)/python benchmarks/finetune.py
+	$(BIN)/python benchmarks/distill.py
+	$(BIN)/python benchmarks/quantize.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
