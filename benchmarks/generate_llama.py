@@ -26,17 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Prompts that make the model talk well past the token budget, so every row generates the same amount.
-PROMPTS = [
-    "Write a long, detailed essay about the history of Paris.",
-    "Explain in detail how a steam engine works, step by step.",
-    "Describe the water cycle in great detail for a school textbook.",
-    "Write a long story about a dragon who learns to bake bread.",
-    "Give a detailed guide to planting a vegetable garden.",
-    "Explain the causes and consequences of the French Revolution in detail.",
-    "Describe, in detail, a day in the life of a medieval blacksmith.",
-    "Write a detailed review of an imaginary science fiction film.",
-]
+from generate import PROMPTS  # noqa: E402  (the same prompts as the transformers benchmark beside it)
 
 DIRECT_LLAMA = """
 import json, sys, time

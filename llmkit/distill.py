@@ -630,12 +630,7 @@ def _train(
         callbacks=callbacks,
         kd={"task": task, "settings": settings, "matching": matching, "teacher": teacher},
     )
-    # The Trainer adds its own printer (dicts on stdout) and tqdm bar; stdout is data, and ours is on stderr.
-    from transformers.trainer_callback import PrinterCallback
-    from transformers.trainer_callback import ProgressCallback as HFProgress
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(HFProgress)
+    training.drop_default_printers(trainer)
     last = training.last_checkpoint(checkpoints.parent / checkpoints.name.removesuffix(training.CHECKPOINTS_SUFFIX))
     checkpoint = last if resume else None
     trainer.resumed_from_step = int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0

@@ -606,12 +606,7 @@ def finetune(
         compute_metrics=training.make_compute_metrics(task, len(label_map.names) if label_map else None),
         callbacks=callbacks,
     )
-    # The Trainer adds its own tqdm-based printer unless told otherwise; ours replaces it.
-    from transformers.trainer_callback import PrinterCallback
-    from transformers.trainer_callback import ProgressCallback as HFProgress
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(HFProgress)
+    training.drop_default_printers(trainer)
 
     checkpoint = training.last_checkpoint(output) if resume else None
     resumed_from = int(checkpoint.name.split("-")[-1]) if checkpoint else 0

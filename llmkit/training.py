@@ -809,6 +809,15 @@ def make_compute_metrics(
 _TRAINER_CLASS: Any = None
 
 
+def drop_default_printers(trainer: Any) -> None:
+    """Remove the Trainer's own printer (dicts on stdout) and tqdm bar: stdout is data; llmkit's progress is on stderr."""
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import ProgressCallback as HFProgress
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(HFProgress)
+
+
 def trainer_class() -> Any:
     """`transformers.Trainer` whose evaluations leave the random number generators as they found them.
 
