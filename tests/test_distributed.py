@@ -1,0 +1,308 @@
+"""llmkit.distributed: peers from the environment, the split, shard files, the merge, and failures.
+
+The protocol tests run the ranks as threads of this process (the protocol is files only); the tests marked
+as such start 2 real processes with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set, on the tiny classifier.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from llmkit import distributed as dist
+from llmkit.errors import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+# --- who the peers are -----------------------------------------------------------------------------------------
+
+
+def test_detect_without_a_launcher_is_one_process() -> None:
+    peers = dist.detect({})
+    assert (peers.rank, peers.world_size, peers.is_main, peers.distributed) == (0, 1, True, False)
+
+
+def test_detect_reads_torchrun_variables() -> None:
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    assert dist.detect(env) == dist.Peers(rank=3, world_size=4, local_rank=1, local_world_size=2)
+    assert not dist.detect(env).is_main and dist.detect(env).distributed
+
+
+def test_detect_reads_mpi_variables_as_accelerate_does() -> None:
+    peers = dist.detect({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2"})
+    assert (peers.rank, peers.world_size, peers.local_rank) == (1, 2, 1)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK=2 is outside 0..1"),
+        ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a whole number"),
+        ({"WORLD_SIZE": "0"}, "at least one process"),
+    ],
+)
+def test_detect_rejects_impossible_values(env: dict[str, str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        dist.detect(env)
+
+
+# --- the split ------------------------------------------------------------------------------------------------
+
+
+def _accelerate_split(total: int, rank: int, world: int) -> range:
+    """accelerate's `split_between_processes` index arithmetic (accelerate/state.py), written out."""
+    per, extras = divmod(total, world)
+    start = rank * per + min(rank, extras)
+    return range(start, start + per + (1 if rank < extras else 0))
+
+
+@pytest.mark.parametrize(("total", "world"), [(10, 3), (2, 4), (0, 2), (7, 7), (100, 8)])
+def test_contiguous_range_is_accelerates_split(total: int, world: int) -> None:
+    ranges = [dist.contiguous_range(total, r, world) for r in range(world)]
+    assert ranges == [_accelerate_split(total, r, world) for r in range(world)]
+    assert [i for r in ranges for i in r] == list(range(total))  # each index once, in order
+
+
+def test_contiguous_range_sizes_for_ten_over_three() -> None:
+    assert [len(dist.contiguous_range(10, r, 3)) for r in range(3)] == [4, 3, 3]
+
+
+def test_stream_shards_deal_blocks_round_robin_and_count_everything() -> None:
+    items = [f"x{i}" for i in range(11)]
+    got = []
+    for rank in range(3):
+        shard = dist.shard(iter(items), dist.Peers(rank=rank, world_size=3), block_size=2)
+        pairs = list(shard)
+        assert shard.seen == 11 and shard.finished  # every rank read the whole stream
+        got.append([i for i, _ in pairs])
+        assert all(items[i] == item for i, item in pairs)
+    assert got == [[0, 1, 6, 7], [2, 3, 8, 9], [4, 5, 10]]
+
+
+def test_shard_with_total_is_contiguous_and_still_counts() -> None:
+    shard = dist.shard(range(10), dist.Peers(rank=1, world_size=3), total=10)
+    assert [i for i, _ in shard] == [4, 5, 6]
+    assert shard.seen == 10
+
+
+def test_one_process_gets_everything() -> None:
+    assert [i for i, _ in dist.shard("abc", dist.Peers())] == [0, 1, 2]
+
+
+# --- shard files and the merge (ranks as threads) --------------------------------------------------------------
+
+
+def _rank_thread(run: dist.ShardedRun, items: list[str], *, block: int = 2, fail_at: int | None = None) -> threading.Thread:
+    def work() -> None:
+        try:
+            with run:
+                for n, (index, item) in enumerate(run.shard(items, block_size=block)):
+                    if fail_at is not None and n == fail_at:
+                        raise ValueError("bad row on purpose")
+                    run.write(index, {"text": item, "rank": run.rank})
+        except ValueError:
+            pass
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    return thread
+
+
+def _runs(tmp_path: Path, world: int = 2, timeout: float = 10) -> list[dist.ShardedRun]:
+    out = tmp_path / "out.jsonl"
+    return [dist.ShardedRun(dist.Peers(rank=r, world_size=world), output=out, timeout=timeout, key="t1")
+            for r in range(world)]
+
+
+def test_merge_gives_every_record_once_in_input_order(tmp_path: Path) -> None:
+    items = [f"row {i}" for i in range(9)]
+    main, *peers = _runs(tmp_path, world=3)
+    threads = [_rank_thread(run, items) for run in peers]
+    with main:
+        for index, item in main.shard(items, block_size=2):
+            main.write(index, {"text": item, "rank": 0})
+    merged = list(main.merged())
+    for thread in threads:
+        thread.join()
+    assert [r["text"] for r in merged] == items
+    assert [r["rank"] for r in merged] == [0, 0, 1, 1, 2, 2, 0, 0, 1]
+    assert not main.folder.exists()  # the shard folder is gone after the merge
+    assert main.folder.parent == tmp_path and main.folder.name.startswith(".out.jsonl.llmkit-shards-")
+
+
+def test_a_failed_peer_is_a_clear_error_on_the_main_rank(tmp_path: Path) -> None:
+    items = [f"row {i}" for i in range(8)]
+    main, peer = _runs(tmp_path)
+    thread = _rank_thread(peer, items, fail_at=1)
+    with main:
+        for index, item in main.shard(items, block_size=2):
+            main.write(index, item)
+    with pytest.raises(dist.PeerError, match=r"process 1 of 2 failed: ValueError: bad row on purpose"):
+        list(main.merged())
+    thread.join()
+    assert not main.folder.exists()
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_silent_peer_times_out_instead_of_hanging(tmp_path: Path) -> None:
+    main, peer = _runs(tmp_path, timeout=1.5)
+    peer.__enter__()
+    assert peer._heartbeat is not None
+    peer._heartbeat.stopped.set()  # as if the process had been killed: no marker, no more heartbeats
+    with main:
+        main.write(0, "a")
+    started = time.monotonic()
+    with pytest.raises(dist.PeerError, match="process 1 of 2 stopped responding"):
+        list(main.merged())
+    assert time.monotonic() - started < 10
+
+
+def test_a_peer_that_never_starts_times_out(tmp_path: Path) -> None:
+    main, _ = _runs(tmp_path, timeout=1.0)
+    with main:
+        main.write(0, "a")
+    with pytest.raises(dist.PeerError, match="process 1 of 2 never started"):
+        list(main.merged())
+
+
+def test_ranks_that_read_different_inputs_are_refused(tmp_path: Path) -> None:
+    main, peer = _runs(tmp_path)
+    thread = _rank_thread(peer, ["a", "b", "c", "d", "e", "f"])
+    with main:
+        for index, item in main.shard(["a", "b", "c", "d"], block_size=2):
+            main.write(index, item)
+    with pytest.raises(dist.PeerError, match="read different inputs"):
+        list(main.merged())
+    thread.join()
+
+
+def test_a_marker_from_an_earlier_launch_is_not_merged(tmp_path: Path) -> None:
+    main, peer = _runs(tmp_path, timeout=1.0)
+    main.folder.mkdir(parents=True)
+    # What a killed earlier launch with the same key could leave: rank 1's shard and done marker.
+    (main.folder / "rank-00001.jsonl").write_text(json.dumps({"i": 1, "r": "stale"}) + "\n")
+    (main.folder / "rank-00001.done").write_text(json.dumps({"nonce": "old", "rank": 1, "records": 1, "seen": 2}))
+    with main:
+        main.write(0, "fresh")
+    with pytest.raises(dist.PeerError, match="finished another launch"):
+        list(main.merged())
+
+
+def test_records_must_come_in_input_order(tmp_path: Path) -> None:
+    (run,) = _runs(tmp_path, world=1)
+    with pytest.raises(RuntimeError, match="input order"), run:
+        run.write(3, "a")
+        run.write(2, "b")
+
+
+def test_run_key_is_shared_by_a_launch_and_changes_with_it() -> None:
+    peers = dist.Peers(rank=0, world_size=2, local_world_size=2)
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "none"}
+    other_rank = dist.Peers(rank=1, world_size=2, local_rank=1, local_world_size=2)
+    assert dist.run_key(peers, env) == dist.run_key(other_rank, env)
+    assert dist.run_key(peers, env) != dist.run_key(peers, {**env, "MASTER_PORT": "29501"})
+    assert dist.run_key(peers, {**env, "LLMKIT_RUN_ID": "job/7"}) == "job_7"
+
+
+def test_stdout_shards_go_to_the_temp_folder_or_llmkit_shard_dir(tmp_path: Path, monkeypatch) -> None:
+    import tempfile
+
+    monkeypatch.delenv("LLMKIT_SHARD_DIR", raising=False)
+    assert dist.shard_dir(None, "k").parent == Path(tempfile.gettempdir())
+    monkeypatch.setenv("LLMKIT_SHARD_DIR", str(tmp_path))
+    assert dist.shard_dir(None, "k") == tmp_path / "llmkit-shards-k"
+
+
+def test_barrier_without_a_process_group_says_so() -> None:
+    assert dist.barrier(dist.Peers(rank=0, world_size=2), "x") is False
+    assert dist.barrier(dist.Peers(), "x") is False
+
+
+def test_importing_distributed_does_not_import_torch() -> None:
+    code = "import sys, llmkit.distributed; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env({}), check=True)
+    assert out.stdout.strip() == "False"
+
+
+# --- two real processes on the tiny classifier -----------------------------------------------------------------
+
+TEXTS = ["i loved it", "terrible movie , awful plot", "ok", "the food was good", "bad", "great fun",
+         "not for me", "would watch again", "boring"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LLMKIT_RUN_ID")}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def _launch(mode: str, model: Path, inputs: Path, out: Path, *, timeout_s: str = "60") -> list[subprocess.CompletedProcess]:
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = _env({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "LLMKIT_RUN_ID": f"test-{mode}-{port}",
+                    "LLMKIT_PEER_TIMEOUT": timeout_s, "LLMKIT_SHARD_DIR": str(out.parent / "shards")})
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), mode, str(model), str(inputs), str(out)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    return results
+
+
+def _one_process(model: Path) -> list[dict]:
+    from llmkit import output
+    from llmkit.classify import classify
+
+    return [json.loads(json.dumps(output.to_record(r))) for r in classify(TEXTS, model=str(model), all_scores=True)]
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(TEXTS) + "\n")
+    return path
+
+
+def test_two_processes_over_gloo_write_one_file_equal_to_one_process(
+    tiny_classifier: Path, inputs: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    rank0, rank1 = _launch("gloo", tiny_classifier, inputs, out)
+    assert rank0.returncode == 0 and rank1.returncode == 0, rank0.stderr[-2000:] + rank1.stderr[-2000:]
+    assert "wrote 9" in rank0.stderr and "wrote" not in rank1.stderr  # the main process alone writes
+    assert rank0.stdout == rank1.stdout == ""
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = _one_process(tiny_classifier)
+    assert [r["text"] for r in rows] == TEXTS  # each record once, in input order
+    assert [r["label"] for r in rows] == [e["label"] for e in expected]
+    assert [r["score"] for r in rows] == pytest.approx([e["score"] for e in expected], abs=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.jsonl", "shards"]
+    assert list((tmp_path / "shards").iterdir()) == []  # shard folder removed
+
+
+def test_a_crashing_rank_leaves_no_output_and_a_clear_error(tiny_classifier: Path, inputs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    rank0, rank1 = _launch("fail", tiny_classifier, inputs, out)
+    assert rank1.returncode == 1 and "boom on purpose" in rank1.stderr
+    assert rank0.returncode == 1
+    assert "Error: process 1 of 2 failed: RuntimeError: boom on purpose" in rank0.stderr
+    assert not out.exists()
+    assert list((tmp_path / "shards").iterdir()) == []
