@@ -38,7 +38,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -511,6 +512,55 @@ class ShardedRun:
         """(main rank) Remove the shard folder."""
         shutil.rmtree(self.folder, ignore_errors=True)
         self.closed = True
+
+
+def run_sharded(
+    items: Iterable[T],
+    work: Callable[[Iterator[T]], Iterable[Any]],
+    *,
+    peers: Peers | None = None,
+    output: Path | None = None,
+    total: int | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> Iterator[Any] | None:
+    """Run `work` on this rank's share of `items`; the main rank gets every rank's results in input order.
+
+    Args:
+        items: the whole input (every rank passes the same, in the same order).
+        work: takes an iterator of this rank's items and yields one result per item, in order (it may read
+            ahead). With several processes the results must be JSON values (they travel through files).
+        peers: default `detect()`.
+        output: the file the caller will write the merged results to (the shards go beside it); None: stdout.
+        total: the number of items if known (a contiguous share per rank), else round-robin blocks.
+        block_size: items per block when `total` is None.
+
+    Returns:
+        With one process, `work(items)` itself. With several: on the main rank an iterator of all results in
+        input order (the shard folder is removed when it is exhausted or closed); on the other ranks None
+        (they have nothing more to do).
+
+    Raises:
+        PeerError: another rank failed or vanished (main rank, while iterating).
+    """
+    peers = peers or detect()
+    if not peers.distributed:
+        return iter(work(iter(items)))
+    run = ShardedRun(peers, output=output)
+    with run:
+        positions: deque[int] = deque()
+
+        def mine() -> Iterator[T]:
+            for index, item in run.shard(items, total=total, block_size=block_size):
+                positions.append(index)
+                yield item
+
+        for result in work(mine()):
+            if not positions:
+                raise RuntimeError("work yielded more results than it was given items")
+            run.write(positions.popleft(), result)
+        if positions:
+            raise RuntimeError(f"work yielded no result for {len(positions)} of its items")
+    return run.merged() if peers.is_main else None
 
 
 # --- a barrier for code that holds a process group ------------------------------------------------------------

@@ -204,6 +204,45 @@ def test_records_must_come_in_input_order(tmp_path: Path) -> None:
         run.write(2, "b")
 
 
+def test_run_sharded_with_one_process_is_just_the_work() -> None:
+    result = dist.run_sharded(["a", "b"], lambda items: (x.upper() for x in items), peers=dist.Peers())
+    assert result is not None and list(result) == ["A", "B"]
+
+
+def test_run_sharded_merges_what_each_rank_worked_out(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LLMKIT_RUN_ID", "rs")
+    items = [f"item {i}" for i in range(7)]
+    work_seen: dict[int, list[str]] = {}
+
+    def worker(rank: int):
+        def work(mine):
+            seen = work_seen.setdefault(rank, [])
+            for item in mine:
+                seen.append(item)
+                yield {"upper": item.upper()}
+        return work
+
+    peer_result: list[object] = []
+    thread = threading.Thread(target=lambda: peer_result.append(dist.run_sharded(
+        items, worker(1), peers=dist.Peers(rank=1, world_size=2), output=tmp_path / "o.csv", block_size=3)))
+    thread.start()
+    merged = dist.run_sharded(items, worker(0), peers=dist.Peers(rank=0, world_size=2), output=tmp_path / "o.csv",
+                              block_size=3)
+    assert merged is not None
+    assert [r["upper"] for r in merged] == [i.upper() for i in items]
+    thread.join()
+    assert peer_result == [None]  # peers get nothing back: the main rank alone writes
+    assert work_seen == {0: items[0:3] + items[6:7], 1: items[3:6]}
+
+
+def test_run_sharded_refuses_work_that_drops_items(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LLMKIT_RUN_ID", "drop")
+    with pytest.raises(RuntimeError, match="no result for 1 of its items"):
+        dist.run_sharded(["a", "b", "c"], lambda items: [next(iter(items))], peers=dist.Peers(rank=0, world_size=2),
+                         output=tmp_path / "o.csv", block_size=1)  # rank 0 gets a and c, the work answers one
+    assert list(tmp_path.iterdir()) == []  # the main rank cleaned up its shard folder
+
+
 def test_run_key_is_shared_by_a_launch_and_changes_with_it() -> None:
     peers = dist.Peers(rank=0, world_size=2, local_world_size=2)
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "none"}
