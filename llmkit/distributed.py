@@ -554,10 +554,13 @@ def run_sharded(
                 positions.append(index)
                 yield item
 
-        for result in work(mine()):
+        given = mine()
+        for result in work(given):
             if not positions:
                 raise RuntimeError("work yielded more results than it was given items")
             run.write(positions.popleft(), result)
+        for _ in given:  # what the work never asked for still counts (and must be read: see Shard.seen)
+            pass
         if positions:
             raise RuntimeError(f"work yielded no result for {len(positions)} of its items")
     return run.merged() if peers.is_main else None
