@@ -380,13 +380,6 @@ def merge_settings(flags: dict[str, Any], line: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-# --- writing ---------------------------------------------------------------------------------------------------
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:24]}"
-
-
 @dataclass(frozen=True)
 class Answer:
     """What one choice of a generation needs for the output: its text and why it ended.
@@ -400,6 +393,13 @@ class Answer:
     text: str
     finish_reason: str
     completion_tokens: int
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:24]}"
 
 
 def response_body(
@@ -489,3 +489,98 @@ def write_lines(outputs: Iterable[dict[str, Any]], stream: TextIO) -> int:
         stream.write(json.dumps(out, ensure_ascii=False) + "\n")
         count += 1
     return count
+
+
+# --- running ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the engine answered for one request: its choices and the prompt's token count."""
+
+    answers: tuple[Answer, ...]
+    prompt_tokens: int
+
+
+DEFAULT_GROUP_SIZE = 32  # requests handed to the engine at once (it batches within)
+
+
+def _group_key(request: BatchRequest, settings: dict[str, Any]) -> tuple[Any, ...]:
+    return (request.is_chat, json.dumps(settings, sort_keys=True, default=str))
+
+
+def answer_batch(
+    items: Iterable[BatchRequest | BatchLineError],
+    run: Callable[[list[BatchRequest], dict[str, Any]], Iterable[Reply]],
+    *,
+    flags: dict[str, Any],
+    check: Callable[[dict[str, Any]], str | None],
+    model: str,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    new_id: Callable[[str], str] = _new_id,
+) -> Iterator[dict[str, Any]]:
+    """One output object per input item, in input order, running the engine on groups of alike requests.
+
+    Consecutive requests of one kind (chat or completions) with the same merged settings go to `run` together,
+    so the engine can batch them; a request with its own `seed` runs alone, so its seed covers exactly its own
+    answer (and gives the same answer however the file is batched or sharded).
+
+    Args:
+        items: `read_batch` output.
+        run: the engine: (requests, merged settings) -> one `Reply` per request, in order. An `LlmkitError`
+            from it fails the group's requests one by one (each retried alone, so one bad request does not
+            take its neighbours down).
+        flags: the command's settings (GenerationSettings field values) that lines override.
+        check: merged settings -> None when usable, else the reason (e.g. `generate.build_settings`'s message).
+        model: the model name written into each response body.
+        group_size: most requests per `run` call.
+        new_id: id maker (tests pass a deterministic one).
+
+    Returns:
+        An iterator of output objects (`success_output` / `error_output`), one per item.
+    """
+    pending: list[tuple[BatchRequest, dict[str, Any]]] = []
+    created = int(time.time())
+
+    def flush() -> Iterator[dict[str, Any]]:
+        if not pending:
+            return
+        group = list(pending)
+        pending.clear()
+        settings = group[0][1]
+        requests = [request for request, _ in group]
+        try:
+            replies = list(run(requests, settings))
+        except LlmkitError as exc:
+            if len(requests) == 1:
+                yield error_output(requests[0].custom_id, "generation_failed", exc.message, new_id=new_id)
+                return
+            for request, alone in group:
+                pending.append((request, alone))
+                yield from flush()
+            return
+        if len(replies) != len(requests):
+            raise RuntimeError(f"the engine answered {len(replies)} of {len(requests)} requests")
+        for request, reply in zip(requests, replies, strict=True):
+            body = response_body(request, reply.answers, prompt_tokens=reply.prompt_tokens, model=model,
+                                 created=created, new_id=new_id)
+            yield success_output(request.custom_id, body, new_id=new_id)
+
+    for item in items:
+        if isinstance(item, BatchLineError):
+            yield from flush()
+            yield line_error_output(item, new_id=new_id)
+            continue
+        settings = merge_settings(flags, item.settings)
+        problem = check(settings)
+        if problem is not None:
+            yield from flush()
+            yield error_output(item.custom_id, "invalid_request", f"line {item.line}: {problem}", new_id=new_id)
+            continue
+        if pending and (_group_key(pending[0][0], pending[0][1]) != _group_key(item, settings)
+                        or len(pending) >= group_size):
+            yield from flush()
+        pending.append((item, settings))
+        if "seed" in item.settings:
+            yield from flush()
+    yield from flush()

@@ -213,3 +213,93 @@ def test_write_lines_round_trips() -> None:
     outputs = [ob.error_output("a", "c", "m\u00e9")]
     assert ob.write_lines(outputs, buffer) == 1
     assert json.loads(buffer.getvalue()) == outputs[0]
+
+
+# --- running (a fake engine) ------------------------------------------------------------------------------------
+
+
+class FakeEngine:
+    """Answers each request with its prompt (or last message) reversed; records how it was called."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.calls: list[tuple[list[str], dict]] = []
+        self.fail_on = fail_on
+
+    def __call__(self, requests: list[ob.BatchRequest], settings: dict) -> list[ob.Reply]:
+        from llmkit.errors import DataError
+
+        texts = [r.prompt if r.prompt is not None else r.messages[-1]["content"] for r in requests]
+        self.calls.append((texts, settings))
+        if self.fail_on in texts:
+            raise DataError(f"input too long: {self.fail_on!r}")
+        n = settings.get("num_return_sequences", 1)
+        return [ob.Reply(tuple(ob.Answer(t[::-1], "eos", len(t)) for _ in range(n)), prompt_tokens=2 * len(t))
+                for t in texts]
+
+
+def _check(settings: dict) -> str | None:
+    if settings.get("num_return_sequences", 1) > 1 and not settings.get("do_sample"):
+        return "n > 1 needs sampling (a temperature above 0)"
+    return None
+
+
+def _answer(lines: list[str], engine: FakeEngine, **kwargs) -> list[dict]:
+    flags = {"max_new_tokens": 16, "do_sample": False}
+    return list(ob.answer_batch(ob.read_batch(lines), engine, flags=flags, check=_check, model="tiny",
+                                new_id=_ids(), **kwargs))
+
+
+def test_answer_batch_gives_one_output_per_line_in_order() -> None:
+    lines = [_line(custom_id="a", messages=[{"role": "user", "content": "abc"}]),
+             "{broken",
+             _line(ob.COMPLETIONS_URL, custom_id="c", prompt="xyz"),
+             _line(custom_id="d", url="/v1/embeddings", input="x"),
+             _line(custom_id="e", messages=[{"role": "user", "content": "hello"}])]
+    engine = FakeEngine()
+    outputs = _answer(lines, engine)
+    assert [o["custom_id"] for o in outputs] == ["a", None, "c", "d", "e"]
+    assert [o["error"]["code"] if o["error"] else None for o in outputs] == [
+        None, "invalid_json", None, "unsupported_url", None]
+    assert outputs[0]["response"]["body"]["choices"][0]["message"]["content"] == "cba"
+    assert outputs[2]["response"]["body"]["choices"][0]["text"] == "zyx"
+    assert outputs[4]["response"]["body"]["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    assert ob.failed_lines(outputs) == [1, 3]
+
+
+def test_alike_requests_run_together_and_line_settings_reach_the_engine() -> None:
+    lines = [_line(custom_id=str(i), messages=[{"role": "user", "content": f"q{i}"}]) for i in range(3)]
+    lines.append(_line(custom_id="hot", messages=[{"role": "user", "content": "q3"}], temperature=0.9, n=2))
+    lines.append(_line(custom_id="4", messages=[{"role": "user", "content": "q4"}]))
+    engine = FakeEngine()
+    outputs = _answer(lines, engine)
+    assert [texts for texts, _ in engine.calls] == [["q0", "q1", "q2"], ["q3"], ["q4"]]
+    assert engine.calls[1][1] == {"max_new_tokens": 16, "do_sample": True, "temperature": 0.9,
+                                  "num_return_sequences": 2}
+    assert engine.calls[0][1] == engine.calls[2][1] == {"max_new_tokens": 16, "do_sample": False}
+    assert len(outputs[3]["response"]["body"]["choices"]) == 2
+
+
+def test_seeded_lines_run_alone_and_groups_respect_their_size() -> None:
+    lines = [_line(custom_id=str(i), messages=[{"role": "user", "content": f"q{i}"}]) for i in range(5)]
+    lines[1] = _line(custom_id="1", messages=[{"role": "user", "content": "q1"}], seed=7, temperature=0.5)
+    engine = FakeEngine()
+    _answer(lines, engine, group_size=2)
+    assert [texts for texts, _ in engine.calls] == [["q0"], ["q1"], ["q2", "q3"], ["q4"]]
+
+
+def test_settings_the_check_refuses_fail_that_line_only() -> None:
+    lines = [_line(custom_id="ok"), _line(custom_id="greedy-n", n=3)]
+    outputs = _answer(lines, FakeEngine())
+    assert outputs[0]["error"] is None
+    assert outputs[1]["response"] is None
+    assert outputs[1]["error"] == {"code": "invalid_request",
+                                   "message": "line 2: n > 1 needs sampling (a temperature above 0)"}
+
+
+def test_an_engine_error_fails_only_the_request_that_caused_it() -> None:
+    lines = [_line(custom_id=c, messages=[{"role": "user", "content": c}]) for c in ("a", "bad", "c")]
+    engine = FakeEngine(fail_on="bad")
+    outputs = _answer(lines, engine)
+    assert [o["error"] is None for o in outputs] == [True, False, True]
+    assert outputs[1]["error"] == {"code": "generation_failed", "message": "input too long: 'bad'"}
+    assert [texts for texts, _ in engine.calls] == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
