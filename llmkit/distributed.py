@@ -566,6 +566,47 @@ def run_sharded(
     return run.merged() if peers.is_main else None
 
 
+# --- results through shard files ------------------------------------------------------------------------------
+
+
+def rebuild(kind: Any, value: Any) -> Any:
+    """A result dataclass back from `dataclasses.asdict` output that went through JSON (nested ones too).
+
+    Task results (`Classification`, `MaskPrediction`, `Generation`) are frozen dataclasses of plain values; a
+    peer writes `asdict(result)` to its shard and the main rank rebuilds the object, so it renders, evaluates
+    and warns exactly as it does for its own results.
+
+    Args:
+        kind: the type to build (a dataclass, `list[X]`, `X | None`, a plain type).
+        value: the JSON value.
+
+    Returns:
+        The rebuilt value.
+    """
+    import dataclasses
+    import types
+    import typing
+
+    if value is None:
+        return None
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        arms = [arm for arm in typing.get_args(kind) if arm is not type(None)]
+        return rebuild(arms[0], value) if len(arms) == 1 else value
+    if origin in (list, tuple) and isinstance(value, list):
+        args = typing.get_args(kind)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return tuple(rebuild(arg, item) for arg, item in zip(args, value, strict=True))
+        item_kind = args[0] if args else Any
+        items = [rebuild(item_kind, item) for item in value]
+        return tuple(items) if origin is tuple else items
+    if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+        hints = typing.get_type_hints(kind)
+        names = {f.name for f in dataclasses.fields(kind)}
+        return kind(**{k: rebuild(hints.get(k, Any), v) for k, v in value.items() if k in names})  # type: ignore[operator]
+    return value
+
+
 # --- a barrier for code that holds a process group ------------------------------------------------------------
 
 

@@ -243,6 +243,31 @@ def test_run_sharded_refuses_work_that_drops_items(tmp_path: Path, monkeypatch) 
     assert list(tmp_path.iterdir()) == []  # the main rank cleaned up its shard folder
 
 
+def test_results_rebuild_from_their_json_exactly() -> None:
+    from dataclasses import asdict
+
+    from llmkit.classify import Classification, LabelScore
+    from llmkit.fill_mask import Fill, JointFill, MaskPrediction
+    from llmkit.generate import Candidate, Generation
+
+    examples = [
+        Classification(text="t", label="pos", score=0.75, scores=[LabelScore("pos", 0.75), LabelScore("neg", 0.25)],
+                       method="classifier", model="m", active=["pos"]),
+        Classification(text="", label=None, score=None, scores=[], method="nli", model="m", error="empty input"),
+        MaskPrediction(text="a [MASK]", method="masked-lm", model="m",
+                       masks=[[Fill("b", 0.5, "a b", 7), Fill("c", float("nan"), "a c")]],
+                       joint=[JointFill(["b"], 0.5, "a b")]),
+        Generation(prompt="p", text="x", finish_reason="eos", prompt_tokens=1, completion_tokens=1, seconds=0.5,
+                   tokens_per_second=2.0, model="m", candidates=[Candidate("x", -0.1, 1, "eos")],
+                   settings={"stop": ["."]}),
+    ]
+    for result in examples:
+        back = dist.rebuild(type(result), json.loads(json.dumps(asdict(result))))
+        assert type(back) is type(result)
+        assert json.dumps(asdict(back)) == json.dumps(asdict(result))  # NaN survives too
+    assert isinstance(dist.rebuild(Classification, json.loads(json.dumps(asdict(examples[0])))).scores[0], LabelScore)
+
+
 def test_run_key_is_shared_by_a_launch_and_changes_with_it() -> None:
     peers = dist.Peers(rank=0, world_size=2, local_world_size=2)
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "none"}
