@@ -607,6 +607,59 @@ def rebuild(kind: Any, value: Any) -> Any:
     return value
 
 
+def map_records(
+    records: Iterable[Any],
+    task: Callable[[Iterator[Any]], Iterable[Any]],
+    *,
+    record_type: type,
+    result_type: type,
+    peers: Peers | None = None,
+    output: Path | None = None,
+) -> Iterator[tuple[Any, Any]] | None:
+    """`(record, result)` pairs for a command: its own with one process, everyone's on the main rank with several.
+
+    Args:
+        records: the command's input records (dataclasses, e.g. `data.InputRecord`), the same on every rank.
+        task: takes an iterator of records and yields one result dataclass per record, in order (it may read
+            ahead, as the batching task functions do).
+        record_type / result_type: the dataclasses, to rebuild what peers wrote (see `rebuild`).
+        peers: default `detect()`.
+        output: the file the caller writes (shards go beside it); None for stdout.
+
+    Returns:
+        An iterator of `(record, result)` in input order; None on a rank other than the main one, which has
+        written its share and has nothing left to do.
+    """
+    import dataclasses
+
+    peers = peers or detect()
+
+    def pairs(mine: Iterator[Any]) -> Iterator[tuple[Any, Any]]:
+        taken: deque[Any] = deque()
+
+        def feed() -> Iterator[Any]:
+            for record in mine:
+                taken.append(record)
+                yield record
+
+        for result in task(feed()):
+            if not taken:
+                raise RuntimeError("the task yielded more results than it was given records")
+            yield taken.popleft(), result
+
+    if not peers.distributed:
+        return pairs(iter(records))
+
+    def work(mine: Iterator[Any]) -> Iterator[dict[str, Any]]:
+        for record, result in pairs(mine):
+            yield {"record": dataclasses.asdict(record), "result": dataclasses.asdict(result)}
+
+    merged = run_sharded(records, work, peers=peers, output=output)
+    if merged is None:
+        return None
+    return ((rebuild(record_type, item["record"]), rebuild(result_type, item["result"])) for item in merged)
+
+
 # --- a barrier for code that holds a process group ------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -266,6 +267,48 @@ def test_results_rebuild_from_their_json_exactly() -> None:
         assert type(back) is type(result)
         assert json.dumps(asdict(back)) == json.dumps(asdict(result))  # NaN survives too
     assert isinstance(dist.rebuild(Classification, json.loads(json.dumps(asdict(examples[0])))).scores[0], LabelScore)
+
+
+@dataclass(frozen=True)
+class _Rec:
+    text: str
+    index: int
+    fields: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Res:
+    upper: str
+    parts: list[str]
+
+
+def _task(records):
+    batch = list(records)  # reads everything first, as a batching task may
+    for record in batch:
+        yield _Res(record.text.upper(), record.text.split())
+
+
+def test_map_records_with_one_process_pairs_records_and_results() -> None:
+    records = [_Rec("a b", 0, {"id": 1}), _Rec("c", 1, {"id": 2})]
+    pairs = dist.map_records(records, _task, record_type=_Rec, result_type=_Res, peers=dist.Peers())
+    assert pairs is not None and list(pairs) == [(records[0], _Res("A B", ["a", "b"])), (records[1], _Res("C", ["c"]))]
+
+
+def test_map_records_over_two_ranks_rebuilds_everyones_pairs(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LLMKIT_RUN_ID", "mr")
+    records = [_Rec(f"w{i} x", i, {"id": i}) for i in range(130)]  # three blocks of 64: rank 0, 1, 0
+    peer: list[object] = []
+    thread = threading.Thread(target=lambda: peer.append(dist.map_records(
+        records, _task, record_type=_Rec, result_type=_Res, peers=dist.Peers(rank=1, world_size=2),
+        output=tmp_path / "o.jsonl")))
+    thread.start()
+    pairs = dist.map_records(records, _task, record_type=_Rec, result_type=_Res,
+                             peers=dist.Peers(rank=0, world_size=2), output=tmp_path / "o.jsonl")
+    assert pairs is not None
+    got = list(pairs)
+    thread.join()
+    assert peer == [None]
+    assert got == [(r, _Res(r.text.upper(), r.text.split())) for r in records]
 
 
 def test_run_key_is_shared_by_a_launch_and_changes_with_it() -> None:
