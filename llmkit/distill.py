@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import DataError, UsageError
+from llmkit.metrics import classification_report, perplexity, round_metric
 
-TASKS = ("auto", "classification", "causal-lm", "masked-lm")
-# llmkit task -> the loading.py task its models are loaded for
-LOAD_TASK = {"classification": "sequence-classification", "causal-lm": "causal-lm", "masked-lm": "masked-lm"}
+TASKS = ("auto", "classification", "causal-lm", "masked-lm")  # "auto": the teacher's head (tasks.head_of)
 
 DEFAULT_ALPHA = 0.5  # half hard labels, half teacher: DistilBERT-style balance; 0 for unlabeled text
 DEFAULT_TEMPERATURE = 2.0  # softens the teacher; 1-4 is the usual range
@@ -663,7 +662,6 @@ def evaluate(
     """
     import torch
 
-    from llmkit import training
     from llmkit.losses import IGNORE_INDEX, kl_to_teacher
 
     model.eval()
@@ -713,10 +711,10 @@ def evaluate(
         "perplexity": None,
     }
     if task == "classification" and gold:
-        report = training.classification_report(gold, predictions, list(label_names))
+        report = classification_report(gold, predictions, list(label_names))
         result["accuracy"], result["macro_f1"] = report["accuracy"], report["macro_f1"]
     elif task != "classification" and nll_count:
-        result["perplexity"] = training.perplexity(nll_sum / nll_count)
+        result["perplexity"] = perplexity(nll_sum / nll_count)
     return result
 
 
@@ -773,33 +771,31 @@ def weights_size(directory: Path) -> int:
 
 
 def detect_task(config: Any) -> str:
-    """classification | causal-lm | masked-lm, from the checkpoint's architecture name."""
-    names = " ".join(getattr(config, "architectures", None) or [])
-    if "ForSequenceClassification" in names:
-        return "classification"
-    if "ForCausalLM" in names:
-        return "causal-lm"
-    if "ForMaskedLM" in names or "ForPreTraining" in names:
-        return "masked-lm"
-    raise UsageError(
-        f"cannot tell the task of the teacher ({names or 'no architecture in config.json'}); "
-        "pass --task classification|causal-lm|masked-lm"
-    )
+    """classification | causal-lm | masked-lm: the training task of the teacher's head (`tasks.head_of`).
 
+    Raises:
+        UsageError: a teacher without a head distill can learn from (base encoders, seq2seq models).
+    """
+    from llmkit.tasks import head_of, training_task
 
-# A teacher must have been trained for the task: a head that from_pretrained invents is random noise.
-_HEADS = {
-    "classification": ("ForSequenceClassification",),
-    "causal-lm": ("ForCausalLM",),
-    "masked-lm": ("ForMaskedLM", "ForPreTraining"),
-}
+    head = head_of(config)
+    task = training_task(head)
+    if task is None:
+        names = ", ".join(getattr(config, "architectures", None) or []) or "no architecture in config.json"
+        raise UsageError(
+            f"cannot tell the task of the teacher ({names}: {head}); pass --task classification|causal-lm|masked-lm"
+        )
+    return task
 
 
 def _check_teacher_head(spec: str, config: Any, task: str) -> None:
-    names = config.architectures or []
-    if any(head in name for name in names for head in _HEADS[task]):
+    """A teacher must have been trained for the task: a head that from_pretrained invents is random noise."""
+    from llmkit.tasks import head_of, load_task
+
+    head = head_of(config)
+    if head == load_task(task):
         return
-    what = ", ".join(names) or "no head recorded in config.json"
+    what = ", ".join(config.architectures or []) or "no head recorded in config.json"
     fix = "fine-tune it first with llmkit finetune" if task == "classification" else "pick a teacher made for it"
     raise UsageError(f"{spec} ({what}) has no trained {task} head to learn from; {fix}")
 
@@ -845,6 +841,7 @@ def distill(
     from llmkit.loading import load, read_config, set_seed
     from llmkit.losses import hidden_layer_map
     from llmkit.student import check_compatible, drop_layers, parameter_count
+    from llmkit.tasks import load_task
 
     settings = (settings or DistillSettings()).validate()
     train_settings = (train_settings or training.TrainSettings()).validate()
@@ -855,7 +852,7 @@ def distill(
     model_kwargs = {"attn_implementation": "eager"} if settings.attention_weight > 0 else None  # sdpa: no maps
 
     set_seed(train_settings.seed)
-    teacher_lm = load(teacher, LOAD_TASK[task], device=device, dtype="float32", model_kwargs=model_kwargs)
+    teacher_lm = load(teacher, load_task(task), device=device, dtype="float32", model_kwargs=model_kwargs)
     teacher_model, tokenizer = teacher_lm.model, teacher_lm.tokenizer
     _check_teacher_head(teacher, teacher_model.config, task)
     if tokenizer.pad_token_id is None:
@@ -888,7 +885,7 @@ def distill(
     # The student.
     kept: list[int] | None = None
     if settings.student is not None:
-        student_lm = load(settings.student, LOAD_TASK[task], device=device, dtype="float32", model_kwargs=model_kwargs)
+        student_lm = load(settings.student, load_task(task), device=device, dtype="float32", model_kwargs=model_kwargs)
         student = student_lm.model
         check_compatible(teacher_model, tokenizer, student, student_lm.tokenizer, task)
         student_name = settings.student
@@ -1003,10 +1000,10 @@ def distill(
             size_bytes=weights_size(folder),
             latency_ms=round(speed[0], 3),
             throughput=round(speed[1], 2),
-            accuracy=_round(ev["accuracy"]),
-            macro_f1=_round(ev["macro_f1"]),
-            perplexity=_round(ev["perplexity"]),
-            kl_to_teacher=0.0 if role == "teacher" else _round(ev["kl_to_teacher"]),
+            accuracy=round_metric(ev["accuracy"]),
+            macro_f1=round_metric(ev["macro_f1"]),
+            perplexity=round_metric(ev["perplexity"]),
+            kl_to_teacher=0.0 if role == "teacher" else round_metric(ev["kl_to_teacher"]),
         )
 
     timed = [teacher_model, student] + ([baseline_model] if baseline_model is not None else [])
@@ -1051,8 +1048,8 @@ def distill(
             resumed_from_step=trainer.resumed_from_step,
             first_loss=round(history[0], 6) if history else float("nan"),
             last_loss=round(history[-1], 6) if history else float("nan"),
-            kl_before=_round(before["kl_to_teacher"]) or 0.0,
-            kl_after=_round(student_eval["kl_to_teacher"]) or 0.0,
+            kl_before=round_metric(before["kl_to_teacher"]) or 0.0,
+            kl_after=round_metric(student_eval["kl_to_teacher"]) or 0.0,
             train_seconds=round(train_seconds, 2),
             teacher_cache=cache_state,
             models=models,
@@ -1065,10 +1062,6 @@ def distill(
         training.write_report(staging, to_record(result))
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
     return result
-
-
-def _round(value: float | None, digits: int = 6) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 def summarize(models: list[ModelReport], task: str) -> dict[str, float | None]:

@@ -21,10 +21,12 @@ from typing import Any
 
 from llmkit import training
 from llmkit.errors import DataError, MissingDependencyError, UsageError
+from llmkit.metrics import perplexity, report_renderable, round_metric
+from llmkit.tasks import TRAINING_TASKS
 from llmkit.training import TrainSettings
 
 DEFAULT_MODEL = "minilm-l6"
-TASKS = ("classification", "regression", "causal-lm", "masked-lm")
+TASKS = TRAINING_TASKS  # one set of task names: llmkit.tasks
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_LABEL_COLUMN = "label"
 DEFAULT_PROMPT_COLUMN = "prompt"
@@ -157,13 +159,18 @@ class FinetuneResult:
 
 
 def _model_family(spec: str, revision: str | None, trust_remote_code: bool) -> str:
-    """'masked-lm' for encoders (BERT-like), 'causal-lm' for decoders, from the model's config."""
+    """The head of the model (`tasks.head_of`); base and seq2seq models count as their family's LM
+    ('masked-lm' for encoders such as BERT, 'causal-lm' otherwise), which is what finetune can train."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     from llmkit.loading import read_config
+    from llmkit.tasks import CAUSAL_LM, MASKED_LM, SEQUENCE_CLASSIFICATION, head_of
 
     config = read_config(spec, revision=revision, trust_remote_code=trust_remote_code)
-    return "masked-lm" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "causal-lm"
+    head = head_of(config)
+    if head in (CAUSAL_LM, MASKED_LM, SEQUENCE_CLASSIFICATION):
+        return head
+    return MASKED_LM if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else CAUSAL_LM
 
 
 def _looks_continuous(values: list[Any]) -> bool:
@@ -184,7 +191,8 @@ def infer_task(columns: list[str], cols: Columns, labels: list[Any] | None, mode
         columns: column names present in train.
         cols: the configured column names.
         labels: a sample of label values (None when there is no label column).
-        model_family: a callable returning "masked-lm" or "causal-lm" for text-only data (called lazily).
+        model_family: a callable returning the model's head for text-only data (called lazily):
+            "masked-lm" or "causal-lm", or "sequence-classification", which is refused (no label column).
 
     Returns:
         One of TASKS.
@@ -198,7 +206,15 @@ def infer_task(columns: list[str], cols: Columns, labels: list[Any] | None, mode
     if cols.prompt_column in columns and cols.completion_column in columns:
         return "causal-lm"
     if cols.text_column in columns:
-        return model_family()
+        family = model_family()
+        if family == "sequence-classification":
+            # Training a classifier's encoder as a masked LM on unlabelled rows is never what was meant.
+            raise UsageError(
+                f"the model is a classifier but the data has no label column {cols.label!r} "
+                f"(columns: {', '.join(columns)}); name it with --label-column, "
+                "or give --task masked-lm|causal-lm to train the language model"
+            )
+        return str(family)
     raise DataError(
         f"cannot tell the task from the columns ({', '.join(columns)}): name the text column with "
         "--text-column and the label column with --label-column, or give --task"
@@ -370,6 +386,7 @@ def _load_model(
     spec: str, task: str, labels: training.LabelMap | None, device: str, load_options: dict[str, Any]
 ) -> Any:
     from llmkit.loading import load
+    from llmkit.tasks import load_task
 
     kwargs: dict[str, Any] = {}
     if task == "classification":
@@ -383,10 +400,7 @@ def _load_model(
         )
     elif task == "regression":
         kwargs = dict(num_labels=1, problem_type="regression", ignore_mismatched_sizes=True)
-    loading_task = {"classification": "sequence-classification", "regression": "sequence-classification"}.get(
-        task, task
-    )
-    loaded = load(spec, loading_task, device=device, dtype="float32", model_kwargs=kwargs, **load_options)
+    loaded = load(spec, load_task(task), device=device, dtype="float32", model_kwargs=kwargs, **load_options)
     tokenizer = loaded.tokenizer
     if tokenizer.pad_token is None:  # decoder tokenizers often lack one; padding with EOS is the usual fix
         tokenizer.pad_token = tokenizer.eos_token
@@ -479,7 +493,7 @@ def finetune(
     if task is None:
         labels_sample = train_ds[columns.label][:1000] if columns.label in present else None
         if labels_sample is not None:
-            labels_sample = [v for v in labels_sample if not training._is_missing(v)]
+            labels_sample = [v for v in labels_sample if not training.is_missing(v)]
         task = infer_task(
             present, columns, labels_sample, lambda: _model_family(model, revision, trust_remote_code)
         )
@@ -638,7 +652,7 @@ def finetune(
                 k: v for k, v in trainer.evaluate().items() if not k.endswith(("_runtime", "per_second"))
             }
             if task in ("causal-lm", "masked-lm"):
-                metrics["eval_perplexity"] = training.perplexity(metrics.get("eval_loss"))
+                metrics["eval_perplexity"] = perplexity(metrics.get("eval_loss"))
 
     samples = train_output.metrics.get("train_samples_per_second", 0.0)
     losses = [float(r["loss"]) for r in progress.history if "loss" in r and r["loss"] is not None]
@@ -654,7 +668,7 @@ def finetune(
         train_seconds=round(seconds, 3),
         samples_per_second=round(float(samples), 3),
         train_loss=float(train_output.training_loss) if train_output.training_loss is not None else None,
-        metrics={k: training._round(v) for k, v in metrics.items()},
+        metrics={k: round_metric(v) for k, v in metrics.items()},
         trainable_parameters=trainable,
         total_parameters=total,
         losses=losses,
@@ -763,5 +777,5 @@ def renderable(plan_or_result: FinetunePlan | FinetuneResult) -> Any:
     parts: list[Any] = [table]
     validation = getattr(plan_or_result, "validation", None)
     if validation:
-        parts.append(training.report_renderable(validation))
+        parts.append(report_renderable(validation))
     return Group(*parts)

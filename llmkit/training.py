@@ -30,6 +30,13 @@ from typing import Any
 import tomllib
 
 from llmkit.errors import DataError, MissingDependencyError, NotFoundError, UsageError
+from llmkit.metrics import (  # noqa: F401  (re-exported: finetune/distill call them as training.X)
+    classification_report,
+    perplexity,
+    regression_metrics,
+    report_renderable,
+    round_metric,
+)
 
 # --- defaults (shown in --help) -----------------------------------------------------------------------------
 
@@ -417,7 +424,8 @@ def require_columns(dataset: Any, columns: list[str], where: str = "the data") -
             raise column_error(column, present, where)
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """True for None, NaN and blank strings: a cell with nothing in it."""
     if value is None:
         return True
     if isinstance(value, float) and math.isnan(value):
@@ -442,9 +450,9 @@ def clean_rows(dataset: Any, text_columns: list[str], label_column: str | None, 
     texts = [dataset[c] for c in text_columns]
     labels = dataset[label_column] if label_column else None
     for i in range(len(dataset)):
-        if any(_is_missing(column[i]) for column in texts):
+        if any(is_missing(column[i]) for column in texts):
             stats.skipped_empty_text += 1
-        elif labels is not None and _is_missing(labels[i]):
+        elif labels is not None and is_missing(labels[i]):
             stats.skipped_no_label += 1
         else:
             keep.append(i)
@@ -721,67 +729,6 @@ def build_training_args(
         raise UsageError(f"training settings rejected: {str(exc).strip().splitlines()[0]}") from None
 
 
-def perplexity(loss: float | None) -> float | None:
-    """exp(loss), capped so a diverged run reports inf rather than overflowing."""
-    if loss is None or not math.isfinite(loss):
-        return None
-    return math.exp(min(loss, 700.0))
-
-
-def classification_report(
-    labels: Any, predictions: Any, names: list[str] | tuple[str, ...]
-) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
-
-    Args:
-        labels, predictions: sequences of class ids (same length).
-        names: class names, index = id.
-
-    Returns:
-        {"accuracy", "macro_f1", "per_class": {name: {precision, recall, f1, support}},
-         "confusion_matrix": rows = true class, columns = predicted class, "labels": names}
-    """
-    import numpy as np
-
-    y = np.asarray(labels, dtype=np.int64)
-    p = np.asarray(predictions, dtype=np.int64)
-    k = len(names)
-    matrix = np.zeros((k, k), dtype=np.int64)
-    valid = (y >= 0) & (y < k) & (p >= 0) & (p < k)
-    np.add.at(matrix, (y[valid], p[valid]), 1)
-    per_class: dict[str, dict[str, float | int]] = {}
-    f1s = []
-    for i, name in enumerate(names):
-        tp = int(matrix[i, i])
-        predicted = int(matrix[:, i].sum())
-        actual = int(matrix[i, :].sum())
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[str(name)] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
-        f1s.append(f1)
-    total = int(matrix.sum())
-    return {
-        "accuracy": float(np.trace(matrix) / total) if total else 0.0,
-        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
-        "per_class": per_class,
-        "confusion_matrix": matrix.tolist(),
-        "labels": [str(n) for n in names],
-    }
-
-
-def regression_metrics(labels: Any, predictions: Any) -> dict[str, float]:
-    """Mean squared error, mean absolute error and Pearson r."""
-    import numpy as np
-
-    y = np.asarray(labels, dtype=np.float64).reshape(-1)
-    p = np.asarray(predictions, dtype=np.float64).reshape(-1)
-    out = {"mse": float(np.mean((y - p) ** 2)), "mae": float(np.mean(np.abs(y - p)))}
-    if len(y) > 1 and y.std() > 0 and p.std() > 0:
-        out["pearson"] = float(np.corrcoef(y, p)[0, 1])
-    return out
-
-
 def make_compute_metrics(
     task: str, num_labels: int | None = None
 ) -> Callable[[Any], dict[str, float]] | None:
@@ -979,8 +926,8 @@ class _ProgressMixin:
     ) -> None:
         if not state.is_world_process_zero or not logs:
             return
-        record = {"event": "log", "step": state.global_step, "epoch": _round(state.epoch)}
-        record.update({k: _round(v) for k, v in logs.items()})
+        record = {"event": "log", "step": state.global_step, "epoch": round_metric(state.epoch)}
+        record.update({k: round_metric(v) for k, v in logs.items()})
         if "loss" in logs:
             self.last_loss = float(logs["loss"])
             if self.progress is not None:
@@ -999,9 +946,9 @@ class _ProgressMixin:
             metrics["eval_perplexity"] = perplexity(metrics["eval_loss"])
         if not state.is_world_process_zero:
             return
-        record = {"event": "eval", "step": state.global_step, "epoch": _round(state.epoch)}
+        record = {"event": "eval", "step": state.global_step, "epoch": round_metric(state.epoch)}
         record.update(
-            {k: _round(v) for k, v in metrics.items() if not k.endswith(("_runtime", "per_second"))}
+            {k: round_metric(v) for k, v in metrics.items() if not k.endswith(("_runtime", "per_second"))}
         )
         self.evaluations.append(record)
         self._write(record)
@@ -1019,12 +966,6 @@ class _ProgressMixin:
             self.progress.update(self.task_id, completed=state.global_step)
             self.progress.stop()
             self.progress = None
-
-
-def _round(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 6) if math.isfinite(value) else None
-    return value
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
@@ -1153,32 +1094,3 @@ def _json_safe(value: Any) -> Any:
     if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
         return value.item()
     return value
-
-
-def report_renderable(report: dict[str, Any]) -> Any:
-    """Per-class precision/recall/F1 and the confusion matrix as rich tables (for stderr)."""
-    from rich.console import Group
-    from rich.table import Table
-
-    per_class = report.get("per_class") or {}
-    parts: list[Any] = []
-    table = Table(title="Validation report", title_justify="left")
-    for column in ("label", "precision", "recall", "f1", "support"):
-        table.add_column(column, justify="left" if column == "label" else "right")
-    for name, row in per_class.items():
-        table.add_row(
-            name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"])
-        )
-    table.caption = f"accuracy {report.get('accuracy', 0):.3f} · macro-F1 {report.get('macro_f1', 0):.3f}"
-    parts.append(table)
-    matrix = report.get("confusion_matrix")
-    if matrix:
-        labels = report.get("labels") or list(per_class)
-        cm = Table(title="Confusion matrix (rows: true, columns: predicted)", title_justify="left")
-        cm.add_column("")
-        for name in labels:
-            cm.add_column(str(name), justify="right")
-        for name, row in zip(labels, matrix, strict=False):
-            cm.add_row(str(name), *[str(v) for v in row])
-        parts.append(cm)
-    return Group(*parts)
