@@ -14,7 +14,6 @@ torch, transformers and datasets are imported inside functions so that importing
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -29,6 +28,8 @@ from typing import Any
 
 import tomllib
 
+from llmkit.data import TABLE_SUFFIXES, column_error, decoding_note, open_rows  # noqa: F401  (column_error: re-exported)
+from llmkit.data import require_columns as data_require_columns
 from llmkit.errors import DataError, MissingDependencyError, NotFoundError, UsageError
 from llmkit.metrics import (  # noqa: F401  (re-exported: finetune/distill call them as training.X)
     classification_report,
@@ -55,16 +56,6 @@ DEFAULT_VALIDATION_SPLIT = 0.1  # used when there is no validation file or split
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHECKPOINTS_SUFFIX = ".checkpoints"
 
-TABLE_SUFFIXES = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "json",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
 # Names of split files inside a data folder (train.csv, validation.jsonl, dev.tsv, test.parquet, ...).
 SPLIT_NAMES = {
     "train": ("train", "training"),
@@ -204,11 +195,9 @@ class DataStats:
             out.append(f"skipped {self.skipped_empty_text} row(s) with empty text")
         if self.skipped_no_label:
             out.append(f"skipped {self.skipped_no_label} row(s) with no label")
-        if self.replaced_bytes:
-            out.append(
-                f"replaced {self.replaced_bytes} undecodable byte sequence(s) with U+FFFD "
-                f"in {self.rows_with_replacements} row(s) (the file is not valid UTF-8)"
-            )
+        decoding = decoding_note(self.replaced_bytes, self.rows_with_replacements)
+        if decoding:
+            out.append(decoding)
         if self.unseen_validation_labels:
             out.append(
                 f"label(s) {', '.join(self.unseen_validation_labels)} appear only in validation "
@@ -248,28 +237,12 @@ def _quiet_datasets() -> None:
     datasets.logging.set_verbosity_error()
 
 
-def _decode(raw: bytes) -> tuple[str, int]:
-    """UTF-8 text (BOM dropped) and how many undecodable sequences became U+FFFD."""
-    text = raw.decode("utf-8", errors="replace")
-    bad = text.count("\ufffd") - raw.count("\ufffd".encode())
-    return text.removeprefix("\ufeff"), bad
-
-
-def _table_format(path: Path) -> str:
-    fmt = TABLE_SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        raise DataError(
-            f"{path}: unknown table type {path.suffix or '(no suffix)'!r}; "
-            "use .csv, .tsv, .jsonl, .json or .parquet"
-        )
-    return fmt
-
-
 def read_table(path: Path | str, stats: DataStats | None = None) -> Any:
-    """One table file -> `datasets.Dataset`. Text formats are decoded as UTF-8 with replacement (counted).
+    """One table file -> `datasets.Dataset`, read by the one row reader (`data.open_rows`): UTF-8 with the
+    BOM dropped and undecodable bytes replaced and counted in `stats`.
 
     Raises:
-        NotFoundError: no such file. DataError: unknown type or malformed content.
+        NotFoundError: no such file. DataError: unknown type, malformed content, no rows, mixed value types.
     """
     import datasets
 
@@ -277,59 +250,20 @@ def read_table(path: Path | str, stats: DataStats | None = None) -> Any:
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"data file not found: {path}")
-    fmt = _table_format(path)
+    fmt = TABLE_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"{path}: unknown table type {path.suffix or '(no suffix)'!r}; "
+            "use .csv, .tsv, .jsonl, .json or .parquet"
+        )
     stats = stats if stats is not None else DataStats()
-    if fmt == "parquet":
-        try:
-            return datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
-        except Exception as exc:  # pyarrow raises several types for a damaged file
-            raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-    text, bad = _decode(path.read_bytes())
-    stats.replaced_bytes += bad
-    if fmt in ("csv", "tsv"):
-        import pandas as pd
-
-        try:
-            # dtype=str keeps labels like "01" and ids as written; empty cells stay "" (not NaN).
-            frame = pd.read_csv(
-                io.StringIO(text), sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False
-            )
-        except Exception as exc:  # pandas' ParserError, EmptyDataError
-            raise DataError(
-                f"{path}: not a readable {fmt.upper()} file ({str(exc).splitlines()[0]})"
-            ) from None
-        rows: list[dict[str, Any]] = frame.to_dict("records")
-    elif fmt == "jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{path}:{number}: not valid JSON ({exc.msg}); fix or remove the line"
-                ) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object per line")
-            rows.append(obj)
-    else:
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list):
-            obj = next(iter(obj.values()))  # {"data": [...]}
-        if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
-            raise DataError(f"{path}: expected a JSON list of objects (or use .jsonl)")
-        rows = obj
+    read = open_rows(path, fmt)
+    rows = [row for _, row in read.rows]
+    stats.replaced_bytes += read.decoding.replaced
+    stats.rows_with_replacements += read.decoding.rows
     if not rows:
         raise DataError(f"{path}: no rows")
-    if bad:
-        stats.rows_with_replacements += sum(
-            any(isinstance(v, str) and "\ufffd" in v for v in r.values()) for r in rows
-        )
-    columns: list[str] = []
+    columns = list(read.columns)
     for r in rows:  # union of keys, in first-seen order (JSON rows may differ)
         columns.extend(k for k in r if k not in columns)
     data = {c: [r.get(c) for r in rows] for c in columns}
@@ -408,20 +342,9 @@ def load_dataset_splits(source: Path | str, *, validation_file: Path | str | Non
     return Splits(tables["train"], tables.get("validation"), tables.get("test"), stats)
 
 
-def column_error(column: str, present: list[str], where: str = "the data") -> NotFoundError:
-    """The error for a missing column: it lists the columns that are there."""
-    return NotFoundError(
-        f"no column {column!r} in {where} (columns: {', '.join(present) or 'none'}); "
-        "pick the right one with --text-column/--label-column"
-    )
-
-
 def require_columns(dataset: Any, columns: list[str], where: str = "the data") -> None:
-    """Raise NotFoundError naming the columns present when one of `columns` is missing."""
-    present = list(dataset.column_names)
-    for column in columns:
-        if column not in present:
-            raise column_error(column, present, where)
+    """Raise `data.column_error` (naming the columns present) when one of `columns` is not in `dataset`."""
+    data_require_columns(dataset.column_names, columns, where)
 
 
 def is_missing(value: Any) -> bool:
