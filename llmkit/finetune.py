@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit import training
+from llmkit.data import column_error
 from llmkit.errors import DataError, MissingDependencyError, UsageError
 from llmkit.metrics import perplexity, report_renderable, round_metric
 from llmkit.tasks import TRAINING_TASKS
@@ -159,18 +160,11 @@ class FinetuneResult:
 
 
 def _model_family(spec: str, revision: str | None, trust_remote_code: bool) -> str:
-    """The head of the model (`tasks.head_of`); base and seq2seq models count as their family's LM
-    ('masked-lm' for encoders such as BERT, 'causal-lm' otherwise), which is what finetune can train."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
+    """What the model can be trained as, from its config (`tasks.family_of`)."""
     from llmkit.loading import read_config
-    from llmkit.tasks import CAUSAL_LM, MASKED_LM, SEQUENCE_CLASSIFICATION, head_of
+    from llmkit.tasks import family_of
 
-    config = read_config(spec, revision=revision, trust_remote_code=trust_remote_code)
-    head = head_of(config)
-    if head in (CAUSAL_LM, MASKED_LM, SEQUENCE_CLASSIFICATION):
-        return head
-    return MASKED_LM if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else CAUSAL_LM
+    return family_of(read_config(spec, revision=revision, trust_remote_code=trust_remote_code))
 
 
 def _looks_continuous(values: list[Any]) -> bool:
@@ -198,7 +192,7 @@ def infer_task(columns: list[str], cols: Columns, labels: list[Any] | None, mode
         One of TASKS.
     """
     if cols.label_column is not None and cols.label_column not in columns:
-        raise training.column_error(cols.label_column, columns)
+        raise column_error(cols.label_column, columns)
     if cols.label in columns and labels is not None:
         return "regression" if _looks_continuous(labels) else "classification"
     if cols.messages_column in columns:

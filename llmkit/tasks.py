@@ -110,6 +110,16 @@ def head_of(config: Any) -> str:
     return head_of_architectures(archs, getattr(config, "model_type", None), encoder_decoder)
 
 
+def family_of(config: Any) -> str:
+    """What finetune can train a checkpoint as: its head when it has one of causal-lm, masked-lm or
+    sequence-classification; otherwise (a base encoder, a seq2seq model) masked-lm when its model type has a
+    masked-LM class (BERT-like encoders), else causal-lm."""
+    head = head_of(config)
+    if head in (CAUSAL_LM, MASKED_LM, SEQUENCE_CLASSIFICATION):
+        return head
+    return MASKED_LM if getattr(config, "model_type", None) in _mappings()[MASKED_LM] else CAUSAL_LM
+
+
 def load_task(task: str) -> str:
     """The head to load for a training task (classification/regression -> sequence-classification).
 

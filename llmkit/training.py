@@ -4,8 +4,9 @@ Public pieces, each small and usable alone:
 - `TrainSettings` (+ `load_config`, `settings_from`): Trainer knobs; precedence CLI > TOML file > defaults.
 - `load_dataset_splits`, `clean_rows`, `prepare_labels`, `split_validation`: tables (CSV/TSV/JSON/JSONL/
   Parquet, a folder of split files, or a hub dataset id) to clean train/validation `datasets.Dataset`s, with
-  the counts of what was skipped or repaired in a `DataStats`.
-- `build_training_args`, `ProgressCallback`, `make_compute_metrics`, `classification_report`, `perplexity`.
+  the counts of what was skipped or repaired in a `DataStats`. Files are read by data.py's one row reader.
+- `build_training_args`, `ProgressCallback`, `make_compute_metrics`; the scores themselves
+  (`classification_report`, `perplexity`, ...) live in metrics.py and are re-exported here.
 - `check_output`, `checkpoint_dir`, `atomic_output`, `write_report`: a run that dies never leaves an output
   folder that looks finished; checkpoints live beside it (`OUTPUT.checkpoints`) until the final rename.
 

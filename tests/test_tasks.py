@@ -37,6 +37,12 @@ def test_head_of_reads_the_auto_mappings(config: SimpleNamespace, head: str) -> 
     assert tasks.head_of(config) == head
 
 
+def test_family_of_says_what_finetune_trains() -> None:
+    assert tasks.family_of(_config("BertModel", model_type="bert")) == "masked-lm"  # a base encoder
+    assert tasks.family_of(_config("GPT2Model", model_type="gpt2")) == "causal-lm"
+    assert tasks.family_of(_config("BertForSequenceClassification", model_type="bert")) == "sequence-classification"
+
+
 def test_training_tasks_and_load_tasks_are_one_vocabulary() -> None:
     assert [tasks.load_task(t) for t in tasks.TRAINING_TASKS] == [
         "sequence-classification", "sequence-classification", "causal-lm", "masked-lm"]
