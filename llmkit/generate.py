@@ -190,12 +190,42 @@ class Generation:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def format_prompt(tokenizer: Any, prompt: str, *, system: str | None, raw: bool) -> str:
-    """Apply the chat template (with the optional system message) unless `raw` or the model has none."""
-    template = getattr(tokenizer, "chat_template", None)
-    if raw or not template:
+def chat_messages(prompt: Any, *, system: str | None, raw: bool, has_template: bool) -> list[dict[str, str]] | None:
+    """The messages to render through the chat template, or None to send `prompt` as it is.
+
+    Args:
+        prompt: a prompt string, or a conversation: a sequence of {"role", "content"} messages (OpenAI batch
+            chat lines).
+        system: the --system message; prepended unless the conversation has its own.
+        raw: --raw (no template). A conversation cannot be sent raw.
+        has_template: whether the model has a chat template.
+
+    Raises:
+        UsageError: a conversation with --raw or for a model without a chat template.
+    """
+    if isinstance(prompt, str):
+        if raw or not has_template:
+            return None
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+    if raw or not has_template:
+        raise UsageError(
+            "chat messages need the model's chat template, and "
+            + ("--raw turns it off" if raw else "this model has none; send a plain prompt (/v1/completions)")
+        )
+    if system and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def format_prompt(tokenizer: Any, prompt: Any, *, system: str | None, raw: bool) -> str:
+    """Apply the chat template (with the optional system message) unless `raw` or the model has none.
+
+    `prompt` is a string, or a conversation (a sequence of {"role", "content"} messages; see `chat_messages`).
+    """
+    messages = chat_messages(prompt, system=system, raw=raw, has_template=bool(getattr(tokenizer, "chat_template", None)))
+    if messages is None:
         return prompt
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
@@ -366,7 +396,9 @@ def generate(
     # Templated prompts carry their own special tokens; raw prompts get the tokenizer's usual ones.
     add_special = raw or not getattr(tok, "chat_template", None) or encoder_decoder
 
-    def prepare(index: int, prompt: str) -> _Prepared:
+    def prepare(index: int, prompt: Any) -> _Prepared:
+        if encoder_decoder and not isinstance(prompt, str):
+            raise UsageError("encoder-decoder models take a plain prompt, not chat messages (/v1/completions lines)")
         text = prompt if encoder_decoder else format_prompt(tok, prompt, system=system, raw=raw)
         ids = tok(text, add_special_tokens=add_special)["input_ids"]
         if not ids:
