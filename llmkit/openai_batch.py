@@ -584,3 +584,96 @@ def answer_batch(
         if "seed" in item.settings:
             yield from flush()
     yield from flush()
+
+
+# Flag names in llmkit's settings messages -> the body fields a batch line uses for them.
+_BODY_NAMES = {
+    "--max-new-tokens": "max_tokens",
+    "--num-return-sequences": "n",
+    "--temperature": "temperature",
+    "--top-p": "top_p",
+    "--top-k": "top_k",
+    "--min-p": "min_p",
+    "--repetition-penalty": "repetition_penalty",
+}
+
+
+def check_settings(merged: dict[str, Any]) -> str | None:
+    """None when merged settings can run, else why not, in the batch line's own field names.
+
+    Args:
+        merged: `merge_settings` output (GenerationSettings field values).
+    """
+    from llmkit.generate import GenerationSettings, validate
+
+    try:
+        validate(GenerationSettings(**merged))
+    except LlmkitError as exc:
+        message = exc.message
+        for flag, name in _BODY_NAMES.items():
+            message = message.replace(flag, name)
+        if "n " in message and "beams" in message:
+            message = "n > 1 needs sampling: give the line a temperature above 0 (greedy decoding has one answer)"
+        return message
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
+def generate_runner(
+    *,
+    model: str,
+    engine: str = "auto",
+    system: str | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> Callable[[list[BatchRequest], dict[str, Any]], list[Reply]]:
+    """The engine for `answer_batch`: llmkit's `generate()` on a group of alike requests.
+
+    Chat lines go through the model's chat template (with `system` when the conversation has no system
+    message); completions lines are sent as they are, as OpenAI's /v1/completions does. The transformers model
+    is loaded once and reused by every group; llama.cpp keeps its own loaded model between calls.
+
+    Args:
+        model / engine / system / batch_size / device / dtype / revision / allow_pickle / trust_remote_code:
+            as for `generate.generate`.
+
+    Returns:
+        A callable (requests, merged settings) -> one `Reply` per request.
+    """
+    from llmkit import generate as gen
+    from llmkit import llama_engine
+
+    cache: dict[str, Any] = {}
+
+    def run(requests: list[BatchRequest], merged: dict[str, Any]) -> list[Reply]:
+        settings = gen.GenerationSettings(**merged)
+        chosen, _ = llama_engine.decide_engine(model, settings, device, requested=engine, dtype=dtype)
+        loaded = None
+        if chosen == "transformers":
+            if "lm" not in cache:
+                from llmkit import loading
+
+                cache["lm"] = loading.load(model, "text-generation", device=device, dtype=dtype, revision=revision,
+                                           allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                           low_precision=True)
+            loaded = cache["lm"]
+        chat = requests[0].is_chat
+        prompts: list[Any] = [list(r.messages) if chat else r.prompt for r in requests]
+        replies = []
+        for result in gen.generate(prompts, model=model, settings=settings, system=system if chat else None,
+                                   raw=not chat, batch_size=batch_size, device=device, dtype=dtype,
+                                   revision=revision, allow_pickle=allow_pickle,
+                                   trust_remote_code=trust_remote_code, loaded=loaded, engine=engine):
+            if result.candidates:
+                answers = tuple(Answer(c.text, c.finish_reason, c.completion_tokens) for c in result.candidates)
+            else:
+                answers = (Answer(result.text, result.finish_reason, result.completion_tokens),)
+            replies.append(Reply(answers=answers, prompt_tokens=result.prompt_tokens))
+        return replies
+
+    return run
