@@ -187,7 +187,11 @@ def generate(
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
     input_file: InputOpt = None,
-    input_format: InputFormatOpt = "auto",
+    input_format: Annotated[
+        str,
+        typer.Option("--input-format", help="auto|text|jsonl|csv|tsv|openai-batch (auto: by file suffix, else lines; a "
+                     ".jsonl file whose first line has custom_id, method, url and body is an OpenAI batch file)."),
+    ] = "auto",
     field: FieldOpt = "text",
     json_out: JsonOpt = False,
     fmt: FormatOpt = "auto",
@@ -199,8 +203,9 @@ def generate(
     length-grouped batches and print in input order; each JSON record has the text, finish reason
     (eos|length|stop), token counts and tokens/s.
     """
-    from llmkit import output
-    from llmkit.data import read_inputs
+    from llmkit import distributed, openai_batch, output
+    from llmkit.data import InputRecord, read_inputs
+    from llmkit.errors import UsageError
 
     settings = _gen.build_settings(
         preset,
@@ -221,37 +226,88 @@ def generate(
         seed=seed,
     )
     fmt = output.resolve_format(fmt, json_out)
+    peers = distributed.detect()
+    if input_format == "openai-batch" or (
+        input_format == "auto" and input_file is not None and openai_batch.sniff(input_file)
+    ):
+        if input_file is None:
+            raise UsageError("--input-format openai-batch needs --input FILE (a .jsonl batch file)")
+        _generate_batch(
+            input_file, settings, peers=peers, model=model or _gen.DEFAULT_MODEL, engine=engine, system=system,
+            batch_size=batch_size or _gen.DEFAULT_BATCH_SIZE, device=device, dtype=dtype, revision=revision,
+            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        )
+        return
     inputs = read_inputs(texts, input_file=input_file, input_format=input_format, text_field=field)
+    _check_shareable_input(peers, texts, input_file)
     # On a terminal, one prompt at a time so tokens can stream; in a pipe, batches.
     if batch_size is None:
-        batch_size = 1 if fmt == "rich" else _gen.DEFAULT_BATCH_SIZE
-
-    passthrough: dict[int, dict[str, Any]] = {}
-
-    def prompts() -> Any:
-        for record in inputs:
-            passthrough[record.index] = record.fields
-            yield record.text
+        batch_size = 1 if fmt == "rich" and not peers.distributed else _gen.DEFAULT_BATCH_SIZE
 
     streamer = output.GenerationStream() if fmt == "rich" else None
+
+    def task(mine: Any) -> Any:
+        return _gen.generate(
+            (record.text for record in mine),
+            model=model or _gen.DEFAULT_MODEL,
+            settings=settings,
+            system=system,
+            raw=raw,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+            # Several processes: the main one prints merged results, so nothing streams token by token.
+            on_text=streamer.delta if streamer and not peers.distributed else None,
+            engine=engine,
+        )
+
+    # With several processes (accelerate launch, torchrun) each runs its share; the main one prints all, in order.
+    pairs = distributed.map_records(inputs, task, record_type=InputRecord, result_type=_gen.Generation, peers=peers)
+    if pairs is None:
+        return
     emitter = output.Emitter(fmt, text=lambda g: g.text, rich=streamer.finish if streamer else None)
-    results = _gen.generate(
-        prompts(),
-        model=model or _gen.DEFAULT_MODEL,
-        settings=settings,
-        system=system,
-        raw=raw,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        revision=revision,
-        allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code,
-        on_text=streamer.delta if streamer else None,
-        engine=engine,
+    for record, result in pairs:
+        emitter.emit(result, record.fields)
+
+
+def _generate_batch(
+    input_file: Path, settings: Any, *, peers: Any, model: str, engine: str, system: str | None, batch_size: int,
+    device: str, dtype: str, revision: str | None, allow_pickle: bool, trust_remote_code: bool,
+) -> None:
+    """`generate` on an OpenAI batch file: one output object per request line, in order, on stdout.
+
+    The command's flags are each line's defaults; a line's own body settings win. Exit 6 when some lines
+    carry an error (the output is complete either way).
+    """
+    from dataclasses import asdict
+
+    from llmkit import distributed, openai_batch, output
+    from llmkit.data import open_text
+
+    runner = openai_batch.generate_runner(
+        model=model, engine=engine, system=system, batch_size=batch_size, device=device, dtype=dtype,
+        revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
     )
-    for index, result in enumerate(results):
-        emitter.emit(result, passthrough.pop(index, None))
+    flags = asdict(settings)
+
+    def work(mine: Any) -> Any:
+        return openai_batch.answer_batch(mine, runner, flags=flags, check=openai_batch.check_settings, model=model)
+
+    failed: list[int] = []
+    total = 0
+    with open_text(input_file) as stream:
+        merged = distributed.run_sharded(openai_batch.read_batch(stream), work, peers=peers)
+        if merged is None:
+            return
+        for index, line in enumerate(merged):
+            output.write_json(line)
+            total += 1
+            if line.get("error") is not None:
+                failed.append(index)
+    openai_batch.raise_if_failed(failed, total)
 
 
 # --- fill-mask --------------------------------------------------------------------------------------------------
@@ -264,6 +320,17 @@ TruncateOpt = Annotated[
     typer.Option("--truncate/--no-truncate", help="Cut inputs longer than the model's maximum (with one warning), "
                  "or stop with an error."),
 ]
+
+
+def _check_shareable_input(peers: Any, texts: list[str] | None, input_file: Path | None) -> None:
+    """Several processes all read the same input: stdin cannot be shared (one process would get it all)."""
+    from llmkit.errors import UsageError
+
+    if peers.distributed and input_file is None and (not texts or texts == ["-"]):
+        raise UsageError(
+            f"{peers.world_size} processes cannot share stdin; give the input as --input FILE (every process "
+            "reads it and runs its own share)"
+        )
 
 
 def _report_skipped(results: list[Any], what: str) -> None:
@@ -321,18 +388,14 @@ def fill_mask_command(
     "method" was used. --targets words that split into several tokens are scored whole (their mask is widened and
     filled left to right); --joint ranks fillings of several masks together.
     """
-    from llmkit import output
-    from llmkit.data import read_inputs
+    from llmkit import distributed, output
+    from llmkit.data import InputRecord, read_inputs
 
     fmt = output.resolve_format(fmt, json_out)
     target_words = _fm.parse_targets(targets) if targets is not None else None
     inputs = read_inputs(texts, input_file=input_file, input_format=input_format, text_field=field)
-    passthrough: dict[int, dict[str, Any]] = {}
-
-    def sentences() -> Any:
-        for record in inputs:
-            passthrough[record.index] = record.fields
-            yield record.text
+    peers = distributed.detect()
+    _check_shareable_input(peers, texts, input_file)
 
     def best(result: Any) -> str:
         if result.error:
@@ -341,11 +404,9 @@ def fill_mask_command(
             return result.joint[0].sequence
         return "\t".join(fills[0].sequence if fills else "" for fills in result.masks)
 
-    emitter = output.Emitter(fmt, text=best, rich=output.mask_view)
-    results = []
-    for index, result in enumerate(
-        _fm.fill_mask(
-            sentences(),
+    def task(mine: Any) -> Any:
+        return _fm.fill_mask(
+            (record.text for record in mine),
             model=model or _fm.DEFAULT_MODEL,
             top_k=top_k,
             targets=target_words,
@@ -358,8 +419,16 @@ def fill_mask_command(
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
-    ):
-        emitter.emit(result, passthrough.pop(index, None))
+
+    # With several processes (accelerate launch, torchrun) each runs its share; the main one prints all, in order.
+    pairs = distributed.map_records(inputs, task, record_type=InputRecord, result_type=_fm.MaskPrediction,
+                                    peers=peers)
+    if pairs is None:
+        return
+    emitter = output.Emitter(fmt, text=best, rich=output.mask_view)
+    results = []
+    for record, result in pairs:
+        emitter.emit(result, record.fields)
         results.append(result)
     _report_skipped(results, "answers")
 
@@ -443,8 +512,8 @@ def classify(
     from dataclasses import replace
     from itertools import chain
 
-    from llmkit import output
-    from llmkit.data import read_inputs, read_table, table_format
+    from llmkit import distributed, output
+    from llmkit.data import InputRecord, read_inputs, read_table, table_format
     from llmkit.errors import UsageError
 
     fmt = output.resolve_format(fmt, json_out)
@@ -465,47 +534,52 @@ def classify(
         records = read_inputs(texts, input_file=input_file, input_format=input_format, text_field=text_column)
         if required and input_file is None and texts and texts != ["-"]:
             raise UsageError("--pair-column/--label-column need table input (--input FILE); got text arguments")
-    fields: dict[int, dict[str, Any]] = {}
-    texts_seen: dict[int, str] = {}
+    peers = distributed.detect()
+    _check_shareable_input(peers, texts, input_file)
 
-    def items() -> Any:
-        for record in records:
-            fields[record.index] = record.fields
-            texts_seen[record.index] = record.text
-            if pair_column is not None and pair_column not in record.fields:
-                raise UsageError(f"input {record.index + 1}: no field {pair_column!r} for --pair-column")
-            second = record.fields.get(pair_column) if pair_column else pair
-            yield record.text, None if second is None else str(second)
+    def task(mine: Any) -> Any:
+        def items() -> Any:
+            for record in mine:
+                if pair_column is not None and pair_column not in record.fields:
+                    raise UsageError(f"input {record.index + 1}: no field {pair_column!r} for --pair-column")
+                second = record.fields.get(pair_column) if pair_column else pair
+                yield record.text, None if second is None else str(second)
 
-    results = _cls.classify(
-        items(),
-        model=model,
-        labels=label_list,
-        top_k=top_k,
-        # Evaluation maps label ids in the gold column to names, so it needs every label's name.
-        all_scores=all_scores or evaluate,
-        multi_label=multi_label,
-        min_score=min_score,
-        hypothesis_template=hypothesis_template,
-        batch_size=batch_size or _cls.DEFAULT_BATCH_SIZE,
-        truncate=truncate,
-        device=device,
-        dtype=dtype,
-        revision=revision,
-        allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code,
-    )
+        return _cls.classify(
+            items(),
+            model=model,
+            labels=label_list,
+            top_k=top_k,
+            # Evaluation maps label ids in the gold column to names, so it needs every label's name.
+            all_scores=all_scores or evaluate,
+            multi_label=multi_label,
+            min_score=min_score,
+            hypothesis_template=hypothesis_template,
+            batch_size=batch_size or _cls.DEFAULT_BATCH_SIZE,
+            truncate=truncate,
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+        )
+
+    # With several processes (accelerate launch, torchrun) each runs its share; the main one gets all, in order.
+    pairs = distributed.map_records(records, task, record_type=InputRecord, result_type=_cls.Classification,
+                                    peers=peers, output=output_file)
+    if pairs is None:
+        return
     seen: list[Any] = []
     gold: list[str] = []
     predicted: list[str] = []
     label_names: list[str] = []
 
-    def track(index: int, result: Any) -> Any:
+    def track(record: Any, result: Any) -> Any:
         seen.append(result)
         if not label_names and result.scores:
             label_names.extend(s.label for s in result.scores)
         if label_column is not None and result.label is not None:
-            value = _cls.gold_label(fields.get(index, {}).get(label_column), label_names or list(label_list or ()))
+            value = _cls.gold_label(record.fields.get(label_column), label_names or list(label_list or ()))
             if value is not None:
                 gold.append(value)
                 predicted.append(result.label)
@@ -514,13 +588,13 @@ def classify(
         return result
 
     if output_file is not None:
-        base_columns = columns or [text_column, *sorted({k for f in fields.values() for k in f})]
+        base_columns = columns or [text_column]
 
         def rows() -> Any:
-            for index, result in enumerate(results):
-                result = track(index, result)
-                row = dict(fields.pop(index, {}))
-                row[text_column] = texts_seen.pop(index, result.text)
+            for record, result in pairs:
+                result = track(record, result)
+                row = dict(record.fields)
+                row[text_column] = record.text
                 row.update(_prediction_columns(result, all_scores))
                 yield row
 
@@ -536,11 +610,10 @@ def classify(
             text=lambda r: "" if r.error else f"{r.label}\t{r.score:.4f}",
             rich=output.classification_view,
         )
-        for index, result in enumerate(results):
-            track(index, result)
+        for record, result in pairs:
+            track(record, result)
             if not evaluate:
-                emitter.emit(result, fields.pop(index, None))
-            texts_seen.pop(index, None)
+                emitter.emit(result, record.fields)
     _report_skipped(seen, "prediction")
     if evaluate:
         report = _cls.evaluate(gold, predicted, skipped=len(seen) - len(gold))
@@ -921,6 +994,8 @@ def distill(
         data, output, teacher_spec, settings, train_settings, validation=validation_file, device=device,
         overwrite=overwrite, resume=resume, progress=True, on_log=out.info,
     )
+    if result is None:
+        return  # under `accelerate launch`, the main process alone reports
     if fmt == "rich":
         out.stdout_console().print(_distill.render(result))
         return

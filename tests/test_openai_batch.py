@@ -303,3 +303,57 @@ def test_an_engine_error_fails_only_the_request_that_caused_it() -> None:
     assert [o["error"] is None for o in outputs] == [True, False, True]
     assert outputs[1]["error"] == {"code": "generation_failed", "message": "input too long: 'bad'"}
     assert [texts for texts, _ in engine.calls] == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
+
+
+# --- `llmkit generate --input FILE` on a batch file (tiny model) -----------------------------------------------
+
+
+def _cli(args: list[str]) -> tuple[int, list[dict], str]:
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    result = CliRunner().invoke(app, ["generate", *args])
+    return result.exit_code, [json.loads(x) for x in result.stdout.splitlines() if x.strip()], result.stderr
+
+
+def test_generate_answers_a_batch_file_like_single_prompts(tiny_causal_lm: Path, tmp_path: Path) -> None:
+    batch = tmp_path / "requests.jsonl"
+    batch.write_text("\n".join([
+        _line(custom_id="chat", messages=[{"role": "user", "content": "hello there"}], max_tokens=6, temperature=0),
+        _line(ob.COMPLETIONS_URL, custom_id="raw", prompt="hello there", max_tokens=4),
+        _line(custom_id="emb", url="/v1/embeddings", input="x"),
+        _line(custom_id="two", messages=[{"role": "user", "content": "hi"}], max_tokens=3, n=2, temperature=0.7,
+              seed=3),
+    ]) + "\n")
+    code, outputs, stderr = _cli(["-m", str(tiny_causal_lm), "--input", str(batch), "-n", "9"])
+    assert code == ob.EXIT_BATCH_LINES_FAILED, stderr
+    assert "1 of 4 batch requests failed (request 3)" in stderr
+    assert [o["custom_id"] for o in outputs] == ["chat", "raw", "emb", "two"]
+    chat, raw, emb, two = outputs
+    assert emb["response"] is None and emb["error"]["code"] == "unsupported_url"
+    body = chat["response"]["body"]
+    assert chat["response"]["status_code"] == 200 and body["object"] == "chat.completion"
+    assert body["usage"]["completion_tokens"] <= 6  # the line's max_tokens, not the flag's 9
+
+    # The same prompts one at a time through the ordinary command give the same text.
+    code, single, stderr = _cli(["-m", str(tiny_causal_lm), "-n", "6", "--json", "hello there"])
+    assert code == 0, stderr
+    assert body["choices"][0]["message"]["content"] == single[0]["text"]
+    assert body["usage"]["prompt_tokens"] == single[0]["prompt_tokens"]
+    code, single_raw, _ = _cli(["-m", str(tiny_causal_lm), "-n", "4", "--raw", "--json", "hello there"])
+    assert raw["response"]["body"]["object"] == "text_completion"
+    assert raw["response"]["body"]["choices"][0]["text"] == single_raw[0]["text"]
+    assert len(two["response"]["body"]["choices"]) == 2
+
+
+def test_openai_batch_format_can_be_forced_and_needs_a_file(tiny_causal_lm: Path, tmp_path: Path) -> None:
+    batch = tmp_path / "requests.txt"  # not .jsonl: no auto-detection
+    batch.write_text(_line(ob.COMPLETIONS_URL, prompt="hi", max_tokens=2) + "\n")
+    code, outputs, _ = _cli(["-m", str(tiny_causal_lm), "--input", str(batch), "--json"])
+    assert code == 0 and "custom_id" not in outputs[0]  # read as a plain prompt line
+    code, outputs, stderr = _cli(["-m", str(tiny_causal_lm), "--input", str(batch), "--input-format", "openai-batch"])
+    assert code == 0, stderr
+    assert outputs[0]["custom_id"] == "q1" and outputs[0]["error"] is None
+    code, _, stderr = _cli(["-m", str(tiny_causal_lm), "--input-format", "openai-batch", "hi"])
+    assert code == 2 and "needs --input FILE" in stderr
