@@ -50,8 +50,8 @@ class _Boundary(TyperGroup):
             if debug:
                 traceback.print_exc()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            stderr_console().print(
-                f"[bold red]Error:[/bold red] {type(exc).__name__}: {first} "
+            stderr_console().print(  # escaped: library messages hold brackets ("[/__w/pytorch/.../pair.cc:553]")
+                f"[bold red]Error:[/bold red] {type(exc).__name__}: {escape(first)} "
                 "(set LLMKIT_DEBUG=1 for the traceback)",
                 highlight=False,
                 markup=True,

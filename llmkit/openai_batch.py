@@ -42,13 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from llmkit.errors import LlmkitError
+from llmkit.errors import EXIT_BATCH_LINES_FAILED, LlmkitError
 
 CHAT_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
 SUPPORTED_URLS = (CHAT_URL, COMPLETIONS_URL)
 REQUIRED_FIELDS = ("custom_id", "method", "url", "body")
-EXIT_BATCH_LINES_FAILED = 6  # the output is complete, but some lines carry an "error"
 
 # body field -> llmkit GenerationSettings field
 SETTING_FIELDS = {
