@@ -413,3 +413,73 @@ def test_a_crashing_rank_leaves_no_output_and_a_clear_error(tiny_classifier: Pat
     assert "Error: process 1 of 2 failed: RuntimeError: boom on purpose" in rank0.stderr
     assert not out.exists()
     assert list((tmp_path / "shards").iterdir()) == []
+
+
+# --- the commands under the real launchers ----------------------------------------------------------------------
+
+BIN = Path(sys.executable).parent
+
+
+def _launcher_env() -> dict[str, str]:
+    return _env({"LLMKIT_PEER_TIMEOUT": "120"})
+
+
+def test_classify_under_accelerate_launch_writes_one_table_equal_to_one_process(
+    tiny_classifier: Path, tmp_path: Path
+) -> None:
+    import csv
+
+    from helpers import invoke
+
+    table = tmp_path / "in.csv"
+    with open(table, "w", newline="") as handle:
+        csv.writer(handle).writerows([["id", "review"], *[[i, t] for i, t in enumerate(TEXTS)]])
+    one = invoke(["classify", "-m", str(tiny_classifier), "-i", str(table), "--text-column", "review",
+                  "--all-scores", "-o", str(tmp_path / "one.csv")])
+    assert one.exit_code == 0, one.stderr
+    proc = subprocess.run(
+        [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+         "-m", "llmkit", "classify", "-m", str(tiny_classifier), "-i", str(table), "--text-column", "review",
+         "--all-scores", "-o", str(tmp_path / "two.csv")],
+        capture_output=True, text=True, env=_launcher_env(), timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("Wrote 9 rows") == 1  # the main process alone writes
+    one_rows = list(csv.reader(open(tmp_path / "one.csv", newline="")))
+    two_rows = list(csv.reader(open(tmp_path / "two.csv", newline="")))
+    assert len(two_rows) == len(TEXTS) + 1
+    assert [r[1] for r in two_rows[1:]] == TEXTS  # each row once, in input order
+    for a, b in zip(one_rows, two_rows, strict=True):
+        assert a[:3] == b[:3]  # id, review, prediction: row for row
+        if a[0] != "id":
+            assert [float(x) for x in a[3:] if x] == pytest.approx([float(x) for x in b[3:] if x], abs=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "one.csv", "two.csv"]  # no shard leftovers
+
+
+def test_generate_under_torchrun_prints_each_record_once_in_order(tiny_causal_lm: Path, tmp_path: Path) -> None:
+    from helpers import invoke, json_lines
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(TEXTS) + "\n")
+    args = ["generate", "-m", str(tiny_causal_lm), "-i", str(prompts), "-n", "4", "--json"]
+    one = invoke(args)
+    assert one.exit_code == 0, one.stderr
+    proc = subprocess.run(
+        [str(BIN / "torchrun"), "--nproc_per_node", "2", "--standalone", "-m", "llmkit", *args],
+        capture_output=True, text=True, env=_launcher_env(), timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json_lines(proc.stdout)
+    assert [r["prompt"] for r in two] == TEXTS  # each record once, in input order
+    assert [r["text"] for r in two] == [r["text"] for r in json_lines(one.stdout)]
+
+
+def test_several_processes_refuse_stdin(tiny_classifier: Path, monkeypatch) -> None:
+    from helpers import invoke
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = invoke(["classify", "-m", str(tiny_classifier), "-"], input="i loved it\n")
+    assert result.exit_code == 2
+    assert "2 processes cannot share stdin; give the input as --input FILE" in result.stderr
