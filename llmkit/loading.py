@@ -276,7 +276,18 @@ def _go_offline_if_hub_unreachable(timeout: float = 3.0) -> None:
         pass
 
 
-def _converted_dir(gguf_path: Path) -> Path:
+def converted_dir(gguf_path: Path) -> Path:
+    """Where `convert_gguf` keeps (or will keep) the de-quantized copy of a GGUF file.
+
+    Keyed by the file's path, size and mtime and the transformers version, so a changed file or a new
+    transformers converts again.
+
+    Args:
+        gguf_path: an existing .gguf file.
+
+    Returns:
+        A folder under $LLMKIT_HOME/converted (it may not exist yet).
+    """
     import transformers
 
     stat = gguf_path.stat()
@@ -291,7 +302,7 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
     The folder is written under a temporary name and renamed into place, so a kill mid-write or two racing
     processes never leave a half-written cache.
     """
-    target = _converted_dir(gguf_path)
+    target = converted_dir(gguf_path)
     if (target / "config.json").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -438,7 +449,7 @@ def load(
         with _quiet_transformers():
             if quantized and quantized.get("method") == "dynamic-int8":
                 # torch.ao modules, which transformers cannot load itself
-                from llmkit.quantize import load_dynamic_int8
+                from llmkit.int8_format import load_dynamic_int8
 
                 model = load_dynamic_int8(auto_class, config, Path(location), quantized, device=device)
             else:

@@ -30,6 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import DataError, MissingDependencyError, QualityGateError, UsageError
+from llmkit.int8_format import (  # noqa: F401  (DYNAMIC_WEIGHTS re-exported: the format's file name)
+    DYNAMIC_WEIGHTS,
+    apply_dynamic_int8,
+    save_dynamic_int8,
+)
 
 METHODS = ("gguf", "int8-weight", "int4-weight", "dynamic-int8", "bnb-8bit", "bnb-4bit")
 TORCHAO_METHODS = ("int8-weight", "int4-weight")
@@ -47,10 +52,6 @@ SPEED_NEW_TOKENS = 32  # tokens generated for the tokens/s measurement (after a 
 SPEED_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 MASK_EVERY = 7  # masked LMs: every 7th token is masked for the masked-token perplexity (~15%, as in BERT)
 REPORT_NAME = "report.json"
-DYNAMIC_WEIGHTS = "model-dynamic-int8.safetensors"
-# Non-quantized matrices of a dynamic-int8 model (embeddings, kept heads) are stored in bfloat16: halves their
-# size on disk; they are widened to float32 when loaded. 1-D tensors (norms, biases) stay float32.
-DYNAMIC_KEPT_STORAGE = "bfloat16"
 
 # Built-in evaluation text: plain English prose, used when --eval-data is not given.
 SAMPLE_TEXT = (
@@ -135,7 +136,7 @@ class QuantizeReport:
     notes: list[str] = field(default_factory=list)
 
 
-# --- dynamic int8 (torch.ao): apply, save as safetensors, rebuild -------------------------------------------
+# --- which modules -------------------------------------------------------------------------------------------
 
 
 def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
@@ -162,115 +163,6 @@ def default_skip(model: Any, task: str) -> list[str]:
     ):  # the classifier is the last linear layer (classifier, score, out_proj)
         return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1:]
     return []
-
-
-def apply_dynamic_int8(model: Any, names: list[str]) -> None:
-    """Swap the named nn.Linear modules for torch.ao dynamic int8 ones, in place (per-channel scales)."""
-    import warnings
-
-    import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    with (
-        warnings.catch_warnings()
-    ):  # torch.ao's deprecation notices (it points to torchao, which is slower here)
-        warnings.simplefilter("ignore")
-        quantize_dynamic(
-            model, {n: per_channel_dynamic_qconfig for n in names}, dtype=torch.qint8, inplace=True
-        )
-
-
-def _dynamic_linear_cls() -> Any:
-    from torch.ao.nn.quantized.dynamic import Linear
-
-    return Linear
-
-
-def save_dynamic_int8(model: Any, folder: Path) -> None:
-    """Write a dynamic-int8 model's weights to `folder/DYNAMIC_WEIGHTS` (safetensors: no pickle).
-
-    Quantized linears become `<name>.qweight` (int8), `<name>.qscale`, `<name>.qzero` and `<name>.bias`;
-    every other tensor is stored once (tied copies are re-tied by the model class on load).
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    qlinear = _dynamic_linear_cls()
-    tensors: dict[str, Any] = {}
-    quantized: set[str] = set()
-    for name, module in model.named_modules():
-        if isinstance(module, qlinear):
-            weight = module.weight()
-            tensors[f"{name}.qweight"] = weight.int_repr().contiguous()
-            tensors[f"{name}.qscale"] = weight.q_per_channel_scales().float().contiguous()
-            tensors[f"{name}.qzero"] = weight.q_per_channel_zero_points().contiguous()
-            bias = module.bias()
-            if bias is not None:
-                tensors[f"{name}.bias"] = bias.detach().float().contiguous()
-            quantized.add(name)
-    seen: set[int] = set()
-    kept = getattr(torch, DYNAMIC_KEPT_STORAGE)
-    for key, value in model.state_dict().items():
-        if not isinstance(value, torch.Tensor) or value.is_quantized or key.rsplit(".", 1)[0] in quantized:
-            continue
-        if "_packed_params" in key or value.data_ptr() in seen:
-            continue
-        seen.add(value.data_ptr())
-        value = value.detach().cpu()
-        if value.is_floating_point() and value.dim() >= 2:
-            value = value.to(kept)
-        tensors[key] = value.contiguous()
-    save_file(tensors, str(folder / DYNAMIC_WEIGHTS), metadata={"format": "pt", "llmkit": "dynamic-int8"})
-
-
-def load_dynamic_int8(
-    auto_class: Any, config: Any, folder: Path, settings: dict[str, Any], *, device: str
-) -> Any:
-    """Rebuild a dynamic-int8 model saved by `save_dynamic_int8` (called by loading.load for such folders).
-
-    Raises:
-        UsageError: a device other than the CPU (torch.ao dynamic int8 kernels are CPU-only).
-        ModelNotFoundError: weights missing from the folder.
-    """
-    import torch
-    from safetensors.torch import load_file
-
-    from llmkit.errors import ModelNotFoundError
-
-    if device != "cpu":
-        raise UsageError("a dynamic-int8 model runs on the CPU only (torch.ao kernels); use --device cpu")
-    path = folder / DYNAMIC_WEIGHTS
-    if not path.is_file():
-        raise ModelNotFoundError(f"{folder} has no {DYNAMIC_WEIGHTS}; quantize the model again")
-    names = list(settings.get("quantized_modules", []))
-    state = load_file(str(path))
-    model = auto_class.from_config(config, dtype=torch.float32)
-    if (folder / "generation_config.json").is_file():
-        from transformers import GenerationConfig
-
-        model.generation_config = GenerationConfig.from_pretrained(str(folder))
-    plain = {
-        k: (v.float() if v.is_floating_point() else v)
-        for k, v in state.items()
-        if not k.endswith((".qweight", ".qscale", ".qzero")) and k.rsplit(".", 1)[0] not in names
-    }
-    missing, _ = model.load_state_dict(plain, strict=False)
-    model.tie_weights()
-    owned = {f"{n}.{p}" for n in names for p in ("weight", "bias")}
-    tied = set(
-        getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or []
-    )
-    lost = [k for k in missing if k not in owned and k not in tied]
-    if lost:
-        raise ModelNotFoundError(f"{folder}: weights missing for {lost[:3]}; quantize the model again")
-    apply_dynamic_int8(model, names)
-    for name in names:
-        module = model.get_submodule(name)
-        qweight = torch._make_per_channel_quantized_tensor(
-            state[f"{name}.qweight"], state[f"{name}.qscale"].double(), state[f"{name}.qzero"], 0
-        )
-        module.set_weight_bias(qweight, state.get(f"{name}.bias"))
-    return model
 
 
 # --- measuring ----------------------------------------------------------------------------------------------
@@ -673,7 +565,7 @@ def quantize(
 
         say("Measuring the quantized model...")
         if method == "gguf":
-            converted_cache = loading._converted_dir(tmp)
+            converted_cache = loading.converted_dir(tmp)
         after_lm = loading.load(
             str(tmp), task, device=device, dtype=dtype if method == "gguf" else "auto", **common
         )
@@ -716,7 +608,7 @@ def quantize(
         if converted_cache is not None and converted_cache.exists():
             # The .gguf keeps its mtime when renamed: hand its de-quantized cache to the final name, so the
             # first `generate --model OUT.gguf` does not convert it again.
-            final_cache = loading._converted_dir(output)
+            final_cache = loading.converted_dir(output)
             if not final_cache.exists():
                 os.replace(converted_cache, final_cache)
         return report
