@@ -458,16 +458,7 @@ def quantize(
 
     say = progress or (lambda message: None)
     output = Path(output)
-    _check_method(method, output, gguf_type, group_size, skip, device)
-    if max_drop is not None and max_drop < 0:
-        raise UsageError("--max-drop must be >= 0 (a percentage)")
-    if eval_labels is not None and eval_texts is not None and len(eval_labels) != len(eval_texts):
-        raise DataError("--eval-data: every example needs a label (or none of them)")
-    if method == "dynamic-int8":
-        if dtype not in ("auto", "float32"):
-            raise UsageError("--method dynamic-int8 computes in float32 (torch.ao kernels); drop --dtype")
-        device = "cpu"
-    group = group_size or DEFAULT_GROUP_SIZE
+    device = _check_args(method, output, gguf_type, group_size, skip, device, dtype, max_drop, eval_texts, eval_labels)
     task = loading.detect_task(model, revision=revision, trust_remote_code=trust_remote_code)
     if task == "seq2seq-lm":
         raise UsageError(
@@ -479,87 +470,27 @@ def quantize(
 
     say(f"Loading {model} ({task})...")
     original = loading.load(model, task, device=device, dtype=dtype, **common)
-    source = original.source
-    if source.kind == "gguf":
-        original_size: int | None = _disk_size(loading.convert_gguf(Path(source.location), progress=False))
-    elif source.kind == "dir":
-        original_size = _disk_size(Path(source.location))
-    else:
-        original_size = None
     skip_list = default_skip(original.model, task) if skip is None else list(skip)
     ev = _prepare_eval(original, task, eval_texts, eval_labels)
     say("Measuring the original...")
-    before, before_out = _measure(original, ev, original_size)
+    before, before_out = _measure(original, ev, _original_size(original.source))
 
     settings: dict[str, Any] = {"method": method, "compute_dtype": str(original.dtype).replace("torch.", "")}
     notes: list[str] = []
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if method == "gguf":
-        fd, name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".gguf", dir=output.parent)
-        os.close(fd)
-        tmp = Path(name)
-    else:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    tmp = _temporary_output(output, method)
     converted_cache: Path | None = None
     try:
         say(f"Quantizing ({method})...")
         if method == "gguf":
-            from llmkit.gguf_export import DEFAULT_GGUF_TYPE, write_gguf
-
-            if task != "causal-lm":
-                raise UsageError(
-                    "--method gguf writes causal LMs only; use --method dynamic-int8 or int8-weight"
-                )
-            settings["gguf_type"] = gguf_type or DEFAULT_GGUF_TYPE
-            write_gguf(
-                original.model,
-                original.tokenizer,
-                tmp,
-                gguf_type=settings["gguf_type"],
-                name=Path(model).stem,
-            )
+            _write_gguf(original, tmp, task=task, gguf_type=gguf_type, name=Path(model).stem, settings=settings)
             notes.append(
                 "speed measured by loading the .gguf back through transformers (de-quantized); "
                 "llama.cpp runs it natively"
             )
         else:
-            settings["skip"] = skip_list
-            names = linear_names(original.model, skip_list)
-            unmatched = [
-                p for p in skip_list if not any(_matches(n, [p]) for n, _ in original.model.named_modules())
-            ]
-            if unmatched:
-                raise UsageError(
-                    f"--skip {unmatched[0]!r} matches no module of this model (e.g. lm_head, down_proj)"
-                )
-            if method == "dynamic-int8":
-                apply_dynamic_int8(original.model, names)
-                settings["quantized_modules"] = names
-                original.model.config.save_pretrained(str(tmp))
-                if getattr(original.model, "generation_config", None) is not None:
-                    original.model.generation_config.save_pretrained(str(tmp))
-                save_dynamic_int8(original.model, tmp)
-            else:
-                if method == "int4-weight":
-                    settings["group_size"] = group
-                config = (
-                    _torchao_config(method, group, skip_list)
-                    if method in TORCHAO_METHODS
-                    else _bnb_config(method, skip_list)
-                )
-                quantized_lm = loading.load(
-                    model,
-                    task,
-                    device=device,
-                    dtype=dtype,
-                    model_kwargs={"quantization_config": config},
-                    **common,
-                )
-                quantized_lm.model.save_pretrained(str(tmp))
-                del quantized_lm
-            original.tokenizer.save_pretrained(str(tmp))
-            (tmp / loading.QUANTIZATION_SETTINGS).write_text(
-                json.dumps(settings, indent=2) + "\n", encoding="utf-8"
+            _write_quantized_folder(
+                original, tmp, model=model, task=task, method=method, group_size=group_size or DEFAULT_GROUP_SIZE,
+                skip_list=skip_list, device=device, dtype=dtype, common=common, settings=settings,
             )
         del original
 
@@ -570,50 +501,198 @@ def quantize(
             str(tmp), task, device=device, dtype=dtype if method == "gguf" else "auto", **common
         )
         after, after_out = _measure(after_lm, ev, _disk_size(tmp), reference=before_out)
-        agreement, kl = _agreement(before_out, after_out, task)
-        drop = quality_drop(before.quality, after.quality, before.quality_metric)
-        passed = max_drop is None or drop <= max_drop
-        report = QuantizeReport(
-            model=model,
-            method=method,
-            settings={k: v for k, v in settings.items() if k != "quantized_modules"},
-            output=str(output) if passed else None,
-            task=task,
-            original=before,
-            quantized=after,
-            size_ratio=round(after.size_bytes / before.size_bytes, 4)
-            if before.size_bytes and after.size_bytes
-            else None,
-            speedup=round(after.speed / before.speed, 3) if before.speed else 0.0,
-            quality_drop_percent=round(drop, 3),
-            top1_agreement=round(agreement, 4),
-            kl_divergence=round(kl, 5),
-            eval_tokens=int(ev.ids.shape[1]) if ev.ids is not None else len(ev.texts),
-            max_drop=max_drop,
-            passed=passed,
-            notes=notes,
+        report = _report(
+            model, method, output, task, settings, notes, ev, before, after,
+            _agreement(before_out, after_out, task), max_drop,
         )
-        if not passed:
+        if not report.passed:
             raise QualityGateError(
-                f"quality dropped {drop:.2f}% ({before.quality_metric} {before.quality:.4g} -> "
-                f"{after.quality:.4g}), "
+                f"quality dropped {quality_drop(before.quality, after.quality, before.quality_metric):.2f}% "
+                f"({before.quality_metric} "
+                f"{before.quality:.4g} -> {after.quality:.4g}), "
                 f"more than --max-drop {max_drop:g}; nothing was written. Try a gentler method "
                 "(e.g. --method "
                 "int8-weight, --gguf-type q8_0) or --skip more modules"
             )
-        report_path = output.parent / f"{output.stem}.report.json" if method == "gguf" else tmp / REPORT_NAME
-        report_path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, output)
-        _public(output)
-        if converted_cache is not None and converted_cache.exists():
-            # The .gguf keeps its mtime when renamed: hand its de-quantized cache to the final name, so the
-            # first `generate --model OUT.gguf` does not convert it again.
-            final_cache = loading.converted_dir(output)
-            if not final_cache.exists():
-                os.replace(converted_cache, final_cache)
+        _publish(report, tmp, output, method, converted_cache)
         return report
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         if converted_cache is not None and converted_cache.exists():  # the cache of the temporary name
             shutil.rmtree(converted_cache, ignore_errors=True)
+
+
+# --- the steps of quantize() --------------------------------------------------------------------------------
+
+
+def _check_args(
+    method: str,
+    output: Path,
+    gguf_type: str | None,
+    group_size: int | None,
+    skip: tuple[str, ...] | None,
+    device: str,
+    dtype: str,
+    max_drop: float | None,
+    eval_texts: list[str] | None,
+    eval_labels: list[str] | None,
+) -> str:
+    """Refuse impossible arguments before any model is loaded; return the device to run on."""
+    _check_method(method, output, gguf_type, group_size, skip, device)
+    if max_drop is not None and max_drop < 0:
+        raise UsageError("--max-drop must be >= 0 (a percentage)")
+    if eval_labels is not None and eval_texts is not None and len(eval_labels) != len(eval_texts):
+        raise DataError("--eval-data: every example needs a label (or none of them)")
+    if method == "dynamic-int8":
+        if dtype not in ("auto", "float32"):
+            raise UsageError("--method dynamic-int8 computes in float32 (torch.ao kernels); drop --dtype")
+        return "cpu"
+    return device
+
+
+def _original_size(source: Any) -> int | None:
+    """Size on disk of what llmkit loads for the original (a GGUF's de-quantized cache; None for hub ids)."""
+    from llmkit import loading
+
+    if source.kind == "gguf":
+        return _disk_size(loading.convert_gguf(Path(source.location), progress=False))
+    if source.kind == "dir":
+        return _disk_size(Path(source.location))
+    return None
+
+
+def _temporary_output(output: Path, method: str) -> Path:
+    """An empty temporary file (gguf) or folder beside `output`, renamed into place only when all went well."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if method == "gguf":
+        fd, name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".gguf", dir=output.parent)
+        os.close(fd)
+        return Path(name)
+    return Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+
+
+def _write_gguf(original: Any, tmp: Path, *, task: str, gguf_type: str | None, name: str,
+                settings: dict[str, Any]) -> None:
+    """--method gguf: write the original causal LM as a GGUF file (records the type in `settings`)."""
+    from llmkit.gguf_export import DEFAULT_GGUF_TYPE, write_gguf
+
+    if task != "causal-lm":
+        raise UsageError(
+            "--method gguf writes causal LMs only; use --method dynamic-int8 or int8-weight"
+        )
+    settings["gguf_type"] = gguf_type or DEFAULT_GGUF_TYPE
+    write_gguf(original.model, original.tokenizer, tmp, gguf_type=settings["gguf_type"], name=name)
+
+
+def _write_quantized_folder(
+    original: Any,
+    tmp: Path,
+    *,
+    model: str,
+    task: str,
+    method: str,
+    group_size: int,
+    skip_list: list[str],
+    device: str,
+    dtype: str,
+    common: dict[str, Any],
+    settings: dict[str, Any],
+) -> None:
+    """The folder methods: quantize (dynamic-int8 in place; torchao/bnb by loading again) and save to `tmp`.
+
+    dynamic-int8 converts `original.model` in place, so it cannot be measured afterwards.
+    """
+    from llmkit import loading
+
+    settings["skip"] = skip_list
+    names = linear_names(original.model, skip_list)
+    unmatched = [
+        p for p in skip_list if not any(_matches(n, [p]) for n, _ in original.model.named_modules())
+    ]
+    if unmatched:
+        raise UsageError(
+            f"--skip {unmatched[0]!r} matches no module of this model (e.g. lm_head, down_proj)"
+        )
+    if method == "dynamic-int8":
+        apply_dynamic_int8(original.model, names)
+        settings["quantized_modules"] = names
+        original.model.config.save_pretrained(str(tmp))
+        if getattr(original.model, "generation_config", None) is not None:
+            original.model.generation_config.save_pretrained(str(tmp))
+        save_dynamic_int8(original.model, tmp)
+    else:
+        if method == "int4-weight":
+            settings["group_size"] = group_size
+        config = (
+            _torchao_config(method, group_size, skip_list)
+            if method in TORCHAO_METHODS
+            else _bnb_config(method, skip_list)
+        )
+        quantized_lm = loading.load(
+            model,
+            task,
+            device=device,
+            dtype=dtype,
+            model_kwargs={"quantization_config": config},
+            **common,
+        )
+        quantized_lm.model.save_pretrained(str(tmp))
+        del quantized_lm
+    original.tokenizer.save_pretrained(str(tmp))
+    (tmp / loading.QUANTIZATION_SETTINGS).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
+def _report(
+    model: str,
+    method: str,
+    output: Path,
+    task: str,
+    settings: dict[str, Any],
+    notes: list[str],
+    ev: _Eval,
+    before: Measurement,
+    after: Measurement,
+    agreement_kl: tuple[float, float],
+    max_drop: float | None,
+) -> QuantizeReport:
+    """The report comparing the two measurements; `passed` applies the --max-drop gate."""
+    agreement, kl = agreement_kl
+    drop = quality_drop(before.quality, after.quality, before.quality_metric)
+    passed = max_drop is None or drop <= max_drop
+    return QuantizeReport(
+        model=model,
+        method=method,
+        settings={k: v for k, v in settings.items() if k != "quantized_modules"},
+        output=str(output) if passed else None,
+        task=task,
+        original=before,
+        quantized=after,
+        size_ratio=round(after.size_bytes / before.size_bytes, 4)
+        if before.size_bytes and after.size_bytes
+        else None,
+        speedup=round(after.speed / before.speed, 3) if before.speed else 0.0,
+        quality_drop_percent=round(drop, 3),
+        top1_agreement=round(agreement, 4),
+        kl_divergence=round(kl, 5),
+        eval_tokens=int(ev.ids.shape[1]) if ev.ids is not None else len(ev.texts),
+        max_drop=max_drop,
+        passed=passed,
+        notes=notes,
+    )
+
+
+def _publish(report: QuantizeReport, tmp: Path, output: Path, method: str, converted_cache: Path | None) -> None:
+    """Write the report, rename the temporary output into place, and hand over the GGUF's converted cache."""
+    from llmkit import loading
+
+    report_path = output.parent / f"{output.stem}.report.json" if method == "gguf" else tmp / REPORT_NAME
+    report_path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, output)
+    _public(output)
+    if converted_cache is not None and converted_cache.exists():
+        # The .gguf keeps its mtime when renamed: hand its de-quantized cache to the final name, so the
+        # first `generate --model OUT.gguf` does not convert it again.
+        final_cache = loading.converted_dir(output)
+        if not final_cache.exists():
+            os.replace(converted_cache, final_cache)
