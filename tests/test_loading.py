@@ -47,6 +47,42 @@ def test_hub_id_offline_and_uncached_exits_3_fast() -> None:
     assert result.stdout == ""
 
 
+# Runs the CLI with the heavy imports done first, so that only the failing load is timed.
+UNREACHABLE_HUB = """
+import json, sys, time
+import huggingface_hub, transformers  # noqa: F401
+from typer.testing import CliRunner
+from llmkit.cli import app
+started = time.perf_counter()
+result = CliRunner().invoke(app, ["generate", "--model", "someorg/not-cached-model", "hi"])
+print(json.dumps({"exit": result.exit_code, "seconds": time.perf_counter() - started, "stderr": result.stderr,
+                  "stdout": result.stdout}))
+"""
+
+
+def test_unreachable_hub_is_probed_and_fails_fast(tmp_path: Path) -> None:
+    """Not offline, but the hub endpoint is a closed local port: the probe must switch to offline at once.
+
+    Without the probe huggingface_hub retries with back-off (1+2+4+8+8 s), so the bound below cannot be met.
+    """
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"),
+               PYTHONPATH=str(Path(__file__).parents[1]))
+    proc = subprocess.run([sys.executable, "-c", UNREACHABLE_HUB], capture_output=True, text=True, env=env,
+                          timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(proc.stdout)
+    assert run["exit"] == 3 and run["stdout"] == ""
+    # "(offline)" is only said when offline mode is on: here only the probe can have turned it on
+    assert "the hub cannot be reached (offline)" in run["stderr"], run["stderr"]
+    assert "Retrying" not in proc.stderr + run["stderr"]
+    assert run["seconds"] < 12, run["seconds"]
+
+
 def test_local_dir_loads_and_runs(tiny_causal_lm: Path) -> None:
     lm = loading.load(str(tiny_causal_lm), "causal-lm", device="cpu", dtype="float32")
     assert lm.device == "cpu" and str(lm.dtype) == "torch.float32"
