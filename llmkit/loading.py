@@ -245,6 +245,13 @@ def _hub_error(spec: str, exc: Exception) -> LlmkitError:
     )
 
 
+def _config_error(spec: str, exc: Exception) -> LlmkitError:
+    """The error for a local model whose config.json transformers would not read."""
+    if "trust_remote_code" in str(exc):  # the folder ships its own code and the user did not allow it
+        return UsageError(f"{spec} needs its own code to load; pass --trust-remote-code if you trust it")
+    return ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})")
+
+
 def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
@@ -438,7 +445,7 @@ def load(
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
             raise _hub_error(spec, exc) from exc
-        raise ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})") from exc
+        raise _config_error(spec, exc) from exc
 
     auto_class = _auto_class(task, config)
     # config is read again by from_pretrained so that model_kwargs (num_labels, ...) can override it.
@@ -500,8 +507,7 @@ def read_config(spec: str, *, revision: str | None = None, trust_remote_code: bo
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
             raise _hub_error(spec, exc) from exc
-        reason = str(exc).splitlines()[0]
-        raise ModelNotFoundError(f"{spec}: config.json could not be read ({reason})") from exc
+        raise _config_error(spec, exc) from exc
 
 
 QUANTIZATION_SETTINGS = "llmkit_quantization.json"  # written by `llmkit quantize` beside config.json
@@ -621,7 +627,7 @@ def model_heads(spec: str, *, revision: str | None = None, trust_remote_code: bo
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
             raise _hub_error(spec, exc) from exc
-        raise ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})") from exc
+        raise _config_error(spec, exc) from exc
     archs = " ".join(getattr(config, "architectures", None) or [])
     if source.kind == "gguf" or "ForCausalLM" in archs:
         return "causal-lm", config
