@@ -1059,7 +1059,7 @@ def _teacher_outputs(
     mean_len = sum(len(e["input_ids"]) for e in train) / len(train)
     estimate = teacher_cache.estimate_bytes(len(train), mean_len, width, task)
     if estimate > CACHE_WARN_BYTES and not path.exists():
-        from llmkit.output import warn
+        from llmkit.console import warn
 
         warn(f"the teacher cache will take about {estimate / 1024**3:.1f} GiB in {path.parent}")
 

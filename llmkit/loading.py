@@ -314,7 +314,7 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmkit.output import info
+    from llmkit.console import info
 
     if progress:
         info(f"Converting {gguf_path.name} to safetensors once (later loads take about a second)...")

@@ -17,18 +17,11 @@ from typing import Any
 
 from rich.console import Console
 
+from llmkit.console import info, stderr_console, warn  # noqa: F401  (re-exported: commands talk through output)
+
 FORMATS = ("auto", "json", "text", "rich")
 
-_stderr: Console | None = None
 _stdout: Console | None = None
-
-
-def stderr_console() -> Console:
-    """The console for progress, warnings and errors."""
-    global _stderr
-    if _stderr is None:
-        _stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-    return _stderr
 
 
 def stdout_console() -> Console:
@@ -54,14 +47,6 @@ def resolve_format(fmt: str | None, json_flag: bool = False) -> str:
         return fmt
     return "rich" if stdout_is_terminal() else "json"
 
-
-def warn(message: str) -> None:
-    """One warning line on stderr."""
-    stderr_console().print(f"[yellow]Warning:[/yellow] {message}", markup=True, highlight=False)
-
-
-def info(message: str) -> None:
-    stderr_console().print(message, markup=False, highlight=False, style="dim")
 
 
 def _plain(value: Any) -> Any:

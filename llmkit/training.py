@@ -818,7 +818,7 @@ class _ProgressMixin:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from llmkit.output import stderr_console
+        from llmkit.console import stderr_console
 
         self.started = time.perf_counter()
         self.first_step = state.global_step
