@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import DataError, MissingDependencyError, QualityGateError, UsageError
+from llmkit.fsutil import make_public
 from llmkit.int8_format import (  # noqa: F401  (DYNAMIC_WEIGHTS re-exported: the format's file name)
     DYNAMIC_WEIGHTS,
     apply_dynamic_int8,
@@ -178,13 +179,6 @@ class _Eval:
     labels: Any = None  # [1, T] labels for the loss (masked LMs: only masked positions)
     texts: list[str] = field(default_factory=list)  # classifiers / encoders
     gold: list[int] | None = None  # classifier label ids, when the eval data has labels
-
-
-def _public(path: Path) -> None:
-    """Give a finished output the usual permissions (mkstemp/mkdtemp create them private to the user)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _disk_size(path: Path) -> int:
@@ -690,7 +684,7 @@ def _publish(report: QuantizeReport, tmp: Path, output: Path, method: str, conve
     report_path = output.parent / f"{output.stem}.report.json" if method == "gguf" else tmp / REPORT_NAME
     report_path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, output)
-    _public(output)
+    make_public(output)
     if converted_cache is not None and converted_cache.exists():
         # The .gguf keeps its mtime when renamed: hand its de-quantized cache to the final name, so the
         # first `generate --model OUT.gguf` does not convert it again.
