@@ -219,6 +219,24 @@ def shard(
     return Shard(items, peers, total=total, block_size=block_size)
 
 
+def check_shareable_input(peers: Peers, texts: list[str] | None, input_file: Path | None) -> None:
+    """Refuse stdin under several processes: every rank would race for the same pipe (one gets it all).
+
+    Args:
+        peers: this process's `Peers`.
+        texts: the command's text arguments (`["-"]` or none means stdin).
+        input_file: `--input FILE`, if given.
+
+    Raises:
+        UsageError: several processes and the input would come from stdin.
+    """
+    if peers.distributed and input_file is None and (not texts or list(texts) == ["-"]):
+        raise UsageError(
+            f"{peers.world_size} processes cannot share stdin; give the input as --input FILE (every process "
+            "reads it and runs its own share)"
+        )
+
+
 # --- shard files and the merge --------------------------------------------------------------------------------
 
 

@@ -603,7 +603,7 @@ def check_settings(merged: dict[str, Any]) -> str | None:
     Args:
         merged: `merge_settings` output (GenerationSettings field values).
     """
-    from llmkit.generate import GenerationSettings, validate
+    from llmkit.sampling import GenerationSettings, validate
 
     try:
         validate(GenerationSettings(**merged))
