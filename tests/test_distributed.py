@@ -388,6 +388,7 @@ def inputs(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # the protocol is covered by the thread tests; the launchers by the tests below
 def test_two_processes_over_gloo_write_one_file_equal_to_one_process(
     tiny_classifier: Path, inputs: Path, tmp_path: Path
 ) -> None:
@@ -405,6 +406,7 @@ def test_two_processes_over_gloo_write_one_file_equal_to_one_process(
     assert list((tmp_path / "shards").iterdir()) == []  # shard folder removed
 
 
+@pytest.mark.slow  # the protocol is covered by the thread tests; the launchers by the tests below
 def test_a_crashing_rank_leaves_no_output_and_a_clear_error(tiny_classifier: Path, inputs: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     rank0, rank1 = _launch("fail", tiny_classifier, inputs, out)
