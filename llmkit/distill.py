@@ -207,6 +207,7 @@ class DistillResult:
     summary: dict[str, float | None] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     loss_history: list[float] = field(default_factory=list)
+    processes: int = 1  # training processes (accelerate launch / torchrun); batch size is per process
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -585,7 +586,12 @@ def _make_trainer_class() -> Any:
                     attention_weight=settings.attention_weight,
                 )
                 loss = parts.total
-            self.history.append(float(loss.detach()))
+            value = loss.detach()
+            if self.args.world_size > 1:
+                # The history is the global batch's loss, as one process with the whole batch would log it
+                # (equal per-process batches: the mean of the processes' means).
+                value = self.accelerator.reduce(value, reduction="mean")
+            self.history.append(float(value))
             return (loss, out) if return_outputs else loss
 
     return DistillTrainer
@@ -817,7 +823,7 @@ def distill(
     revision: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
-) -> DistillResult:
+) -> DistillResult | None:
     """Distill `teacher` into a smaller student trained on `data`; save it and report.json in `output_dir`.
 
     Args:
@@ -834,7 +840,8 @@ def distill(
         on_log: receives one-line progress messages (the CLI prints them on stderr).
 
     Returns:
-        DistillResult with teacher, student (and baseline) side by side.
+        DistillResult with teacher, student (and baseline) side by side; None on the other processes of a
+        multi-process run (`accelerate launch`, torchrun), where the main process alone measures and writes.
 
     Raises:
         UsageError, DataError, NotFoundError, ModelNotFoundError.
@@ -845,7 +852,11 @@ def distill(
 
     settings = (settings or DistillSettings()).validate()
     train_settings = (train_settings or training.TrainSettings()).validate()
-    log = on_log or (lambda _message: None)
+    from llmkit import distributed
+
+    # Under `accelerate launch` / torchrun every process trains; the main one alone measures, writes and talks.
+    main = distributed.detect().is_main
+    log = (on_log if main else None) or (lambda _message: None)
     output_dir = Path(output_dir)
     training.check_output(output_dir, overwrite=overwrite, resume=resume)
     task = (
@@ -890,9 +901,10 @@ def distill(
     teacher_out, cache_state = _teacher_outputs(settings, teacher_lm, task, matching, train, pad_id, log)
 
     # The teacher on the validation data (its quality), and how far the untrained student is from it.
-    teacher_eval = evaluate(teacher_model, val, task, pad_id, label_names=label_names)
-    before = evaluate(student, val, task, pad_id, teacher=teacher_model, label_names=label_names)
-    student.train()
+    if main:
+        teacher_eval = evaluate(teacher_model, val, task, pad_id, label_names=label_names)
+        before = evaluate(student, val, task, pad_id, teacher=teacher_model, label_names=label_names)
+        student.train()
 
     checkpoints = training.checkpoint_dir(output_dir)
     started = time.perf_counter()
@@ -913,7 +925,6 @@ def distill(
     )
     train_seconds = time.perf_counter() - started
     history = list(trainer.history)
-    student_eval = evaluate(student, val, task, pad_id, teacher=teacher_model, label_names=label_names)
 
     baseline_model, baseline_eval = None, None
     if initial_student is not None:
@@ -921,6 +932,10 @@ def distill(
             initial_student, train, task, settings, train_settings, pad_id, checkpoints, teacher_lm.device,
             resume=resume, progress=progress,
         )
+    if not main:
+        return None  # this process's part (training) is done
+    student_eval = evaluate(student, val, task, pad_id, teacher=teacher_model, label_names=label_names)
+    if baseline_model is not None:
         baseline_eval = evaluate(baseline_model, val, task, pad_id, teacher=teacher_model, label_names=label_names)
 
     timed = [teacher_model, student] + ([baseline_model] if baseline_model is not None else [])
@@ -956,6 +971,7 @@ def distill(
             summary=summarize(models, task),
             settings={**asdict(settings), **asdict(train_settings)},
             loss_history=[round(x, 6) for x in history],
+            processes=int(trainer.args.world_size),
         )
         from llmkit.output import to_record
 

@@ -153,6 +153,7 @@ class FinetuneResult:
     losses: list[float]
     resumed_from_step: int
     validation: dict[str, Any] | None = None  # classification: per-class P/R/F1 and the confusion matrix
+    processes: int = 1  # training processes (accelerate launch / torchrun); batch size is per process
     notes: list[str] = field(default_factory=list)
 
 
@@ -558,6 +559,7 @@ def finetune(
         losses=losses,
         resumed_from_step=resumed_from,
         validation=report_detail or None,
+        processes=int(trainer.args.world_size),
         notes=notes,
     )
     report = {
@@ -739,6 +741,11 @@ def _build_trainer(
         callbacks=callbacks,
     )
     training.drop_default_printers(trainer)
+    if task != "causal-lm":
+        # These heads take **kwargs but compute a plain mean loss and ignore num_items_in_batch, so the
+        # Trainer's token-count scaling (x processes, and no /gradient-accumulation) would double the loss
+        # and gradients of a 2-process run (transformers#47688; docs/distributed-loss.md).
+        trainer.model_accepts_loss_kwargs = False
     return trainer, args, progress
 
 
@@ -767,19 +774,23 @@ def _write_output(
     """Step 5: model, tokenizer, training_args.json and report.json into `output`, all or nothing."""
     ckpt_dir = training.checkpoint_dir(output)
     staging = ckpt_dir / "final"
-    if staging.exists():
-        shutil.rmtree(staging)
     if trainer.is_world_process_zero():
+        # The main process alone clears and fills the staging folder: another rank removing it could pull it
+        # from under the main one's save (seen in a 2-process run: "No such file or directory").
+        if staging.exists():
+            shutil.rmtree(staging)
         with training.atomic_output(output, overwrite=overwrite, staging=staging) as folder:
             _save(trainer, tokenizer, folder, strategy)
             (folder / "training_args.json").write_text(args.to_json_string() + "\n", encoding="utf-8")
             training.write_report(folder, report)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoints are no longer needed
     elif not (strategy.lora and strategy.merge_lora):
         # Other processes of a distributed run take part in gathering sharded weights (FSDP, DeepSpeed);
         # only the main one writes files.
         trainer.save_model(str(staging))
     trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        # After the barrier, so no rank is still inside the checkpoint folder.
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoints are no longer needed
 
 
 def _save(trainer: Any, tokenizer: Any, folder: Path, strategy: Strategy) -> None:

@@ -21,6 +21,7 @@ from llmkit.sampling import (  # noqa: F401  (re-exported: the settings API has 
     GenerationSettings,
     StopStream,
     build_settings,
+    chat_messages,
     cut_at_stop,
     describe_presets,
     generation_kwargs,
@@ -34,12 +35,14 @@ DEFAULT_BATCH_SIZE = 8  # prompts per forward pass when many are piped in
 LENGTH_GROUP_WINDOW = 4  # batches read ahead and sorted by length to cut padding
 
 
-def format_prompt(tokenizer: Any, prompt: str, *, system: str | None, raw: bool) -> str:
-    """Apply the chat template (with the optional system message) unless `raw` or the model has none."""
-    template = getattr(tokenizer, "chat_template", None)
-    if raw or not template:
+def format_prompt(tokenizer: Any, prompt: Any, *, system: str | None, raw: bool) -> str:
+    """Apply the chat template (with the optional system message) unless `raw` or the model has none.
+
+    `prompt` is a string, or a conversation (a sequence of {"role", "content"} messages; see `chat_messages`).
+    """
+    messages = chat_messages(prompt, system=system, raw=raw, has_template=bool(getattr(tokenizer, "chat_template", None)))
+    if messages is None:
         return prompt
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
@@ -188,7 +191,9 @@ def generate(
     # Templated prompts carry their own special tokens; raw prompts get the tokenizer's usual ones.
     add_special = raw or not getattr(tok, "chat_template", None) or encoder_decoder
 
-    def prepare(index: int, prompt: str) -> _Prepared:
+    def prepare(index: int, prompt: Any) -> _Prepared:
+        if encoder_decoder and not isinstance(prompt, str):
+            raise UsageError("encoder-decoder models take a plain prompt, not chat messages (/v1/completions lines)")
         text = prompt if encoder_decoder else format_prompt(tok, prompt, system=system, raw=raw)
         ids = tok(text, add_special_tokens=add_special)["input_ids"]
         if not ids:

@@ -324,10 +324,17 @@ def _read_gguf_info(path: Path) -> GGUFInfo:
     )
 
 
-def render_chat(info: GGUFInfo, prompt: str, *, system: str | None, raw: bool) -> str:
-    """The prompt text, through the model's chat template unless `raw` (as transformers' apply_chat_template)."""
-    if raw or not info.chat_template:
+def render_chat(info: GGUFInfo, prompt: Any, *, system: str | None, raw: bool) -> str:
+    """The prompt text, through the model's chat template unless `raw` (as transformers' apply_chat_template).
+
+    `prompt` is a string or a conversation (see `sampling.chat_messages`).
+    """
+    from llmkit.sampling import chat_messages
+
+    messages = chat_messages(prompt, system=system, raw=raw, has_template=bool(info.chat_template))
+    if messages is None:
         return prompt
+    assert info.chat_template is not None
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -338,7 +345,6 @@ def render_chat(info: GGUFInfo, prompt: str, *, system: str | None, raw: bool) -
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     text = env.from_string(info.chat_template).render(
         messages=messages, add_generation_prompt=True, bos_token=info.bos_token or "", eos_token=info.eos_token or ""
     )

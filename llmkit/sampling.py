@@ -282,3 +282,31 @@ class StopStream:
         if len(final_text) > self.shown and self.emit is not None:
             self.emit(final_text[self.shown :])
         self.shown = len(final_text)
+
+
+def chat_messages(prompt: Any, *, system: str | None, raw: bool, has_template: bool) -> list[dict[str, str]] | None:
+    """The messages to render through the chat template, or None to send `prompt` as it is.
+
+    Args:
+        prompt: a prompt string, or a conversation: a sequence of {"role", "content"} messages (OpenAI batch
+            chat lines).
+        system: the --system message; prepended unless the conversation has its own.
+        raw: --raw (no template). A conversation cannot be sent raw.
+        has_template: whether the model has a chat template.
+
+    Raises:
+        UsageError: a conversation with --raw or for a model without a chat template.
+    """
+    if isinstance(prompt, str):
+        if raw or not has_template:
+            return None
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+    if raw or not has_template:
+        raise UsageError(
+            "chat messages need the model's chat template, and "
+            + ("--raw turns it off" if raw else "this model has none; send a plain prompt (/v1/completions)")
+        )
+    if system and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages

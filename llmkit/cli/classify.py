@@ -105,8 +105,8 @@ def classify(
     from dataclasses import replace
     from itertools import chain
 
-    from llmkit import output
-    from llmkit.data import read_inputs, read_table, table_format
+    from llmkit import distributed, output
+    from llmkit.data import InputRecord, read_inputs, read_table, table_format
     from llmkit.errors import UsageError
 
     fmt = output.resolve_format(fmt, json_out)
@@ -127,56 +127,61 @@ def classify(
         records = read_inputs(texts, input_file=input_file, input_format=input_format, text_field=text_column)
         if required and input_file is None and texts and texts != ["-"]:
             raise UsageError("--pair-column/--label-column need table input (--input FILE); got text arguments")
-    fields: dict[int, dict[str, Any]] = {}
-    texts_seen: dict[int, str] = {}
-
-    def items() -> Any:
-        for record in records:
-            fields[record.index] = record.fields
-            texts_seen[record.index] = record.text
-            if pair_column is not None and pair_column not in record.fields:
-                raise UsageError(f"input {record.index + 1}: no field {pair_column!r} for --pair-column")
-            second = record.fields.get(pair_column) if pair_column else pair
-            yield record.text, None if second is None else str(second)
-
+    peers = distributed.detect()
+    distributed.check_shareable_input(peers, texts, input_file)
     resolved_model = model if model is not None or label_list is None else _cls.DEFAULT_ZERO_SHOT_MODEL
     label_names, multi = _cls.output_labels(
         resolved_model, label_list, multi_label, revision=revision, trust_remote_code=trust_remote_code
     )
-    results = _cls.classify(
-        items(),
-        model=model,
-        labels=label_list,
-        top_k=top_k,
-        # Evaluation maps label ids in the gold column to names, so it needs every label's name.
-        all_scores=all_scores or evaluate,
-        multi_label=multi_label,
-        min_score=min_score,
-        hypothesis_template=hypothesis_template,
-        batch_size=batch_size or _cls.DEFAULT_BATCH_SIZE,
-        truncate=truncate,
-        device=device,
-        dtype=dtype,
-        revision=revision,
-        allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code,
-    )
+
+    def task(mine: Any) -> Any:
+        def items() -> Any:
+            for record in mine:
+                if pair_column is not None and pair_column not in record.fields:
+                    raise UsageError(f"input {record.index + 1}: no field {pair_column!r} for --pair-column")
+                second = record.fields.get(pair_column) if pair_column else pair
+                yield record.text, None if second is None else str(second)
+
+        return _cls.classify(
+            items(),
+            model=model,
+            labels=label_list,
+            top_k=top_k,
+            # Evaluation maps label ids in the gold column to names, so it needs every label's name.
+            all_scores=all_scores or evaluate,
+            multi_label=multi_label,
+            min_score=min_score,
+            hypothesis_template=hypothesis_template,
+            batch_size=batch_size or _cls.DEFAULT_BATCH_SIZE,
+            truncate=truncate,
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+        )
+
+    # With several processes (accelerate launch, torchrun) each runs its share; the main one gets all, in order.
+    pairs = distributed.map_records(records, task, record_type=InputRecord, result_type=_cls.Classification,
+                                    peers=peers, output=output_file)
+    if pairs is None:
+        return
     tracker = _cls.GoldTracker(label_column, label_names)
     seen: list[Any] = []
 
-    def track(index: int, result: Any) -> Any:
+    def track(record: Any, result: Any) -> Any:
         seen.append(result)
-        tracker.add(result, fields.get(index, {}))
+        tracker.add(result, record.fields)
         if evaluate and not all_scores:
             return replace(result, scores=result.scores[:top_k])
         return result
 
     if output_file is not None:
         def rows() -> Any:
-            for index, result in enumerate(results):
-                result = track(index, result)
-                row = dict(fields.pop(index, {}))
-                row[text_column] = texts_seen.pop(index, result.text)
+            for record, result in pairs:
+                result = track(record, result)
+                row = dict(record.fields)
+                row[text_column] = record.text
                 row.update(_cls.prediction_columns(result, label_names, with_scores=all_scores, multi=multi))
                 yield row
 
@@ -193,11 +198,10 @@ def classify(
             text=lambda r: "" if r.error else f"{r.label}\t{r.score:.4f}",
             rich=output.classification_view,
         )
-        for index, result in enumerate(results):
-            track(index, result)
+        for record, result in pairs:
+            track(record, result)
             if not evaluate:
-                emitter.emit(result, fields.pop(index, None))
-            texts_seen.pop(index, None)
+                emitter.emit(result, record.fields)
     output.report_skipped(seen, "prediction")
     if evaluate:
         output.emit_report(tracker.report(), fmt)

@@ -111,6 +111,8 @@ def distill(
         overwrite=overwrite, resume=resume, progress=True, on_log=out.info, revision=revision,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
     )
+    if result is None:
+        return  # under `accelerate launch`, the main process alone reports
     if fmt == "rich":
         out.stdout_console().print(_distill.render(result))
         return
