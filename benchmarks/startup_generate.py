@@ -4,7 +4,7 @@ against a bare xllamacpp script, end to end (fresh processes, alternating, best 
 - bare xllamacpp: what a llama.cpp user writes (Server + chat completion, warm-up off, llama.cpp's defaults
   otherwise, which include the "fit" pass that loads the model once more to size the context);
 - bare xllamacpp, fit off: the same with `params.fit_params = False` (what llmkit sets);
-- llmkit generate --engine llama.cpp.
+- llmkit generate --engine llama-cpp.
 
 Also prints where `llmkit generate`'s own import time goes (python -X importtime, top entries).
 
@@ -31,6 +31,7 @@ params.model.path = sys.argv[1]
 params.n_ctx = 4096
 params.warmup = False
 params.verbosity = -1
+params.cpuparams.n_threads = params.cpuparams_batch.n_threads = int(sys.argv[5])
 if sys.argv[3] == "nofit":
     params.fit_params = False
 server = xllamacpp.Server(params)
@@ -49,7 +50,9 @@ def gguf_path() -> str:
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
     started = time.perf_counter()
-    subprocess.run(cmd, env=env, capture_output=True, check=True)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"failed ({done.returncode}): {cmd[:4]}\n{done.stderr[-1500:]}")
     return time.perf_counter() - started
 
 
@@ -72,11 +75,19 @@ def main() -> None:
     args = parser.parse_args()
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    sys.path.insert(0, str(ROOT))
     gguf = gguf_path()
+    from llmkit.llama_engine import pick_threads
+
+    # The same thread count for all: llama.cpp's own default spins extra threads, which on a busy machine
+    # dominates everything else (a first run without this: bare script 55 s, llmkit 9.5 s).
+    threads = str(pick_threads())
     runs = {
-        "bare xllamacpp (llama.cpp defaults)": [sys.executable, "-c", BARE, gguf, str(args.tokens), "fit", PROMPT],
-        "bare xllamacpp, fit pass off": [sys.executable, "-c", BARE, gguf, str(args.tokens), "nofit", PROMPT],
-        "llmkit generate --engine llama.cpp": [sys.executable, "-m", "llmkit", "generate", "--engine", "llama.cpp",
+        "bare xllamacpp (llama.cpp defaults)": [sys.executable, "-c", BARE, gguf, str(args.tokens), "fit", PROMPT,
+                                                threads],
+        "bare xllamacpp, fit pass off": [sys.executable, "-c", BARE, gguf, str(args.tokens), "nofit", PROMPT,
+                                         threads],
+        "llmkit generate --engine llama-cpp": [sys.executable, "-m", "llmkit", "generate", "--engine", "llama-cpp",
                                                "-n", str(args.tokens), "--json", PROMPT],
     }
     load_before = os.getloadavg()[0]
