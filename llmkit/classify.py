@@ -158,6 +158,10 @@ def classify(
             )
         loaded = loading.load(model, task, device=device, dtype=dtype, revision=revision,
                               allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if str(loaded.device) == "cpu":
+        from llmkit.threads import use_free_cores
+
+        use_free_cores()
     from llmkit.tasks import CAUSAL_LM, head_of_architectures
 
     causal = head_of_architectures([type(loaded.model).__name__]) == CAUSAL_LM
@@ -242,7 +246,35 @@ class _Runner:
                 truncated=cut,
             )
 
-    def encode(self, index: int, text: str, pair: str | None) -> tuple[dict[str, list[int]], bool]:
+    def encode_many(self, items: list[tuple[int, str, str | None]]) -> list[tuple[dict[str, list[int]], bool]]:
+        """`encode` for many inputs in one fast-tokenizer call (one Rust call for the window, not one per input:
+        2.4x faster on 200 tweets); only the rare too-long inputs are encoded again, cut.
+
+        Args:
+            items: (input index, text, pair or None).
+
+        Returns:
+            (features, truncated) per item, in order.
+        """
+        if not items:
+            return []
+        texts = [t for _, t, _ in items]
+        pairs = [p for _, _, p in items]
+        has_pairs = any(p is not None for p in pairs)
+        if has_pairs and not all(p is not None for p in pairs):
+            return [self._encode_one(i, t, p) for i, t, p in items]  # mixed: the tokenizer wants all or none
+        batch = self.tok(texts, pairs if has_pairs else None, return_attention_mask=False)
+        keys = list(batch.keys())
+        out: list[tuple[dict[str, list[int]], bool]] = []
+        for row, (index, text, pair) in enumerate(items):
+            features = {k: list(batch[k][row]) for k in keys}
+            if len(features["input_ids"]) > self.max_tokens:
+                out.append(self._encode_one(index, text, pair))
+            else:
+                out.append((features, False))
+        return out
+
+    def _encode_one(self, index: int, text: str, pair: str | None) -> tuple[dict[str, list[int]], bool]:
         """Model inputs (ids, segment ids) of a text (pair), cut to the model's maximum when allowed."""
         features = self.tok(text, pair, return_attention_mask=False)
         cut = len(features["input_ids"]) > self.max_tokens
@@ -258,10 +290,38 @@ class _Runner:
         """Classifier logits (float32) for one batch, padded only to its own longest sequence."""
         import torch
 
-        batch = self.tok.pad(features, return_tensors="pt")
+        batch = pad_batch(features, self.tok)
         batch = {k: v.to(self.lm.device) for k, v in batch.items()}
         with torch.inference_mode():
             return self.net(**batch).logits.float()
+
+
+def pad_batch(features: list[dict[str, list[int]]], tok: Any) -> dict[str, Any]:
+    """Token lists -> padded tensors plus attention mask, as `tok.pad` makes them but built directly (the
+    tokenizer's `pad` goes through Python per row and warns that it is the slow path for fast tokenizers).
+
+    Args:
+        features: per input, "input_ids" and optionally "token_type_ids" (lists of ints).
+        tok: the tokenizer (pad token id, pad side).
+
+    Returns:
+        "input_ids", "attention_mask" (and "token_type_ids" when given) as int64 tensors [batch, longest].
+    """
+    import torch
+
+    longest = max(len(f["input_ids"]) for f in features)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    left = getattr(tok, "padding_side", "right") == "left"
+    fill = {"input_ids": pad_id, "token_type_ids": getattr(tok, "pad_token_type_id", 0), "attention_mask": 0}
+    keys = [k for k in features[0] if k in fill and k != "attention_mask"]
+    out = {k: torch.full((len(features), longest), fill[k], dtype=torch.long) for k in [*keys, "attention_mask"]}
+    for row, f in enumerate(features):
+        n = len(f["input_ids"])
+        where = slice(longest - n, longest) if left else slice(0, n)
+        for k in keys:
+            out[k][row, where] = torch.tensor(f[k], dtype=torch.long)
+        out["attention_mask"][row, where] = 1
+    return out
 
 
 class _ClassifierRunner(_Runner):
@@ -285,7 +345,7 @@ class _ClassifierRunner(_Runner):
 
     def run(self, window: list[tuple[int, str, str | None]], batch_size: int) -> dict[int, tuple[list[tuple[str, float]], bool]]:
         live = [(i, t, p) for i, t, p in window if t.strip()]
-        encoded = [self.encode(i, t, p) for i, t, p in live]
+        encoded = self.encode_many(live)
         out: dict[int, tuple[list[tuple[str, float]], bool]] = {}
         for positions in _length_batches(live, [len(e[0]["input_ids"]) for e in encoded], batch_size):
             logits = self.logits([encoded[k][0] for k in positions])
@@ -323,7 +383,7 @@ class _NliRunner(_Runner):
 
         live = [(i, t) for i, t, _ in window if t.strip()]
         jobs = [(k, j) for k in range(len(live)) for j in range(len(self.labels))]
-        encoded = [self.encode(live[k][0], live[k][1], self.template.format(self.labels[j])) for k, j in jobs]
+        encoded = self.encode_many([(live[k][0], live[k][1], self.template.format(self.labels[j])) for k, j in jobs])
         entail_logits = torch.zeros((len(live), len(self.labels), 2))
         for positions in _length_batches(jobs, [len(e[0]["input_ids"]) for e in encoded], batch_size):
             logits = self.logits([encoded[n][0] for n in positions])

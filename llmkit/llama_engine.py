@@ -395,6 +395,10 @@ def _server(gguf: Path, *, parallel: int, context: int) -> Any:
         params.cpuparams.n_threads = params.cpuparams_batch.n_threads = pick_threads()
         params.kv_unified = True  # one KV pool for all sequences: a long prompt is not capped at n_ctx / parallel
         params.warmup = False  # the warm-up decode costs more than it saves for one command's run
+        # llama.cpp's default "fit" pass loads the model a first time to size the context to device memory; the
+        # context is set above, so that pass only costs start-up (Server() took half the time without it, 3 runs
+        # alternating, benchmarks/startup_generate.py, 2026-11-28, load average 16).
+        params.fit_params = False
         # The bindings run llama.cpp's server loop, which also answers on a random port of 127.0.0.1: a random
         # API key keeps other local users out of it. Its logs stay off stderr unless debugging.
         params.api_keys = [secrets.token_hex(16)]

@@ -391,3 +391,18 @@ def test_auto_falls_back_when_llama_cpp_refuses_the_file(gguf_llama_cpp_refuses:
     explicit = invoke(["generate", "--engine", "llama-cpp", "-m", model, "-n", "3", "hello"])
     assert explicit.exit_code == 1 and explicit.stderr.startswith("Error: llama.cpp could not load")
     assert explicit.stdout == ""
+
+
+
+@needs_bindings
+def test_server_skips_the_fit_pass_and_the_warm_up(tiny_gguf: Path, monkeypatch) -> None:
+    # Both cost start-up only: the context size is given, and one command's run does not pay for a warm-up.
+    # A recording stand-in for Server: the settings are what is tested, and no real server is started or freed.
+    import xllamacpp
+
+    seen = []
+    monkeypatch.setattr(xllamacpp, "Server", lambda params: seen.append((params.fit_params, params.warmup,
+                                                                         params.n_ctx)) or object())
+    monkeypatch.setattr(llama_engine, "_SERVERS", {})
+    llama_engine._server(tiny_gguf, parallel=1, context=256)
+    assert seen == [(False, False, 256)]
