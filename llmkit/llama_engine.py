@@ -38,7 +38,8 @@ DEFAULT_CONTEXT = 4096  # tokens of KV cache shared by all parallel sequences (p
 # transformers' order: repetition penalty, then temperature, top-k, top-p, min-p, typical-p. llama.cpp's default
 # applies temperature last, which changes what top-p/min-p keep; this order makes the knobs mean the same thing.
 GGUF_INFO_CACHE_VERSION = "1"  # bump when GGUFInfo's fields change
-THREADS_ENV = "LLMKIT_THREADS"  # override the number of CPU threads llama.cpp decodes with
+from llmkit.threads import THREADS_ENV, pick_threads  # noqa: E402,F401  (one thread rule for torch and llama.cpp)
+
 SAMPLER_ORDER = ("penalties", "temperature", "top_k", "top_p", "min_p", "typ_p")
 # Settings that only the transformers engine has (beam search and n-best lists, n-gram blocking).
 UNSUPPORTED = {
@@ -355,26 +356,6 @@ def render_chat(info: GGUFInfo, prompt: Any, *, system: str | None, raw: bool) -
 
 
 # --- the llama.cpp runtime ---------------------------------------------------------------------------------------
-
-def pick_threads() -> int:
-    """CPU threads for llama.cpp: $LLMKIT_THREADS, else the cores this process may use minus the ones busy now.
-
-    llama.cpp's threads spin while they wait for each other, so one that shares its core with another busy
-    process stalls every token: on 2 cores with other work running, 1 thread measured 24.7 tokens/s against
-    4.4 for 2 threads. /proc/loadavg's "running" field is the number of runnable tasks at this instant.
-    """
-    value = os.environ.get(THREADS_ENV, "").strip()
-    if value:
-        if not value.isdigit() or int(value) < 1:
-            raise UsageError(f"{THREADS_ENV}={value!r}: give a whole number of threads, at least 1")
-        return int(value)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-    except (OSError, IndexError, ValueError):
-        return cores
-    return max(1, min(cores, cores - (running - 1)))  # `running` counts this process too
-
 
 _SERVERS: dict[tuple[str, int, int], Any] = {}
 _SERVERS_LOCK = threading.Lock()
