@@ -5,10 +5,14 @@ middle leaves that temporary behind; a second run for the same output must not d
 is still writing. Each temporary name carries its writer's process id (`.q.gguf.pid4242.k3j9x1.gguf`; a nested
 temporary of a temporary keeps the marker: `..q.gguf.pid4242.k3j9x1.gguf.pid4242.a8s7d6.tmp`). It is stale
 when that process is gone, a zombie, or started after the temporary was last written (its pid was reused).
+
+A journal folder (llmkit's is $LLMKIT_HOME/temporaries) records where each temporary was made, so that
+`llmkit models --clean` can find a killed run's leftovers wherever its output was going.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -35,12 +39,30 @@ def prefix(target: Path) -> str:
     return f".{target.name}.pid{os.getpid()}."
 
 
-def temp_file(target: Path, suffix: str = "") -> Path:
+def _entry(journal: Path, path: Path) -> Path:
+    digest = hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:16]
+    return journal / f"{os.getpid()}.{digest}"
+
+
+def _record(journal: Path | None, path: Path) -> None:
+    if journal is not None:
+        journal.mkdir(parents=True, exist_ok=True)
+        _entry(journal, path).write_text(str(path.absolute()), encoding="utf-8")
+
+
+def forget(path: Path, journal: Path | None) -> None:
+    """Drop `path` from the journal (call once the temporary was renamed into place or deleted)."""
+    if journal is not None:
+        _entry(journal, path).unlink(missing_ok=True)
+
+
+def temp_file(target: Path, suffix: str = "", *, journal: Path | None = None) -> Path:
     """Create an empty temporary file beside `target`, named after it and this process (mode 0600).
 
     Args:
         target: the file that will be renamed into place.
         suffix: kept at the end of the name (e.g. ".gguf", for tools that look at the extension).
+        journal: a folder where the temporary is recorded until `forget()` (None: not recorded).
 
     Returns:
         The temporary's path.
@@ -48,13 +70,16 @@ def temp_file(target: Path, suffix: str = "") -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=prefix(target), suffix=suffix, dir=target.parent)
     os.close(fd)
+    _record(journal, Path(name))
     return Path(name)
 
 
-def temp_dir(target: Path) -> Path:
+def temp_dir(target: Path, *, journal: Path | None = None) -> Path:
     """Create an empty temporary folder beside `target`, named after it and this process (mode 0700)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=prefix(target), dir=target.parent))
+    path = Path(tempfile.mkdtemp(prefix=prefix(target), dir=target.parent))
+    _record(journal, path)
+    return path
 
 
 def owner(path: Path) -> tuple[str, int] | None:
@@ -150,4 +175,35 @@ def remove_stale(directory: Path, target_name: str | None = None) -> list[Remove
         size = _size(path)
         _remove(path)
         removed.append(Removed(str(path), size, pid))
+    return removed
+
+
+def sweep_journal(journal: Path) -> list[Removed]:
+    """Delete every temporary in the journal whose writer is gone, wherever it lies, and its journal entry.
+
+    Returns:
+        What was removed, with the bytes each freed (entries whose temporary no longer exists free nothing).
+    """
+    removed: list[Removed] = []
+    if not journal.is_dir():
+        return removed
+    for entry in sorted(journal.iterdir()):
+        pid_text = entry.name.split(".", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            path = Path(entry.read_text(encoding="utf-8").strip())
+        except OSError:
+            continue
+        parsed = owner(path)
+        exists = path.exists() or path.is_symlink()
+        if exists and owner_alive(int(pid_text), path):
+            continue
+        if not exists and owner_alive(int(pid_text), entry):
+            continue  # the writer may still be about to forget it
+        if exists and parsed is not None and parsed[1] == int(pid_text):  # only what the journal says is ours
+            size = _size(path)
+            _remove(path)
+            removed.append(Removed(str(path), size, parsed[1]))
+        entry.unlink(missing_ok=True)
     return removed

@@ -87,3 +87,37 @@ def test_a_reused_pid_does_not_protect_an_old_temporary(tmp_path: Path) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_the_journal_finds_a_killed_writers_temporaries_anywhere(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    writer = WRITER.replace('tempnames.temp_file(target, ".gguf")', 'tempnames.temp_file(target, ".gguf", journal=J)')
+    writer = writer.replace('tempnames.temp_file(outer, ".tmp")', 'tempnames.temp_file(outer, ".tmp", journal=J)')
+    writer = writer.replace("target = Path(sys.argv[1])", f"target = Path(sys.argv[1]); J = Path({str(journal)!r})")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    procs, made = [], []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        proc = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path / folder / "q.gguf")],
+                                stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+        assert proc.stdout is not None
+        procs.append(proc)
+        made.append([Path(p) for p in proc.stdout.readline().split()])
+    try:
+        assert len(list(journal.iterdir())) == 4
+        assert tempnames.sweep_journal(journal) == []  # both writers alive
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].wait()
+        removed = tempnames.sweep_journal(journal)
+        assert {Path(r.path) for r in removed} == set(made[0]) and sum(r.size_bytes for r in removed) == 1500
+        assert all(p.exists() for p in made[1]) and len(list(journal.iterdir())) == 2
+        # a finished writer forgets its temporaries: nothing left to sweep
+        mine = tempnames.temp_file(tmp_path / "c.gguf", journal=journal)
+        mine.unlink()
+        tempnames.forget(mine, journal)
+        assert len(list(journal.iterdir())) == 2
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
