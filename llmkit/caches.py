@@ -15,7 +15,6 @@ from pathlib import Path
 from llmkit import tempnames
 from llmkit.errors import NotFoundError, UsageError
 
-JOURNAL = "temporaries"  # under $LLMKIT_HOME: where tempnames records temporaries until they are renamed
 CONVERTED = "converted"  # under $LLMKIT_HOME: de-quantized GGUF caches
 
 
@@ -33,7 +32,7 @@ def journal_dir() -> Path:
     """The journal folder of llmkit's temporaries ($LLMKIT_HOME/temporaries)."""
     from llmkit.loading import llmkit_home
 
-    return llmkit_home() / JOURNAL
+    return llmkit_home() / tempnames.JOURNAL
 
 
 def _tree_size(path: Path) -> int:

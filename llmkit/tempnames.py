@@ -22,6 +22,7 @@ from pathlib import Path
 
 # `.<target name>.pid<pid>.<random><suffix>`, with one or more leading dots (a temporary of a temporary).
 _OWNED = re.compile(r"^\.+(?P<target>.+?)\.pid(?P<pid>\d+)\.")
+JOURNAL = "temporaries"  # llmkit's journal folder, under $LLMKIT_HOME
 START_SLACK_SECONDS = 2.0  # /proc's boot time is in whole seconds
 
 
