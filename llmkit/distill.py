@@ -90,15 +90,16 @@ def build_settings(config_file: Path | None, cli: dict[str, Any]) -> tuple[str, 
         NotFoundError: no such file.
     """
     from llmkit import training
+    from llmkit.config import check_config_keys, load_config, settings_from
 
-    config = training.load_config(config_file)
+    config = load_config(config_file)
     known = {f.name for f in fields(DistillSettings)} | {f.name for f in fields(training.TrainSettings)}
-    training.check_config_keys(config, known | {"teacher"}, config_file)
+    check_config_keys(config, known | {"teacher"}, config_file)
     teacher = cli.get("teacher") or config.get("teacher")
     if not teacher:
         raise UsageError("no teacher: pass --teacher MODEL (e.g. a folder written by llmkit finetune)")
-    distill_settings = training.settings_from(DistillSettings, config, cli)
-    train_settings = training.settings_from(training.TrainSettings, config, cli)
+    distill_settings = settings_from(DistillSettings, config, cli)
+    train_settings = settings_from(training.TrainSettings, config, cli)
     return str(teacher), distill_settings, train_settings
 
 
@@ -813,6 +814,9 @@ def distill(
     resume: bool = False,
     progress: bool = False,
     on_log: Callable[[str], None] | None = None,
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
 ) -> DistillResult:
     """Distill `teacher` into a smaller student trained on `data`; save it and report.json in `output_dir`.
 
@@ -844,11 +848,17 @@ def distill(
     log = on_log or (lambda _message: None)
     output_dir = Path(output_dir)
     training.check_output(output_dir, overwrite=overwrite, resume=resume)
-    task = settings.task if settings.task != "auto" else detect_task(read_config(teacher))
+    task = (
+        settings.task
+        if settings.task != "auto"
+        else detect_task(read_config(teacher, revision=revision, trust_remote_code=trust_remote_code))
+    )
     model_kwargs = {"attn_implementation": "eager"} if settings.attention_weight > 0 else None  # sdpa: no maps
+    # The loading flags apply to the teacher and to a given --student alike.
+    load_options = {"revision": revision, "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
 
     set_seed(train_settings.seed)
-    teacher_lm, label_names = _load_teacher(teacher, task, device, model_kwargs)
+    teacher_lm, label_names = _load_teacher(teacher, task, device, model_kwargs, load_options)
     teacher_model, tokenizer = teacher_lm.model, teacher_lm.tokenizer
     pad_id = tokenizer.pad_token_id
 
@@ -870,7 +880,9 @@ def distill(
     val = tokenize(tokenizer, ex.val_texts, ex.val_labels, task, seed=train_settings.seed + 1, **common)
     log(f"Task {task}: {len(train)} training and {len(val)} validation examples.")
 
-    student, student_name, kept = _make_student(settings, teacher_model, tokenizer, task, device, model_kwargs, log)
+    student, student_name, kept = _make_student(
+        settings, teacher_model, tokenizer, task, device, model_kwargs, log, load_options
+    )
     student.train()
     initial_student = copy.deepcopy(student) if settings.baseline else None
 
@@ -955,13 +967,21 @@ def distill(
 # --- the steps of distill() ---------------------------------------------------------------------------------
 
 
-def _load_teacher(teacher: str, task: str, device: str, model_kwargs: dict[str, Any] | None) -> tuple[Any, list[str]]:
+def _load_teacher(
+    teacher: str,
+    task: str,
+    device: str,
+    model_kwargs: dict[str, Any] | None,
+    load_options: dict[str, Any] | None = None,
+) -> tuple[Any, list[str]]:
     """Step 1: the teacher, checked to carry a trained head for `task`, with a pad token, and its label names
     (classification; else [])."""
     from llmkit.loading import load
     from llmkit.tasks import load_task
 
-    teacher_lm = load(teacher, load_task(task), device=device, dtype="float32", model_kwargs=model_kwargs)
+    teacher_lm = load(
+        teacher, load_task(task), device=device, dtype="float32", model_kwargs=model_kwargs, **(load_options or {})
+    )
     teacher_model, tokenizer = teacher_lm.model, teacher_lm.tokenizer
     _check_teacher_head(teacher, teacher_model.config, task)
     if tokenizer.pad_token_id is None:
@@ -982,6 +1002,7 @@ def _make_student(
     device: str,
     model_kwargs: dict[str, Any] | None,
     log: Callable[[str], None],
+    load_options: dict[str, Any] | None = None,
 ) -> tuple[Any, str, list[int] | None]:
     """Step 2: the student (a given model checked for compatibility, or the teacher with layers dropped).
 
@@ -993,7 +1014,10 @@ def _make_student(
     from llmkit.tasks import load_task
 
     if settings.student is not None:
-        student_lm = load(settings.student, load_task(task), device=device, dtype="float32", model_kwargs=model_kwargs)
+        student_lm = load(
+            settings.student, load_task(task), device=device, dtype="float32", model_kwargs=model_kwargs,
+            **(load_options or {}),
+        )
         check_compatible(teacher_model, tokenizer, student_lm.model, student_lm.tokenizer, task)
         return student_lm.model, settings.student, None
     total = teacher_model.config.num_hidden_layers
@@ -1059,7 +1083,7 @@ def _teacher_outputs(
     mean_len = sum(len(e["input_ids"]) for e in train) / len(train)
     estimate = teacher_cache.estimate_bytes(len(train), mean_len, width, task)
     if estimate > CACHE_WARN_BYTES and not path.exists():
-        from llmkit.output import warn
+        from llmkit.console import warn
 
         warn(f"the teacher cache will take about {estimate / 1024**3:.1f} GiB in {path.parent}")
 
