@@ -14,7 +14,6 @@ perplexity and top-1 choices as llama.cpp computes them.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +54,7 @@ def _fresh_server(gguf: Path, context: int) -> tuple[Any, float]:
         raise MissingDependencyError(
             f"measuring a .gguf under llama.cpp needs its bindings; install them: {llama_engine.INSTALL_HINT}"
         )
-    with llama_engine._SERVERS_LOCK:
-        llama_engine._SERVERS.clear()  # a cached model would make the load look free
-    started = time.perf_counter()
-    server = llama_engine._server(gguf, parallel=1, context=context)
-    return server, time.perf_counter() - started
+    return llama_engine.load_fresh(gguf, context=context)
 
 
 def measure_speed(gguf: Path, prompt: str, *, new_tokens: int, context: int = 2048) -> LlamaSpeed:
@@ -79,7 +74,7 @@ def measure_speed(gguf: Path, prompt: str, *, new_tokens: int, context: int = 20
         MissingDependencyError: no bindings (exit 4).
     """
     from llmkit import llama_engine
-    from llmkit.generate import build_settings
+    from llmkit.sampling import build_settings
 
     _, load_seconds = _fresh_server(gguf, context)
 
