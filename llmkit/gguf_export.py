@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -163,10 +162,11 @@ def write_gguf(
     rope = getattr(config, "rope_parameters", None) or {}
     tok = _tokenizer_metadata(tokenizer, config.vocab_size)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    from llmkit import tempnames
+    from llmkit.loading import llmkit_home
+
+    journal = llmkit_home() / tempnames.JOURNAL  # a killed write's temporary is found by `models --clean`
+    tmp = tempnames.temp_file(path, ".tmp", journal=journal)
     try:
         writer = gguf.GGUFWriter(str(tmp), "llama")
         writer.add_type(gguf.GGUFType.MODEL)
@@ -233,6 +233,7 @@ def write_gguf(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        tempnames.forget(tmp, journal)
     return path
 
 

@@ -53,6 +53,7 @@ PRESETS: dict[str, Preset] = {
 FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 # Rows per ggml_quantize_chunk call when spreading a tensor over threads (ctypes releases the GIL).
 ROWS_PER_CHUNK = 64
+IMATRIX_MAX_TOKENS = 16384  # calibration tokens read for an importance matrix (llama-imatrix's default is more)
 
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
@@ -241,8 +242,13 @@ def quantize(data: Any, qtype: str, imatrix: Any = None, *, threads: int | None 
 # --- importance matrix ------------------------------------------------------------------------------------------
 
 
+def calibration_ids(tokenizer: Any, texts: Iterable[str], max_tokens: int = IMATRIX_MAX_TOKENS) -> list[int]:
+    """The token ids an importance matrix is measured on: the texts joined by blank lines, cut at `max_tokens`."""
+    return list(tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"][:max_tokens])
+
+
 def compute_imatrix(
-    model: Any, tokenizer: Any, texts: Iterable[str], *, context: int = 512, max_tokens: int = 16384
+    model: Any, tokenizer: Any, texts: Iterable[str], *, context: int = 512, max_tokens: int = IMATRIX_MAX_TOKENS
 ) -> dict[str, Any]:
     """Mean squared input activation per column of every Linear weight, over a calibration text.
 
@@ -262,7 +268,7 @@ def compute_imatrix(
     """
     import torch
 
-    ids = tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"][:max_tokens]
+    ids = calibration_ids(tokenizer, texts, max_tokens)
     if not ids:
         raise UsageError("the calibration text for --imatrix is empty; give a text file with some paragraphs")
     sums: dict[str, Any] = {}

@@ -40,9 +40,9 @@ def prefix(target: Path) -> str:
     return f".{target.name}.pid{os.getpid()}."
 
 
-def _entry(journal: Path, path: Path) -> Path:
+def _entry(journal: Path, path: Path, pid: int | None = None) -> Path:
     digest = hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:16]
-    return journal / f"{os.getpid()}.{digest}"
+    return journal / f"{os.getpid() if pid is None else pid}.{digest}"
 
 
 def _record(journal: Path | None, path: Path) -> None:
@@ -55,6 +55,12 @@ def forget(path: Path, journal: Path | None) -> None:
     """Drop `path` from the journal (call once the temporary was renamed into place or deleted)."""
     if journal is not None:
         _entry(journal, path).unlink(missing_ok=True)
+
+
+def forget_for(path: Path, pid: int, journal: Path | None) -> None:
+    """Drop another (dead) process's journal entry for `path`, once its temporary was removed."""
+    if journal is not None:
+        _entry(journal, path, pid).unlink(missing_ok=True)
 
 
 def temp_file(target: Path, suffix: str = "", *, journal: Path | None = None) -> Path:
