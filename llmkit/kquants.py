@@ -53,7 +53,7 @@ PRESETS: dict[str, Preset] = {
 FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 # Rows per ggml_quantize_chunk call when spreading a tensor over threads (ctypes releases the GIL).
 ROWS_PER_CHUNK = 64
-IMATRIX_MAX_TOKENS = 16384  # calibration tokens read for an importance matrix (llama-imatrix's default is more)
+IMATRIX_MAX_TOKENS = 8192  # calibration tokens read for an importance matrix (16 forward passes of 512)
 
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
