@@ -460,7 +460,7 @@ def quantize(
         UsageError, MissingDependencyError, ModelNotFoundError, QualityGateError (exit 5).
     """
     from llmkit import loading
-    from llmkit.llama_engine import bindings_installed
+    from llmkit.llama_engine import EngineLoadError, bindings_installed
 
     say = progress or (lambda message: None)
     output = Path(output)
@@ -508,23 +508,28 @@ def quantize(
         del original
 
         say("Measuring the quantized model...")
+        measured = False
         if method == "gguf" and bindings_installed():
-            after, agreement_kl = _measure_gguf(tmp, ev, before_out)
-            notes.append(
-                "the .gguf was measured under llama.cpp (load, tokens/s, perplexity and top-1 by teacher "
-                "forcing); the original's float weights under transformers; no KL divergence (llama.cpp's "
-                "server returns no full distributions)"
-            )
-            if source.kind == "gguf":
-                say("Measuring the original .gguf under llama.cpp...")
-                original_gguf, _ = _measure_gguf(Path(source.location), ev, before_out)
-        else:
+            try:
+                after, agreement_kl = _measure_gguf(tmp, ev, before_out)
+                measured = True
+                notes.append(
+                    "the .gguf was measured under llama.cpp (load, tokens/s, perplexity and top-1 by teacher "
+                    "forcing); the original's float weights under transformers; no KL divergence (llama.cpp's "
+                    "server returns no full distributions)"
+                )
+                if source.kind == "gguf":
+                    say("Measuring the original .gguf under llama.cpp...")
+                    original_gguf, _ = _measure_gguf(Path(source.location), ev, before_out)
+            except EngineLoadError as exc:  # e.g. a tokenizer llama.cpp does not know: measure it de-quantized
+                notes.append(f"llama.cpp could not load the .gguf ({exc})")
+        if not measured:
             if method == "gguf":
                 # Measured through its float weights; the de-quantized copy goes when the run ends.
                 converted_cache = loading.converted_dir(tmp)
                 notes.append(
                     "the .gguf was measured de-quantized through transformers (the llama.cpp bindings are not "
-                    "installed): its speed is not llama.cpp's"
+                    "installed or could not load it): its speed is not llama.cpp's"
                 )
             after_lm = loading.load(
                 str(tmp), task, device=device, dtype=dtype if method == "gguf" else "auto", **common
