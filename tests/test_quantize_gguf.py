@@ -110,3 +110,23 @@ def test_models_remove_and_clean_say_what_they_freed(tmp_path: Path, monkeypatch
     assert list((home / "converted").iterdir()) == []
     result = invoke(["models", "--clean", "--format", "rich"])
     assert "Nothing to remove" in result.stdout
+
+
+def test_a_gguf_llama_cpp_cannot_load_is_measured_de_quantized_and_no_copy_stays(
+    tiny_causal_lm_bpe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmkit import llama_measure, loading
+    from llmkit.llama_engine import EngineLoadError
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise EngineLoadError("unknown tokenizer")
+
+    monkeypatch.setattr(llama_measure, "measure_speed", refuse)
+    out = tmp_path / "d.gguf"
+    record = quantize_json("-m", str(tiny_causal_lm_bpe), "--method", "gguf", "-o", str(out))
+    assert record["quantized"]["engine"] == "transformers (de-quantized)"
+    assert record["kl_divergence"] is not None
+    assert any("could not load" in note for note in record["notes"])
+    assert not loading.converted_dir(out).exists()  # the float copy made for measuring is gone
+    converted = loading.llmkit_home() / "converted"
+    assert not converted.exists() or not [p for p in converted.iterdir() if p.name.startswith(".d.gguf")]
