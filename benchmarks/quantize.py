@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--eval-tokens", type=int, default=1024, help="tokens of BBC News text for perplexity")
+    parser.add_argument("--imatrix-tokens", type=int, default=8192, help="calibration tokens for +imatrix")
     parser.add_argument("--types", nargs="*", default=list(TYPES), help="GGUF types to write and measure")
     parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/quantize.*")
     args = parser.parse_args()
@@ -150,7 +151,9 @@ def main() -> None:
             path = work / f"smollm2-{gguf_type}{'-' + extra if extra else ''}.gguf"
             began = time.perf_counter()
             if extra == "imatrix" and imatrix is None:
-                imatrix = kquants.compute_imatrix(f32.model, f32.tokenizer, [bbc_text(CALIBRATION_ARTICLES)])
+                imatrix = kquants.compute_imatrix(
+                    f32.model, f32.tokenizer, [bbc_text(CALIBRATION_ARTICLES)], max_tokens=args.imatrix_tokens
+                )
             write_gguf(
                 f32.model,
                 f32.tokenizer,
