@@ -393,6 +393,20 @@ def _server(gguf: Path, *, parallel: int, context: int) -> Any:
         return server
 
 
+def load_fresh(gguf: Path, *, context: int, parallel: int = 1) -> tuple[Any, float]:
+    """Load `gguf` anew (any kept model released first) and time it: for measuring, where a kept model would
+    make the load look free.
+
+    Returns:
+        (the loaded server, which later `generate()` calls with the same settings reuse; seconds the load took).
+    """
+    with _SERVERS_LOCK:
+        _SERVERS.clear()
+    started = time.perf_counter()
+    server = _server(gguf, parallel=parallel, context=context)
+    return server, time.perf_counter() - started
+
+
 def request_params(settings: GenerationSettings, *, context: int) -> dict[str, Any]:
     """The llama.cpp request for `settings`: each knob mapped 1:1, unset sampling knobs switched off.
 

@@ -16,12 +16,12 @@ import importlib.metadata
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmkit import tempnames
 from llmkit.errors import LlmkitError, MissingDependencyError, ModelNotFoundError, UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -319,7 +319,8 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
     if progress:
         info(f"Converting {gguf_path.name} to safetensors once (later loads take about a second)...")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    journal = llmkit_home() / tempnames.JOURNAL  # a killed conversion's folder is found by `models --clean`
+    tmp = tempnames.temp_dir(target, journal=journal)
     try:
         try:
             with _quiet_transformers():
@@ -348,6 +349,7 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        tempnames.forget(tmp, journal)
     return target
 
 
