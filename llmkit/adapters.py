@@ -146,6 +146,9 @@ def check_task(info: AdapterInfo, task: str) -> None:
     Raises:
         UsageError: e.g. a classifier adapter given to generate.
     """
+    if task == "masked-lm" and info.is_prompt_learning:
+        # peft has no masked-LM task type to train one with, and the mask positions would shift under it.
+        raise UsageError(f"{info.path} is a {info.kind} adapter; fill-mask runs LoRA adapters only")
     wanted = info.load_task
     if wanted is None or task in ("base",):
         return

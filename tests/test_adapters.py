@@ -223,6 +223,12 @@ def test_task_mismatch_is_refused(tmp_path: Path, sharp_classifier: Path) -> Non
         load_adapter(folder, "causal-lm", **LOAD)
 
 
+def test_fill_mask_refuses_prompt_adapters(tmp_path: Path, sharp_classifier: Path) -> None:
+    folder = _make_adapter(sharp_classifier, "prompt-tuning", "classification", tmp_path / "p", num_virtual_tokens=2)
+    with pytest.raises(UsageError, match="fill-mask runs LoRA adapters only"):
+        load_adapter(folder, "masked-lm", **LOAD)
+
+
 @pytest.mark.parametrize("strategy", ["prompt-tuning", "prefix-tuning"])
 def test_quantize_refuses_prompt_adapters(tmp_path: Path, peaked_lm: Path, strategy: str) -> None:
     folder = _make_adapter(peaked_lm, strategy, "causal-lm", tmp_path / strategy, num_virtual_tokens=2)
