@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmkit import metrics
 from llmkit.errors import DataError, NotFoundError, UsageError
 
 DEFAULT_ZERO_SHOT_MODEL = "smollm2-135m-instruct"  # bundled: `classify --labels a,b` works offline
@@ -157,7 +158,9 @@ def classify(
             )
         loaded = loading.load(model, task, device=device, dtype=dtype, revision=revision,
                               allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    causal = "ForCausalLM" in type(loaded.model).__name__
+    from llmkit.tasks import CAUSAL_LM, head_of_architectures
+
+    causal = head_of_architectures([type(loaded.model).__name__]) == CAUSAL_LM
     runner: _Runner
     if causal:
         if labels is None:
@@ -398,40 +401,14 @@ class _CausalRunner(_Runner):
 # --- evaluation ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ClassMetrics:
-    label: str
-    precision: float
-    recall: float
-    f1: float
-    support: int
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Scores of predictions against gold labels.
-
-    Attributes:
-        count: examples scored (inputs with no prediction are left out and counted in `skipped`).
-        accuracy: share of exact matches.
-        macro_f1: unweighted mean F1 over `labels` (the union of gold and predicted labels, as scikit-learn).
-        per_class: precision/recall/F1/support per label.
-        labels: the label order of `confusion`.
-        confusion: confusion[i][j] = examples with gold labels[i] predicted as labels[j].
-        skipped: inputs without a prediction (empty) or without a gold label.
-    """
-
-    count: int
-    accuracy: float
-    macro_f1: float
-    per_class: list[ClassMetrics]
-    labels: list[str]
-    confusion: list[list[int]]
-    skipped: int = 0
+# One metrics module (llmkit.metrics): classify --evaluate and the finetune/distill reports score alike.
+ClassMetrics = metrics.ClassMetrics
+Evaluation = metrics.Evaluation
 
 
 def evaluate(gold: Sequence[str], predicted: Sequence[str], *, skipped: int = 0) -> Evaluation:
-    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix.
+    """Accuracy, macro-F1 (over the union of gold and predicted labels), per-class scores and the confusion
+    matrix: `metrics.evaluate`, kept here as the classify task's name for it.
 
     Args:
         gold: true labels.
@@ -439,37 +416,9 @@ def evaluate(gold: Sequence[str], predicted: Sequence[str], *, skipped: int = 0)
         skipped: how many inputs were left out (reported, not scored).
 
     Returns:
-        An `Evaluation` (precision/recall of a label never predicted/present count as 0, as scikit-learn's
-        zero_division=0).
+        An `Evaluation`.
     """
-    if len(gold) != len(predicted):
-        raise ValueError("gold and predicted differ in length")
-    if not gold:
-        raise DataError("nothing to evaluate: no input had both a prediction and a gold label")
-    labels = sorted(set(gold) | set(predicted))
-    where = {label: i for i, label in enumerate(labels)}
-    confusion = [[0] * len(labels) for _ in labels]
-    for g, p in zip(gold, predicted, strict=True):
-        confusion[where[g]][where[p]] += 1
-    per_class = []
-    for i, label in enumerate(labels):
-        tp = confusion[i][i]
-        predicted_n = sum(row[i] for row in confusion)
-        support = sum(confusion[i])
-        precision = tp / predicted_n if predicted_n else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class.append(ClassMetrics(label, precision, recall, f1, support))
-    correct = sum(confusion[i][i] for i in range(len(labels)))
-    return Evaluation(
-        count=len(gold),
-        accuracy=correct / len(gold),
-        macro_f1=sum(c.f1 for c in per_class) / len(per_class),
-        per_class=per_class,
-        labels=labels,
-        confusion=confusion,
-        skipped=skipped,
-    )
+    return metrics.evaluate(gold, predicted, skipped=skipped)
 
 
 def gold_label(value: Any, names: Sequence[str]) -> str | None:

@@ -155,8 +155,9 @@ def fill_mask(
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
-    archs = " ".join(getattr(loaded.model.config, "architectures", None) or [type(loaded.model).__name__])
-    method = "causal-lm" if "ForCausalLM" in archs or "ForCausalLM" in type(loaded.model).__name__ else "masked-lm"
+    from llmkit.tasks import CAUSAL_LM, head_of_architectures
+
+    method = "causal-lm" if head_of_architectures([type(loaded.model).__name__]) == CAUSAL_LM else "masked-lm"
     runner: _Runner = (
         _CausalRunner(loaded, top_k, target_words, truncate, joint)
         if method == "causal-lm"

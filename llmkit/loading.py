@@ -429,6 +429,10 @@ def load(
             raise _hub_error(spec, exc) from exc
         raise ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})") from exc
 
+    if task == "text-generation":  # a masked LM or classifier would load a random LM head and crash later
+        from llmkit.tasks import head_of, require_generator
+
+        require_generator(head_of(config), spec)
     auto_class = _auto_class(task, config)
     # config is read again by from_pretrained so that model_kwargs (num_labels, ...) can override it.
     kwargs: dict[str, Any] = dict(common, dtype=torch_dtype, **(model_kwargs or {}))
@@ -514,19 +518,13 @@ def detect_task(spec: str, *, revision: str | None = None, trust_remote_code: bo
     """The task a model was made for, from its config's architecture (GGUF files are causal LMs).
 
     Returns:
-        "causal-lm", "seq2seq-lm", "masked-lm", "sequence-classification" or "base".
+        One of `tasks.HEADS`: "causal-lm", "seq2seq-lm", "masked-lm", "sequence-classification" or "base".
     """
     if resolve(spec).kind == "gguf":
         return "causal-lm"
-    config = read_config(spec, revision=revision, trust_remote_code=trust_remote_code)
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq-lm"
-    for arch in getattr(config, "architectures", None) or []:
-        for suffix, task in (("ForCausalLM", "causal-lm"), ("ForMaskedLM", "masked-lm"),
-                             ("ForSequenceClassification", "sequence-classification")):
-            if arch.endswith(suffix):
-                return task
-    return "base"
+    from llmkit.tasks import head_of
+
+    return head_of(read_config(spec, revision=revision, trust_remote_code=trust_remote_code))
 
 
 def set_seed(seed: int | None) -> None:
@@ -611,15 +609,6 @@ def model_heads(spec: str, *, revision: str | None = None, trust_remote_code: bo
         if source.kind == "hub":
             raise _hub_error(spec, exc) from exc
         raise ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})") from exc
-    archs = " ".join(getattr(config, "architectures", None) or [])
-    if source.kind == "gguf" or "ForCausalLM" in archs:
-        return "causal-lm", config
-    for marker, kind in (
-        ("ForMaskedLM", "masked-lm"),
-        ("ForSequenceClassification", "sequence-classification"),
-        ("ForConditionalGeneration", "seq2seq-lm"),
-        ("ForPreTraining", "masked-lm"),
-    ):
-        if marker in archs:
-            return kind, config
-    return "base", config
+    from llmkit.tasks import CAUSAL_LM, head_of
+
+    return (CAUSAL_LM if source.kind == "gguf" else head_of(config)), config

@@ -268,7 +268,7 @@ def evaluation_view(report: Any) -> Any:
     return Group(head, per_class, matrix)
 
 
-TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+from llmkit.data import TABLE_SUFFIXES, WRITE_FORMATS  # noqa: E402,F401  (the one suffix map)
 
 
 def write_table(path: Any, columns: list[str], rows: Any) -> int:
@@ -290,7 +290,7 @@ def write_table(path: Any, columns: list[str], rows: Any) -> int:
 
     path = Path(path)
     fmt = TABLE_SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
+    if fmt not in WRITE_FORMATS:
         raise UsageError(f"--output {path}: use a .csv, .tsv, .jsonl or .parquet file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

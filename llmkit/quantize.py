@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import DataError, MissingDependencyError, QualityGateError, UsageError
+from llmkit.metrics import accuracy, perplexity
 
 METHODS = ("gguf", "int8-weight", "int4-weight", "dynamic-int8", "bnb-8bit", "bnb-4bit")
 TORCHAO_METHODS = ("int8-weight", "int4-weight")
@@ -354,7 +355,8 @@ def _outputs(lm: Any, ev: _Eval) -> tuple[Any, float | None]:
                 logits = logits[:-1]  # position t predicts token t+1
             else:
                 logits = logits[(ev.labels[0] != -100)]
-            return logits, math.exp(float(out.loss))
+            ppl = perplexity(float(out.loss))  # the one metrics module; a diverged loss reads as inf
+            return logits, math.inf if ppl is None else ppl
         chunks = []
         for start in range(0, len(ev.texts), 8):
             batch = lm.tokenizer(
@@ -401,14 +403,13 @@ def _speed(lm: Any, ev: _Eval) -> tuple[float, str]:
 
 
 def _measure(lm: Any, ev: _Eval, size: int | None, reference: Any = None) -> tuple[Measurement, Any]:
-    import torch
 
     outputs, loss_quality = _outputs(lm, ev)
     if loss_quality is not None:
         metric = "perplexity" if ev.task == "causal-lm" else "masked-perplexity"
         quality = loss_quality
     elif ev.gold is not None:
-        metric, quality = "accuracy", float((outputs.argmax(-1) == torch.tensor(ev.gold)).float().mean())
+        metric, quality = "accuracy", accuracy(list(ev.gold), outputs.argmax(-1).tolist())
     else:
         metric = "agreement"
         quality = 1.0 if reference is None else _agreement(reference, outputs, ev.task)[0]
