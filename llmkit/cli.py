@@ -77,6 +77,14 @@ ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Hub id, local folder, .gguf file, or built-in alias (see `llmkit models`)."),
 ]
+AdapterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--adapter",
+        help="A peft adapter folder (LoRA, prompt or prefix tuning, e.g. from llmkit finetune --strategy) to run "
+        "on --model without merging; --model ADAPTER_DIR alone finds its base.",
+    ),
+]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|mps (auto: cuda, then mps, then cpu).")]
 DtypeOpt = Annotated[
@@ -140,6 +148,7 @@ from llmkit import generate as _gen  # noqa: E402  (pure-python module: defaults
 def generate(
     texts: TextsArg = None,
     model: ModelOpt = None,
+    adapter: AdapterOpt = None,
     max_new_tokens: Annotated[
         int | None, typer.Option("--max-new-tokens", "-n", help=f"Most tokens per answer [default: {_gen.DEFAULT_MAX_NEW_TOKENS}].")
     ] = None,
@@ -237,7 +246,8 @@ def generate(
     emitter = output.Emitter(fmt, text=lambda g: g.text, rich=streamer.finish if streamer else None)
     results = _gen.generate(
         prompts(),
-        model=model or _gen.DEFAULT_MODEL,
+        model=model or adapter or _gen.DEFAULT_MODEL,
+        adapter=adapter if model else None,  # --adapter alone: the adapter names its base
         settings=settings,
         system=system,
         raw=raw,
@@ -292,6 +302,7 @@ def _report_skipped(results: list[Any], what: str) -> None:
 def fill_mask_command(
     texts: TextsArg = None,
     model: ModelOpt = None,
+    adapter: AdapterOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Answers per mask.", min=1)] = _fm.DEFAULT_TOP_K,
     targets: Annotated[
         str | None,
@@ -346,7 +357,8 @@ def fill_mask_command(
     for index, result in enumerate(
         _fm.fill_mask(
             sentences(),
-            model=model or _fm.DEFAULT_MODEL,
+            model=model or adapter or _fm.DEFAULT_MODEL,
+            adapter=adapter if model else None,
             top_k=top_k,
             targets=target_words,
             joint=joint,
@@ -379,6 +391,7 @@ def fill_mask_command(
 def classify(
     texts: TextsArg = None,
     model: ModelOpt = None,
+    adapter: AdapterOpt = None,
     labels: Annotated[
         str | None, typer.Option("--labels", help="Zero-shot: comma-separated candidate labels.")
     ] = None,
@@ -480,6 +493,7 @@ def classify(
     results = _cls.classify(
         items(),
         model=model,
+        adapter=adapter,
         labels=label_list,
         top_k=top_k,
         # Evaluation maps label ids in the gold column to names, so it needs every label's name.
@@ -576,6 +590,9 @@ from llmkit import training as _tr  # noqa: E402
     "--output ./sentiment\n\n"
     '  llmkit classify --model ./sentiment "What a great film"\n\n'
     "  llmkit finetune chats.jsonl --model smollm2-135m-instruct --lora-r 8 --merge-lora -o ./chat\n\n"
+    "  llmkit finetune reviews.csv --strategy prompt-tuning --num-virtual-tokens 20 -o ./sentiment-prompt\n\n"
+    '  llmkit classify --model ./sentiment-prompt "What a great film"   (the adapter loads on its base)\n\n'
+    "  llmkit finetune reviews.csv --train-only ffn -o ./sentiment-ffn\n\n"
     "  llmkit finetune notes.csv --task masked-lm --mlm-probability 0.15 -o ./domain-bert\n\n"
     "  llmkit finetune reviews.csv -o ./sentiment --dry-run\n\n"
     "  accelerate launch -m llmkit finetune reviews.csv -o ./sentiment   (DDP, FSDP, DeepSpeed)"
@@ -641,7 +658,26 @@ def finetune(
     ] = None,
     train_only: Annotated[
         str | None,
-        typer.Option("--train-only", help="head|top-N: freeze all but the head (and the top N layers)."),
+        typer.Option(
+            "--train-only",
+            help="head|top-N|ffn: freeze all but the head (and the top N layers, or every layer's feed-forward "
+            "block).",
+        ),
+    ] = None,
+    strategy_name: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy",
+            help="full|lora|prompt-tuning|prefix-tuning: what to train; peft runs write an adapter folder that "
+            "the other commands load on its base [default: full].",
+        ),
+    ] = None,
+    num_virtual_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--num-virtual-tokens",
+            help=f"prompt/prefix tuning: learned tokens [default: {_ft.DEFAULT_NUM_VIRTUAL_TOKENS}].",
+        ),
     ] = None,
     lora_r: Annotated[
         int | None, typer.Option("--lora-r", help="Train LoRA adapters of this rank (peft).")
@@ -754,7 +790,7 @@ def finetune(
 
     Classification/regression (labels saved in config.json for `llmkit classify`), causal-lm (text,
     prompt/completion with the loss on the completion, or chat messages) and masked-lm. Full fine-tuning,
-    --train-only head|top-N, or LoRA (--lora-r). Progress on stderr; the result (and with --json the training
+    --train-only head|top-N|ffn, or a peft adapter (--strategy lora|prompt-tuning|prefix-tuning). Progress on stderr; the result (and with --json the training
     log) on stdout; OUTPUT/report.json holds the validation report. The output folder appears only when
     training has finished; an interrupted run continues with the same command plus --resume.
     """
@@ -779,7 +815,7 @@ def finetune(
         prompt_column=prompt_column, completion_column=completion_column, messages_column=messages_column,
         train_only=train_only, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()) if lora_targets else None,
-        merge_lora=merge_lora,
+        merge_lora=merge_lora, strategy=strategy_name, num_virtual_tokens=num_virtual_tokens,
     )  # fmt: skip
     if isinstance(file_values.get("lora_targets"), (list, str)):
         targets = file_values["lora_targets"]

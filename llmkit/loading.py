@@ -142,6 +142,8 @@ def resolve(spec: str) -> ModelSource:
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return ModelSource(spec, "gguf", str(ggufs[0].resolve()))
+        if (path / "adapter_config.json").exists():  # a peft adapter: loaded on its base (adapters.py)
+            return ModelSource(spec, "adapter", str(path.resolve()))
         raise ModelNotFoundError(f"{spec} has no config.json (nor a single .gguf file): not a saved model folder")
 
     looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or os.sep + os.sep in spec
@@ -375,11 +377,13 @@ def load(
     trust_remote_code: bool = False,
     low_precision: bool = False,
     model_kwargs: dict[str, Any] | None = None,
+    adapter: str | None = None,
 ) -> LoadedModel:
     """Load `spec` for `task`.
 
     Args:
-        spec: alias, local folder, .gguf file or hub id (see module docstring).
+        spec: alias, local folder, .gguf file or hub id (see module docstring), or a peft adapter folder
+            (its base found through adapter_config.json).
         task: one of TASKS; "text-generation" picks causal or seq2seq from the config.
         device: auto|cpu|cuda|mps.
         dtype: auto|float32|bfloat16|float16 (auto: see `pick_dtype`).
@@ -388,9 +392,10 @@ def load(
         trust_remote_code: permit a hub repo's own modeling code.
         low_precision: the task's preference for `dtype=auto`.
         model_kwargs: extra keyword arguments for from_pretrained (e.g. num_labels).
+        adapter: a peft adapter folder to put on top of `spec` (unmerged).
 
     Returns:
-        LoadedModel with the model in eval mode on its device.
+        LoadedModel with the model in eval mode on its device (a peft model when an adapter is involved).
 
     Raises:
         ModelNotFoundError, UsageError, MissingDependencyError.
@@ -400,6 +405,17 @@ def load(
     started = time.perf_counter()
     quiet_library_logs()
     source = resolve(spec)
+    if adapter is not None or source.kind == "adapter":
+        from llmkit.adapters import load_adapter
+
+        if adapter is not None and source.kind == "adapter":
+            raise UsageError(f"--model {spec} is itself an adapter; give its base with --model, or drop --adapter")
+        options: dict[str, Any] = dict(device=device, dtype=dtype, revision=revision, allow_pickle=allow_pickle,
+                                       trust_remote_code=trust_remote_code, low_precision=low_precision,
+                                       model_kwargs=model_kwargs)
+        if adapter is not None:
+            return load_adapter(adapter, task, base=spec, **options)
+        return load_adapter(source.location, task, **options)
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device, low_precision=low_precision)
     notes: list[str] = []
@@ -478,6 +494,8 @@ def read_config(spec: str, *, revision: str | None = None, trust_remote_code: bo
         ModelNotFoundError.
     """
     source = resolve(spec)
+    if source.kind == "adapter":
+        return _adapter_config(source, revision=revision, trust_remote_code=trust_remote_code)
     location = source.location
     if source.kind == "gguf":
         location = str(convert_gguf(Path(source.location)))
@@ -495,6 +513,28 @@ def read_config(spec: str, *, revision: str | None = None, trust_remote_code: bo
             raise _hub_error(spec, exc) from exc
         reason = str(exc).splitlines()[0]
         raise ModelNotFoundError(f"{spec}: config.json could not be read ({reason})") from exc
+
+
+def _adapter_config(
+    source: ModelSource, *, revision: str | None, trust_remote_code: bool, base: str | None = None
+) -> Any:
+    """An adapter's view of its base's config: the base's, with the adapter's head and labels, so that commands
+    which pick a method from the config (classify, fill-mask, quantize) see what the adapter was trained as."""
+    from llmkit.adapters import read_adapter
+
+    info = read_adapter(source.location)
+    base = base or info.base
+    if not base:
+        raise UsageError(f"{source.spec} does not name its base model; pass --model BASE --adapter {source.spec}")
+    config = read_config(base, revision=revision, trust_remote_code=trust_remote_code)
+    suffix = {"sequence-classification": "ForSequenceClassification", "causal-lm": "ForCausalLM",
+              "seq2seq-lm": "ForConditionalGeneration"}.get(info.load_task or "")
+    if suffix:
+        config.architectures = [type(config).__name__.removesuffix("Config") + suffix]
+    if info.id2label:
+        config.id2label = dict(info.id2label)
+        config.label2id = {v: k for k, v in info.id2label.items()}
+    return config
 
 
 QUANTIZATION_SETTINGS = "llmkit_quantization.json"  # written by `llmkit quantize` beside config.json
@@ -584,8 +624,13 @@ def list_models() -> list[dict[str, Any]]:
     return rows
 
 
-def model_heads(spec: str, *, revision: str | None = None, trust_remote_code: bool = False) -> tuple[str, Any]:
+def model_heads(
+    spec: str, *, revision: str | None = None, trust_remote_code: bool = False, adapter: str | None = None
+) -> tuple[str, Any]:
     """Which head a model carries, read from its config alone (no weights): for commands that pick a method.
+
+    With `adapter` (a peft adapter folder put on `spec`), or when `spec` is an adapter folder, the head is
+    the one the adapter was trained with.
 
     Returns:
         (kind, config): kind is "causal-lm", "masked-lm", "sequence-classification", "seq2seq-lm" or "base"
@@ -594,7 +639,15 @@ def model_heads(spec: str, *, revision: str | None = None, trust_remote_code: bo
     Raises:
         ModelNotFoundError, UsageError: as `load`.
     """
-    source = resolve(spec)
+    if adapter is not None and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
+        raise ModelNotFoundError(f"--adapter {adapter} has no adapter_config.json: not a peft adapter folder")
+    source = resolve(adapter or spec)
+    if source.kind == "adapter":
+        from llmkit.tasks import head_of
+
+        config = _adapter_config(source, revision=revision, trust_remote_code=trust_remote_code,
+                                 base=spec if adapter else None)
+        return head_of(config), config
     location = source.location
     if source.kind == "gguf":
         location = str(convert_gguf(Path(source.location)))

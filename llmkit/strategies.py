@@ -159,6 +159,59 @@ def train_only_ffn(model: Any, *, train_head: bool = True) -> TrainableCount:
     return count_trainable(model)
 
 
+def _layer_list(base: Any) -> Any:
+    """The longest ModuleList of transformer blocks in the base model (encoder.layer, model.layers, ...)."""
+    import torch
+
+    best = None
+    for _name, module in base.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and (best is None or len(module) > len(best[1])):
+            best = (_name, module)
+    return best
+
+
+def train_only_head(model: Any, top_layers: int | None = None) -> TrainableCount:
+    """Freeze everything but the task head (and, for top-N, the last N blocks plus what follows them).
+
+    The head is every parameter outside `model.base_model`; "what follows" the blocks is the base model's
+    final norm/pooler, which sit between the top block and the head.
+
+    Args:
+        model: a transformers model with a task head.
+        top_layers: N for `--train-only top-N`; None for the head alone.
+
+    Returns:
+        The trainable count after freezing.
+
+    Raises:
+        UsageError: no layer list, or more layers asked than the model has.
+    """
+    base = model.base_model
+    base_ids = {id(p) for p in base.parameters()}
+    for p in model.parameters():
+        p.requires_grad = id(p) not in base_ids
+    if top_layers is None:
+        return count_trainable(model)
+    found = _layer_list(base)
+    if found is None:
+        raise UsageError("--train-only top-N: this model has no list of layers to pick the top of")
+    name, layers = found
+    if top_layers > len(layers):
+        raise UsageError(f"--train-only top-{top_layers}: the model has only {len(layers)} layers")
+    for layer in list(layers)[-top_layers:]:
+        for p in layer.parameters():
+            p.requires_grad = True
+    embeddings = {id(p) for p in base.get_input_embeddings().parameters()}
+    in_layers = {id(p) for p in layers.parameters()}
+    for pname, p in base.named_parameters():
+        # after the blocks: final norm, pooler. Embedding-side modules (position/type embeddings, their norm)
+        # come before and stay frozen.
+        if id(p) in in_layers or id(p) in embeddings or "embed" in pname:
+            continue
+        p.requires_grad = True
+    return count_trainable(model)
+
+
 def peft_task_type(task: str, strategy: str) -> Any:
     """The peft TaskType for an llmkit task, or None (LoRA on masked-lm).
 
@@ -271,4 +324,13 @@ def accept_prefix_cache(model: Any) -> None:
             kwargs["cache"] = past_key_values
         return original(*args, **kwargs)
 
+    # The original parameters plus `past_key_values`: the Trainer keeps only dataset columns that the
+    # forward signature names (input_ids, labels...), so they must stay visible.
+    original_params = list(params.values())
+    extra = inspect.Parameter("past_key_values", inspect.Parameter.KEYWORD_ONLY, default=None)
+    where = next((i for i, p in enumerate(original_params) if p.kind == inspect.Parameter.VAR_KEYWORD),
+                 len(original_params))
+    forward.__signature__ = inspect.signature(target.forward).replace(  # type: ignore[attr-defined]
+        parameters=[*original_params[:where], extra, *original_params[where:]]
+    )
     target.forward = forward
