@@ -586,8 +586,23 @@ def quantize(
         "revision": revision, "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code
     }
 
+    adapter_source = loading.resolve(model)
+    if adapter_source.kind == "adapter":  # refuse prompt/prefix adapters before loading anything
+        from llmkit.adapters import read_adapter, refuse_unmergeable
+
+        refuse_unmergeable(read_adapter(adapter_source.location))
     say(f"Loading {model} ({task})...")
     original = loading.load(model, task, device=device, dtype=dtype, **common)
+    merged_dir: Path | None = None  # methods that reload the model quantize the merged copy saved here
+    if adapter_source.kind == "adapter":
+        from llmkit.adapters import merge_adapter
+
+        # LoRA folds into the base weights; the merged model is both the "original" measured and what is quantized.
+        original.model = merge_adapter(original.model)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        merged_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.merged.", dir=output.parent))
+        original.model.save_pretrained(str(merged_dir))
+        original.tokenizer.save_pretrained(str(merged_dir))
     source = original.source
     if source.kind == "gguf":
         original_size: int | None = _disk_size(loading.convert_gguf(Path(source.location), progress=False))
@@ -657,7 +672,7 @@ def quantize(
                     else _bnb_config(method, skip_list)
                 )
                 quantized_lm = loading.load(
-                    model,
+                    str(merged_dir) if merged_dir is not None else model,
                     task,
                     device=device,
                     dtype=dtype,
@@ -724,5 +739,7 @@ def quantize(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        if merged_dir is not None:
+            shutil.rmtree(merged_dir, ignore_errors=True)
         if converted_cache is not None and converted_cache.exists():  # the cache of the temporary name
             shutil.rmtree(converted_cache, ignore_errors=True)
