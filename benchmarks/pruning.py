@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved classify timing rounds")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--only", default=",".join(STUDENTS))
+    parser.add_argument("--no-timing", action="store_true",
+                        help="train the students only (run them as parallel processes, then once more to time)")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -73,9 +75,12 @@ def main() -> None:
                *STUDENTS[name], "--baseline", "--validation-file", str(test_csv), "--epochs", str(args.epochs),
                "--lr", str(args.learning_rate), "--max-length", str(args.max_length), "--batch-size",
                str(args.batch_size), "--seed", str(args.seed), "--device", "cpu", "--overwrite", "--json"]
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd[2:])}", file=sys.stderr)
-        done, wall = bench.run(cmd)
-        report = next(r for r in reversed(bench.json_records(done.stdout)) if "models" in r)
+        if (out / "report.json").exists():  # finished by an earlier (or parallel --no-timing) run
+            report, wall = json.loads((out / "report.json").read_text()), float("nan")
+        else:
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd[2:])}", file=sys.stderr)
+            done, wall = bench.run(cmd)
+            report = next(r for r in reversed(bench.json_records(done.stdout)) if "models" in r)
         roles = {m["role"]: m for m in report["models"]}
         rows.append({"student": name, "flags": " ".join(STUDENTS[name]), "folder": str(out),
                      "distill_wall_seconds": round(wall, 1), "report_models": roles,
@@ -84,6 +89,8 @@ def main() -> None:
                      "report_student_accuracy": roles["student"]["accuracy"]})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "report_models"}), file=sys.stderr)
 
+    if args.no_timing:
+        return
     # End to end classify: teacher and students interleaved, so a load change hits all of them alike.
     models = {"teacher": str(teacher)} | {r["student"]: r["folder"] for r in rows}
     seconds: dict[str, list[float]] = {name: [] for name in models}

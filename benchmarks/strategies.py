@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--only", default=",".join(STRATEGIES), help="comma-separated strategies to run")
+    parser.add_argument("--reuse", action="store_true", help="take finished runs found in --workdir as they are")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -142,9 +143,13 @@ def main() -> None:
                "--validation-file", str(test_csv), "--epochs", str(args.epochs), "--max-length", str(args.max_length),
                "--batch-size", str(args.batch_size), "--lr", str(lr), "--seed", str(args.seed), "--device", "cpu",
                "--overwrite", "--json", *flags]
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd[2:])}", file=sys.stderr)
-        done, wall = run(cmd)
-        report = next(r for r in reversed(json_records(done.stdout)) if "trainable_parameters" in r)
+        if args.reuse and (out / "report.json").exists():
+            # a finished run of this strategy in --workdir (several strategies can run as parallel processes)
+            report, wall = json.loads((out / "report.json").read_text())["result"], float("nan")
+        else:
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd[2:])}", file=sys.stderr)
+            done, wall = run(cmd)
+            report = next(r for r in reversed(json_records(done.stdout)) if "trainable_parameters" in r)
         metrics, _ = evaluate(str(out), test_csv)
         results.append({
             "strategy": name,
