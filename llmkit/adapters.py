@@ -18,92 +18,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmkit.errors import MissingDependencyError, ModelNotFoundError, UsageError
+from llmkit.errors import UsageError
+from llmkit.loading import (  # reading and loading adapters is loading.py's job; re-exported for callers here
+    ADAPTER_CONFIG,
+    ADAPTER_EXTRAS,
+    PEFT_KINDS,
+    AdapterInfo,
+    check_adapter_task,
+    is_adapter_dir,
+    load_adapter,
+    read_adapter,
+)
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_EXTRAS = "llmkit_adapter.json"  # what peft does not save: the labels and the base spec as typed
-
-# peft's names -> llmkit's --strategy names
-_KINDS = {"LORA": "lora", "PROMPT_TUNING": "prompt-tuning", "PREFIX_TUNING": "prefix-tuning"}
-# peft task type -> loading.TASKS
-_LOAD_TASKS = {"SEQ_CLS": "sequence-classification", "CAUSAL_LM": "causal-lm", "SEQ_2_SEQ_LM": "seq2seq-lm"}
-
-
-@dataclass(frozen=True)
-class AdapterInfo:
-    """What an adapter folder says about itself.
-
-    Attributes:
-        path: the folder.
-        kind: "lora", "prompt-tuning", "prefix-tuning", or peft's own type name lower-cased for others.
-        base: the base model spec (adapter_config's base_model_name_or_path, or llmkit's record of the spec).
-        task_type: peft's task type ("SEQ_CLS", "CAUSAL_LM", ...) or None.
-        num_virtual_tokens: prompt length of a prompt/prefix adapter, else None.
-        id2label: the classifier's labels when llmkit wrote them, else None.
-    """
-
-    path: Path
-    kind: str
-    base: str | None
-    task_type: str | None
-    num_virtual_tokens: int | None
-    id2label: dict[int, str] | None = None
-
-    @property
-    def is_prompt_learning(self) -> bool:
-        """Prompt/prefix adapters add virtual tokens; they have no weight delta to merge."""
-        return self.num_virtual_tokens is not None
-
-    @property
-    def load_task(self) -> str | None:
-        """The loading.TASKS name the base must be loaded as, when the adapter's task type fixes it."""
-        return _LOAD_TASKS.get(self.task_type or "")
-
-
-def is_adapter_dir(path: str | Path) -> bool:
-    """True for a folder that holds a peft adapter (adapter_config.json)."""
-    p = Path(path).expanduser()
-    return p.is_dir() and (p / ADAPTER_CONFIG).is_file()
-
-
-def read_adapter(path: str | Path) -> AdapterInfo:
-    """Read an adapter folder's config (and llmkit's extras) without loading any weights.
-
-    Args:
-        path: the adapter folder.
-
-    Returns:
-        AdapterInfo.
-
-    Raises:
-        ModelNotFoundError: no adapter_config.json there.
-        UsageError: an unreadable config.
-    """
-    folder = Path(path).expanduser()
-    config_path = folder / ADAPTER_CONFIG
-    if not config_path.is_file():
-        raise ModelNotFoundError(f"{path} has no {ADAPTER_CONFIG}: not a peft adapter folder")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        extras_path = folder / ADAPTER_EXTRAS
-        extras = json.loads(extras_path.read_text(encoding="utf-8")) if extras_path.is_file() else {}
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: the adapter config is unreadable ({exc}); save the adapter again") from exc
-    if not isinstance(config, dict) or not isinstance(extras, dict):
-        raise UsageError(f"{config_path} is not a JSON object; save the adapter again")
-    peft_type = str(config.get("peft_type") or "")
-    virtual = config.get("num_virtual_tokens")
-    labels = extras.get("id2label")
-    return AdapterInfo(
-        path=folder,
-        kind=_KINDS.get(peft_type, peft_type.lower() or "unknown"),
-        base=extras.get("base") or config.get("base_model_name_or_path"),
-        task_type=config.get("task_type"),
-        num_virtual_tokens=int(virtual) if virtual is not None and peft_type in ("PROMPT_TUNING", "PREFIX_TUNING")
-        else None,
-        id2label={int(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else None,
-    )
-
+__all__ = [
+    "ADAPTER_CONFIG", "ADAPTER_EXTRAS", "AdapterInfo", "GenerationInputs", "check_adapter_task", "generation_inputs",
+    "is_adapter_dir", "load_adapter", "merge_adapter", "prompt_adapter_config", "read_adapter",
+    "refuse_unmergeable", "save_adapter",
+]
 
 def save_adapter(
     peft_model: Any, folder: Path, *, base_spec: str, id2label: dict[int, str] | None = None
@@ -124,109 +55,6 @@ def save_adapter(
     if id2label:
         extras["id2label"] = {str(k): v for k, v in id2label.items()}
     (folder / ADAPTER_EXTRAS).write_text(json.dumps(extras, indent=2) + "\n", encoding="utf-8")
-
-
-def _head_size(folder: Path) -> int | None:
-    """Rows of a saved classification head (peft keeps it under modules_to_save), for adapters without labels."""
-    weights = folder / "adapter_model.safetensors"
-    if not weights.is_file():
-        return None
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="pt") as f:
-        for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-            if key.endswith(("classifier.weight", "score.weight", "classifier.out_proj.weight")):
-                return int(f.get_slice(key).get_shape()[0])
-    return None
-
-
-def check_task(info: AdapterInfo, task: str) -> None:
-    """Refuse an adapter trained for another task than the command's.
-
-    Raises:
-        UsageError: e.g. a classifier adapter given to generate.
-    """
-    if task == "masked-lm" and info.is_prompt_learning:
-        # peft has no masked-LM task type to train one with, and the mask positions would shift under it.
-        raise UsageError(f"{info.path} is a {info.kind} adapter; fill-mask runs LoRA adapters only")
-    wanted = info.load_task
-    if wanted is None or task in ("base",):
-        return
-    same = task == wanted or (task == "text-generation" and wanted in ("causal-lm", "seq2seq-lm"))
-    if not same:
-        raise UsageError(f"{info.path} is a {wanted} adapter; it cannot run as {task}")
-
-
-def load_adapter(
-    adapter_dir: str | Path,
-    task: str,
-    *,
-    base: str | None = None,
-    **load_options: Any,
-) -> Any:
-    """Load an adapter's base model and the adapter on top of it, unmerged.
-
-    Args:
-        adapter_dir: the adapter folder.
-        task: a loading.TASKS name for the base ("sequence-classification", "causal-lm", ...).
-        base: the base spec; None reads it from the adapter (`base_model_name_or_path`).
-        load_options: passed to `loading.load` (device, dtype, revision, allow_pickle, ...).
-
-    Returns:
-        loading.LoadedModel whose `model` is the peft model (eval mode) and whose tokenizer is the adapter
-        folder's when it has one (finetune saves it there), else the base's.
-
-    Raises:
-        UsageError: no base known, a task mismatch, or an adapter that does not fit the base.
-        ModelNotFoundError: the base or the adapter cannot be found.
-        MissingDependencyError: peft is not installed.
-    """
-    from llmkit import loading
-
-    info = read_adapter(adapter_dir)
-    check_task(info, task)
-    base_spec = base or info.base
-    if not base_spec:
-        raise UsageError(
-            f"{adapter_dir} does not name its base model; pass --model BASE --adapter {adapter_dir}"
-        )
-    try:
-        from peft import PeftModel
-    except ImportError:
-        raise MissingDependencyError("loading a peft adapter needs peft: pip install 'llmkit[train]'") from None
-
-    model_kwargs = dict(load_options.pop("model_kwargs", None) or {})
-    if task == "sequence-classification":
-        labels = info.id2label
-        size = len(labels) if labels else _head_size(info.path)
-        if labels:
-            model_kwargs.update(
-                num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()}
-            )
-        elif size:
-            model_kwargs.update(num_labels=size)
-    try:
-        loaded = loading.load(base_spec, task, model_kwargs=model_kwargs, **load_options)
-    except ModelNotFoundError as exc:
-        raise ModelNotFoundError(f"the base of adapter {adapter_dir}: {exc.message}") from exc
-    if info.kind == "prefix-tuning":
-        from llmkit.strategies import accept_prefix_cache
-
-        accept_prefix_cache(loaded.model)
-    try:
-        model = PeftModel.from_pretrained(loaded.model, str(info.path), is_trainable=False)
-    except (ValueError, RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"adapter {adapter_dir} does not fit base {base_spec} ({first[:200]})") from exc
-    model.to(loaded.device)
-    model.eval()
-    tokenizer = loaded.tokenizer
-    if (info.path / "tokenizer_config.json").is_file():
-        tokenizer = loading.load_tokenizer(loading.ModelSource(str(info.path), "dir", str(info.path)))
-    notes = [*loaded.notes, f"{info.kind} adapter {info.path} on base {base_spec} (not merged)"]
-    from dataclasses import replace
-
-    return replace(loaded, model=model, tokenizer=tokenizer, notes=notes)
 
 
 def refuse_unmergeable(info: AdapterInfo) -> None:
@@ -257,7 +85,7 @@ def merge_adapter(peft_model: Any) -> Any:
     """
     config = peft_model.active_peft_config
     if getattr(config, "is_prompt_learning", False):
-        kind = _KINDS.get(str(config.peft_type.value), str(config.peft_type.value).lower())
+        kind = PEFT_KINDS.get(str(config.peft_type.value), str(config.peft_type.value).lower())
         raise UsageError(
             f"a {kind} adapter adds virtual tokens at run time and has no weights to merge; "
             "quantize its base model, or train with --strategy lora"

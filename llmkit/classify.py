@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -435,3 +435,78 @@ def gold_label(value: Any, names: Sequence[str]) -> str | None:
     if text not in names and text.lstrip("-").isdigit() and 0 <= int(text) < len(names):
         return names[int(text)]
     return text
+
+
+# --- tables and evaluation for the command (columns fixed before the first input) -----------------------------
+
+
+def output_labels(
+    model: str | None,
+    labels: Sequence[str] | None,
+    multi_label: bool | None = None,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[list[str], bool]:
+    """The labels a run will score and whether it is multi-label, known before any input is classified.
+
+    A table written with --output takes its columns from these, so an empty first input cannot drop the
+    score columns of every later row. Reads the config only (no weights).
+
+    Args:
+        model: the model spec (None: the bundled zero-shot model, which needs `labels`).
+        labels: zero-shot candidate labels, or None for a classifier's own labels.
+        multi_label: the --multi-label flag (None: from the model config).
+
+    Returns:
+        (label names in the model's order, multi-label).
+    """
+    if labels is not None:
+        return list(labels), bool(multi_label)
+    if model is None:
+        return [], False
+    from llmkit import loading
+
+    config = loading.read_config(model, revision=revision, trust_remote_code=trust_remote_code)
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    multi = multi_label if multi_label is not None else getattr(config, "problem_type", None) == "multi_label_classification"
+    return names, bool(multi)
+
+
+def prediction_columns(result: Classification, label_names: Sequence[str], *, with_scores: bool, multi: bool) -> dict[str, Any]:
+    """The columns a classify --output table appends to each input row: the same keys for every row."""
+    columns: dict[str, Any] = {"prediction": result.label, "prediction_score": result.score}
+    if with_scores:
+        by_label = {item.label: item.score for item in result.scores}
+        for name in label_names:
+            columns[f"score_{name}"] = by_label.get(name)
+    if multi:
+        columns["active_labels"] = None if result.active is None else ",".join(result.active)
+    columns["error"] = result.error  # always present, so every row has the same columns
+    return columns
+
+
+@dataclass
+class GoldTracker:
+    """Pairs each prediction with its gold label (from `label_column`) as results stream by, for --evaluate."""
+
+    label_column: str | None
+    label_names: list[str]
+    gold: list[str] = field(default_factory=list)
+    predicted: list[str] = field(default_factory=list)
+    seen: int = 0
+
+    def add(self, result: Classification, fields: dict[str, Any]) -> None:
+        self.seen += 1
+        if self.label_column is None or result.label is None:
+            return
+        if not self.label_names and result.scores:
+            self.label_names = [s.label for s in result.scores]
+        value = gold_label(fields.get(self.label_column), self.label_names)
+        if value is not None:
+            self.gold.append(value)
+            self.predicted.append(result.label)
+
+    def report(self) -> Evaluation:
+        return evaluate(self.gold, self.predicted, skipped=self.seen - len(self.gold))

@@ -314,7 +314,7 @@ def _closing(rows: Iterator[Any], stream: IO[Any]) -> Iterator[Any]:
 def _report_decoding(decoding: Decoding, source: str) -> None:
     note = decoding.note()
     if note:
-        from llmkit.output import warn
+        from llmkit.console import warn
 
         warn(f"{source}: {note}")
 

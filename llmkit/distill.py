@@ -100,15 +100,16 @@ def build_settings(config_file: Path | None, cli: dict[str, Any]) -> tuple[str, 
         NotFoundError: no such file.
     """
     from llmkit import training
+    from llmkit.config import check_config_keys, load_config, settings_from
 
-    config = training.load_config(config_file)
+    config = load_config(config_file)
     known = {f.name for f in fields(DistillSettings)} | {f.name for f in fields(training.TrainSettings)}
-    training.check_config_keys(config, known | {"teacher"}, config_file)
+    check_config_keys(config, known | {"teacher"}, config_file)
     teacher = cli.get("teacher") or config.get("teacher")
     if not teacher:
         raise UsageError("no teacher: pass --teacher MODEL (e.g. a folder written by llmkit finetune)")
-    distill_settings = training.settings_from(DistillSettings, config, cli)
-    train_settings = training.settings_from(training.TrainSettings, config, cli)
+    distill_settings = settings_from(DistillSettings, config, cli)
+    train_settings = settings_from(training.TrainSettings, config, cli)
     return str(teacher), distill_settings, train_settings
 
 
@@ -824,6 +825,9 @@ def distill(
     resume: bool = False,
     progress: bool = False,
     on_log: Callable[[str], None] | None = None,
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
 ) -> DistillResult:
     """Distill `teacher` into a smaller student trained on `data`; save it and report.json in `output_dir`.
 
@@ -855,11 +859,17 @@ def distill(
     log = on_log or (lambda _message: None)
     output_dir = Path(output_dir)
     training.check_output(output_dir, overwrite=overwrite, resume=resume)
-    task = settings.task if settings.task != "auto" else detect_task(read_config(teacher))
+    task = (
+        settings.task
+        if settings.task != "auto"
+        else detect_task(read_config(teacher, revision=revision, trust_remote_code=trust_remote_code))
+    )
     model_kwargs = {"attn_implementation": "eager"} if settings.attention_weight > 0 else None  # sdpa: no maps
+    # The loading flags apply to the teacher and to a given --student alike.
+    load_options = {"revision": revision, "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
 
     set_seed(train_settings.seed)
-    teacher_lm, label_names = _load_teacher(teacher, task, device, model_kwargs)
+    teacher_lm, label_names = _load_teacher(teacher, task, device, model_kwargs, load_options)
     teacher_model, tokenizer = teacher_lm.model, teacher_lm.tokenizer
     pad_id = tokenizer.pad_token_id
 
@@ -882,7 +892,8 @@ def distill(
     log(f"Task {task}: {len(train)} training and {len(val)} validation examples.")
 
     student, student_name, kept = _make_student(
-        settings, teacher_model, tokenizer, task, device, model_kwargs, log, calibration=ex.train_texts
+        settings, teacher_model, tokenizer, task, device, model_kwargs, log, load_options,
+        calibration=ex.train_texts,
     )
     student.train()
     initial_student = copy.deepcopy(student) if settings.baseline else None
@@ -969,13 +980,21 @@ def distill(
 # --- the steps of distill() ---------------------------------------------------------------------------------
 
 
-def _load_teacher(teacher: str, task: str, device: str, model_kwargs: dict[str, Any] | None) -> tuple[Any, list[str]]:
+def _load_teacher(
+    teacher: str,
+    task: str,
+    device: str,
+    model_kwargs: dict[str, Any] | None,
+    load_options: dict[str, Any] | None = None,
+) -> tuple[Any, list[str]]:
     """Step 1: the teacher, checked to carry a trained head for `task`, with a pad token, and its label names
     (classification; else [])."""
     from llmkit.loading import load
     from llmkit.tasks import load_task
 
-    teacher_lm = load(teacher, load_task(task), device=device, dtype="float32", model_kwargs=model_kwargs)
+    teacher_lm = load(
+        teacher, load_task(task), device=device, dtype="float32", model_kwargs=model_kwargs, **(load_options or {})
+    )
     teacher_model, tokenizer = teacher_lm.model, teacher_lm.tokenizer
     _check_teacher_head(teacher, teacher_model.config, task)
     if tokenizer.pad_token_id is None:
@@ -996,6 +1015,7 @@ def _make_student(
     device: str,
     model_kwargs: dict[str, Any] | None,
     log: Callable[[str], None],
+    load_options: dict[str, Any] | None = None,
     calibration: Sequence[str] = (),
 ) -> tuple[Any, str, list[int] | None]:
     """Step 2: the student (a given model checked for compatibility, or the teacher with layers dropped),
@@ -1004,7 +1024,9 @@ def _make_student(
     Returns:
         (student, its name for the report, the teacher layers kept or None).
     """
-    student, name, kept = _student_before_pruning(settings, teacher_model, tokenizer, task, device, model_kwargs, log)
+    student, name, kept = _student_before_pruning(
+        settings, teacher_model, tokenizer, task, device, model_kwargs, log, load_options
+    )
     if settings.prune_ffn is None and settings.prune_heads is None:
         return student, name, kept
     from llmkit.pruning import DEFAULT_CALIBRATION_TEXTS, prune
@@ -1047,13 +1069,17 @@ def _student_before_pruning(
     device: str,
     model_kwargs: dict[str, Any] | None,
     log: Callable[[str], None],
+    load_options: dict[str, Any] | None = None,
 ) -> tuple[Any, str, list[int] | None]:
     from llmkit.loading import load
     from llmkit.student import check_compatible, drop_layers
     from llmkit.tasks import load_task
 
     if settings.student is not None:
-        student_lm = load(settings.student, load_task(task), device=device, dtype="float32", model_kwargs=model_kwargs)
+        student_lm = load(
+            settings.student, load_task(task), device=device, dtype="float32", model_kwargs=model_kwargs,
+            **(load_options or {}),
+        )
         check_compatible(teacher_model, tokenizer, student_lm.model, student_lm.tokenizer, task)
         return student_lm.model, settings.student, None
     total = teacher_model.config.num_hidden_layers
@@ -1121,7 +1147,7 @@ def _teacher_outputs(
     mean_len = sum(len(e["input_ids"]) for e in train) / len(train)
     estimate = teacher_cache.estimate_bytes(len(train), mean_len, width, task)
     if estimate > CACHE_WARN_BYTES and not path.exists():
-        from llmkit.output import warn
+        from llmkit.console import warn
 
         warn(f"the teacher cache will take about {estimate / 1024**3:.1f} GiB in {path.parent}")
 

@@ -504,3 +504,12 @@ class _CausalRunner(_Runner):
                 MaskPrediction(text=text, method=self.method, model=self.spec, masks=[best], joint=joint, truncated=cut)
             )
         return results
+
+
+def best_filling(result: Any) -> str:
+    """The best filled sentence of a result (tab-separated per mask), for `--format text`."""
+    if result.error:
+        return ""
+    if result.joint:
+        return result.joint[0].sequence
+    return "\t".join(fills[0].sequence if fills else "" for fills in result.masks)

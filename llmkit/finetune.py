@@ -803,6 +803,63 @@ def _save(
         pickled.unlink()
 
 
+def build_settings(config_file: Path | None, cli: dict[str, Any]) -> dict[str, Any]:
+    """finetune()'s keyword arguments from defaults < TOML `config_file` < `cli`.
+
+    Args:
+        config_file: a `--config` TOML file, or None.
+        cli: the command's values, None for those not given (so the file can fill them); `bf16`/`fp16`/`fp32`
+            are booleans, `lora_targets` a comma-separated string.
+
+    Returns:
+        data, output, model, task, columns, settings, strategy, validation_file, validation_split,
+        mlm_probability and device, ready for `finetune(**kwargs)` (output may be None for a dry run).
+
+    Raises:
+        UsageError: an unknown key, two precisions, no data. NotFoundError: no such config file.
+    """
+    from llmkit.config import check_config_keys, load_config, settings_from
+
+    file_values = load_config(config_file)
+    check_config_keys(file_values, known_config_keys(), config_file)
+    cli = dict(cli)
+    flags = [name for name in ("bf16", "fp16", "fp32") if cli.pop(name, False)]
+    if len(flags) > 1:
+        raise UsageError("give at most one of --bf16, --fp16, --fp32")
+    cli["precision"] = flags[0] if flags else None
+    for flag in ("bf16", "fp16", "fp32"):  # the file may say `bf16 = true` as well as `precision = "bf16"`
+        if file_values.pop(flag, False):
+            file_values.setdefault("precision", flag)
+    if cli.get("lora_targets"):
+        cli["lora_targets"] = tuple(t.strip() for t in cli["lora_targets"].split(",") if t.strip())
+    if isinstance(file_values.get("lora_targets"), (list, str)):
+        targets = file_values["lora_targets"]
+        file_values["lora_targets"] = tuple(targets.split(",") if isinstance(targets, str) else targets)
+
+    def pick(key: str, default: Any = None) -> Any:
+        value = cli.get(key)
+        return value if value is not None else file_values.get(key, default)
+
+    data = pick("data")
+    if data is None:
+        raise UsageError("no data: give a table file, a folder or a dataset id (or `data = ...` in --config)")
+    output = pick("output")
+    device = cli.get("device") or "auto"
+    return {
+        "data": data,
+        "output": Path(output) if output is not None else None,
+        "model": pick("model", DEFAULT_MODEL),
+        "task": pick("task"),
+        "columns": settings_from(Columns, file_values, cli),
+        "settings": settings_from(TrainSettings, file_values, cli),
+        "strategy": settings_from(Strategy, file_values, cli),
+        "validation_file": pick("validation_file"),
+        "validation_split": pick("validation_split"),
+        "mlm_probability": pick("mlm_probability", DEFAULT_MLM_PROBABILITY),
+        "device": device if device != "auto" else file_values.get("device", "auto"),
+    }
+
+
 def known_config_keys() -> set[str]:
     """Every key a `--config` TOML file may set for finetune."""
     names = (

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -247,6 +248,13 @@ def _hub_error(spec: str, exc: Exception) -> LlmkitError:
     )
 
 
+def _config_error(spec: str, exc: Exception) -> LlmkitError:
+    """The error for a local model whose config.json transformers would not read."""
+    if "trust_remote_code" in str(exc):  # the folder ships its own code and the user did not allow it
+        return UsageError(f"{spec} needs its own code to load; pass --trust-remote-code if you trust it")
+    return ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})")
+
+
 def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
@@ -278,7 +286,18 @@ def _go_offline_if_hub_unreachable(timeout: float = 3.0) -> None:
         pass
 
 
-def _converted_dir(gguf_path: Path) -> Path:
+def converted_dir(gguf_path: Path) -> Path:
+    """Where `convert_gguf` keeps (or will keep) the de-quantized copy of a GGUF file.
+
+    Keyed by the file's path, size and mtime and the transformers version, so a changed file or a new
+    transformers converts again.
+
+    Args:
+        gguf_path: an existing .gguf file.
+
+    Returns:
+        A folder under $LLMKIT_HOME/converted (it may not exist yet).
+    """
     import transformers
 
     stat = gguf_path.stat()
@@ -293,12 +312,12 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
     The folder is written under a temporary name and renamed into place, so a kill mid-write or two racing
     processes never leave a half-written cache.
     """
-    target = _converted_dir(gguf_path)
+    target = converted_dir(gguf_path)
     if (target / "config.json").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmkit.output import info
+    from llmkit.console import info
 
     if progress:
         info(f"Converting {gguf_path.name} to safetensors once (later loads take about a second)...")
@@ -406,8 +425,6 @@ def load(
     quiet_library_logs()
     source = resolve(spec)
     if adapter is not None or source.kind == "adapter":
-        from llmkit.adapters import load_adapter
-
         if adapter is not None and source.kind == "adapter":
             raise UsageError(f"--model {spec} is itself an adapter; give its base with --model, or drop --adapter")
         options: dict[str, Any] = dict(device=device, dtype=dtype, revision=revision, allow_pickle=allow_pickle,
@@ -443,7 +460,7 @@ def load(
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
             raise _hub_error(spec, exc) from exc
-        raise ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})") from exc
+        raise _config_error(spec, exc) from exc
 
     if task == "text-generation":  # a masked LM or classifier would load a random LM head and crash later
         from llmkit.tasks import head_of, require_generator
@@ -458,7 +475,7 @@ def load(
         with _quiet_transformers():
             if quantized and quantized.get("method") == "dynamic-int8":
                 # torch.ao modules, which transformers cannot load itself
-                from llmkit.quantize import load_dynamic_int8
+                from llmkit.int8_format import load_dynamic_int8
 
                 model = load_dynamic_int8(auto_class, config, Path(location), quantized, device=device)
             else:
@@ -511,8 +528,7 @@ def read_config(spec: str, *, revision: str | None = None, trust_remote_code: bo
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
             raise _hub_error(spec, exc) from exc
-        reason = str(exc).splitlines()[0]
-        raise ModelNotFoundError(f"{spec}: config.json could not be read ({reason})") from exc
+        raise _config_error(spec, exc) from exc
 
 
 def _adapter_config(
@@ -520,8 +536,6 @@ def _adapter_config(
 ) -> Any:
     """An adapter's view of its base's config: the base's, with the adapter's head and labels, so that commands
     which pick a method from the config (classify, fill-mask, quantize) see what the adapter was trained as."""
-    from llmkit.adapters import read_adapter
-
     info = read_adapter(source.location)
     base = base or info.base
     if not base:
@@ -661,7 +675,195 @@ def model_heads(
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
             raise _hub_error(spec, exc) from exc
-        raise ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})") from exc
+        raise _config_error(spec, exc) from exc
     from llmkit.tasks import CAUSAL_LM, head_of
 
     return (CAUSAL_LM if source.kind == "gguf" else head_of(config)), config
+
+
+# --- peft adapters: what a folder says, and base + adapter loaded unmerged (adapters.py saves and merges) ---
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_EXTRAS = "llmkit_adapter.json"  # what peft does not save: the labels and the base spec as typed
+
+# peft's names -> llmkit's --strategy names
+PEFT_KINDS = {"LORA": "lora", "PROMPT_TUNING": "prompt-tuning", "PREFIX_TUNING": "prefix-tuning"}
+# peft task type -> loading.TASKS
+_ADAPTER_LOAD_TASKS = {"SEQ_CLS": "sequence-classification", "CAUSAL_LM": "causal-lm", "SEQ_2_SEQ_LM": "seq2seq-lm"}
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What an adapter folder says about itself.
+
+    Attributes:
+        path: the folder.
+        kind: "lora", "prompt-tuning", "prefix-tuning", or peft's own type name lower-cased for others.
+        base: the base model spec (adapter_config's base_model_name_or_path, or llmkit's record of the spec).
+        task_type: peft's task type ("SEQ_CLS", "CAUSAL_LM", ...) or None.
+        num_virtual_tokens: prompt length of a prompt/prefix adapter, else None.
+        id2label: the classifier's labels when llmkit wrote them, else None.
+    """
+
+    path: Path
+    kind: str
+    base: str | None
+    task_type: str | None
+    num_virtual_tokens: int | None
+    id2label: dict[int, str] | None = None
+
+    @property
+    def is_prompt_learning(self) -> bool:
+        """Prompt/prefix adapters add virtual tokens; they have no weight delta to merge."""
+        return self.num_virtual_tokens is not None
+
+    @property
+    def load_task(self) -> str | None:
+        """The loading.TASKS name the base must be loaded as, when the adapter's task type fixes it."""
+        return _ADAPTER_LOAD_TASKS.get(self.task_type or "")
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """True for a folder that holds a peft adapter (adapter_config.json)."""
+    p = Path(path).expanduser()
+    return p.is_dir() and (p / ADAPTER_CONFIG).is_file()
+
+
+def read_adapter(path: str | Path) -> AdapterInfo:
+    """Read an adapter folder's config (and llmkit's extras) without loading any weights.
+
+    Args:
+        path: the adapter folder.
+
+    Returns:
+        AdapterInfo.
+
+    Raises:
+        ModelNotFoundError: no adapter_config.json there.
+        UsageError: an unreadable config.
+    """
+    folder = Path(path).expanduser()
+    config_path = folder / ADAPTER_CONFIG
+    if not config_path.is_file():
+        raise ModelNotFoundError(f"{path} has no {ADAPTER_CONFIG}: not a peft adapter folder")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        extras_path = folder / ADAPTER_EXTRAS
+        extras = json.loads(extras_path.read_text(encoding="utf-8")) if extras_path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: the adapter config is unreadable ({exc}); save the adapter again") from exc
+    if not isinstance(config, dict) or not isinstance(extras, dict):
+        raise UsageError(f"{config_path} is not a JSON object; save the adapter again")
+    peft_type = str(config.get("peft_type") or "")
+    virtual = config.get("num_virtual_tokens")
+    labels = extras.get("id2label")
+    return AdapterInfo(
+        path=folder,
+        kind=PEFT_KINDS.get(peft_type, peft_type.lower() or "unknown"),
+        base=extras.get("base") or config.get("base_model_name_or_path"),
+        task_type=config.get("task_type"),
+        num_virtual_tokens=int(virtual) if virtual is not None and peft_type in ("PROMPT_TUNING", "PREFIX_TUNING")
+        else None,
+        id2label={int(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else None,
+    )
+
+
+def _head_size(folder: Path) -> int | None:
+    """Rows of a saved classification head (peft keeps it under modules_to_save), for adapters without labels."""
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            if key.endswith(("classifier.weight", "score.weight", "classifier.out_proj.weight")):
+                return int(f.get_slice(key).get_shape()[0])
+    return None
+
+
+def check_adapter_task(info: AdapterInfo, task: str) -> None:
+    """Refuse an adapter trained for another task than the command's.
+
+    Raises:
+        UsageError: e.g. a classifier adapter given to generate.
+    """
+    if task == "masked-lm" and info.is_prompt_learning:
+        # peft has no masked-LM task type to train one with, and the mask positions would shift under it.
+        raise UsageError(f"{info.path} is a {info.kind} adapter; fill-mask runs LoRA adapters only")
+    wanted = info.load_task
+    if wanted is None or task in ("base",):
+        return
+    same = task == wanted or (task == "text-generation" and wanted in ("causal-lm", "seq2seq-lm"))
+    if not same:
+        raise UsageError(f"{info.path} is a {wanted} adapter; it cannot run as {task}")
+
+
+def load_adapter(
+    adapter_dir: str | Path,
+    task: str,
+    *,
+    base: str | None = None,
+    **load_options: Any,
+) -> Any:
+    """Load an adapter's base model and the adapter on top of it, unmerged.
+
+    Args:
+        adapter_dir: the adapter folder.
+        task: a loading.TASKS name for the base ("sequence-classification", "causal-lm", ...).
+        base: the base spec; None reads it from the adapter (`base_model_name_or_path`).
+        load_options: passed to `loading.load` (device, dtype, revision, allow_pickle, ...).
+
+    Returns:
+        loading.LoadedModel whose `model` is the peft model (eval mode) and whose tokenizer is the adapter
+        folder's when it has one (finetune saves it there), else the base's.
+
+    Raises:
+        UsageError: no base known, a task mismatch, or an adapter that does not fit the base.
+        ModelNotFoundError: the base or the adapter cannot be found.
+        MissingDependencyError: peft is not installed.
+    """
+    info = read_adapter(adapter_dir)
+    check_adapter_task(info, task)
+    base_spec = base or info.base
+    if not base_spec:
+        raise UsageError(
+            f"{adapter_dir} does not name its base model; pass --model BASE --adapter {adapter_dir}"
+        )
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise MissingDependencyError("loading a peft adapter needs peft: pip install 'llmkit[train]'") from None
+
+    model_kwargs = dict(load_options.pop("model_kwargs", None) or {})
+    if task == "sequence-classification":
+        labels = info.id2label
+        size = len(labels) if labels else _head_size(info.path)
+        if labels:
+            model_kwargs.update(
+                num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()}
+            )
+        elif size:
+            model_kwargs.update(num_labels=size)
+    try:
+        loaded = load(base_spec, task, model_kwargs=model_kwargs, **load_options)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"the base of adapter {adapter_dir}: {exc.message}") from exc
+    if info.kind == "prefix-tuning":
+        from llmkit.strategies import accept_prefix_cache
+
+        accept_prefix_cache(loaded.model)
+    try:
+        model = PeftModel.from_pretrained(loaded.model, str(info.path), is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"adapter {adapter_dir} does not fit base {base_spec} ({first[:200]})") from exc
+    model.to(loaded.device)
+    model.eval()
+    tokenizer = loaded.tokenizer
+    if (info.path / "tokenizer_config.json").is_file():
+        tokenizer = load_tokenizer(ModelSource(str(info.path), "dir", str(info.path)))
+    notes = [*loaded.notes, f"{info.kind} adapter {info.path} on base {base_spec} (not merged)"]
+    from dataclasses import replace
+
+    return replace(loaded, model=model, tokenizer=tokenizer, notes=notes)

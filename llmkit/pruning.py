@@ -70,11 +70,11 @@ def ffn_projections(model: Any) -> list[tuple[list[str], str]]:
     """
     import torch
 
-    from llmkit.strategies import FFN_LAYOUTS, _has_submodule
+    from llmkit.strategies import FFN_LAYOUTS, has_submodule
 
     list_name, layers = _layers(model)
     for layout in FFN_LAYOUTS:
-        if all(_has_submodule(layer, name) for layer in layers for name in layout):
+        if all(has_submodule(layer, name) for layer in layers for name in layout):
             if not all(isinstance(layer.get_submodule(n), torch.nn.Linear) for layer in layers for n in layout):
                 break
             return [([f"{list_name}.{i}.{n}" for n in layout[:-1]], f"{list_name}.{i}.{layout[-1]}")
@@ -88,10 +88,10 @@ def ffn_projections(model: Any) -> list[tuple[list[str], str]]:
 def head_projections(model: Any) -> list[tuple[str, str, str, str]] | None:
     """Per layer: the (q, k, v, o) projection names when this model's heads can be pruned, else None."""
     list_name, layers = _layers(model)
-    from llmkit.strategies import _has_submodule
+    from llmkit.strategies import has_submodule
 
     for layout in HEAD_LAYOUTS:
-        if all(_has_submodule(layer, name) for layer in layers for name in layout):
+        if all(has_submodule(layer, name) for layer in layers for name in layout):
             attention = layers[0].get_submodule(layout[0].rpartition(".")[0])
             if not hasattr(attention, "head_dim"):
                 continue

@@ -103,7 +103,7 @@ def ffn_modules(model: Any) -> list[tuple[str, Any]]:
         layers = None
     if layers is not None:
         for layout in FFN_LAYOUTS:
-            if all(_has_submodule(layer, name) for layer in layers for name in layout):
+            if all(has_submodule(layer, name) for layer in layers for name in layout):
                 return [
                     (f"{list_name}.{i}.{name}", layer.get_submodule(name))
                     for i, layer in enumerate(layers)
@@ -116,7 +116,8 @@ def ffn_modules(model: Any) -> list[tuple[str, Any]]:
     )
 
 
-def _has_submodule(module: Any, name: str) -> bool:
+def has_submodule(module: Any, name: str) -> bool:
+    """True when `module.get_submodule(name)` exists (e.g. "mlp.gate_proj" under a layer)."""
     try:
         module.get_submodule(name)
     except AttributeError:

@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from llmkit.config import check_config_keys, load_config, settings_from  # noqa: F401  (re-exported)
 from llmkit.data import TABLE_SUFFIXES, column_error, decoding_note, open_rows  # noqa: F401  (column_error: re-exported)
 from llmkit.data import require_columns as data_require_columns
 from llmkit.errors import DataError, MissingDependencyError, NotFoundError, UsageError
+from llmkit.fsutil import make_public
 from llmkit.metrics import (  # noqa: F401  (re-exported: finetune/distill call them as training.X)
     classification_report,
     perplexity,
@@ -120,53 +120,6 @@ class TrainSettings:
             if not ok:
                 raise UsageError(message)
         return self
-
-
-def load_config(path: Path | str | None) -> dict[str, Any]:
-    """A TOML config as a flat dict with `-` in keys turned into `_` (so `learning-rate` = `learning_rate`).
-
-    Tables are flattened one level (`[training] epochs = 2` -> `epochs`), so a file may group its keys.
-
-    Raises:
-        NotFoundError: no such file. UsageError: not valid TOML.
-    """
-    if path is None:
-        return {}
-    path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"config file not found: {path}")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not valid TOML ({exc})") from None
-    flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            flat.update({k.replace("-", "_"): v for k, v in value.items()})
-        else:
-            flat[key.replace("-", "_")] = value
-    return flat
-
-
-def check_config_keys(config: dict[str, Any], known: set[str], path: Path | str | None) -> None:
-    """Reject keys no command knows (a typo would otherwise be silently ignored)."""
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise UsageError(
-            f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-
-
-def settings_from(cls: Any, config: dict[str, Any], cli: dict[str, Any]) -> Any:
-    """Build dataclass `cls` from defaults < `config` (TOML) < `cli` (values that are not None)."""
-    names = {f.name for f in fields(cls)}
-    values = {k: v for k, v in config.items() if k in names}
-    values.update({k: v for k, v in cli.items() if k in names and v is not None})
-    try:
-        instance = cls(**values)
-    except TypeError as exc:
-        raise UsageError(f"bad settings: {exc}") from None
-    return instance.validate() if hasattr(instance, "validate") else instance
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -818,7 +771,7 @@ class _ProgressMixin:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from llmkit.output import stderr_console
+        from llmkit.console import stderr_console
 
         self.started = time.perf_counter()
         self.first_step = state.global_step
@@ -980,6 +933,7 @@ def atomic_output(
     output.parent.mkdir(parents=True, exist_ok=True)
     if staging is None:
         staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+        make_public(staging)  # mkdtemp makes it 0700; the finished folder gets the user's usual permissions
     else:
         staging.mkdir(parents=True, exist_ok=True)
     try:
