@@ -246,3 +246,25 @@ def test_lora_passes_the_quantize_check(tmp_path: Path, peaked_lm: Path) -> None
 def test_not_an_adapter(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="not a peft adapter folder"):
         read_adapter(tmp_path)
+
+
+def test_fill_mask_runs_a_lora_adapter_unmerged(tmp_path: Path, tiny_mlm: Path) -> None:
+    import json as _json
+
+    from transformers import AutoModelForMaskedLM
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    model = build_peft_model(AutoModelForMaskedLM.from_pretrained(str(tiny_mlm)), "lora", "masked-lm")
+    _randomize_adapter(model)
+    folder = tmp_path / "mlm-lora"
+    save_adapter(model, folder, base_spec=str(tiny_mlm))
+    args = ["the [MASK] is good", "--json", "--device", "cpu", "--top-k", "3"]
+    with_adapter = CliRunner().invoke(app, ["fill-mask", "--model", str(folder), *args])
+    assert with_adapter.exit_code == 0, with_adapter.output
+    stacked = CliRunner().invoke(app, ["fill-mask", "--model", str(tiny_mlm), "--adapter", str(folder), *args])
+    base = CliRunner().invoke(app, ["fill-mask", "--model", str(tiny_mlm), *args])
+    assert stacked.exit_code == 0 and base.exit_code == 0, stacked.output + base.output
+    assert _json.loads(stacked.stdout) == _json.loads(with_adapter.stdout)
+    assert _json.loads(with_adapter.stdout) != _json.loads(base.stdout)  # the adapter changes the answers
