@@ -584,7 +584,7 @@ def test_messy_data_is_skipped_counted_and_reported(tiny_encoder: Path, tmp_path
         (["missing.csv"], 3, "data file not found"),
         (["{csv}", "--label-column", "stars"], 3, "no column 'stars' in the data (columns: text, label)"),
         (["{csv}", "--task", "poetry"], 2, "unknown --task 'poetry'"),
-        (["{csv}", "--train-only", "middle"], 2, "use 'head' or 'top-N'"),
+        (["{csv}", "--train-only", "middle"], 2, "use 'head', 'ffn' or 'top-N'"),
         (["{csv}", "--bf16", "--fp32"], 2, "at most one of --bf16, --fp16, --fp32"),
         (["{csv}", "--batch-size", "0"], 2, "--batch-size must be >= 1"),
         (["{csv}", "--validation-split", "2"], 2, "--validation-split must be between 0 and 1"),
