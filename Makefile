@@ -44,6 +44,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/classify.py
 	$(BIN)/python benchmarks/finetune.py
 	$(BIN)/python benchmarks/distill.py
+	$(BIN)/python benchmarks/strategies.py
+	$(BIN)/python benchmarks/pruning.py
 	$(BIN)/python benchmarks/quantize.py
 
 clean:

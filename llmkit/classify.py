@@ -107,6 +107,7 @@ def classify(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     loaded: Any = None,
+    adapter: str | None = None,
 ) -> Iterator[Classification]:
     """Classify each input, yielding one `Classification` per input in input order.
 
@@ -121,6 +122,7 @@ def classify(
         batch_size: inputs per forward pass.
         truncate: cut inputs longer than the model's maximum (else raise DataError).
         loaded: an already loaded `LoadedModel` for `model` (skips loading).
+        adapter: a peft adapter folder to run on `model` unmerged (`model` None: the adapter's own base).
 
     Returns:
         An iterator of `Classification`.
@@ -139,6 +141,8 @@ def classify(
         raise UsageError("--min-score must be in [0, 1]")
     if labels is not None and "{}" not in hypothesis_template:
         raise UsageError("--hypothesis-template needs a {} where the label goes, e.g. 'This example is {}.'")
+    if adapter is not None and model is None and loaded is None:
+        model, adapter = adapter, None  # the adapter names its base
     if loaded is not None:
         model = loaded.source.spec
     elif model is None:
@@ -149,7 +153,8 @@ def classify(
             )
         model = DEFAULT_ZERO_SHOT_MODEL
     if loaded is None:
-        kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code)
+        kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code,
+                                      adapter=adapter)
         task = {"causal-lm": "causal-lm", "sequence-classification": "sequence-classification"}.get(kind)
         if task is None:
             raise UsageError(
@@ -157,14 +162,15 @@ def classify(
                 "--labels with an NLI model or a causal LM"
             )
         loaded = loading.load(model, task, device=device, dtype=dtype, revision=revision,
-                              allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+                              allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, adapter=adapter)
     if str(loaded.device) == "cpu":
         from llmkit.threads import use_free_cores
 
         use_free_cores()
     from llmkit.tasks import CAUSAL_LM, head_of_architectures
 
-    causal = head_of_architectures([type(loaded.model).__name__]) == CAUSAL_LM
+    net = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model  # peft
+    causal = head_of_architectures([type(net).__name__]) == CAUSAL_LM
     runner: _Runner
     if causal:
         if labels is None:

@@ -117,6 +117,7 @@ def generate(
     on_text: Callable[[int, str], None] | None = None,
     loaded: Any = None,
     engine: str = "auto",
+    adapter: str | None = None,
 ) -> Iterator[Generation]:
     """Generate an answer for each prompt, yielding results in input order as soon as they are ready.
 
@@ -131,6 +132,8 @@ def generate(
         loaded: an already loaded `LoadedModel` (reuse across calls; skips loading).
         engine: auto|transformers|llama-cpp (auto: llama.cpp for GGUF models when its bindings are installed
             and it supports every setting; see `llama_engine.decide_engine`).
+        adapter: a peft adapter folder (LoRA, prompt or prefix tuning) to run on `model` unmerged; it needs
+            the transformers engine.
 
     Returns:
         An iterator of `Generation`, one per prompt, in input order.
@@ -142,11 +145,16 @@ def generate(
     from llmkit import llama_engine
 
     requested = engine
-    engine, engine_reason = (
-        llama_engine.decide_engine(model, settings, device, requested=requested, dtype=dtype)
-        if loaded is None
-        else ("transformers", "an already loaded transformers model was passed")
-    )
+    if adapter is not None:
+        if requested == "llama-cpp":
+            raise UsageError("--adapter runs on the transformers engine; drop --engine llama-cpp")
+        engine, engine_reason = "transformers", "a peft adapter runs on the transformers engine"
+    else:
+        engine, engine_reason = (
+            llama_engine.decide_engine(model, settings, device, requested=requested, dtype=dtype)
+            if loaded is None
+            else ("transformers", "an already loaded transformers model was passed")
+        )
     if engine == "llama-cpp":
         try:
             yield from llama_engine.generate(
@@ -172,6 +180,7 @@ def generate(
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
         low_precision=True,
+        adapter=adapter,
     )
     net, tok = lm.model, lm.tokenizer
     encoder_decoder = bool(getattr(net.config, "is_encoder_decoder", False))
@@ -200,24 +209,30 @@ def generate(
             raise UsageError(f"prompt {index + 1} is empty after tokenization; give some text")
         return _Prepared(index, prompt, ids)
 
+    from llmkit.adapters import generation_inputs
+
     def run_batch(batch: list[_Prepared]) -> list[Generation]:
         padded = tok.pad({"input_ids": [p.ids for p in batch]}, return_tensors="pt").to(lm.device)
+        # A prompt/prefix adapter's virtual tokens go in as embeddings or a starting KV cache (adapters.py);
+        # then the output holds only the new tokens.
+        inputs = generation_inputs(net, padded["input_ids"], padded["attention_mask"])
+        prompt_len = padded["input_ids"].shape[1] if inputs.echoes_prompt else 0
         streamer = None
         if on_text is not None and len(batch) == 1 and settings.num_beams == 1 and settings.num_return_sequences == 1:
             index = batch[0].index
             streamer = _TextStream(tok, lambda delta: on_text(index, delta), settings.stop, skip=1)
         extra: dict[str, Any] = {}
         if settings.stop:
-            start = 1 if encoder_decoder else padded["input_ids"].shape[1]
+            start = 1 if encoder_decoder else prompt_len
             extra["stopping_criteria"] = _stop_criteria(tok, settings.stop, start)
         started = time.perf_counter()
         with torch.inference_mode():
-            out = net.generate(**padded, **gen_kwargs, **extra, streamer=streamer)
+            out = inputs.model.generate(**inputs.kwargs, **gen_kwargs, **extra, streamer=streamer)
         seconds = time.perf_counter() - started
         sequences = out.sequences if want_scores else out
-        scores = _sequence_scores(net, out, settings) if want_scores else None
+        scores = _sequence_scores(inputs.model, out, settings) if want_scores else None
         # Encoder-decoders start their output with the decoder start token; decoders repeat the prompt first.
-        new_tokens = sequences[:, 1:] if encoder_decoder else sequences[:, padded["input_ids"].shape[1] :]
+        new_tokens = sequences[:, 1:] if encoder_decoder else sequences[:, prompt_len:]
         results = []
         n = settings.num_return_sequences
         for b, item in enumerate(batch):

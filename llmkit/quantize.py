@@ -475,8 +475,24 @@ def quantize(
         "revision": revision, "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code
     }
 
+    adapter_source = loading.resolve(model)
+    if adapter_source.kind == "adapter":  # refuse prompt/prefix adapters before loading anything
+        from llmkit.adapters import read_adapter, refuse_unmergeable
+
+        refuse_unmergeable(read_adapter(adapter_source.location))
     say(f"Loading {model} ({task})...")
     original = loading.load(model, task, device=device, dtype=dtype, **common)
+    merged_dir: Path | None = None  # methods that reload the model quantize the merged copy saved here
+    if adapter_source.kind == "adapter":
+        from llmkit.adapters import merge_adapter
+
+        # LoRA folds into the base weights; the merged model is both the "original" measured and what is quantized.
+        original.model = merge_adapter(original.model)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        # pid-tagged like the output's own temporary, so a killed run's merged copy is found and removed later
+        merged_dir = tempnames.temp_dir(output.parent / f"{output.name}.merged", journal=_journal())
+        original.model.save_pretrained(str(merged_dir))
+        original.tokenizer.save_pretrained(str(merged_dir))
     skip_list = default_skip(original.model, task) if skip is None else list(skip)
     ev = _prepare_eval(original, task, eval_texts, eval_labels)
     say("Measuring the original...")
@@ -501,7 +517,7 @@ def quantize(
             )  # fmt: skip
         else:
             _write_quantized_folder(
-                original, tmp, model=model, task=task, method=method, group_size=group_size or DEFAULT_GROUP_SIZE,
+                original, tmp, model=str(merged_dir) if merged_dir is not None else model, task=task, method=method, group_size=group_size or DEFAULT_GROUP_SIZE,
                 skip_list=skip_list, device=device, dtype=dtype, common=common, settings=settings,
             )
         source = original.source
@@ -558,6 +574,9 @@ def quantize(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         tempnames.forget(tmp, _journal())
+        if merged_dir is not None:
+            shutil.rmtree(merged_dir, ignore_errors=True)
+            tempnames.forget(merged_dir, _journal())
         if converted_cache is not None and converted_cache.exists():  # the float copy made for measuring
             shutil.rmtree(converted_cache, ignore_errors=True)
 

@@ -9,6 +9,7 @@ import typer
 
 from llmkit import classify as _cls  # torch-free at import: defaults for --help
 from llmkit.cli.options import (
+    AdapterOpt,
     AllowPickleOpt,
     BatchSizeOpt,
     DeviceOpt,
@@ -43,6 +44,7 @@ app = command_app()
 def classify(
     texts: TextsArg = None,
     model: ModelOpt = None,
+    adapter: AdapterOpt = None,
     labels: Annotated[
         str | None, typer.Option("--labels", help="Zero-shot: comma-separated candidate labels.")
     ] = None,
@@ -145,6 +147,7 @@ def classify(
         return _cls.classify(
             items(),
             model=model,
+            adapter=adapter,
             labels=label_list,
             top_k=top_k,
             # Evaluation maps label ids in the gold column to names, so it needs every label's name.

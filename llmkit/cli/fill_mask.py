@@ -8,6 +8,7 @@ import typer
 
 from llmkit import fill_mask as _fm  # torch-free at import: defaults for --help
 from llmkit.cli.options import (
+    AdapterOpt,
     AllowPickleOpt,
     BatchSizeOpt,
     DeviceOpt,
@@ -39,6 +40,7 @@ app = command_app()
 def fill_mask_command(
     texts: TextsArg = None,
     model: ModelOpt = None,
+    adapter: AdapterOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Answers per mask.", min=1)] = _fm.DEFAULT_TOP_K,
     targets: Annotated[
         str | None,
@@ -80,7 +82,8 @@ def fill_mask_command(
     def task(mine: Any) -> Any:
         return _fm.fill_mask(
             (record.text for record in mine),
-            model=model or _fm.DEFAULT_MODEL,
+            model=model or adapter or _fm.DEFAULT_MODEL,
+            adapter=adapter if model else None,  # --adapter alone: the adapter names its base
             top_k=top_k,
             targets=target_words,
             joint=joint,

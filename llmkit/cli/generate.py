@@ -9,6 +9,7 @@ import typer
 
 from llmkit import generate as _gen  # torch-free at import: defaults and presets for --help
 from llmkit.cli.options import (
+    AdapterOpt,
     AllowPickleOpt,
     BatchSizeOpt,
     DeviceOpt,
@@ -41,6 +42,7 @@ app = command_app()
 def generate(
     texts: TextsArg = None,
     model: ModelOpt = None,
+    adapter: AdapterOpt = None,
     max_new_tokens: Annotated[
         int | None,
         typer.Option("--max-new-tokens", "-n", help=f"Most tokens per answer [default: {_gen.DEFAULT_MAX_NEW_TOKENS}]."),
@@ -152,7 +154,8 @@ def generate(
     def task(mine: Any) -> Any:
         return _gen.generate(
             (record.text for record in mine),
-            model=model or _gen.DEFAULT_MODEL,
+            model=model or adapter or _gen.DEFAULT_MODEL,
+            adapter=adapter if model else None,  # --adapter alone: the adapter names its base
             settings=settings,
             system=system,
             raw=raw,
