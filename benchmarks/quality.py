@@ -69,14 +69,14 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def answer_matches(text: str, accepted: list[str]) -> bool:
-    """True when any accepted answer occurs in `text`, case-insensitively, starting at a word boundary.
+    """True when any accepted answer occurs in `text` as whole words, case-insensitively, plurals allowed.
 
-    A word-start match keeps "prune" matching "prunes" while "Au" does not match "because"; an answer made of
-    digits must stand alone ("12" does not match "120" or "2012").
+    "prune" matches "prunes" but not "Prunella", "Au" not "because"; an answer made of digits must stand alone
+    ("12" does not match "120" or "2012").
     """
     for answer in accepted:
-        tail = r"(?![\d])" if answer.isdigit() else ""
-        if re.search(r"(?<![\w])" + re.escape(answer) + tail, text, flags=re.IGNORECASE):
+        tail = r"(?!\w)" if answer.isdigit() else r"(?:s|es)?(?!\w)"
+        if re.search(r"(?<!\w)" + re.escape(answer) + tail, text, flags=re.IGNORECASE):
             return True
     return False
 
@@ -295,6 +295,51 @@ def decode_speed(cands: dict[str, dict[str, Any]], repeats: int) -> dict[str, fl
     return {name: round(statistics.median(v), 2) if v else 0.0 for name, v in samples.items()}
 
 
+def section_speed(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the decode-speed probe of the generate candidates (batch 1, interleaved), for a run of its own."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ["LLMKIT_THREADS"] = str(args.threads)
+    started_uptime = uptime()
+    cands = _candidates(args)
+    cands.pop("_exports", None)
+    decode = decode_speed(cands, args.speed_repeats)
+    ref = decode.get(REFERENCE)
+    lines = ["| candidate | decode tokens/s (batch 1) | vs transformers float32 |", "|---|---:|---:|"]
+    for name, value in decode.items():
+        lines.append(f"| {name} | {value:.1f} | {f'{value / ref:.2f}x' if ref else ''} |")
+    return {"decode_tokens_per_second": decode, "repeats": args.speed_repeats, "threads": args.threads,
+            "prompt": SPEED_PROMPT, "tokens": SPEED_TOKENS, "uptime_start": started_uptime, "uptime_end": uptime(),
+            "table": "\n".join(lines)}
+
+
+def rescore_generate(section: dict[str, Any]) -> dict[str, Any]:
+    """Re-apply `answer_matches` and facts.jsonl's accepted answers to the stored answers of a generate section.
+
+    For when the scoring rule or an answer key is corrected after a run: the same rule then applies to every
+    candidate, and no answer is generated again.
+    """
+    accept = {}
+    for line in FACTS.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            accept[row["id"]] = row["accept"]
+    by_name = {r["candidate"]: r for r in section["rows"]}
+    counts = dict.fromkeys(by_name, 0)
+    for item in section["per_prompt"]:
+        item["accept"] = accept[item["id"]]
+        for name, answer in item["answers"].items():
+            answer["correct"] = answer_matches(answer["text"], item["accept"])
+            counts[name] += answer["correct"]
+    for name, row in by_name.items():
+        n = len(section["per_prompt"])
+        row.update(correct=counts[name], n=n, accuracy=round(counts[name] / n, 4),
+                   ci95=[round(x, 4) for x in wilson(counts[name], n)])
+    section["table"] = generate_table(section["rows"], section["same_first_32_tokens"])
+    return section
+
+
 def generate_table(rows: list[dict[str, Any]], agreement: dict[str, dict[str, float]]) -> str:
     """Markdown: one row per candidate, then the pairwise share of prompts with the same first 32 tokens."""
     lines = [
@@ -398,6 +443,7 @@ def section_fill_mask(args: argparse.Namespace) -> dict[str, Any]:
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "generate": section_generate,
     "fill_mask": section_fill_mask,
+    "speed": section_speed,
 }
 
 
@@ -419,7 +465,7 @@ def write_results(path: Path, sections: dict[str, dict[str, Any]]) -> dict[str, 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of: {', '.join(SECTIONS)}")
+    parser.add_argument("--sections", default="generate,fill_mask", help=f"comma-separated, of: {', '.join(SECTIONS)}")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--candidates", default="", help="generate: substrings of candidate names to run (default all)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N items per section (smoke runs)")
@@ -429,11 +475,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--speed-repeats", type=int, default=3, help="generate: decode-speed probes per candidate")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and llama.cpp alike")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--rescore", action="store_true",
+                        help="re-score the stored generate answers in --out with the current rule and answer keys")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.rescore:
+        doc = json.loads(args.out.read_text())
+        section = rescore_generate(doc["sections"]["generate"])
+        print(section["table"])
+        write_results(args.out, {"generate": section})
+        return
     names = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in names if s not in SECTIONS]
     if unknown:

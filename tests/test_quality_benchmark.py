@@ -29,7 +29,8 @@ quality = _quality()
     [
         ("The capital of France is Paris.", ["Paris"], True),
         ("the capital of france is paris", ["Paris"], True),  # case-insensitive
-        ("Dried plums are called prunes.", ["prune"], True),  # a word start is enough
+        ("Dried plums are called prunes.", ["prune"], True),  # plurals count
+        ("They are called Prunella.", ["prune"], False),  # whole words only
         ("It was in the year 2012.", ["12", "twelve"], False),  # digits must stand alone
         ("There are 12 signs.", ["12", "twelve"], True),
         ("Because of the rain.", ["Au"], False),  # not inside a word
