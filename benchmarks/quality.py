@@ -469,6 +469,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--candidates", default="", help="generate: substrings of candidate names to run (default all)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N items per section (smoke runs)")
+    parser.add_argument("--keep", action="store_true", help="write the results of a --limit run too")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="generate: prompts decoded together for the accuracy runs (llmkit's default in a pipe)")
     parser.add_argument("--chunk", type=int, default=16, help="generate: prompts per turn when candidates alternate")
@@ -499,12 +500,13 @@ def main(argv: list[str] | None = None) -> None:
         result["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         result["command"] = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
         result["wall_seconds"] = round(time.perf_counter() - started, 1)
+        result["limit"] = args.limit or None
         done[name] = result
         print(f"\n## {name} ({result['date']}; {result.get('uptime_end', '')})\n\n{result.get('table', '')}\n", flush=True)
-        if not args.limit:
+        if not args.limit or args.keep:
             write_results(args.out, {name: result})
-    if args.limit:
-        print(f"(--limit: smoke run, {args.out} not written)", file=sys.stderr)
+    if args.limit and not args.keep:
+        print(f"(--limit: smoke run, {args.out} not written; --keep writes it)", file=sys.stderr)
 
 
 if __name__ == "__main__":

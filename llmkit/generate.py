@@ -25,6 +25,7 @@ from llmkit.sampling import (  # noqa: F401  (re-exported: the settings API has 
     describe_presets,
     generation_kwargs,
     settings_record,
+    stream_seed,
     validate,
     with_seed,
 )
@@ -155,6 +156,10 @@ def generate(
             if requested != "auto":
                 raise
             engine_reason = f"auto: llama.cpp could not load the file ({exc.message.split(' (')[0]}); transformers ran"
+            from llmkit.console import warn
+
+            # Said once per run: the engine changes speed and can change answers (README "generate --engine").
+            warn(f"{exc.message.split(' (')[0]}; running it with transformers instead (--engine auto)")
 
     import torch
 
@@ -185,6 +190,14 @@ def generate(
     record = settings_record(settings)
     if settings.seed is not None:
         loading.set_seed(settings.seed)
+    # Seeded sampling: each input draws from its own stream (seed + its index), so its answer does not depend on
+    # the rest of its batch; transformers' greedy step then takes the drawn token (seeded_sampling.py).
+    per_input_streams = settings.do_sample and settings.num_beams == 1 and settings.seed is not None
+    if per_input_streams:
+        for knob in ("temperature", "top_k", "top_p", "min_p", "typical_p"):
+            gen_kwargs[knob] = None
+        # greedy generate() refuses num_return_sequences > 1: the rows are repeated by hand instead (run_batch)
+        gen_kwargs.update(do_sample=False, num_return_sequences=1)
     # Templated prompts carry their own special tokens; raw prompts get the tokenizer's usual ones.
     add_special = raw or not getattr(tok, "chat_template", None) or encoder_decoder
 
@@ -202,6 +215,18 @@ def generate(
             index = batch[0].index
             streamer = _TextStream(tok, lambda delta: on_text(index, delta), settings.stop, skip=1)
         extra: dict[str, Any] = {}
+        sampler = None
+        if per_input_streams:
+            from transformers import LogitsProcessorList
+
+            from llmkit.seeded_sampling import make_sampler
+
+            assert settings.seed is not None
+            n = settings.num_return_sequences
+            sampler = make_sampler(settings, [stream_seed(settings.seed, p.index) for p in batch], n, eos)
+            extra["logits_processor"] = LogitsProcessorList([sampler])
+            if n > 1:  # the layout transformers' own expansion has: input b's rows are b*n .. b*n+n-1
+                padded = {k: v.repeat_interleave(n, dim=0) for k, v in padded.items()}
         if settings.stop:
             start = 1 if encoder_decoder else padded["input_ids"].shape[1]
             extra["stopping_criteria"] = _stop_criteria(tok, settings.stop, start)
@@ -210,7 +235,10 @@ def generate(
             out = net.generate(**padded, **gen_kwargs, **extra, streamer=streamer)
         seconds = time.perf_counter() - started
         sequences = out.sequences if want_scores else out
-        scores = _sequence_scores(net, out, settings) if want_scores else None
+        if want_scores and sampler is not None:
+            scores = [float(x) for x in sampler.logprob_sums]  # the processed scores only keep the drawn token
+        else:
+            scores = _sequence_scores(net, out, settings) if want_scores else None
         # Encoder-decoders start their output with the decoder start token; decoders repeat the prompt first.
         new_tokens = sequences[:, 1:] if encoder_decoder else sequences[:, padded["input_ids"].shape[1] :]
         results = []

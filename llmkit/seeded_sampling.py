@@ -3,7 +3,7 @@
 transformers samples a whole batch from one global generator, so under `--seed` a prompt's output would depend
 on the other prompts in its batch and on `--batch-size`, and two copies of one prompt in a batch would share a
 stream. Here input number i (its position in the whole input, not in the batch) samples from its own
-`torch.Generator` seeded with seed + i, the llama.cpp engine's rule too.
+`torch.Generator` seeded with `sampling.stream_seed(seed, i)` (seed + i), the llama.cpp engine's rule too.
 
 How: `generate()` runs transformers' greedy loop with this logits processor last. It applies the same warpers as
 transformers' sampling (temperature, top-k, top-p, min-p, typical-p, in transformers' order and with its own
@@ -15,11 +15,6 @@ own sampling makes after `torch.manual_seed(seed)`, so parity with plain `model.
 from __future__ import annotations
 
 from typing import Any
-
-
-def stream_seed(seed: int, index: int) -> int:
-    """The seed of input number `index` (0-based, over the whole input) under `--seed seed`; both engines use it."""
-    return (seed + index) & 0xFFFFFFFF
 
 
 def warpers(settings: Any) -> list[Any]:
@@ -58,7 +53,7 @@ def make_sampler(settings: Any, seeds: list[int], per_input: int, eos_ids: set[i
 
     Args:
         settings: the sampling `GenerationSettings`.
-        seeds: one seed per input of the batch, in batch order (`stream_seed`).
+        seeds: one seed per input of the batch, in batch order (`sampling.stream_seed`).
         per_input: rows per input (--num-return-sequences); an input's rows draw from its one generator.
         eos_ids: end-of-sequence ids, to stop adding log-probabilities once a row has ended.
 

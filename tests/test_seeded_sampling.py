@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmkit.generate import build_settings
-from llmkit.seeded_sampling import make_sampler, stream_seed, warpers
+from llmkit.sampling import build_settings, stream_seed
+from llmkit.seeded_sampling import make_sampler, warpers
 
 VOCAB = 50
 

@@ -21,13 +21,16 @@ def models(
       llmkit models --json | jq -r 'select(.installed) | .name'
     """
     from llmkit import output
-    from llmkit.loading import list_models
+    from llmkit.console import info
+    from llmkit.loading import LARGER_MODEL_HINT, list_models
 
     rows = list_models()
     fmt = output.resolve_format(fmt, json_out)
     if fmt == "rich":
         output.stdout_console().print(output.models_table(rows))
+        output.stdout_console().print(LARGER_MODEL_HINT, markup=False, highlight=False)
         return
+    info(LARGER_MODEL_HINT)  # stdout stays data in a pipe
     emitter = output.Emitter(fmt, text=lambda r: f"{r['name']}\t{r['kind']}\t{r['path']}")
     for row in rows:
         emitter.emit(row)
