@@ -216,32 +216,35 @@ def test_seed_gives_each_input_its_own_stream(tiny_gguf: Path) -> None:
 def test_context_size_fits_every_answer_and_keeps_the_floor() -> None:
     assert llama_engine.context_size(1, 128, 8192) == llama_engine.DEFAULT_CONTEXT
     assert llama_engine.context_size(8, 1000, 8192) == 8 * (1000 + llama_engine.PROMPT_ALLOWANCE)
-    assert llama_engine.context_size(4, 100, 128) == 4 * 128  # a sequence never needs more than the model's window
+    assert llama_engine.context_size(4, 700, 512) == 4 * 512  # a sequence never needs more than the model's window
     assert llama_engine.context_size(2, 10, None) == llama_engine.DEFAULT_CONTEXT
 
 
 @needs_bindings
 def test_many_long_answers_in_parallel_all_get_their_length(tiny_gguf: Path) -> None:
-    # 4 answers of 100 tokens on a 128-token model: one shared 128-token pool would stop them early
-    results = _run(tiny_gguf, PROMPTS[:4], batch_size=4, raw=True, max_new_tokens=100)
+    # 4 answers of 400 tokens on a 512-token model: the old fixed pool (4096 capped at the model's 512, shared by
+    # all 4) stopped them early
+    results = _run(tiny_gguf, PROMPTS[:4], batch_size=4, raw=True, max_new_tokens=400)
     assert [(g.finish_reason, g.completion_tokens) for g in results if g.finish_reason != "eos"] == [
-        ("length", 100)] * sum(g.finish_reason != "eos" for g in results)
+        ("length", 400)] * sum(g.finish_reason != "eos" for g in results)
     assert any(g.finish_reason == "length" for g in results)
 
 
 @needs_bindings
 def test_a_full_context_is_an_error_not_a_short_answer(tiny_gguf: Path) -> None:
-    settings = gen.build_settings(max_new_tokens=60)
-    with pytest.raises(UsageError, match=r"context \(40 tokens\) filled after \d+ of the 60 new tokens"):
-        list(llama_engine.generate(["1 2 3 4"], model=str(tiny_gguf), settings=settings, raw=True, batch_size=1,
-                                   context=40))
+    # the tiny GGUF's window is 512 tokens: a prompt of ~20 tokens leaves no room for 500 new ones
+    result = invoke(["generate", "--engine", "llama-cpp", "-m", str(tiny_gguf), "--raw", "-n", "500", "-b", "1",
+                     " ".join(["one two three four"] * 5)])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith("Error: prompt 1: llama.cpp's context (") and "of the 500 new tokens" in (
+        result.stderr)
 
 
 @needs_bindings
 def test_max_new_tokens_beyond_the_models_context_is_a_usage_error(tiny_gguf: Path) -> None:
-    result = invoke(["generate", "--engine", "llama-cpp", "-m", str(tiny_gguf), "-n", "500", "hello"])
+    result = invoke(["generate", "--engine", "llama-cpp", "-m", str(tiny_gguf), "-n", "600", "hello"])
     assert result.exit_code == 2
-    assert result.stderr.startswith("Error: --max-new-tokens 500 does not fit") and "context of 128" in result.stderr
+    assert result.stderr.startswith("Error: --max-new-tokens 600 does not fit") and "context of 512" in result.stderr
 
 
 @needs_bindings
