@@ -235,6 +235,7 @@ def generate(
             out = net.generate(**padded, **gen_kwargs, **extra, streamer=streamer)
         seconds = time.perf_counter() - started
         sequences = out.sequences if want_scores else out
+        scores: list[float] | None
         if want_scores and sampler is not None:
             scores = [float(x) for x in sampler.logprob_sums]  # the processed scores only keep the drawn token
         else:
