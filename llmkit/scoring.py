@@ -92,8 +92,9 @@ def start_ids(tokenizer: Any) -> list[int]:
         if token_id is None:
             continue
         if token in CHAT_TURN_MARKERS:
+            # in the vocabulary (SmolLM2 also calls it its unk token, so an unk check would wrongly refuse it)
             separator = tokenizer.convert_tokens_to_ids(DOCUMENT_SEPARATOR)
-            if isinstance(separator, int) and separator != tokenizer.unk_token_id:
+            if isinstance(separator, int) and tokenizer.convert_ids_to_tokens(separator) == DOCUMENT_SEPARATOR:
                 return [separator]
         return [int(token_id)]
     return []

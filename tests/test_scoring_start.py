@@ -8,8 +8,11 @@ from llmkit.scoring import start_ids
 
 
 def _tok(bos: str | None, bos_id: int | None, eos: str | None, eos_id: int | None, vocab: dict[str, int]):
-    return SimpleNamespace(bos_token=bos, bos_token_id=bos_id, eos_token=eos, eos_token_id=eos_id, unk_token_id=None,
-                           convert_tokens_to_ids=lambda t: vocab.get(t))
+    names = {i: t for t, i in vocab.items()}
+    return SimpleNamespace(bos_token=bos, bos_token_id=bos_id, eos_token=eos, eos_token_id=eos_id,
+                           unk_token_id=vocab.get("<|endoftext|>"),  # as in SmolLM2: the separator is also unk
+                           convert_tokens_to_ids=lambda t: vocab.get(t, vocab.get("<|endoftext|>")),
+                           convert_ids_to_tokens=lambda i: names.get(i))
 
 
 def test_a_chatml_turn_marker_is_replaced_by_the_document_separator() -> None:
