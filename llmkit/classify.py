@@ -464,32 +464,22 @@ class _QuestionRunner(_Runner):
 
         super().__init__(lm, truncate)
         self.labels, self.calibrate, self.picker = labels, calibrate, picker
-        pad = self.tok.pad_token_id
-        self.pad_id = pad if pad is not None else (self.tok.eos_token_id or 0)
         self.builder = PromptBuilder(self.tok, labels, template, self.max_tokens)
         self.prior: list[float] | None = None
         self.used = "none"
-        self.started = False
 
     def extras(self) -> dict[str, Any]:
         return {"calibration": self.used, "shots": 0 if self.picker is None else self.picker.shots}
 
     def logps(self, jobs: list[tuple[int, str]], batch_size: int) -> tuple[list[list[float]], list[bool]]:
         """log P(label | prompt) for (index, text) jobs; the index seeds the example choice."""
-        from llmkit.zeroshot import answer_logprobs
+        from llmkit.zeroshot import score
 
-        prompts, cuts = [], []
-        for index, text in jobs:
-            shots = self.picker.pick(text, index) if self.picker is not None else []
-            ids, cut = self.builder.prompt_ids(text, shots)
+        logps, cuts = score(self.lm, self.builder, jobs, picker=self.picker, batch_size=batch_size)
+        for (index, text), cut in zip(jobs, cuts, strict=True):
             if cut:
-                self.too_long(index, len(ids))
-            prompts.append(ids)
-            cuts.append(cut)
-        if not prompts:
-            return [], []
-        return answer_logprobs(self.net, prompts, self.builder.answers, pad_id=self.pad_id, device=self.lm.device,
-                               batch_size=batch_size), cuts
+                self.too_long(index, len(self.tok(text)["input_ids"]))
+        return logps, cuts
 
     def begin(self, window: list[tuple[int, str, str | None]], complete: bool, batch_size: int) -> None:
         from llmkit.zeroshot import CONTENT_FREE_INPUTS, MIN_CALIBRATION_INPUTS, content_free_prior
@@ -505,7 +495,6 @@ class _QuestionRunner(_Runner):
             cf, _ = self.logps([(-1 - k, t) for k, t in enumerate(CONTENT_FREE_INPUTS)], batch_size)
             self.prior = content_free_prior(cf)
         self.used = mode
-        self.started = True
 
     def run(self, window: list[tuple[int, str, str | None]], batch_size: int) -> dict[int, tuple[list[tuple[str, float]], bool]]:
         from llmkit.zeroshot import calibrated_probs, inputs_prior

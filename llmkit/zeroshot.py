@@ -25,12 +25,12 @@ from typing import Any
 from llmkit.errors import DataError, UsageError
 
 # Picked on the dev splits of benchmarks/quality_zeroshot.py (never on its test rows); see the README.
-DEFAULT_ZERO_SHOT_PROMPT = "Which of these labels fits the text best: {labels}?\n\nText: {text}"
+DEFAULT_ZERO_SHOT_PROMPT = "Classify the text as {labels}.\n\nText: {text}\n\nAnswer with the label only."
 CALIBRATIONS = ("auto", "none", "content-free", "inputs")
 DEFAULT_CALIBRATION = "auto"
 ZERO_SHOT_METHODS = ("question", "channel")
 DEFAULT_ZERO_SHOT_METHOD = "question"
-EXAMPLE_SELECTIONS = ("random", "similar")
+EXAMPLE_SELECTIONS = ("random", "fixed", "similar")
 DEFAULT_EXAMPLE_SELECTION = "random"
 DEFAULT_SHOTS = 4  # examples per label with --examples
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # Zhao et al. 2021's content-free inputs, averaged
@@ -167,7 +167,9 @@ _WORD = re.compile(r"[a-z0-9']+")
 
 
 class ExamplePicker:
-    """Chooses k examples per label for each input: at random (seeded per input) or the most similar ones.
+    """Chooses k examples per label for each input: at random (seeded per input), one random draw for all
+    inputs ("fixed", as Zhao et al. 2021 do: the shared examples then run once, see `answer_logprobs`), or the
+    most similar ones.
 
     Similarity is the cosine of TF-IDF word vectors (no model needed). The chosen examples are shuffled (random)
     or ordered least to most similar (similar), so the closest example sits right before the input.
@@ -197,8 +199,9 @@ class ExamplePicker:
         """The examples for input `index` (k per label, fewer where a label has fewer), in prompt order."""
         if self.shots == 0:
             return []
-        rng = random.Random(self.seed * 1_000_003 + index)  # per input: independent of batching and windows
-        if self.selection == "random":
+        # Per input: independent of batching and windows; "fixed" draws once for every input.
+        rng = random.Random(self.seed * 1_000_003 + (0 if self.selection == "fixed" else index))
+        if self.selection in ("random", "fixed"):
             chosen = [(t, label) for label, texts in self.by_label.items()
                       for t in rng.sample(texts, min(self.shots, len(texts)))]
             rng.shuffle(chosen)
@@ -277,6 +280,37 @@ class PromptBuilder:
             text, cut = self.cut(text, keep), True
             ids = self._text(self.render(text, shots))
         return ids, cut
+
+
+def score(
+    lm: Any,
+    builder: PromptBuilder,
+    jobs: Sequence[tuple[int, str]],
+    *,
+    picker: ExamplePicker | None = None,
+    batch_size: int = 32,
+) -> tuple[list[list[float]], list[bool]]:
+    """log P(label | prompt) for (index, text) jobs (the index seeds the example choice), and which were cut.
+
+    Args:
+        lm: a loaded causal LM (`llmkit.loading.LoadedModel`).
+        builder: the prompt builder for the labels and template.
+        jobs: (input index, text) pairs; content-free inputs use negative indices.
+        picker: few-shot examples, or None for zero-shot.
+        batch_size: prompts per forward.
+
+    Returns:
+        (log-probabilities per job and label, truncated flag per job).
+    """
+    prompts, cuts = [], []
+    for index, text in jobs:
+        shots = picker.pick(text, index) if picker is not None else []
+        ids, cut = builder.prompt_ids(text, shots)
+        prompts.append(ids)
+        cuts.append(cut)
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    return answer_logprobs(lm.model, prompts, builder.answers, pad_id=pad, device=lm.device, batch_size=batch_size), cuts
 
 
 def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
