@@ -44,6 +44,8 @@ PROMPTS = {
     "classify-as": "Classify the text as {labels}.\n\nText: {text}\n\nAnswer with the label only.",
     "text-first": "{text}\n\nWhich of these labels fits the text above best: {labels}? Answer with the label only.",
 }
+# Then, for the chosen prompt: does counting the capitalised spelling of each label ("Positive") help?
+SPELLING_CHOICES = {"as-given": False, "as-given+capitalised": True}
 CALIBRATIONS = ("none", "inputs", "content-free")
 
 
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     started = time.time()
     lm = loading.load(MODEL, "causal-lm", device="cpu", dtype="float32")
+    chosen = {name: SETS[name] for name in args.sets}
     sizes = {name: args.test for name in SETS} | dict(args.set_test or [])
     splits = {name: data.split(loader(), dev=args.dev, test=sizes[name], seed=args.seed)
               for name, (loader, _, _) in SETS.items()}
@@ -95,12 +98,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": [],
     }
     prompt = zs.DEFAULT_ZERO_SHOT_PROMPT
+    spellings = zs.LABEL_SPELLINGS
+    if args.select_spellings:
+        dev_s: dict[str, Any] = {}
+        for key, flag in SPELLING_CHOICES.items():
+            dev_s[key] = {}
+            for name, (_, labels, _) in SETS.items():
+                builder = zs.PromptBuilder(lm.tokenizer, labels, prompt, 8192, spellings=flag)
+                dev_s[key][name] = _calibrated(lm, builder, splits[name]["dev"], labels, None, args.batch_size)
+            dev_s[key]["mean_macro_f1_inputs"] = round(
+                sum(dev_s[key][n]["inputs"]["macro_f1"] for n in SETS) / len(SETS), 4)
+            print(f"dev {key}: {dev_s[key]}", file=sys.stderr)
+        result["dev_spellings"] = dev_s
+        result["dev_spellings_choice"] = max(SPELLING_CHOICES, key=lambda k: dev_s[k]["mean_macro_f1_inputs"])
     if args.select_prompt:
         dev: dict[str, Any] = {}
         for key, template in PROMPTS.items():
             dev[key] = {}
             for name, (_, labels, _) in SETS.items():
-                builder = zs.PromptBuilder(lm.tokenizer, labels, template, 8192)
+                builder = zs.PromptBuilder(lm.tokenizer, labels, template, 8192, spellings=spellings)
                 dev[key][name] = _calibrated(lm, builder, splits[name]["dev"], labels, None, args.batch_size)
             dev[key]["mean_macro_f1_inputs"] = round(
                 sum(dev[key][n]["inputs"]["macro_f1"] for n in SETS) / len(SETS), 4)
@@ -110,6 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["dev_choice"] = best
         prompt = PROMPTS[best]
     result["prompt"] = prompt
+    result["label_spellings"] = spellings
 
     def add(name: str, config: str, calibration: str, shots: int, n: int, scores: dict[str, float], secs: float) -> None:
         row = {"set": name, "config": config, "calibration": calibration, "shots": shots, "n": n, **scores,
@@ -117,10 +134,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["rows"].append(row)
         print(json.dumps(row), file=sys.stderr)
 
-    for name, (_, labels, _) in SETS.items():
+    for name, (_, labels, _) in chosen.items():
         test = splits[name]["test"]
         pool = splits[name]["pool"]
-        builder = zs.PromptBuilder(lm.tokenizer, labels, prompt, 8192)
+        builder = zs.PromptBuilder(lm.tokenizer, labels, prompt, 8192, spellings=spellings)
         if not args.skip_channel and test:
             t0 = time.time()
             rows = test[: args.channel_n]
@@ -161,28 +178,36 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's settings (`run(parse_args([]))` runs the defaults, e.g. from benchmarks/quality.py)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", type=lambda s: s.split(","), default=list(SETS), help="sets to measure")
     parser.add_argument("--test", type=int, default=200, help="test rows per set")
     parser.add_argument("--dev", type=int, default=40, help="dev rows per set (prompt choice only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shots", type=lambda s: [int(x) for x in s.split(",")], default=[0, 4, 8])
-    parser.add_argument("--selections", type=lambda s: s.split(","), default=["fixed", "random"],
+    parser.add_argument("--selections", type=lambda s: s.split(","), default=["fixed"],
                         help="few-shot example choice(s): fixed, random, similar")
     parser.add_argument("--set-test", type=lambda s: tuple(s.split("=")[:1]) + (int(s.split("=")[1]),), action="append",
                         help="test rows for one set, e.g. sms=100 (repeatable)")
-    parser.add_argument("--per-input-shots", type=lambda s: [int(x) for x in s.split(",") if x], default=[4],
+    parser.add_argument("--per-input-shots", type=lambda s: [int(x) for x in s.split(",") if x], default=[],
                         help="shot counts that also run the per-input selections (random, similar)")
     parser.add_argument("--fewshot-n", type=int, default=100, help="test rows for few-shot with a fixed example draw")
     parser.add_argument("--random-n", type=int, default=40, help="test rows for per-input example choices")
     parser.add_argument("--channel-n", type=int, default=60, help="test rows for the channel method")
     parser.add_argument("--skip-channel", action="store_true")
     parser.add_argument("--select-prompt", action="store_true", help="compare PROMPTS on the dev rows first")
+    parser.add_argument("--select-spellings", action="store_true",
+                        help="compare SPELLING_CHOICES with the default prompt on the dev rows")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on the shared 2-core machine, 2 threads ran 3.5x slower than 1)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "quality_zeroshot.json")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     result = run(args)
     result["command"] = "python benchmarks/quality_zeroshot.py " + " ".join(sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)

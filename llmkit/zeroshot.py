@@ -36,6 +36,7 @@ DEFAULT_SHOTS = 4  # examples per label with --examples
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # Zhao et al. 2021's content-free inputs, averaged
 MIN_CALIBRATION_INPUTS = 16  # auto calibrates over the inputs only when there are at least this many
 EXAMPLE_MAX_TOKENS = 96  # a few-shot example's text is cut to this many tokens, so k x labels examples fit
+LABEL_SPELLINGS = False  # also count "Positive" for the label "positive" (see the README's benchmark)
 KV_TOKEN_BUDGET = 32_768  # prompt rows x padded length per forward when labels need more than one token
 _FIELDS = {"labels", "text"}
 
@@ -227,7 +228,8 @@ class PromptBuilder:
     assistant header. Without one: "question\\nAnswer: label" blocks.
     """
 
-    def __init__(self, tokenizer: Any, labels: Sequence[str], template: str, max_tokens: int) -> None:
+    def __init__(self, tokenizer: Any, labels: Sequence[str], template: str, max_tokens: int, *,
+                 spellings: bool = LABEL_SPELLINGS) -> None:
         check_prompt(template)
         self.tok, self.labels, self.template, self.max_tokens = tokenizer, list(labels), template, max_tokens
         self.chat = bool(getattr(tokenizer, "chat_template", None))
@@ -235,7 +237,24 @@ class PromptBuilder:
         self.answers = [tokenizer(prefix + label, add_special_tokens=False)["input_ids"] for label in labels]
         if any(not a for a in self.answers):
             raise UsageError("--labels: a label tokenizes to nothing; use words")
-        self.room = max_tokens - max(len(a) for a in self.answers)
+        # Each label's spellings (as given, and capitalised): answer token ids and the label each belongs to.
+        self.spelled: list[list[int]] = []
+        self.owner: list[int] = []
+        for j, label in enumerate(labels):
+            forms = [label] + ([label[:1].upper() + label[1:]] if spellings and label[:1].islower() else [])
+            for form in forms:
+                self.spelled.append(tokenizer(prefix + form, add_special_tokens=False)["input_ids"])
+                self.owner.append(j)
+        self.room = max_tokens - max(len(a) for a in self.spelled)
+
+    def combine(self, row: Sequence[float]) -> list[float]:
+        """Per-spelling log-probabilities (as `spelled`) -> one per label: log of the summed probability."""
+        out = []
+        for j in range(len(self.labels)):
+            values = [v for v, k in zip(row, self.owner, strict=True) if k == j]
+            peak = max(values)
+            out.append(peak + math.log(sum(math.exp(v - peak) for v in values)))
+        return out
 
     def _text(self, prompt_text: str) -> list[int]:
         ids = self.tok(prompt_text, add_special_tokens=False)["input_ids"]
@@ -310,7 +329,8 @@ def score(
         cuts.append(cut)
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    return answer_logprobs(lm.model, prompts, builder.answers, pad_id=pad, device=lm.device, batch_size=batch_size), cuts
+    rows = answer_logprobs(lm.model, prompts, builder.spelled, pad_id=pad, device=lm.device, batch_size=batch_size)
+    return [builder.combine(row) for row in rows], cuts
 
 
 def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:

@@ -93,10 +93,8 @@ def test_calibration_changes_scores_as_defined(tiny_causal_lm: Path) -> None:
 
     lm = loading.load(str(tiny_causal_lm), "causal-lm", device="cpu", dtype="float32")
     builder = zs.PromptBuilder(lm.tokenizer, ["good", "bad"], zs.DEFAULT_ZERO_SHOT_PROMPT, 512)
-    raw = zs.answer_logprobs(lm.model, [builder.prompt_ids(t)[0] for t in TEXTS], builder.answers,
-                             pad_id=lm.tokenizer.pad_token_id or 0, device="cpu", batch_size=8)
-    cf = zs.answer_logprobs(lm.model, [builder.prompt_ids(t)[0] for t in zs.CONTENT_FREE_INPUTS], builder.answers,
-                            pad_id=lm.tokenizer.pad_token_id or 0, device="cpu", batch_size=8)
+    raw, _ = zs.score(lm, builder, list(enumerate(TEXTS)), batch_size=8)
+    cf, _ = zs.score(lm, builder, [(-1 - k, t) for k, t in enumerate(zs.CONTENT_FREE_INPUTS)], batch_size=8)
     modes = {mode: _run(tiny_causal_lm, TEXTS, loaded=lm, calibrate=mode) for mode in ("none", "inputs", "content-free")}
     priors = {"none": None, "inputs": zs.inputs_prior(raw), "content-free": zs.content_free_prior(cf)}
     for mode, records in modes.items():
@@ -106,6 +104,18 @@ def test_calibration_changes_scores_as_defined(tiny_causal_lm: Path) -> None:
             want = zs.calibrated_probs(row, priors[mode])
             assert [got["good"], got["bad"]] == pytest.approx(want, abs=1e-5)
     assert modes["none"][0].scores != modes["inputs"][0].scores
+
+
+def test_label_spellings_sum_the_capitalised_form() -> None:
+    import tiny
+
+    tok = tiny.lm_tokenizer(chat=True)
+    builder = zs.PromptBuilder(tok, ["good", "bad"], zs.DEFAULT_ZERO_SHOT_PROMPT, 512, spellings=True)
+    assert builder.owner == [0, 0, 1, 1] and len(builder.spelled) == 4
+    assert builder.combine([math.log(0.2), math.log(0.1), math.log(0.3), math.log(0.3)]) == pytest.approx(
+        [math.log(0.3), math.log(0.6)])
+    plain = zs.PromptBuilder(tok, ["good", "bad"], zs.DEFAULT_ZERO_SHOT_PROMPT, 512, spellings=False)
+    assert plain.owner == [0, 1] and plain.combine([-1.0, -2.0]) == [-1.0, -2.0]
 
 
 def test_zero_shot_prompt_is_used(tiny_causal_lm: Path) -> None:
@@ -127,6 +137,8 @@ def test_examples_put_k_per_label_into_the_prompt(tiny_causal_lm: Path, tmp_path
     tok = AutoTokenizer.from_pretrained(str(tiny_causal_lm))
     prompt = zs.PromptBuilder(tok, ["good", "bad"], zs.DEFAULT_ZERO_SHOT_PROMPT, 512).render("the query", chosen)
     assert sum(prompt.count(t) for t, _ in chosen) == 4 and prompt.count("Text: ") == 5
+    fixed = zs.ExamplePicker(rows, ["good", "bad"], 2, selection="fixed", seed=1)
+    assert fixed.pick("x", 0) == fixed.pick("y", 7) and len(fixed.pick("x", 0)) == 4  # one draw for every input
     similar = zs.ExamplePicker(rows, ["good", "bad"], 1, selection="similar").pick("bad example 3", 0)
     assert similar[-1] == ("bad example 3", "bad")  # the most similar example sits right before the input
 
@@ -155,3 +167,9 @@ def test_bad_examples_are_data_errors(tmp_path: Path) -> None:
 def test_channel_method_stays_behind_its_option(tiny_causal_lm: Path) -> None:
     records = _run(tiny_causal_lm, TEXTS[:2], zero_shot_method="channel")
     assert {r.method for r in records} == {"causal-lm-channel"} and {r.calibration for r in records} == {None}
+
+
+def test_windows_know_whether_they_hold_every_input() -> None:
+    assert [(len(w), last) for w, last in cl._windows(["a"] * 5, 2)] == [(2, False), (2, False), (1, True)]
+    assert [(len(w), last) for w, last in cl._windows(["a"] * 4, 2)] == [(2, False), (2, True)]
+    assert list(cl._windows([], 2)) == []
