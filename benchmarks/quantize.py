@@ -118,7 +118,7 @@ def main() -> None:
     # Leave nothing behind: the outputs and the de-quantized caches of the .gguf files under $LLMKIT_HOME.
     for out in work.iterdir():
         if out.suffix == ".gguf":
-            shutil.rmtree(loading._converted_dir(out), ignore_errors=True)
+            shutil.rmtree(loading.converted_dir(out), ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
 
 

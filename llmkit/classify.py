@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmkit import metrics
 from llmkit.errors import DataError, NotFoundError, UsageError
 
 DEFAULT_ZERO_SHOT_MODEL = "smollm2-135m-instruct"  # bundled: `classify --labels a,b` works offline
@@ -191,7 +192,9 @@ def classify(
             )
         loaded = loading.load(model, task, device=device, dtype=dtype, revision=revision,
                               allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    causal = "ForCausalLM" in type(loaded.model).__name__
+    from llmkit.tasks import CAUSAL_LM, head_of_architectures
+
+    causal = head_of_architectures([type(loaded.model).__name__]) == CAUSAL_LM
     runner: _Runner
     if causal:
         if labels is None:
@@ -513,40 +516,14 @@ class _QuestionRunner(_Runner):
 # --- evaluation ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ClassMetrics:
-    label: str
-    precision: float
-    recall: float
-    f1: float
-    support: int
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Scores of predictions against gold labels.
-
-    Attributes:
-        count: examples scored (inputs with no prediction are left out and counted in `skipped`).
-        accuracy: share of exact matches.
-        macro_f1: unweighted mean F1 over `labels` (the union of gold and predicted labels, as scikit-learn).
-        per_class: precision/recall/F1/support per label.
-        labels: the label order of `confusion`.
-        confusion: confusion[i][j] = examples with gold labels[i] predicted as labels[j].
-        skipped: inputs without a prediction (empty) or without a gold label.
-    """
-
-    count: int
-    accuracy: float
-    macro_f1: float
-    per_class: list[ClassMetrics]
-    labels: list[str]
-    confusion: list[list[int]]
-    skipped: int = 0
+# One metrics module (llmkit.metrics): classify --evaluate and the finetune/distill reports score alike.
+ClassMetrics = metrics.ClassMetrics
+Evaluation = metrics.Evaluation
 
 
 def evaluate(gold: Sequence[str], predicted: Sequence[str], *, skipped: int = 0) -> Evaluation:
-    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix.
+    """Accuracy, macro-F1 (over the union of gold and predicted labels), per-class scores and the confusion
+    matrix: `metrics.evaluate`, kept here as the classify task's name for it.
 
     Args:
         gold: true labels.
@@ -554,37 +531,9 @@ def evaluate(gold: Sequence[str], predicted: Sequence[str], *, skipped: int = 0)
         skipped: how many inputs were left out (reported, not scored).
 
     Returns:
-        An `Evaluation` (precision/recall of a label never predicted/present count as 0, as scikit-learn's
-        zero_division=0).
+        An `Evaluation`.
     """
-    if len(gold) != len(predicted):
-        raise ValueError("gold and predicted differ in length")
-    if not gold:
-        raise DataError("nothing to evaluate: no input had both a prediction and a gold label")
-    labels = sorted(set(gold) | set(predicted))
-    where = {label: i for i, label in enumerate(labels)}
-    confusion = [[0] * len(labels) for _ in labels]
-    for g, p in zip(gold, predicted, strict=True):
-        confusion[where[g]][where[p]] += 1
-    per_class = []
-    for i, label in enumerate(labels):
-        tp = confusion[i][i]
-        predicted_n = sum(row[i] for row in confusion)
-        support = sum(confusion[i])
-        precision = tp / predicted_n if predicted_n else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class.append(ClassMetrics(label, precision, recall, f1, support))
-    correct = sum(confusion[i][i] for i in range(len(labels)))
-    return Evaluation(
-        count=len(gold),
-        accuracy=correct / len(gold),
-        macro_f1=sum(c.f1 for c in per_class) / len(per_class),
-        per_class=per_class,
-        labels=labels,
-        confusion=confusion,
-        skipped=skipped,
-    )
+    return metrics.evaluate(gold, predicted, skipped=skipped)
 
 
 def gold_label(value: Any, names: Sequence[str]) -> str | None:
@@ -595,3 +544,78 @@ def gold_label(value: Any, names: Sequence[str]) -> str | None:
     if text not in names and text.lstrip("-").isdigit() and 0 <= int(text) < len(names):
         return names[int(text)]
     return text
+
+
+# --- tables and evaluation for the command (columns fixed before the first input) -----------------------------
+
+
+def output_labels(
+    model: str | None,
+    labels: Sequence[str] | None,
+    multi_label: bool | None = None,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[list[str], bool]:
+    """The labels a run will score and whether it is multi-label, known before any input is classified.
+
+    A table written with --output takes its columns from these, so an empty first input cannot drop the
+    score columns of every later row. Reads the config only (no weights).
+
+    Args:
+        model: the model spec (None: the bundled zero-shot model, which needs `labels`).
+        labels: zero-shot candidate labels, or None for a classifier's own labels.
+        multi_label: the --multi-label flag (None: from the model config).
+
+    Returns:
+        (label names in the model's order, multi-label).
+    """
+    if labels is not None:
+        return list(labels), bool(multi_label)
+    if model is None:
+        return [], False
+    from llmkit import loading
+
+    config = loading.read_config(model, revision=revision, trust_remote_code=trust_remote_code)
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    multi = multi_label if multi_label is not None else getattr(config, "problem_type", None) == "multi_label_classification"
+    return names, bool(multi)
+
+
+def prediction_columns(result: Classification, label_names: Sequence[str], *, with_scores: bool, multi: bool) -> dict[str, Any]:
+    """The columns a classify --output table appends to each input row: the same keys for every row."""
+    columns: dict[str, Any] = {"prediction": result.label, "prediction_score": result.score}
+    if with_scores:
+        by_label = {item.label: item.score for item in result.scores}
+        for name in label_names:
+            columns[f"score_{name}"] = by_label.get(name)
+    if multi:
+        columns["active_labels"] = None if result.active is None else ",".join(result.active)
+    columns["error"] = result.error  # always present, so every row has the same columns
+    return columns
+
+
+@dataclass
+class GoldTracker:
+    """Pairs each prediction with its gold label (from `label_column`) as results stream by, for --evaluate."""
+
+    label_column: str | None
+    label_names: list[str]
+    gold: list[str] = field(default_factory=list)
+    predicted: list[str] = field(default_factory=list)
+    seen: int = 0
+
+    def add(self, result: Classification, fields: dict[str, Any]) -> None:
+        self.seen += 1
+        if self.label_column is None or result.label is None:
+            return
+        if not self.label_names and result.scores:
+            self.label_names = [s.label for s in result.scores]
+        value = gold_label(fields.get(self.label_column), self.label_names)
+        if value is not None:
+            self.gold.append(value)
+            self.predicted.append(result.label)
+
+    def report(self) -> Evaluation:
+        return evaluate(self.gold, self.predicted, skipped=self.seen - len(self.gold))

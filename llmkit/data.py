@@ -1,4 +1,12 @@
-"""Inputs: text arguments, `-`/piped stdin, or `--input FILE`, as lines, JSON lines or CSV/TSV rows.
+"""The one data layer: inputs and tables, read row by row for every command (inference and training).
+
+- `TABLE_SUFFIXES`: the one suffix -> format map (read here, written by `output.write_table`, used by training).
+- `open_rows` / `stream_rows`: the one row reader for CSV/TSV/JSONL/JSON/Parquet/text lines. Text is UTF-8; a
+  byte-order mark (Excel's "CSV UTF-8") is dropped; undecodable bytes become U+FFFD and are counted in a
+  `Decoding`, whose `note()` is the one sentence that reports them.
+- `column_error` / `require_columns`: the one missing-column error (exit 3), naming the columns found.
+- `read_inputs` (command inputs: arguments, `-`/stdin, `--input FILE`) and `read_table` (classify's tables) give
+  `InputRecord`s; `training.read_table` builds a `datasets.Dataset` from the same rows.
 
 Each input becomes an `InputRecord`: the text to process plus the record's other fields, which every command
 copies into its output record so results can be joined back to their inputs (ids, labels, ...).
@@ -7,18 +15,33 @@ copies into its output record so results can be joined back to their inputs (ids
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from llmkit.errors import DataError, NotFoundError, UsageError
 
 INPUT_FORMATS = ("auto", "text", "jsonl", "csv", "tsv")
 DEFAULT_FIELD = "text"
+
+# The one suffix map: every reader and writer of tables asks it (output.write_table writes WRITE_FORMATS).
+TABLE_SUFFIXES = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+TABLE_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
+ROW_FORMATS = ("text", *TABLE_FORMATS)
+WRITE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+PARQUET_READ_ROWS = 1024  # rows per Parquet record batch: memory stays flat on big files
 
 
 @dataclass(frozen=True)
@@ -38,72 +61,265 @@ class InputRecord:
     line: int = 0
 
 
-def _format_for(path: Path | None, input_format: str) -> str:
-    if input_format != "auto":
-        return input_format
-    if path is not None:
-        suffix = path.suffix.lower()
-        if suffix in (".jsonl", ".ndjson"):
-            return "jsonl"
-        if suffix == ".csv":
-            return "csv"
-        if suffix == ".tsv":
-            return "tsv"
-    return "text"
+# --- decoding: UTF-8, BOM dropped, undecodable bytes counted ---------------------------------------------------
+
+
+@dataclass
+class Decoding:
+    """What decoding a text source had to repair (filled while it is read)."""
+
+    replaced: int = 0  # undecodable byte sequences turned into U+FFFD
+    rows: int = 0  # lines holding at least one of them
+
+    def note(self) -> str | None:
+        """The one sentence that reports repairs (None when there were none)."""
+        return decoding_note(self.replaced, self.rows)
+
+
+def decoding_note(replaced: int, rows: int) -> str | None:
+    """`replaced N undecodable byte sequence(s) ...`: the same words for every command and for training."""
+    if not replaced:
+        return None
+    return (
+        f"replaced {replaced} undecodable byte sequence(s) with U+FFFD "
+        f"in {rows} row(s) (the file is not valid UTF-8)"
+    )
+
+
+def decoded_lines(stream: IO[Any], decoding: Decoding) -> Iterator[str]:
+    """Lines of a byte stream (or a text stream) as text with their line endings, read one at a time.
+
+    Bytes are decoded line by line as UTF-8 with replacement (a newline byte is never inside a UTF-8 sequence,
+    so this equals decoding the whole file); a leading BOM is dropped.
+    """
+    first = True
+    for raw in stream:
+        if isinstance(raw, bytes):
+            text = raw.decode("utf-8", errors="replace")
+            bad = text.count("\ufffd") - raw.count("\ufffd".encode())
+            if bad:
+                decoding.replaced += bad
+                decoding.rows += 1
+        else:
+            text = raw
+        if first:
+            text = text.removeprefix("\ufeff")
+            first = False
+        yield text
 
 
 def open_text(path: Path) -> TextIO:
-    """Open a text file as UTF-8; undecodable bytes become U+FFFD instead of a crash."""
+    """Open a text file as UTF-8 (BOM dropped); undecodable bytes become U+FFFD instead of a crash.
+
+    Raises:
+        NotFoundError: no such file. UsageError: a directory.
+    """
+    _check_file(path)
+    return open(path, encoding="utf-8-sig", errors="replace", newline="")
+
+
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise NotFoundError(f"input file not found: {path}")
     if path.is_dir():
         raise UsageError(f"--input {path} is a directory; give a file")
-    return open(path, encoding="utf-8", errors="replace", newline="")
 
 
-def _stdin_text(stdin: TextIO) -> TextIO:
-    buffer = getattr(stdin, "buffer", None)
-    if buffer is not None:
-        return io.TextIOWrapper(buffer, encoding="utf-8", errors="replace", newline="")
-    return stdin
+# --- columns: one error -----------------------------------------------------------------------------------------
 
 
-def _lines(stream: TextIO) -> Iterator[tuple[int, str]]:
-    for number, raw in enumerate(stream, start=1):
-        yield number, raw.rstrip("\r\n")
+def column_error(column: str, present: Iterable[str], where: str = "the data") -> NotFoundError:
+    """The one error for a missing column (exit 3): it names the columns found and the flags that pick one."""
+    found = ", ".join(str(c) for c in present) or "none"
+    return NotFoundError(
+        f"no column {column!r} in {where} (columns: {found}); pick the right one with --text-column/--label-column"
+    )
 
 
-def _json_objects(stream: TextIO, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def require_columns(present: Iterable[str], wanted: Iterable[str], where: str = "the data") -> None:
+    """Raise `column_error` for the first of `wanted` that is not in `present`."""
+    present = list(present)
+    for column in wanted:
+        if column not in present:
+            raise column_error(column, present, where)
+
+
+# --- the one row reader ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rows:
+    """Rows read lazily: the columns (in file order; for JSON lines those of the first row) and
+    (line number, row dict) pairs. `decoding` fills up as the rows are read."""
+
+    columns: list[str]
+    rows: Iterator[tuple[int, dict[str, Any]]]
+    source: str
+    fmt: str
+    decoding: Decoding = field(default_factory=Decoding)
+
+
+def format_for(path: Path | None, requested: str = "auto", *, default: str | None = "text") -> str | None:
+    """The format to read `path` as: `requested` unless auto, else by suffix (TABLE_SUFFIXES), else `default`.
+
+    Raises:
+        UsageError: an unknown requested format.
+    """
+    if requested != "auto":
+        if requested not in ROW_FORMATS:
+            raise UsageError(f"unknown format {requested!r}; use one of {', '.join(ROW_FORMATS)}")
+        return requested
+    if path is not None:
+        return TABLE_SUFFIXES.get(path.suffix.lower(), default)
+    return default
+
+
+def open_rows(path: Path | str, fmt: str = "auto", *, text_column: str = DEFAULT_FIELD) -> Rows:
+    """Read a file row by row (text lines become rows `{text_column: line}`).
+
+    Args:
+        path: the file.
+        fmt: auto (by suffix; an unknown suffix is read as text lines) or one of ROW_FORMATS.
+        text_column: the column name text lines get.
+
+    Raises:
+        NotFoundError: no such file. DataError: malformed content (named by line).
+    """
+    path = Path(path)
+    _check_file(path)
+    name = format_for(path, fmt)
+    assert name is not None
+    if name == "parquet":
+        return _parquet_rows(path)
+    return stream_rows(open(path, "rb"), name, str(path), text_column=text_column, close=True)
+
+
+def stream_rows(
+    stream: IO[Any], fmt: str, source: str, *, text_column: str = DEFAULT_FIELD, close: bool = False
+) -> Rows:
+    """Rows from an open byte (or text) stream, e.g. stdin; read as they arrive except for whole-file JSON.
+
+    Args:
+        stream: the stream; bytes are decoded as UTF-8 with counted replacement.
+        fmt: one of ROW_FORMATS except parquet.
+        source: the name used in error messages.
+        text_column: the column name text lines get.
+        close: close the stream once the rows are read.
+    """
+    decoding = Decoding()
+    lines = decoded_lines(stream, decoding)
+    columns: list[str]
+    if fmt == "text":
+        columns = [text_column]
+        rows: Iterator[tuple[int, dict[str, Any]]] = (
+            (n, {text_column: line.rstrip("\r\n")}) for n, line in enumerate(lines, start=1)
+        )
+    elif fmt in ("csv", "tsv"):
+        reader = csv.reader(lines, delimiter="," if fmt == "csv" else "\t")
+        header = next(reader, None) or []
+        columns = list(header)
+        rows = _delimited_rows(reader, columns, source)
+    elif fmt == "jsonl":
+        objects = _json_objects(lines, source)
+        first = next(objects, None)
+        columns = list(first[1]) if first else []
+        rows = _chain(first, objects)
+    elif fmt == "json":
+        rows = _json_document("".join(lines), source)
+        materialized = list(rows)
+        columns = []
+        for _, row in materialized:  # union of keys in first-seen order: JSON rows may differ
+            columns.extend(k for k in row if k not in columns)
+        rows = iter(materialized)
+    else:
+        raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(ROW_FORMATS)}")
+    return Rows(columns, _closing(rows, stream) if close else rows, source, fmt, decoding)
+
+
+def _chain(first: tuple[int, dict[str, Any]] | None, rest: Iterator[tuple[int, dict[str, Any]]]) -> Iterator[
+    tuple[int, dict[str, Any]]
+]:
+    if first is not None:
+        yield first
+    yield from rest
+
+
+def _delimited_rows(reader: Any, columns: list[str], source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    for cells in reader:
+        if not cells:
+            continue  # a blank line
+        if len(cells) > len(columns):
+            raise DataError(
+                f"{source}:{reader.line_num}: {len(cells)} cells but the header has {len(columns)} columns; "
+                "quote cells that hold the delimiter"
+            )
+        row = dict(zip(columns, cells, strict=False))
+        for column in columns[len(cells) :]:
+            row[column] = ""  # a short row: its missing cells are empty
+        yield reader.line_num, row
+
+
+def _json_objects(lines: Iterable[str], source: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank JSON line; a bad line is an error that names it."""
-    for number, raw in _lines(stream):
+    for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{source}:{number}: not valid JSON ({exc.msg}); fix the line or use --input-format text") from None
+            raise DataError(f"{source}:{number}: not valid JSON ({exc.msg}); fix or remove the line") from None
         if not isinstance(obj, dict):
             raise DataError(f"{source}:{number}: expected a JSON object, one per line")
         yield number, obj
 
 
-def _jsonl(stream: TextIO, text_field: str, source: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    for number, obj in _json_objects(stream, source):
-        if text_field not in obj:
-            present = ", ".join(sorted(obj)) or "none"
-            raise DataError(f"{source}:{number}: no field {text_field!r} (fields: {present}); pick one with --field")
-        value = obj.pop(text_field)
-        yield number, "" if value is None else str(value), obj
+def _json_document(text: str, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list):
+        obj = next(iter(obj.values()))  # {"data": [...]}
+    if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
+        raise DataError(f"{source}: expected a JSON list of objects (or use .jsonl)")
+    return ((i + 1, row) for i, row in enumerate(obj))
 
 
-def _delimited(stream: TextIO, text_field: str, delimiter: str, source: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    reader = csv.DictReader(stream, delimiter=delimiter)
-    columns = reader.fieldnames or []
-    if text_field not in columns:
-        raise DataError(f"{source}: no column {text_field!r} (columns: {', '.join(columns) or 'none'}); pick one with --field")
-    for number, row in enumerate(reader, start=2):
-        value = row.pop(text_field)
-        yield number, value or "", {k: v for k, v in row.items() if k is not None}
+def _parquet_rows(path: Path) -> Rows:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(str(path))
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    columns = list(parquet.schema_arrow.names)
+
+    def rows() -> Iterator[tuple[int, dict[str, Any]]]:
+        number = 1
+        for batch in parquet.iter_batches(batch_size=PARQUET_READ_ROWS):
+            for row in batch.to_pylist():
+                number += 1
+                yield number, row
+
+    return Rows(columns, rows(), str(path), "parquet")
+
+
+def _closing(rows: Iterator[Any], stream: IO[Any]) -> Iterator[Any]:
+    try:
+        yield from rows
+    finally:
+        stream.close()
+
+
+def _report_decoding(decoding: Decoding, source: str) -> None:
+    note = decoding.note()
+    if note:
+        from llmkit.console import warn
+
+        warn(f"{source}: {note}")
+
+
+# --- command inputs ---------------------------------------------------------------------------------------------
 
 
 def read_inputs(
@@ -145,26 +361,26 @@ def read_inputs(
         return iter([InputRecord(text=text, index=i, line=i + 1) for i, text in enumerate(texts)])
 
     if use_stdin:
-        stream, source, fmt = _stdin_text(stdin), "<stdin>", _format_for(None, input_format)
+        fmt = "text" if input_format == "auto" else input_format
+        rows = stream_rows(getattr(stdin, "buffer", None) or stdin, fmt, "<stdin>", text_column=text_field)
     else:
         assert input_file is not None
-        stream, source, fmt = open_text(input_file), str(input_file), _format_for(input_file, input_format)
-    return _records(stream, source, fmt, text_field, close=not use_stdin)
+        fmt = format_for(input_file, input_format) or "text"
+        if fmt not in INPUT_FORMATS:
+            fmt = "text"  # .json/.parquet are tables (classify); other commands read such a file as lines
+        rows = open_rows(input_file, fmt, text_column=text_field)
+    if fmt in ("csv", "tsv"):
+        require_columns(rows.columns, [text_field], rows.source)
+    return _records(rows, text_field, per_row_check=fmt == "jsonl")
 
 
-def _records(stream: TextIO, source: str, fmt: str, text_field: str, *, close: bool) -> Iterator[InputRecord]:
-    try:
-        if fmt == "text":
-            rows: Iterator[tuple[int, str, dict[str, Any]]] = ((n, t, {}) for n, t in _lines(stream))
-        elif fmt == "jsonl":
-            rows = _jsonl(stream, text_field, source)
-        else:
-            rows = _delimited(stream, text_field, "," if fmt == "csv" else "\t", source)
-        for index, (number, text, fields) in enumerate(rows):
-            yield InputRecord(text=text, index=index, fields=fields, line=number)
-    finally:
-        if close:
-            stream.close()
+def _records(rows: Rows, text_field: str, *, per_row_check: bool = False) -> Iterator[InputRecord]:
+    for index, (number, row) in enumerate(rows.rows):
+        if per_row_check and text_field not in row:
+            raise column_error(text_field, row, f"{rows.source}:{number}")
+        value = row.pop(text_field, None)
+        yield InputRecord(text="" if value is None else str(value), index=index, fields=row, line=number)
+    _report_decoding(rows.decoding, rows.source)
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -186,11 +402,7 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-# --- tables (classify --input data.csv|.tsv|.jsonl|.parquet --text-column COL) -------------------------------------
-
-TABLE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
-_TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-PARQUET_READ_ROWS = 1024  # rows per Parquet record batch: memory stays flat on big files
+# --- tables (classify --input data.csv|.tsv|.jsonl|.json|.parquet --text-column COL) ---------------------------
 
 
 @dataclass
@@ -211,7 +423,7 @@ def table_format(path: Path, table_format: str = "auto") -> str | None:
         if table_format not in TABLE_FORMATS:
             raise UsageError(f"unknown table format {table_format!r}; use one of {', '.join(TABLE_FORMATS)}")
         return table_format
-    return _TABLE_SUFFIXES.get(path.suffix.lower())
+    return TABLE_SUFFIXES.get(path.suffix.lower())
 
 
 def read_table(
@@ -221,12 +433,12 @@ def read_table(
     table_format_name: str = "auto",
     required: Iterable[str] = (),
 ) -> Table:
-    """Read a CSV/TSV/JSONL/Parquet table row by row.
+    """Read a CSV/TSV/JSONL/JSON/Parquet table row by row.
 
     Args:
         path: the file.
         text_column: the column with the text.
-        table_format_name: auto (by suffix), csv, tsv, jsonl or parquet.
+        table_format_name: auto (by suffix), csv, tsv, jsonl, json or parquet.
         required: other columns that must exist (e.g. a label or pair column).
 
     Raises:
@@ -235,62 +447,15 @@ def read_table(
     """
     fmt = table_format(path, table_format_name)
     if fmt is None:
-        raise UsageError(f"{path}: not a table; use a .csv, .tsv, .jsonl or .parquet file (or --input-format)")
-    if not path.exists():
-        raise NotFoundError(f"input file not found: {path}")
-    source = str(path)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        parquet = pq.ParquetFile(str(path))
-        columns = list(parquet.schema_arrow.names)
-
-        def parquet_rows() -> Iterator[dict[str, Any]]:
-            for batch in parquet.iter_batches(batch_size=PARQUET_READ_ROWS):
-                yield from batch.to_pylist()
-
-        rows: Iterator[dict[str, Any]] = parquet_rows()
-    elif fmt == "jsonl":
-        stream = open_text(path)
-        first = ""
-        for raw in stream:
-            if raw.strip():
-                first = raw
-                break
-        stream.seek(0)
-        try:
-            columns = list(json.loads(first)) if first else []
-        except (json.JSONDecodeError, TypeError):
-            raise DataError(f"{source}: the first line is not a JSON object") from None
-        rows = _jsonl_rows(stream, source)
-    else:
-        stream = open_text(path)
-        reader = csv.DictReader(stream, delimiter="," if fmt == "csv" else "\t")
-        columns = [c for c in (reader.fieldnames or []) if c is not None]
-        rows = _closing(reader, stream)
-    for column in [text_column, *required]:
-        if column not in columns:
-            raise NotFoundError(f"{source}: no column {column!r} (columns: {', '.join(columns) or 'none'})")
+        raise UsageError(f"{path}: not a table; use a .csv, .tsv, .jsonl, .json or .parquet file (or --input-format)")
+    rows = open_rows(path, fmt, text_column=text_column)
+    require_columns(rows.columns, [text_column, *required], rows.source)
 
     def records() -> Iterator[InputRecord]:
-        for index, row in enumerate(rows):
+        for index, (number, row) in enumerate(rows.rows):
             value = row.get(text_column)
-            fields = {k: v for k, v in row.items() if k != text_column and k is not None}
-            yield InputRecord(text="" if value is None else str(value), index=index, fields=fields, line=index + 2)
+            fields = {k: v for k, v in row.items() if k != text_column}
+            yield InputRecord(text="" if value is None else str(value), index=index, fields=fields, line=number)
+        _report_decoding(rows.decoding, rows.source)
 
-    return Table(columns=columns, records=records(), source=source)
-
-
-def _jsonl_rows(stream: TextIO, source: str) -> Iterator[dict[str, Any]]:
-    try:
-        for _, obj in _json_objects(stream, source):
-            yield obj
-    finally:
-        stream.close()
-
-
-def _closing(rows: Iterable[dict[str, Any]], stream: TextIO) -> Iterator[dict[str, Any]]:
-    try:
-        yield from rows
-    finally:
-        stream.close()
+    return Table(columns=rows.columns, records=records(), source=rows.source)

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import DataError, UsageError
+from llmkit.metrics import classification_report, perplexity, round_metric
 
-TASKS = ("auto", "classification", "causal-lm", "masked-lm")
-# llmkit task -> the loading.py task its models are loaded for
-LOAD_TASK = {"classification": "sequence-classification", "causal-lm": "causal-lm", "masked-lm": "masked-lm"}
+TASKS = ("auto", "classification", "causal-lm", "masked-lm")  # "auto": the teacher's head (tasks.head_of)
 
 DEFAULT_ALPHA = 0.5  # half hard labels, half teacher: DistilBERT-style balance; 0 for unlabeled text
 DEFAULT_TEMPERATURE = 2.0  # softens the teacher; 1-4 is the usual range
@@ -91,15 +90,16 @@ def build_settings(config_file: Path | None, cli: dict[str, Any]) -> tuple[str, 
         NotFoundError: no such file.
     """
     from llmkit import training
+    from llmkit.config import check_config_keys, load_config, settings_from
 
-    config = training.load_config(config_file)
+    config = load_config(config_file)
     known = {f.name for f in fields(DistillSettings)} | {f.name for f in fields(training.TrainSettings)}
-    training.check_config_keys(config, known | {"teacher"}, config_file)
+    check_config_keys(config, known | {"teacher"}, config_file)
     teacher = cli.get("teacher") or config.get("teacher")
     if not teacher:
         raise UsageError("no teacher: pass --teacher MODEL (e.g. a folder written by llmkit finetune)")
-    distill_settings = training.settings_from(DistillSettings, config, cli)
-    train_settings = training.settings_from(training.TrainSettings, config, cli)
+    distill_settings = settings_from(DistillSettings, config, cli)
+    train_settings = settings_from(training.TrainSettings, config, cli)
     return str(teacher), distill_settings, train_settings
 
 
@@ -663,7 +663,6 @@ def evaluate(
     """
     import torch
 
-    from llmkit import training
     from llmkit.losses import IGNORE_INDEX, kl_to_teacher
 
     model.eval()
@@ -713,10 +712,10 @@ def evaluate(
         "perplexity": None,
     }
     if task == "classification" and gold:
-        report = training.classification_report(gold, predictions, list(label_names))
+        report = classification_report(gold, predictions, list(label_names))
         result["accuracy"], result["macro_f1"] = report["accuracy"], report["macro_f1"]
     elif task != "classification" and nll_count:
-        result["perplexity"] = training.perplexity(nll_sum / nll_count)
+        result["perplexity"] = perplexity(nll_sum / nll_count)
     return result
 
 
@@ -773,33 +772,31 @@ def weights_size(directory: Path) -> int:
 
 
 def detect_task(config: Any) -> str:
-    """classification | causal-lm | masked-lm, from the checkpoint's architecture name."""
-    names = " ".join(getattr(config, "architectures", None) or [])
-    if "ForSequenceClassification" in names:
-        return "classification"
-    if "ForCausalLM" in names:
-        return "causal-lm"
-    if "ForMaskedLM" in names or "ForPreTraining" in names:
-        return "masked-lm"
-    raise UsageError(
-        f"cannot tell the task of the teacher ({names or 'no architecture in config.json'}); "
-        "pass --task classification|causal-lm|masked-lm"
-    )
+    """classification | causal-lm | masked-lm: the training task of the teacher's head (`tasks.head_of`).
 
+    Raises:
+        UsageError: a teacher without a head distill can learn from (base encoders, seq2seq models).
+    """
+    from llmkit.tasks import head_of, training_task
 
-# A teacher must have been trained for the task: a head that from_pretrained invents is random noise.
-_HEADS = {
-    "classification": ("ForSequenceClassification",),
-    "causal-lm": ("ForCausalLM",),
-    "masked-lm": ("ForMaskedLM", "ForPreTraining"),
-}
+    head = head_of(config)
+    task = training_task(head)
+    if task is None:
+        names = ", ".join(getattr(config, "architectures", None) or []) or "no architecture in config.json"
+        raise UsageError(
+            f"cannot tell the task of the teacher ({names}: {head}); pass --task classification|causal-lm|masked-lm"
+        )
+    return task
 
 
 def _check_teacher_head(spec: str, config: Any, task: str) -> None:
-    names = config.architectures or []
-    if any(head in name for name in names for head in _HEADS[task]):
+    """A teacher must have been trained for the task: a head that from_pretrained invents is random noise."""
+    from llmkit.tasks import head_of, load_task
+
+    head = head_of(config)
+    if head == load_task(task):
         return
-    what = ", ".join(names) or "no head recorded in config.json"
+    what = ", ".join(config.architectures or []) or "no head recorded in config.json"
     fix = "fine-tune it first with llmkit finetune" if task == "classification" else "pick a teacher made for it"
     raise UsageError(f"{spec} ({what}) has no trained {task} head to learn from; {fix}")
 
@@ -817,6 +814,9 @@ def distill(
     resume: bool = False,
     progress: bool = False,
     on_log: Callable[[str], None] | None = None,
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
 ) -> DistillResult:
     """Distill `teacher` into a smaller student trained on `data`; save it and report.json in `output_dir`.
 
@@ -839,33 +839,28 @@ def distill(
     Raises:
         UsageError, DataError, NotFoundError, ModelNotFoundError.
     """
-    import torch
 
-    from llmkit import teacher_cache, training
-    from llmkit.loading import load, read_config, set_seed
-    from llmkit.losses import hidden_layer_map
-    from llmkit.student import check_compatible, drop_layers, parameter_count
+    from llmkit import training
+    from llmkit.loading import read_config, set_seed
 
     settings = (settings or DistillSettings()).validate()
     train_settings = (train_settings or training.TrainSettings()).validate()
     log = on_log or (lambda _message: None)
     output_dir = Path(output_dir)
     training.check_output(output_dir, overwrite=overwrite, resume=resume)
-    task = settings.task if settings.task != "auto" else detect_task(read_config(teacher))
+    task = (
+        settings.task
+        if settings.task != "auto"
+        else detect_task(read_config(teacher, revision=revision, trust_remote_code=trust_remote_code))
+    )
     model_kwargs = {"attn_implementation": "eager"} if settings.attention_weight > 0 else None  # sdpa: no maps
+    # The loading flags apply to the teacher and to a given --student alike.
+    load_options = {"revision": revision, "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
 
     set_seed(train_settings.seed)
-    teacher_lm = load(teacher, LOAD_TASK[task], device=device, dtype="float32", model_kwargs=model_kwargs)
+    teacher_lm, label_names = _load_teacher(teacher, task, device, model_kwargs, load_options)
     teacher_model, tokenizer = teacher_lm.model, teacher_lm.tokenizer
-    _check_teacher_head(teacher, teacher_model.config, task)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # causal LMs often ship without a pad token
     pad_id = tokenizer.pad_token_id
-    label_names = (
-        [str(teacher_model.config.id2label[i]) for i in range(teacher_model.config.num_labels)]
-        if task == "classification"
-        else []
-    )
 
     # Labels are needed for the hard loss and for the baseline (which learns from labels alone).
     need_labels = task == "classification" and (settings.alpha > 0 or settings.baseline)
@@ -885,66 +880,14 @@ def distill(
     val = tokenize(tokenizer, ex.val_texts, ex.val_labels, task, seed=train_settings.seed + 1, **common)
     log(f"Task {task}: {len(train)} training and {len(val)} validation examples.")
 
-    # The student.
-    kept: list[int] | None = None
-    if settings.student is not None:
-        student_lm = load(settings.student, LOAD_TASK[task], device=device, dtype="float32", model_kwargs=model_kwargs)
-        student = student_lm.model
-        check_compatible(teacher_model, tokenizer, student, student_lm.tokenizer, task)
-        student_name = settings.student
-    else:
-        total = teacher_model.config.num_hidden_layers
-        n = settings.student_layers if settings.student_layers is not None else max(1, total // 2)
-        student, kept = drop_layers(teacher_model, n)
-        student_name = f"teacher layers {kept} of {total}"
-        log(f"Student: keeps teacher layers {kept} of 0..{total - 1}, initialised from the teacher's weights.")
+    student, student_name, kept = _make_student(
+        settings, teacher_model, tokenizer, task, device, model_kwargs, log, load_options
+    )
     student.train()
     initial_student = copy.deepcopy(student) if settings.baseline else None
 
-    # What to match besides the logits.
-    t_layers, s_layers = teacher_model.config.num_hidden_layers, student.config.num_hidden_layers
-    matching = Matching()
-    if settings.hidden_weight > 0 or settings.attention_weight > 0:
-        if s_layers > t_layers:
-            raise UsageError("--hidden-weight/--attention-weight need a student with no more layers than the teacher")
-        layer_map = hidden_layer_map(t_layers, s_layers)
-        if settings.hidden_weight > 0:
-            matching.hidden_map = layer_map
-            t_width, s_width = teacher_model.config.hidden_size, student.config.hidden_size
-            if t_width != s_width:  # a learned projection maps the student's width onto the teacher's
-                matching.projections = torch.nn.ModuleList([torch.nn.Linear(s_width, t_width) for _ in layer_map]).to(
-                    student.device
-                )
-        if settings.attention_weight > 0:
-            matching.attention_map = [m - 1 for m in layer_map[1:]]
-
-    teacher_out = TeacherOutputs(teacher_model, task, matching)
-    cache_state = "off"
-    if settings.cache_teacher:
-        extras = {"hidden": matching.hidden_map, "attention": matching.attention_map}
-        fingerprint = teacher_cache.teacher_fingerprint(teacher_lm.source.location)
-        key = teacher_cache.cache_key(fingerprint, task, train, extras)
-        path = teacher_cache.cache_path(key)
-        width = (
-            teacher_model.config.num_labels
-            if task == "classification"
-            else teacher_model.get_output_embeddings().weight.shape[0]
-        )
-        mean_len = sum(len(e["input_ids"]) for e in train) / len(train)
-        estimate = teacher_cache.estimate_bytes(len(train), mean_len, width, task)
-        if estimate > CACHE_WARN_BYTES and not path.exists():
-            from llmkit.output import warn
-
-            warn(f"the teacher cache will take about {estimate / 1024**3:.1f} GiB in {path.parent}")
-
-        def run_teacher(ids: list[int]) -> list[dict[str, Any]]:
-            batch = collate([train[i] for i in ids], task, pad_id)
-            return teacher_out.per_example(batch["input_ids"], batch["attention_mask"])
-
-        cached, hit = teacher_cache.load_or_fill(key, len(train), run_teacher)
-        teacher_out = TeacherOutputs(teacher_model, task, matching, cached)
-        cache_state = "hit" if hit else "filled"
-        log(f"Teacher outputs {'read from' if hit else 'stored in'} {path}.")
+    matching = _matching(settings, teacher_model, student)
+    teacher_out, cache_state = _teacher_outputs(settings, teacher_lm, task, matching, train, pad_id, log)
 
     # The teacher on the validation data (its quality), and how far the untrained student is from it.
     teacher_eval = evaluate(teacher_model, val, task, pad_id, label_names=label_names)
@@ -974,70 +917,24 @@ def distill(
 
     baseline_model, baseline_eval = None, None
     if initial_student is not None:
-        initial_student.train()
-        # Same student, same data, same schedule; labels only (alpha 1) and no teacher at all.
-        _train(
-            initial_student,
-            train,
-            task,
-            replace(settings, alpha=1.0),
-            train_settings,
-            pad_id,
-            None,
-            Matching(),
-            training.checkpoint_dir(checkpoints / "baseline"),
-            teacher_lm.device,
-            resume=resume,
-            progress=progress,
-            label="baseline",
+        baseline_model = _train_baseline(
+            initial_student, train, task, settings, train_settings, pad_id, checkpoints, teacher_lm.device,
+            resume=resume, progress=progress,
         )
-        baseline_model = initial_student
         baseline_eval = evaluate(baseline_model, val, task, pad_id, teacher=teacher_model, label_names=label_names)
-
-    def report(role: str, name: str, model: Any, folder: Path, ev: dict[str, Any], speed: tuple) -> ModelReport:
-        return ModelReport(
-            role=role,
-            model=name,
-            layers=getattr(model.config, "num_hidden_layers", None),
-            parameters=parameter_count(model),
-            size_bytes=weights_size(folder),
-            latency_ms=round(speed[0], 3),
-            throughput=round(speed[1], 2),
-            accuracy=_round(ev["accuracy"]),
-            macro_f1=_round(ev["macro_f1"]),
-            perplexity=_round(ev["perplexity"]),
-            kl_to_teacher=0.0 if role == "teacher" else _round(ev["kl_to_teacher"]),
-        )
 
     timed = [teacher_model, student] + ([baseline_model] if baseline_model is not None else [])
     speeds = measure_speed(timed, val, task, pad_id)
-
+    evals = {"teacher": teacher_eval, "student": student_eval, "baseline": baseline_eval}
     with (
         training.atomic_output(output_dir, overwrite=overwrite) as staging,
         tempfile.TemporaryDirectory(prefix="llmkit-distill-") as work,
     ):
         student.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
-        teacher_folder = Path(teacher_lm.source.location)
-        if teacher_lm.source.kind != "dir":  # a GGUF/hub teacher: measure what it weighs as safetensors
-            teacher_folder = Path(work) / "teacher"
-            teacher_model.save_pretrained(str(teacher_folder))
-        models = [
-            report("teacher", teacher, teacher_model, teacher_folder, teacher_eval, speeds[0]),
-            report("student", student_name, student, staging, student_eval, speeds[1]),
-        ]
-        if baseline_model is not None and baseline_eval is not None:
-            baseline_model.save_pretrained(str(Path(work) / "baseline"))
-            models.append(
-                report(
-                    "baseline",
-                    f"{student_name}, trained without the teacher",
-                    baseline_model,
-                    Path(work) / "baseline",
-                    baseline_eval,
-                    speeds[2],
-                )
-            )
+        models = _model_reports(
+            teacher, teacher_lm, student_name, student, baseline_model, evals, speeds, staging, Path(work)
+        )
         result = DistillResult(
             output_dir=str(output_dir),
             report_path=str(output_dir / "report.json"),
@@ -1051,8 +948,8 @@ def distill(
             resumed_from_step=trainer.resumed_from_step,
             first_loss=round(history[0], 6) if history else float("nan"),
             last_loss=round(history[-1], 6) if history else float("nan"),
-            kl_before=_round(before["kl_to_teacher"]) or 0.0,
-            kl_after=_round(student_eval["kl_to_teacher"]) or 0.0,
+            kl_before=round_metric(before["kl_to_teacher"]) or 0.0,
+            kl_after=round_metric(student_eval["kl_to_teacher"]) or 0.0,
             train_seconds=round(train_seconds, 2),
             teacher_cache=cache_state,
             models=models,
@@ -1067,8 +964,218 @@ def distill(
     return result
 
 
-def _round(value: float | None, digits: int = 6) -> float | None:
-    return None if value is None else round(value, digits)
+# --- the steps of distill() ---------------------------------------------------------------------------------
+
+
+def _load_teacher(
+    teacher: str,
+    task: str,
+    device: str,
+    model_kwargs: dict[str, Any] | None,
+    load_options: dict[str, Any] | None = None,
+) -> tuple[Any, list[str]]:
+    """Step 1: the teacher, checked to carry a trained head for `task`, with a pad token, and its label names
+    (classification; else [])."""
+    from llmkit.loading import load
+    from llmkit.tasks import load_task
+
+    teacher_lm = load(
+        teacher, load_task(task), device=device, dtype="float32", model_kwargs=model_kwargs, **(load_options or {})
+    )
+    teacher_model, tokenizer = teacher_lm.model, teacher_lm.tokenizer
+    _check_teacher_head(teacher, teacher_model.config, task)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # causal LMs often ship without a pad token
+    label_names = (
+        [str(teacher_model.config.id2label[i]) for i in range(teacher_model.config.num_labels)]
+        if task == "classification"
+        else []
+    )
+    return teacher_lm, label_names
+
+
+def _make_student(
+    settings: DistillSettings,
+    teacher_model: Any,
+    tokenizer: Any,
+    task: str,
+    device: str,
+    model_kwargs: dict[str, Any] | None,
+    log: Callable[[str], None],
+    load_options: dict[str, Any] | None = None,
+) -> tuple[Any, str, list[int] | None]:
+    """Step 2: the student (a given model checked for compatibility, or the teacher with layers dropped).
+
+    Returns:
+        (student, its name for the report, the teacher layers kept or None).
+    """
+    from llmkit.loading import load
+    from llmkit.student import check_compatible, drop_layers
+    from llmkit.tasks import load_task
+
+    if settings.student is not None:
+        student_lm = load(
+            settings.student, load_task(task), device=device, dtype="float32", model_kwargs=model_kwargs,
+            **(load_options or {}),
+        )
+        check_compatible(teacher_model, tokenizer, student_lm.model, student_lm.tokenizer, task)
+        return student_lm.model, settings.student, None
+    total = teacher_model.config.num_hidden_layers
+    n = settings.student_layers if settings.student_layers is not None else max(1, total // 2)
+    student, kept = drop_layers(teacher_model, n)
+    log(f"Student: keeps teacher layers {kept} of 0..{total - 1}, initialised from the teacher's weights.")
+    return student, f"teacher layers {kept} of {total}", kept
+
+
+def _matching(settings: DistillSettings, teacher_model: Any, student: Any) -> Matching:
+    """Step 3: what to match besides the logits (hidden states through learned projections, attention maps)."""
+    import torch
+
+    from llmkit.losses import hidden_layer_map
+
+    t_layers, s_layers = teacher_model.config.num_hidden_layers, student.config.num_hidden_layers
+    matching = Matching()
+    if settings.hidden_weight > 0 or settings.attention_weight > 0:
+        if s_layers > t_layers:
+            raise UsageError("--hidden-weight/--attention-weight need a student with no more layers than the teacher")
+        layer_map = hidden_layer_map(t_layers, s_layers)
+        if settings.hidden_weight > 0:
+            matching.hidden_map = layer_map
+            t_width, s_width = teacher_model.config.hidden_size, student.config.hidden_size
+            if t_width != s_width:  # a learned projection maps the student's width onto the teacher's
+                matching.projections = torch.nn.ModuleList([torch.nn.Linear(s_width, t_width) for _ in layer_map]).to(
+                    student.device
+                )
+        if settings.attention_weight > 0:
+            matching.attention_map = [m - 1 for m in layer_map[1:]]
+    return matching
+
+
+def _teacher_outputs(
+    settings: DistillSettings,
+    teacher_lm: Any,
+    task: str,
+    matching: Matching,
+    train: Any,
+    pad_id: int,
+    log: Callable[[str], None],
+) -> tuple[TeacherOutputs, str]:
+    """Step 4: the teacher's outputs on the training data, computed live or through the on-disk cache.
+
+    Returns:
+        (TeacherOutputs, cache state "off" | "hit" | "filled").
+    """
+    from llmkit import teacher_cache
+
+    teacher_model = teacher_lm.model
+    if not settings.cache_teacher:
+        return TeacherOutputs(teacher_model, task, matching), "off"
+    live = TeacherOutputs(teacher_model, task, matching)
+    extras = {"hidden": matching.hidden_map, "attention": matching.attention_map}
+    fingerprint = teacher_cache.teacher_fingerprint(teacher_lm.source.location)
+    key = teacher_cache.cache_key(fingerprint, task, train, extras)
+    path = teacher_cache.cache_path(key)
+    width = (
+        teacher_model.config.num_labels
+        if task == "classification"
+        else teacher_model.get_output_embeddings().weight.shape[0]
+    )
+    mean_len = sum(len(e["input_ids"]) for e in train) / len(train)
+    estimate = teacher_cache.estimate_bytes(len(train), mean_len, width, task)
+    if estimate > CACHE_WARN_BYTES and not path.exists():
+        from llmkit.console import warn
+
+        warn(f"the teacher cache will take about {estimate / 1024**3:.1f} GiB in {path.parent}")
+
+    def run_teacher(ids: list[int]) -> list[dict[str, Any]]:
+        batch = collate([train[i] for i in ids], task, pad_id)
+        return live.per_example(batch["input_ids"], batch["attention_mask"])
+
+    cached, hit = teacher_cache.load_or_fill(key, len(train), run_teacher)
+    log(f"Teacher outputs {'read from' if hit else 'stored in'} {path}.")
+    return TeacherOutputs(teacher_model, task, matching, cached), "hit" if hit else "filled"
+
+
+def _train_baseline(
+    initial_student: Any,
+    train: Any,
+    task: str,
+    settings: DistillSettings,
+    train_settings: Any,
+    pad_id: int,
+    checkpoints: Path,
+    device: Any,
+    *,
+    resume: bool,
+    progress: bool,
+) -> Any:
+    """Step 5 (--baseline): the same student, data and schedule, trained on labels alone (alpha 1, no teacher)."""
+    from llmkit import training
+
+    initial_student.train()
+    _train(
+        initial_student,
+        train,
+        task,
+        replace(settings, alpha=1.0),
+        train_settings,
+        pad_id,
+        None,
+        Matching(),
+        training.checkpoint_dir(checkpoints / "baseline"),
+        device,
+        resume=resume,
+        progress=progress,
+        label="baseline",
+    )
+    return initial_student
+
+
+def _model_reports(
+    teacher: str,
+    teacher_lm: Any,
+    student_name: str,
+    student: Any,
+    baseline_model: Any,
+    evals: dict[str, Any],
+    speeds: list[tuple[float, float]],
+    staging: Path,
+    work: Path,
+) -> list[ModelReport]:
+    """Step 6: teacher, student (and baseline) side by side; sizes measured on their saved weights."""
+    from llmkit.student import parameter_count
+
+    def report(role: str, name: str, model: Any, folder: Path, speed: tuple[float, float]) -> ModelReport:
+        ev = evals[role]
+        return ModelReport(
+            role=role,
+            model=name,
+            layers=getattr(model.config, "num_hidden_layers", None),
+            parameters=parameter_count(model),
+            size_bytes=weights_size(folder),
+            latency_ms=round(speed[0], 3),
+            throughput=round(speed[1], 2),
+            accuracy=round_metric(ev["accuracy"]),
+            macro_f1=round_metric(ev["macro_f1"]),
+            perplexity=round_metric(ev["perplexity"]),
+            kl_to_teacher=0.0 if role == "teacher" else round_metric(ev["kl_to_teacher"]),
+        )
+
+    teacher_folder = Path(teacher_lm.source.location)
+    if teacher_lm.source.kind != "dir":  # a GGUF/hub teacher: measure what it weighs as safetensors
+        teacher_folder = work / "teacher"
+        teacher_lm.model.save_pretrained(str(teacher_folder))
+    models = [
+        report("teacher", teacher, teacher_lm.model, teacher_folder, speeds[0]),
+        report("student", student_name, student, staging, speeds[1]),
+    ]
+    if baseline_model is not None and evals.get("baseline") is not None:
+        baseline_model.save_pretrained(str(work / "baseline"))
+        models.append(
+            report("baseline", f"{student_name}, trained without the teacher", baseline_model, work / "baseline",
+                   speeds[2])
+        )
+    return models
 
 
 def summarize(models: list[ModelReport], task: str) -> dict[str, float | None]:

@@ -155,8 +155,9 @@ def fill_mask(
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
-    archs = " ".join(getattr(loaded.model.config, "architectures", None) or [type(loaded.model).__name__])
-    method = "causal-lm" if "ForCausalLM" in archs or "ForCausalLM" in type(loaded.model).__name__ else "masked-lm"
+    from llmkit.tasks import CAUSAL_LM, head_of_architectures
+
+    method = "causal-lm" if head_of_architectures([type(loaded.model).__name__]) == CAUSAL_LM else "masked-lm"
     runner: _Runner = (
         _CausalRunner(loaded, top_k, target_words, truncate, joint)
         if method == "causal-lm"
@@ -498,3 +499,12 @@ class _CausalRunner(_Runner):
                 MaskPrediction(text=text, method=self.method, model=self.spec, masks=[best], joint=joint, truncated=cut)
             )
         return results
+
+
+def best_filling(result: Any) -> str:
+    """The best filled sentence of a result (tab-separated per mask), for `--format text`."""
+    if result.error:
+        return ""
+    if result.joint:
+        return result.joint[0].sequence
+    return "\t".join(fills[0].sequence if fills else "" for fills in result.masks)

@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from llmkit import training
+from llmkit.data import column_error
 from llmkit.errors import DataError, MissingDependencyError, UsageError
+from llmkit.metrics import perplexity, report_renderable, round_metric
+from llmkit.tasks import TRAINING_TASKS
 from llmkit.training import TrainSettings
 
 DEFAULT_MODEL = "minilm-l6"
-TASKS = ("classification", "regression", "causal-lm", "masked-lm")
+TASKS = TRAINING_TASKS  # one set of task names: llmkit.tasks
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_LABEL_COLUMN = "label"
 DEFAULT_PROMPT_COLUMN = "prompt"
@@ -157,13 +160,11 @@ class FinetuneResult:
 
 
 def _model_family(spec: str, revision: str | None, trust_remote_code: bool) -> str:
-    """'masked-lm' for encoders (BERT-like), 'causal-lm' for decoders, from the model's config."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
+    """What the model can be trained as, from its config (`tasks.family_of`)."""
     from llmkit.loading import read_config
+    from llmkit.tasks import family_of
 
-    config = read_config(spec, revision=revision, trust_remote_code=trust_remote_code)
-    return "masked-lm" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "causal-lm"
+    return family_of(read_config(spec, revision=revision, trust_remote_code=trust_remote_code))
 
 
 def _looks_continuous(values: list[Any]) -> bool:
@@ -184,13 +185,14 @@ def infer_task(columns: list[str], cols: Columns, labels: list[Any] | None, mode
         columns: column names present in train.
         cols: the configured column names.
         labels: a sample of label values (None when there is no label column).
-        model_family: a callable returning "masked-lm" or "causal-lm" for text-only data (called lazily).
+        model_family: a callable returning the model's head for text-only data (called lazily):
+            "masked-lm" or "causal-lm", or "sequence-classification", which is refused (no label column).
 
     Returns:
         One of TASKS.
     """
     if cols.label_column is not None and cols.label_column not in columns:
-        raise training.column_error(cols.label_column, columns)
+        raise column_error(cols.label_column, columns)
     if cols.label in columns and labels is not None:
         return "regression" if _looks_continuous(labels) else "classification"
     if cols.messages_column in columns:
@@ -198,7 +200,15 @@ def infer_task(columns: list[str], cols: Columns, labels: list[Any] | None, mode
     if cols.prompt_column in columns and cols.completion_column in columns:
         return "causal-lm"
     if cols.text_column in columns:
-        return model_family()
+        family = model_family()
+        if family == "sequence-classification":
+            # Training a classifier's encoder as a masked LM on unlabelled rows is never what was meant.
+            raise UsageError(
+                f"the model is a classifier but the data has no label column {cols.label!r} "
+                f"(columns: {', '.join(columns)}); name it with --label-column, "
+                "or give --task masked-lm|causal-lm to train the language model"
+            )
+        return str(family)
     raise DataError(
         f"cannot tell the task from the columns ({', '.join(columns)}): name the text column with "
         "--text-column and the label column with --label-column, or give --task"
@@ -370,6 +380,7 @@ def _load_model(
     spec: str, task: str, labels: training.LabelMap | None, device: str, load_options: dict[str, Any]
 ) -> Any:
     from llmkit.loading import load
+    from llmkit.tasks import load_task
 
     kwargs: dict[str, Any] = {}
     if task == "classification":
@@ -383,10 +394,7 @@ def _load_model(
         )
     elif task == "regression":
         kwargs = dict(num_labels=1, problem_type="regression", ignore_mismatched_sizes=True)
-    loading_task = {"classification": "sequence-classification", "regression": "sequence-classification"}.get(
-        task, task
-    )
-    loaded = load(spec, loading_task, device=device, dtype="float32", model_kwargs=kwargs, **load_options)
+    loaded = load(spec, load_task(task), device=device, dtype="float32", model_kwargs=kwargs, **load_options)
     tokenizer = loaded.tokenizer
     if tokenizer.pad_token is None:  # decoder tokenizers often lack one; padding with EOS is the usual fix
         tokenizer.pad_token = tokenizer.eos_token
@@ -471,7 +479,139 @@ def finetune(
     precision = training.resolve_precision(settings.precision, device)
     load_options = dict(revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
 
-    # --- data ----------------------------------------------------------------------------------------------
+    data_ = prepare_data(
+        data,
+        model=model,
+        task=task,
+        columns=columns,
+        validation_file=validation_file,
+        validation_split=validation_split,
+        seed=settings.seed,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+    )
+    task, label_map, notes = data_.task, data_.label_map, data_.stats.notes()
+
+    # --- model ---------------------------------------------------------------------------------------------
+    set_seed(settings.seed)  # the new head's initialisation is part of the run
+    loaded = _load_model(model, task, label_map, device, load_options)
+    net, tokenizer = loaded.model, loaded.tokenizer
+    if strategy.lora:
+        net = apply_lora(net, strategy, task)
+    elif strategy.train_only:
+        apply_train_only(net, strategy.train_only, strategy.top_layers)
+    trainable, total = training.count_parameters(net)
+    run_settings = replace(settings, precision=precision)
+
+    if dry_run:
+        return FinetunePlan(
+            task=task,
+            model=model,
+            output=str(output),
+            strategy=strategy.name,
+            rows=dict(data_.stats.rows_used),
+            labels=list(label_map.names) if label_map else None,
+            steps=training.total_steps(settings, len(data_.train)),
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            precision=precision,
+            trainable_parameters=trainable,
+            total_parameters=total,
+            memory_estimate_bytes=training.estimate_memory_bytes(net, run_settings),
+            notes=notes,
+        )
+
+    train_tok, val_tok = tokenize_splits(data_, tokenizer, columns, settings.max_length)
+    trainer, args, progress = _build_trainer(
+        net, tokenizer, train_tok, val_tok, data_, run_settings, output=output, device=device,
+        json_log=json_log, mlm_probability=mlm_probability,
+    )
+
+    # --- train ---------------------------------------------------------------------------------------------
+    ckpt_dir = training.checkpoint_dir(output)
+    checkpoint = training.last_checkpoint(output) if resume else None
+    resumed_from = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+    if resume and checkpoint is None:
+        notes.append(f"--resume: no checkpoint in {ckpt_dir}, started from the beginning")
+    started = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    seconds = time.perf_counter() - started
+
+    metrics, report_detail = _evaluate(trainer, val_tok, task, label_map)
+    samples = train_output.metrics.get("train_samples_per_second", 0.0)
+    losses = [float(r["loss"]) for r in progress.history if "loss" in r and r["loss"] is not None]
+    result = FinetuneResult(
+        output=str(output),
+        task=task,
+        model=model,
+        strategy=strategy.name,
+        rows=dict(data_.stats.rows_used),
+        labels=list(label_map.names) if label_map else None,
+        steps=trainer.state.global_step,
+        epochs=round(float(trainer.state.epoch or 0.0), 4),
+        train_seconds=round(seconds, 3),
+        samples_per_second=round(float(samples), 3),
+        train_loss=float(train_output.training_loss) if train_output.training_loss is not None else None,
+        metrics={k: round_metric(v) for k, v in metrics.items()},
+        trainable_parameters=trainable,
+        total_parameters=total,
+        losses=losses,
+        resumed_from_step=resumed_from,
+        validation=report_detail or None,
+        notes=notes,
+    )
+    report = {
+        "result": asdict(result),
+        "data": data_.stats.as_dict(),
+        "settings": asdict(run_settings),
+        "columns": asdict(columns),
+        "evaluations": progress.evaluations,
+        "log": progress.history,
+    }
+    _write_output(trainer, tokenizer, args, report, output=output, overwrite=overwrite, strategy=strategy)
+    return result
+
+
+# --- the steps of finetune() --------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedData:
+    """The data step's result: clean, labelled train/validation datasets and what was decided on the way."""
+
+    task: str
+    mode: str  # causal-lm: "text", "chat" or "prompt-completion"; other tasks: "text"
+    train: Any
+    validation: Any
+    label_map: training.LabelMap | None
+    stats: training.DataStats
+
+
+def prepare_data(
+    data: str | Path,
+    *,
+    model: str,
+    task: str | None,
+    columns: Columns,
+    validation_file: str | Path | None,
+    validation_split: float | None,
+    seed: int,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> PreparedData:
+    """Step 1 of finetune: read the tables, settle the task, clean rows, map labels, split off validation.
+
+    Args:
+        data, model, task, columns, validation_file, validation_split: as `finetune`.
+        seed: the seed of the validation split.
+        revision, trust_remote_code: for reading the model's config when the task depends on it.
+
+    Returns:
+        PreparedData (its `stats.rows_used` filled in).
+
+    Raises:
+        UsageError, DataError, NotFoundError.
+    """
     splits = training.load_dataset_splits(data, validation_file=validation_file)
     stats = splits.stats
     train_ds, val_ds = splits.train, splits.validation
@@ -479,7 +619,7 @@ def finetune(
     if task is None:
         labels_sample = train_ds[columns.label][:1000] if columns.label in present else None
         if labels_sample is not None:
-            labels_sample = [v for v in labels_sample if not training._is_missing(v)]
+            labels_sample = [v for v in labels_sample if not training.is_missing(v)]
         task = infer_task(
             present, columns, labels_sample, lambda: _model_family(model, revision, trust_remote_code)
         )
@@ -526,7 +666,7 @@ def finetune(
             train_ds, val_ds = training.split_validation(
                 train_ds,
                 fraction,
-                seed=settings.seed,
+                seed=seed,
                 label_column="labels" if task == "classification" else None,
             )
     elif validation_split:
@@ -534,56 +674,48 @@ def finetune(
             "give --validation-file or --validation-split, not both (the data has a validation set)"
         )
     stats.rows_used = {"train": len(train_ds)} | ({"validation": len(val_ds)} if val_ds is not None else {})
-    notes = stats.notes()
+    return PreparedData(task, mode, train_ds, val_ds, label_map, stats)
 
-    # --- model ---------------------------------------------------------------------------------------------
-    set_seed(settings.seed)  # the new head's initialisation is part of the run
-    loaded = _load_model(model, task, label_map, device, load_options)
-    net, tokenizer = loaded.model, loaded.tokenizer
-    if strategy.lora:
-        net = apply_lora(net, strategy, task)
-    elif strategy.train_only:
-        apply_train_only(net, strategy.train_only, strategy.top_layers)
-    trainable, total = training.count_parameters(net)
 
-    if dry_run:
-        plan_settings = replace(settings, precision=precision)
-        return FinetunePlan(
-            task=task,
-            model=model,
-            output=str(output),
-            strategy=strategy.name,
-            rows=dict(stats.rows_used),
-            labels=list(label_map.names) if label_map else None,
-            steps=training.total_steps(settings, len(train_ds)),
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            precision=precision,
-            trainable_parameters=trainable,
-            total_parameters=total,
-            memory_estimate_bytes=training.estimate_memory_bytes(net, plan_settings),
-            notes=notes,
-        )
+def tokenize_splits(data: PreparedData, tokenizer: Any, columns: Columns, max_length: int) -> tuple[Any, Any]:
+    """Step 2: tokenize train and validation for the task (validation None when absent or empty)."""
 
-    # --- tokenize ------------------------------------------------------------------------------------------
     def tokenize(ds: Any) -> Any:
-        if labelled:
-            return _tokenize_classification(ds, tokenizer, columns, settings.max_length)
-        if task == "masked-lm":
-            return _tokenize_masked_lm(ds, tokenizer, columns, settings.max_length)
-        return _tokenize_causal_lm(ds, tokenizer, columns, settings.max_length, mode)
+        if data.task in ("classification", "regression"):
+            return _tokenize_classification(ds, tokenizer, columns, max_length)
+        if data.task == "masked-lm":
+            return _tokenize_masked_lm(ds, tokenizer, columns, max_length)
+        return _tokenize_causal_lm(ds, tokenizer, columns, max_length, data.mode)
 
-    train_tok = tokenize(train_ds)
-    val_tok = tokenize(val_ds) if val_ds is not None and len(val_ds) else None
+    val = data.validation
+    return tokenize(data.train), (tokenize(val) if val is not None and len(val) else None)
 
-    # --- train ---------------------------------------------------------------------------------------------
+
+def _build_trainer(
+    net: Any,
+    tokenizer: Any,
+    train_tok: Any,
+    val_tok: Any,
+    data: PreparedData,
+    settings: TrainSettings,
+    *,
+    output: Path,
+    device: str,
+    json_log: bool,
+    mlm_probability: float,
+) -> tuple[Any, Any, Any]:
+    """Step 3: the Trainer with llmkit's progress, timed checkpoints and early stopping.
+
+    Returns:
+        (trainer, TrainingArguments, progress callback).
+    """
     from transformers import EarlyStoppingCallback
 
-    ckpt_dir = training.checkpoint_dir(output)
+    task, label_map = data.task, data.label_map
     metric = {"classification": ("accuracy", True), "regression": ("mse", False)}.get(task, ("loss", False))
     args = training.build_training_args(
-        replace(settings, precision=precision),
-        ckpt_dir,
+        settings,
+        training.checkpoint_dir(output),
         has_eval=val_tok is not None,
         device=device,
         metric_for_best_model=metric[0],
@@ -607,71 +739,33 @@ def finetune(
         callbacks=callbacks,
     )
     training.drop_default_printers(trainer)
+    return trainer, args, progress
 
-    checkpoint = training.last_checkpoint(output) if resume else None
-    resumed_from = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
-    if resume and checkpoint is None:
-        notes.append(f"--resume: no checkpoint in {ckpt_dir}, started from the beginning")
-    started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    seconds = time.perf_counter() - started
 
-    metrics: dict[str, Any] = {}
-    report_detail: dict[str, Any] = {}
-    if val_tok is not None:
-        if task == "classification":
-            assert label_map is not None
-            prediction = trainer.predict(val_tok, metric_key_prefix="eval")
-            logits = (
-                prediction.predictions[0]
-                if isinstance(prediction.predictions, tuple)
-                else prediction.predictions
-            )
-            report_detail = training.classification_report(
-                prediction.label_ids, logits.argmax(-1), label_map.names
-            )
-            metrics = {
-                k: v for k, v in prediction.metrics.items() if not k.endswith(("_runtime", "per_second"))
-            }
-        else:
-            metrics = {
-                k: v for k, v in trainer.evaluate().items() if not k.endswith(("_runtime", "per_second"))
-            }
-            if task in ("causal-lm", "masked-lm"):
-                metrics["eval_perplexity"] = training.perplexity(metrics.get("eval_loss"))
+def _evaluate(
+    trainer: Any, val_tok: Any, task: str, label_map: training.LabelMap | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Step 4: final metrics on validation, and for classification the per-class report (metrics.py)."""
+    if val_tok is None:
+        return {}, {}
+    if task == "classification":
+        assert label_map is not None
+        prediction = trainer.predict(val_tok, metric_key_prefix="eval")
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        detail = training.classification_report(prediction.label_ids, logits.argmax(-1), label_map.names)
+        return {k: v for k, v in prediction.metrics.items() if not k.endswith(("_runtime", "per_second"))}, detail
+    metrics = {k: v for k, v in trainer.evaluate().items() if not k.endswith(("_runtime", "per_second"))}
+    if task in ("causal-lm", "masked-lm"):
+        metrics["eval_perplexity"] = perplexity(metrics.get("eval_loss"))
+    return metrics, {}
 
-    samples = train_output.metrics.get("train_samples_per_second", 0.0)
-    losses = [float(r["loss"]) for r in progress.history if "loss" in r and r["loss"] is not None]
-    result = FinetuneResult(
-        output=str(output),
-        task=task,
-        model=model,
-        strategy=strategy.name,
-        rows=dict(stats.rows_used),
-        labels=list(label_map.names) if label_map else None,
-        steps=trainer.state.global_step,
-        epochs=round(float(trainer.state.epoch or 0.0), 4),
-        train_seconds=round(seconds, 3),
-        samples_per_second=round(float(samples), 3),
-        train_loss=float(train_output.training_loss) if train_output.training_loss is not None else None,
-        metrics={k: training._round(v) for k, v in metrics.items()},
-        trainable_parameters=trainable,
-        total_parameters=total,
-        losses=losses,
-        resumed_from_step=resumed_from,
-        validation=report_detail or None,
-        notes=notes,
-    )
 
-    # --- write ---------------------------------------------------------------------------------------------
-    report = {
-        "result": asdict(result),
-        "data": stats.as_dict(),
-        "settings": asdict(replace(settings, precision=precision)),
-        "columns": asdict(columns),
-        "evaluations": progress.evaluations,
-        "log": progress.history,
-    }
+def _write_output(
+    trainer: Any, tokenizer: Any, args: Any, report: dict[str, Any], *, output: Path, overwrite: bool,
+    strategy: Strategy,
+) -> None:
+    """Step 5: model, tokenizer, training_args.json and report.json into `output`, all or nothing."""
+    ckpt_dir = training.checkpoint_dir(output)
     staging = ckpt_dir / "final"
     if staging.exists():
         shutil.rmtree(staging)
@@ -686,7 +780,6 @@ def finetune(
         # only the main one writes files.
         trainer.save_model(str(staging))
     trainer.accelerator.wait_for_everyone()
-    return result
 
 
 def _save(trainer: Any, tokenizer: Any, folder: Path, strategy: Strategy) -> None:
@@ -701,6 +794,63 @@ def _save(trainer: Any, tokenizer: Any, folder: Path, strategy: Strategy) -> Non
     pickled = folder / "training_args.bin"
     if pickled.exists():  # the JSON copy says the same without needing unpickling to read
         pickled.unlink()
+
+
+def build_settings(config_file: Path | None, cli: dict[str, Any]) -> dict[str, Any]:
+    """finetune()'s keyword arguments from defaults < TOML `config_file` < `cli`.
+
+    Args:
+        config_file: a `--config` TOML file, or None.
+        cli: the command's values, None for those not given (so the file can fill them); `bf16`/`fp16`/`fp32`
+            are booleans, `lora_targets` a comma-separated string.
+
+    Returns:
+        data, output, model, task, columns, settings, strategy, validation_file, validation_split,
+        mlm_probability and device, ready for `finetune(**kwargs)` (output may be None for a dry run).
+
+    Raises:
+        UsageError: an unknown key, two precisions, no data. NotFoundError: no such config file.
+    """
+    from llmkit.config import check_config_keys, load_config, settings_from
+
+    file_values = load_config(config_file)
+    check_config_keys(file_values, known_config_keys(), config_file)
+    cli = dict(cli)
+    flags = [name for name in ("bf16", "fp16", "fp32") if cli.pop(name, False)]
+    if len(flags) > 1:
+        raise UsageError("give at most one of --bf16, --fp16, --fp32")
+    cli["precision"] = flags[0] if flags else None
+    for flag in ("bf16", "fp16", "fp32"):  # the file may say `bf16 = true` as well as `precision = "bf16"`
+        if file_values.pop(flag, False):
+            file_values.setdefault("precision", flag)
+    if cli.get("lora_targets"):
+        cli["lora_targets"] = tuple(t.strip() for t in cli["lora_targets"].split(",") if t.strip())
+    if isinstance(file_values.get("lora_targets"), (list, str)):
+        targets = file_values["lora_targets"]
+        file_values["lora_targets"] = tuple(targets.split(",") if isinstance(targets, str) else targets)
+
+    def pick(key: str, default: Any = None) -> Any:
+        value = cli.get(key)
+        return value if value is not None else file_values.get(key, default)
+
+    data = pick("data")
+    if data is None:
+        raise UsageError("no data: give a table file, a folder or a dataset id (or `data = ...` in --config)")
+    output = pick("output")
+    device = cli.get("device") or "auto"
+    return {
+        "data": data,
+        "output": Path(output) if output is not None else None,
+        "model": pick("model", DEFAULT_MODEL),
+        "task": pick("task"),
+        "columns": settings_from(Columns, file_values, cli),
+        "settings": settings_from(TrainSettings, file_values, cli),
+        "strategy": settings_from(Strategy, file_values, cli),
+        "validation_file": pick("validation_file"),
+        "validation_split": pick("validation_split"),
+        "mlm_probability": pick("mlm_probability", DEFAULT_MLM_PROBABILITY),
+        "device": device if device != "auto" else file_values.get("device", "auto"),
+    }
 
 
 def known_config_keys() -> set[str]:
@@ -763,5 +913,5 @@ def renderable(plan_or_result: FinetunePlan | FinetuneResult) -> Any:
     parts: list[Any] = [table]
     validation = getattr(plan_or_result, "validation", None)
     if validation:
-        parts.append(training.report_renderable(validation))
+        parts.append(report_renderable(validation))
     return Group(*parts)

@@ -8,186 +8,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 from llmkit.errors import UsageError
+from llmkit.sampling import (  # noqa: F401  (re-exported: the settings API has always been importable from here)
+    DEFAULT_MAX_NEW_TOKENS,
+    PRESETS,
+    SAMPLING_KNOBS,
+    Candidate,
+    Generation,
+    GenerationSettings,
+    StopStream,
+    build_settings,
+    cut_at_stop,
+    describe_presets,
+    generation_kwargs,
+    settings_record,
+    validate,
+    with_seed,
+)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-DEFAULT_MAX_NEW_TOKENS = 128  # tokens per answer; the bundled model answers a question in ~30-80
 DEFAULT_BATCH_SIZE = 8  # prompts per forward pass when many are piped in
 LENGTH_GROUP_WINDOW = 4  # batches read ahead and sorted by length to cut padding
-
-# Named presets: a starting point that explicit flags override. `--help` prints them.
-PRESETS: dict[str, dict[str, Any]] = {
-    "greedy": {"do_sample": False, "num_beams": 1},
-    "beam": {"do_sample": False, "num_beams": 4, "no_repeat_ngram_size": 3, "early_stopping": True},
-    "creative": {"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": 0, "repetition_penalty": 1.05},
-    "precise": {"do_sample": True, "temperature": 0.3, "top_p": 0.9, "top_k": 40},
-}
-
-SAMPLING_KNOBS = ("temperature", "top_k", "top_p", "min_p", "typical_p")
-
-
-def describe_presets() -> str:
-    return "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in PRESETS.items())
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Decoding settings; `None` means the transformers default (or 'off')."""
-
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    do_sample: bool = False
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    typical_p: float | None = None
-    repetition_penalty: float | None = None
-    num_beams: int = 1
-    num_return_sequences: int = 1
-    length_penalty: float | None = None
-    no_repeat_ngram_size: int | None = None
-    early_stopping: bool | None = None
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-    @property
-    def method(self) -> str:
-        if self.num_beams > 1:
-            return "beam-sample" if self.do_sample else "beam"
-        return "sample" if self.do_sample else "greedy"
-
-
-def build_settings(preset: str | None = None, sample: bool | None = None, **overrides: Any) -> GenerationSettings:
-    """Settings from a preset, then explicit values (None = not given), then validation.
-
-    Giving any sampling knob (temperature, top-k, top-p, min-p, typical-p) turns sampling on unless `sample`
-    is False; `sample=True/False` always wins.
-
-    Raises:
-        UsageError: an unknown preset or an impossible combination (see `validate`).
-    """
-    values: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in PRESETS:
-            raise UsageError(f"unknown --preset {preset!r}; use one of {', '.join(PRESETS)}")
-        values.update(PRESETS[preset])
-    given = {k: v for k, v in overrides.items() if v is not None}
-    unknown = set(given) - {f.name for f in fields(GenerationSettings)}
-    if unknown:
-        raise TypeError(f"unknown generation settings: {sorted(unknown)}")
-    values.update(given)
-    if sample is not None:
-        values["do_sample"] = sample
-    elif any(k in given for k in SAMPLING_KNOBS):
-        values["do_sample"] = True
-    if "stop" in values:
-        values["stop"] = tuple(s for s in values["stop"] if s)
-    settings = GenerationSettings(**values)
-    validate(settings)
-    return settings
-
-
-def validate(s: GenerationSettings) -> None:
-    """Reject settings that cannot work, with the flag to change."""
-
-    def bad(message: str) -> None:
-        raise UsageError(message)
-
-    if s.max_new_tokens < 1:
-        bad("--max-new-tokens must be at least 1")
-    if s.num_beams < 1:
-        bad("--num-beams must be at least 1")
-    if s.num_return_sequences < 1:
-        bad("--num-return-sequences must be at least 1")
-    if not s.do_sample and s.num_return_sequences > s.num_beams:
-        bad(
-            f"--num-return-sequences {s.num_return_sequences} needs at least that many beams without sampling; "
-            f"add --num-beams {s.num_return_sequences} or sample (--temperature/--top-p/--sample)"
-        )
-    if s.do_sample and s.temperature is not None and s.temperature <= 0:
-        bad("--temperature must be > 0 when sampling; for deterministic output use --preset greedy")
-    if s.top_p is not None and not 0 < s.top_p <= 1:
-        bad("--top-p must be in (0, 1]")
-    if s.top_k is not None and s.top_k < 0:
-        bad("--top-k must be >= 0 (0 turns it off)")
-    if s.min_p is not None and not 0 <= s.min_p <= 1:
-        bad("--min-p must be in [0, 1]")
-    if s.typical_p is not None and not 0 < s.typical_p <= 1:
-        bad("--typical-p must be in (0, 1]")
-    if s.repetition_penalty is not None and s.repetition_penalty <= 0:
-        bad("--repetition-penalty must be > 0 (1.0 is no penalty)")
-    if s.no_repeat_ngram_size is not None and s.no_repeat_ngram_size < 0:
-        bad("--no-repeat-ngram-size must be >= 0")
-    if s.num_beams == 1 and (s.length_penalty is not None or s.early_stopping):
-        bad("--length-penalty and --early-stopping only act on beam search; add --num-beams N (N > 1)")
-
-
-def generation_kwargs(s: GenerationSettings) -> dict[str, Any]:
-    """The keyword arguments for `model.generate` (only what was set, so model defaults stay otherwise)."""
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": s.max_new_tokens,
-        "do_sample": s.do_sample,
-        "num_beams": s.num_beams,
-        "num_return_sequences": s.num_return_sequences,
-    }
-    if s.do_sample:
-        # Sampling knobs left unset are switched off, so a model's generation_config cannot add hidden ones.
-        kwargs["temperature"] = 1.0 if s.temperature is None else s.temperature
-        kwargs["top_k"] = 0 if s.top_k is None else s.top_k
-        kwargs["top_p"] = 1.0 if s.top_p is None else s.top_p
-        if s.min_p is not None:
-            kwargs["min_p"] = s.min_p
-        if s.typical_p is not None:
-            kwargs["typical_p"] = s.typical_p
-    else:
-        # Greedy/beam: neutralise sampling defaults some checkpoints ship in generation_config.json.
-        kwargs.update(temperature=None, top_k=None, top_p=None)
-    for name in ("repetition_penalty", "length_penalty", "no_repeat_ngram_size", "early_stopping"):
-        value = getattr(s, name)
-        if value is not None:
-            kwargs[name] = value
-    return kwargs
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One of the n-best answers for a prompt."""
-
-    text: str
-    score: float | None
-    completion_tokens: int
-    finish_reason: str
-
-
-@dataclass(frozen=True)
-class Generation:
-    """The answer for one prompt.
-
-    Attributes:
-        prompt: the prompt as given (before any chat template).
-        text: the best answer, cut at a stop string.
-        finish_reason: "eos" (the model ended it), "stop" (a --stop string) or "length" (--max-new-tokens).
-        prompt_tokens / completion_tokens: token counts (prompt after the chat template).
-        seconds: wall time of the batch that produced it; tokens_per_second = completion_tokens / seconds.
-        engine: "transformers" or "llama-cpp"; engine_reason: why that engine ran (see llama_engine.decide_engine).
-        candidates: the n-best list (with scores) when --num-return-sequences > 1.
-    """
-
-    prompt: str
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    seconds: float
-    tokens_per_second: float
-    model: str
-    engine: str = "transformers"
-    engine_reason: str = ""
-    candidates: list[Candidate] | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def format_prompt(tokenizer: Any, prompt: str, *, system: str | None, raw: bool) -> str:
@@ -212,26 +56,14 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
 class _TextStream:
-    """A transformers streamer (batch size 1) that hands decoded text deltas to a callback.
-
-    Holds back as many characters as the longest stop string, so a stop string is never shown.
-    """
+    """A transformers streamer (batch size 1) that hands decoded text deltas to a callback, through StopStream."""
 
     def __init__(self, tokenizer: Any, callback: Callable[[str], None], stops: tuple[str, ...], skip: int) -> None:
         self.tokenizer = tokenizer
-        self.callback = callback
-        self.hold = max((len(s) for s in stops), default=0)
-        self.stops = stops
+        self.view = StopStream(stops, callback)
         self.skip_prompt_calls = skip  # the first put() carries the prompt (decoder-only) or the start token
         self.ids: list[int] = []
-        self.shown = 0
-        self.stopped = False
 
     def put(self, value: Any) -> None:
         if self.skip_prompt_calls:
@@ -241,21 +73,14 @@ class _TextStream:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
             return
-        text, hit = _cut_at_stop(text, self.stops)
-        upto = len(text) if hit else max(self.shown, len(text) - self.hold)
-        if not self.stopped and upto > self.shown:
-            self.callback(text[self.shown : upto])
-            self.shown = upto
-        self.stopped = self.stopped or hit
+        self.view.update(text)
 
     def end(self) -> None:
         pass
 
     def finish(self, final_text: str) -> None:
         """Show whatever the hold-back kept, once the final (stop-trimmed) text is known."""
-        if len(final_text) > self.shown:
-            self.callback(final_text[self.shown :])
-        self.shown = len(final_text)
+        self.view.finish(final_text)
 
 
 @dataclass
@@ -357,11 +182,8 @@ def generate(
     want_scores = settings.num_return_sequences > 1
     if want_scores:
         gen_kwargs.update(output_scores=True, return_dict_in_generate=True)
-    settings_record = {k: v for k, v in generation_kwargs(settings).items() if v is not None}
-    if settings.stop:
-        settings_record["stop"] = list(settings.stop)
+    record = settings_record(settings)
     if settings.seed is not None:
-        settings_record["seed"] = settings.seed
         loading.set_seed(settings.seed)
     # Templated prompts carry their own special tokens; raw prompts get the tokenizer's usual ones.
     add_special = raw or not getattr(tok, "chat_template", None) or encoder_decoder
@@ -412,7 +234,7 @@ def generate(
                     tokens_per_second=round(best.completion_tokens / seconds, 2) if seconds > 0 else 0.0,
                     model=lm.source.spec,
                     candidates=candidates if n > 1 else None,
-                    settings=settings_record,
+                    settings=record,
                     engine_reason=engine_reason,
                 )
             )
@@ -484,7 +306,7 @@ def _postprocess(tok: Any, row: list[int], eos: set[int], s: GenerationSettings,
     while row and row[-1] == pad and pad not in eos:
         row = row[:-1]
     text = tok.decode(row, skip_special_tokens=True)
-    text, hit = _cut_at_stop(text, s.stop)
+    text, hit = cut_at_stop(text, s.stop)
     if hit:
         finish = "stop"
     elif finish == "length" and len(row) < s.max_new_tokens:
@@ -492,6 +314,3 @@ def _postprocess(tok: Any, row: list[int], eos: set[int], s: GenerationSettings,
     return Candidate(text=text, score=None if score is None else round(score, 5), completion_tokens=len(row),
                      finish_reason=finish)
 
-
-def with_seed(settings: GenerationSettings, seed: int | None) -> GenerationSettings:
-    return replace(settings, seed=seed) if seed is not None else settings

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import LlmkitError, MissingDependencyError, UsageError
+from llmkit.sampling import Generation, GenerationSettings, StopStream
+from llmkit.sampling import settings_record as settings_record  # the one record both engines write
 
 ENGINES = ("auto", "transformers", "llama-cpp")
 BINDINGS_MODULE = "xllamacpp"
@@ -60,7 +62,7 @@ def bindings_installed() -> bool:
     return importlib.util.find_spec(BINDINGS_MODULE) is not None
 
 
-def unsupported_settings(settings: Any) -> list[str]:
+def unsupported_settings(settings: GenerationSettings) -> list[str]:
     """The requested settings that llama.cpp cannot honour, as flag descriptions (empty: all supported)."""
     found = []
     if settings.num_beams > 1:
@@ -110,7 +112,7 @@ def _bindings_have_gpu() -> bool:
 
 def decide_engine(
     model_spec: str,
-    settings: Any,
+    settings: GenerationSettings,
     device: str = "auto",
     *,
     requested: str = "auto",
@@ -400,7 +402,7 @@ def _server(gguf: Path, *, parallel: int, context: int) -> Any:
         return server
 
 
-def request_params(settings: Any, *, context: int) -> dict[str, Any]:
+def request_params(settings: GenerationSettings, *, context: int) -> dict[str, Any]:
     """The llama.cpp request for `settings`: each knob mapped 1:1, unset sampling knobs switched off.
 
     Greedy decoding is temperature 0 (llama.cpp then takes the most likely token after the penalties).
@@ -434,18 +436,6 @@ def request_params(settings: Any, *, context: int) -> dict[str, Any]:
     return req
 
 
-def settings_record(settings: Any) -> dict[str, Any]:
-    """The `settings` field of a JSON record: the very dict the transformers engine writes."""
-    from llmkit.generate import generation_kwargs
-
-    record = {k: v for k, v in generation_kwargs(settings).items() if v is not None}
-    if settings.stop:
-        record["stop"] = list(settings.stop)
-    if settings.seed is not None:
-        record["seed"] = settings.seed
-    return record
-
-
 @dataclass
 class _Answer:
     text: str
@@ -453,11 +443,6 @@ class _Answer:
     prompt_tokens: int
     completion_tokens: int
     seconds: float
-
-
-def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 def _complete(
@@ -469,9 +454,8 @@ def _complete(
     on_text: Callable[[str], None] | None,
 ) -> _Answer:
     """One prompt through llama.cpp, streamed: stop strings are checked on the text as it grows."""
-    hold = max((len(s) for s in stops), default=0)  # never show text that may turn out to be a stop string
-    state: dict[str, Any] = {"text": "", "shown": 0, "chunks": 0, "finish": None, "usage": None, "timings": None,
-                             "error": None}
+    view = StopStream(stops, on_text)  # never shows text that may turn out to be a stop string
+    state: dict[str, Any] = {"text": "", "chunks": 0, "finish": None, "usage": None, "timings": None, "error": None}
 
     def on_chunk(chunk: dict[str, Any]) -> bool:
         if "error" in chunk:
@@ -480,21 +464,14 @@ def _complete(
         state["timings"] = chunk.get("timings") or state["timings"]
         state["usage"] = chunk.get("usage") or state["usage"]
         choice = (chunk.get("choices") or [{}])[0]
-        piece = choice.get("text") or ""
         if choice.get("finish_reason") is None:
             state["chunks"] += 1  # one chunk per sampled token
-        if piece:
-            state["text"] += piece
-        cut, hit = _cut_at_stop(state["text"], stops)
+        ended = choice.get("finish_reason")
+        state["text"], hit = view.update(state["text"] + (choice.get("text") or ""), done=bool(ended or state["finish"]))
         if hit:
-            state["text"], state["finish"] = cut, "stop"
-        elif choice.get("finish_reason"):
-            state["finish"] = "length" if choice["finish_reason"] == "length" else "eos"
-        if on_text is not None:
-            upto = len(state["text"]) if state["finish"] else max(state["shown"], len(state["text"]) - hold)
-            if upto > state["shown"]:
-                on_text(state["text"][state["shown"] : upto])
-                state["shown"] = upto
+            state["finish"] = "stop"
+        elif ended:
+            state["finish"] = "length" if ended == "length" else "eos"
         return state["finish"] == "stop"  # True ends the generation at once
 
     body = dict(request, prompt=text, stream=True, timings_per_token=True, stream_options={"include_usage": True})
@@ -527,7 +504,7 @@ def generate(
     prompts: Iterable[str],
     *,
     model: str,
-    settings: Any,
+    settings: GenerationSettings,
     system: str | None = None,
     raw: bool = False,
     batch_size: int = 8,
@@ -535,7 +512,7 @@ def generate(
     reason: str = "",
     gguf: Path | None = None,
     context: int | None = None,
-) -> Iterator[Any]:
+) -> Iterator[Generation]:
     """Generate with llama.cpp, yielding `Generation` records in input order as soon as each is ready.
 
     Args:
@@ -553,8 +530,6 @@ def generate(
     Returns:
         An iterator of `Generation` with engine="llama-cpp".
     """
-    from llmkit.generate import Generation
-
     if not bindings_installed():
         raise MissingDependencyError(f"the llama.cpp engine needs its bindings; install them: {INSTALL_HINT}")
     if batch_size < 1:
@@ -574,7 +549,7 @@ def generate(
             raise UsageError(f"prompt {index + 1} is empty after tokenization; give some text")
         return text
 
-    def result(prompt: str, answer: _Answer) -> Any:
+    def result(prompt: str, answer: _Answer) -> Generation:
         return Generation(
             prompt=prompt,
             text=answer.text,

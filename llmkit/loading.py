@@ -245,6 +245,13 @@ def _hub_error(spec: str, exc: Exception) -> LlmkitError:
     )
 
 
+def _config_error(spec: str, exc: Exception) -> LlmkitError:
+    """The error for a local model whose config.json transformers would not read."""
+    if "trust_remote_code" in str(exc):  # the folder ships its own code and the user did not allow it
+        return UsageError(f"{spec} needs its own code to load; pass --trust-remote-code if you trust it")
+    return ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})")
+
+
 def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
@@ -276,7 +283,18 @@ def _go_offline_if_hub_unreachable(timeout: float = 3.0) -> None:
         pass
 
 
-def _converted_dir(gguf_path: Path) -> Path:
+def converted_dir(gguf_path: Path) -> Path:
+    """Where `convert_gguf` keeps (or will keep) the de-quantized copy of a GGUF file.
+
+    Keyed by the file's path, size and mtime and the transformers version, so a changed file or a new
+    transformers converts again.
+
+    Args:
+        gguf_path: an existing .gguf file.
+
+    Returns:
+        A folder under $LLMKIT_HOME/converted (it may not exist yet).
+    """
     import transformers
 
     stat = gguf_path.stat()
@@ -291,12 +309,12 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
     The folder is written under a temporary name and renamed into place, so a kill mid-write or two racing
     processes never leave a half-written cache.
     """
-    target = _converted_dir(gguf_path)
+    target = converted_dir(gguf_path)
     if (target / "config.json").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmkit.output import info
+    from llmkit.console import info
 
     if progress:
         info(f"Converting {gguf_path.name} to safetensors once (later loads take about a second)...")
@@ -427,8 +445,12 @@ def load(
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
             raise _hub_error(spec, exc) from exc
-        raise ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})") from exc
+        raise _config_error(spec, exc) from exc
 
+    if task == "text-generation":  # a masked LM or classifier would load a random LM head and crash later
+        from llmkit.tasks import head_of, require_generator
+
+        require_generator(head_of(config), spec)
     auto_class = _auto_class(task, config)
     # config is read again by from_pretrained so that model_kwargs (num_labels, ...) can override it.
     kwargs: dict[str, Any] = dict(common, dtype=torch_dtype, **(model_kwargs or {}))
@@ -438,7 +460,7 @@ def load(
         with _quiet_transformers():
             if quantized and quantized.get("method") == "dynamic-int8":
                 # torch.ao modules, which transformers cannot load itself
-                from llmkit.quantize import load_dynamic_int8
+                from llmkit.int8_format import load_dynamic_int8
 
                 model = load_dynamic_int8(auto_class, config, Path(location), quantized, device=device)
             else:
@@ -489,8 +511,7 @@ def read_config(spec: str, *, revision: str | None = None, trust_remote_code: bo
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
             raise _hub_error(spec, exc) from exc
-        reason = str(exc).splitlines()[0]
-        raise ModelNotFoundError(f"{spec}: config.json could not be read ({reason})") from exc
+        raise _config_error(spec, exc) from exc
 
 
 QUANTIZATION_SETTINGS = "llmkit_quantization.json"  # written by `llmkit quantize` beside config.json
@@ -514,19 +535,13 @@ def detect_task(spec: str, *, revision: str | None = None, trust_remote_code: bo
     """The task a model was made for, from its config's architecture (GGUF files are causal LMs).
 
     Returns:
-        "causal-lm", "seq2seq-lm", "masked-lm", "sequence-classification" or "base".
+        One of `tasks.HEADS`: "causal-lm", "seq2seq-lm", "masked-lm", "sequence-classification" or "base".
     """
     if resolve(spec).kind == "gguf":
         return "causal-lm"
-    config = read_config(spec, revision=revision, trust_remote_code=trust_remote_code)
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq-lm"
-    for arch in getattr(config, "architectures", None) or []:
-        for suffix, task in (("ForCausalLM", "causal-lm"), ("ForMaskedLM", "masked-lm"),
-                             ("ForSequenceClassification", "sequence-classification")):
-            if arch.endswith(suffix):
-                return task
-    return "base"
+    from llmkit.tasks import head_of
+
+    return head_of(read_config(spec, revision=revision, trust_remote_code=trust_remote_code))
 
 
 def set_seed(seed: int | None) -> None:
@@ -610,16 +625,7 @@ def model_heads(spec: str, *, revision: str | None = None, trust_remote_code: bo
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
             raise _hub_error(spec, exc) from exc
-        raise ModelNotFoundError(f"{spec}: config.json could not be read ({str(exc).splitlines()[0]})") from exc
-    archs = " ".join(getattr(config, "architectures", None) or [])
-    if source.kind == "gguf" or "ForCausalLM" in archs:
-        return "causal-lm", config
-    for marker, kind in (
-        ("ForMaskedLM", "masked-lm"),
-        ("ForSequenceClassification", "sequence-classification"),
-        ("ForConditionalGeneration", "seq2seq-lm"),
-        ("ForPreTraining", "masked-lm"),
-    ):
-        if marker in archs:
-            return kind, config
-    return "base", config
+        raise _config_error(spec, exc) from exc
+    from llmkit.tasks import CAUSAL_LM, head_of
+
+    return (CAUSAL_LM if source.kind == "gguf" else head_of(config)), config

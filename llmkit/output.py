@@ -17,18 +17,11 @@ from typing import Any
 
 from rich.console import Console
 
+from llmkit.console import info, stderr_console, warn  # noqa: F401  (re-exported: commands talk through output)
+
 FORMATS = ("auto", "json", "text", "rich")
 
-_stderr: Console | None = None
 _stdout: Console | None = None
-
-
-def stderr_console() -> Console:
-    """The console for progress, warnings and errors."""
-    global _stderr
-    if _stderr is None:
-        _stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-    return _stderr
 
 
 def stdout_console() -> Console:
@@ -54,14 +47,6 @@ def resolve_format(fmt: str | None, json_flag: bool = False) -> str:
         return fmt
     return "rich" if stdout_is_terminal() else "json"
 
-
-def warn(message: str) -> None:
-    """One warning line on stderr."""
-    stderr_console().print(f"[yellow]Warning:[/yellow] {message}", markup=True, highlight=False)
-
-
-def info(message: str) -> None:
-    stderr_console().print(message, markup=False, highlight=False, style="dim")
 
 
 def _plain(value: Any) -> Any:
@@ -243,32 +228,33 @@ def classification_view(result: Any) -> Any:
     return line
 
 
-def evaluation_view(report: Any) -> Any:
-    """Terminal view of an `Evaluation`: headline numbers, per-class table, confusion matrix."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
+def emit_report(report: Any, fmt: str) -> None:
+    """An `Evaluation` (classify --evaluate) on stdout: the metrics view on a terminal, two lines as text, else JSON."""
+    if fmt == "rich":
+        from llmkit.metrics import report_renderable
 
-    head = Text(
-        f"{report.count} examples · accuracy {report.accuracy:.4f} · macro-F1 {report.macro_f1:.4f}"
-        + (f" · {report.skipped} skipped (empty or no gold label)" if report.skipped else ""),
-        style="bold",
-    )
-    per_class = Table(title="per class", title_justify="left")
-    for column in ("label", "precision", "recall", "f1", "support"):
-        per_class.add_column(column, justify="left" if column == "label" else "right")
-    for row in report.per_class:
-        per_class.add_row(row.label, f"{row.precision:.4f}", f"{row.recall:.4f}", f"{row.f1:.4f}", str(row.support))
-    matrix = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
-    matrix.add_column("")
-    for label in report.labels:
-        matrix.add_column(label, justify="right")
-    for label, counts in zip(report.labels, report.confusion, strict=True):
-        matrix.add_row(label, *[str(c) for c in counts])
-    return Group(head, per_class, matrix)
+        stdout_console().print(report_renderable(report, title="per class"))
+    elif fmt == "text":
+        write_text(f"accuracy\t{report.accuracy:.4f}\nmacro_f1\t{report.macro_f1:.4f}")
+    else:
+        write_json(to_record(report))
 
 
-TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+def report_skipped(results: list[Any], what: str) -> None:
+    """One warning each for inputs that were cut or had nothing to process (never dropped silently)."""
+    cut = sum(1 for r in results if r.truncated)
+    if cut:
+        warn(f"{cut} of {len(results)} inputs were longer than the model's maximum and were truncated "
+             f"(--no-truncate to stop instead)")
+    empty = [str(i + 1) for i, r in enumerate(results) if r.error == "empty input"]
+    if empty:
+        shown = ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else "")
+        warn(f"{len(empty)} empty input(s) got no {what} (input {shown}); they are in the output with "
+             "an \"error\" field")
+
+
+from llmkit.data import TABLE_SUFFIXES, WRITE_FORMATS  # noqa: E402,F401  (the one suffix map)
+from llmkit.fsutil import make_public  # noqa: E402
 
 
 def write_table(path: Any, columns: list[str], rows: Any) -> int:
@@ -290,11 +276,12 @@ def write_table(path: Any, columns: list[str], rows: Any) -> int:
 
     path = Path(path)
     fmt = TABLE_SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
+    if fmt not in WRITE_FORMATS:
         raise UsageError(f"--output {path}: use a .csv, .tsv, .jsonl or .parquet file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     tmp = Path(tmp_name)
+    make_public(tmp)  # mkstemp makes it private (0600); the user's umask decides, as for any file they write
     count = 0
     try:
         if fmt == "parquet":

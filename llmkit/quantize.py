@@ -30,6 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import DataError, MissingDependencyError, QualityGateError, UsageError
+from llmkit.fsutil import make_public
+from llmkit.int8_format import (  # noqa: F401  (DYNAMIC_WEIGHTS re-exported: the format's file name)
+    DYNAMIC_WEIGHTS,
+    apply_dynamic_int8,
+    save_dynamic_int8,
+)
+from llmkit.metrics import accuracy, perplexity
 
 METHODS = ("gguf", "int8-weight", "int4-weight", "dynamic-int8", "bnb-8bit", "bnb-4bit")
 TORCHAO_METHODS = ("int8-weight", "int4-weight")
@@ -47,10 +54,6 @@ SPEED_NEW_TOKENS = 32  # tokens generated for the tokens/s measurement (after a 
 SPEED_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 MASK_EVERY = 7  # masked LMs: every 7th token is masked for the masked-token perplexity (~15%, as in BERT)
 REPORT_NAME = "report.json"
-DYNAMIC_WEIGHTS = "model-dynamic-int8.safetensors"
-# Non-quantized matrices of a dynamic-int8 model (embeddings, kept heads) are stored in bfloat16: halves their
-# size on disk; they are widened to float32 when loaded. 1-D tensors (norms, biases) stay float32.
-DYNAMIC_KEPT_STORAGE = "bfloat16"
 
 # Built-in evaluation text: plain English prose, used when --eval-data is not given.
 SAMPLE_TEXT = (
@@ -135,7 +138,7 @@ class QuantizeReport:
     notes: list[str] = field(default_factory=list)
 
 
-# --- dynamic int8 (torch.ao): apply, save as safetensors, rebuild -------------------------------------------
+# --- which modules -------------------------------------------------------------------------------------------
 
 
 def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
@@ -164,115 +167,6 @@ def default_skip(model: Any, task: str) -> list[str]:
     return []
 
 
-def apply_dynamic_int8(model: Any, names: list[str]) -> None:
-    """Swap the named nn.Linear modules for torch.ao dynamic int8 ones, in place (per-channel scales)."""
-    import warnings
-
-    import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    with (
-        warnings.catch_warnings()
-    ):  # torch.ao's deprecation notices (it points to torchao, which is slower here)
-        warnings.simplefilter("ignore")
-        quantize_dynamic(
-            model, {n: per_channel_dynamic_qconfig for n in names}, dtype=torch.qint8, inplace=True
-        )
-
-
-def _dynamic_linear_cls() -> Any:
-    from torch.ao.nn.quantized.dynamic import Linear
-
-    return Linear
-
-
-def save_dynamic_int8(model: Any, folder: Path) -> None:
-    """Write a dynamic-int8 model's weights to `folder/DYNAMIC_WEIGHTS` (safetensors: no pickle).
-
-    Quantized linears become `<name>.qweight` (int8), `<name>.qscale`, `<name>.qzero` and `<name>.bias`;
-    every other tensor is stored once (tied copies are re-tied by the model class on load).
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    qlinear = _dynamic_linear_cls()
-    tensors: dict[str, Any] = {}
-    quantized: set[str] = set()
-    for name, module in model.named_modules():
-        if isinstance(module, qlinear):
-            weight = module.weight()
-            tensors[f"{name}.qweight"] = weight.int_repr().contiguous()
-            tensors[f"{name}.qscale"] = weight.q_per_channel_scales().float().contiguous()
-            tensors[f"{name}.qzero"] = weight.q_per_channel_zero_points().contiguous()
-            bias = module.bias()
-            if bias is not None:
-                tensors[f"{name}.bias"] = bias.detach().float().contiguous()
-            quantized.add(name)
-    seen: set[int] = set()
-    kept = getattr(torch, DYNAMIC_KEPT_STORAGE)
-    for key, value in model.state_dict().items():
-        if not isinstance(value, torch.Tensor) or value.is_quantized or key.rsplit(".", 1)[0] in quantized:
-            continue
-        if "_packed_params" in key or value.data_ptr() in seen:
-            continue
-        seen.add(value.data_ptr())
-        value = value.detach().cpu()
-        if value.is_floating_point() and value.dim() >= 2:
-            value = value.to(kept)
-        tensors[key] = value.contiguous()
-    save_file(tensors, str(folder / DYNAMIC_WEIGHTS), metadata={"format": "pt", "llmkit": "dynamic-int8"})
-
-
-def load_dynamic_int8(
-    auto_class: Any, config: Any, folder: Path, settings: dict[str, Any], *, device: str
-) -> Any:
-    """Rebuild a dynamic-int8 model saved by `save_dynamic_int8` (called by loading.load for such folders).
-
-    Raises:
-        UsageError: a device other than the CPU (torch.ao dynamic int8 kernels are CPU-only).
-        ModelNotFoundError: weights missing from the folder.
-    """
-    import torch
-    from safetensors.torch import load_file
-
-    from llmkit.errors import ModelNotFoundError
-
-    if device != "cpu":
-        raise UsageError("a dynamic-int8 model runs on the CPU only (torch.ao kernels); use --device cpu")
-    path = folder / DYNAMIC_WEIGHTS
-    if not path.is_file():
-        raise ModelNotFoundError(f"{folder} has no {DYNAMIC_WEIGHTS}; quantize the model again")
-    names = list(settings.get("quantized_modules", []))
-    state = load_file(str(path))
-    model = auto_class.from_config(config, dtype=torch.float32)
-    if (folder / "generation_config.json").is_file():
-        from transformers import GenerationConfig
-
-        model.generation_config = GenerationConfig.from_pretrained(str(folder))
-    plain = {
-        k: (v.float() if v.is_floating_point() else v)
-        for k, v in state.items()
-        if not k.endswith((".qweight", ".qscale", ".qzero")) and k.rsplit(".", 1)[0] not in names
-    }
-    missing, _ = model.load_state_dict(plain, strict=False)
-    model.tie_weights()
-    owned = {f"{n}.{p}" for n in names for p in ("weight", "bias")}
-    tied = set(
-        getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or []
-    )
-    lost = [k for k in missing if k not in owned and k not in tied]
-    if lost:
-        raise ModelNotFoundError(f"{folder}: weights missing for {lost[:3]}; quantize the model again")
-    apply_dynamic_int8(model, names)
-    for name in names:
-        module = model.get_submodule(name)
-        qweight = torch._make_per_channel_quantized_tensor(
-            state[f"{name}.qweight"], state[f"{name}.qscale"].double(), state[f"{name}.qzero"], 0
-        )
-        module.set_weight_bias(qweight, state.get(f"{name}.bias"))
-    return model
-
-
 # --- measuring ----------------------------------------------------------------------------------------------
 
 
@@ -285,13 +179,6 @@ class _Eval:
     labels: Any = None  # [1, T] labels for the loss (masked LMs: only masked positions)
     texts: list[str] = field(default_factory=list)  # classifiers / encoders
     gold: list[int] | None = None  # classifier label ids, when the eval data has labels
-
-
-def _public(path: Path) -> None:
-    """Give a finished output the usual permissions (mkstemp/mkdtemp create them private to the user)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _disk_size(path: Path) -> int:
@@ -354,7 +241,8 @@ def _outputs(lm: Any, ev: _Eval) -> tuple[Any, float | None]:
                 logits = logits[:-1]  # position t predicts token t+1
             else:
                 logits = logits[(ev.labels[0] != -100)]
-            return logits, math.exp(float(out.loss))
+            ppl = perplexity(float(out.loss))  # the one metrics module; a diverged loss reads as inf
+            return logits, math.inf if ppl is None else ppl
         chunks = []
         for start in range(0, len(ev.texts), 8):
             batch = lm.tokenizer(
@@ -401,14 +289,13 @@ def _speed(lm: Any, ev: _Eval) -> tuple[float, str]:
 
 
 def _measure(lm: Any, ev: _Eval, size: int | None, reference: Any = None) -> tuple[Measurement, Any]:
-    import torch
 
     outputs, loss_quality = _outputs(lm, ev)
     if loss_quality is not None:
         metric = "perplexity" if ev.task == "causal-lm" else "masked-perplexity"
         quality = loss_quality
     elif ev.gold is not None:
-        metric, quality = "accuracy", float((outputs.argmax(-1) == torch.tensor(ev.gold)).float().mean())
+        metric, quality = "accuracy", accuracy(list(ev.gold), outputs.argmax(-1).tolist())
     else:
         metric = "agreement"
         quality = 1.0 if reference is None else _agreement(reference, outputs, ev.task)[0]
@@ -566,16 +453,7 @@ def quantize(
 
     say = progress or (lambda message: None)
     output = Path(output)
-    _check_method(method, output, gguf_type, group_size, skip, device)
-    if max_drop is not None and max_drop < 0:
-        raise UsageError("--max-drop must be >= 0 (a percentage)")
-    if eval_labels is not None and eval_texts is not None and len(eval_labels) != len(eval_texts):
-        raise DataError("--eval-data: every example needs a label (or none of them)")
-    if method == "dynamic-int8":
-        if dtype not in ("auto", "float32"):
-            raise UsageError("--method dynamic-int8 computes in float32 (torch.ao kernels); drop --dtype")
-        device = "cpu"
-    group = group_size or DEFAULT_GROUP_SIZE
+    device = _check_args(method, output, gguf_type, group_size, skip, device, dtype, max_drop, eval_texts, eval_labels)
     task = loading.detect_task(model, revision=revision, trust_remote_code=trust_remote_code)
     if task == "seq2seq-lm":
         raise UsageError(
@@ -587,141 +465,229 @@ def quantize(
 
     say(f"Loading {model} ({task})...")
     original = loading.load(model, task, device=device, dtype=dtype, **common)
-    source = original.source
-    if source.kind == "gguf":
-        original_size: int | None = _disk_size(loading.convert_gguf(Path(source.location), progress=False))
-    elif source.kind == "dir":
-        original_size = _disk_size(Path(source.location))
-    else:
-        original_size = None
     skip_list = default_skip(original.model, task) if skip is None else list(skip)
     ev = _prepare_eval(original, task, eval_texts, eval_labels)
     say("Measuring the original...")
-    before, before_out = _measure(original, ev, original_size)
+    before, before_out = _measure(original, ev, _original_size(original.source))
 
     settings: dict[str, Any] = {"method": method, "compute_dtype": str(original.dtype).replace("torch.", "")}
     notes: list[str] = []
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if method == "gguf":
-        fd, name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".gguf", dir=output.parent)
-        os.close(fd)
-        tmp = Path(name)
-    else:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    tmp = _temporary_output(output, method)
     converted_cache: Path | None = None
     try:
         say(f"Quantizing ({method})...")
         if method == "gguf":
-            from llmkit.gguf_export import DEFAULT_GGUF_TYPE, write_gguf
-
-            if task != "causal-lm":
-                raise UsageError(
-                    "--method gguf writes causal LMs only; use --method dynamic-int8 or int8-weight"
-                )
-            settings["gguf_type"] = gguf_type or DEFAULT_GGUF_TYPE
-            write_gguf(
-                original.model,
-                original.tokenizer,
-                tmp,
-                gguf_type=settings["gguf_type"],
-                name=Path(model).stem,
-            )
+            _write_gguf(original, tmp, task=task, gguf_type=gguf_type, name=Path(model).stem, settings=settings)
             notes.append(
                 "speed measured by loading the .gguf back through transformers (de-quantized); "
                 "llama.cpp runs it natively"
             )
         else:
-            settings["skip"] = skip_list
-            names = linear_names(original.model, skip_list)
-            unmatched = [
-                p for p in skip_list if not any(_matches(n, [p]) for n, _ in original.model.named_modules())
-            ]
-            if unmatched:
-                raise UsageError(
-                    f"--skip {unmatched[0]!r} matches no module of this model (e.g. lm_head, down_proj)"
-                )
-            if method == "dynamic-int8":
-                apply_dynamic_int8(original.model, names)
-                settings["quantized_modules"] = names
-                original.model.config.save_pretrained(str(tmp))
-                if getattr(original.model, "generation_config", None) is not None:
-                    original.model.generation_config.save_pretrained(str(tmp))
-                save_dynamic_int8(original.model, tmp)
-            else:
-                if method == "int4-weight":
-                    settings["group_size"] = group
-                config = (
-                    _torchao_config(method, group, skip_list)
-                    if method in TORCHAO_METHODS
-                    else _bnb_config(method, skip_list)
-                )
-                quantized_lm = loading.load(
-                    model,
-                    task,
-                    device=device,
-                    dtype=dtype,
-                    model_kwargs={"quantization_config": config},
-                    **common,
-                )
-                quantized_lm.model.save_pretrained(str(tmp))
-                del quantized_lm
-            original.tokenizer.save_pretrained(str(tmp))
-            (tmp / loading.QUANTIZATION_SETTINGS).write_text(
-                json.dumps(settings, indent=2) + "\n", encoding="utf-8"
+            _write_quantized_folder(
+                original, tmp, model=model, task=task, method=method, group_size=group_size or DEFAULT_GROUP_SIZE,
+                skip_list=skip_list, device=device, dtype=dtype, common=common, settings=settings,
             )
         del original
 
         say("Measuring the quantized model...")
         if method == "gguf":
-            converted_cache = loading._converted_dir(tmp)
+            converted_cache = loading.converted_dir(tmp)
         after_lm = loading.load(
             str(tmp), task, device=device, dtype=dtype if method == "gguf" else "auto", **common
         )
         after, after_out = _measure(after_lm, ev, _disk_size(tmp), reference=before_out)
-        agreement, kl = _agreement(before_out, after_out, task)
-        drop = quality_drop(before.quality, after.quality, before.quality_metric)
-        passed = max_drop is None or drop <= max_drop
-        report = QuantizeReport(
-            model=model,
-            method=method,
-            settings={k: v for k, v in settings.items() if k != "quantized_modules"},
-            output=str(output) if passed else None,
-            task=task,
-            original=before,
-            quantized=after,
-            size_ratio=round(after.size_bytes / before.size_bytes, 4)
-            if before.size_bytes and after.size_bytes
-            else None,
-            speedup=round(after.speed / before.speed, 3) if before.speed else 0.0,
-            quality_drop_percent=round(drop, 3),
-            top1_agreement=round(agreement, 4),
-            kl_divergence=round(kl, 5),
-            eval_tokens=int(ev.ids.shape[1]) if ev.ids is not None else len(ev.texts),
-            max_drop=max_drop,
-            passed=passed,
-            notes=notes,
+        report = _report(
+            model, method, output, task, settings, notes, ev, before, after,
+            _agreement(before_out, after_out, task), max_drop,
         )
-        if not passed:
+        if not report.passed:
             raise QualityGateError(
-                f"quality dropped {drop:.2f}% ({before.quality_metric} {before.quality:.4g} -> "
-                f"{after.quality:.4g}), "
+                f"quality dropped {quality_drop(before.quality, after.quality, before.quality_metric):.2f}% "
+                f"({before.quality_metric} "
+                f"{before.quality:.4g} -> {after.quality:.4g}), "
                 f"more than --max-drop {max_drop:g}; nothing was written. Try a gentler method "
                 "(e.g. --method "
                 "int8-weight, --gguf-type q8_0) or --skip more modules"
             )
-        report_path = output.parent / f"{output.stem}.report.json" if method == "gguf" else tmp / REPORT_NAME
-        report_path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, output)
-        _public(output)
-        if converted_cache is not None and converted_cache.exists():
-            # The .gguf keeps its mtime when renamed: hand its de-quantized cache to the final name, so the
-            # first `generate --model OUT.gguf` does not convert it again.
-            final_cache = loading._converted_dir(output)
-            if not final_cache.exists():
-                os.replace(converted_cache, final_cache)
+        _publish(report, tmp, output, method, converted_cache)
         return report
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         if converted_cache is not None and converted_cache.exists():  # the cache of the temporary name
             shutil.rmtree(converted_cache, ignore_errors=True)
+
+
+# --- the steps of quantize() --------------------------------------------------------------------------------
+
+
+def _check_args(
+    method: str,
+    output: Path,
+    gguf_type: str | None,
+    group_size: int | None,
+    skip: tuple[str, ...] | None,
+    device: str,
+    dtype: str,
+    max_drop: float | None,
+    eval_texts: list[str] | None,
+    eval_labels: list[str] | None,
+) -> str:
+    """Refuse impossible arguments before any model is loaded; return the device to run on."""
+    _check_method(method, output, gguf_type, group_size, skip, device)
+    if max_drop is not None and max_drop < 0:
+        raise UsageError("--max-drop must be >= 0 (a percentage)")
+    if eval_labels is not None and eval_texts is not None and len(eval_labels) != len(eval_texts):
+        raise DataError("--eval-data: every example needs a label (or none of them)")
+    if method == "dynamic-int8":
+        if dtype not in ("auto", "float32"):
+            raise UsageError("--method dynamic-int8 computes in float32 (torch.ao kernels); drop --dtype")
+        return "cpu"
+    return device
+
+
+def _original_size(source: Any) -> int | None:
+    """Size on disk of what llmkit loads for the original (a GGUF's de-quantized cache; None for hub ids)."""
+    from llmkit import loading
+
+    if source.kind == "gguf":
+        return _disk_size(loading.convert_gguf(Path(source.location), progress=False))
+    if source.kind == "dir":
+        return _disk_size(Path(source.location))
+    return None
+
+
+def _temporary_output(output: Path, method: str) -> Path:
+    """An empty temporary file (gguf) or folder beside `output`, renamed into place only when all went well."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if method == "gguf":
+        fd, name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".gguf", dir=output.parent)
+        os.close(fd)
+        return Path(name)
+    return Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+
+
+def _write_gguf(original: Any, tmp: Path, *, task: str, gguf_type: str | None, name: str,
+                settings: dict[str, Any]) -> None:
+    """--method gguf: write the original causal LM as a GGUF file (records the type in `settings`)."""
+    from llmkit.gguf_export import DEFAULT_GGUF_TYPE, write_gguf
+
+    if task != "causal-lm":
+        raise UsageError(
+            "--method gguf writes causal LMs only; use --method dynamic-int8 or int8-weight"
+        )
+    settings["gguf_type"] = gguf_type or DEFAULT_GGUF_TYPE
+    write_gguf(original.model, original.tokenizer, tmp, gguf_type=settings["gguf_type"], name=name)
+
+
+def _write_quantized_folder(
+    original: Any,
+    tmp: Path,
+    *,
+    model: str,
+    task: str,
+    method: str,
+    group_size: int,
+    skip_list: list[str],
+    device: str,
+    dtype: str,
+    common: dict[str, Any],
+    settings: dict[str, Any],
+) -> None:
+    """The folder methods: quantize (dynamic-int8 in place; torchao/bnb by loading again) and save to `tmp`.
+
+    dynamic-int8 converts `original.model` in place, so it cannot be measured afterwards.
+    """
+    from llmkit import loading
+
+    settings["skip"] = skip_list
+    names = linear_names(original.model, skip_list)
+    unmatched = [
+        p for p in skip_list if not any(_matches(n, [p]) for n, _ in original.model.named_modules())
+    ]
+    if unmatched:
+        raise UsageError(
+            f"--skip {unmatched[0]!r} matches no module of this model (e.g. lm_head, down_proj)"
+        )
+    if method == "dynamic-int8":
+        apply_dynamic_int8(original.model, names)
+        settings["quantized_modules"] = names
+        original.model.config.save_pretrained(str(tmp))
+        if getattr(original.model, "generation_config", None) is not None:
+            original.model.generation_config.save_pretrained(str(tmp))
+        save_dynamic_int8(original.model, tmp)
+    else:
+        if method == "int4-weight":
+            settings["group_size"] = group_size
+        config = (
+            _torchao_config(method, group_size, skip_list)
+            if method in TORCHAO_METHODS
+            else _bnb_config(method, skip_list)
+        )
+        quantized_lm = loading.load(
+            model,
+            task,
+            device=device,
+            dtype=dtype,
+            model_kwargs={"quantization_config": config},
+            **common,
+        )
+        quantized_lm.model.save_pretrained(str(tmp))
+        del quantized_lm
+    original.tokenizer.save_pretrained(str(tmp))
+    (tmp / loading.QUANTIZATION_SETTINGS).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
+def _report(
+    model: str,
+    method: str,
+    output: Path,
+    task: str,
+    settings: dict[str, Any],
+    notes: list[str],
+    ev: _Eval,
+    before: Measurement,
+    after: Measurement,
+    agreement_kl: tuple[float, float],
+    max_drop: float | None,
+) -> QuantizeReport:
+    """The report comparing the two measurements; `passed` applies the --max-drop gate."""
+    agreement, kl = agreement_kl
+    drop = quality_drop(before.quality, after.quality, before.quality_metric)
+    passed = max_drop is None or drop <= max_drop
+    return QuantizeReport(
+        model=model,
+        method=method,
+        settings={k: v for k, v in settings.items() if k != "quantized_modules"},
+        output=str(output) if passed else None,
+        task=task,
+        original=before,
+        quantized=after,
+        size_ratio=round(after.size_bytes / before.size_bytes, 4)
+        if before.size_bytes and after.size_bytes
+        else None,
+        speedup=round(after.speed / before.speed, 3) if before.speed else 0.0,
+        quality_drop_percent=round(drop, 3),
+        top1_agreement=round(agreement, 4),
+        kl_divergence=round(kl, 5),
+        eval_tokens=int(ev.ids.shape[1]) if ev.ids is not None else len(ev.texts),
+        max_drop=max_drop,
+        passed=passed,
+        notes=notes,
+    )
+
+
+def _publish(report: QuantizeReport, tmp: Path, output: Path, method: str, converted_cache: Path | None) -> None:
+    """Write the report, rename the temporary output into place, and hand over the GGUF's converted cache."""
+    from llmkit import loading
+
+    report_path = output.parent / f"{output.stem}.report.json" if method == "gguf" else tmp / REPORT_NAME
+    report_path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, output)
+    make_public(output)
+    if converted_cache is not None and converted_cache.exists():
+        # The .gguf keeps its mtime when renamed: hand its de-quantized cache to the final name, so the
+        # first `generate --model OUT.gguf` does not convert it again.
+        final_cache = loading.converted_dir(output)
+        if not final_cache.exists():
+            os.replace(converted_cache, final_cache)

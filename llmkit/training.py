@@ -4,8 +4,9 @@ Public pieces, each small and usable alone:
 - `TrainSettings` (+ `load_config`, `settings_from`): Trainer knobs; precedence CLI > TOML file > defaults.
 - `load_dataset_splits`, `clean_rows`, `prepare_labels`, `split_validation`: tables (CSV/TSV/JSON/JSONL/
   Parquet, a folder of split files, or a hub dataset id) to clean train/validation `datasets.Dataset`s, with
-  the counts of what was skipped or repaired in a `DataStats`.
-- `build_training_args`, `ProgressCallback`, `make_compute_metrics`, `classification_report`, `perplexity`.
+  the counts of what was skipped or repaired in a `DataStats`. Files are read by data.py's one row reader.
+- `build_training_args`, `ProgressCallback`, `make_compute_metrics`; the scores themselves
+  (`classification_report`, `perplexity`, ...) live in metrics.py and are re-exported here.
 - `check_output`, `checkpoint_dir`, `atomic_output`, `write_report`: a run that dies never leaves an output
   folder that looks finished; checkpoints live beside it (`OUTPUT.checkpoints`) until the final rename.
 
@@ -14,7 +15,6 @@ torch, transformers and datasets are imported inside functions so that importing
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -27,9 +27,18 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from llmkit.config import check_config_keys, load_config, settings_from  # noqa: F401  (re-exported)
+from llmkit.data import TABLE_SUFFIXES, column_error, decoding_note, open_rows  # noqa: F401  (column_error: re-exported)
+from llmkit.data import require_columns as data_require_columns
 from llmkit.errors import DataError, MissingDependencyError, NotFoundError, UsageError
+from llmkit.fsutil import make_public
+from llmkit.metrics import (  # noqa: F401  (re-exported: finetune/distill call them as training.X)
+    classification_report,
+    perplexity,
+    regression_metrics,
+    report_renderable,
+    round_metric,
+)
 
 # --- defaults (shown in --help) -----------------------------------------------------------------------------
 
@@ -48,16 +57,6 @@ DEFAULT_VALIDATION_SPLIT = 0.1  # used when there is no validation file or split
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHECKPOINTS_SUFFIX = ".checkpoints"
 
-TABLE_SUFFIXES = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "json",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
 # Names of split files inside a data folder (train.csv, validation.jsonl, dev.tsv, test.parquet, ...).
 SPLIT_NAMES = {
     "train": ("train", "training"),
@@ -123,53 +122,6 @@ class TrainSettings:
         return self
 
 
-def load_config(path: Path | str | None) -> dict[str, Any]:
-    """A TOML config as a flat dict with `-` in keys turned into `_` (so `learning-rate` = `learning_rate`).
-
-    Tables are flattened one level (`[training] epochs = 2` -> `epochs`), so a file may group its keys.
-
-    Raises:
-        NotFoundError: no such file. UsageError: not valid TOML.
-    """
-    if path is None:
-        return {}
-    path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"config file not found: {path}")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not valid TOML ({exc})") from None
-    flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            flat.update({k.replace("-", "_"): v for k, v in value.items()})
-        else:
-            flat[key.replace("-", "_")] = value
-    return flat
-
-
-def check_config_keys(config: dict[str, Any], known: set[str], path: Path | str | None) -> None:
-    """Reject keys no command knows (a typo would otherwise be silently ignored)."""
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise UsageError(
-            f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-
-
-def settings_from(cls: Any, config: dict[str, Any], cli: dict[str, Any]) -> Any:
-    """Build dataclass `cls` from defaults < `config` (TOML) < `cli` (values that are not None)."""
-    names = {f.name for f in fields(cls)}
-    values = {k: v for k, v in config.items() if k in names}
-    values.update({k: v for k, v in cli.items() if k in names and v is not None})
-    try:
-        instance = cls(**values)
-    except TypeError as exc:
-        raise UsageError(f"bad settings: {exc}") from None
-    return instance.validate() if hasattr(instance, "validate") else instance
-
-
 # --- data ---------------------------------------------------------------------------------------------------
 
 
@@ -197,11 +149,9 @@ class DataStats:
             out.append(f"skipped {self.skipped_empty_text} row(s) with empty text")
         if self.skipped_no_label:
             out.append(f"skipped {self.skipped_no_label} row(s) with no label")
-        if self.replaced_bytes:
-            out.append(
-                f"replaced {self.replaced_bytes} undecodable byte sequence(s) with U+FFFD "
-                f"in {self.rows_with_replacements} row(s) (the file is not valid UTF-8)"
-            )
+        decoding = decoding_note(self.replaced_bytes, self.rows_with_replacements)
+        if decoding:
+            out.append(decoding)
         if self.unseen_validation_labels:
             out.append(
                 f"label(s) {', '.join(self.unseen_validation_labels)} appear only in validation "
@@ -241,28 +191,12 @@ def _quiet_datasets() -> None:
     datasets.logging.set_verbosity_error()
 
 
-def _decode(raw: bytes) -> tuple[str, int]:
-    """UTF-8 text (BOM dropped) and how many undecodable sequences became U+FFFD."""
-    text = raw.decode("utf-8", errors="replace")
-    bad = text.count("\ufffd") - raw.count("\ufffd".encode())
-    return text.removeprefix("\ufeff"), bad
-
-
-def _table_format(path: Path) -> str:
-    fmt = TABLE_SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        raise DataError(
-            f"{path}: unknown table type {path.suffix or '(no suffix)'!r}; "
-            "use .csv, .tsv, .jsonl, .json or .parquet"
-        )
-    return fmt
-
-
 def read_table(path: Path | str, stats: DataStats | None = None) -> Any:
-    """One table file -> `datasets.Dataset`. Text formats are decoded as UTF-8 with replacement (counted).
+    """One table file -> `datasets.Dataset`, read by the one row reader (`data.open_rows`): UTF-8 with the
+    BOM dropped and undecodable bytes replaced and counted in `stats`.
 
     Raises:
-        NotFoundError: no such file. DataError: unknown type or malformed content.
+        NotFoundError: no such file. DataError: unknown type, malformed content, no rows, mixed value types.
     """
     import datasets
 
@@ -270,59 +204,20 @@ def read_table(path: Path | str, stats: DataStats | None = None) -> Any:
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"data file not found: {path}")
-    fmt = _table_format(path)
+    fmt = TABLE_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"{path}: unknown table type {path.suffix or '(no suffix)'!r}; "
+            "use .csv, .tsv, .jsonl, .json or .parquet"
+        )
     stats = stats if stats is not None else DataStats()
-    if fmt == "parquet":
-        try:
-            return datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
-        except Exception as exc:  # pyarrow raises several types for a damaged file
-            raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-    text, bad = _decode(path.read_bytes())
-    stats.replaced_bytes += bad
-    if fmt in ("csv", "tsv"):
-        import pandas as pd
-
-        try:
-            # dtype=str keeps labels like "01" and ids as written; empty cells stay "" (not NaN).
-            frame = pd.read_csv(
-                io.StringIO(text), sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False
-            )
-        except Exception as exc:  # pandas' ParserError, EmptyDataError
-            raise DataError(
-                f"{path}: not a readable {fmt.upper()} file ({str(exc).splitlines()[0]})"
-            ) from None
-        rows: list[dict[str, Any]] = frame.to_dict("records")
-    elif fmt == "jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{path}:{number}: not valid JSON ({exc.msg}); fix or remove the line"
-                ) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object per line")
-            rows.append(obj)
-    else:
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list):
-            obj = next(iter(obj.values()))  # {"data": [...]}
-        if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
-            raise DataError(f"{path}: expected a JSON list of objects (or use .jsonl)")
-        rows = obj
+    read = open_rows(path, fmt)
+    rows = [row for _, row in read.rows]
+    stats.replaced_bytes += read.decoding.replaced
+    stats.rows_with_replacements += read.decoding.rows
     if not rows:
         raise DataError(f"{path}: no rows")
-    if bad:
-        stats.rows_with_replacements += sum(
-            any(isinstance(v, str) and "\ufffd" in v for v in r.values()) for r in rows
-        )
-    columns: list[str] = []
+    columns = list(read.columns)
     for r in rows:  # union of keys, in first-seen order (JSON rows may differ)
         columns.extend(k for k in r if k not in columns)
     data = {c: [r.get(c) for r in rows] for c in columns}
@@ -401,23 +296,13 @@ def load_dataset_splits(source: Path | str, *, validation_file: Path | str | Non
     return Splits(tables["train"], tables.get("validation"), tables.get("test"), stats)
 
 
-def column_error(column: str, present: list[str], where: str = "the data") -> NotFoundError:
-    """The error for a missing column: it lists the columns that are there."""
-    return NotFoundError(
-        f"no column {column!r} in {where} (columns: {', '.join(present) or 'none'}); "
-        "pick the right one with --text-column/--label-column"
-    )
-
-
 def require_columns(dataset: Any, columns: list[str], where: str = "the data") -> None:
-    """Raise NotFoundError naming the columns present when one of `columns` is missing."""
-    present = list(dataset.column_names)
-    for column in columns:
-        if column not in present:
-            raise column_error(column, present, where)
+    """Raise `data.column_error` (naming the columns present) when one of `columns` is not in `dataset`."""
+    data_require_columns(dataset.column_names, columns, where)
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """True for None, NaN and blank strings: a cell with nothing in it."""
     if value is None:
         return True
     if isinstance(value, float) and math.isnan(value):
@@ -442,9 +327,9 @@ def clean_rows(dataset: Any, text_columns: list[str], label_column: str | None, 
     texts = [dataset[c] for c in text_columns]
     labels = dataset[label_column] if label_column else None
     for i in range(len(dataset)):
-        if any(_is_missing(column[i]) for column in texts):
+        if any(is_missing(column[i]) for column in texts):
             stats.skipped_empty_text += 1
-        elif labels is not None and _is_missing(labels[i]):
+        elif labels is not None and is_missing(labels[i]):
             stats.skipped_no_label += 1
         else:
             keep.append(i)
@@ -721,67 +606,6 @@ def build_training_args(
         raise UsageError(f"training settings rejected: {str(exc).strip().splitlines()[0]}") from None
 
 
-def perplexity(loss: float | None) -> float | None:
-    """exp(loss), capped so a diverged run reports inf rather than overflowing."""
-    if loss is None or not math.isfinite(loss):
-        return None
-    return math.exp(min(loss, 700.0))
-
-
-def classification_report(
-    labels: Any, predictions: Any, names: list[str] | tuple[str, ...]
-) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
-
-    Args:
-        labels, predictions: sequences of class ids (same length).
-        names: class names, index = id.
-
-    Returns:
-        {"accuracy", "macro_f1", "per_class": {name: {precision, recall, f1, support}},
-         "confusion_matrix": rows = true class, columns = predicted class, "labels": names}
-    """
-    import numpy as np
-
-    y = np.asarray(labels, dtype=np.int64)
-    p = np.asarray(predictions, dtype=np.int64)
-    k = len(names)
-    matrix = np.zeros((k, k), dtype=np.int64)
-    valid = (y >= 0) & (y < k) & (p >= 0) & (p < k)
-    np.add.at(matrix, (y[valid], p[valid]), 1)
-    per_class: dict[str, dict[str, float | int]] = {}
-    f1s = []
-    for i, name in enumerate(names):
-        tp = int(matrix[i, i])
-        predicted = int(matrix[:, i].sum())
-        actual = int(matrix[i, :].sum())
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[str(name)] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
-        f1s.append(f1)
-    total = int(matrix.sum())
-    return {
-        "accuracy": float(np.trace(matrix) / total) if total else 0.0,
-        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
-        "per_class": per_class,
-        "confusion_matrix": matrix.tolist(),
-        "labels": [str(n) for n in names],
-    }
-
-
-def regression_metrics(labels: Any, predictions: Any) -> dict[str, float]:
-    """Mean squared error, mean absolute error and Pearson r."""
-    import numpy as np
-
-    y = np.asarray(labels, dtype=np.float64).reshape(-1)
-    p = np.asarray(predictions, dtype=np.float64).reshape(-1)
-    out = {"mse": float(np.mean((y - p) ** 2)), "mae": float(np.mean(np.abs(y - p)))}
-    if len(y) > 1 and y.std() > 0 and p.std() > 0:
-        out["pearson"] = float(np.corrcoef(y, p)[0, 1])
-    return out
-
-
 def make_compute_metrics(
     task: str, num_labels: int | None = None
 ) -> Callable[[Any], dict[str, float]] | None:
@@ -947,7 +771,7 @@ class _ProgressMixin:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from llmkit.output import stderr_console
+        from llmkit.console import stderr_console
 
         self.started = time.perf_counter()
         self.first_step = state.global_step
@@ -979,8 +803,8 @@ class _ProgressMixin:
     ) -> None:
         if not state.is_world_process_zero or not logs:
             return
-        record = {"event": "log", "step": state.global_step, "epoch": _round(state.epoch)}
-        record.update({k: _round(v) for k, v in logs.items()})
+        record = {"event": "log", "step": state.global_step, "epoch": round_metric(state.epoch)}
+        record.update({k: round_metric(v) for k, v in logs.items()})
         if "loss" in logs:
             self.last_loss = float(logs["loss"])
             if self.progress is not None:
@@ -999,9 +823,9 @@ class _ProgressMixin:
             metrics["eval_perplexity"] = perplexity(metrics["eval_loss"])
         if not state.is_world_process_zero:
             return
-        record = {"event": "eval", "step": state.global_step, "epoch": _round(state.epoch)}
+        record = {"event": "eval", "step": state.global_step, "epoch": round_metric(state.epoch)}
         record.update(
-            {k: _round(v) for k, v in metrics.items() if not k.endswith(("_runtime", "per_second"))}
+            {k: round_metric(v) for k, v in metrics.items() if not k.endswith(("_runtime", "per_second"))}
         )
         self.evaluations.append(record)
         self._write(record)
@@ -1019,12 +843,6 @@ class _ProgressMixin:
             self.progress.update(self.task_id, completed=state.global_step)
             self.progress.stop()
             self.progress = None
-
-
-def _round(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 6) if math.isfinite(value) else None
-    return value
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
@@ -1115,6 +933,7 @@ def atomic_output(
     output.parent.mkdir(parents=True, exist_ok=True)
     if staging is None:
         staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+        make_public(staging)  # mkdtemp makes it 0700; the finished folder gets the user's usual permissions
     else:
         staging.mkdir(parents=True, exist_ok=True)
     try:
@@ -1153,32 +972,3 @@ def _json_safe(value: Any) -> Any:
     if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
         return value.item()
     return value
-
-
-def report_renderable(report: dict[str, Any]) -> Any:
-    """Per-class precision/recall/F1 and the confusion matrix as rich tables (for stderr)."""
-    from rich.console import Group
-    from rich.table import Table
-
-    per_class = report.get("per_class") or {}
-    parts: list[Any] = []
-    table = Table(title="Validation report", title_justify="left")
-    for column in ("label", "precision", "recall", "f1", "support"):
-        table.add_column(column, justify="left" if column == "label" else "right")
-    for name, row in per_class.items():
-        table.add_row(
-            name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"])
-        )
-    table.caption = f"accuracy {report.get('accuracy', 0):.3f} · macro-F1 {report.get('macro_f1', 0):.3f}"
-    parts.append(table)
-    matrix = report.get("confusion_matrix")
-    if matrix:
-        labels = report.get("labels") or list(per_class)
-        cm = Table(title="Confusion matrix (rows: true, columns: predicted)", title_justify="left")
-        cm.add_column("")
-        for name in labels:
-            cm.add_column(str(name), justify="right")
-        for name, row in zip(labels, matrix, strict=False):
-            cm.add_row(str(name), *[str(v) for v in row])
-        parts.append(cm)
-    return Group(*parts)

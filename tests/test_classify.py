@@ -211,11 +211,29 @@ def test_tables_in_with_text_column(tiny_classifier: Path, tmp_path: Path, suffi
     assert [r["label"] for r in records] == [e["label"] for e in _pipe(tiny_classifier)(TEXTS)]
 
 
+def test_excel_utf8_bom_csv_works(tiny_classifier: Path, tmp_path: Path) -> None:
+    # Excel's "CSV UTF-8" starts with a byte-order mark; it must not become part of the first column's name.
+    table = tmp_path / "excel.csv"
+    table.write_bytes(("text,label\n" + "".join(f'"{t}",x\n' for t in TEXTS)).encode("utf-8-sig"))
+    records = _run(["-m", str(tiny_classifier), "-i", str(table)])
+    assert [r["text"] for r in records] == TEXTS
+    assert [r["label"] for r in records] == [e["label"] for e in _pipe(tiny_classifier)(TEXTS)]
+
+
+def test_undecodable_bytes_in_a_table_are_reported(tiny_classifier: Path, tmp_path: Path) -> None:
+    table = tmp_path / "latin.csv"
+    table.write_bytes("text\ncaf\xe9 ok\nfine\n".encode("latin-1"))
+    result = invoke(["classify", "--json", "-m", str(tiny_classifier), "-i", str(table)])
+    assert result.exit_code == 0, result.stderr
+    assert [r["text"] for r in json_lines(result.stdout)] == ["caf\ufffd ok", "fine"]
+    assert "replaced 1 undecodable byte sequence(s) with U+FFFD in 1 row(s)" in " ".join(result.stderr.split())
+
+
 def test_missing_text_column_is_not_found(tiny_classifier: Path, tmp_path: Path) -> None:
     table = _write_table(tmp_path / "in.csv", ROWS)
     result = invoke(["classify", "-m", str(tiny_classifier), "-i", str(table)])
     assert result.exit_code == 3
-    assert "no column 'text' (columns: id, review, y)" in result.stderr
+    assert "no column 'text' in " in result.stderr and "(columns: id, review, y); pick the right one with --text-column" in result.stderr
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

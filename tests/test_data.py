@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from llmkit.data import batched, read_inputs
+from llmkit import data
+from llmkit.data import batched, read_inputs, read_table
 from llmkit.errors import DataError, NotFoundError, UsageError
 
 
@@ -48,7 +49,7 @@ def test_jsonl_keeps_other_fields() -> None:
 def test_jsonl_custom_field_and_missing_field() -> None:
     stream = io.StringIO('{"prompt": "p1", "id": 1}\n')
     assert [r.text for r in read_inputs(["-"], input_format="jsonl", text_field="prompt", stdin=stream)] == ["p1"]
-    with pytest.raises(DataError, match="no field 'text'.*--field"):
+    with pytest.raises(NotFoundError, match=r"<stdin>:1 \(columns: prompt\); pick the right one with --text-column"):
         list(read_inputs(["-"], input_format="jsonl", stdin=io.StringIO('{"prompt": "p"}\n')))
 
 
@@ -70,8 +71,8 @@ def test_csv_and_tsv_files_by_suffix(tmp_path: Path) -> None:
 def test_missing_column_lists_columns(tmp_path: Path) -> None:
     csv_file = tmp_path / "in.csv"
     csv_file.write_text("id,body\n1,x\n", encoding="utf-8")
-    with pytest.raises(DataError, match="columns: id, body"):
-        list(read_inputs(None, input_file=csv_file, stdin=_Tty()))
+    with pytest.raises(NotFoundError, match=r"no column 'text' in .*in.csv \(columns: id, body\); pick the right one"):
+        read_inputs(None, input_file=csv_file, stdin=_Tty())  # checked before the first row is asked for
 
 
 def test_missing_file_and_bad_bytes(tmp_path: Path) -> None:
@@ -84,3 +85,89 @@ def test_missing_file_and_bad_bytes(tmp_path: Path) -> None:
 
 def test_batched_is_lazy_and_complete() -> None:
     assert list(batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+class _Breaks:
+    """A piped stdin that gives `lines` and then fails: reading past them shows up as an error."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = lines
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def buffer(self) -> _Breaks:
+        return self
+
+    def __iter__(self):  # noqa: ANN204
+        yield from self.lines
+        raise RuntimeError("read past the first record")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "lines", "first"),
+    [
+        ("auto", [b"one\n"], "one"),
+        ("jsonl", [b'{"text": "one", "id": 1}\n'], "one"),
+        ("csv", [b"id,text\n", b"1,one\n"], "one"),
+        ("tsv", [b"text\n", b"one\n"], "one"),
+    ],
+)
+def test_reading_is_lazy_the_first_record_comes_before_the_rest_is_read(fmt: str, lines: list[bytes], first: str) -> None:
+    records = read_inputs(["-"], input_format=fmt, stdin=_Breaks(lines))  # type: ignore[arg-type]
+    assert next(records).text == first
+    with pytest.raises(RuntimeError, match="read past the first record"):
+        next(records)
+
+
+def test_utf8_bom_is_dropped_in_every_reader(tmp_path: Path) -> None:
+    csv_file = tmp_path / "excel.csv"
+    csv_file.write_bytes("text,label\nhi,pos\n".encode("utf-8-sig"))
+    assert [(r.text, r.fields) for r in read_inputs(None, input_file=csv_file, stdin=_Tty())] == [("hi", {"label": "pos"})]
+    table = read_table(csv_file)
+    assert table.columns == ["text", "label"] and [r.text for r in table.records] == ["hi"]
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_bytes('{"text": "x"}\n'.encode("utf-8-sig"))
+    assert [r.text for r in read_table(jsonl).records] == ["x"]
+    stdin = _Breaks(["text\n".encode("utf-8-sig"), b"y\n"])
+    assert next(read_inputs(["-"], input_format="csv", stdin=stdin)).text == "y"  # type: ignore[arg-type]
+
+
+def test_undecodable_bytes_are_counted_and_reported_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes("text,label\ncaf\xe9,a\nok,b\nna\xefve \xe9t\xe9,a\n".encode("latin-1"))
+    rows = data.open_rows(path)
+    assert [row["text"] for _, row in rows.rows] == ["caf\ufffd", "ok", "na\ufffdve \ufffdt\ufffd"]
+    assert (rows.decoding.replaced, rows.decoding.rows) == (4, 2)
+    list(read_table(path).records)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "replaced 4 undecodable byte sequence(s) with U+FFFD in 2 row(s)" in err
+
+
+def test_one_suffix_map_and_every_row_format(tmp_path: Path) -> None:
+    import json
+
+    rows = [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}]
+    (tmp_path / "a.csv").write_text("text,label\ngood,pos\nbad,neg\n")
+    (tmp_path / "a.tab").write_text("text\tlabel\ngood\tpos\nbad\tneg\n")
+    (tmp_path / "a.ndjson").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "a.json").write_text(json.dumps({"data": rows}))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / "a.pq"))
+    for name in ("a.csv", "a.tab", "a.ndjson", "a.json", "a.pq"):
+        read = data.open_rows(tmp_path / name)
+        assert read.columns == ["text", "label"], name
+        assert [row for _, row in read.rows] == rows, name
+    from llmkit import output, training
+
+    assert output.TABLE_SUFFIXES is data.TABLE_SUFFIXES and training.TABLE_SUFFIXES is data.TABLE_SUFFIXES
+
+
+def test_csv_row_with_more_cells_than_the_header_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("text,label\na,b,c\n")
+    with pytest.raises(DataError, match="bad.csv:2: 3 cells but the header has 2 columns"):
+        list(read_table(path).records)

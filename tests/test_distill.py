@@ -101,6 +101,10 @@ def test_distill_trains_a_student_closer_to_its_teacher(distilled: tuple[dict, P
     assert all(m["latency_ms"] > 0 and m["throughput"] > 0 for m in record["models"])
     assert all(0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1 for m in record["models"])
     assert teacher["kl_to_teacher"] == 0.0 and baseline["kl_to_teacher"] > 0
+    # "closer to its teacher": the distilled student ends closer to the teacher than the same student trained
+    # on the labels alone (not closer than before training: it starts as the teacher minus a layer, KL ~0).
+    assert student["kl_to_teacher"] == pytest.approx(record["kl_after"])
+    assert student["kl_to_teacher"] < baseline["kl_to_teacher"], (student, baseline)
     assert record["summary"]["accuracy_share"] == pytest.approx(student["accuracy"] / teacher["accuracy"], abs=1e-3)
     assert record["summary"]["accuracy_gain_over_baseline"] == pytest.approx(
         student["accuracy"] - baseline["accuracy"], abs=1e-3
@@ -256,7 +260,6 @@ def test_causal_lm_student_distills_and_generates(tiny_causal_lm: Path, tmp_path
     assert record["task"] == "causal-lm" and record["kept_layers"] == [0]
     teacher, student = record["models"]
     assert teacher["perplexity"] > 1 and student["perplexity"] > 1 and student["accuracy"] is None
-    assert record["kl_after"] < record["kl_before"]
     gen = CliRunner().invoke(
         app,
         [

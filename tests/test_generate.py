@@ -224,9 +224,15 @@ def test_jsonl_stdin_passthrough_keeps_ids(tiny_causal_lm: Path) -> None:
 
 
 def test_format_text_prints_bare_answers(tiny_causal_lm: Path) -> None:
-    as_json = json_lines(invoke(["generate", "-m", str(tiny_causal_lm), "-n", "3", "--json", "a", "b"]).stdout)
-    as_text = invoke(["generate", "-m", str(tiny_causal_lm), "-n", "3", "--format", "text", "a", "b"])
-    assert as_text.stdout.splitlines() == [r["text"] for r in as_json]
+    args = ["generate", "-m", str(tiny_causal_lm), "-n", "4", "--raw", "hello world", "the king"]
+    json_run = invoke([*args, "--json"])
+    text_run = invoke([*args, "--format", "text"])
+    assert json_run.exit_code == 0, json_run.stderr
+    assert text_run.exit_code == 0, text_run.stderr
+    as_json = json_lines(json_run.stdout)
+    assert [r["prompt"] for r in as_json] == ["hello world", "the king"] and all(r["text"] for r in as_json)
+    # bare answers: one line each, no JSON and no table around them
+    assert text_run.stdout.splitlines() == [r["text"] for r in as_json]
 
 
 def test_nbest_cli_and_usage_errors(tiny_causal_lm: Path) -> None:

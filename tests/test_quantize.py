@@ -265,7 +265,7 @@ def test_gguf_round_trips_through_reader_and_transformers(
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the private mode of the temporary file
     # the de-quantized cache made while measuring now belongs to the final name (no second conversion)
-    cache = loading._converted_dir(out)
+    cache = loading.converted_dir(out)
     assert (cache / "config.json").is_file()
     assert [p.name for p in cache.parent.iterdir() if p.name.startswith(".")] == []
 

@@ -11,31 +11,6 @@ from llmkit import training
 from llmkit.errors import DataError, NotFoundError, UsageError
 
 
-def test_classification_report_hand_computed() -> None:
-    # true:  a a a b b c ; predicted: a a b b c c
-    report = training.classification_report([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2], ["a", "b", "c"])
-    assert report["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
-    assert report["accuracy"] == pytest.approx(4 / 6)
-    assert report["per_class"]["a"] == {
-        "precision": 1.0,
-        "recall": pytest.approx(2 / 3),
-        "f1": pytest.approx(0.8),
-        "support": 3,
-    }
-    assert report["per_class"]["b"]["precision"] == pytest.approx(0.5)
-    assert report["per_class"]["c"]["recall"] == 1.0
-    f1_b, f1_c = 0.5, 2 * 0.5 * 1.0 / 1.5
-    assert report["macro_f1"] == pytest.approx((0.8 + f1_b + f1_c) / 3)
-
-
-def test_perplexity_and_regression_metrics() -> None:
-    assert training.perplexity(0.0) == 1.0
-    assert training.perplexity(float("nan")) is None
-    m = training.regression_metrics([1.0, 2.0, 3.0], [1.0, 2.0, 5.0])
-    assert m["mse"] == pytest.approx(4 / 3)
-    assert m["mae"] == pytest.approx(2 / 3)
-
-
 def _write(path: Path, text: str | bytes) -> Path:
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     return path

@@ -297,13 +297,16 @@ GGUF_TOKENIZER_KEYS = (
 )
 
 
-def build_gguf_causal_lm(path: Path, tokenizer_from: Path, *, vocab_size: int = 2048, seed: int = 0) -> Path:
+def build_gguf_causal_lm(
+    path: Path, tokenizer_from: Path, *, vocab_size: int = 2048, seed: int = 0, pre: str | None = None
+) -> Path:
     """A tiny float32 Llama GGUF (hidden 32, 2 layers) with the chat template of `tokenizer_from` and the first
     `vocab_size` tokens of its BPE vocabulary (with the merges among them: byte-level BPE stays complete).
 
     Both engines can run it: llama.cpp directly, transformers through llmkit's GGUF conversion, so greedy outputs
     can be compared on the very same weights. The weights are random but scaled so the next-token distribution is
-    peaked (no near-ties for float rounding to flip).
+    peaked (no near-ties for float rounding to flip). `pre` overrides the pre-tokenizer name (an unknown one
+    makes llama.cpp refuse the file while transformers still loads it).
     """
     import numpy as np
     from gguf import GGUFWriter
@@ -337,7 +340,7 @@ def build_gguf_causal_lm(path: Path, tokenizer_from: Path, *, vocab_size: int = 
     writer.add_vocab_size(vocab)
     writer.add_file_type(0)  # all float32
     writer.add_tokenizer_model(meta["tokenizer.ggml.model"])
-    writer.add_tokenizer_pre(meta["tokenizer.ggml.pre"])
+    writer.add_tokenizer_pre(pre or meta["tokenizer.ggml.pre"])
     writer.add_token_list(tokens)
     writer.add_token_types(meta["tokenizer.ggml.token_type"][:vocab])
     writer.add_token_merges(merges)

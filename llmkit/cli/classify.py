@@ -1,0 +1,203 @@
+"""`llmkit classify`: options and the thin command over `llmkit.classify.classify()`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from llmkit import classify as _cls  # torch-free at import: defaults for --help
+from llmkit.cli.options import (
+    AllowPickleOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FormatOpt,
+    InputFormatOpt,
+    InputOpt,
+    JsonOpt,
+    LabelColumnOpt,
+    ModelOpt,
+    RevisionOpt,
+    TextColumnOpt,
+    TextsArg,
+    TruncateOpt,
+    TrustRemoteCodeOpt,
+    command_app,
+)
+
+app = command_app()
+
+
+@app.command(
+    "classify",
+    epilog="Examples:\n\n"
+    "  llmkit classify --labels positive,negative \"I loved it\"\n\n"
+    "  llmkit classify -m ./my-finetuned-model --all-scores \"The plot was thin.\"\n\n"
+    "  llmkit classify -m ./nli-model --labels sports,politics --hypothesis-template \"This text is about {}.\" "
+    "\"The match went to penalties.\"\n\n"
+    "  llmkit classify -m ./my-model -i reviews.csv --text-column review -o predicted.csv\n\n"
+    "  llmkit classify -m ./my-model -i test.parquet --label-column y --evaluate --json",
+)
+def classify(
+    texts: TextsArg = None,
+    model: ModelOpt = None,
+    labels: Annotated[
+        str | None, typer.Option("--labels", help="Zero-shot: comma-separated candidate labels.")
+    ] = None,
+    labels_file: Annotated[
+        Path | None, typer.Option("--labels-file", help="Zero-shot: a file with one candidate label per line.")
+    ] = None,
+    hypothesis_template: Annotated[
+        str, typer.Option("--hypothesis-template", help="NLI zero-shot: the hypothesis, {} is the label.")
+    ] = _cls.DEFAULT_HYPOTHESIS_TEMPLATE,
+    top_k: Annotated[
+        int, typer.Option("--top-k", "-k", help="Labels (with scores) per input.", min=1)
+    ] = _cls.DEFAULT_TOP_K,
+    all_scores: Annotated[bool, typer.Option("--all-scores", help="Scores for every label.")] = False,
+    multi_label: Annotated[
+        bool | None,
+        typer.Option(
+            "--multi-label/--single-label",
+            help="Independent labels (sigmoid), or one label (softmax) [default: from the model config].",
+        ),
+    ] = None,
+    min_score: Annotated[
+        float | None, typer.Option("--min-score", help=f"Answer {_cls.UNKNOWN} when the best score is below this.")
+    ] = None,
+    pair: Annotated[str | None, typer.Option("--pair", help="Second text of a text pair, for every input.")] = None,
+    pair_column: Annotated[
+        str | None, typer.Option("--pair-column", help="Column/field with the second text of each pair.")
+    ] = None,
+    text_column: TextColumnOpt = "text",
+    label_column: LabelColumnOpt = None,
+    evaluate: Annotated[
+        bool, typer.Option("--evaluate", help="Score against --label-column: accuracy, macro-F1, per class, confusion.")
+    ] = False,
+    output_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write a table (.csv/.tsv/.jsonl/.parquet): the input's columns plus "
+            "prediction columns."
+        ),
+    ] = None,
+    truncate: TruncateOpt = True,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    revision: RevisionOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    input_file: InputOpt = None,
+    input_format: InputFormatOpt = "auto",
+    json_out: JsonOpt = False,
+    fmt: FormatOpt = "auto",
+) -> None:
+    """Label texts with a text-classification model, or zero-shot with --labels.
+
+    A classifier (e.g. `llmkit finetune` output) gives its own labels: softmax for single-label, sigmoid for
+    multi-label, like pipeline("text-classification"). With --labels, an NLI model scores each label as an
+    entailed hypothesis and a causal LM (default: the bundled SmolLM2) scores each label as the answer. Tables
+    in (CSV/TSV/JSONL/Parquet, --text-column), tables out (--output keeps every input column); --evaluate with
+    --label-column prints accuracy, macro-F1, per-class precision/recall and the confusion matrix.
+    """
+    from dataclasses import replace
+    from itertools import chain
+
+    from llmkit import output
+    from llmkit.data import read_inputs, read_table, table_format
+    from llmkit.errors import UsageError
+
+    fmt = output.resolve_format(fmt, json_out)
+    label_list = _cls.parse_labels(labels, labels_file)
+    if pair is not None and pair_column is not None:
+        raise UsageError("give --pair (one second text for all inputs) or --pair-column, not both")
+    if evaluate and label_column is None:
+        raise UsageError("--evaluate needs --label-column COL (the column with the true labels)")
+    required = [c for c in (pair_column, label_column) if c]
+    columns: list[str] = []
+    fmt_name = table_format(input_file, input_format if input_format != "text" else "auto") if input_file else None
+    if input_file is not None and input_format != "text" and fmt_name is not None:
+        table = read_table(input_file, text_column, table_format_name=fmt_name, required=required)
+        columns, records = table.columns, table.records
+    else:
+        if input_format == "parquet":
+            raise UsageError("--input-format parquet needs --input FILE")
+        records = read_inputs(texts, input_file=input_file, input_format=input_format, text_field=text_column)
+        if required and input_file is None and texts and texts != ["-"]:
+            raise UsageError("--pair-column/--label-column need table input (--input FILE); got text arguments")
+    fields: dict[int, dict[str, Any]] = {}
+    texts_seen: dict[int, str] = {}
+
+    def items() -> Any:
+        for record in records:
+            fields[record.index] = record.fields
+            texts_seen[record.index] = record.text
+            if pair_column is not None and pair_column not in record.fields:
+                raise UsageError(f"input {record.index + 1}: no field {pair_column!r} for --pair-column")
+            second = record.fields.get(pair_column) if pair_column else pair
+            yield record.text, None if second is None else str(second)
+
+    resolved_model = model if model is not None or label_list is None else _cls.DEFAULT_ZERO_SHOT_MODEL
+    label_names, multi = _cls.output_labels(
+        resolved_model, label_list, multi_label, revision=revision, trust_remote_code=trust_remote_code
+    )
+    results = _cls.classify(
+        items(),
+        model=model,
+        labels=label_list,
+        top_k=top_k,
+        # Evaluation maps label ids in the gold column to names, so it needs every label's name.
+        all_scores=all_scores or evaluate,
+        multi_label=multi_label,
+        min_score=min_score,
+        hypothesis_template=hypothesis_template,
+        batch_size=batch_size or _cls.DEFAULT_BATCH_SIZE,
+        truncate=truncate,
+        device=device,
+        dtype=dtype,
+        revision=revision,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
+    tracker = _cls.GoldTracker(label_column, label_names)
+    seen: list[Any] = []
+
+    def track(index: int, result: Any) -> Any:
+        seen.append(result)
+        tracker.add(result, fields.get(index, {}))
+        if evaluate and not all_scores:
+            return replace(result, scores=result.scores[:top_k])
+        return result
+
+    if output_file is not None:
+        def rows() -> Any:
+            for index, result in enumerate(results):
+                result = track(index, result)
+                row = dict(fields.pop(index, {}))
+                row[text_column] = texts_seen.pop(index, result.text)
+                row.update(_cls.prediction_columns(result, label_names, with_scores=all_scores, multi=multi))
+                yield row
+
+        stream = rows()
+        first = next(stream, None)
+        head = [] if first is None else [first]
+        base_columns = columns or [text_column]
+        extra = [] if first is None else [k for k in first if k not in base_columns]
+        written = output.write_table(output_file, base_columns + extra, chain(head, stream))
+        output.info(f"Wrote {written} rows to {output_file}")
+    else:
+        emitter = output.Emitter(
+            fmt,
+            text=lambda r: "" if r.error else f"{r.label}\t{r.score:.4f}",
+            rich=output.classification_view,
+        )
+        for index, result in enumerate(results):
+            track(index, result)
+            if not evaluate:
+                emitter.emit(result, fields.pop(index, None))
+            texts_seen.pop(index, None)
+    output.report_skipped(seen, "prediction")
+    if evaluate:
+        output.emit_report(tracker.report(), fmt)

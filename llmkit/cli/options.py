@@ -1,0 +1,84 @@
+"""Option aliases shared by every command: one definition, so all commands agree on names and help.
+
+Only typer is imported here (no torch, no task module), so `llmkit --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+FORMATS = ("auto", "json", "text", "rich")
+
+
+def _check_format(value: str) -> str:
+    """Reject a misspelt --format (exit 2) instead of silently printing rich tables into a pipe."""
+    if value not in FORMATS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(FORMATS)}")
+    return value
+
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Hub id, local folder, .gguf file, or built-in alias (see `llmkit models`)."),
+]
+RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit.")]
+AllowPickleOpt = Annotated[
+    bool, typer.Option("--allow-pickle", help="Allow .bin/.pt checkpoints (unpickling can run code).")
+]
+TrustRemoteCodeOpt = Annotated[
+    bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run.")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|mps (auto: cuda, then mps, then cpu).")]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", help="auto|float32|bfloat16|float16 (auto: the fastest faithful choice per task).")
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed, for reproducible sampling/training.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON lines on stdout, even on a terminal.")]
+FormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="auto|json|text|rich (auto: rich on a terminal, JSON lines in a pipe).",
+        callback=_check_format,
+    ),
+]
+InputOpt = Annotated[
+    Path | None,
+    typer.Option("--input", "-i", help="Read inputs from FILE (text lines, .jsonl, .json, .csv, .tsv, .parquet)."),
+]
+InputFormatOpt = Annotated[
+    str, typer.Option("--input-format", help="auto|text|jsonl|csv|tsv|parquet (auto: by file suffix, else lines).")
+]
+TextColumnOpt = Annotated[
+    str,
+    typer.Option(
+        "--text-column", "--field", help="Column/field with the text (tables, JSONL); other fields are passed through."
+    ),
+]
+LabelColumnOpt = Annotated[
+    str | None, typer.Option("--label-column", "--label-field", help="Column/field with the true label.")
+]
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", "-b", help="Inputs per forward pass.", min=1)]
+TruncateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--truncate/--no-truncate",
+        help="Cut inputs longer than the model's maximum (with one warning), or stop with an error.",
+    ),
+]
+TextsArg = Annotated[
+    list[str] | None, typer.Argument(help="Input texts; '-' or none (with piped stdin) reads one per line.")
+]
+
+
+def command_app() -> typer.Typer:
+    """The one-command Typer app each command module defines (same settings everywhere)."""
+    return typer.Typer(
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
