@@ -211,6 +211,9 @@ def classify(
                 picker = zs.ExamplePicker(examples, list(labels), zs.DEFAULT_SHOTS if shots is None else shots,
                                           selection=example_selection, seed=seed)
             runner = _QuestionRunner(loaded, list(labels), truncate, prompt, calibrate, picker)
+    elif examples is not None or zero_shot_prompt is not None:
+        raise UsageError(f"--examples and --zero-shot-prompt need a causal LM; {model} is a classifier (for NLI "
+                         "use --hypothesis-template)")
     elif labels is not None:
         runner = _NliRunner(loaded, list(labels), truncate, hypothesis_template, bool(multi_label))
     else:

@@ -133,14 +133,10 @@ def test_causal_lm_channel_method_scores_the_text_under_each_label(tiny_causal_l
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmkit import output
-
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("positive\nnegative\n\nneutral\n")
-    (record,) = (r for r in cl.classify([TEXTS[0]], model=str(tiny_causal_lm),
-                                        labels=cl.parse_labels(None, labels_file), all_scores=True,
-                                        zero_shot_method="channel"))
-    record = output.to_record(record)
+    (record,) = _run(["-m", str(tiny_causal_lm), "--labels-file", str(labels_file), "--all-scores",
+                      "--zero-shot-method", "channel", TEXTS[0]])
     assert record["method"] == "causal-lm-channel"
     assert sorted(s["label"] for s in record["scores"]) == ["negative", "neutral", "positive"]
 

@@ -173,3 +173,69 @@ def test_windows_know_whether_they_hold_every_input() -> None:
     assert [(len(w), last) for w, last in cl._windows(["a"] * 5, 2)] == [(2, False), (2, False), (1, True)]
     assert [(len(w), last) for w, last in cl._windows(["a"] * 4, 2)] == [(2, False), (2, True)]
     assert list(cl._windows([], 2)) == []
+
+
+# --- the command line -------------------------------------------------------------------------------------------
+
+
+def _cli(args: list[str]) -> tuple[int, list[dict], str]:
+    from helpers import invoke, json_lines
+
+    result = invoke(["classify", "--json", *args])
+    return result.exit_code, json_lines(result.stdout) if result.exit_code == 0 else [], result.stderr
+
+
+def test_cli_calibration_prompt_and_method_options(tiny_causal_lm: Path, tmp_path: Path) -> None:
+    m = ["-m", str(tiny_causal_lm), "--labels", "good,bad", "--all-scores"]
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("\n".join(TEXTS) + "\n")
+    code, records, err = _cli([*m, "-i", str(inputs)])
+    assert code == 0, err
+    assert {r["calibration"] for r in records} == {"inputs"} and len(records) == 20
+    code, few, _ = _cli([*m, *TEXTS[:2]])
+    assert {r["calibration"] for r in few} == {"content-free"}
+    code, none, _ = _cli([*m, "--calibrate", "none", *TEXTS[:2]])
+    assert {r["calibration"] for r in none} == {"none"} and none[0]["scores"] != few[0]["scores"]
+    code, custom, _ = _cli([*m, "--calibrate", "none", "--zero-shot-prompt", "Say {labels}: {text}", *TEXTS[:2]])
+    assert code == 0 and custom[0]["scores"] != none[0]["scores"]
+    code, channel, _ = _cli([*m, "--zero-shot-method", "channel", TEXTS[0]])
+    assert code == 0 and channel[0]["method"] == "causal-lm-channel"
+
+
+def test_cli_examples_and_shots(tiny_causal_lm: Path, tmp_path: Path) -> None:
+    m = ["-m", str(tiny_causal_lm), "--labels", "good,bad", "--all-scores", "--calibrate", "none"]
+    table = tmp_path / "ex.jsonl"
+    table.write_text("".join(f'{{"text": "example {i}", "label": "{"good" if i % 2 else "bad"}"}}\n' for i in range(8)))
+    code, zero, _ = _cli([*m, TEXTS[0]])
+    code, two, err = _cli([*m, "--examples", str(table), "--shots", "2", "--seed", "3", TEXTS[0]])
+    assert code == 0, err
+    assert two[0]["shots"] == 2 and zero[0]["shots"] == 0 and two[0]["scores"] != zero[0]["scores"]
+    code, other_seed, _ = _cli([*m, "--examples", str(table), "--shots", "2", "--seed", "4", TEXTS[0]])
+    assert other_seed[0]["scores"] != two[0]["scores"]  # another seed, other examples
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--zero-shot-prompt", "Which: {labels}?"], "--zero-shot-prompt has no {text}"),
+        (["--zero-shot-prompt", "{text} {lable}"], "--zero-shot-prompt has unknown field(s) {lable}"),
+        (["--calibrate", "sometimes"], "unknown --calibrate 'sometimes'"),
+        (["--zero-shot-method", "guess"], "unknown --zero-shot-method 'guess'"),
+        (["--shots", "2"], "--shots needs --examples FILE"),
+        (["--examples", "BAD"], "example label 'awful' is not one of --labels"),
+        (["--examples", "MISSING"], "no example for label(s) bad"),
+        (["--examples", "NOFILE"], "not found"),
+    ],
+)
+def test_cli_bad_zero_shot_settings_exit_2_with_one_line(tiny_causal_lm: Path, tmp_path: Path, extra: list[str],
+                                                          message: str) -> None:
+    from helpers import invoke
+
+    (tmp_path / "bad.csv").write_text("text,label\nnice,good\nmeh,awful\n")
+    (tmp_path / "missing.csv").write_text("text,label\nnice,good\n")
+    paths = {"BAD": tmp_path / "bad.csv", "MISSING": tmp_path / "missing.csv", "NOFILE": tmp_path / "none.csv"}
+    extra = [str(paths.get(x, x)) for x in extra]
+    result = invoke(["classify", "-m", str(tiny_causal_lm), "--labels", "good,bad", *extra, "x"])
+    assert result.exit_code == (3 if message == "not found" else 2), result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0]
