@@ -130,7 +130,7 @@ def test_examples_put_k_per_label_into_the_prompt(tiny_causal_lm: Path, tmp_path
     from transformers import AutoTokenizer
 
     rows = [(f"good example {i}", "good") for i in range(6)] + [(f"bad example {i}", "bad") for i in range(6)]
-    picker = zs.ExamplePicker(rows, ["good", "bad"], 2, seed=1)
+    picker = zs.ExamplePicker(rows, ["good", "bad"], 2, selection="random", seed=1)
     chosen = picker.pick("x", 0)
     assert sorted(lbl for _, lbl in chosen) == ["bad", "bad", "good", "good"]
     assert picker.pick("x", 0) == chosen and picker.pick("x", 1) != chosen  # seeded, per input
