@@ -119,7 +119,7 @@ def classify(
     calibrate: str = "auto",
     examples: Sequence[tuple[str, str]] | None = None,
     shots: int | None = None,
-    example_selection: str = "random",
+    example_selection: str = "fixed",
     seed: int | None = None,
 ) -> Iterator[Classification]:
     """Classify each input, yielding one `Classification` per input in input order.
@@ -142,7 +142,7 @@ def classify(
             more), "content-free" or "none".
         examples: causal LM few-shot: (text, label) rows; `shots` of each label go into each input's prompt.
         shots: examples per label (default DEFAULT_SHOTS when `examples` are given).
-        example_selection: "random" (seeded per input) or "similar" (most similar by TF-IDF cosine).
+        example_selection: "fixed" (one seeded draw for all inputs), "random" (seeded per input) or "similar".
         seed: seed for the random example choice (None: 0).
 
     Returns:
