@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from llmkit import classify as _cls  # torch-free at import: defaults for --help
+from llmkit import zeroshot as _zs
 from llmkit.cli.options import (
     AdapterOpt,
     AllowPickleOpt,
@@ -21,6 +22,7 @@ from llmkit.cli.options import (
     LabelColumnOpt,
     ModelOpt,
     RevisionOpt,
+    SeedOpt,
     TextColumnOpt,
     TextsArg,
     TruncateOpt,
@@ -36,6 +38,10 @@ app = command_app()
     epilog="Examples:\n\n"
     "  llmkit classify --labels positive,negative \"I loved it\"\n\n"
     "  llmkit classify -m ./my-finetuned-model --all-scores \"The plot was thin.\"\n\n"
+    "  llmkit classify --labels positive,negative -i tweets.txt  (calibrated over the inputs)\n\n"
+    "  llmkit classify --labels spam,ham --examples labelled.csv --shots 4 \"WIN a free phone now\"\n\n"
+    "  llmkit classify --labels person,location,number --zero-shot-prompt \"Is this question about a {labels}?\\n\\n{text}\" "
+    "\"Where is Rome?\"\n\n"
     "  llmkit classify -m ./nli-model --labels sports,politics --hypothesis-template \"This text is about {}.\" "
     "\"The match went to penalties.\"\n\n"
     "  llmkit classify -m ./my-model -i reviews.csv --text-column review -o predicted.csv\n\n"
@@ -54,6 +60,37 @@ def classify(
     hypothesis_template: Annotated[
         str, typer.Option("--hypothesis-template", help="NLI zero-shot: the hypothesis, {} is the label.")
     ] = _cls.DEFAULT_HYPOTHESIS_TEMPLATE,
+    zero_shot_prompt: Annotated[
+        str | None,
+        typer.Option("--zero-shot-prompt", help="Causal-LM zero-shot: the question, with {text} and {labels} "
+                     f"(default: {_zs.DEFAULT_ZERO_SHOT_PROMPT!r})."),
+    ] = None,
+    calibrate: Annotated[
+        str,
+        typer.Option("--calibrate", help="Causal LM: remove each label's prior: auto (over the inputs when there are "
+                     f"{_zs.MIN_CALIBRATION_INPUTS} to {_cls.DEFAULT_BATCH_SIZE * _cls.LENGTH_GROUP_WINDOW} of them at "
+                     "the default batch size, else content-free), inputs, content-free (\"N/A\" etc.), none."),
+    ] = _zs.DEFAULT_CALIBRATION,
+    zero_shot_method: Annotated[
+        str,
+        typer.Option("--zero-shot-method", help="Causal LM: question (the label as the answer) or channel "
+                     "(log P(text | label), the old default)."),
+    ] = _zs.DEFAULT_ZERO_SHOT_METHOD,
+    examples: Annotated[
+        Path | None,
+        typer.Option("--examples", help="Causal-LM few-shot: a table (.csv/.tsv/.jsonl/.parquet) with text and "
+                     "label columns; --shots of each label go into each prompt."),
+    ] = None,
+    shots: Annotated[
+        int | None, typer.Option("--shots", help=f"Examples per label with --examples [default: {_zs.DEFAULT_SHOTS}].",
+                                 min=0)
+    ] = None,
+    example_selection: Annotated[
+        str,
+        typer.Option("--example-selection", help="random (per input, seeded), fixed (one draw for all inputs, "
+                     "much faster) or similar (most similar by TF-IDF)."),
+    ] = _zs.DEFAULT_EXAMPLE_SELECTION,
+    seed: SeedOpt = None,
     top_k: Annotated[
         int, typer.Option("--top-k", "-k", help="Labels (with scores) per input.", min=1)
     ] = _cls.DEFAULT_TOP_K,
@@ -100,7 +137,9 @@ def classify(
 
     A classifier (e.g. `llmkit finetune` output) gives its own labels: softmax for single-label, sigmoid for
     multi-label, like pipeline("text-classification"). With --labels, an NLI model scores each label as an
-    entailed hypothesis and a causal LM (default: the bundled SmolLM2) scores each label as the answer. Tables
+    entailed hypothesis and a causal LM (default: the bundled SmolLM2) scores each label as the answer to a
+    question in its chat template, calibrated against the label's prior (--calibrate), optionally with labelled
+    examples in the prompt (--examples, --shots). Tables
     in (CSV/TSV/JSONL/Parquet, --text-column), tables out (--output keeps every input column); --evaluate with
     --label-column prints accuracy, macro-F1, per-class precision/recall and the confusion matrix.
     """
@@ -113,6 +152,13 @@ def classify(
 
     fmt = output.resolve_format(fmt, json_out)
     label_list = _cls.parse_labels(labels, labels_file)
+    example_rows = None
+    if examples is not None:
+        if label_list is None:
+            raise UsageError("--examples needs --labels (the examples' labels must be among them)")
+        example_rows = _zs.read_examples(examples, label_list)
+    elif shots is not None:
+        raise UsageError("--shots needs --examples FILE (a table with text and label columns)")
     if pair is not None and pair_column is not None:
         raise UsageError("give --pair (one second text for all inputs) or --pair-column, not both")
     if evaluate and label_column is None:
@@ -162,6 +208,13 @@ def classify(
             revision=revision,
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
+            zero_shot_method=zero_shot_method,
+            zero_shot_prompt=zero_shot_prompt,
+            calibrate=calibrate,
+            examples=example_rows,
+            shots=shots,
+            example_selection=example_selection,
+            seed=seed,
         )
 
     # With several processes (accelerate launch, torchrun) each runs its share; the main one gets all, in order.
