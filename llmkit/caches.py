@@ -68,9 +68,9 @@ def remove(name: str) -> list[Freed]:
         size = _tree_size(path)
         shutil.rmtree(path)
         return [Freed(name, "converted", str(path), size)]
-    from huggingface_hub import scan_cache_dir
+    from huggingface_hub import constants, scan_cache_dir
 
-    cache = scan_cache_dir()
+    cache = scan_cache_dir(constants.HF_HUB_CACHE)  # read now: the function's own default is frozen at import
     repos = [r for r in cache.repos if r.repo_id == name and r.repo_type == "model"]
     if not repos:
         raise NotFoundError(f"{name} is no longer in the Hugging Face cache")

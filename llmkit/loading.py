@@ -596,10 +596,14 @@ def set_seed(seed: int | None) -> None:
 def cached_hub_models() -> list[dict[str, Any]]:
     """Models in the standard Hugging Face cache (no network)."""
     try:
-        from huggingface_hub import scan_cache_dir
+        from huggingface_hub import constants, scan_cache_dir
 
-        info = scan_cache_dir()
-    except Exception:  # no cache yet, or unreadable: nothing to list
+        info = scan_cache_dir(constants.HF_HUB_CACHE)  # read now: the function's default is frozen at import
+    except Exception as exc:  # no cache yet, or unreadable: nothing to list, but say why unless simply absent
+        if type(exc).__name__ != "CacheNotFound":
+            from llmkit.console import warn
+
+            warn(f"the Hugging Face cache could not be read ({type(exc).__name__}: {exc}); not listing it")
         return []
     return [
         {"name": repo.repo_id, "kind": "hub-cache", "size_bytes": repo.size_on_disk, "path": str(repo.repo_path)}

@@ -295,8 +295,15 @@ def test_racing_gguf_cache_writers_end_with_one_valid_cache(tiny_gguf: Path, tmp
 
 
 def test_models_lists_converted_and_hub_cached_models(
-    tiny_gguf: Path, cached_hub_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_gguf: Path, tiny_causal_lm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from huggingface_hub import constants as hub_constants
+
+    # A cache of its own: what other tests leave in the shared test cache must not decide this one.
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    cached_hub_model = "llmkit-tests/tiny-lm"
+    _hub_cache_repo(cached_hub_model, tiny_causal_lm, "v2")
     monkeypatch.setenv("LLMKIT_HOME", str(tmp_path / "home"))
     converted = loading.convert_gguf(tiny_gguf, progress=False)
     result = invoke(["models", "--json"])
