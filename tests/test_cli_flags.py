@@ -175,6 +175,19 @@ def test_multi_label_active_column_survives_an_empty_first_row(tiny_multilabel: 
     assert all(r["prediction"] in ("sports", "politics", "music") for r in written[1:])
 
 
+def test_single_label_nli_keeps_its_active_column(tiny_nli: Path, tmp_path: Path) -> None:
+    # One label on an NLI model is scored on its own (entailment vs contradiction), so each row says whether it
+    # is active; the table must keep that column although --multi-label was not given.
+    source = _table(tmp_path / "in.csv", [{"text": ""}, {"text": "the match went to penalties"}])
+    out = tmp_path / "out.csv"
+    result = invoke(["classify", "-m", str(tiny_nli), "--labels", "sports", "-i", str(source), "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    written = _read(out)
+    assert list(written[0]) == ["text", "prediction", "prediction_score", "active_labels", "error"]
+    score = float(written[1]["prediction_score"])
+    assert written[1]["active_labels"] == ("sports" if score >= 0.5 else "")
+
+
 def test_evaluate_maps_gold_label_ids_in_the_model_order(tiny_classifier: Path, tmp_path: Path) -> None:
     import torch
 
