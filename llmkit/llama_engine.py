@@ -28,17 +28,19 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import LlmkitError, MissingDependencyError, UsageError
-from llmkit.sampling import Generation, GenerationSettings, StopStream
+from llmkit.sampling import Generation, GenerationSettings, StopStream, stream_seed
 from llmkit.sampling import settings_record as settings_record  # the one record both engines write
 
 ENGINES = ("auto", "transformers", "llama-cpp")
 BINDINGS_MODULE = "xllamacpp"
 INSTALL_HINT = 'pip install "llmkit[llama]" (or: make install-llama)'
-DEFAULT_CONTEXT = 4096  # tokens of KV cache shared by all parallel sequences (prompt + answer); capped by the model
+DEFAULT_CONTEXT = 4096  # least tokens of KV cache shared by all parallel sequences (prompt + answer); capped by the model
+PROMPT_ALLOWANCE = 512  # prompt tokens each parallel sequence is given room for, on top of --max-new-tokens
 # transformers' order: repetition penalty, then temperature, top-k, top-p, min-p, typical-p. llama.cpp's default
 # applies temperature last, which changes what top-p/min-p keep; this order makes the knobs mean the same thing.
 GGUF_INFO_CACHE_VERSION = "1"  # bump when GGUFInfo's fields change
-THREADS_ENV = "LLMKIT_THREADS"  # override the number of CPU threads llama.cpp decodes with
+from llmkit.threads import THREADS_ENV, pick_threads  # noqa: E402,F401  (one thread rule for torch and llama.cpp)
+
 SAMPLER_ORDER = ("penalties", "temperature", "top_k", "top_p", "min_p", "typ_p")
 # Settings that only the transformers engine has (beam search and n-best lists, n-gram blocking).
 UNSUPPORTED = {
@@ -324,10 +326,17 @@ def _read_gguf_info(path: Path) -> GGUFInfo:
     )
 
 
-def render_chat(info: GGUFInfo, prompt: str, *, system: str | None, raw: bool) -> str:
-    """The prompt text, through the model's chat template unless `raw` (as transformers' apply_chat_template)."""
-    if raw or not info.chat_template:
+def render_chat(info: GGUFInfo, prompt: Any, *, system: str | None, raw: bool) -> str:
+    """The prompt text, through the model's chat template unless `raw` (as transformers' apply_chat_template).
+
+    `prompt` is a string or a conversation (see `sampling.chat_messages`).
+    """
+    from llmkit.sampling import chat_messages
+
+    messages = chat_messages(prompt, system=system, raw=raw, has_template=bool(info.chat_template))
+    if messages is None:
         return prompt
+    assert info.chat_template is not None
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -338,7 +347,6 @@ def render_chat(info: GGUFInfo, prompt: str, *, system: str | None, raw: bool) -
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     text = env.from_string(info.chat_template).render(
         messages=messages, add_generation_prompt=True, bos_token=info.bos_token or "", eos_token=info.eos_token or ""
     )
@@ -349,26 +357,6 @@ def render_chat(info: GGUFInfo, prompt: str, *, system: str | None, raw: bool) -
 
 
 # --- the llama.cpp runtime ---------------------------------------------------------------------------------------
-
-def pick_threads() -> int:
-    """CPU threads for llama.cpp: $LLMKIT_THREADS, else the cores this process may use minus the ones busy now.
-
-    llama.cpp's threads spin while they wait for each other, so one that shares its core with another busy
-    process stalls every token: on 2 cores with other work running, 1 thread measured 24.7 tokens/s against
-    4.4 for 2 threads. /proc/loadavg's "running" field is the number of runnable tasks at this instant.
-    """
-    value = os.environ.get(THREADS_ENV, "").strip()
-    if value:
-        if not value.isdigit() or int(value) < 1:
-            raise UsageError(f"{THREADS_ENV}={value!r}: give a whole number of threads, at least 1")
-        return int(value)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-    except (OSError, IndexError, ValueError):
-        return cores
-    return max(1, min(cores, cores - (running - 1)))  # `running` counts this process too
-
 
 _SERVERS: dict[tuple[str, int, int], Any] = {}
 _SERVERS_LOCK = threading.Lock()
@@ -389,6 +377,10 @@ def _server(gguf: Path, *, parallel: int, context: int) -> Any:
         params.cpuparams.n_threads = params.cpuparams_batch.n_threads = pick_threads()
         params.kv_unified = True  # one KV pool for all sequences: a long prompt is not capped at n_ctx / parallel
         params.warmup = False  # the warm-up decode costs more than it saves for one command's run
+        # llama.cpp's default "fit" pass loads the model a first time to size the context to device memory; the
+        # context is set above, so that pass only costs start-up (Server() took half the time without it, 3 runs
+        # alternating, benchmarks/startup_generate.py, 2026-11-28, load average 16).
+        params.fit_params = False
         # The bindings run llama.cpp's server loop, which also answers on a random port of 127.0.0.1: a random
         # API key keeps other local users out of it. Its logs stay off stderr unless debugging.
         params.api_keys = [secrets.token_hex(16)]
@@ -400,6 +392,20 @@ def _server(gguf: Path, *, parallel: int, context: int) -> Any:
         _SERVERS.clear()  # one model at a time: a new configuration releases the old one
         _SERVERS[key] = server
         return server
+
+
+def load_fresh(gguf: Path, *, context: int, parallel: int = 1) -> tuple[Any, float]:
+    """Load `gguf` anew (any kept model released first) and time it: for measuring, where a kept model would
+    make the load look free.
+
+    Returns:
+        (the loaded server, which later `generate()` calls with the same settings reuse; seconds the load took).
+    """
+    with _SERVERS_LOCK:
+        _SERVERS.clear()
+    started = time.perf_counter()
+    server = _server(gguf, parallel=parallel, context=context)
+    return server, time.perf_counter() - started
 
 
 def request_params(settings: GenerationSettings, *, context: int) -> dict[str, Any]:
@@ -436,6 +442,36 @@ def request_params(settings: GenerationSettings, *, context: int) -> dict[str, A
     return req
 
 
+def context_size(parallel: int, max_new_tokens: int, model_context: int | None) -> int:
+    """Tokens of KV cache for `parallel` sequences that each may write `max_new_tokens` after their prompt.
+
+    The pool is shared (kv_unified), so one long prompt can borrow room the others do not use; it is sized so
+    that every sequence can write its whole answer after a prompt of up to PROMPT_ALLOWANCE tokens.
+
+    Args:
+        parallel: sequences decoded together (--batch-size).
+        max_new_tokens: the longest answer asked for.
+        model_context: the model's trained context (`<arch>.context_length`), or None if the file has none.
+
+    Returns:
+        At least DEFAULT_CONTEXT (capped by the model's context), and parallel x (answer + prompt allowance).
+    """
+    floor = min(DEFAULT_CONTEXT, model_context) if model_context else DEFAULT_CONTEXT
+    per_sequence = max_new_tokens + PROMPT_ALLOWANCE
+    if model_context:
+        per_sequence = min(per_sequence, model_context)
+    return max(floor, parallel * per_sequence)
+
+
+def _context_full(index: int, done: int, wanted: int, context: int, parallel: int) -> UsageError:
+    shared = f", shared by {parallel} parallel sequences" if parallel > 1 else ""
+    return UsageError(
+        f"prompt {index + 1}: llama.cpp's context ({context} tokens{shared}) filled after {done} of the {wanted} "
+        f"new tokens asked for; lower --max-new-tokens{' or --batch-size' if parallel > 1 else ''}, shorten the "
+        "prompt, or use --engine transformers"
+    )
+
+
 @dataclass
 class _Answer:
     text: str
@@ -452,8 +488,14 @@ def _complete(
     request: dict[str, Any],
     stops: tuple[str, ...],
     on_text: Callable[[str], None] | None,
+    context: int = 0,
+    parallel: int = 1,
 ) -> _Answer:
-    """One prompt through llama.cpp, streamed: stop strings are checked on the text as it grows."""
+    """One prompt through llama.cpp, streamed: stop strings are checked on the text as it grows.
+
+    Raises:
+        UsageError: the prompt or its answer did not fit llama.cpp's context (never a silently short answer).
+    """
     view = StopStream(stops, on_text)  # never shows text that may turn out to be a stop string
     state: dict[str, Any] = {"text": "", "chunks": 0, "finish": None, "usage": None, "timings": None, "error": None}
 
@@ -486,6 +528,8 @@ def _complete(
                 f"prompt {index + 1} needs {error.get('n_prompt_tokens')} tokens of context but llama.cpp has "
                 f"{error.get('n_ctx')}; shorten it or use --engine transformers"
             )
+        if "context size has been exceeded" in message.lower():  # the shared pool ran out mid-answer
+            raise _context_full(index, state["chunks"], request["max_tokens"], context, parallel)
         raise LlmkitError(f"llama.cpp failed on prompt {index + 1}: {message}")
     timings = state["timings"] or {}
     usage = state["usage"] or {}
@@ -497,6 +541,9 @@ def _complete(
         completion = int(usage.get("completion_tokens", state["chunks"]))
         if finish == "eos" and completion > 0:
             completion -= 1  # llama.cpp counts the end-of-sequence token; transformers does not
+    if finish == "length" and completion < request["max_tokens"]:
+        # llama.cpp ends a sequence whose context is full with "length": not the length that was asked for
+        raise _context_full(index, completion, request["max_tokens"], context, parallel)
     return _Answer(state["text"], finish, prompt_tokens, completion, seconds)
 
 
@@ -525,7 +572,7 @@ def generate(
         on_text: called with (prompt index, text delta) as tokens arrive (batch size 1 only).
         reason: why this engine runs, for the record.
         gguf: the GGUF file (default: resolved from `model`).
-        context: KV cache tokens shared by the sequences (default DEFAULT_CONTEXT, capped by the model).
+        context: KV cache tokens shared by the sequences (default: `context_size`).
 
     Returns:
         An iterator of `Generation` with engine="llama-cpp".
@@ -538,9 +585,18 @@ def generate(
     if gguf is None:
         raise UsageError(f"{model} is not a GGUF model; use --engine transformers")
     info = read_gguf_info(gguf)
-    context = context or min(DEFAULT_CONTEXT, info.context_length or DEFAULT_CONTEXT)
+    if info.context_length and settings.max_new_tokens >= info.context_length:
+        raise UsageError(
+            f"--max-new-tokens {settings.max_new_tokens} does not fit {model}'s context of {info.context_length} "
+            f"tokens (prompt and answer together); ask for fewer than {info.context_length}"
+        )
+    context = context or context_size(batch_size, settings.max_new_tokens, info.context_length)
     server = _server(gguf, parallel=batch_size, context=context)
     request = request_params(settings, context=context)
+
+    def request_for(index: int) -> dict[str, Any]:
+        # each input samples from its own stream (the transformers engine's rule too: sampling.stream_seed)
+        return request if settings.seed is None else dict(request, seed=stream_seed(settings.seed, index))
     record = settings_record(settings)
 
     def prepare(index: int, prompt: str) -> str:
@@ -568,7 +624,7 @@ def generate(
         for index, prompt in enumerate(prompts):
             text = prepare(index, prompt)
             delta = (lambda d, i=index: on_text(i, d)) if on_text is not None else None
-            yield result(prompt, _complete(server, index, text, request, settings.stop, delta))
+            yield result(prompt, _complete(server, index, text, request_for(index), settings.stop, delta, context, 1))
         return
 
     # Many prompts: one request per prompt, `batch_size` in flight; llama.cpp decodes the in-flight ones
@@ -579,7 +635,8 @@ def generate(
         try:
             for index, prompt in enumerate(prompts):
                 text = prepare(index, prompt)
-                pending.append((prompt, pool.submit(_complete, server, index, text, request, settings.stop, None)))
+                pending.append((prompt, pool.submit(_complete, server, index, text, request_for(index), settings.stop,
+                                                    None, context, batch_size)))
                 while len(pending) >= window or (pending and pending[0][1].done()):
                     first_prompt, future = pending.pop(0)
                     yield result(first_prompt, future.result())

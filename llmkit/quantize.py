@@ -23,12 +23,12 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from llmkit import tempnames
 from llmkit.errors import DataError, MissingDependencyError, QualityGateError, UsageError
 from llmkit.fsutil import make_public
 from llmkit.int8_format import (  # noqa: F401  (DYNAMIC_WEIGHTS re-exported: the format's file name)
@@ -93,6 +93,8 @@ class Measurement:
         quality: the value of `quality_metric`.
         quality_metric: "perplexity" (lower is better), "masked-perplexity" (lower), "accuracy" or "agreement"
             (higher is better).
+        engine: what measured it: "transformers", "llama-cpp" (a .gguf run by llama.cpp itself), or
+            "transformers (de-quantized)" (a .gguf loaded back as float weights: its speed is not llama.cpp's).
     """
 
     size_bytes: int | None
@@ -101,6 +103,7 @@ class Measurement:
     speed_unit: str
     quality: float
     quality_metric: str
+    engine: str = "transformers"
 
 
 @dataclass(frozen=True)
@@ -112,12 +115,15 @@ class QuantizeReport:
         method: one of METHODS; settings: its settings (gguf type, skipped modules, group size, ...).
         output: the folder or .gguf written (None when the quality gate refused it).
         task: what the model does ("causal-lm", "masked-lm", "sequence-classification", "base").
-        original / quantized: the two measurements.
+        original / quantized: the two measurements (each names its engine).
         size_ratio / speedup: quantized over original (size) and quantized over original (speed).
         quality_drop_percent: how much worse quality got, in percent (negative: better).
         top1_agreement: fraction of positions/examples where both models pick the same top token/label.
-        kl_divergence: mean KL(original || quantized) of the output distributions, in nats.
+        kl_divergence: mean KL(original || quantized) of the output distributions, in nats (None when
+            llama.cpp measured the output: its server returns no full distributions).
         max_drop: the gate, if one was set; passed: whether the output was kept.
+        original_gguf: a .gguf original as llama.cpp runs it (size of the file, load, tokens/s, perplexity),
+            beside `original` (its de-quantized float weights in transformers, the quality baseline).
     """
 
     model: str
@@ -131,11 +137,12 @@ class QuantizeReport:
     speedup: float
     quality_drop_percent: float
     top1_agreement: float
-    kl_divergence: float
+    kl_divergence: float | None
     eval_tokens: int
     max_drop: float | None
     passed: bool
     notes: list[str] = field(default_factory=list)
+    original_gguf: Measurement | None = None
 
 
 # --- which modules -------------------------------------------------------------------------------------------
@@ -426,6 +433,7 @@ def quantize(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     progress: Any = None,
+    imatrix_texts: list[str] | None = None,
 ) -> QuantizeReport:
     """Quantize `model` with `method`, write it to `output`, and measure both models.
 
@@ -442,6 +450,8 @@ def quantize(
         percent.
         device, dtype: where and in what float dtype both models run (dtype applies to unquantized parts).
         progress: called with a short status line at each step (the CLI prints it on stderr).
+        imatrix_texts: --method gguf: calibration text for an importance matrix (kquants.compute_imatrix), so
+            the 4/5-bit types round the weights that meet large activations more carefully.
 
     Returns:
         The QuantizeReport (also written as JSON to OUT/report.json, or beside a .gguf as <name>.report.json).
@@ -450,10 +460,12 @@ def quantize(
         UsageError, MissingDependencyError, ModelNotFoundError, QualityGateError (exit 5).
     """
     from llmkit import loading
+    from llmkit.llama_engine import EngineLoadError, bindings_installed
 
     say = progress or (lambda message: None)
     output = Path(output)
     device = _check_args(method, output, gguf_type, group_size, skip, device, dtype, max_drop, eval_texts, eval_labels)
+    _check_gguf_extras(method, gguf_type, imatrix_texts)
     task = loading.detect_task(model, revision=revision, trust_remote_code=trust_remote_code)
     if task == "seq2seq-lm":
         raise UsageError(
@@ -463,8 +475,24 @@ def quantize(
         "revision": revision, "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code
     }
 
+    adapter_source = loading.resolve(model)
+    if adapter_source.kind == "adapter":  # refuse prompt/prefix adapters before loading anything
+        from llmkit.adapters import read_adapter, refuse_unmergeable
+
+        refuse_unmergeable(read_adapter(adapter_source.location))
     say(f"Loading {model} ({task})...")
     original = loading.load(model, task, device=device, dtype=dtype, **common)
+    merged_dir: Path | None = None  # methods that reload the model quantize the merged copy saved here
+    if adapter_source.kind == "adapter":
+        from llmkit.adapters import merge_adapter
+
+        # LoRA folds into the base weights; the merged model is both the "original" measured and what is quantized.
+        original.model = merge_adapter(original.model)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        # pid-tagged like the output's own temporary, so a killed run's merged copy is found and removed later
+        merged_dir = tempnames.temp_dir(output.parent / f"{output.name}.merged", journal=_journal())
+        original.model.save_pretrained(str(merged_dir))
+        original.tokenizer.save_pretrained(str(merged_dir))
     skip_list = default_skip(original.model, task) if skip is None else list(skip)
     ev = _prepare_eval(original, task, eval_texts, eval_labels)
     say("Measuring the original...")
@@ -472,34 +500,65 @@ def quantize(
 
     settings: dict[str, Any] = {"method": method, "compute_dtype": str(original.dtype).replace("torch.", "")}
     notes: list[str] = []
+    original_gguf = None
+    for removed in _remove_stale_temporaries(output):
+        say(
+            f"Removed {removed.path} ({removed.size_bytes / 1e6:.1f} MB), left by process {removed.owner_pid} "
+            "(no longer running) from an earlier run for this output"
+        )
     tmp = _temporary_output(output, method)
     converted_cache: Path | None = None
     try:
         say(f"Quantizing ({method})...")
         if method == "gguf":
-            _write_gguf(original, tmp, task=task, gguf_type=gguf_type, name=Path(model).stem, settings=settings)
-            notes.append(
-                "speed measured by loading the .gguf back through transformers (de-quantized); "
-                "llama.cpp runs it natively"
-            )
+            _write_gguf(
+                original, tmp, task=task, gguf_type=gguf_type, name=Path(model).stem, settings=settings,
+                imatrix_texts=imatrix_texts, say=say,
+            )  # fmt: skip
         else:
             _write_quantized_folder(
-                original, tmp, model=model, task=task, method=method, group_size=group_size or DEFAULT_GROUP_SIZE,
+                original, tmp, model=str(merged_dir) if merged_dir is not None else model, task=task, method=method, group_size=group_size or DEFAULT_GROUP_SIZE,
                 skip_list=skip_list, device=device, dtype=dtype, common=common, settings=settings,
             )
+        source = original.source
         del original
 
         say("Measuring the quantized model...")
-        if method == "gguf":
-            converted_cache = loading.converted_dir(tmp)
-        after_lm = loading.load(
-            str(tmp), task, device=device, dtype=dtype if method == "gguf" else "auto", **common
-        )
-        after, after_out = _measure(after_lm, ev, _disk_size(tmp), reference=before_out)
+        measured = False
+        if method == "gguf" and bindings_installed():
+            try:
+                after, agreement_kl = _measure_gguf(tmp, ev, before_out)
+                measured = True
+                notes.append(
+                    "the .gguf was measured under llama.cpp (load, tokens/s, perplexity and top-1 by teacher "
+                    "forcing); the original's float weights under transformers; no KL divergence (llama.cpp's "
+                    "server returns no full distributions)"
+                )
+                if source.kind == "gguf":
+                    say("Measuring the original .gguf under llama.cpp...")
+                    original_gguf, _ = _measure_gguf(Path(source.location), ev, before_out)
+            except EngineLoadError as exc:  # e.g. a tokenizer llama.cpp does not know: measure it de-quantized
+                notes.append(f"llama.cpp could not load the .gguf ({exc})")
+        if not measured:
+            if method == "gguf":
+                # Measured through its float weights; the de-quantized copy goes when the run ends.
+                converted_cache = loading.converted_dir(tmp)
+                notes.append(
+                    "the .gguf was measured de-quantized through transformers (the llama.cpp bindings are not "
+                    "installed or could not load it): its speed is not llama.cpp's"
+                )
+            after_lm = loading.load(
+                str(tmp), task, device=device, dtype=dtype if method == "gguf" else "auto", **common
+            )
+            after, after_out = _measure(after_lm, ev, _disk_size(tmp), reference=before_out)
+            if method == "gguf":
+                after = replace(after, engine="transformers (de-quantized)")
+            agreement_kl = _agreement(before_out, after_out, task)
+            del after_lm
         report = _report(
-            model, method, output, task, settings, notes, ev, before, after,
-            _agreement(before_out, after_out, task), max_drop,
+            model, method, output, task, settings, notes, ev, before, after, agreement_kl, max_drop,
         )
+        report = replace(report, original_gguf=original_gguf)
         if not report.passed:
             raise QualityGateError(
                 f"quality dropped {quality_drop(before.quality, after.quality, before.quality_metric):.2f}% "
@@ -509,12 +568,16 @@ def quantize(
                 "(e.g. --method "
                 "int8-weight, --gguf-type q8_0) or --skip more modules"
             )
-        _publish(report, tmp, output, method, converted_cache)
+        _publish(report, tmp, output, method)
         return report
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        if converted_cache is not None and converted_cache.exists():  # the cache of the temporary name
+        tempnames.forget(tmp, _journal())
+        if merged_dir is not None:
+            shutil.rmtree(merged_dir, ignore_errors=True)
+            tempnames.forget(merged_dir, _journal())
+        if converted_cache is not None and converted_cache.exists():  # the float copy made for measuring
             shutil.rmtree(converted_cache, ignore_errors=True)
 
 
@@ -557,19 +620,61 @@ def _original_size(source: Any) -> int | None:
     return None
 
 
+def _journal() -> Path:
+    from llmkit.loading import llmkit_home
+
+    return llmkit_home() / tempnames.JOURNAL
+
+
+def _remove_stale_temporaries(output: Path) -> list[tempnames.Removed]:
+    """Temporaries of earlier runs for the same output whose process is gone (a kill -9 mid-write)."""
+    removed = tempnames.remove_stale(output.parent, output.name)
+    for item in removed:
+        tempnames.forget_for(Path(item.path), item.owner_pid, _journal())
+    return removed
+
+
 def _temporary_output(output: Path, method: str) -> Path:
-    """An empty temporary file (gguf) or folder beside `output`, renamed into place only when all went well."""
-    output.parent.mkdir(parents=True, exist_ok=True)
+    """An empty temporary file (gguf) or folder beside `output`, renamed into place only when all went well.
+
+    Its name carries this process's id and it is recorded in llmkit's journal of temporaries, so that a later
+    run (or `llmkit models --clean`) can tell a killed run's leftovers from a live run's file.
+    """
     if method == "gguf":
-        fd, name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".gguf", dir=output.parent)
-        os.close(fd)
-        return Path(name)
-    return Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+        return tempnames.temp_file(output, ".gguf", journal=_journal())
+    return tempnames.temp_dir(output, journal=_journal())
 
 
-def _write_gguf(original: Any, tmp: Path, *, task: str, gguf_type: str | None, name: str,
-                settings: dict[str, Any]) -> None:
+def _check_gguf_extras(method: str, gguf_type: str | None, imatrix_texts: list[str] | None) -> None:
+    """K-quant types and --imatrix need llama.cpp's ggml: say so (exit 4) before any model is loaded."""
+    from llmkit import kquants
+
+    if imatrix_texts is not None:
+        if method != "gguf":
+            raise UsageError("--imatrix applies to --method gguf only")
+        if (gguf_type or "q8_0") in ("f16", "q8_0"):
+            raise UsageError(
+                "--imatrix changes nothing for f16/q8_0; use it with a 4/5-bit --gguf-type such as q4_k_m"
+            )
+        if not any(t.strip() for t in imatrix_texts):
+            raise DataError("the --imatrix calibration text is empty; give a text file with some paragraphs")
+    if method == "gguf" and (gguf_type in kquants.PRESETS or imatrix_texts is not None):
+        kquants.require()
+
+
+def _write_gguf(
+    original: Any,
+    tmp: Path,
+    *,
+    task: str,
+    gguf_type: str | None,
+    name: str,
+    settings: dict[str, Any],
+    imatrix_texts: list[str] | None = None,
+    say: Any = None,
+) -> None:
     """--method gguf: write the original causal LM as a GGUF file (records the type in `settings`)."""
+    from llmkit import kquants
     from llmkit.gguf_export import DEFAULT_GGUF_TYPE, write_gguf
 
     if task != "causal-lm":
@@ -577,7 +682,29 @@ def _write_gguf(original: Any, tmp: Path, *, task: str, gguf_type: str | None, n
             "--method gguf writes causal LMs only; use --method dynamic-int8 or int8-weight"
         )
     settings["gguf_type"] = gguf_type or DEFAULT_GGUF_TYPE
-    write_gguf(original.model, original.tokenizer, tmp, gguf_type=settings["gguf_type"], name=name)
+    imatrix = None
+    if imatrix_texts is not None:
+        if say is not None:
+            say("Computing the importance matrix on the calibration text...")
+        imatrix = kquants.compute_imatrix(original.model, original.tokenizer, imatrix_texts)
+        settings["imatrix_tokens"] = len(kquants.calibration_ids(original.tokenizer, imatrix_texts))
+    write_gguf(original.model, original.tokenizer, tmp, gguf_type=settings["gguf_type"], name=name, imatrix=imatrix)
+
+
+def _measure_gguf(path: Path, ev: _Eval, reference: Any) -> tuple[Measurement, tuple[float, float | None]]:
+    """A .gguf as llama.cpp runs it: file size, load time, tokens/s on SPEED_PROMPT, teacher-forced perplexity
+    of the evaluation tokens, and top-1 agreement with `reference` (the original's logits)."""
+    from llmkit import llama_measure
+
+    speed = llama_measure.measure_speed(path, SPEED_PROMPT, new_tokens=SPEED_NEW_TOKENS)
+    scores = llama_measure.score_tokens(path, ev.ids[0].tolist())
+    top1 = reference.argmax(-1).tolist()
+    agreement = sum(a == b for a, b in zip(scores.top1, top1, strict=True)) / len(top1)
+    measured = Measurement(
+        path.stat().st_size, speed.load_seconds, speed.tokens_per_second, "tokens/s", scores.perplexity,
+        "perplexity", engine="llama-cpp",
+    )  # fmt: skip
+    return measured, (agreement, None)
 
 
 def _write_quantized_folder(
@@ -648,7 +775,7 @@ def _report(
     ev: _Eval,
     before: Measurement,
     after: Measurement,
-    agreement_kl: tuple[float, float],
+    agreement_kl: tuple[float, float | None],
     max_drop: float | None,
 ) -> QuantizeReport:
     """The report comparing the two measurements; `passed` applies the --max-drop gate."""
@@ -669,7 +796,7 @@ def _report(
         speedup=round(after.speed / before.speed, 3) if before.speed else 0.0,
         quality_drop_percent=round(drop, 3),
         top1_agreement=round(agreement, 4),
-        kl_divergence=round(kl, 5),
+        kl_divergence=None if kl is None else round(kl, 5),
         eval_tokens=int(ev.ids.shape[1]) if ev.ids is not None else len(ev.texts),
         max_drop=max_drop,
         passed=passed,
@@ -677,17 +804,13 @@ def _report(
     )
 
 
-def _publish(report: QuantizeReport, tmp: Path, output: Path, method: str, converted_cache: Path | None) -> None:
-    """Write the report, rename the temporary output into place, and hand over the GGUF's converted cache."""
-    from llmkit import loading
+def _publish(report: QuantizeReport, tmp: Path, output: Path, method: str) -> None:
+    """Write the report and rename the temporary output into place.
 
+    No de-quantized copy of a .gguf is kept: llama.cpp runs the file itself, and a float copy (540 MB for
+    SmolLM2) per run piled up under $LLMKIT_HOME/converted.
+    """
     report_path = output.parent / f"{output.stem}.report.json" if method == "gguf" else tmp / REPORT_NAME
     report_path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, output)
     make_public(output)
-    if converted_cache is not None and converted_cache.exists():
-        # The .gguf keeps its mtime when renamed: hand its de-quantized cache to the final name, so the
-        # first `generate --model OUT.gguf` does not convert it again.
-        final_cache = loading.converted_dir(output)
-        if not final_cache.exists():
-            os.replace(converted_cache, final_cache)

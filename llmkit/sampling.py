@@ -149,7 +149,11 @@ def with_seed(settings: GenerationSettings, seed: int | None) -> GenerationSetti
 
 
 def generation_kwargs(s: GenerationSettings) -> dict[str, Any]:
-    """The keyword arguments for transformers' `model.generate` (only what was set, so model defaults stay).
+    """The keyword arguments for transformers' `model.generate`, every knob that applies spelled out.
+
+    Settings not given are passed as their "off" value rather than left out: left out, transformers would take
+    them from the checkpoint's generation_config.json (a repetition_penalty of 1.1 there would apply silently),
+    while llama.cpp has them off. The same values go into each record's `settings`.
 
     Returns:
         A dict of generate() keyword arguments; also the base of each result's `settings` record.
@@ -159,24 +163,35 @@ def generation_kwargs(s: GenerationSettings) -> dict[str, Any]:
         "do_sample": s.do_sample,
         "num_beams": s.num_beams,
         "num_return_sequences": s.num_return_sequences,
+        "repetition_penalty": 1.0 if s.repetition_penalty is None else s.repetition_penalty,
+        "no_repeat_ngram_size": 0 if s.no_repeat_ngram_size is None else s.no_repeat_ngram_size,
     }
     if s.do_sample:
-        # Sampling knobs left unset are switched off, so a model's generation_config cannot add hidden ones.
         kwargs["temperature"] = 1.0 if s.temperature is None else s.temperature
         kwargs["top_k"] = 0 if s.top_k is None else s.top_k
         kwargs["top_p"] = 1.0 if s.top_p is None else s.top_p
-        if s.min_p is not None:
-            kwargs["min_p"] = s.min_p
-        if s.typical_p is not None:
-            kwargs["typical_p"] = s.typical_p
+        kwargs["min_p"] = 0.0 if s.min_p is None else s.min_p
+        kwargs["typical_p"] = 1.0 if s.typical_p is None else s.typical_p
     else:
-        # Greedy/beam: neutralise sampling defaults some checkpoints ship in generation_config.json.
-        kwargs.update(temperature=None, top_k=None, top_p=None)
-    for name in ("repetition_penalty", "length_penalty", "no_repeat_ngram_size", "early_stopping"):
-        value = getattr(s, name)
-        if value is not None:
-            kwargs[name] = value
+        # Greedy/beam: no sampling knob applies (None: transformers builds no warper even if the checkpoint has one).
+        kwargs.update(temperature=None, top_k=None, top_p=None, min_p=None, typical_p=None)
+    if s.num_beams > 1:
+        kwargs["length_penalty"] = 1.0 if s.length_penalty is None else s.length_penalty
+        kwargs["early_stopping"] = False if s.early_stopping is None else s.early_stopping
     return kwargs
+
+
+def stream_seed(seed: int, index: int) -> int:
+    """The sampling seed of input number `index` (0-based, over the whole input) under `--seed seed`.
+
+    Both engines give each input its own random stream with this seed, so two copies of a prompt in one batch
+    sample differently and an answer does not depend on the other prompts or on --batch-size. 32 bits, as
+    llama.cpp takes them.
+
+    Returns:
+        (seed + index) modulo 2**32.
+    """
+    return (seed + index) & 0xFFFFFFFF
 
 
 def settings_record(s: GenerationSettings) -> dict[str, Any]:
@@ -282,3 +297,31 @@ class StopStream:
         if len(final_text) > self.shown and self.emit is not None:
             self.emit(final_text[self.shown :])
         self.shown = len(final_text)
+
+
+def chat_messages(prompt: Any, *, system: str | None, raw: bool, has_template: bool) -> list[dict[str, str]] | None:
+    """The messages to render through the chat template, or None to send `prompt` as it is.
+
+    Args:
+        prompt: a prompt string, or a conversation: a sequence of {"role", "content"} messages (OpenAI batch
+            chat lines).
+        system: the --system message; prepended unless the conversation has its own.
+        raw: --raw (no template). A conversation cannot be sent raw.
+        has_template: whether the model has a chat template.
+
+    Raises:
+        UsageError: a conversation with --raw or for a model without a chat template.
+    """
+    if isinstance(prompt, str):
+        if raw or not has_template:
+            return None
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+    if raw or not has_template:
+        raise UsageError(
+            "chat messages need the model's chat template, and "
+            + ("--raw turns it off" if raw else "this model has none; send a plain prompt (/v1/completions)")
+        )
+    if system and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages

@@ -74,9 +74,27 @@ def continuation_logprobs(
     return scores
 
 
+CHAT_TURN_MARKERS = ("<|im_start|>", "<|im_end|>")  # ChatML: open/close a chat turn, not a document
+DOCUMENT_SEPARATOR = "<|endoftext|>"  # what ChatML-family models (SmolLM2, Qwen) saw between pretraining documents
+
+
 def start_ids(tokenizer: Any) -> list[int]:
-    """A start-of-text context for scoring a sentence from its first token (BOS, else EOS, as lm-eval does)."""
-    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
-        if token_id is not None:
-            return [int(token_id)]
+    """A start-of-text context for scoring a sentence from its first token (BOS, else EOS, as lm-eval does).
+
+    A ChatML model's BOS/EOS opens or closes a chat turn, after which the model expects a role name, not text:
+    SmolLM2 then continues "Berlin is the capital of" with " the", " a", " Egypt" (Germany at -7.4), and with its
+    document separator <|endoftext|> in front with " Germany" (-0.9). That separator is used when it exists.
+
+    Returns:
+        [token id], or [] when the tokenizer has neither BOS nor EOS.
+    """
+    for token, token_id in ((tokenizer.bos_token, tokenizer.bos_token_id), (tokenizer.eos_token, tokenizer.eos_token_id)):
+        if token_id is None:
+            continue
+        if token in CHAT_TURN_MARKERS:
+            # in the vocabulary (SmolLM2 also calls it its unk token, so an unk check would wrongly refuse it)
+            separator = tokenizer.convert_tokens_to_ids(DOCUMENT_SEPARATOR)
+            if isinstance(separator, int) and tokenizer.convert_ids_to_tokens(separator) == DOCUMENT_SEPARATOR:
+                return [separator]
+        return [int(token_id)]
     return []

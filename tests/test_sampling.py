@@ -59,7 +59,8 @@ def test_settings_record_is_the_set_kwargs_plus_stop_and_seed() -> None:
     s = sampling.build_settings(temperature=0.5, stop=["\n\n"], seed=3, max_new_tokens=7)
     assert sampling.settings_record(s) == {
         "max_new_tokens": 7, "do_sample": True, "num_beams": 1, "num_return_sequences": 1,
-        "temperature": 0.5, "top_k": 0, "top_p": 1.0, "stop": ["\n\n"], "seed": 3,
+        "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+        "temperature": 0.5, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0, "stop": ["\n\n"], "seed": 3,
     }
     greedy = sampling.settings_record(sampling.build_settings())
     assert "temperature" not in greedy and greedy["do_sample"] is False

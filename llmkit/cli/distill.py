@@ -27,6 +27,7 @@ app = command_app()
     "distill",
     epilog="Examples:\n\n"
     "  llmkit distill reviews.csv --teacher ./sentiment --student-layers 3 --output ./small --baseline\n\n"
+    "  llmkit distill reviews.csv --teacher ./sentiment --student-layers 3 --prune-ffn 0.5 --output ./smaller\n\n"
     "  llmkit distill unlabeled.txt --teacher ./sentiment --alpha 0 --cache-teacher --output ./small\n\n"
     "  llmkit distill corpus.txt --teacher ./my-lm --student-layers 2 --hidden-weight 1 --output ./lm\n\n"
     "  llmkit distill data.csv --config distill.toml --json | jq .summary"
@@ -44,7 +45,13 @@ def distill(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for the student and report.json.")] = None,
     student: Annotated[str | None, typer.Option("--student", help="A ready student with the teacher's tokenizer and labels.")] = None,
     student_layers: Annotated[int | None, typer.Option( "--student-layers", help="Build the student from the teacher: keep N of its layers (every "
-        "k-th) (default: half).")] = None,
+        "k-th) (default: half; all with --prune-ffn/--prune-heads alone).")] = None,
+    prune_ffn: Annotated[float | None, typer.Option(
+        "--prune-ffn", help="Remove this fraction of every layer's feed-forward neurons from the student (0.5: "
+        "keep half), the least active on the training texts, before distilling (Minitron).")] = None,
+    prune_heads: Annotated[float | None, typer.Option(
+        "--prune-heads", help="Remove this fraction of every layer's attention heads (whole key/value groups; "
+        "Llama-like models), the least active, before distilling.")] = None,
     task: Annotated[str | None, typer.Option( "--task", help="auto|classification|causal-lm|masked-lm (auto: from the teacher).")] = None,
     alpha: Annotated[float | None, typer.Option( "--alpha", help="Weight of the hard-label loss, 0..1; 0 distills from unlabeled text "
         f"(default: {_distill.DEFAULT_ALPHA}).")] = None,
@@ -86,7 +93,8 @@ def distill(
     """Distill a teacher into a smaller, faster student, and report both side by side.
 
     The student is --student MODEL, or the teacher with --student-layers N of its layers (every k-th,
-    initialised from the teacher, as DistilBERT did). It learns from alpha x cross-entropy on the labels
+    initialised from the teacher, as DistilBERT did), optionally narrowed by --prune-ffn/--prune-heads
+    (the least active neurons and heads on the training texts removed, as NVIDIA's Minitron does). It learns from alpha x cross-entropy on the labels
     plus (1 - alpha) x T^2 KL(teacher_T || student_T); --hidden-weight/--attention-weight add intermediate
     matching. Tasks: sequence classification, causal LM, masked LM. The report (parameters, size on disk,
     latency, throughput, accuracy/macro-F1 or perplexity, KL to the teacher; --baseline adds the student
@@ -101,6 +109,7 @@ def distill(
         cache_teacher=cache_teacher, baseline=baseline, epochs=epochs, max_steps=max_steps,
         learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
         validation_split=validation_split, text_column=text_column, label_column=label_column, seed=seed,
+        prune_ffn=prune_ffn, prune_heads=prune_heads,
     )
     teacher_spec, settings, train_settings = _distill.build_settings(config, given)
     if output is None:
@@ -111,6 +120,8 @@ def distill(
         overwrite=overwrite, resume=resume, progress=True, on_log=out.info, revision=revision,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
     )
+    if result is None:
+        return  # under `accelerate launch`, the main process alone reports
     if fmt == "rich":
         out.stdout_console().print(_distill.render(result))
         return

@@ -8,6 +8,7 @@ import typer
 
 from llmkit import fill_mask as _fm  # torch-free at import: defaults for --help
 from llmkit.cli.options import (
+    AdapterOpt,
     AllowPickleOpt,
     BatchSizeOpt,
     DeviceOpt,
@@ -39,6 +40,7 @@ app = command_app()
 def fill_mask_command(
     texts: TextsArg = None,
     model: ModelOpt = None,
+    adapter: AdapterOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Answers per mask.", min=1)] = _fm.DEFAULT_TOP_K,
     targets: Annotated[
         str | None,
@@ -68,25 +70,20 @@ def fill_mask_command(
     "method" was used. --targets words that split into several tokens are scored whole (their mask is widened and
     filled left to right); --joint ranks fillings of several masks together.
     """
-    from llmkit import output
-    from llmkit.data import read_inputs
+    from llmkit import distributed, output
+    from llmkit.data import InputRecord, read_inputs
 
     fmt = output.resolve_format(fmt, json_out)
     target_words = _fm.parse_targets(targets) if targets is not None else None
     inputs = read_inputs(texts, input_file=input_file, input_format=input_format, text_field=text_column)
-    passthrough: dict[int, dict[str, Any]] = {}
+    peers = distributed.detect()
+    distributed.check_shareable_input(peers, texts, input_file)
 
-    def sentences() -> Any:
-        for record in inputs:
-            passthrough[record.index] = record.fields
-            yield record.text
-
-    emitter = output.Emitter(fmt, text=_fm.best_filling, rich=output.mask_view)
-    results = []
-    for index, result in enumerate(
-        _fm.fill_mask(
-            sentences(),
-            model=model or _fm.DEFAULT_MODEL,
+    def task(mine: Any) -> Any:
+        return _fm.fill_mask(
+            (record.text for record in mine),
+            model=model or adapter or _fm.DEFAULT_MODEL,
+            adapter=adapter if model else None,  # --adapter alone: the adapter names its base
             top_k=top_k,
             targets=target_words,
             joint=joint,
@@ -98,7 +95,15 @@ def fill_mask_command(
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
-    ):
-        emitter.emit(result, passthrough.pop(index, None))
+
+    # With several processes (accelerate launch, torchrun) each runs its share; the main one prints all, in order.
+    pairs = distributed.map_records(inputs, task, record_type=InputRecord, result_type=_fm.MaskPrediction,
+                                    peers=peers)
+    if pairs is None:
+        return
+    emitter = output.Emitter(fmt, text=_fm.best_filling, rich=output.mask_view)
+    results = []
+    for record, result in pairs:
+        emitter.emit(result, record.fields)
         results.append(result)
     output.report_skipped(results, "answers")

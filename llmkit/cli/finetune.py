@@ -31,6 +31,9 @@ app = command_app()
     "--output ./sentiment\n\n"
     '  llmkit classify --model ./sentiment "What a great film"\n\n'
     "  llmkit finetune chats.jsonl --model smollm2-135m-instruct --lora-r 8 --merge-lora -o ./chat\n\n"
+    "  llmkit finetune reviews.csv --strategy prompt-tuning --num-virtual-tokens 20 -o ./sentiment-prompt\n\n"
+    '  llmkit classify --model ./sentiment-prompt "What a great film"   (the adapter loads on its base)\n\n'
+    "  llmkit finetune reviews.csv --train-only ffn -o ./sentiment-ffn\n\n"
     "  llmkit finetune notes.csv --task masked-lm --mlm-probability 0.15 -o ./domain-bert\n\n"
     "  llmkit finetune reviews.csv -o ./sentiment --dry-run\n\n"
     "  accelerate launch -m llmkit finetune reviews.csv -o ./sentiment   (DDP, FSDP, DeepSpeed)"
@@ -96,7 +99,26 @@ def finetune(
     ] = None,
     train_only: Annotated[
         str | None,
-        typer.Option("--train-only", help="head|top-N: freeze all but the head (and the top N layers)."),
+        typer.Option(
+            "--train-only",
+            help="head|top-N|ffn: freeze all but the head (and the top N layers, or every layer's feed-forward "
+            "block).",
+        ),
+    ] = None,
+    strategy_name: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy",
+            help="full|lora|prompt-tuning|prefix-tuning: what to train; peft runs write an adapter folder that "
+            "the other commands load on its base [default: full].",
+        ),
+    ] = None,
+    num_virtual_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--num-virtual-tokens",
+            help=f"prompt/prefix tuning: learned tokens [default: {_ft.DEFAULT_NUM_VIRTUAL_TOKENS}].",
+        ),
     ] = None,
     lora_r: Annotated[
         int | None, typer.Option("--lora-r", help="Train LoRA adapters of this rank (peft).")
@@ -209,7 +231,7 @@ def finetune(
 
     Classification/regression (labels saved in config.json for `llmkit classify`), causal-lm (text,
     prompt/completion with the loss on the completion, or chat messages) and masked-lm. Full fine-tuning,
-    --train-only head|top-N, or LoRA (--lora-r). Progress on stderr; the result (and with --json the training
+    --train-only head|top-N|ffn, or a peft adapter (--strategy lora|prompt-tuning|prefix-tuning). Progress on stderr; the result (and with --json the training
     log) on stdout; OUTPUT/report.json holds the validation report. The output folder appears only when
     training has finished; an interrupted run continues with the same command plus --resume.
     """
@@ -227,7 +249,8 @@ def finetune(
         text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
         prompt_column=prompt_column, completion_column=completion_column, messages_column=messages_column,
         train_only=train_only, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-        lora_targets=lora_targets, merge_lora=merge_lora,
+        lora_targets=lora_targets, merge_lora=merge_lora, strategy=strategy_name,
+        num_virtual_tokens=num_virtual_tokens,
     )  # fmt: skip
     kwargs = _ft.build_settings(config, given)
     output_dir = kwargs.pop("output")

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from llmkit import generate as _gen  # torch-free at import: defaults and presets for --help
 from llmkit.cli.options import (
+    AdapterOpt,
     AllowPickleOpt,
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
     FormatOpt,
-    InputFormatOpt,
     InputOpt,
     JsonOpt,
     ModelOpt,
@@ -41,6 +42,7 @@ app = command_app()
 def generate(
     texts: TextsArg = None,
     model: ModelOpt = None,
+    adapter: AdapterOpt = None,
     max_new_tokens: Annotated[
         int | None,
         typer.Option("--max-new-tokens", "-n", help=f"Most tokens per answer [default: {_gen.DEFAULT_MAX_NEW_TOKENS}]."),
@@ -89,7 +91,12 @@ def generate(
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
     input_file: InputOpt = None,
-    input_format: InputFormatOpt = "auto",
+    input_format: Annotated[
+        str,
+        typer.Option("--input-format", help="auto|text|jsonl|csv|tsv|openai-batch (auto: by file suffix, else "
+                     "lines; a .jsonl file whose first line has custom_id, method, url and body is an OpenAI batch "
+                     "file: one batch output object per line, exit 6 if some lines failed)."),
+    ] = "auto",
     text_column: TextColumnOpt = "text",
     json_out: JsonOpt = False,
     fmt: FormatOpt = "auto",
@@ -101,8 +108,9 @@ def generate(
     length-grouped batches and print in input order; each JSON record has the text, finish reason
     (eos|length|stop), token counts and tokens/s.
     """
-    from llmkit import output
-    from llmkit.data import read_inputs
+    from llmkit import distributed, openai_batch, output
+    from llmkit.data import InputRecord, read_inputs
+    from llmkit.errors import UsageError
 
     settings = _gen.build_settings(
         preset,
@@ -123,34 +131,86 @@ def generate(
         seed=seed,
     )
     fmt = output.resolve_format(fmt, json_out)
+    peers = distributed.detect()
+    if input_format == "openai-batch" or (
+        input_format == "auto" and input_file is not None and openai_batch.sniff(input_file)
+    ):
+        if input_file is None:
+            raise UsageError("--input-format openai-batch needs --input FILE (a .jsonl batch file)")
+        _generate_batch(
+            input_file, settings, peers=peers, model=model or _gen.DEFAULT_MODEL, engine=engine, system=system,
+            batch_size=batch_size or _gen.DEFAULT_BATCH_SIZE, device=device, dtype=dtype, revision=revision,
+            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        )
+        return
     inputs = read_inputs(texts, input_file=input_file, input_format=input_format, text_field=text_column)
+    distributed.check_shareable_input(peers, texts, input_file)
     # On a terminal, one prompt at a time so tokens can stream; in a pipe, batches.
     if batch_size is None:
-        batch_size = 1 if fmt == "rich" else _gen.DEFAULT_BATCH_SIZE
-
-    passthrough: dict[int, dict[str, Any]] = {}
-
-    def prompts() -> Any:
-        for record in inputs:
-            passthrough[record.index] = record.fields
-            yield record.text
+        batch_size = 1 if fmt == "rich" and not peers.distributed else _gen.DEFAULT_BATCH_SIZE
 
     streamer = output.GenerationStream() if fmt == "rich" else None
+
+    def task(mine: Any) -> Any:
+        return _gen.generate(
+            (record.text for record in mine),
+            model=model or adapter or _gen.DEFAULT_MODEL,
+            adapter=adapter if model else None,  # --adapter alone: the adapter names its base
+            settings=settings,
+            system=system,
+            raw=raw,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+            # Several processes: the main one prints merged results, so nothing streams token by token.
+            on_text=streamer.delta if streamer and not peers.distributed else None,
+            engine=engine,
+        )
+
+    # With several processes (accelerate launch, torchrun) each runs its share; the main one prints all, in order.
+    pairs = distributed.map_records(inputs, task, record_type=InputRecord, result_type=_gen.Generation, peers=peers)
+    if pairs is None:
+        return
     emitter = output.Emitter(fmt, text=lambda g: g.text, rich=streamer.finish if streamer else None)
-    results = _gen.generate(
-        prompts(),
-        model=model or _gen.DEFAULT_MODEL,
-        settings=settings,
-        system=system,
-        raw=raw,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        revision=revision,
-        allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code,
-        on_text=streamer.delta if streamer else None,
-        engine=engine,
+    for record, result in pairs:
+        emitter.emit(result, record.fields)
+
+
+def _generate_batch(
+    input_file: Path, settings: Any, *, peers: Any, model: str, engine: str, system: str | None, batch_size: int,
+    device: str, dtype: str, revision: str | None, allow_pickle: bool, trust_remote_code: bool,
+) -> None:
+    """`generate` on an OpenAI batch file: one output object per request line, in order, on stdout.
+
+    The command's flags are each line's defaults; a line's own body settings win. Exit 6 when some lines
+    carry an error (the output is complete either way).
+    """
+    from dataclasses import asdict
+
+    from llmkit import distributed, openai_batch, output
+    from llmkit.data import open_text
+
+    runner = openai_batch.generate_runner(
+        model=model, engine=engine, system=system, batch_size=batch_size, device=device, dtype=dtype,
+        revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
     )
-    for index, result in enumerate(results):
-        emitter.emit(result, passthrough.pop(index, None))
+    flags = asdict(settings)
+
+    def work(mine: Any) -> Any:
+        return openai_batch.answer_batch(mine, runner, flags=flags, check=openai_batch.check_settings, model=model)
+
+    failed: list[int] = []
+    total = 0
+    with open_text(input_file) as stream:
+        merged = distributed.run_sharded(openai_batch.read_batch(stream), work, peers=peers)
+        if merged is None:
+            return
+        for index, line in enumerate(merged):
+            output.write_json(line)
+            total += 1
+            if line.get("error") is not None:
+                failed.append(index)
+    openai_batch.raise_if_failed(failed, total)

@@ -24,6 +24,14 @@ ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Hub id, local folder, .gguf file, or built-in alias (see `llmkit models`)."),
 ]
+AdapterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--adapter",
+        help="A peft adapter folder (LoRA, prompt or prefix tuning, e.g. from llmkit finetune --strategy) to run "
+        "on --model without merging; --model ADAPTER_DIR alone finds its base.",
+    ),
+]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit.")]
 AllowPickleOpt = Annotated[
     bool, typer.Option("--allow-pickle", help="Allow .bin/.pt checkpoints (unpickling can run code).")

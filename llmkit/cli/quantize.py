@@ -28,6 +28,7 @@ app = command_app()
     "quantize",
     epilog="Examples:\n\n"
     "  llmkit quantize --method gguf --gguf-type q8_0 -o smollm2-q8_0.gguf\n\n"
+    "  llmkit quantize --method gguf --gguf-type q4_k_m --imatrix notes.txt -o smollm2-q4_k_m.gguf\n\n"
     "  llmkit quantize --method int8-weight --max-drop 3 -o smollm2-int8\n\n"
     "  llmkit quantize -m ./my-classifier --method int8-weight --eval-data test.csv -o small\n\n"
     "  llmkit generate --model smollm2-int8 \"Hello\""
@@ -48,7 +49,19 @@ def quantize(
     model: ModelOpt = None,
     gguf_type: Annotated[
         str | None,
-        typer.Option("--gguf-type", help="--method gguf: f16|q8_0|q5_1|q5_0|q4_1|q4_0 (default: q8_0)."),
+        typer.Option(
+            "--gguf-type",
+            help="--method gguf: f16|q8_0|q6_k|q5_k_m|q5_k_s|q5_1|q5_0|q4_k_m|q4_k_s|q4_1|q4_0 (default: q8_0); "
+            "the K-quants (_k) use llama.cpp's own encoder and per-tensor mix (needs llmkit[llama]).",
+        ),
+    ] = None,
+    imatrix: Annotated[
+        Path | None,
+        typer.Option(
+            "--imatrix",
+            help="--method gguf, 4/5-bit types: a calibration text file; its activations weigh the rounding "
+            "(llama.cpp's importance matrix; a few thousand words of text like the model's use).",
+        ),
     ] = None,
     group_size: Annotated[
         int | None,
@@ -101,7 +114,8 @@ def quantize(
 
     Both the original and the result are measured as llmkit runs them: size on disk, load time, tokens/s
     (examples/s for classifiers), quality (perplexity for LMs, accuracy on labeled --eval-data for
-    classifiers), top-1 agreement and KL divergence against the original. The output loads directly with
+    classifiers), top-1 agreement and KL divergence against the original. A .gguf output is measured under
+    llama.cpp (where it runs), the original's float weights under transformers; each row names its engine. The output loads directly with
     `llmkit generate/classify/fill-mask --model OUT` (its settings are saved in it); the report is also saved
     as OUT/report.json (beside a .gguf: NAME.report.json).
     """
@@ -118,6 +132,9 @@ def quantize(
         if found and all(v is not None and str(v) != "" for v in found):
             labels = [str(v) for v in found]
     skipped = None if skip is None else tuple(s for s in skip if s.lower() != "none")
+    calibration: list[str] | None = None
+    if imatrix is not None:
+        calibration = [r.text for r in read_inputs(input_file=imatrix, text_field=text_column) if r.text.strip()]
     report = _quant.quantize(
         model or DEFAULT_MODEL,
         output,
@@ -134,6 +151,7 @@ def quantize(
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
         progress=out.info,
+        imatrix_texts=calibration,
     )
     emitter = out.Emitter(
         fmt,

@@ -1,0 +1,99 @@
+"""Benchmark: `llmkit classify` end to end (fresh process: imports, model load, tokenization, forward), a 3-layer
+student against its 6-layer teacher, on real tweets (VADER, fetched into benchmarks/.cache/).
+
+Teacher: the bundled MiniLM-L6 with a seeded random 2-label head; student: the teacher with 3 of its 6 layers
+kept (llmkit.student.drop_layers). Speed does not depend on what the weights learned, so neither is trained
+here (benchmarks/distill.py measures the student's accuracy). Processes run alternately, `--repeats` times; the
+best wall time counts. With --before DIR the same runs use the llmkit code in DIR (e.g. /work/main) as well.
+
+    python benchmarks/classify_end_to_end.py [--inputs 1000] [--repeats 2] [--before /work/main]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+import vader  # noqa: E402
+
+WORK = vader.CACHE / "classify-e2e"
+
+
+def build_models() -> dict[str, Path]:
+    """Teacher and student folders (built once, reused from the cache)."""
+    paths = {"teacher (6 layers)": WORK / "teacher", "student (3 layers)": WORK / "student"}
+    if all((p / "config.json").exists() for p in paths.values()):
+        return paths
+    import torch
+
+    from llmkit import loading
+    from llmkit.student import drop_layers
+
+    torch.manual_seed(0)
+    lm = loading.load("minilm-l6", "sequence-classification", device="cpu", dtype="float32",
+                      model_kwargs={"num_labels": 2, "id2label": {0: "negative", 1: "positive"},
+                                    "label2id": {"negative": 0, "positive": 1}})
+    student, _ = drop_layers(lm.model, 3)
+    for model, path in ((lm.model, paths["teacher (6 layers)"]), (student, paths["student (3 layers)"])):
+        model.save_pretrained(str(path))
+        lm.tokenizer.save_pretrained(str(path))
+    return paths
+
+
+def run(code: Path, model: Path, inputs: Path) -> tuple[float, bytes]:
+    env = dict(os.environ, PYTHONPATH=str(code), HF_HUB_OFFLINE="1")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "llmkit", "classify", "--model", str(model), "-i", str(inputs),
+                           "--json"], env=env, capture_output=True, check=True)
+    return time.perf_counter() - started, done.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--before", type=Path, default=None, help="Also run the llmkit code in this folder.")
+    args = parser.parse_args()
+
+    paths = build_models()
+    inputs = WORK / f"tweets-{args.inputs}.txt"
+    inputs.write_text("\n".join(t for t, _ in vader.rows("tweets")[: args.inputs]) + "\n", encoding="utf-8")
+    codes = {"this": ROOT} | ({"before": args.before.resolve()} if args.before else {})
+    load_before = os.getloadavg()
+    times: dict[tuple[str, str], list[float]] = {}
+    outputs: dict[tuple[str, str], bytes] = {}
+    for _ in range(args.repeats):
+        for code_name, code in codes.items():
+            for name, path in paths.items():
+                seconds, outputs[code_name, name] = run(code, path, inputs)
+                times.setdefault((code_name, name), []).append(seconds)
+    load_after = os.getloadavg()
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.inputs} VADER tweets; best of "
+          f"{args.repeats}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after\n")
+    print("| code | model | seconds (best) | all runs | student speed-up |")
+    print("|---|---|---:|---|---:|")
+    for code_name in codes:
+        teacher = min(times[code_name, "teacher (6 layers)"])
+        for name in paths:
+            best = min(times[code_name, name])
+            runs = ", ".join(f"{s:.1f}" for s in times[code_name, name])
+            print(f"| {code_name} | {name} | {best:.2f} | {runs} | {teacher / best:.2f}x |")
+    if "before" in codes:
+        for name in paths:
+            same = outputs["this", name].count(b'"label": "positive"') == outputs["before", name].count(
+                b'"label": "positive"')
+            print(f"\n{name}: this/before speed-up {min(times['before', name]) / min(times['this', name]):.2f}x; "
+                  f"same label counts: {same}")
+
+
+if __name__ == "__main__":
+    main()
