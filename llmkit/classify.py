@@ -640,11 +640,19 @@ def output_labels(
     Returns:
         (label names in the model's order, multi-label).
     """
+    from llmkit import loading
+
     if labels is not None:
+        if len(labels) == 1 and model is not None and not multi_label:
+            # An NLI model scores a single label on its own (entailment vs contradiction), as _NliRunner does;
+            # a causal LM cannot, so only its head decides.
+            from llmkit.tasks import CAUSAL_LM, head_of
+
+            config = loading.read_config(model, revision=revision, trust_remote_code=trust_remote_code)
+            return list(labels), head_of(config) != CAUSAL_LM
         return list(labels), bool(multi_label)
     if model is None:
         return [], False
-    from llmkit import loading
 
     config = loading.read_config(model, revision=revision, trust_remote_code=trust_remote_code)
     id2label = getattr(config, "id2label", None) or {}

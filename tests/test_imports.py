@@ -52,3 +52,22 @@ def test_top_level_help_imports_no_command_module() -> None:
     proc = subprocess.run([sys.executable, "-c", LISTING], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "llmkit.cli"
+
+
+PYDANTIC = """
+import sys
+from typer.testing import CliRunner
+from llmkit.cli import app
+result = CliRunner().invoke(app, {args!r})
+assert result.exit_code == 0, result.output
+print("pydantic" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["generate", "--help"], ["finetune", "--help"], ["--version"]])
+def test_help_does_not_import_pydantic(args: list[str]) -> None:
+    """typer coerces values through pydantic adapters; importing pydantic was half of `llmkit COMMAND --help`."""
+    proc = subprocess.run([sys.executable, "-c", PYDANTIC.format(args=args)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"

@@ -74,6 +74,16 @@ class _LazyBoundary(TyperGroup):
             return TyperCommand(cmd_name, help=COMMANDS[cmd_name][1])
         return load_command(cmd_name)
 
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None and not getattr(option, "_plain_flag", False):
+            # `llmkit COMMAND ...` leaves the group's own --help unset (None), and typer builds a pydantic
+            # adapter to coerce that None: importing pydantic was half of `llmkit COMMAND --help`. A flag is a bool.
+            process = option.process_value
+            setattr(option, "process_value", lambda ctx, value: process(ctx, bool(value)))  # noqa: B010
+            setattr(option, "_plain_flag", True)  # noqa: B010
+        return option
+
     def format_help(self, ctx: Any, formatter: Any) -> None:
         self._listing = True
         try:
