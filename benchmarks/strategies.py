@@ -127,17 +127,25 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--only", default=",".join(STRATEGIES), help="comma-separated strategies to run")
+    parser.add_argument("--lr", action="append", default=[], metavar="STRATEGY=LR",
+                        help="another learning rate for one strategy (repeatable), e.g. head=1e-2")
     parser.add_argument("--reuse", action="store_true", help="take finished runs found in --workdir as they are")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
 
+    learning_rates = {name: lr for name, (_, lr) in STRATEGIES.items()}
+    for item in args.lr:
+        name, _, value = item.partition("=")
+        if name not in STRATEGIES or not value:
+            parser.error(f"--lr {item}: use STRATEGY=LR with one of {', '.join(STRATEGIES)}")
+        learning_rates[name] = float(value)
     args.workdir.mkdir(parents=True, exist_ok=True)
     train_csv, test_csv = prepare_data(args.workdir, args.train, args.test, args.seed)
     load_start = load_average()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = []
     for name in [s.strip() for s in args.only.split(",") if s.strip()]:
-        flags, lr = STRATEGIES[name]
+        flags, lr = STRATEGIES[name][0], learning_rates[name]
         out = args.workdir / name
         cmd = [*LLMKIT, "finetune", str(train_csv), "-o", str(out), "--model", MODEL, "--task", "classification",
                "--validation-file", str(test_csv), "--epochs", str(args.epochs), "--max-length", str(args.max_length),
