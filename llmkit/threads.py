@@ -8,22 +8,60 @@ with 2 threads and 8.5 s with 1 (benchmarks/classify.py, 2026-11-28). On an idle
 from __future__ import annotations
 
 import os
+import time
 
 THREADS_ENV = "LLMKIT_THREADS"  # an explicit thread count wins over the load-based choice
+SAMPLE_SECONDS = 0.03  # how long busy cores are sampled from /proc/stat
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat, or None where there is none (macOS, Windows)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def busy_cores(cpus: int, seconds: float = SAMPLE_SECONDS) -> float | None:
+    """Cores that other processes keep busy right now: /proc/stat sampled over `seconds` (this process sleeps
+    meanwhile, so it does not count itself). None where /proc/stat is missing.
+
+    The 1-minute load average is not used where this exists: it lags by a minute, so a command run right after
+    another one (a shell loop, back-to-back benchmarks) saw the previous run's load and took one thread on an
+    idle 2-core machine (llama.cpp generated 47 tokens/s with 1 thread and 80 with 2 on 64 prompts,
+    2026-11-28).
+    """
+    first = _cpu_times()
+    if first is None:
+        return None
+    time.sleep(seconds)
+    second = _cpu_times()
+    if second is None or second[1] <= first[1]:
+        return None
+    share = (second[0] - first[0]) / (second[1] - first[1])
+    return share * (os.cpu_count() or cpus)
 
 
 def free_cores(cpus: int | None = None, load: float | None = None) -> int:
-    """Cores not kept busy by other processes: cpus minus the 1-minute load average, rounded, at least 1.
+    """Cores not kept busy by other processes: cpus minus the busy cores, rounded, at least 1.
 
     Args:
         cpus: usable cores (default: the cores this process may run on).
-        load: the load average (default: `os.getloadavg()[0]`; 0 where the platform has none).
+        load: busy cores (default: `busy_cores()`, sampled now; where /proc/stat is missing, the 1-minute load
+            average; 0 where the platform has neither).
 
     Returns:
         A thread count in 1..cpus.
     """
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load is None:
+        load = busy_cores(cpus)
     if load is None:
         try:
             load = os.getloadavg()[0]

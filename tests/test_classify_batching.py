@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,25 @@ def test_use_free_cores_respects_explicit_setting(monkeypatch: pytest.MonkeyPatc
         assert threads.use_free_cores() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_busy_cores_sees_a_spinning_process_and_not_the_last_minute() -> None:
+    """The free-core count follows what runs now, not the 1-minute load average (which still held the previous
+    command's load and gave one thread on an idle machine)."""
+    import subprocess
+    import sys
+    import time
+
+    if threads.busy_cores(2) is None:
+        pytest.skip("no /proc/stat here")
+    cpus = os.cpu_count() or 1
+    idle = min(threads.busy_cores(cpus, seconds=0.2) for _ in range(3))  # type: ignore[type-var]
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = max(threads.busy_cores(cpus, seconds=0.2) for _ in range(3))  # type: ignore[type-var]
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None and idle is not None
+    assert busy >= idle + 0.6  # one more core kept busy
