@@ -186,6 +186,12 @@ def classify(
                 "or --labels a,b,c for zero-shot classification with the bundled model"
             )
         model = DEFAULT_ZERO_SHOT_MODEL
+    if loaded is None and adapter is None:
+        from llmkit import bert_native
+
+        folder = bert_native.native_folder(model)
+        if folder is not None:  # a plain BERT classifier: no transformers import (bert_native.py)
+            loaded = bert_native.load(folder, spec=model, device=device, dtype=dtype)
     if loaded is None:
         kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code,
                                       adapter=adapter)
@@ -204,7 +210,7 @@ def classify(
     from llmkit.tasks import CAUSAL_LM, head_of_architectures
 
     net = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model  # peft
-    causal = head_of_architectures([type(net).__name__]) == CAUSAL_LM
+    causal = not getattr(net, "llmkit_native", False) and head_of_architectures([type(net).__name__]) == CAUSAL_LM
     runner: _Runner
     if causal:
         if labels is None:
@@ -654,7 +660,13 @@ def output_labels(
     if model is None:
         return [], False
 
-    config = loading.read_config(model, revision=revision, trust_remote_code=trust_remote_code)
+    from llmkit import bert_native
+
+    folder = bert_native.native_folder(model)
+    if folder is not None:
+        config = bert_native.read_config(folder)
+    else:
+        config = loading.read_config(model, revision=revision, trust_remote_code=trust_remote_code)
     id2label = getattr(config, "id2label", None) or {}
     names = [str(id2label[k]) for k in sorted(id2label, key=int)]
     multi = multi_label if multi_label is not None else getattr(config, "problem_type", None) == "multi_label_classification"
