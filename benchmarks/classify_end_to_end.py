@@ -6,7 +6,10 @@ kept (llmkit.student.drop_layers). Speed does not depend on what the weights lea
 here (benchmarks/distill.py measures the student's accuracy). Processes run alternately, `--repeats` times; the
 best wall time counts. With --before DIR the same runs use the llmkit code in DIR (e.g. /work/main) as well.
 
-    python benchmarks/classify_end_to_end.py [--inputs 1000] [--repeats 2] [--before /work/main]
+With --pipeline the teacher also runs through transformers' pipeline("text-classification", batch_size=32) in a
+fresh process on the same inputs (the peer end to end: its imports, load and classification).
+
+    python benchmarks/classify_end_to_end.py [--inputs 1000] [--repeats 2] [--before /work/main] [--pipeline]
 """
 
 from __future__ import annotations
@@ -57,11 +60,39 @@ def run(code: Path, model: Path, inputs: Path) -> tuple[float, bytes]:
     return time.perf_counter() - started, done.stdout
 
 
+PIPELINE_SCRIPT = """
+import json, sys
+from transformers import pipeline
+texts = [line for line in open(sys.argv[2], encoding="utf-8").read().splitlines() if line.strip()]
+pipe = pipeline("text-classification", model=sys.argv[1], device="cpu")
+for out in pipe(texts, batch_size=32, truncation=True):
+    print(json.dumps({"label": out["label"], "score": out["score"]}))
+"""
+
+
+def run_pipeline(model: Path, inputs: Path) -> tuple[float, bytes]:
+    """The peer, end to end: a fresh process that imports transformers and runs pipeline(batch_size=32)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, str(model), str(inputs)], env=env,
+                          capture_output=True, check=True)
+    return time.perf_counter() - started, done.stdout
+
+
+def labels(stdout: bytes) -> list[str]:
+    import json
+
+    return [json.loads(line)["label"] for line in stdout.decode().splitlines() if line.startswith("{")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--before", type=Path, default=None, help="Also run the llmkit code in this folder.")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="Also run the teacher through pipeline('text-classification', batch_size=32) in a fresh "
+                             "process, the same inputs end to end.")
     args = parser.parse_args()
 
     paths = build_models()
@@ -76,6 +107,9 @@ def main() -> None:
             for name, path in paths.items():
                 seconds, outputs[code_name, name] = run(code, path, inputs)
                 times.setdefault((code_name, name), []).append(seconds)
+        if args.pipeline:
+            seconds, outputs["pipeline", "teacher (6 layers)"] = run_pipeline(paths["teacher (6 layers)"], inputs)
+            times.setdefault(("pipeline", "teacher (6 layers)"), []).append(seconds)
     load_after = os.getloadavg()
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.inputs} VADER tweets; best of "
           f"{args.repeats}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after\n")
@@ -87,6 +121,15 @@ def main() -> None:
             best = min(times[code_name, name])
             runs = ", ".join(f"{s:.1f}" for s in times[code_name, name])
             print(f"| {code_name} | {name} | {best:.2f} | {runs} | {teacher / best:.2f}x |")
+    if args.pipeline:
+        teacher = min(times["this", "teacher (6 layers)"])
+        peer = min(times["pipeline", "teacher (6 layers)"])
+        runs = ", ".join(f"{s:.1f}" for s in times["pipeline", "teacher (6 layers)"])
+        same = sum(a == b for a, b in zip(labels(outputs["this", "teacher (6 layers)"]),
+                                          labels(outputs["pipeline", "teacher (6 layers)"]), strict=True))
+        print(f"| pipeline(batch_size=32), fresh process | teacher (6 layers) | {peer:.2f} | {runs} | |")
+        print(f"\nllmkit classify vs the pipeline, teacher, end to end: {peer / teacher:.2f}x; "
+              f"labels equal {same}/{args.inputs}")
     if "before" in codes:
         for name in paths:
             same = outputs["this", name].count(b'"label": "positive"') == outputs["before", name].count(
