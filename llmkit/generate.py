@@ -119,6 +119,7 @@ def generate(
     loaded: Any = None,
     engine: str = "auto",
     adapter: str | None = None,
+    lookup: int = 0,
 ) -> Iterator[Generation]:
     """Generate an answer for each prompt, yielding results in input order as soon as they are ready.
 
@@ -131,6 +132,9 @@ def generate(
         batch_size: prompts per forward pass; 1 also enables streaming through `on_text`.
         on_text: called with (prompt index, text delta) as tokens are produced (batch size 1 only).
         loaded: an already loaded `LoadedModel` (reuse across calls; skips loading).
+        lookup: prompt-lookup decoding on the llama.cpp engine: draft up to this many tokens copied from the
+            context (0: off). It pays where answers copy the prompt (rewrite, extract) and weights have batched
+            kernels (q8_0); see README "Prompt lookup".
         engine: auto|transformers|llama-cpp (auto: llama.cpp for GGUF models when its bindings are installed
             and it supports every setting; see `llama_engine.decide_engine`).
         adapter: a peft adapter folder (LoRA, prompt or prefix tuning) to run on `model` unmerged; it needs
@@ -156,11 +160,14 @@ def generate(
             if loaded is None
             else ("transformers", "an already loaded transformers model was passed")
         )
+    if lookup and engine != "llama-cpp":
+        raise UsageError(f"--lookup runs on the llama.cpp engine, and {model} runs on transformers here "
+                         f"({engine_reason}); give a GGUF model or drop --lookup")
     if engine == "llama-cpp":
         try:
             yield from llama_engine.generate(
                 prompts, model=model, settings=settings, system=system, raw=raw, batch_size=batch_size,
-                on_text=on_text, reason=engine_reason,
+                on_text=on_text, reason=engine_reason, lookup=lookup,
             )
             return
         except llama_engine.EngineLoadError as exc:  # raised before any result, so nothing is printed twice

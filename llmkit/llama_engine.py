@@ -34,6 +34,7 @@ from llmkit.sampling import settings_record as settings_record  # the one record
 ENGINES = ("auto", "transformers", "llama-cpp")
 BINDINGS_MODULE = "xllamacpp"
 INSTALL_HINT = 'pip install "llmkit[llama]" (or: make install-llama)'
+LOOKUP_MATCH = 3  # --lookup: tokens that must match earlier context before its continuation is drafted
 DEFAULT_CONTEXT = 4096  # least tokens of KV cache shared by all parallel sequences (prompt + answer); capped by the model
 PROMPT_ALLOWANCE = 512  # prompt tokens each parallel sequence is given room for, on top of --max-new-tokens
 # transformers' order: repetition penalty, then temperature, top-k, top-p, min-p, typical-p. llama.cpp's default
@@ -362,9 +363,13 @@ _SERVERS: dict[tuple[str, int, int], Any] = {}
 _SERVERS_LOCK = threading.Lock()
 
 
-def _server(gguf: Path, *, parallel: int, context: int) -> Any:
-    """A loaded llama.cpp model with `parallel` sequences, kept for reuse by later calls in this process."""
-    key = (str(gguf), parallel, context)
+def _server(gguf: Path, *, parallel: int, context: int, lookup: int = 0) -> Any:
+    """A loaded llama.cpp model with `parallel` sequences, kept for reuse by later calls in this process.
+
+    `lookup` > 0 turns on prompt-lookup decoding: llama.cpp's NGRAM_SIMPLE speculation drafts up to `lookup`
+    tokens that followed the last LOOKUP_MATCH tokens earlier in the context, and verifies them in one batch.
+    """
+    key = (str(gguf), parallel, context, lookup)
     with _SERVERS_LOCK:
         if key in _SERVERS:
             return _SERVERS[key]
@@ -381,6 +386,13 @@ def _server(gguf: Path, *, parallel: int, context: int) -> Any:
         # context is set above, so that pass only costs start-up (Server() took half the time without it, 3 runs
         # alternating, benchmarks/startup_generate.py, 2026-11-28, load average 16).
         params.fit_params = False
+        if lookup > 0:
+            spec = params.speculative
+            spec.types = [xllamacpp.common_speculative_type.COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE]
+            # llama.cpp's defaults (match 12 tokens) almost never fire on a short prompt; 3 is the usual choice
+            spec.ngram_simple.size_n = LOOKUP_MATCH
+            spec.ngram_simple.size_m = lookup
+            spec.draft.n_max, spec.draft.n_min = lookup, 0
         # The bindings run llama.cpp's server loop, which also answers on a random port of 127.0.0.1: a random
         # API key keeps other local users out of it. Its logs stay off stderr unless debugging.
         params.api_keys = [secrets.token_hex(16)]
@@ -394,7 +406,7 @@ def _server(gguf: Path, *, parallel: int, context: int) -> Any:
         return server
 
 
-def load_fresh(gguf: Path, *, context: int, parallel: int = 1) -> tuple[Any, float]:
+def load_fresh(gguf: Path, *, context: int, parallel: int = 1, lookup: int = 0) -> tuple[Any, float]:
     """Load `gguf` anew (any kept model released first) and time it: for measuring, where a kept model would
     make the load look free.
 
@@ -404,7 +416,7 @@ def load_fresh(gguf: Path, *, context: int, parallel: int = 1) -> tuple[Any, flo
     with _SERVERS_LOCK:
         _SERVERS.clear()
     started = time.perf_counter()
-    server = _server(gguf, parallel=parallel, context=context)
+    server = _server(gguf, parallel=parallel, context=context, lookup=lookup)
     return server, time.perf_counter() - started
 
 
@@ -426,6 +438,10 @@ def request_params(settings: GenerationSettings, *, context: int) -> dict[str, A
         "xtc_probability": 0.0,
         "top_n_sigma": -1.0,
         "mirostat": 0,
+        # Every prompt is computed whole: reusing the KV of an earlier prompt's shared prefix changes how the
+        # rest is batched, and with it the last digits of the logits, so a greedy answer would depend on which
+        # prompt ran before it (0 of 5 BBC summaries repeated word for word with the cache on).
+        "cache_prompt": False,
     }
     if settings.do_sample:
         req.update(
@@ -479,6 +495,8 @@ class _Answer:
     prompt_tokens: int
     completion_tokens: int
     seconds: float
+    drafted: int = 0  # --lookup: tokens llama.cpp drafted from the context, and how many of them it kept
+    accepted: int = 0
 
 
 def _complete(
@@ -544,7 +562,8 @@ def _complete(
     if finish == "length" and completion < request["max_tokens"]:
         # llama.cpp ends a sequence whose context is full with "length": not the length that was asked for
         raise _context_full(index, completion, request["max_tokens"], context, parallel)
-    return _Answer(state["text"], finish, prompt_tokens, completion, seconds)
+    return _Answer(state["text"], finish, prompt_tokens, completion, seconds,
+                   int(timings.get("draft_n") or 0), int(timings.get("draft_n_accepted") or 0))
 
 
 def generate(
@@ -559,6 +578,7 @@ def generate(
     reason: str = "",
     gguf: Path | None = None,
     context: int | None = None,
+    lookup: int = 0,
 ) -> Iterator[Generation]:
     """Generate with llama.cpp, yielding `Generation` records in input order as soon as each is ready.
 
@@ -573,6 +593,7 @@ def generate(
         reason: why this engine runs, for the record.
         gguf: the GGUF file (default: resolved from `model`).
         context: KV cache tokens shared by the sequences (default: `context_size`).
+        lookup: prompt-lookup decoding, up to this many drafted tokens per step (0: off; see `_server`).
 
     Returns:
         An iterator of `Generation` with engine="llama-cpp".
@@ -591,13 +612,17 @@ def generate(
             f"tokens (prompt and answer together); ask for fewer than {info.context_length}"
         )
     context = context or context_size(batch_size, settings.max_new_tokens, info.context_length)
-    server = _server(gguf, parallel=batch_size, context=context)
+    if lookup < 0:
+        raise UsageError("--lookup must be 0 (off) or a number of draft tokens, e.g. 8")
+    server = _server(gguf, parallel=batch_size, context=context, lookup=lookup)
     request = request_params(settings, context=context)
 
     def request_for(index: int) -> dict[str, Any]:
         # each input samples from its own stream (the transformers engine's rule too: sampling.stream_seed)
         return request if settings.seed is None else dict(request, seed=stream_seed(settings.seed, index))
     record = settings_record(settings)
+    if lookup:
+        record = dict(record, lookup=lookup)
 
     def prepare(index: int, prompt: str) -> str:
         text = render_chat(info, prompt, system=system, raw=raw)

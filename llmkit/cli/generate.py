@@ -87,6 +87,13 @@ def generate(
             "and every setting is supported there; the record's engine_reason says why).",
         ),
     ] = "auto",
+    lookup: Annotated[
+        int | None,
+        typer.Option("--lookup", help="Prompt-lookup decoding (llama.cpp engine, experimental): draft up to N "
+                     "tokens copied from the prompt and verify them in one batch. Measured 1.13-1.18x on extraction "
+                     "prompts, slower on summaries; greedy answers can differ from the plain path (a batch's "
+                     "arithmetic differs from one token's). Off by default."),
+    ] = None,
     revision: RevisionOpt = None,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -137,6 +144,8 @@ def generate(
     ):
         if input_file is None:
             raise UsageError("--input-format openai-batch needs --input FILE (a .jsonl batch file)")
+        if lookup:
+            raise UsageError("--lookup is not applied to OpenAI batch files; drop it, or give plain prompts")
         _generate_batch(
             input_file, settings, peers=peers, model=model or _gen.DEFAULT_MODEL, engine=engine, system=system,
             batch_size=batch_size or _gen.DEFAULT_BATCH_SIZE, device=device, dtype=dtype, revision=revision,
@@ -168,6 +177,7 @@ def generate(
             # Several processes: the main one prints merged results, so nothing streams token by token.
             on_text=streamer.delta if streamer and not peers.distributed else None,
             engine=engine,
+            lookup=lookup or 0,
         )
 
     # With several processes (accelerate launch, torchrun) each runs its share; the main one prints all, in order.
