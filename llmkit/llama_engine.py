@@ -438,10 +438,6 @@ def request_params(settings: GenerationSettings, *, context: int) -> dict[str, A
         "xtc_probability": 0.0,
         "top_n_sigma": -1.0,
         "mirostat": 0,
-        # Every prompt is computed whole: reusing the KV of an earlier prompt's shared prefix changes how the
-        # rest is batched, and with it the last digits of the logits, so a greedy answer would depend on which
-        # prompt ran before it (0 of 5 BBC summaries repeated word for word with the cache on).
-        "cache_prompt": False,
     }
     if settings.do_sample:
         req.update(
@@ -615,7 +611,12 @@ def generate(
     if lookup < 0:
         raise UsageError("--lookup must be 0 (off) or a number of draft tokens, e.g. 8")
     server = _server(gguf, parallel=batch_size, context=context, lookup=lookup)
-    request = request_params(settings, context=context)
+    # One prompt at a time, each prompt is computed whole: reusing the KV of the previous prompt's shared prefix
+    # changes how the rest is batched, and with it the last digits of the logits, so a greedy answer would depend
+    # on the prompt before it (0 of 5 BBC summaries repeated word for word with the cache on, 5 of 5 without).
+    # With parallel sequences an answer already depends on what shares its batch, so the cache stays on there
+    # (it is worth 14% at batch 8 on 64 short questions: benchmarks/README.md, throughput).
+    request = dict(request_params(settings, context=context), cache_prompt=batch_size > 1)
 
     def request_for(index: int) -> dict[str, Any]:
         # each input samples from its own stream (the transformers engine's rule too: sampling.stream_seed)
