@@ -275,7 +275,8 @@ def _model_class() -> Any:
             mask = None
             if attention_mask is not None and not bool(attention_mask.all()):
                 mask = attention_mask[:, None, None, :].bool()
-            for layer in self.layers:
+            layers: Any = self.layers  # plain nn.Module holders: their attributes are set in __init__
+            for layer in layers:
                 heads = layer.heads
                 qkv = layer.qkv(x).view(batch, length, 3, heads, -1).permute(2, 0, 3, 1, 4)
                 attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)

@@ -359,7 +359,7 @@ def render_chat(info: GGUFInfo, prompt: Any, *, system: str | None, raw: bool) -
 
 # --- the llama.cpp runtime ---------------------------------------------------------------------------------------
 
-_SERVERS: dict[tuple[str, int, int], Any] = {}
+_SERVERS: dict[tuple[str, int, int, int], Any] = {}
 _SERVERS_LOCK = threading.Lock()
 
 
