@@ -303,7 +303,10 @@ def load(folder: Path, *, spec: str, device: str = "auto", dtype: str = "auto") 
     device = loading.pick_device(device)
     torch_dtype = loading.pick_dtype(dtype, device, low_precision=False)
     config = read_config(folder)
-    weights = load_file(str(folder / WEIGHTS))
+    try:
+        weights = load_file(str(folder / WEIGHTS))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+        raise ModelNotFoundError(f"{spec}: {WEIGHTS} could not be read ({str(exc).splitlines()[0]})") from exc
     try:
         model = _model_class()(config, weights)
     except (KeyError, RuntimeError) as exc:

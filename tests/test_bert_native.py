@@ -168,6 +168,19 @@ def test_what_it_cannot_copy_exactly_goes_through_transformers(
     assert native(str(tiny_classifier)) is None
 
 
+def test_damaged_weights_are_one_error_line(tiny_classifier: Path, tmp_path: Path) -> None:
+    from helpers import invoke
+
+    broken = _copy(tiny_classifier, tmp_path / "broken")
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert bert_native.native_folder(str(broken)) == broken.resolve()
+    result = invoke(["classify", "-m", str(broken), "i loved it"])
+    assert result.exit_code == 3
+    assert result.stderr.startswith("Error: ") and "model.safetensors could not be read" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_classify_command_does_not_import_transformers(tiny_classifier: Path) -> None:
     script = (
         "import sys\n"
