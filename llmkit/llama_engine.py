@@ -611,12 +611,12 @@ def generate(
     if lookup < 0:
         raise UsageError("--lookup must be 0 (off) or a number of draft tokens, e.g. 8")
     server = _server(gguf, parallel=batch_size, context=context, lookup=lookup)
-    # One prompt at a time, each prompt is computed whole: reusing the KV of the previous prompt's shared prefix
-    # changes how the rest is batched, and with it the last digits of the logits, so a greedy answer would depend
-    # on the prompt before it (0 of 5 BBC summaries repeated word for word with the cache on, 5 of 5 without).
-    # With parallel sequences an answer already depends on what shares its batch, so the cache stays on there
-    # (it is worth 14% at batch 8 on 64 short questions: benchmarks/README.md, throughput).
-    request = dict(request_params(settings, context=context), cache_prompt=batch_size > 1)
+    # Every prompt is computed whole: reusing the KV of an earlier prompt's shared prefix changes how the rest is
+    # batched, and with it the last digits of the logits, so a greedy answer would depend on the prompt before it
+    # (0 of 5 BBC summaries repeated word for word with the cache on, 5 of 5 without). The same rule at every
+    # batch size also keeps batch 1 and parallel sequences in step (with the cache on only in parallel, the tiny
+    # model's answers parted under load). It costs 14-19% on 64 short questions (benchmarks/README.md).
+    request = dict(request_params(settings, context=context), cache_prompt=False)
 
     def request_for(index: int) -> dict[str, Any]:
         # each input samples from its own stream (the transformers engine's rule too: sampling.stream_seed)
