@@ -82,8 +82,8 @@ def native_folder(spec: str) -> Path | None:
 def _tokenizer_as_transformers_builds_it(folder: Path) -> bool:
     """Whether tokenizer.json, used as it is, tokenizes as transformers 5's BertTokenizer does.
 
-    A generic fast tokenizer (PreTrainedTokenizerFast) is tokenizer.json as it is. BertTokenizer takes only the vocabulary from tokenizer.json and rebuilds the rest from tokenizer_config.json:
-    a BertNormalizer from do_lower_case / strip_accents / tokenize_chinese_chars, the BertPreTokenizer, a
+    A generic fast tokenizer (PreTrainedTokenizerFast) is tokenizer.json as it is. BertTokenizer takes only the
+    vocabulary from tokenizer.json and rebuilds the rest from tokenizer_config.json: a BertNormalizer from do_lower_case / strip_accents / tokenize_chinese_chars, the BertPreTokenizer, a
     WordPiece with default settings and the "[CLS] $A [SEP] $B [SEP]" template. `save_pretrained` writes that
     rebuilt tokenizer, so folders transformers saved agree; anything else goes through transformers.
     """
@@ -146,18 +146,16 @@ def read_config(folder: Path) -> SimpleNamespace:
     label2id = {str(k): int(v) for k, v in (data.get("label2id") or {}).items()} or {v: k for k, v in id2label.items()}
     fields = dict(data, id2label=id2label, label2id=label2id, num_labels=len(id2label))
     fields.setdefault("problem_type", None)
-    fields.setdefault("position_embedding_type", "absolute")
     fields.setdefault("hidden_act", "gelu")
     fields.setdefault("layer_norm_eps", 1e-12)
-    fields.setdefault("type_vocab_size", 2)
     return SimpleNamespace(**fields)
 
 
 class NativeTokenizer:
     """The slice of a transformers fast tokenizer that classify uses, over the same tokenizer.json.
 
-    Calls return {"input_ids"} and, where transformers returns them, "token_type_ids" (lists for one input, lists of lists for many), with the special
-    tokens the file's post-processor adds; truncation only when asked (the file's own truncation and padding
+    Calls return {"input_ids"} and, where transformers returns them, "token_type_ids" (lists for one input, lists
+    of lists for many), with the special tokens the file's post-processor adds; truncation only when asked (the file's own truncation and padding
     settings are switched off, as transformers does per call).
     """
 
@@ -293,7 +291,7 @@ def load(folder: Path, *, spec: str, device: str = "auto", dtype: str = "auto") 
     """The classifier in `folder` (see `native_folder`) as a `loading.LoadedModel`, in eval mode on its device.
 
     Raises:
-        ModelNotFoundError: weights that do not fit the config.
+        ModelNotFoundError: a damaged weights file, or weights that do not fit the config.
     """
     from safetensors.torch import load_file
 
@@ -310,7 +308,7 @@ def load(folder: Path, *, spec: str, device: str = "auto", dtype: str = "auto") 
     try:
         model = _model_class()(config, weights)
     except (KeyError, RuntimeError) as exc:
-        raise ModelNotFoundError(f"{spec}: model.safetensors does not match its BERT config.json ({exc})") from exc
+        raise ModelNotFoundError(f"{spec}: {WEIGHTS} does not match its BERT config.json ({exc})") from exc
     model.to(device=device, dtype=torch_dtype)
     model.eval()
     tokenizer = NativeTokenizer(folder)

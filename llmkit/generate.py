@@ -146,6 +146,8 @@ def generate(
     settings = settings or GenerationSettings()
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if lookup < 0:
+        raise UsageError("--lookup must be 0 (off) or a number of draft tokens, e.g. 8")
     # Engine dispatch: llama.cpp (no torch import at all) when it can run this model and these settings.
     from llmkit import llama_engine
 

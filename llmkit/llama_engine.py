@@ -406,7 +406,7 @@ def _server(gguf: Path, *, parallel: int, context: int, lookup: int = 0) -> Any:
         return server
 
 
-def load_fresh(gguf: Path, *, context: int, parallel: int = 1, lookup: int = 0) -> tuple[Any, float]:
+def load_fresh(gguf: Path, *, context: int, parallel: int = 1) -> tuple[Any, float]:
     """Load `gguf` anew (any kept model released first) and time it: for measuring, where a kept model would
     make the load look free.
 
@@ -416,7 +416,7 @@ def load_fresh(gguf: Path, *, context: int, parallel: int = 1, lookup: int = 0) 
     with _SERVERS_LOCK:
         _SERVERS.clear()
     started = time.perf_counter()
-    server = _server(gguf, parallel=parallel, context=context, lookup=lookup)
+    server = _server(gguf, parallel=parallel, context=context)
     return server, time.perf_counter() - started
 
 
@@ -438,6 +438,13 @@ def request_params(settings: GenerationSettings, *, context: int) -> dict[str, A
         "xtc_probability": 0.0,
         "top_n_sigma": -1.0,
         "mirostat": 0,
+        # Every prompt is computed whole: reusing the KV of an earlier prompt's shared prefix changes how the
+        # rest is batched, and with it the last digits of the logits, so a greedy answer would depend on the
+        # prompt before it (0 of 5 BBC summaries repeated word for word with the cache on, 5 of 5 without). One
+        # rule at every batch size also keeps batch 1 and parallel sequences in step (with the cache on only in
+        # parallel, the tiny model's answers parted under load). It costs 14-19% on 64 short questions
+        # (benchmarks/README.md).
+        "cache_prompt": False,
     }
     if settings.do_sample:
         req.update(
@@ -608,15 +615,8 @@ def generate(
             f"tokens (prompt and answer together); ask for fewer than {info.context_length}"
         )
     context = context or context_size(batch_size, settings.max_new_tokens, info.context_length)
-    if lookup < 0:
-        raise UsageError("--lookup must be 0 (off) or a number of draft tokens, e.g. 8")
     server = _server(gguf, parallel=batch_size, context=context, lookup=lookup)
-    # Every prompt is computed whole: reusing the KV of an earlier prompt's shared prefix changes how the rest is
-    # batched, and with it the last digits of the logits, so a greedy answer would depend on the prompt before it
-    # (0 of 5 BBC summaries repeated word for word with the cache on, 5 of 5 without). The same rule at every
-    # batch size also keeps batch 1 and parallel sequences in step (with the cache on only in parallel, the tiny
-    # model's answers parted under load). It costs 14-19% on 64 short questions (benchmarks/README.md).
-    request = dict(request_params(settings, context=context), cache_prompt=False)
+    request = request_params(settings, context=context)
 
     def request_for(index: int) -> dict[str, Any]:
         # each input samples from its own stream (the transformers engine's rule too: sampling.stream_seed)

@@ -48,6 +48,7 @@ def test_request_params_unset_knobs_are_off_and_greedy_is_temperature_zero() -> 
     assert sampled["repeat_penalty"] == 1.0 and "seed" not in sampled
     greedy = llama_engine.request_params(gen.build_settings(), context=64)
     assert greedy["temperature"] == 0.0
+    assert greedy["cache_prompt"] is False  # every prompt computed whole (see request_params)
 
 
 # --- engine choice ---------------------------------------------------------------------------------------------
@@ -507,6 +508,9 @@ def test_lookup_needs_the_llama_cpp_engine(tiny_causal_lm: Path) -> None:
     result = invoke(["generate", "-m", str(tiny_causal_lm), "--lookup", "4", "-n", "2", "hello"])
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: --lookup runs on the llama.cpp engine")
+    negative = invoke(["generate", "-m", str(tiny_causal_lm), "--lookup", "-1", "-n", "2", "hello"])
+    assert negative.exit_code == 2
+    assert negative.stderr.startswith("Error: --lookup must be 0 (off) or a number of draft tokens")
 
 
 PARAGRAPH = (
