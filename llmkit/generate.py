@@ -6,6 +6,7 @@ strings, finish reason, n-best scores), yielding one `Generation` per prompt in 
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -183,13 +184,22 @@ def generate(
 
     import torch
 
-    from llmkit import loading
+    from llmkit import llama_native, loading
 
+    # The first window of prompts is read before loading: whether batches will hold more than one prompt decides
+    # the precision. On a CPU bfloat16 pays at batch 1 (memory-bound) and loses at batch 8 (compute-bound on AVX2),
+    # where float32 also lets the native Llama loop run (llama_native.py; README Performance).
+    prompts = iter(prompts)
+    window = batch_size * LENGTH_GROUP_WINDOW if batch_size > 1 else 1
+    head = list(itertools.islice(prompts, window))
+    load_dtype = dtype
+    if dtype == "auto" and loaded is None and min(batch_size, len(head)) > 1 and loading.pick_device(device) == "cpu":
+        load_dtype = "float32"
     lm = loaded or loading.load(
         model,
         "text-generation",
         device=device,
-        dtype=dtype,
+        dtype=load_dtype,
         revision=revision,
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
@@ -219,6 +229,11 @@ def generate(
             gen_kwargs[knob] = None
         # greedy generate() refuses num_return_sequences > 1: the rows are repeated by hand instead (run_batch)
         gen_kwargs.update(do_sample=False, num_return_sequences=1)
+    # Greedy decoding of Llama models in float32 on the CPU runs llmkit's own loop (same tokens, measured faster).
+    native = None
+    if not per_input_streams and not encoder_decoder:
+        if llama_native.unsupported_model(net) is None and llama_native.unsupported_call(gen_kwargs) is None:
+            native = llama_native.NativeLlama(net)
     # Templated prompts carry their own special tokens; raw prompts get the tokenizer's usual ones.
     add_special = raw or not getattr(tok, "chat_template", None) or encoder_decoder
 
@@ -262,7 +277,14 @@ def generate(
             extra["stopping_criteria"] = _stop_criteria(tok, settings.stop, start)
         started = time.perf_counter()
         with torch.inference_mode():
-            out = inputs.model.generate(**inputs.kwargs, **gen_kwargs, **extra, streamer=streamer)
+            if native is not None and inputs.echoes_prompt and inputs.model is net:
+                out = native.greedy(
+                    padded["input_ids"], padded["attention_mask"], max_new_tokens=settings.max_new_tokens, eos=eos,
+                    pad_token_id=tok.pad_token_id, stopping_criteria=extra.get("stopping_criteria"),
+                    streamer=streamer,
+                )
+            else:
+                out = inputs.model.generate(**inputs.kwargs, **gen_kwargs, **extra, streamer=streamer)
         seconds = time.perf_counter() - started
         sequences = out.sequences if want_scores else out
         scores: list[float] | None
@@ -299,9 +321,8 @@ def generate(
             )
         return results
 
-    window = batch_size * LENGTH_GROUP_WINDOW if batch_size > 1 else 1
     pending: list[_Prepared] = []
-    for index, prompt in enumerate(prompts):
+    for index, prompt in enumerate(itertools.chain(head, prompts)):
         pending.append(prepare(index, prompt))
         if len(pending) >= window:
             yield from _run_window(pending, batch_size, run_batch)

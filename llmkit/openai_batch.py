@@ -657,7 +657,10 @@ def generate_runner(
             if "lm" not in cache:
                 from llmkit import loading
 
-                cache["lm"] = loading.load(model, "text-generation", device=device, dtype=dtype, revision=revision,
+                # as generate() chooses: float32 for batches of several requests on a CPU, bfloat16 one at a time
+                several = batch_size > 1 and dtype == "auto" and loading.pick_device(device) == "cpu"
+                cache["lm"] = loading.load(model, "text-generation", device=device,
+                                           dtype="float32" if several else dtype, revision=revision,
                                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                                            low_precision=True)
             loaded = cache["lm"]

@@ -1,0 +1,243 @@
+"""Greedy decoding of Llama-architecture causal LMs in plain torch, for `llmkit generate`'s transformers engine.
+
+Why: on a CPU, batched generation is bound by the weight matrices' products, and transformers' per-step machinery
+(a growing DynamicCache, mask building, hooks) adds to it. This module takes the weights of an already loaded
+`LlamaForCausalLM` and runs the textbook decoder loop: one fused QKV and one fused gate/up product per layer,
+RoPE, grouped-query SDPA over a KV cache allocated once for the whole run, RMSNorm and SiLU, with the linear
+weights pre-packed for oneDNN (`to_mkldnn`), which halves the time of the 49,152-row output projection at batch
+8-64 on AVX2. Rows that have finished (EOS or a stop string) leave the batch, so long answers do not pay for
+short ones. Measured in benchmarks/generate.py (README Performance).
+
+Used only where it gives transformers' greedy answers: float32 weights on the CPU, a plain `LlamaForCausalLM`
+(no attention or MLP bias, SiLU, default/linear/llama3 RoPE), greedy search with no repetition penalty,
+n-gram ban, beams, sampling or logits processor, and no adapter. Everything else runs through
+`model.generate` as before. Parity with transformers' greedy output (token for token, with left padding, stop
+strings, EOS and streaming) is pinned by tests/test_llama_native.py on tiny models and on the bundled SmolLM2.
+`LLMKIT_NATIVE=0` turns the path off. The packed weights are a second copy of the linear layers in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+NATIVE_ENV = "LLMKIT_NATIVE"  # "0": every generation runs through transformers' model.generate
+ARCHITECTURE = "LlamaForCausalLM"
+ROPE_TYPES = ("default", "linear", "llama3")  # an inverse-frequency table fixed at load; "dynamic" etc. change it
+
+
+def _enabled() -> bool:
+    return os.environ.get(NATIVE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _rope_type(config: Any) -> str:
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    return str(params.get("rope_type", params.get("type", "default"))) if isinstance(params, dict) else "unknown"
+
+
+def unsupported_model(net: Any) -> str | None:
+    """Why `net` cannot run natively (a short phrase), or None when it can."""
+    import torch
+
+    if not _enabled():
+        return f"{NATIVE_ENV}=0"
+    config = getattr(net, "config", None)
+    if type(net).__name__ != ARCHITECTURE or getattr(config, "model_type", None) != "llama":
+        return f"not a {ARCHITECTURE}"
+    if getattr(net, "peft_config", None) is not None or getattr(net, "hf_quantizer", None) is not None:
+        return "an adapter or a quantized model"
+    try:
+        weight = net.get_input_embeddings().weight
+    except AttributeError:
+        return "no input embeddings"
+    if weight.dtype != torch.float32 or weight.device.type != "cpu":
+        return "not float32 on the CPU"
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        return "biased projections"
+    if getattr(config, "hidden_act", None) != "silu" or getattr(config, "pretraining_tp", 1) != 1:
+        return "an activation or tensor-parallel layout other than Llama's"
+    if _rope_type(config) not in ROPE_TYPES:
+        return f"{_rope_type(config)} RoPE"
+    for module in net.modules():  # a quantized or otherwise swapped projection would be bypassed
+        if "Linear" in type(module).__name__ and type(module) is not torch.nn.Linear:
+            return f"a {type(module).__name__} layer"
+    return None
+
+
+def unsupported_call(kwargs: dict[str, Any]) -> str | None:
+    """Why these `model.generate` keyword arguments need transformers (a short phrase), or None."""
+    if kwargs.get("do_sample") or kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
+        return "sampling or beam search"
+    if kwargs.get("repetition_penalty", 1.0) not in (None, 1.0) or kwargs.get("no_repeat_ngram_size") not in (None, 0):
+        return "a repetition penalty or n-gram ban"
+    if kwargs.get("logits_processor") or kwargs.get("output_scores") or kwargs.get("return_dict_in_generate"):
+        return "logits processors or scores"
+    known = {"max_new_tokens", "do_sample", "num_beams", "num_return_sequences", "repetition_penalty",
+             "no_repeat_ngram_size", "temperature", "top_k", "top_p", "min_p", "typical_p", "pad_token_id",
+             "stopping_criteria", "streamer", "input_ids", "attention_mask", "logits_processor"}
+    extra = sorted(k for k, v in kwargs.items() if k not in known and v is not None)
+    return f"generate() arguments {extra}" if extra else None
+
+
+def _pack(weight: Any) -> Any:
+    """A weight in oneDNN's layout (a private copy), or the plain tensor where oneDNN's linear is missing."""
+    import torch
+
+    plain = weight.detach()
+    if not torch.backends.mkldnn.is_available():
+        return plain
+    try:
+        packed = plain.to_mkldnn()
+        torch.ops.mkldnn._linear_pointwise(plain[:1], packed, None, "none", [None], "")
+    except (RuntimeError, AttributeError):  # a torch build without the kernel
+        return plain
+    return packed
+
+
+def _linear(x: Any, weight: Any) -> Any:
+    """x @ weight.T; a packed weight goes through oneDNN (dense in, dense out: no layout conversions per call)."""
+    import torch
+    import torch.nn.functional as F
+
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [None], "")
+    return F.linear(x, weight)
+
+
+class NativeLlama:
+    """The decoder of a loaded `LlamaForCausalLM`, run with a preallocated KV cache (see the module docstring)."""
+
+    def __init__(self, net: Any) -> None:
+        import torch
+
+        config = net.config
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = float(config.rms_norm_eps)
+        inner = net.model
+        self.embed = inner.embed_tokens.weight.detach()
+        self.head = _pack(net.get_output_embeddings().weight)
+        self.norm = inner.norm.weight.detach()
+        rotary = inner.rotary_emb
+        self.inv_freq = rotary.inv_freq.detach().float()
+        self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
+        self.layers = []
+        for layer in inner.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach()
+            gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+            self.layers.append((layer.input_layernorm.weight.detach(), _pack(qkv), _pack(attn.o_proj.weight),
+                                layer.post_attention_layernorm.weight.detach(), _pack(gate_up),
+                                _pack(mlp.down_proj.weight)))
+        self.scale = float(getattr(layer.self_attn, "scaling", self.head_dim**-0.5))
+
+    def _rms(self, x: Any, weight: Any) -> Any:
+        import torch
+
+        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+    def _rope(self, positions: Any) -> tuple[Any, Any]:
+        import torch
+
+        freqs = positions[..., None].float() * self.inv_freq
+        angles = torch.cat([freqs, freqs], dim=-1)
+        return (angles.cos() * self.rope_scale)[:, None], (angles.sin() * self.rope_scale)[:, None]
+
+    @staticmethod
+    def _rotate(x: Any, cos: Any, sin: Any) -> Any:
+        import torch
+
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+    def forward(self, ids: Any, positions: Any, cache: list[Any], start: int, mask: Any) -> Any:
+        """Run `ids` [B, T] at `positions`, writing keys/values at cache[..., start:start+T]; the last hidden states.
+
+        `mask` [B, 1, T, start+T] is True where a query may attend to a key.
+        """
+        import torch.nn.functional as F
+
+        batch, steps = ids.shape
+        x = F.embedding(ids, self.embed)
+        cos, sin = self._rope(positions)
+        q_end = self.heads * self.head_dim
+        k_end = q_end + self.kv_heads * self.head_dim
+        end = start + steps
+        for i, (norm1, qkv, out, norm2, gate_up, down) in enumerate(self.layers):
+            y = _linear(self._rms(x, norm1), qkv)
+            q = y[..., :q_end].view(batch, steps, self.heads, self.head_dim).transpose(1, 2)
+            k = y[..., q_end:k_end].view(batch, steps, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = y[..., k_end:].view(batch, steps, self.kv_heads, self.head_dim).transpose(1, 2)
+            keys, values = cache[2 * i], cache[2 * i + 1]
+            keys[:, :, start:end] = self._rotate(k, cos, sin)
+            values[:, :, start:end] = v
+            a = F.scaled_dot_product_attention(self._rotate(q, cos, sin), keys[:, :, :end], values[:, :, :end],
+                                               attn_mask=mask, scale=self.scale,
+                                               enable_gqa=self.kv_heads != self.heads)
+            x = x + _linear(a.transpose(1, 2).reshape(batch, steps, q_end), out)
+            gate, up = _linear(self._rms(x, norm2), gate_up).chunk(2, dim=-1)
+            x = x + _linear(F.silu(gate) * up, down)
+        return x[:, -1]
+
+    def greedy(
+        self,
+        input_ids: Any,
+        attention_mask: Any,
+        *,
+        max_new_tokens: int,
+        eos: set[int],
+        pad_token_id: int,
+        stopping_criteria: Callable[[Any, Any], Any] | None = None,
+        streamer: Any = None,
+    ) -> Any:
+        """Greedy search as transformers' `generate(do_sample=False)` does it: prompt + new tokens, [B, P + n].
+
+        A row that produced an EOS token (kept) or met `stopping_criteria` is finished: it leaves the batch and
+        its later positions hold `pad_token_id`. Stops when every row has finished or after `max_new_tokens`.
+        """
+        import torch
+
+        batch, prompt_len = input_ids.shape
+        total = prompt_len + max_new_tokens
+        out = torch.full((batch, total), pad_token_id, dtype=input_ids.dtype)
+        out[:, :prompt_len] = input_ids
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+        cache = [torch.empty(batch, self.kv_heads, total, self.head_dim) for _ in range(2 * len(self.layers))]
+        valid = torch.zeros(batch, total, dtype=torch.bool)
+        valid[:, :prompt_len] = attention_mask.bool()
+        # transformers' positions for left padding: count real tokens only (a padded slot gets 1; it is masked).
+        positions = attention_mask.long().cumsum(-1) - 1
+        positions = positions.masked_fill(attention_mask == 0, 1)
+        causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool).tril()
+        # A padding query sees only itself: a row of all-False would give NaN (it is never read).
+        mask = (causal & valid[:, None, :prompt_len]) | torch.eye(prompt_len, dtype=torch.bool)
+        eos_ids = torch.tensor(sorted(eos), dtype=input_ids.dtype)
+        rows = torch.arange(batch)  # the output row of each active batch position
+        hidden = self.forward(input_ids, positions, cache, 0, mask[:, None])
+        next_pos = positions[:, -1] + 1
+        produced = 0
+        while True:
+            token = _linear(self._rms(hidden, self.norm), self.head).argmax(-1)
+            out[rows, prompt_len + produced] = token
+            produced += 1
+            if streamer is not None:
+                streamer.put(token.cpu())
+            finished = torch.isin(token, eos_ids)
+            if stopping_criteria is not None:
+                finished |= stopping_criteria(out[rows, : prompt_len + produced], None)
+            if produced >= max_new_tokens or bool(finished.all()):
+                break
+            if bool(finished.any()):
+                keep = (~finished).nonzero().squeeze(1)
+                rows, token, next_pos, valid = rows[keep], token[keep], next_pos[keep], valid[keep]
+                cache = [c.index_select(0, keep) for c in cache]
+            step = prompt_len + produced - 1  # the cache slot of the token just chosen
+            valid[:, step] = True
+            hidden = self.forward(token[:, None], next_pos[:, None], cache, step, valid[:, None, None, : step + 1])
+            next_pos = next_pos + 1
+        if streamer is not None:
+            streamer.end()
+        return out[:, : prompt_len + produced]

