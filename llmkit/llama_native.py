@@ -25,6 +25,22 @@ from typing import Any
 NATIVE_ENV = "LLMKIT_NATIVE"  # "0": every generation runs through transformers' model.generate
 ARCHITECTURE = "LlamaForCausalLM"
 ROPE_TYPES = ("default", "linear", "llama3")  # an inverse-frequency table fixed at load; "dynamic" etc. change it
+PREFILL_ROWS = 16  # prompts per prefill pass: sorted by length, so groups pad little and products stay wide
+MIN_SHARED = 4  # a common prefix shorter than this is not worth computing apart
+
+
+def _shared_prefix(input_ids: Any, lengths: Any) -> int:
+    """How many leading real tokens all left-padded rows share (0 below MIN_SHARED); each row keeps one of its own."""
+    import torch
+
+    width = int(lengths.min()) - 1
+    if width < MIN_SHARED:
+        return 0
+    prompt_len = input_ids.shape[1]
+    starts = prompt_len - lengths
+    heads = torch.gather(input_ids, 1, starts[:, None] + torch.arange(width)[None, :])
+    same = (heads == heads[:1]).all(0).long().cumprod(0).sum()
+    return int(same) if int(same) >= MIN_SHARED else 0
 
 
 def _enabled() -> bool:
@@ -181,6 +197,46 @@ class NativeLlama:
             x = x + _linear(F.silu(gate) * up, down)
         return x[:, -1]
 
+    def _prefill(self, input_ids: Any, attention_mask: Any, cache: list[Any], valid: Any) -> tuple[Any, Any, Any]:
+        """Run the left-padded prompts into `cache`; return (output row of each batch position, last hidden states,
+        next positions), with the batch positions sorted by prompt length.
+
+        Cache layout: a prefix that every prompt shares (a chat template's system turn) sits once in slots
+        [0, shared), computed for one row and copied; each prompt's remaining tokens sit at the end of the
+        prompt slots, as in the left-padded input. The rest runs in groups of PREFILL_ROWS rows of similar length,
+        so little of the work is padding. Positions count each row's real tokens, as transformers does.
+        """
+        import torch
+
+        batch, prompt_len = input_ids.shape
+        lengths = attention_mask.long().sum(-1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        input_ids, lengths = input_ids[order], lengths[order]
+        shared = _shared_prefix(input_ids, lengths) if batch > 1 else 0
+        if shared:
+            first = input_ids[:1, prompt_len - int(lengths[0]) : prompt_len - int(lengths[0]) + shared]
+            causal = torch.ones(shared, shared, dtype=torch.bool).tril()
+            self.forward(first, torch.arange(shared)[None], [c[:1] for c in cache], 0, causal[None, None])
+            for c in cache:
+                c[1:, :, :shared] = c[:1, :, :shared]
+            valid[:, :shared] = True
+        suffix = lengths - shared
+        slots = torch.arange(prompt_len)
+        valid[:, :prompt_len] |= slots[None, :] >= (prompt_len - suffix)[:, None]
+        hidden = []
+        for a in range(0, batch, PREFILL_ROWS):
+            b = min(batch, a + PREFILL_ROWS)
+            width = int(suffix[a])  # the longest suffix of the group (rows are sorted)
+            first_slot = prompt_len - width
+            mine = valid[a:b, first_slot:prompt_len]
+            positions = (shared + mine.long().cumsum(-1) - 1).masked_fill(~mine, 1)
+            queries = slots[first_slot:, None]
+            # causal over the prompt slots, real keys only; a padding query sees only itself (it is never read)
+            mask = (valid[a:b, None, :prompt_len] & (slots[None, :] <= queries)) | (slots[None, :] == queries)
+            hidden.append(self.forward(input_ids[a:b, first_slot:], positions, [c[a:b] for c in cache], first_slot,
+                                       mask[:, None]))
+        return order, torch.cat(hidden), shared + suffix
+
     def greedy(
         self,
         input_ids: Any,
@@ -205,19 +261,12 @@ class NativeLlama:
         out[:, :prompt_len] = input_ids
         if streamer is not None:
             streamer.put(input_ids.cpu())
-        cache = [torch.empty(batch, self.kv_heads, total, self.head_dim) for _ in range(2 * len(self.layers))]
+        # Zeros, not empty: slots a row never writes (between a shared prefix and its suffix) are masked, and a
+        # masked NaN would still poison the softmax.
+        cache = [torch.zeros(batch, self.kv_heads, total, self.head_dim) for _ in range(2 * len(self.layers))]
         valid = torch.zeros(batch, total, dtype=torch.bool)
-        valid[:, :prompt_len] = attention_mask.bool()
-        # transformers' positions for left padding: count real tokens only (a padded slot gets 1; it is masked).
-        positions = attention_mask.long().cumsum(-1) - 1
-        positions = positions.masked_fill(attention_mask == 0, 1)
-        causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool).tril()
-        # A padding query sees only itself: a row of all-False would give NaN (it is never read).
-        mask = (causal & valid[:, None, :prompt_len]) | torch.eye(prompt_len, dtype=torch.bool)
         eos_ids = torch.tensor(sorted(eos), dtype=input_ids.dtype)
-        rows = torch.arange(batch)  # the output row of each active batch position
-        hidden = self.forward(input_ids, positions, cache, 0, mask[:, None])
-        next_pos = positions[:, -1] + 1
+        rows, hidden, next_pos = self._prefill(input_ids, attention_mask, cache, valid)
         produced = 0
         while True:
             token = _linear(self._rms(hidden, self.norm), self.head).argmax(-1)

@@ -82,6 +82,16 @@ def test_rows_that_end_leave_the_batch_and_are_padded_like_transformers(tiny_lla
     assert ended and any(row[-1] != batch["input_ids"][0, 0] for row in got)  # some ended, some ran on
 
 
+def test_a_shared_prefix_is_run_once_and_long_batches_in_groups_with_the_same_tokens(tiny_llama: Path) -> None:
+    # A chat template's system turn is the usual shared prefix; more rows than PREFILL_ROWS make several groups.
+    prompts = [f"the cat sat on the mat and {p} {i}" for i in range(4) for p in PROMPTS]
+    assert len(prompts) > llama_native.PREFILL_ROWS
+    want, got, batch = _both(tiny_llama, prompts, new=10)
+    shared = llama_native._shared_prefix(batch["input_ids"], batch["attention_mask"].sum(-1))
+    assert shared >= llama_native.MIN_SHARED
+    assert got == want
+
+
 @pytest.mark.parametrize("rope", [{"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                    "original_max_position_embeddings": 16},
