@@ -7,7 +7,8 @@ process per configuration. Aggregate tokens/s = completion tokens of all answers
 
 - llama.cpp on the bundled Q4_1 file, and on GGUF re-encodings of the same weights (q8_0, f16, q4_0), written
   once by `llmkit quantize --method gguf` into --workdir (kept for later runs);
-- transformers on the de-quantized weights, float32 and bfloat16.
+- transformers on the de-quantized weights, float32 and bfloat16 (float32 greedy on a Llama runs llmkit's own
+  decoder loop, llama_native.py, since 2026-11-29).
 
 Rows run interleaved over --repeats rounds (a load change hits all alike); the best round of each is shown.
 
@@ -46,14 +47,15 @@ CONFIGS: dict[str, tuple[str, str, int, list[str]]] = {
     "llama q4_0 x64": ("q4_0", "llama-cpp", 64, []),
     "llama f16 x64": ("f16", "llama-cpp", 64, []),
     "transformers fp32 x8": ("bundled", "transformers", 8, ["--dtype", "float32"]),
+    "transformers fp32 x16": ("bundled", "transformers", 16, ["--dtype", "float32"]),
     "transformers fp32 x32": ("bundled", "transformers", 32, ["--dtype", "float32"]),
     "transformers fp32 x64": ("bundled", "transformers", 64, ["--dtype", "float32"]),
     "transformers bf16 x64": ("bundled", "transformers", 64, ["--dtype", "bfloat16"]),
 }
 
 # the rows of the README table (the rest were measured once, 2026-11-28, and lost to these)
-DEFAULT = ("llama q4_1 x1", "llama q4_1 x8", "llama q4_1 x16", "llama q8_0 x16", "llama q8_0 x32",
-           "transformers fp32 x32")
+DEFAULT = ("llama q4_1 x1", "llama q4_1 x8", "llama q8_0 x16", "transformers fp32 x8", "transformers fp32 x16",
+           "transformers fp32 x32", "transformers fp32 x64")
 
 
 def questions(n: int, seed: int = 7) -> list[str]:

@@ -233,7 +233,7 @@ def generate(
     native = None
     if not per_input_streams and not encoder_decoder:
         if llama_native.unsupported_model(net) is None and llama_native.unsupported_call(gen_kwargs) is None:
-            native = llama_native.NativeLlama(net)
+            native = llama_native.NativeLlama(net, release=loaded is None)  # net is ours alone then
     # Templated prompts carry their own special tokens; raw prompts get the tokenizer's usual ones.
     add_special = raw or not getattr(tok, "chat_template", None) or encoder_decoder
 

@@ -13,7 +13,9 @@ Used only where it gives transformers' greedy answers: float32 weights on the CP
 n-gram ban, beams, sampling or logits processor, and no adapter. Everything else runs through
 `model.generate` as before. Parity with transformers' greedy output (token for token, with left padding, stop
 strings, EOS and streaming) is pinned by tests/test_llama_native.py on tiny models and on the bundled SmolLM2.
-`LLMKIT_NATIVE=0` turns the path off. The packed weights are a second copy of the linear layers in memory.
+`LLMKIT_NATIVE=0` turns the path off. When `llmkit generate` loaded the model for this run, each of its
+matrices is dropped once packed, so memory stays near one copy; a model passed in (`loaded=`) is left intact
+and the packed weights are a second copy.
 """
 
 from __future__ import annotations
@@ -124,7 +126,12 @@ def _linear(x: Any, weight: Any) -> Any:
 class NativeLlama:
     """The decoder of a loaded `LlamaForCausalLM`, run with a preallocated KV cache (see the module docstring)."""
 
-    def __init__(self, net: Any) -> None:
+    def __init__(self, net: Any, *, release: bool = False) -> None:
+        """Pack the weights of `net`; with `release`, drop each of net's projection matrices once packed.
+
+        `release` keeps the peak memory near one copy of the model, and leaves `net` unusable: only for a model
+        loaded for this run alone.
+        """
         import torch
 
         config = net.config
@@ -134,11 +141,15 @@ class NativeLlama:
         self.eps = float(config.rms_norm_eps)
         inner = net.model
         self.embed = inner.embed_tokens.weight.detach()
-        self.head = _pack(net.get_output_embeddings().weight)
+        output = net.get_output_embeddings()
+        self.head = _pack(output.weight)
+        if release and output.weight is not inner.embed_tokens.weight:  # a tied head is the embedding: kept
+            output.weight = None
         self.norm = inner.norm.weight.detach()
         rotary = inner.rotary_emb
         self.inv_freq = rotary.inv_freq.detach().float()
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
+        self.scale = float(getattr(inner.layers[0].self_attn, "scaling", self.head_dim**-0.5))
         self.layers = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -147,7 +158,11 @@ class NativeLlama:
             self.layers.append((layer.input_layernorm.weight.detach(), _pack(qkv), _pack(attn.o_proj.weight),
                                 layer.post_attention_layernorm.weight.detach(), _pack(gate_up),
                                 _pack(mlp.down_proj.weight)))
-        self.scale = float(getattr(layer.self_attn, "scaling", self.head_dim**-0.5))
+            if release:
+                for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj,
+                             mlp.down_proj):
+                    proj.weight = None
+            del qkv, gate_up
 
     def _rms(self, x: Any, weight: Any) -> Any:
         import torch

@@ -82,6 +82,19 @@ def test_rows_that_end_leave_the_batch_and_are_padded_like_transformers(tiny_lla
     assert ended and any(row[-1] != batch["input_ids"][0, 0] for row in got)  # some ended, some ran on
 
 
+def test_release_drops_the_models_matrices_and_keeps_the_tokens(tiny_llama: Path) -> None:
+    import torch
+
+    want, _, batch = _both(tiny_llama, PROMPTS, new=8)
+    model, tok = _load(tiny_llama)
+    native = llama_native.NativeLlama(model, release=True)
+    assert model.model.layers[0].mlp.down_proj.weight is None and model.lm_head.weight is None
+    with torch.inference_mode():
+        got = native.greedy(batch["input_ids"], batch["attention_mask"], max_new_tokens=8,
+                            eos={tok.eos_token_id}, pad_token_id=tok.pad_token_id)
+    assert got.tolist() == want
+
+
 def test_a_shared_prefix_is_run_once_and_long_batches_in_groups_with_the_same_tokens(tiny_llama: Path) -> None:
     # A chat template's system turn is the usual shared prefix; more rows than PREFILL_ROWS make several groups.
     prompts = [f"the cat sat on the mat and {p} {i}" for i in range(4) for p in PROMPTS]
