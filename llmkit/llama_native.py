@@ -13,9 +13,10 @@ Used only where it gives transformers' greedy answers: float32 weights on the CP
 n-gram ban, beams, sampling or logits processor, and no adapter. Everything else runs through
 `model.generate` as before. Parity with transformers' greedy output (token for token, with left padding, stop
 strings, EOS and streaming) is pinned by tests/test_llama_native.py on tiny models and on the bundled SmolLM2.
-`LLMKIT_NATIVE=0` turns the path off. When `llmkit generate` loaded the model for this run, each of its
-matrices is dropped once packed, so memory stays near one copy; a model passed in (`loaded=`) is left intact
-and the packed weights are a second copy.
+`LLMKIT_NATIVE=0` turns the path off. The packed weights are a second copy of the linear layers. When
+`llmkit generate` loaded the model for this run, each of its matrices is dropped once packed; weights that
+transformers mapped from a safetensors file stay mapped (clean pages the kernel can reclaim), so the peak RSS of
+the bundled SmolLM2 at batch 8 is 1.56 GB against 1.05 GB through `generate`.
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ class NativeLlama:
     def __init__(self, net: Any, *, release: bool = False) -> None:
         """Pack the weights of `net`; with `release`, drop each of net's projection matrices once packed.
 
-        `release` keeps the peak memory near one copy of the model, and leaves `net` unusable: only for a model
-        loaded for this run alone.
+        `release` frees what is not mapped from a file (a model converted or cast at load), and leaves `net`
+        unusable: only for a model loaded for this run alone.
         """
         import torch
 
