@@ -229,9 +229,10 @@ def generate(
             gen_kwargs[knob] = None
         # greedy generate() refuses num_return_sequences > 1: the rows are repeated by hand instead (run_batch)
         gen_kwargs.update(do_sample=False, num_return_sequences=1)
-    # Greedy decoding of Llama models in float32 on the CPU runs llmkit's own loop (same tokens, measured faster).
+    # Greedy and seeded-sampling decoding of Llama models in float32 on the CPU run llmkit's own loop (same
+    # tokens, measured faster).
     native = None
-    if not per_input_streams and not encoder_decoder:
+    if not encoder_decoder:
         if llama_native.unsupported_model(net) is None and llama_native.unsupported_call(gen_kwargs) is None:
             native = llama_native.NativeLlama(net, release=loaded is None)  # net is ours alone then
     # Templated prompts carry their own special tokens; raw prompts get the tokenizer's usual ones.
@@ -281,7 +282,7 @@ def generate(
                 out = native.greedy(
                     padded["input_ids"], padded["attention_mask"], max_new_tokens=settings.max_new_tokens, eos=eos,
                     pad_token_id=tok.pad_token_id, stopping_criteria=extra.get("stopping_criteria"),
-                    streamer=streamer,
+                    streamer=streamer, logits_processor=sampler,
                 )
             else:
                 out = inputs.model.generate(**inputs.kwargs, **gen_kwargs, **extra, streamer=streamer)

@@ -9,8 +9,9 @@ weights pre-packed for oneDNN (`to_mkldnn`), which halves the time of the 49,152
 short ones. Measured in benchmarks/generate.py (README Performance).
 
 Used only where it gives transformers' greedy answers: float32 weights on the CPU, a plain `LlamaForCausalLM`
-(no attention or MLP bias, SiLU, default/linear/llama3 RoPE), greedy search with no repetition penalty,
-n-gram ban, beams, sampling or logits processor, and no adapter. Everything else runs through
+(no attention or MLP bias, SiLU, default/linear/llama3 RoPE), greedy search or llmkit's seeded sampling
+(`--seed`, one stream per input: seeded_sampling.py), with no repetition penalty, n-gram ban, beams or n-best,
+and no adapter. Everything else runs through
 `model.generate` as before. Parity with transformers' greedy output (token for token, with left padding, stop
 strings, EOS and streaming) is pinned by tests/test_llama_native.py on tiny models and on the bundled SmolLM2.
 `LLMKIT_NATIVE=0` turns the path off. The packed weights are a second copy of the linear layers. When
@@ -90,8 +91,8 @@ def unsupported_call(kwargs: dict[str, Any]) -> str | None:
         return "sampling or beam search"
     if kwargs.get("repetition_penalty", 1.0) not in (None, 1.0) or kwargs.get("no_repeat_ngram_size") not in (None, 0):
         return "a repetition penalty or n-gram ban"
-    if kwargs.get("logits_processor") or kwargs.get("output_scores") or kwargs.get("return_dict_in_generate"):
-        return "logits processors or scores"
+    if kwargs.get("output_scores") or kwargs.get("return_dict_in_generate"):
+        return "scores"
     known = {"max_new_tokens", "do_sample", "num_beams", "num_return_sequences", "repetition_penalty",
              "no_repeat_ngram_size", "temperature", "top_k", "top_p", "min_p", "typical_p", "pad_token_id",
              "stopping_criteria", "streamer", "input_ids", "attention_mask", "logits_processor"}
@@ -263,11 +264,14 @@ class NativeLlama:
         pad_token_id: int,
         stopping_criteria: Callable[[Any, Any], Any] | None = None,
         streamer: Any = None,
+        logits_processor: Callable[[Any, Any], Any] | None = None,
     ) -> Any:
         """Greedy search as transformers' `generate(do_sample=False)` does it: prompt + new tokens, [B, P + n].
 
         A row that produced an EOS token (kept) or met `stopping_criteria` is finished: it leaves the batch and
         its later positions hold `pad_token_id`. Stops when every row has finished or after `max_new_tokens`.
+        `logits_processor` (llmkit's seeded sampler) sees every row in batch order, as in transformers' loop;
+        rows that have finished get zero logits there, and what it draws for them is dropped.
         """
         import torch
 
@@ -285,7 +289,12 @@ class NativeLlama:
         rows, hidden, next_pos = self._prefill(input_ids, attention_mask, cache, valid)
         produced = 0
         while True:
-            token = _linear(self._rms(hidden, self.norm), self.head).argmax(-1)
+            logits = _linear(self._rms(hidden, self.norm), self.head)
+            if logits_processor is not None:
+                every = logits.new_zeros(batch, logits.shape[-1])
+                every[rows] = logits
+                logits = logits_processor(out[:, : prompt_len + produced], every)[rows]
+            token = logits.argmax(-1)
             out[rows, prompt_len + produced] = token
             produced += 1
             if streamer is not None:

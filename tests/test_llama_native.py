@@ -139,6 +139,16 @@ def test_generate_uses_it_at_batch_sizes_above_one_with_the_same_answers(tiny_ll
     assert {finish for _, finish, _ in got} == {"length", "stop", "eos"}
 
 
+def test_seeded_sampling_runs_natively_with_the_same_draws(tiny_llama: Path, monkeypatch) -> None:
+    settings = gen.build_settings(max_new_tokens=12, temperature=0.9, top_k=20, top_p=0.9, seed=3, stop=("city",))
+    got, used = _run(tiny_llama, PROMPTS * 2, monkeypatch, native=True, settings=settings, raw=True)
+    want, unused = _run(tiny_llama, PROMPTS * 2, monkeypatch, native=False, settings=settings, raw=True)
+    assert used and not unused
+    assert got == want
+    assert got[0] != got[len(PROMPTS)]  # two copies of a prompt draw from their own streams
+    assert len({finish for _, finish, _ in got}) >= 2  # some rows end before others: finished rows leave
+
+
 def test_streaming_at_batch_one_in_float32(tiny_llama: Path, monkeypatch) -> None:
     deltas: list[str] = []
     settings = gen.build_settings(max_new_tokens=10)
@@ -159,7 +169,8 @@ def test_batch_one_on_auto_keeps_bfloat16_through_transformers(tiny_llama: Path,
 
 @pytest.mark.parametrize(
     "knobs",
-    [{"do_sample": True, "seed": 1}, {"num_beams": 2}, {"repetition_penalty": 1.3}, {"no_repeat_ngram_size": 2}],
+    [{"do_sample": True}, {"num_beams": 2}, {"repetition_penalty": 1.3}, {"no_repeat_ngram_size": 2},
+     {"do_sample": True, "seed": 1, "num_return_sequences": 2}],
 )
 def test_other_decoding_runs_through_transformers(tiny_llama: Path, monkeypatch, knobs: dict) -> None:
     settings = gen.build_settings(max_new_tokens=4, **knobs)
