@@ -7,6 +7,7 @@ strings, finish reason, n-best scores), yielding one `Generation` per prompt in 
 from __future__ import annotations
 
 import itertools
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -221,16 +222,19 @@ def generate(
     record = settings_record(settings)
     if settings.seed is not None:
         loading.set_seed(settings.seed)
-    # Seeded sampling: each input draws from its own stream (seed + its index), so its answer does not depend on
-    # the rest of its batch; transformers' greedy step then takes the drawn token (seeded_sampling.py).
-    per_input_streams = settings.do_sample and settings.num_beams == 1 and settings.seed is not None
+    # Sampling: each input draws from its own stream (seed + its index), so its answer does not depend on the rest
+    # of its batch; transformers' greedy step (or llmkit's loop) then takes the drawn token (seeded_sampling.py).
+    per_input_streams = settings.do_sample and settings.num_beams == 1
+    # Without --seed the streams start from one random base: the same draws as transformers' own sampling in
+    # distribution, and the same (faster) loop as seeded runs.
+    stream_base = settings.seed if settings.seed is not None else random.SystemRandom().getrandbits(31)
     if per_input_streams:
         for knob in ("temperature", "top_k", "top_p", "min_p", "typical_p"):
             gen_kwargs[knob] = None
         # greedy generate() refuses num_return_sequences > 1: the rows are repeated by hand instead (run_batch)
         gen_kwargs.update(do_sample=False, num_return_sequences=1)
-    # Greedy and seeded-sampling decoding of Llama models in float32 on the CPU run llmkit's own loop (same
-    # tokens, measured faster).
+    # Greedy and sampling decoding of Llama models in float32 on the CPU run llmkit's own loop (same tokens,
+    # measured faster).
     native = None
     if not encoder_decoder:
         if llama_native.unsupported_model(net) is None and llama_native.unsupported_call(gen_kwargs) is None:
@@ -262,9 +266,8 @@ def generate(
 
             from llmkit.seeded_sampling import make_sampler
 
-            assert settings.seed is not None
             n = settings.num_return_sequences
-            sampler = make_sampler(settings, [stream_seed(settings.seed, p.index) for p in batch], n, eos)
+            sampler = make_sampler(settings, [stream_seed(stream_base, p.index) for p in batch], n, eos)
             extra["logits_processor"] = LogitsProcessorList([sampler])
             if n > 1:  # the layout transformers' own expansion has: input b's rows are b*n .. b*n+n-1
                 padded = {k: v.repeat_interleave(n, dim=0) for k, v in padded.items()}

@@ -9,8 +9,8 @@ weights pre-packed for oneDNN (`to_mkldnn`), which halves the time of the 49,152
 short ones. Measured in benchmarks/generate.py (README Performance).
 
 Used only where it gives transformers' greedy answers: float32 weights on the CPU, a plain `LlamaForCausalLM`
-(no attention or MLP bias, SiLU, default/linear/llama3 RoPE), greedy search or llmkit's seeded sampling
-(`--seed`, one stream per input: seeded_sampling.py), with no repetition penalty, n-gram ban, beams or n-best,
+(no attention or MLP bias, SiLU, default/linear/llama3 RoPE), greedy search or llmkit's sampling (one random
+stream per input: seeded_sampling.py), with no repetition penalty, n-gram ban, beams or n-best,
 and no adapter. Everything else runs through
 `model.generate` as before. Parity with transformers' greedy output (token for token, with left padding, stop
 strings, EOS and streaming) is pinned by tests/test_llama_native.py on tiny models and on the bundled SmolLM2.
@@ -270,7 +270,7 @@ class NativeLlama:
 
         A row that produced an EOS token (kept) or met `stopping_criteria` is finished: it leaves the batch and
         its later positions hold `pad_token_id`. Stops when every row has finished or after `max_new_tokens`.
-        `logits_processor` (llmkit's seeded sampler) sees every row in batch order, as in transformers' loop;
+        `logits_processor` (llmkit's per-input sampler) sees every row in batch order, as in transformers' loop;
         rows that have finished get zero logits there, and what it draws for them is dropped.
         """
         import torch

@@ -4,6 +4,7 @@ transformers samples a whole batch from one global generator, so under `--seed` 
 on the other prompts in its batch and on `--batch-size`, and two copies of one prompt in a batch would share a
 stream. Here input number i (its position in the whole input, not in the batch) samples from its own
 `torch.Generator` seeded with `sampling.stream_seed(seed, i)` (seed + i), the llama.cpp engine's rule too.
+Without `--seed`, `generate()` takes one random base seed per run in its place.
 
 How: `generate()` runs transformers' greedy loop with this logits processor last. It applies the same warpers as
 transformers' sampling (temperature, top-k, top-p, min-p, typical-p, in transformers' order and with its own

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-_HOME = Path(os.environ.get("PYTEST_LLMKIT_TMP", "/tmp")) / f"llmkit-tests-{os.getpid()}"
+# A fresh folder per run, removed at exit: a name from the pid alone was reused once pids wrapped, and the old
+# run's HF modules cache (remote code that had run) then failed test_remote_code_is_refused_without_trust_remote_code.
+_HOME = Path(tempfile.mkdtemp(prefix=f"llmkit-tests-{os.getpid()}-", dir=os.environ.get("PYTEST_LLMKIT_TMP", "/tmp")))
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HOME"] = str(_HOME / "hf")

@@ -149,6 +149,14 @@ def test_seeded_sampling_runs_natively_with_the_same_draws(tiny_llama: Path, mon
     assert len({finish for _, finish, _ in got}) >= 2  # some rows end before others: finished rows leave
 
 
+def test_unseeded_sampling_runs_natively_and_varies(tiny_llama: Path, monkeypatch) -> None:
+    settings = gen.build_settings(max_new_tokens=12, temperature=1.0)
+    first, used = _run(tiny_llama, PROMPTS, monkeypatch, native=True, settings=settings, raw=True)
+    second, _ = _run(tiny_llama, PROMPTS, monkeypatch, native=True, settings=settings, raw=True)
+    assert used
+    assert first != second  # a fresh random base each run (12 tokens from a 100-word vocabulary, 5 prompts)
+
+
 def test_streaming_at_batch_one_in_float32(tiny_llama: Path, monkeypatch) -> None:
     deltas: list[str] = []
     settings = gen.build_settings(max_new_tokens=10)
@@ -169,8 +177,8 @@ def test_batch_one_on_auto_keeps_bfloat16_through_transformers(tiny_llama: Path,
 
 @pytest.mark.parametrize(
     "knobs",
-    [{"do_sample": True}, {"num_beams": 2}, {"repetition_penalty": 1.3}, {"no_repeat_ngram_size": 2},
-     {"do_sample": True, "seed": 1, "num_return_sequences": 2}],
+    [{"do_sample": True, "num_return_sequences": 2}, {"num_beams": 2}, {"repetition_penalty": 1.3},
+     {"no_repeat_ngram_size": 2}, {"do_sample": True, "seed": 1, "num_return_sequences": 2}],
 )
 def test_other_decoding_runs_through_transformers(tiny_llama: Path, monkeypatch, knobs: dict) -> None:
     settings = gen.build_settings(max_new_tokens=4, **knobs)
