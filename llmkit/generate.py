@@ -196,7 +196,11 @@ def generate(
     load_dtype = dtype
     if dtype == "auto" and loaded is None and min(batch_size, len(head)) > 1 and loading.pick_device(device) == "cpu":
         load_dtype = "float32"
-    lm = loaded or loading.load(
+    lm = loaded
+    if (lm is None and adapter is None and load_dtype == "float32" and loading.pick_device(device) == "cpu"
+            and llama_native.unsupported_settings(settings) is None):
+        lm = llama_native.load(model)  # None unless a local Llama folder it builds exactly (no transformers model)
+    lm = lm or loading.load(
         model,
         "text-generation",
         device=device,
@@ -235,8 +239,8 @@ def generate(
         gen_kwargs.update(do_sample=False, num_return_sequences=1)
     # Greedy and sampling decoding of Llama models in float32 on the CPU run llmkit's own loop (same tokens,
     # measured faster).
-    native = None
-    if not encoder_decoder:
+    native = net.decoder if isinstance(net, llama_native.NativeModel) else None
+    if native is None and not encoder_decoder:
         if llama_native.unsupported_model(net) is None and llama_native.unsupported_call(gen_kwargs) is None:
             native = llama_native.NativeLlama(net, release=loaded is None)  # net is ours alone then
     # Templated prompts carry their own special tokens; raw prompts get the tokenizer's usual ones.

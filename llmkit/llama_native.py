@@ -28,6 +28,8 @@ from typing import Any
 
 NATIVE_ENV = "LLMKIT_NATIVE"  # "0": every generation runs through transformers' model.generate
 ARCHITECTURE = "LlamaForCausalLM"
+WEIGHTS = "model.safetensors"
+_NOT_NATIVE_FILES = ("adapter_config.json", "model.safetensors.index.json", "llmkit_quantization.json")
 ROPE_TYPES = ("default", "linear", "llama3")  # an inverse-frequency table fixed at load; "dynamic" etc. change it
 PREFILL_ROWS = 16  # prompts per prefill pass: sorted by length, so groups pad little and products stay wide
 MIN_SHARED = 4  # a common prefix shorter than this is not worth computing apart
@@ -100,6 +102,103 @@ def unsupported_call(kwargs: dict[str, Any]) -> str | None:
     return f"generate() arguments {extra}" if extra else None
 
 
+def unsupported_settings(settings: Any) -> str | None:
+    """Why these `GenerationSettings` need transformers' `generate` (a short phrase), or None.
+
+    The same rule as `unsupported_call` on the arguments generate() builds from them: sampling runs through
+    llmkit's per-input sampler as greedy steps, so only beams, n-best and penalties are left out.
+    """
+    if settings.num_beams != 1 or settings.num_return_sequences != 1:
+        return "beam search or n-best"
+    if settings.repetition_penalty not in (None, 1.0) or settings.no_repeat_ngram_size not in (None, 0):
+        return "a repetition penalty or n-gram ban"
+    return None
+
+
+def _rope_theta(config: dict[str, Any]) -> float:
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    return float(params.get("rope_theta") or config.get("rope_theta") or 10000.0)
+
+
+def unsupported_config(config: dict[str, Any]) -> str | None:
+    """Why a config.json cannot be built straight from its weights by `NativeLlama.from_folder`, or None."""
+    if config.get("architectures") != [ARCHITECTURE] or config.get("model_type") != "llama":
+        return f"not a plain {ARCHITECTURE}"
+    if config.get("auto_map") or config.get("quantization_config"):
+        return "remote code or a quantized model"
+    if config.get("attention_bias") or config.get("mlp_bias"):
+        return "biased projections"
+    if config.get("hidden_act", "silu") != "silu" or config.get("pretraining_tp", 1) != 1:
+        return "an activation or tensor-parallel layout other than Llama's"
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if str(params.get("rope_type", params.get("type", "default"))) != "default":
+        return "scaled RoPE"  # transformers' own table is used for those (NativeLlama(net))
+    return None
+
+
+class NativeModel:
+    """What `generate()` reads of a transformers model (config, generation_config), around a NativeLlama."""
+
+    def __init__(self, config: dict[str, Any], generation: dict[str, Any], decoder: NativeLlama) -> None:
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(is_encoder_decoder=False, eos_token_id=config.get("eos_token_id"))
+        self.generation_config = SimpleNamespace(eos_token_id=generation.get("eos_token_id"))
+        self.decoder = decoder
+
+
+def load(spec: str) -> Any:
+    """A `LoadedModel` whose model is a `NativeModel`, for a local Llama folder (or converted GGUF); else None.
+
+    transformers' model classes are never imported on this path (about 4 s of a process on the 2-core machine):
+    the weights come from model.safetensors and the tokenizer through AutoTokenizer as usual. A folder it cannot
+    build exactly (see `unsupported_config`), or weights it cannot read, return None so that `loading.load` runs
+    and reports as before.
+    """
+    import json
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from llmkit import loading
+
+    if not _enabled():
+        return None
+    started = time.perf_counter()
+    loading.quiet_library_logs()
+    try:
+        source = loading.resolve(spec)
+    except Exception:  # noqa: BLE001 - loading.load reports bad specs with its own messages
+        return None
+    if source.kind == "dir":
+        folder = Path(source.location)
+    elif source.kind == "gguf":
+        folder = loading.converted_dir(Path(source.location))  # not converted yet: loading.load converts it
+    else:
+        return None
+    if not (folder / "config.json").is_file() or not (folder / WEIGHTS).is_file():
+        return None
+    if any((folder / name).exists() for name in _NOT_NATIVE_FILES):
+        return None
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        generation_file = folder / "generation_config.json"
+        generation = json.loads(generation_file.read_text(encoding="utf-8")) if generation_file.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or unsupported_config(config) is not None:
+        return None
+    try:
+        decoder = NativeLlama.from_folder(folder, config)
+    except Exception:  # noqa: BLE001 - damaged or unusual weights: transformers loads them and says what is wrong
+        return None
+    tokenizer = loading.load_tokenizer(source)
+    notes = [f"run by llmkit's own Llama decoder from {folder} (llama_native.py); {NATIVE_ENV}=0 uses transformers"]
+    return loading.LoadedModel(NativeModel(config, generation, decoder), tokenizer, source, "cpu", torch.float32,
+                               time.perf_counter() - started, notes)
+
+
 def _pack(weight: Any) -> Any:
     """A weight in oneDNN's layout (a private copy), or the plain tensor where oneDNN's linear is missing."""
     import torch
@@ -134,36 +233,62 @@ class NativeLlama:
         `release` frees what is not mapped from a file (a model converted or cast at load), and leaves `net`
         unusable: only for a model loaded for this run alone.
         """
+        inner = net.model
+        rotary = inner.rotary_emb
+        output = net.get_output_embeddings()
+        tied = output.weight is inner.embed_tokens.weight
+        modules = dict(net.named_modules())
+
+        def take(name: str) -> Any:
+            module_name, _, _ = name.rpartition(".")
+            weight = modules[module_name].weight.detach()
+            if release and (module_name.startswith("model.layers.") or (name == "lm_head.weight" and not tied)):
+                modules[module_name].weight = None
+            return weight
+
+        self._build(net.config.to_dict(), take, rotary.inv_freq.detach().float(),
+                    float(getattr(rotary, "attention_scaling", 1.0)), tied=tied)
+
+    @classmethod
+    def from_folder(cls, folder: Any, config: dict[str, Any]) -> NativeLlama:
+        """Build straight from a folder's model.safetensors (float32), without transformers' model classes."""
+        import torch
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(folder / WEIGHTS))
+        tied = "lm_head.weight" not in tensors
+        self = cls.__new__(cls)
+        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        theta = _rope_theta(config)
+        # transformers' default RoPE table, computed the same way (float32 from int64 steps)
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        self._build(config, lambda name: tensors.pop(name).float(), inv_freq, 1.0, tied=tied)
+        return self
+
+    def _build(self, config: dict[str, Any], take: Callable[[str], Any], inv_freq: Any, rope_scale: float, *,
+               tied: bool) -> None:
+        """Fuse and pack the weights that `take(name)` returns (transformers' parameter names)."""
         import torch
 
-        config = net.config
-        self.heads = config.num_attention_heads
-        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.eps = float(config.rms_norm_eps)
-        inner = net.model
-        self.embed = inner.embed_tokens.weight.detach()
-        output = net.get_output_embeddings()
-        self.head = _pack(output.weight)
-        if release and output.weight is not inner.embed_tokens.weight:  # a tied head is the embedding: kept
-            output.weight = None
-        self.norm = inner.norm.weight.detach()
-        rotary = inner.rotary_emb
-        self.inv_freq = rotary.inv_freq.detach().float()
-        self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
-        self.scale = float(getattr(inner.layers[0].self_attn, "scaling", self.head_dim**-0.5))
+        self.heads = int(config["num_attention_heads"])
+        self.kv_heads = int(config.get("num_key_value_heads") or self.heads)
+        self.head_dim = int(config.get("head_dim") or config["hidden_size"] // self.heads)
+        self.eps = float(config["rms_norm_eps"])
+        self.scale = self.head_dim**-0.5
+        self.inv_freq = inv_freq
+        self.rope_scale = rope_scale
+        self.embed = take("model.embed_tokens.weight")
+        self.head = _pack(self.embed if tied else take("lm_head.weight"))
+        self.norm = take("model.norm.weight")
         self.layers = []
-        for layer in inner.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach()
-            gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
-            self.layers.append((layer.input_layernorm.weight.detach(), _pack(qkv), _pack(attn.o_proj.weight),
-                                layer.post_attention_layernorm.weight.detach(), _pack(gate_up),
-                                _pack(mlp.down_proj.weight)))
-            if release:
-                for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj,
-                             mlp.down_proj):
-                    proj.weight = None
+        for i in range(int(config["num_hidden_layers"])):
+            p = f"model.layers.{i}."
+            qkv = torch.cat([take(p + "self_attn.q_proj.weight"), take(p + "self_attn.k_proj.weight"),
+                             take(p + "self_attn.v_proj.weight")])
+            gate_up = torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])
+            self.layers.append((take(p + "input_layernorm.weight"), _pack(qkv), _pack(take(p + "self_attn.o_proj.weight")),
+                                take(p + "post_attention_layernorm.weight"), _pack(gate_up),
+                                _pack(take(p + "mlp.down_proj.weight"))))
             del qkv, gate_up
 
     def _rms(self, x: Any, weight: Any) -> Any:

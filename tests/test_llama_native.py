@@ -157,6 +157,39 @@ def test_unseeded_sampling_runs_natively_and_varies(tiny_llama: Path, monkeypatc
     assert first != second  # a fresh random base each run (12 tokens from a 100-word vocabulary, 5 prompts)
 
 
+def test_a_local_llama_folder_is_built_without_transformers_model_classes(tiny_llama: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from llmkit import generate as gen\n"
+        f"out = list(gen.generate(['hello', 'the cat'], model={str(tiny_llama)!r}, batch_size=2, raw=True,"
+        " engine='transformers', settings=gen.build_settings(max_new_tokens=3)))\n"
+        "assert len(out) == 2 and all(r.completion_tokens for r in out), out\n"
+        "heavy = ('transformers.modeling_utils', 'transformers.models.llama.modeling_llama')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_folders_it_cannot_build_exactly_load_through_transformers(tiny_llama: Path, tmp_path: Path) -> None:
+    config = json.loads((tiny_llama / "config.json").read_text())
+    assert llama_native.unsupported_config(config) is None
+    assert llama_native.load(str(tiny_llama)) is not None
+    scaled = dict(config, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})
+    assert llama_native.unsupported_config(scaled) == "scaled RoPE"
+    assert llama_native.unsupported_config(dict(config, auto_map={"AutoConfig": "x.Y"})) is not None
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for item in tiny_llama.iterdir():
+        (damaged / item.name).write_bytes(item.read_bytes())
+    (damaged / "model.safetensors").write_bytes(b"not a safetensors file")
+    assert llama_native.load(str(damaged)) is None  # transformers then reports the damage as before
+
+
 def test_streaming_at_batch_one_in_float32(tiny_llama: Path, monkeypatch) -> None:
     deltas: list[str] = []
     settings = gen.build_settings(max_new_tokens=10)
