@@ -193,12 +193,10 @@ def generate(
     prompts = iter(prompts)
     window = batch_size * LENGTH_GROUP_WINDOW if batch_size > 1 else 1
     head = list(itertools.islice(prompts, window))
-    load_dtype = dtype
-    if dtype == "auto" and loaded is None and min(batch_size, len(head)) > 1 and loading.pick_device(device) == "cpu":
-        load_dtype = "float32"
+    on_cpu = loaded is None and loading.pick_device(device) == "cpu"
+    load_dtype = "float32" if dtype == "auto" and on_cpu and min(batch_size, len(head)) > 1 else dtype
     lm = loaded
-    if (lm is None and adapter is None and load_dtype == "float32" and loading.pick_device(device) == "cpu"
-            and llama_native.unsupported_settings(settings) is None):
+    if on_cpu and adapter is None and load_dtype == "float32" and llama_native.unsupported_settings(settings) is None:
         lm = llama_native.load(model)  # None unless a local Llama folder it builds exactly (no transformers model)
     lm = lm or loading.load(
         model,
