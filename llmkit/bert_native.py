@@ -35,7 +35,8 @@ GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")  # transfo
 _NOT_NATIVE_FILES = ("adapter_config.json", "model.safetensors.index.json")
 
 
-def _enabled() -> bool:
+def native_enabled() -> bool:
+    """False when LLMKIT_NATIVE turns llmkit's own forward passes off (bert_native and llama_native)."""
     return os.environ.get(NATIVE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
@@ -45,7 +46,7 @@ def native_folder(spec: str) -> Path | None:
     Reads config.json only; anything unusual (other architectures, relative positions, remote code, sharded or
     pickle weights, quantized folders, adapters) returns None so that transformers loads it.
     """
-    if not _enabled():
+    if not native_enabled():
         return None
     from llmkit import loading
 

@@ -23,14 +23,14 @@ each of its matrices is dropped once packed, but weights transformers mapped fro
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
-NATIVE_ENV = "LLMKIT_NATIVE"  # "0": every generation runs through transformers' model.generate
+# one switch and one list of folders to leave to transformers, shared with the BERT path
+from llmkit.bert_native import _NOT_NATIVE_FILES, NATIVE_ENV, native_enabled
+
 ARCHITECTURE = "LlamaForCausalLM"
 WEIGHTS = "model.safetensors"
-_NOT_NATIVE_FILES = ("adapter_config.json", "model.safetensors.index.json", "llmkit_quantization.json")
 ROPE_TYPES = ("default", "linear", "llama3")  # an inverse-frequency table fixed at load; "dynamic" etc. change it
 PREFILL_ROWS = 16  # prompts per prefill pass: sorted by length, so groups pad little and products stay wide
 MIN_SHARED = 4  # a common prefix shorter than this is not worth computing apart
@@ -50,12 +50,10 @@ def _shared_prefix(input_ids: Any, lengths: Any) -> int:
     return int(same) if int(same) >= MIN_SHARED else 0
 
 
-def _enabled() -> bool:
-    return os.environ.get(NATIVE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
 def _rope_type(config: Any) -> str:
-    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    """The RoPE type of a config object or a config.json dict."""
+    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+    params = get("rope_parameters") or get("rope_scaling") or {}
     return str(params.get("rope_type", params.get("type", "default"))) if isinstance(params, dict) else "unknown"
 
 
@@ -63,7 +61,7 @@ def unsupported_model(net: Any) -> str | None:
     """Why `net` cannot run natively (a short phrase), or None when it can."""
     import torch
 
-    if not _enabled():
+    if not native_enabled():
         return f"{NATIVE_ENV}=0"
     config = getattr(net, "config", None)
     if type(net).__name__ != ARCHITECTURE or getattr(config, "model_type", None) != "llama":
@@ -131,8 +129,7 @@ def unsupported_config(config: dict[str, Any]) -> str | None:
         return "biased projections"
     if config.get("hidden_act", "silu") != "silu" or config.get("pretraining_tp", 1) != 1:
         return "an activation or tensor-parallel layout other than Llama's"
-    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if str(params.get("rope_type", params.get("type", "default"))) != "default":
+    if _rope_type(config) != "default":
         return "scaled RoPE"  # transformers' own table is used for those (NativeLlama(net))
     return None
 
@@ -164,7 +161,7 @@ def load(spec: str) -> Any:
 
     from llmkit import loading
 
-    if not _enabled():
+    if not native_enabled():
         return None
     started = time.perf_counter()
     loading.quiet_library_logs()
@@ -180,7 +177,7 @@ def load(spec: str) -> Any:
         return None
     if not (folder / "config.json").is_file() or not (folder / WEIGHTS).is_file():
         return None
-    if any((folder / name).exists() for name in _NOT_NATIVE_FILES):
+    if any((folder / name).exists() for name in (*_NOT_NATIVE_FILES, loading.QUANTIZATION_SETTINGS)):
         return None
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
