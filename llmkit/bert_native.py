@@ -32,7 +32,7 @@ ACTIVATIONS = ("gelu", "relu")  # transformers' "gelu" is the exact (erf) GELU
 WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
 GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")  # transformers uses tokenizer.json as is
-_NOT_NATIVE_FILES = ("adapter_config.json", "model.safetensors.index.json")
+NOT_NATIVE_FILES = ("adapter_config.json", "model.safetensors.index.json")
 
 
 def native_enabled() -> bool:
@@ -59,7 +59,7 @@ def native_folder(spec: str) -> Path | None:
     folder = Path(source.location)
     if not (folder / WEIGHTS).is_file() or not (folder / TOKENIZER).is_file():
         return None
-    if any((folder / name).exists() for name in _NOT_NATIVE_FILES) or (folder / loading.QUANTIZATION_SETTINGS).exists():
+    if any((folder / name).exists() for name in NOT_NATIVE_FILES) or (folder / loading.QUANTIZATION_SETTINGS).exists():
         return None
     config = _read_json(folder / "config.json")
     if config is None or not _tokenizer_as_transformers_builds_it(folder):

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 # one switch and one list of folders to leave to transformers, shared with the BERT path
-from llmkit.bert_native import _NOT_NATIVE_FILES, NATIVE_ENV, native_enabled
+from llmkit.bert_native import NATIVE_ENV, NOT_NATIVE_FILES, native_enabled
 
 ARCHITECTURE = "LlamaForCausalLM"
 WEIGHTS = "model.safetensors"
@@ -177,7 +177,7 @@ def load(spec: str) -> Any:
         return None
     if not (folder / "config.json").is_file() or not (folder / WEIGHTS).is_file():
         return None
-    if any((folder / name).exists() for name in (*_NOT_NATIVE_FILES, loading.QUANTIZATION_SETTINGS)):
+    if any((folder / name).exists() for name in (*NOT_NATIVE_FILES, loading.QUANTIZATION_SETTINGS)):
         return None
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
