@@ -13,9 +13,10 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:  # rich loads only when a terminal or --format rich asks for it (about 35 ms of start-up)
+    from rich.console import Console
 
 from llmkit.console import info, stderr_console, warn  # noqa: F401  (re-exported: commands talk through output)
 
@@ -28,6 +29,8 @@ def stdout_console() -> Console:
     """The console for rich results (only used when stdout is a terminal or `--format rich`)."""
     global _stdout
     if _stdout is None:
+        from rich.console import Console
+
         _stdout = Console(highlight=False, soft_wrap=True)
     return _stdout
 

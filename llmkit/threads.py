@@ -27,24 +27,49 @@ def _cpu_times() -> tuple[int, int] | None:
     return sum(fields[:8]) - idle, sum(fields[:8])
 
 
-def busy_cores(cpus: int, seconds: float = SAMPLE_SECONDS) -> float | None:
-    """Cores that other processes keep busy right now: /proc/stat sampled over `seconds` (this process sleeps
-    meanwhile, so it does not count itself). None where /proc/stat is missing.
+MARK_MAX_AGE = 5.0  # a start-of-process mark older than this is stale: sample afresh
+_mark: tuple[float, float, tuple[int, int]] | None = None  # (wall time, own CPU seconds, /proc/stat) at start
 
-    The 1-minute load average is not used where this exists: it lags by a minute, so a command run right after
-    another one (a shell loop, back-to-back benchmarks) saw the previous run's load and took one thread on an
-    idle 2-core machine (llama.cpp generated 47 tokens/s with 1 thread and 80 with 2 on 64 prompts,
-    2026-11-28).
+
+def mark() -> None:
+    """Take the first /proc/stat reading now (the command line calls this on entry).
+
+    `busy_cores` then measures from here to when it is asked, so the window is the start-up (imports, parsing),
+    which the process spends anyway, instead of a 30 ms sleep; the process's own CPU time in that window is
+    taken out, so it does not count itself.
     """
+    global _mark
     first = _cpu_times()
+    _mark = None if first is None else (time.perf_counter(), time.process_time(), first)
+
+
+def busy_cores(cpus: int, seconds: float = SAMPLE_SECONDS) -> float | None:
+    """Cores that other processes keep busy right now: /proc/stat over at least `seconds`, less this process's
+    own CPU time. None where /proc/stat is missing.
+
+    The window starts at `mark()` when that is recent (the start of the command), else now (this process then
+    sleeps out the window). The 1-minute load average is not used where /proc/stat exists: it lags by a minute,
+    so a command run right after another one (a shell loop, back-to-back benchmarks) saw the previous run's load
+    and took one thread on an idle 2-core machine (llama.cpp generated 47 tokens/s with 1 thread and 80 with 2
+    on 64 prompts, 2026-11-28).
+    """
+    now = time.perf_counter()
+    if _mark is not None and now - _mark[0] <= MARK_MAX_AGE:
+        started, own, first = _mark
+    else:
+        started, own, first = now, time.process_time(), _cpu_times()  # type: ignore[assignment]
     if first is None:
         return None
-    time.sleep(seconds)
+    left = seconds - (time.perf_counter() - started)
+    if left > 0:
+        time.sleep(left)
     second = _cpu_times()
+    own = time.process_time() - own
     if second is None or second[1] <= first[1]:
         return None
-    share = (second[0] - first[0]) / (second[1] - first[1])
-    return share * (os.cpu_count() or cpus)
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    others = max(0.0, second[0] - first[0] - own * ticks)
+    return others / (second[1] - first[1]) * (os.cpu_count() or cpus)
 
 
 def free_cores(cpus: int | None = None, load: float | None = None) -> int:

@@ -92,3 +92,45 @@ def test_busy_cores_sees_a_spinning_process_and_not_the_last_minute() -> None:
         spinner.wait()
     assert busy is not None and idle is not None
     assert busy >= idle + 0.6  # one more core kept busy
+
+
+def test_busy_cores_from_the_start_mark_leaves_out_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a start mark (what `llmkit` takes on entry) the window is the start-up: this process's own work in it
+    is not load, another process's is, and no sleep is needed once the window is long enough."""
+    import subprocess
+    import sys
+    import time
+
+    if threads.busy_cores(2) is None:
+        pytest.skip("no /proc/stat here")
+    cpus = os.cpu_count() or 1
+    monkeypatch.setattr(threads, "_mark", None)
+
+    def spin_here(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    own = []
+    for _ in range(3):
+        threads.mark()
+        spin_here(0.2)  # start-up work of this process: one core busy, but it is ours
+        started = time.perf_counter()
+        own.append(threads.busy_cores(cpus))
+        assert time.perf_counter() - started < threads.SAMPLE_SECONDS  # the window was long enough: no sleep
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        other = []
+        for _ in range(3):
+            threads.mark()
+            time.sleep(0.2)
+            other.append(threads.busy_cores(cpus))
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert min(own) < 0.5  # type: ignore[type-var]  # our own spinning core is not counted
+    assert max(other) >= min(own) + 0.6  # type: ignore[operator]  # another process's is
+    # A stale mark is not used: this one's counters lie ahead of /proc/stat, so using it would give None.
+    monkeypatch.setattr(threads, "_mark", (time.perf_counter() - threads.MARK_MAX_AGE - 1, 0.0, (10**15, 10**15)))
+    assert threads.busy_cores(cpus) is not None

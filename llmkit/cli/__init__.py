@@ -159,6 +159,9 @@ def _root(
 
 def main() -> None:
     """Console-script entry point."""
+    from llmkit import threads
+
+    threads.mark()  # start-up becomes the window that measures other processes' load (no 30 ms sleep later)
     app(prog_name="llmkit")
 
 
