@@ -55,8 +55,10 @@ def build_models() -> dict[str, Path]:
 def run(code: Path, model: Path, inputs: Path) -> tuple[float, bytes]:
     env = dict(os.environ, PYTHONPATH=str(code), HF_HUB_OFFLINE="1")
     started = time.perf_counter()
+    # cwd = the code's folder: `python -m` puts the working directory first on sys.path, so run from elsewhere
+    # (e.g. a newer checkout) it would import that folder's llmkit whatever PYTHONPATH says.
     done = subprocess.run([sys.executable, "-m", "llmkit", "classify", "--model", str(model), "-i", str(inputs),
-                           "--json"], env=env, capture_output=True, check=True)
+                           "--json"], env=env, capture_output=True, check=True, cwd=str(code))
     return time.perf_counter() - started, done.stdout
 
 
@@ -95,6 +97,12 @@ def main() -> None:
                              "process, the same inputs end to end.")
     args = parser.parse_args()
 
+    # What `pip install` does for users: byte-compile llmkit once (a checkout run with PYTHONDONTWRITEBYTECODE=1,
+    # as on the project's machines, would compile its modules on every start).
+    import compileall
+
+    for code in [ROOT, *([args.before] if args.before else [])]:
+        compileall.compile_dir(str(Path(code) / "llmkit"), quiet=1)
     paths = build_models()
     inputs = WORK / f"tweets-{args.inputs}.txt"
     inputs.write_text("\n".join(t for t, _ in vader.rows("tweets")[: args.inputs]) + "\n", encoding="utf-8")

@@ -210,6 +210,241 @@ class NativeTokenizer:
         return out if many else {k: v[0] for k, v in out.items()}
 
 
+# Exact GELU needs erf, which numpy lacks: a rational approximation (Eigen's float erf, also TensorFlow's and
+# XLA's) on [-4, 4], outside of which float32 erf is +-1. Max error against math.erf about 1e-6 for GELU on
+# [-6, 6] (tests/test_bert_native.py), the size of float32 rounding in the layers around it.
+_ERF_NUMERATOR = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+                  -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_DENOMINATOR = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+                    -1.42647390514189e-02)
+GELU_CHUNK = 16384  # elements per pass: the scratch buffers stay in the core's L2 cache
+
+
+def gelu_(x: Any) -> Any:
+    """x * Phi(x) (exact GELU) of a float32 array, in place, a cache-sized chunk at a time."""
+    import numpy as np
+
+    flat = x.reshape(-1)
+    f32 = np.float32
+    num = [f32(c) for c in _ERF_NUMERATOR]
+    den = [f32(c) for c in _ERF_DENOMINATOR]
+    size = min(GELU_CHUNK, flat.size)
+    x2_buf, p_buf, u_buf = (np.empty(size, f32) for _ in range(3))
+    for start in range(0, flat.size, GELU_CHUNK):
+        v = flat[start : start + GELU_CHUNK]
+        n = v.size
+        u = np.multiply(v, f32(0.7071067811865476), out=u_buf[:n])  # x / sqrt(2)
+        np.clip(u, -4.0, 4.0, out=u)
+        x2 = np.multiply(u, u, out=x2_buf[:n])
+        p = np.multiply(x2, num[0], out=p_buf[:n])
+        p += num[1]
+        for c in num[2:]:
+            p *= x2
+            p += c
+        p *= u
+        q = np.multiply(x2, den[0], out=u)  # u is no longer needed
+        q += den[1]
+        for c in den[2:]:
+            q *= x2
+            q += c
+        p /= q  # erf(x / sqrt(2))
+        p += 1.0
+        p *= 0.5
+        v *= p
+    return x
+
+
+def _layer_norm_(x: Any, weight: Any, bias: Any, eps: float) -> Any:
+    import numpy as np
+
+    x -= x.mean(-1, keepdims=True)
+    var = np.einsum("...i,...i->...", x, x)[..., None]
+    var /= np.float32(x.shape[-1])
+    var += np.float32(eps)
+    np.sqrt(var, out=var)
+    x /= var
+    x *= weight
+    x += bias
+    return x
+
+
+SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
+
+
+def read_safetensors_f32(path: Path) -> dict[str, Any]:
+    """Every tensor of a safetensors file as a float32 numpy array (bfloat16 and float16 widened exactly).
+
+    Raises:
+        ValueError: not a safetensors file, a tensor outside the file, or a dtype other than float ones.
+    """
+    import numpy as np
+
+    data = path.read_bytes()
+    if len(data) < 8:
+        raise ValueError("too short for a safetensors file")
+    size = int.from_bytes(data[:8], "little")
+    if not 0 < size <= len(data) - 8:
+        raise ValueError("header size out of range")
+    header = json.loads(data[8 : 8 + size])
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    body = memoryview(data)[8 + size :]
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        kind = SAFETENSORS_DTYPES.get(entry.get("dtype"))
+        if kind is None:
+            raise ValueError(f"{name}: dtype {entry.get('dtype')} is not a float type")
+        shape = [int(d) for d in entry["shape"]]
+        begin, end = (int(o) for o in entry["data_offsets"])
+        count = int(np.prod(shape)) if shape else 1
+        if not 0 <= begin <= end <= len(body) or end - begin != count * np.dtype(kind).itemsize:
+            raise ValueError(f"{name}: data outside the file or of the wrong size")
+        array = np.frombuffer(body[begin:end], dtype=kind).reshape(shape)
+        if kind == "<u2":  # bfloat16: the high half of a float32
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        out[name] = array.astype(np.float32)
+    return out
+
+
+class NumpyBertClassifier:
+    """BertForSequenceClassification's inference forward in numpy, float32 on the CPU.
+
+    Why numpy: `import torch` alone is 1.4-2 s of every fresh process on the 2-core machines, about as much as
+    a 3-layer student's whole work on 1,000 tweets; numpy imports in 0.1 s, and its OpenBLAS matrix products
+    match torch's here. Batches run on a pool of `threads` worker threads, each with a one-thread BLAS: whole
+    batches in parallel instead of every product split between the cores (small products split badly).
+    The last layer computes the query, attention output and FFN for [CLS] only, the one row the pooler reads.
+    """
+
+    llmkit_native = True  # classify: a classifier, never a causal LM
+    llmkit_numpy = True  # classify: give it numpy batches, run them through `many`
+
+    def __init__(self, config: SimpleNamespace, weights: dict[str, Any]) -> None:
+        import numpy as np
+
+        self.config = config
+        self.threads = 1
+        self.eps = float(config.layer_norm_eps)
+        self.gelu = config.hidden_act == "gelu"
+        w = {k.removeprefix("bert."): v for k, v in weights.items()}
+
+        def linear(prefix: str) -> tuple[Any, Any]:
+            return np.ascontiguousarray(w[prefix + ".weight"].T), w[prefix + ".bias"]
+
+        def norm(prefix: str) -> tuple[Any, Any]:
+            return w[prefix + ".weight"], w[prefix + ".bias"]
+
+        self.word = w["embeddings.word_embeddings.weight"]
+        self.position = w["embeddings.position_embeddings.weight"]
+        self.token_type = w["embeddings.token_type_embeddings.weight"]
+        self.emb_norm = norm("embeddings.LayerNorm")
+        hidden = int(config.hidden_size)
+        self.head_dim = hidden // int(config.num_attention_heads)
+        self.layers = []
+        for i in range(int(config.num_hidden_layers)):
+            p = f"encoder.layer.{i}."
+            q, k, v = (linear(p + f"attention.self.{n}") for n in ("query", "key", "value"))
+            self.layers.append({
+                "q": q,
+                "kv": (np.ascontiguousarray(np.concatenate([k[0], v[0]], axis=1)), np.concatenate([k[1], v[1]])),
+                "qkv": (np.ascontiguousarray(np.concatenate([q[0], k[0], v[0]], axis=1)),
+                        np.concatenate([q[1], k[1], v[1]])),
+                "out": linear(p + "attention.output.dense"),
+                "attn_norm": norm(p + "attention.output.LayerNorm"),
+                "up": linear(p + "intermediate.dense"),
+                "down": linear(p + "output.dense"),
+                "out_norm": norm(p + "output.LayerNorm"),
+            })
+            if q[0].shape != (hidden, hidden) or self.layers[-1]["up"][0].shape[0] != hidden:
+                raise KeyError(f"layer {i} weights do not have the config's hidden size {hidden}")
+        self.pooler = linear("pooler.dense")
+        self.classifier = linear("classifier")
+
+    def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.forward(input_ids, attention_mask, token_type_ids))
+
+    def many(self, batches: list[dict[str, Any]]) -> list[Any]:
+        """Logits of each padded batch (dicts of `__call__`'s arguments), on `threads` workers, in order."""
+        from threadpoolctl import threadpool_limits
+
+        workers = max(1, min(self.threads, len(batches)))
+        with threadpool_limits(limits=1 if workers > 1 else self.threads, user_api="blas"):
+            if workers == 1:
+                return [self.forward(**batch) for batch in batches]
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(workers) as pool:
+                return list(pool.map(lambda batch: self.forward(**batch), batches))
+
+    def forward(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None) -> Any:
+        import numpy as np
+
+        f32 = np.float32
+        batch, length = input_ids.shape
+        x = self.word[input_ids]
+        x += self.position[:length][None]
+        x += self.token_type[token_type_ids] if token_type_ids is not None else self.token_type[0]
+        x = _layer_norm_(x.reshape(batch * length, -1), *self.emb_norm, self.eps)
+        bias = None  # additive attention mask: -inf on padding keys
+        if attention_mask is not None and not attention_mask.all():
+            bias = np.where(attention_mask[:, None, None, :] != 0, f32(0), f32(-np.inf)).astype(f32)
+        scale = f32(1 / np.sqrt(self.head_dim))
+        heads_of = lambda a, n: a.reshape(batch, n, -1, self.head_dim).transpose(0, 2, 1, 3)  # noqa: E731
+        for number, layer in enumerate(self.layers):
+            last = number == len(self.layers) - 1
+            if last:  # [CLS] only from here on; keys and values of every token
+                kv = x @ layer["kv"][0]
+                kv += layer["kv"][1]
+                k, v = np.split(kv.reshape(batch, length, -1), 2, axis=-1)
+                x = np.ascontiguousarray(x.reshape(batch, length, -1)[:, 0])
+                q = x @ layer["q"][0]
+                q += layer["q"][1]
+                rows = 1
+                q = heads_of(q, 1)
+            else:
+                qkv = x @ layer["qkv"][0]
+                qkv += layer["qkv"][1]
+                q, k, v = np.split(qkv.reshape(batch, length, -1), 3, axis=-1)
+                rows = length
+                q = heads_of(q, length)
+            keys = heads_of(k, length).transpose(0, 1, 3, 2)
+            scores = np.matmul(q * scale, keys)
+            if bias is not None:
+                scores += bias
+            scores -= scores.max(-1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(-1, keepdims=True)
+            attended = np.matmul(scores, heads_of(v, length)).transpose(0, 2, 1, 3).reshape(batch * rows, -1)
+            h = attended @ layer["out"][0]
+            h += layer["out"][1]
+            h += x
+            x = _layer_norm_(h, *layer["attn_norm"], self.eps)
+            up = x @ layer["up"][0]
+            up += layer["up"][1]
+            if self.gelu:
+                gelu_(up)
+            else:
+                np.maximum(up, 0, out=up)
+            h = up @ layer["down"][0]
+            h += layer["down"][1]
+            h += x
+            x = _layer_norm_(h, *layer["out_norm"], self.eps)
+        cls = x if self.layers else x.reshape(batch, length, -1)[:, 0]
+        pooled = np.tanh(cls @ self.pooler[0] + self.pooler[1])
+        return pooled @ self.classifier[0] + self.classifier[1]
+
+
+def runs_in_numpy(device: str, dtype: str) -> bool:
+    """Whether `load` takes the numpy forward: float32 on the CPU, and `auto` only where no GPU is visible."""
+    from llmkit import loading
+
+    if dtype not in ("auto", "float32"):
+        return False
+    return device == "cpu" or (device == "auto" and not loading.accelerator_visible())
+
+
 def _model_class() -> Any:
     import torch
     from torch import nn
@@ -301,20 +536,39 @@ def _model_class() -> Any:
     return NativeBertClassifier
 
 
-def load(folder: Path, *, spec: str, device: str = "auto", dtype: str = "auto") -> Any:
-    """The classifier in `folder` (see `native_folder`) as a `loading.LoadedModel`, in eval mode on its device.
+def load(folder: Path, *, spec: str, device: str = "auto", dtype: str = "auto", numpy: bool | None = None) -> Any:
+    """The classifier in `folder` (see `native_folder`) as a `loading.LoadedModel`, ready to run.
+
+    float32 on the CPU runs in numpy (`NumpyBertClassifier`: no torch import); any other device or dtype runs
+    the same forward in torch, in eval mode on its device. `numpy` True/False forces one of the two (tests and
+    benchmarks compare them); numpy then needs float32 on the CPU.
 
     Raises:
         ModelNotFoundError: a damaged weights file, or weights that do not fit the config.
     """
-    from safetensors.torch import load_file
-
     from llmkit import loading
 
     started = time.perf_counter()
+    config = read_config(folder)
+    source = loading.ModelSource(spec, "dir", str(folder))
+    if numpy if numpy is not None else runs_in_numpy(device, dtype):
+        if device not in ("auto", "cpu") or dtype not in ("auto", "float32"):
+            raise ValueError(f"the numpy BERT runs float32 on the CPU, not {dtype} on {device}")
+        try:
+            weights = read_safetensors_f32(folder / WEIGHTS)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelNotFoundError(f"{spec}: {WEIGHTS} could not be read ({str(exc).splitlines()[0]})") from exc
+        try:
+            net: Any = NumpyBertClassifier(config, weights)
+        except (KeyError, ValueError) as exc:
+            raise ModelNotFoundError(f"{spec}: {WEIGHTS} does not match its BERT config.json ({exc})") from exc
+        notes = ["run by llmkit's own BERT forward in numpy (bert_native.py); LLMKIT_NATIVE=0 uses transformers"]
+        return loading.LoadedModel(net, NativeTokenizer(folder), source, "cpu", "float32",
+                                   time.perf_counter() - started, notes)
+    from safetensors.torch import load_file
+
     device = loading.pick_device(device)
     torch_dtype = loading.pick_dtype(dtype, device, low_precision=False)
-    config = read_config(folder)
     try:
         weights = load_file(str(folder / WEIGHTS))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
@@ -325,8 +579,6 @@ def load(folder: Path, *, spec: str, device: str = "auto", dtype: str = "auto") 
         raise ModelNotFoundError(f"{spec}: {WEIGHTS} does not match its BERT config.json ({exc})") from exc
     model.to(device=device, dtype=torch_dtype)
     model.eval()
-    tokenizer = NativeTokenizer(folder)
-    source = loading.ModelSource(spec, "dir", str(folder))
     notes = ["run by llmkit's own BERT forward (bert_native.py); LLMKIT_NATIVE=0 uses transformers"]
-    return loading.LoadedModel(model, tokenizer, source, device, torch_dtype, time.perf_counter() - started, notes)
-
+    return loading.LoadedModel(model, NativeTokenizer(folder), source, device, torch_dtype,
+                               time.perf_counter() - started, notes)

@@ -203,7 +203,11 @@ def classify(
             )
         loaded = loading.load(model, task, device=device, dtype=dtype, revision=revision,
                               allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, adapter=adapter)
-    if str(loaded.device) == "cpu":
+    if getattr(loaded.model, "llmkit_numpy", False):
+        from llmkit.threads import cpu_threads
+
+        loaded.model.threads = cpu_threads()
+    elif str(loaded.device) == "cpu":
         from llmkit.threads import use_free_cores
 
         use_free_cores()
@@ -362,41 +366,69 @@ class _Runner:
         return {k: list(v) for k, v in features.items()}, cut
 
     def logits(self, features: list[dict[str, list[int]]]) -> Any:
-        """Classifier logits (float32) for one batch, padded only to its own longest sequence."""
+        """Classifier logits (float32) for one batch, padded only to its own longest sequence: a numpy array for
+        llmkit's numpy BERT, else a tensor."""
+        return self.logits_many([features])[0]
+
+    def logits_many(self, groups: list[list[dict[str, list[int]]]]) -> list[Any]:
+        """`logits` of several batches; llmkit's numpy BERT runs them on its worker threads."""
+        if getattr(self.net, "llmkit_numpy", False):
+            return list(self.net.many([pad_batch(features, self.tok, arrays="numpy") for features in groups]))
         import torch
 
-        batch = pad_batch(features, self.tok)
-        batch = {k: v.to(self.lm.device) for k, v in batch.items()}
-        with torch.inference_mode():
-            return self.net(**batch).logits.float()
+        out = []
+        for features in groups:
+            batch = {k: v.to(self.lm.device) for k, v in pad_batch(features, self.tok).items()}
+            with torch.inference_mode():
+                out.append(self.net(**batch).logits.float())
+        return out
 
 
-def pad_batch(features: list[dict[str, list[int]]], tok: Any) -> dict[str, Any]:
-    """Token lists -> padded tensors plus attention mask, as `tok.pad` makes them but built directly (the
+def pad_batch(features: list[dict[str, list[int]]], tok: Any, *, arrays: str = "torch") -> dict[str, Any]:
+    """Token lists -> padded arrays plus attention mask, as `tok.pad` makes them but built directly (the
     tokenizer's `pad` goes through Python per row and warns that it is the slow path for fast tokenizers).
 
     Args:
         features: per input, "input_ids" and optionally "token_type_ids" (lists of ints).
         tok: the tokenizer (pad token id, pad side).
+        arrays: "torch" (tensors) or "numpy".
 
     Returns:
-        "input_ids", "attention_mask" (and "token_type_ids" when given) as int64 tensors [batch, longest].
+        "input_ids", "attention_mask" (and "token_type_ids" when given) as int64 arrays [batch, longest].
     """
-    import torch
+    import numpy as np
 
     longest = max(len(f["input_ids"]) for f in features)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     left = getattr(tok, "padding_side", "right") == "left"
     fill = {"input_ids": pad_id, "token_type_ids": getattr(tok, "pad_token_type_id", 0), "attention_mask": 0}
     keys = [k for k in features[0] if k in fill and k != "attention_mask"]
-    out = {k: torch.full((len(features), longest), fill[k], dtype=torch.long) for k in [*keys, "attention_mask"]}
+    out = {k: np.full((len(features), longest), fill[k], dtype=np.int64) for k in [*keys, "attention_mask"]}
     for row, f in enumerate(features):
         n = len(f["input_ids"])
         where = slice(longest - n, longest) if left else slice(0, n)
         for k in keys:
-            out[k][row, where] = torch.tensor(f[k], dtype=torch.long)
+            out[k][row, where] = f[k]
         out["attention_mask"][row, where] = 1
-    return out
+    if arrays == "numpy":
+        return out
+    import torch
+
+    return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
+def activate(logits: Any, activation: str) -> Any:
+    """Scores from logits as the pipeline computes them (in numpy, float32): "softmax", "sigmoid" or "none"."""
+    import numpy as np
+
+    if not isinstance(logits, np.ndarray):
+        logits = logits.float().cpu().numpy()
+    if activation == "softmax":
+        shifted = np.exp(logits - logits.max(-1, keepdims=True))
+        return shifted / shifted.sum(-1, keepdims=True)
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-logits))
+    return logits
 
 
 class _ClassifierRunner(_Runner):
@@ -422,14 +454,10 @@ class _ClassifierRunner(_Runner):
         live = [(i, t, p) for i, t, p in window if t.strip()]
         encoded = self.encode_many(live)
         out: dict[int, tuple[list[tuple[str, float]], bool]] = {}
-        for positions in _length_batches(live, [len(e[0]["input_ids"]) for e in encoded], batch_size):
-            logits = self.logits([encoded[k][0] for k in positions])
-            if self.activation == "softmax":
-                probs = logits.softmax(-1)
-            elif self.activation == "sigmoid":
-                probs = logits.sigmoid()
-            else:
-                probs = logits
+        batches = list(_length_batches(live, [len(e[0]["input_ids"]) for e in encoded], batch_size))
+        groups = self.logits_many([[encoded[k][0] for k in positions] for positions in batches])
+        for positions, logits in zip(batches, groups, strict=True):
+            probs = activate(logits, self.activation)
             for row, k in enumerate(positions):
                 out[live[k][0]] = ([(n, float(s)) for n, s in zip(self.names, probs[row].tolist(), strict=True)], encoded[k][1])
         return out
@@ -461,7 +489,7 @@ class _NliRunner(_Runner):
         encoded = self.encode_many([(live[k][0], live[k][1], self.template.format(self.labels[j])) for k, j in jobs])
         entail_logits = torch.zeros((len(live), len(self.labels), 2))
         for positions in _length_batches(jobs, [len(e[0]["input_ids"]) for e in encoded], batch_size):
-            logits = self.logits([encoded[n][0] for n in positions])
+            logits = torch.as_tensor(self.logits([encoded[n][0] for n in positions]))
             for row, n in enumerate(positions):
                 k, j = jobs[n]
                 entail_logits[k, j, 0] = logits[row, self.contradiction]

@@ -99,7 +99,9 @@ def _gpu_wanted(device: str) -> bool:
         return True
     if device != "auto":
         return False
-    return Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir())
+    from llmkit.loading import nvidia_gpu_visible
+
+    return nvidia_gpu_visible()
 
 
 def _bindings_have_gpu() -> bool:

@@ -154,6 +154,20 @@ def resolve(spec: str) -> ModelSource:
     return ModelSource(spec, "hub", spec)
 
 
+def nvidia_gpu_visible() -> bool:
+    """Whether an NVIDIA driver lists a GPU here (checked without importing torch)."""
+    nvidia = Path("/proc/driver/nvidia/gpus")
+    return nvidia.is_dir() and any(nvidia.iterdir())
+
+
+def accelerator_visible() -> bool:
+    """Whether `--device auto` could find a GPU here, checked without importing torch: an NVIDIA GPU, or an
+    Apple-silicon Mac (MPS)."""
+    import platform
+
+    return nvidia_gpu_visible() or (platform.system() == "Darwin" and platform.machine() == "arm64")
+
+
 def pick_device(device: str = "auto") -> str:
     """`auto` -> cuda, then mps, then cpu; an explicit device that is absent is an error."""
     import torch

@@ -122,6 +122,18 @@ def pick_threads() -> int:
     return requested if requested is not None else free_cores()
 
 
+def cpu_threads() -> int:
+    """Threads for llmkit's own CPU work outside torch (the numpy BERT): $LLMKIT_THREADS, else
+    $OMP_NUM_THREADS, else `free_cores()`."""
+    requested = requested_threads()
+    if requested is not None:
+        return requested
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) >= 1:
+        return int(omp)
+    return free_cores()
+
+
 def use_free_cores() -> int:
     """Set torch's intra-op threads to `free_cores()` unless the user chose (LLMKIT_THREADS, OMP_NUM_THREADS).
 

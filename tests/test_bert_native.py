@@ -86,23 +86,27 @@ def test_generic_tokenizer_classifier_matches_transformers(tiny_classifier: Path
                  _scores(str(tiny_classifier), pairs, monkeypatch, native=False))
 
 
-def _logits_pair(folder: Path, texts: list[str], pairs: list[str] | None = None):
-    """The native and the transformers model's logits for the same padded batch."""
+def _logits_pair(folder: Path, texts: list[str], pairs: list[str] | None = None, *, numpy: bool = True):
+    """The native (numpy or torch) and the transformers model's logits for the same padded batch."""
     import torch
 
     from llmkit import loading
     from llmkit.classify import pad_batch
 
-    mine = bert_native.load(folder, spec=str(folder), device="cpu", dtype="float32")
+    mine = bert_native.load(folder, spec=str(folder), device="cpu", dtype="float32", numpy=numpy)
     theirs = loading.load(str(folder), "sequence-classification", device="cpu", dtype="float32")
     encoded = mine.tokenizer(texts, pairs, truncation="longest_first", max_length=mine.tokenizer.model_max_length)
-    batch = pad_batch([dict(zip(encoded, row, strict=True)) for row in zip(*encoded.values(), strict=True)], mine.tokenizer)
+    features = [dict(zip(encoded, row, strict=True)) for row in zip(*encoded.values(), strict=True)]
+    batch = pad_batch(features, mine.tokenizer)
     with torch.inference_mode():
-        return mine.model(**batch).logits, theirs.model(**batch).logits
+        want = theirs.model(**batch).logits
+        got = mine.model(**(pad_batch(features, mine.tokenizer, arrays="numpy") if numpy else batch)).logits
+    return torch.as_tensor(got), want
 
 
-def test_logits_equal_transformers_on_a_padded_batch(wordpiece_classifier: Path) -> None:
-    mine, theirs = _logits_pair(wordpiece_classifier, TRICKY, ["a second text"] * len(TRICKY))
+@pytest.mark.parametrize("numpy", [True, False], ids=["numpy", "torch"])
+def test_logits_equal_transformers_on_a_padded_batch(wordpiece_classifier: Path, numpy: bool) -> None:
+    mine, theirs = _logits_pair(wordpiece_classifier, TRICKY, ["a second text"] * len(TRICKY), numpy=numpy)
     assert theirs.std() > 0.5  # the scores are far from uniform, so a wrong forward shows
     assert (mine - theirs).abs().max() < 1e-5 * theirs.abs().max()
 
@@ -181,18 +185,70 @@ def test_damaged_weights_are_one_error_line(tiny_classifier: Path, tmp_path: Pat
     assert "Traceback" not in result.stderr
 
 
-def test_classify_command_does_not_import_transformers(tiny_classifier: Path) -> None:
+def test_classify_command_imports_neither_transformers_nor_torch(tiny_classifier: Path) -> None:
     script = (
         "import sys\n"
         "from llmkit.cli import main\n"
-        f"sys.argv = ['llmkit', 'classify', '--json', '-m', {str(tiny_classifier)!r}, 'i loved it']\n"
+        f"sys.argv = ['llmkit', 'classify', '--json', '--device', 'cpu', '-m', {str(tiny_classifier)!r}, 'i loved it']\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "print('transformers' in sys.modules, file=sys.stderr)\n"
+        "print('transformers' in sys.modules, 'torch' in sys.modules, file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["label"] in ("negative", "positive")
-    assert done.stderr.strip().splitlines()[-1] == "False"
+    assert done.stderr.strip().splitlines()[-1] == "False False"
+
+
+def test_numpy_gelu_is_the_exact_erf_gelu() -> None:
+    import math
+
+    import numpy as np
+
+    x = np.linspace(-9, 9, 300_001, dtype=np.float32)
+    want = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+    got = bert_native.gelu_(x.copy())
+    assert np.abs(got - want).max() < 2e-6
+    tanh_form = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    assert np.abs(tanh_form - want).max() > 1e-4  # the check tells the approximate GELU from the exact one
+
+
+def test_numpy_workers_give_the_same_logits_in_order(wordpiece_classifier: Path) -> None:
+    import numpy as np
+
+    from llmkit.classify import pad_batch
+
+    lm = bert_native.load(wordpiece_classifier, spec="w", device="cpu", dtype="float32")
+    assert getattr(lm.model, "llmkit_numpy", False)
+    encoded = lm.tokenizer(TRICKY, truncation="longest_first", max_length=lm.tokenizer.model_max_length)
+    features = [dict(zip(encoded, row, strict=True)) for row in zip(*encoded.values(), strict=True)]
+    batches = [pad_batch(features[i : i + 2], lm.tokenizer, arrays="numpy") for i in range(0, len(features), 2)]
+    lm.model.threads = 1
+    one = lm.model.many(batches)
+    lm.model.threads = 3
+    three = lm.model.many(batches)
+    assert len(one) == len(three) == len(batches)
+    for a, b in zip(one, three, strict=True):
+        assert np.abs(a - b).max() < 1e-6
+    assert np.abs(one[0] - one[1]).max() > 1e-3  # different inputs, different logits: the order is checked
+
+
+def test_numpy_reads_bfloat16_and_float16_weights_exactly(tiny_classifier: Path, tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(tiny_classifier / "model.safetensors"))
+    for dtype in (torch.bfloat16, torch.float16):
+        path = tmp_path / f"{dtype}.safetensors"
+        save_file({k: v.to(dtype) for k, v in weights.items()}, str(path))
+        got = bert_native.read_safetensors_f32(path)
+        assert got.keys() == weights.keys()
+        for name, tensor in weights.items():
+            assert got[name].dtype == np.float32
+            assert np.array_equal(got[name], tensor.to(dtype).float().numpy())
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10" + b"\x00" * 7 + b"{}")
+    with pytest.raises(ValueError):
+        bert_native.read_safetensors_f32(tmp_path / "bad.safetensors")
 
 
 @pytest.mark.bundled
