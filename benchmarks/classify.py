@@ -107,18 +107,22 @@ def main() -> None:
         folder = build_model(Path(tmp) / "minilm-cls")
         pipe = pipeline("text-classification", model=str(folder), device="cpu", dtype=torch.float32)
         # What `llmkit classify -m FOLDER` runs: llmkit's own BERT forward (bert_native.py) for this plain BERT
-        # classifier; the transformers model class is timed too (`LLMKIT_NATIVE=0`).
+        # classifier, in numpy on the CPU; the same forward in torch (what other devices run) and the transformers
+        # model class (`LLMKIT_NATIVE=0`) are timed too.
         from llmkit import bert_native
 
-        loaded = bert_native.load(bert_native.native_folder(str(folder)), spec=str(folder), device="cpu", dtype="float32")
+        native = bert_native.native_folder(str(folder))
+        loaded = bert_native.load(native, spec=str(folder), device="cpu", dtype="float32")
+        loaded_torch = bert_native.load(native, spec=str(folder), device="cpu", dtype="float32", numpy=False)
         loaded_tf = loading.load(str(folder), "sequence-classification", device="cpu", dtype="float32")
         token_counts = [len(ids) for ids in loaded.tokenizer(texts)["input_ids"]]
         # Warm-up (first-call allocations), not timed.
         run_pipeline(pipe, texts[:64], args.batch_size)
         run_llmkit(loaded, texts[:64], args.batch_size)
+        run_llmkit(loaded_torch, texts[:64], args.batch_size)
         llmkit_threads = torch.get_num_threads()  # what classify chose (llmkit.threads.use_free_cores)
         times: dict[str, list[float]] = {"pipeline": [], "pipeline-same-threads": [], "llmkit": [],
-                                         "llmkit-transformers": []}
+                                         "llmkit-torch": [], "llmkit-transformers": []}
         for _ in range(args.repeats):
             torch.set_num_threads(default_threads)
             seconds, expected = run_pipeline(pipe, texts, args.batch_size)
@@ -130,12 +134,15 @@ def main() -> None:
             times["llmkit"].append(seconds)
             seconds, got_tf = run_llmkit(loaded_tf, texts, args.batch_size)
             times["llmkit-transformers"].append(seconds)
+            seconds, got_torch = run_llmkit(loaded_torch, texts, args.batch_size)
+            times["llmkit-torch"].append(seconds)
             llmkit_threads = torch.get_num_threads()
 
     same_labels = sum(g.label == e["label"] for g, e in zip(got, expected, strict=True))
     max_diff = max(abs(g.score - e["score"]) for g, e in zip(got, expected, strict=True))
-    same_labels = min(same_labels, sum(g.label == e["label"] for g, e in zip(got_tf, expected, strict=True)))
-    max_diff = max(max_diff, *(abs(g.score - e["score"]) for g, e in zip(got_tf, expected, strict=True)))
+    for other in (got_tf, got_torch):
+        same_labels = min(same_labels, sum(g.label == e["label"] for g, e in zip(other, expected, strict=True)))
+        max_diff = max(max_diff, *(abs(g.score - e["score"]) for g, e in zip(other, expected, strict=True)))
     best = {name: min(values) for name, values in times.items()}
     ratio = best["pipeline"] / best["llmkit"]
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.corpus}: {args.inputs} inputs, "
@@ -151,7 +158,9 @@ def main() -> None:
           f"{best['pipeline'] / best['pipeline-same-threads']:.2f}x |")
     print(f"| llmkit classify, transformers' model class (LLMKIT_NATIVE=0) | {best['llmkit-transformers']:.2f} | "
           f"{args.inputs / best['llmkit-transformers']:.0f} | {best['pipeline'] / best['llmkit-transformers']:.2f}x |")
-    print(f"| llmkit classify (length-grouped, dynamic padding, own BERT forward) | {best['llmkit']:.2f} | "
+    print(f"| llmkit classify, own BERT forward in torch (other devices) | {best['llmkit-torch']:.2f} | "
+          f"{args.inputs / best['llmkit-torch']:.0f} | {best['pipeline'] / best['llmkit-torch']:.2f}x |")
+    print(f"| llmkit classify (length-grouped, dynamic padding, own BERT forward in numpy) | {best['llmkit']:.2f} | "
           f"{args.inputs / best['llmkit']:.0f} | {ratio:.2f}x |")
     print(f"\nagreement: {same_labels}/{args.inputs} labels equal, max score difference {max_diff:.2e}")
     if args.out:

@@ -18,6 +18,7 @@ model and on the bundled MiniLM. `LLMKIT_NATIVE=0` turns the path off.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -220,36 +221,45 @@ _ERF_DENOMINATOR = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438
 GELU_CHUNK = 16384  # elements per pass: the scratch buffers stay in the core's L2 cache
 
 
+def _gelu_coefficients() -> tuple[list[float], list[float]]:
+    """The erf approximation's polynomials rewritten in t = x * x of GELU's own x (erf's argument is x / sqrt(2)),
+    with GELU's 0.5 folded into the numerator: 0.5 * erf(x / sqrt(2)) = x * P(t) / Q(t)."""
+    numerator = [a * 0.5 ** (len(_ERF_NUMERATOR) - 1 - i) for i, a in enumerate(_ERF_NUMERATOR)]
+    denominator = [b * 0.5 ** (len(_ERF_DENOMINATOR) - 1 - i) for i, b in enumerate(_ERF_DENOMINATOR)]
+    return [a * 0.5 / math.sqrt(2) for a in numerator], denominator
+
+
 def gelu_(x: Any) -> Any:
     """x * Phi(x) (exact GELU) of a float32 array, in place, a cache-sized chunk at a time."""
     import numpy as np
 
     flat = x.reshape(-1)
     f32 = np.float32
-    num = [f32(c) for c in _ERF_NUMERATOR]
-    den = [f32(c) for c in _ERF_DENOMINATOR]
+    numerator, denominator = _gelu_coefficients()
+    num = [f32(c) for c in numerator]
+    den = [f32(c) for c in denominator]
+    edge = f32(4 * math.sqrt(2))  # erf(+-4) is +-1 in float32
     size = min(GELU_CHUNK, flat.size)
-    x2_buf, p_buf, u_buf = (np.empty(size, f32) for _ in range(3))
+    t_buf, p_buf, u_buf = (np.empty(size, f32) for _ in range(3))
     for start in range(0, flat.size, GELU_CHUNK):
         v = flat[start : start + GELU_CHUNK]
         n = v.size
-        u = np.multiply(v, f32(0.7071067811865476), out=u_buf[:n])  # x / sqrt(2)
-        np.clip(u, -4.0, 4.0, out=u)
-        x2 = np.multiply(u, u, out=x2_buf[:n])
-        p = np.multiply(x2, num[0], out=p_buf[:n])
+        u = np.minimum(v, edge, out=u_buf[:n])
+        np.maximum(u, -edge, out=u)
+        t = np.multiply(u, u, out=t_buf[:n])
+        p = np.multiply(t, num[0], out=p_buf[:n])
         p += num[1]
         for c in num[2:]:
-            p *= x2
+            p *= t
             p += c
         p *= u
-        q = np.multiply(x2, den[0], out=u)  # u is no longer needed
+        q = np.multiply(t, den[0], out=u)  # u is no longer needed
         q += den[1]
         for c in den[2:]:
-            q *= x2
+            q *= t
             q += c
-        p /= q  # erf(x / sqrt(2))
-        p += 1.0
-        p *= 0.5
+        p /= q  # 0.5 * erf(x / sqrt(2))
+        p += f32(0.5)
         v *= p
     return x
 
