@@ -264,13 +264,10 @@ def generate(
         extra: dict[str, Any] = {}
         sampler = None
         if per_input_streams:
-            from transformers import LogitsProcessorList
-
             from llmkit.seeded_sampling import make_sampler
 
             n = settings.num_return_sequences
             sampler = make_sampler(settings, [stream_seed(stream_base, p.index) for p in batch], n, eos)
-            extra["logits_processor"] = LogitsProcessorList([sampler])
             if n > 1:  # the layout transformers' own expansion has: input b's rows are b*n .. b*n+n-1
                 padded = {k: v.repeat_interleave(n, dim=0) for k, v in padded.items()}
         # After the per-input expansion above: a prompt/prefix adapter's virtual tokens go in as embeddings or a
@@ -278,12 +275,20 @@ def generate(
         # then the output holds only the new tokens.
         inputs = generation_inputs(net, padded["input_ids"], padded["attention_mask"])
         prompt_len = padded["input_ids"].shape[1] if inputs.echoes_prompt else 0
+        # llmkit's loop takes plain callables; transformers' generate wants its list types (importing transformers
+        # only then: 1-2 s of start-up).
+        own_loop = native is not None and inputs.echoes_prompt and inputs.model is net
         if settings.stop:
             start = 1 if encoder_decoder else prompt_len
-            extra["stopping_criteria"] = _stop_criteria(tok, settings.stop, start)
+            extra["stopping_criteria"] = _stop_criteria(tok, settings.stop, start, for_transformers=not own_loop)
+        if sampler is not None and not own_loop:
+            from transformers import LogitsProcessorList
+
+            extra["logits_processor"] = LogitsProcessorList([sampler])
         started = time.perf_counter()
         with torch.inference_mode():
-            if native is not None and inputs.echoes_prompt and inputs.model is net:
+            if own_loop:
+                assert native is not None
                 out = native.greedy(
                     padded["input_ids"], padded["attention_mask"], max_new_tokens=settings.max_new_tokens, eos=eos,
                     pad_token_id=tok.pad_token_id, stopping_criteria=extra.get("stopping_criteria"),
@@ -337,22 +342,29 @@ def generate(
         yield from _run_window(pending, batch_size, run_batch)
 
 
-def _stop_criteria(tok: Any, stops: tuple[str, ...], start: int) -> Any:
+def _stop_criteria(tok: Any, stops: tuple[str, ...], start: int, *, for_transformers: bool = True) -> Any:
     """Stop each sequence once its new text contains a stop string.
 
     Decodes only the last few tokens per step (a stop string of n characters spans at most n + 1 tokens), which
     works for any tokenizer; transformers' own `stop_strings` needs a tokenizer whose vocabulary it can parse.
+    A `StoppingCriteriaList` for transformers' generate, else the plain function (llmkit's own loop).
     """
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
 
     window = max(len(s) for s in stops) + 2
 
+    def stop_on_strings(input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        tail = input_ids[:, max(start, input_ids.shape[1] - window) :]
+        texts = tok.batch_decode(tail, skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in stops) for t in texts], device=input_ids.device)
+
+    if not for_transformers:
+        return stop_on_strings
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
     class StopOnStrings(StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            tail = input_ids[:, max(start, input_ids.shape[1] - window) :]
-            texts = tok.batch_decode(tail, skip_special_tokens=True)
-            return torch.tensor([any(s in t for s in stops) for t in texts], device=input_ids.device)
+            return stop_on_strings(input_ids, scores)
 
     return StoppingCriteriaList([StopOnStrings()])
 

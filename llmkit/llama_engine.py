@@ -340,19 +340,10 @@ def render_chat(info: GGUFInfo, prompt: Any, *, system: str | None, raw: bool) -
     if messages is None:
         return prompt
     assert info.chat_template is not None
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from llmkit.sampling import render_chat_template
 
-    def raise_exception(message: str) -> None:
-        raise UsageError(f"the model's chat template refused the prompt: {message}")
-
-    # The same environment transformers renders chat templates in, so both engines see the same prompt text.
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
-    text = env.from_string(info.chat_template).render(
-        messages=messages, add_generation_prompt=True, bos_token=info.bos_token or "", eos_token=info.eos_token or ""
-    )
+    text = render_chat_template(info.chat_template, messages, bos_token=info.bos_token or "",
+                                eos_token=info.eos_token or "")
     # llama.cpp adds BOS itself when the model asks for it; a template that writes it too would double it.
     if info.add_bos and info.bos_token and text.startswith(info.bos_token):
         text = text[len(info.bos_token) :]

@@ -313,10 +313,10 @@ def converted_dir(gguf_path: Path) -> Path:
     Returns:
         A folder under $LLMKIT_HOME/converted (it may not exist yet).
     """
-    import transformers
-
+    # The installed version from its metadata: `import transformers` for __version__ would cost ~1 s of start-up.
+    version = importlib.metadata.version("transformers")
     stat = gguf_path.stat()
-    key = f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}|{CONVERTED_CACHE_VERSION}"
+    key = f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{version}|{CONVERTED_CACHE_VERSION}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return llmkit_home() / "converted" / f"{gguf_path.stem}-{digest}"
 

@@ -325,3 +325,25 @@ def chat_messages(prompt: Any, *, system: str | None, raw: bool, has_template: b
     if system and not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": system})
     return messages
+
+
+def render_chat_template(template: str, messages: list[dict[str, str]], **tokens: str) -> str:
+    """`messages` through a model's Jinja chat template with a generation prompt, in the environment transformers'
+    `apply_chat_template` uses (sandboxed, trim_blocks, lstrip_blocks, loop controls, `raise_exception`,
+    `strftime_now`), so every engine sees the same prompt text. `tokens`: bos_token, eos_token and the like.
+
+    Raises:
+        UsageError: the template refused the conversation (its `raise_exception`).
+    """
+    import time
+
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise UsageError(f"the model's chat template refused the prompt: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True, **tokens)

