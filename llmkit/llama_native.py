@@ -524,34 +524,30 @@ class NativeLlama:
         valid = torch.zeros(batch, total, dtype=torch.bool)
         eos_ids = torch.tensor(sorted(eos), dtype=input_ids.dtype)
         rows, hidden, next_pos = self._prefill(input_ids, attention_mask, cache, valid)
-        # Rows that finished stay in the batch (their tokens are dropped) until a quarter of it has finished: then
-        # the batch is compacted. Compacting at every finish copied the whole cache each time (1.3 s of a 21 s
-        # run of 64 prompts); a dead row costs only its share of the products until then.
-        alive = torch.ones(len(rows), dtype=torch.bool)
         produced = 0
         while True:
             logits = _linear(self._rms(hidden, self.norm), self.head)
             if logits_processor is not None:
                 every = logits.new_zeros(batch, logits.shape[-1])
-                every[rows[alive]] = logits[alive]
+                every[rows] = logits
                 logits = logits_processor(out[:, : prompt_len + produced], every)[rows]
             token = logits.argmax(-1)
-            out[rows[alive], prompt_len + produced] = token[alive]
+            out[rows, prompt_len + produced] = token
             produced += 1
             if streamer is not None:
-                streamer.put(token[alive].cpu())
+                streamer.put(token.cpu())
             finished = torch.isin(token, eos_ids)
             if stopping_criteria is not None:
                 finished |= stopping_criteria(out[rows, : prompt_len + produced], None)
-            alive &= ~finished
-            if produced >= max_new_tokens or not bool(alive.any()):
+            if produced >= max_new_tokens or bool(finished.all()):
                 break
-            dead = len(alive) - int(alive.sum())
-            if dead and 4 * dead >= len(alive):
-                keep = alive.nonzero().squeeze(1)
+            # Finished rows leave the batch at once. Keeping them until a quarter had finished measured the same
+            # (64 TREC prompts in one process, 2 rounds: 18.6 / 21.8 s against 18.8 / 21.9 s): the cache copy it
+            # saves costs about what the dead rows' share of the products does.
+            if bool(finished.any()):
+                keep = (~finished).nonzero().squeeze(1)
                 rows, token, next_pos, valid = rows[keep], token[keep], next_pos[keep], valid[keep]
                 cache = [c.index_select(0, keep) for c in cache]
-                alive = alive[keep]
             step = prompt_len + produced - 1  # the cache slot of the token just chosen
             valid[:, step] = True
             hidden = self.forward(token[:, None], next_pos[:, None], cache, step, valid[:, None, None, : step + 1])

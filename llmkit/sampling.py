@@ -7,6 +7,7 @@ generate, server and evaluate alike).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -335,15 +336,22 @@ def render_chat_template(template: str, messages: list[dict[str, str]], **tokens
     Raises:
         UsageError: the template refused the conversation (its `raise_exception`).
     """
+    return _compiled_chat_template(template).render(messages=messages, add_generation_prompt=True, **tokens)
+
+
+def _refuse(message: str) -> None:
+    raise UsageError(f"the model's chat template refused the prompt: {message}")
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_chat_template(template: str) -> Any:
+    """The compiled template (compiling took 9 ms, once per prompt before: 0.6 s of 64 prompts)."""
     import time
 
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    def raise_exception(message: str) -> None:
-        raise UsageError(f"the model's chat template refused the prompt: {message}")
-
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.globals["raise_exception"] = raise_exception
+    env.globals["raise_exception"] = _refuse
     env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
-    return env.from_string(template).render(messages=messages, add_generation_prompt=True, **tokens)
+    return env.from_string(template)
