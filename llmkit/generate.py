@@ -40,6 +40,8 @@ DEFAULT_BATCH_SIZE = 8  # prompts per forward pass when many are piped in
 # 2026-11-29: 150-184 tokens/s against llama.cpp Q4_1 x8's 84; README Performance).
 FILE_PROMPTS = 32
 FILE_BATCH_SIZE = 64
+# Only small GGUF files: the float32 copy that loop runs is about 4x the file (measured on the 98 MB bundled model).
+FILE_MAX_GGUF_BYTES = 300 * 1024**2
 LENGTH_GROUP_WINDOW = 4  # batches read ahead and sorted by length to cut padding
 
 
@@ -361,7 +363,7 @@ def generate(
 
 def _file_runs_faster_natively(model: str, settings: GenerationSettings, device: str) -> bool:
     """Whether a file of prompts for this GGUF model would run on llmkit's float32 Llama loop here: a CPU run
-    (no GPU visible for auto), settings the loop supports, and a Llama GGUF."""
+    (no GPU visible for auto), settings the loop supports, and a Llama GGUF of at most FILE_MAX_GGUF_BYTES."""
     from llmkit import llama_engine, llama_native, loading
 
     if device not in ("auto", "cpu") or (device == "auto" and loading.accelerator_visible()):
@@ -369,7 +371,9 @@ def _file_runs_faster_natively(model: str, settings: GenerationSettings, device:
     if llama_native.unsupported_settings(settings) is not None or not llama_native.native_enabled():
         return False
     gguf = llama_engine.gguf_for(model)
-    return gguf is not None and llama_engine.read_gguf_info(gguf).architecture == "llama"
+    if gguf is None or gguf.stat().st_size > FILE_MAX_GGUF_BYTES:
+        return False
+    return llama_engine.read_gguf_info(gguf).architecture == "llama"
 
 
 def _stop_criteria(tok: Any, stops: tuple[str, ...], start: int, *, for_transformers: bool = True) -> Any:

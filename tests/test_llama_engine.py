@@ -575,5 +575,8 @@ def test_a_file_stays_off_the_native_loop_where_it_cannot_run(monkeypatch) -> No
     assert not gen._file_runs_faster_natively(model, settings, "cuda")
     beams = gen.GenerationSettings(num_beams=2)
     assert not gen._file_runs_faster_natively(model, beams, "cpu")
+    monkeypatch.setattr(gen, "FILE_MAX_GGUF_BYTES", 50 * 1024**2)  # the bundled file is 98 MB
+    assert not gen._file_runs_faster_natively(model, settings, "cpu")
+    monkeypatch.undo()
     monkeypatch.setenv("LLMKIT_NATIVE", "0")
     assert not gen._file_runs_faster_natively(model, settings, "cpu")
