@@ -35,6 +35,9 @@ LLMKIT = [sys.executable, "-m", "llmkit"]
 MODEL = "smollm2-135m-instruct"
 # name -> (weights: "bundled" or a GGUF type written by quantize, engine, batch size, extra flags)
 CONFIGS: dict[str, tuple[str, str, int, list[str]]] = {
+    # what `llmkit generate -i prompts.txt` runs with no --engine and no --batch-size (engine and batch size 0: left
+    # out of the command line)
+    "default (auto)": ("bundled", "auto", 0, []),
     "llama q4_1 x1": ("bundled", "llama-cpp", 1, []),
     "llama q4_1 x8": ("bundled", "llama-cpp", 8, []),
     "llama q4_1 x16": ("bundled", "llama-cpp", 16, []),
@@ -54,7 +57,7 @@ CONFIGS: dict[str, tuple[str, str, int, list[str]]] = {
 }
 
 # the rows of the README table (the rest were measured once, 2026-11-28, and lost to these)
-DEFAULT = ("llama q4_1 x1", "llama q4_1 x8", "llama q8_0 x16", "transformers fp32 x8", "transformers fp32 x16",
+DEFAULT = ("default (auto)", "llama q4_1 x1", "llama q4_1 x8", "llama q8_0 x16", "transformers fp32 x8", "transformers fp32 x16",
            "transformers fp32 x32", "transformers fp32 x64")
 
 
@@ -80,8 +83,9 @@ def weights(kind: str, workdir: Path) -> str:
 
 def run(name: str, model: str, prompts_file: Path, tokens: int) -> dict:
     _, engine, batch, extra = CONFIGS[name]
-    cmd = [*LLMKIT, "generate", "-i", str(prompts_file), "--model", model, "--engine", engine, "--batch-size",
-           str(batch), "--max-new-tokens", str(tokens), "--device", "cpu", "--json", *extra]
+    choice = ["--engine", engine, "--batch-size", str(batch)] if batch else []
+    cmd = [*LLMKIT, "generate", "-i", str(prompts_file), "--model", model, *choice, "--max-new-tokens", str(tokens),
+           "--device", "cpu", "--json", *extra]
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - started
@@ -89,6 +93,8 @@ def run(name: str, model: str, prompts_file: Path, tokens: int) -> dict:
         raise SystemExit(f"{name} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     generated = sum(r["completion_tokens"] for r in records)
+    if not batch and records:  # auto: the engine that ran, and "auto" for the batch it chose
+        engine, batch = records[0]["engine"], "auto"  # type: ignore[assignment]
     return {"name": name, "engine": engine, "batch": batch, "answers": len(records), "tokens": generated,
             "wall_seconds": round(wall, 2), "tokens_per_second": round(generated / wall, 1),
             "at_length": sum(r["finish_reason"] == "length" for r in records),
