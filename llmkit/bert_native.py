@@ -289,16 +289,16 @@ def read_safetensors_f32(path: Path) -> dict[str, Any]:
     """
     import numpy as np
 
-    data = path.read_bytes()
-    if len(data) < 8:
+    if path.stat().st_size < 8:
         raise ValueError("too short for a safetensors file")
-    size = int.from_bytes(data[:8], "little")
+    data = np.memmap(path, dtype=np.uint8, mode="r")  # mapped, not read: only the float32 copies take memory
+    size = int.from_bytes(data[:8].tobytes(), "little")
     if not 0 < size <= len(data) - 8:
         raise ValueError("header size out of range")
-    header = json.loads(data[8 : 8 + size])
+    header = json.loads(data[8 : 8 + size].tobytes())
     if not isinstance(header, dict):
         raise ValueError("header is not a JSON object")
-    body = memoryview(data)[8 + size :]
+    body = data[8 + size :]
     out = {}
     for name, entry in header.items():
         if name == "__metadata__":
@@ -353,14 +353,16 @@ class NumpyBertClassifier:
         hidden = int(config.hidden_size)
         self.head_dim = hidden // int(config.num_attention_heads)
         self.layers = []
-        for i in range(int(config.num_hidden_layers)):
+        count = int(config.num_hidden_layers)
+        for i in range(count):
             p = f"encoder.layer.{i}."
             q, k, v = (linear(p + f"attention.self.{n}") for n in ("query", "key", "value"))
+            last = i == count - 1
+            group = (k, v) if last else (q, k, v)  # the last layer runs the query for [CLS] alone
+            fused = (np.concatenate([w_ for w_, _ in group], axis=1), np.concatenate([b_ for _, b_ in group]))
             self.layers.append({
-                "q": q,
-                "kv": (np.ascontiguousarray(np.concatenate([k[0], v[0]], axis=1)), np.concatenate([k[1], v[1]])),
-                "qkv": (np.ascontiguousarray(np.concatenate([q[0], k[0], v[0]], axis=1)),
-                        np.concatenate([q[1], k[1], v[1]])),
+                "kv" if last else "qkv": fused,
+                **({"q": q} if last else {}),
                 "out": linear(p + "attention.output.dense"),
                 "attn_norm": norm(p + "attention.output.LayerNorm"),
                 "up": linear(p + "intermediate.dense"),

@@ -254,10 +254,8 @@ class NativeChatTokenizer:
             if template is not None and not isinstance(template, str):
                 return None  # named templates (a list): transformers picks among them
             return cls(folder, settings, template)
-        except (OSError, ValueError, TypeError):
-            return None
-        except Exception:  # noqa: BLE001 - a tokenizer.json `tokenizers` cannot read: AutoTokenizer says why
-            return None
+        except Exception:  # noqa: BLE001 - unreadable settings or a tokenizer.json `tokenizers` cannot read:
+            return None  # AutoTokenizer loads it or says what is wrong
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self._tok.token_to_id(token)
