@@ -134,3 +134,23 @@ def test_busy_cores_from_the_start_mark_leaves_out_this_process(monkeypatch: pyt
     # A stale mark is not used: this one's counters lie ahead of /proc/stat, so using it would give None.
     monkeypatch.setattr(threads, "_mark", (time.perf_counter() - threads.MARK_MAX_AGE - 1, 0.0, (10**15, 10**15)))
     assert threads.busy_cores(cpus) is not None
+
+
+def test_numpy_classifier_takes_its_threads_from_the_same_rule(tiny_classifier: Path, monkeypatch) -> None:
+    """LLMKIT_THREADS, then OMP_NUM_THREADS, then the free cores: the numpy BERT's worker count, set by classify."""
+    from llmkit import bert_native
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv(threads.THREADS_ENV, "3")
+    assert threads.cpu_threads() == 3
+    monkeypatch.delenv(threads.THREADS_ENV)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads.cpu_threads() == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(threads, "free_cores", lambda: 2)
+    assert threads.cpu_threads() == 2
+    lm = bert_native.load(tiny_classifier, spec=str(tiny_classifier), device="cpu", dtype="float32")
+    assert getattr(lm.model, "llmkit_numpy", False) and lm.model.threads == 1
+    monkeypatch.setenv(threads.THREADS_ENV, "3")
+    assert len(list(cl.classify(["i loved it", "bad"], loaded=lm))) == 2
+    assert lm.model.threads == 3
