@@ -12,7 +12,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, is_dataclass
+from dataclasses import fields, is_dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # rich loads only when a terminal or --format rich asks for it (about 35 ms of start-up)
@@ -55,7 +55,9 @@ def resolve_format(fmt: str | None, json_flag: bool = False) -> str:
 def _plain(value: Any) -> Any:
     """Dataclasses, tuples and non-finite floats -> JSON-safe plain values."""
     if is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in asdict(value).items()}
+        # field by field, not `asdict`: that deep-copies every value first (0.2 ms a result, 1,000 results a
+        # second in a classify run), and the recursion below builds new containers anyway
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
