@@ -232,6 +232,31 @@ def test_numpy_workers_give_the_same_logits_in_order(wordpiece_classifier: Path)
     assert np.abs(one[0] - one[1]).max() > 1e-3  # different inputs, different logits: the order is checked
 
 
+def test_numpy_packed_forward_equals_each_text_alone(wordpiece_classifier: Path) -> None:
+    """Right padding packs the real tokens for everything but attention; left padding runs unpacked. Both must
+    give each row the logits it gets alone in a batch of one (no padding at all)."""
+    import numpy as np
+
+    from llmkit.classify import pad_batch
+
+    lm = bert_native.load(wordpiece_classifier, spec="w", device="cpu", dtype="float32")
+    encoded = lm.tokenizer(TRICKY, truncation="longest_first", max_length=lm.tokenizer.model_max_length)
+    features = [dict(zip(encoded, row, strict=True)) for row in zip(*encoded.values(), strict=True)]
+    assert len({len(f["input_ids"]) for f in features}) > 4  # mixed lengths: most rows are padded
+    alone = np.concatenate([lm.model.forward(**pad_batch([f], lm.tokenizer, arrays="numpy")) for f in features])
+    right = lm.model.forward(**pad_batch(features, lm.tokenizer, arrays="numpy"))
+    lm.tokenizer.padding_side = "left"
+    left_batch = pad_batch(features, lm.tokenizer, arrays="numpy")
+    assert not left_batch["attention_mask"][:, 0].all()  # really left-padded
+    left = lm.model.forward(**left_batch)
+    assert np.abs(alone).max() > 0.1
+    assert np.abs(right - alone).max() < 1e-5 * np.abs(alone).max()
+    # left padding puts [CLS] elsewhere; the forward reads position 0 (as transformers' BERT does), so only the
+    # longest row, which has no padding, keeps its logits
+    longest = int(np.argmax([len(f["input_ids"]) for f in features]))
+    assert np.abs(left[longest] - alone[longest]).max() < 1e-5 * np.abs(alone).max()
+
+
 def test_numpy_reads_bfloat16_and_float16_weights_exactly(tiny_classifier: Path, tmp_path: Path) -> None:
     import numpy as np
     import torch
