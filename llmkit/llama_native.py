@@ -286,17 +286,9 @@ class NativeChatTokenizer:
         return render_chat_template(self.chat_template, messages, **tokens)
 
     def pad(self, features: dict[str, list[list[int]]], return_tensors: str = "pt") -> _Padded:
-        import torch
+        from llmkit.classify import pad_batch  # the one padding routine (pad id, pad side, attention mask)
 
-        rows = features["input_ids"]
-        longest = max(len(r) for r in rows)
-        ids = torch.full((len(rows), longest), self.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        for i, row in enumerate(rows):
-            where = slice(longest - len(row), longest) if self.padding_side == "left" else slice(0, len(row))
-            ids[i, where] = torch.tensor(row, dtype=torch.long)
-            mask[i, where] = 1
-        return _Padded(input_ids=ids, attention_mask=mask)
+        return _Padded(pad_batch([{"input_ids": row} for row in features["input_ids"]], self))
 
     def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
