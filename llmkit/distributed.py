@@ -439,6 +439,14 @@ class ShardedRun:
         if not self.peers.is_main:
             begin = _read_json(self._begin)
             nonce = str(begin.get("nonce", "")) if begin else ""
+            if not nonce and not isinstance(exc, KeyboardInterrupt):
+                # This rank failed before the main rank named the launch (it may still be loading its model):
+                # wait for the name, as a finishing rank does, so the main rank reports this error and not,
+                # after its timeout, a peer that "stopped responding". The heartbeat keeps beating meanwhile.
+                try:
+                    nonce = self._peer_nonce()
+                except PeerError:
+                    nonce = ""
         try:
             _write_atomic(self._path(self.rank, "failed"), json.dumps({"nonce": nonce, "error": text}))
             self._path(self.rank, "part").unlink(missing_ok=True)

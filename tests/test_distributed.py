@@ -154,6 +154,24 @@ def test_a_failed_peer_is_a_clear_error_on_the_main_rank(tmp_path: Path) -> None
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_a_peer_that_fails_before_the_main_rank_starts_is_still_named(tmp_path: Path) -> None:
+    # The peer fails while the main rank is still loading (no launch name yet): its failure must reach the main
+    # rank as that error, not as a peer that "stopped responding" once the timeout runs out.
+    items = [f"row {i}" for i in range(8)]
+    main, peer = _runs(tmp_path, timeout=3)
+    thread = _rank_thread(peer, items, fail_at=0)
+    time.sleep(0.5)  # the peer has failed by now; the main rank has not entered yet
+    started = time.monotonic()
+    with main:
+        for index, item in main.shard(items, block_size=2):
+            main.write(index, item)
+    with pytest.raises(dist.PeerError, match=r"process 1 of 2 failed: ValueError: bad row on purpose"):
+        list(main.merged())
+    assert time.monotonic() - started < 3
+    thread.join()
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 def test_a_silent_peer_times_out_instead_of_hanging(tmp_path: Path) -> None:
     main, peer = _runs(tmp_path, timeout=1.5)
     peer.__enter__()
