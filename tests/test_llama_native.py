@@ -49,7 +49,7 @@ def _load(folder: Path):
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), tok
 
 
-def _both(folder: Path, prompts: list[str], new: int = 12, eos: int | None = None):
+def _both(folder: Path, prompts: list[str], new: int = 12, eos: int | list[int] | None = None):
     """(transformers' greedy sequences, native greedy sequences) for a left-padded batch."""
     import torch
 
@@ -60,7 +60,8 @@ def _both(folder: Path, prompts: list[str], new: int = 12, eos: int | None = Non
         want = model.generate(**batch, max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id,
                               eos_token_id=stop)
         got = llama_native.NativeLlama(model).greedy(batch["input_ids"], batch["attention_mask"], max_new_tokens=new,
-                                                     eos={stop}, pad_token_id=tok.pad_token_id)
+                                                     eos=set(stop) if isinstance(stop, list) else {stop},
+                                                     pad_token_id=tok.pad_token_id)
     return want.tolist(), got.tolist(), batch
 
 
@@ -80,6 +81,24 @@ def test_rows_that_end_leave_the_batch_and_are_padded_like_transformers(tiny_lla
     assert got == want
     ended = [row for row in got if stop in row[prompt_len:-1]]
     assert ended and any(row[-1] != batch["input_ids"][0, 0] for row in got)  # some ended, some ran on
+
+
+def test_rows_ending_at_many_different_steps_keep_transformers_tokens(tiny_llama: Path) -> None:
+    # Finished rows hand their places to live rows from the end of the batch: with rows ending one after
+    # another, at different places in the batch, every row must still get transformers' tokens.
+    prompts = [f"{a} {b}" for a in ("the cat", "a dog", "good day", "hello my", "on the mat", "and then")
+               for b in ("sat", "ran to you")]
+    want, _, batch = _both(tiny_llama, prompts, new=20, eos=-1)
+    prompt_len = batch["input_ids"].shape[1]
+    counts: dict[int, int] = {}
+    for row in want:
+        for token in set(row[prompt_len + 1 :]):
+            counts[token] = counts.get(token, 0) + 1
+    stops = sorted(counts, key=lambda t: -counts[t])[:2]  # tokens that many answers produce, at various steps
+    want, got, _ = _both(tiny_llama, prompts, new=20, eos=stops)
+    assert got == want
+    ends = {next((i for i, t in enumerate(row[prompt_len:]) if t in stops), None) for row in got}
+    assert len(ends - {None}) >= 3  # rows ended at three or more different steps
 
 
 def test_release_drops_the_models_matrices_and_keeps_the_tokens(tiny_llama: Path) -> None:
