@@ -393,7 +393,7 @@ class NumpyBertClassifier:
             # the biggest batches first, so that a worker left without work at the end idles only for a small one
             order = sorted(range(len(batches)), key=lambda i: -batches[i]["input_ids"].size)
             with ThreadPoolExecutor(workers) as pool:
-                done = dict(zip(order, pool.map(lambda i: self.forward(**batches[i]), order)))
+                done = dict(zip(order, pool.map(lambda i: self.forward(**batches[i]), order), strict=True))
             return [done[i] for i in range(len(batches))]
 
     def forward(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None) -> Any:

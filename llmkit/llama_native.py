@@ -32,7 +32,9 @@ from llmkit.bert_native import NATIVE_ENV, NOT_NATIVE_FILES, native_enabled
 ARCHITECTURE = "LlamaForCausalLM"
 WEIGHTS = "model.safetensors"
 ROPE_TYPES = ("default", "linear", "llama3")  # an inverse-frequency table fixed at load; "dynamic" etc. change it
-PREFILL_ROWS = 16  # prompts per prefill pass: sorted by length, so groups pad little and products stay wide
+# A prefill pass costs its padded positions (rows x longest suffix) plus about this many positions' worth of fixed
+# work (one pass over 30 layers of small kernels took 0.11 s on 24 tokens: ~50 positions of SmolLM2's products).
+PREFILL_PASS_COST = 64
 MIN_SHARED = 4  # a common prefix shorter than this is not worth computing apart
 
 
@@ -48,6 +50,26 @@ def _shared_prefix(input_ids: Any, lengths: Any) -> int:
     heads = torch.gather(input_ids, 1, starts[:, None] + torch.arange(width)[None, :])
     same = (heads == heads[:1]).all(0).long().cumprod(0).sum()
     return int(same) if int(same) >= MIN_SHARED else 0
+
+
+def prefill_groups(lengths: list[int], pass_cost: int | None = None) -> list[tuple[int, int]]:
+    """Split prompts sorted by length (longest first) into prefill passes [(start, end), ...] of least cost.
+
+    A pass pads every row to its first (longest) row; the cost of a split is its padded positions plus
+    `pass_cost` per pass, minimised exactly by dynamic programming (64 TREC questions after a shared system turn:
+    1,372 positions in 4 passes, against 1,568 in 4 passes of 16 rows).
+    """
+    pass_cost = PREFILL_PASS_COST if pass_cost is None else pass_cost
+    n = len(lengths)
+    best = [0] * (n + 1)
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        best[end], cut[end] = min((best[a] + lengths[a] * (end - a) + pass_cost, a) for a in range(end))
+    groups = []
+    while n:
+        groups.append((cut[n], n))
+        n = cut[n]
+    return groups[::-1]
 
 
 def _drop_rows(finished: Any, written: int, rows: Any, token: Any, next_pos: Any, valid: Any,
@@ -434,9 +456,8 @@ class NativeLlama:
 
         `mask` [B, 1, T, start+T] is True where a query may attend to a key.
         """
-        import torch.nn.functional as F
-
         import torch
+        import torch.nn.functional as F
 
         batch, steps = ids.shape
         x = F.embedding(ids, self.embed)
@@ -468,7 +489,7 @@ class NativeLlama:
 
         Cache layout: a prefix that every prompt shares (a chat template's system turn) sits once in slots
         [0, shared), computed for one row and copied; each prompt's remaining tokens sit at the end of the
-        prompt slots, as in the left-padded input. The rest runs in groups of PREFILL_ROWS rows of similar length,
+        prompt slots, as in the left-padded input. The rest runs in passes of rows of similar length (`prefill_groups`),
         so little of the work is padding. Positions count each row's real tokens, as transformers does.
         """
         import torch
@@ -489,8 +510,7 @@ class NativeLlama:
         slots = torch.arange(prompt_len)
         valid[:, :prompt_len] |= slots[None, :] >= (prompt_len - suffix)[:, None]
         hidden = []
-        for a in range(0, batch, PREFILL_ROWS):
-            b = min(batch, a + PREFILL_ROWS)
+        for a, b in prefill_groups(suffix.tolist()):
             width = int(suffix[a])  # the longest suffix of the group (rows are sorted)
             first_slot = prompt_len - width
             mine = valid[a:b, first_slot:prompt_len]

@@ -114,14 +114,55 @@ def test_release_drops_the_models_matrices_and_keeps_the_tokens(tiny_llama: Path
     assert got.tolist() == want
 
 
-def test_a_shared_prefix_is_run_once_and_long_batches_in_groups_with_the_same_tokens(tiny_llama: Path) -> None:
-    # A chat template's system turn is the usual shared prefix; more rows than PREFILL_ROWS make several groups.
+def test_a_shared_prefix_is_run_once_and_long_batches_in_groups_with_the_same_tokens(tiny_llama: Path,
+                                                                                   monkeypatch) -> None:
+    # A chat template's system turn is the usual shared prefix; with every pass costly only in its padding, rows
+    # of different lengths make several prefill passes.
     prompts = [f"the cat sat on the mat and {p} {i}" for i in range(4) for p in PROMPTS]
-    assert len(prompts) > llama_native.PREFILL_ROWS
+    monkeypatch.setattr(llama_native, "PREFILL_PASS_COST", 0)
+    passes = []
+    real = llama_native.prefill_groups
+    monkeypatch.setattr(llama_native, "prefill_groups", lambda lengths: passes.append(real(lengths)) or passes[-1])
     want, got, batch = _both(tiny_llama, prompts, new=10)
     shared = llama_native._shared_prefix(batch["input_ids"], batch["attention_mask"].sum(-1))
     assert shared >= llama_native.MIN_SHARED
+    assert len(passes) == 1 and len(passes[0]) >= 3
     assert got == want
+
+
+def _partitions(n: int):
+    """Every split of range(n) into consecutive runs."""
+    if n == 0:
+        yield []
+        return
+    for first in range(1, n + 1):
+        for rest in _partitions(n - first):
+            yield [(0, first)] + [(a + first, b + first) for a, b in rest]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_prefill_groups_are_the_cheapest_split(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    lengths = sorted((rng.randint(1, 40) for _ in range(rng.randint(1, 9))), reverse=True)
+    cost = rng.choice([0, 8, 64])
+
+    def price(groups: list[tuple[int, int]]) -> int:
+        return sum(lengths[a] * (b - a) + cost for a, b in groups)
+
+    groups = llama_native.prefill_groups(lengths, cost)
+    assert [a for a, _ in groups] == [0] + [b for _, b in groups[:-1]] and groups[-1][1] == len(lengths)
+    assert price(groups) == min(price(p) for p in _partitions(len(lengths)))
+
+
+def test_prefill_groups_on_the_benchmark_questions() -> None:
+    # The suffix lengths of the 64 TREC questions of benchmarks/throughput.py after SmolLM2's system turn.
+    lengths = [45, 38, 37, 32, 28, 27, 25, 25] + [24] * 3 + [23] * 2 + [22] * 3 + [21] * 4 + [19] * 4 + [18] * 6 \
+        + [17] * 6 + [16] * 9 + [15] * 7 + [14] + [13] * 7 + [12] * 4
+    groups = llama_native.prefill_groups(lengths)
+    padded = sum(lengths[a] * (b - a) for a, b in groups)
+    assert padded < 1400 and len(groups) <= 4  # 16-row passes padded to 1,568 positions for 1,213 tokens
 
 
 @pytest.mark.parametrize("rope", [{"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
