@@ -15,11 +15,12 @@ trap 'rm -rf "$out"' EXIT
 for round in $(seq "$rounds"); do
   for code in "$here" "$before"; do
     name=$([ "$code" = "$here" ] && echo this || echo before)
-    started=$(date +%s.%N)
+    started=$(date +%s%N)
     (cd "$code" && PYTHONPATH="$code" "$python" -m llmkit "$@" > "$out/$name.$round" 2>/dev/null)
-    ended=$(date +%s.%N)
+    ended=$(date +%s%N)
     tokens=$("$python" -c "import json,sys; print(sum(json.loads(l).get('completion_tokens', 0) for l in open(sys.argv[1]) if l.startswith('{')))" "$out/$name.$round")
-    printf '%s round %s: %.1f s, %s tokens\n' "$name" "$round" "$(echo "$ended - $started" | bc)" "$tokens"
+    ms=$(( (ended - started) / 1000000 ))
+    printf '%s round %s: %d.%03d s, %s tokens\n' "$name" "$round" $((ms / 1000)) $((ms % 1000)) "$tokens"
   done
   "$python" -c "
 import json, sys
