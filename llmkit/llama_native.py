@@ -353,7 +353,7 @@ def _pack(weight: Any) -> Any:
     return packed
 
 
-def _linear(x: Any, weight: Any) -> Any:
+def linear(x: Any, weight: Any) -> Any:
     """x @ weight.T; a packed weight goes through oneDNN (dense in, dense out: no layout conversions per call)."""
     import torch
     import torch.nn.functional as F
@@ -468,7 +468,7 @@ class NativeLlama:
         k_end = q_end + self.kv_heads * self.head_dim
         end = start + steps
         for i, (norm1, qkv, out, norm2, gate_up, down) in enumerate(self.layers):
-            y = _linear(self._rms(x, norm1), qkv)
+            y = linear(self._rms(x, norm1), qkv)
             q = y[..., :q_end].view(batch, steps, self.heads, self.head_dim).transpose(1, 2)
             k = y[..., q_end:k_end].view(batch, steps, self.kv_heads, self.head_dim).transpose(1, 2)
             v = y[..., k_end:].view(batch, steps, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -478,9 +478,9 @@ class NativeLlama:
             a = F.scaled_dot_product_attention(self._rotate(q, cos, sin), keys[:, :, :end], values[:, :, :end],
                                                attn_mask=mask, scale=self.scale,
                                                enable_gqa=self.kv_heads != self.heads)
-            x = x + _linear(a.transpose(1, 2).reshape(batch, steps, q_end), out)
-            gate, up = _linear(self._rms(x, norm2), gate_up).chunk(2, dim=-1)
-            x = x + _linear(F.silu(gate) * up, down)
+            x = x + linear(a.transpose(1, 2).reshape(batch, steps, q_end), out)
+            gate, up = linear(self._rms(x, norm2), gate_up).chunk(2, dim=-1)
+            x = x + linear(F.silu(gate) * up, down)
         return x[:, -1]
 
     def _prefill(self, input_ids: Any, attention_mask: Any, cache: list[Any], valid: Any) -> tuple[Any, Any, Any]:
@@ -557,7 +557,7 @@ class NativeLlama:
         rows, hidden, next_pos = self._prefill(input_ids, attention_mask, cache, valid)
         produced = 0
         while True:
-            logits = _linear(self._rms(hidden, self.norm), self.head)
+            logits = linear(self._rms(hidden, self.norm), self.head)
             if logits_processor is not None:
                 every = logits.new_zeros(batch, logits.shape[-1])
                 every[rows] = logits
