@@ -19,26 +19,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from llmkit.engines import NATIVE_ENV, NOT_NATIVE_FILES, native_enabled  # noqa: F401 (NATIVE_ENV: tests)
 from llmkit.errors import ModelNotFoundError
 
-NATIVE_ENV = "LLMKIT_NATIVE"  # "0" loads every classifier through transformers
 ARCHITECTURE = "BertForSequenceClassification"
 ACTIVATIONS = ("gelu", "relu")  # transformers' "gelu" is the exact (erf) GELU
 WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
 GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")  # transformers uses tokenizer.json as is
-NOT_NATIVE_FILES = ("adapter_config.json", "model.safetensors.index.json")
-
-
-def native_enabled() -> bool:
-    """False when LLMKIT_NATIVE turns llmkit's own forward passes off (bert_native and llama_native)."""
-    return os.environ.get(NATIVE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def native_folder(spec: str) -> Path | None:

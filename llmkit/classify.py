@@ -26,6 +26,7 @@ from typing import Any
 
 from llmkit import metrics
 from llmkit.errors import DataError, NotFoundError, UsageError
+from llmkit.tokens import pad_batch
 
 DEFAULT_ZERO_SHOT_MODEL = "smollm2-135m-instruct"  # bundled: `classify --labels a,b` works offline
 DEFAULT_BATCH_SIZE = 32  # inputs per forward pass
@@ -382,39 +383,6 @@ class _Runner:
             with torch.inference_mode():
                 out.append(self.net(**batch).logits.float())
         return out
-
-
-def pad_batch(features: list[dict[str, list[int]]], tok: Any, *, arrays: str = "torch") -> dict[str, Any]:
-    """Token lists -> padded arrays plus attention mask, as `tok.pad` makes them but built directly (the
-    tokenizer's `pad` goes through Python per row and warns that it is the slow path for fast tokenizers).
-
-    Args:
-        features: per input, "input_ids" and optionally "token_type_ids" (lists of ints).
-        tok: the tokenizer (pad token id, pad side).
-        arrays: "torch" (tensors) or "numpy".
-
-    Returns:
-        "input_ids", "attention_mask" (and "token_type_ids" when given) as int64 arrays [batch, longest].
-    """
-    import numpy as np
-
-    longest = max(len(f["input_ids"]) for f in features)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    left = getattr(tok, "padding_side", "right") == "left"
-    fill = {"input_ids": pad_id, "token_type_ids": getattr(tok, "pad_token_type_id", 0), "attention_mask": 0}
-    keys = [k for k in features[0] if k in fill and k != "attention_mask"]
-    out = {k: np.full((len(features), longest), fill[k], dtype=np.int64) for k in [*keys, "attention_mask"]}
-    for row, f in enumerate(features):
-        n = len(f["input_ids"])
-        where = slice(longest - n, longest) if left else slice(0, n)
-        for k in keys:
-            out[k][row, where] = f[k]
-        out["attention_mask"][row, where] = 1
-    if arrays == "numpy":
-        return out
-    import torch
-
-    return {k: torch.from_numpy(v) for k, v in out.items()}
 
 
 def activate(logits: Any, activation: str) -> Any:

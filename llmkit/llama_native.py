@@ -26,8 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-# one switch and one list of folders to leave to transformers, shared with the BERT path
-from llmkit.bert_native import NATIVE_ENV, NOT_NATIVE_FILES, native_enabled
+# one switch and one list of folders to leave to transformers, shared by every engine
+from llmkit.engines import NATIVE_ENV, NOT_NATIVE_FILES, native_enabled
 
 ARCHITECTURE = "LlamaForCausalLM"
 WEIGHTS = "model.safetensors"
@@ -325,7 +325,7 @@ class NativeChatTokenizer:
         return render_chat_template(self.chat_template, messages, **tokens)
 
     def pad(self, features: dict[str, list[list[int]]], return_tensors: str = "pt") -> _Padded:
-        from llmkit.classify import pad_batch  # the one padding routine (pad id, pad side, attention mask)
+        from llmkit.tokens import pad_batch  # the one padding routine (pad id, pad side, attention mask)
 
         return _Padded(pad_batch([{"input_ids": row} for row in features["input_ids"]], self))
 

@@ -91,7 +91,7 @@ def _logits_pair(folder: Path, texts: list[str], pairs: list[str] | None = None,
     import torch
 
     from llmkit import loading
-    from llmkit.classify import pad_batch
+    from llmkit.tokens import pad_batch
 
     mine = bert_native.load(folder, spec=str(folder), device="cpu", dtype="float32", numpy=numpy)
     theirs = loading.load(str(folder), "sequence-classification", device="cpu", dtype="float32")
@@ -215,7 +215,7 @@ def test_numpy_gelu_is_the_exact_erf_gelu() -> None:
 def test_numpy_workers_give_the_same_logits_in_order(wordpiece_classifier: Path) -> None:
     import numpy as np
 
-    from llmkit.classify import pad_batch
+    from llmkit.tokens import pad_batch
 
     lm = bert_native.load(wordpiece_classifier, spec="w", device="cpu", dtype="float32")
     assert getattr(lm.model, "llmkit_numpy", False)
@@ -237,7 +237,7 @@ def test_numpy_packed_forward_equals_each_text_alone(wordpiece_classifier: Path)
     give each row the logits it gets alone in a batch of one (no padding at all)."""
     import numpy as np
 
-    from llmkit.classify import pad_batch
+    from llmkit.tokens import pad_batch
 
     lm = bert_native.load(wordpiece_classifier, spec="w", device="cpu", dtype="float32")
     encoded = lm.tokenizer(TRICKY, truncation="longest_first", max_length=lm.tokenizer.model_max_length)

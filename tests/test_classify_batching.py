@@ -9,6 +9,7 @@ import pytest
 
 from llmkit import classify as cl
 from llmkit import threads
+from llmkit.tokens import pad_batch
 
 
 def _runner(model: Path) -> cl._ClassifierRunner:
@@ -40,7 +41,7 @@ def test_pad_batch_matches_tokenizer_pad(tiny_nli: Path, side: str) -> None:
     runner = _runner(tiny_nli)
     runner.tok.padding_side = side
     features = [f for f, _ in runner.encode_many([(0, "a b c d e f", "x"), (1, "a", "y z"), (2, "q", "r")])]
-    ours = cl.pad_batch(features, runner.tok)
+    ours = pad_batch(features, runner.tok)
     theirs = runner.tok.pad(features, return_tensors="pt")
     assert sorted(ours) == sorted(theirs)
     for key in theirs:
