@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from llmkit.errors import EXIT_FAILURE, LlmkitError, UsageError
+from llmkit.errors import EXIT_FAILURE, LlmkitError, UsageError, explain
 
 T = TypeVar("T")
 
@@ -430,11 +430,8 @@ class ShardedRun:
     def _mark_failed(self, exc: BaseException) -> None:
         if isinstance(exc, KeyboardInterrupt):
             text = "interrupted"
-        elif isinstance(exc, LlmkitError):
-            text = exc.message
-        else:
-            first = str(exc).strip().splitlines()
-            text = f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__
+        else:  # the peer's failure in llmkit's words (errors.explain), as the main process will repeat it
+            text = explain(exc).message
         nonce = self.nonce
         if not self.peers.is_main:
             begin = _read_json(self._begin)

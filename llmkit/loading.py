@@ -873,6 +873,11 @@ def load_adapter(
             )
         elif size:
             model_kwargs.update(num_labels=size)
+        if _head_size(info.path) is not None:
+            # The adapter carries its own head (peft's modules_to_save), trained for its labels: the base's head
+            # of another size is replaced by it, not compared with it (a 3-label base under a 2-label adapter).
+            # Only shapes that differ are skipped; the adapter's weights must still fit the rest of the base.
+            model_kwargs.setdefault("ignore_mismatched_sizes", True)
     try:
         loaded = load(base_spec, task, model_kwargs=model_kwargs, **load_options)
     except ModelNotFoundError as exc:
@@ -881,8 +886,13 @@ def load_adapter(
         from llmkit.strategies import accept_prefix_cache
 
         accept_prefix_cache(loaded.model)
+    import warnings
+
     try:
-        model = PeftModel.from_pretrained(loaded.model, str(info.path), is_trainable=False)
+        with warnings.catch_warnings():
+            # peft 0.x asks transformers 5 for `is_gradient_checkpointing`, which warns of its rename on stderr
+            warnings.simplefilter("ignore", FutureWarning)
+            model = PeftModel.from_pretrained(loaded.model, str(info.path), is_trainable=False)
     except (ValueError, RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"adapter {adapter_dir} does not fit base {base_spec} ({first[:200]})") from exc
