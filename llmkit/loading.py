@@ -617,7 +617,7 @@ def cached_hub_models() -> list[dict[str, Any]]:
         if type(exc).__name__ != "CacheNotFound":
             from llmkit.console import warn
 
-            warn(f"the Hugging Face cache could not be read ({type(exc).__name__}: {exc}); not listing it")
+            warn(f"the Hugging Face cache could not be read ({str(exc).strip() or 'no reason given'}); not listing it")
         return []
     return [
         {"name": repo.repo_id, "kind": "hub-cache", "size_bytes": repo.size_on_disk, "path": str(repo.repo_path)}

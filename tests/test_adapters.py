@@ -271,8 +271,20 @@ def test_quantize_refuses_prompt_adapters(tmp_path: Path, peaked_lm: Path, strat
         merge_adapter(load_adapter(folder, "causal-lm", **LOAD).model)
 
 
-def test_lora_passes_the_quantize_check(tmp_path: Path, peaked_lm: Path) -> None:
-    refuse_unmergeable(read_adapter(_make_adapter(peaked_lm, "lora", "causal-lm", tmp_path / "lora")))
+def test_lora_passes_the_quantize_check_and_merges_into_a_plain_model(tmp_path: Path, peaked_lm: Path) -> None:
+    folder = _make_adapter(peaked_lm, "lora", "causal-lm", tmp_path / "lora")
+    info = read_adapter(folder)
+    assert (info.kind, info.is_prompt_learning, info.num_virtual_tokens) == ("lora", False, None)
+    assert refuse_unmergeable(info) is None  # what quantize asks before loading anything: LoRA may go on
+    # ... and what it then quantizes: the base's own architecture and parameter names, the LoRA deltas folded in
+    from transformers import AutoModelForCausalLM
+
+    merged = merge_adapter(load_adapter(folder, "causal-lm", **LOAD).model)
+    base = AutoModelForCausalLM.from_pretrained(str(peaked_lm))
+    assert type(merged) is type(base)
+    assert merged.state_dict().keys() == base.state_dict().keys()
+    moved = {k for k, v in merged.state_dict().items() if not torch.equal(v, base.state_dict()[k])}
+    assert moved and all(k.endswith("_proj.weight") for k in moved), moved  # only LoRA's target linears changed
 
 
 def test_not_an_adapter(tmp_path: Path) -> None:
