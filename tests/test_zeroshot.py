@@ -239,3 +239,42 @@ def test_cli_bad_zero_shot_settings_exit_2_with_one_line(tiny_causal_lm: Path, t
     assert result.exit_code == (3 if message == "not found" else 2), result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0]
+
+
+def test_answer_prefix_starts_the_assistant_turn_and_the_label_follows_it(tiny_causal_lm: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmkit import loading
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_causal_lm))
+    plain = zs.PromptBuilder(tok, ["good", "bad"], zs.DEFAULT_ZERO_SHOT_PROMPT, 512, answer_prefix="")
+    builder = zs.PromptBuilder(tok, ["good", "bad"], zs.DEFAULT_ZERO_SHOT_PROMPT, 512, answer_prefix="it is")
+    assert builder.render("the food") == plain.render("the food") + "it is"
+    assert builder.answers == [tok(" good", add_special_tokens=False)["input_ids"],
+                               tok(" bad", add_special_tokens=False)["input_ids"]]
+    # few-shot answers are written the way the model is asked to answer
+    assert "it is bad" in builder.render("the food", [("awful", "bad")])
+
+    # the scores are log P(" good" | prompt ending in "it is"), as the model gives it over the whole sequence
+    lm = loading.load(str(tiny_causal_lm), "causal-lm", device="cpu", dtype="float32")
+    (row,), _ = zs.score(lm, builder, [(0, "the food")], batch_size=1)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_causal_lm), dtype=torch.float32).eval()
+    prompt, _ = builder.prompt_ids("the food")
+    want = []
+    for answer in builder.answers:
+        ids = torch.tensor([prompt + answer])
+        with torch.inference_mode():
+            logp = model(input_ids=ids).logits[0].log_softmax(-1)
+        want.append(float(sum(logp[len(prompt) + k - 1, t] for k, t in enumerate(answer))))
+    assert row == pytest.approx(want, abs=1e-4)
+    (plain_row,), _ = zs.score(lm, plain, [(0, "the food")], batch_size=1)
+    assert plain_row != pytest.approx(row, abs=1e-3)
+
+
+def test_answer_prefix_is_left_out_without_a_chat_template(tiny_causal_lm_nochat: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_causal_lm_nochat))
+    builder = zs.PromptBuilder(tok, ["good", "bad"], zs.DEFAULT_ZERO_SHOT_PROMPT, 512, answer_prefix="it is")
+    assert builder.render("the food").endswith("\nAnswer:")  # "Answer:" already starts the answer here
