@@ -719,6 +719,6 @@ def barrier(peers: Peers, name: str, *, timeout: float = DEFAULT_TIMEOUT) -> boo
         else:
             dist.barrier()
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details given"
         raise PeerError(f"barrier {name!r}: {first}") from None
     return True
