@@ -244,10 +244,11 @@ def _cache_path(key: dict[str, Any]) -> Path:
     return data.corpora.cache_dir() / "zeroshot-logps" / f"{digest}.json"
 
 
-def scored(lm: Any, rows: list[tuple[str, str]], labels: list[str], template: str, prefix: str, spellings: bool,
+def scored(model: Any, rows: list[tuple[str, str]], labels: list[str], template: str, prefix: str, spellings: bool,
            batch_size: int) -> tuple[list[list[float]], list[list[float]]]:
     """log P(label | prompt) of each row and of the content-free inputs, from the disk cache when this exact
-    model, prompt, answer start, label set and row list were scored before (benchmarks/.cache/zeroshot-logps)."""
+    model, prompt, answer start, label set and row list were scored before (benchmarks/.cache/zeroshot-logps).
+    `model()` returns the loaded model; it is called only on a cache miss."""
     from llmkit import zeroshot as zs
 
     key = {"model": MODEL, "template": template, "prefix": prefix, "spellings": spellings, "labels": labels,
@@ -256,6 +257,7 @@ def scored(lm: Any, rows: list[tuple[str, str]], labels: list[str], template: st
     if path.is_file():
         hit = json.loads(path.read_text())
         return hit["logps"], hit["cf"]
+    lm = model()
     builder = zs.PromptBuilder(lm.tokenizer, labels, template, 8192, spellings=spellings, answer_prefix=prefix)
     logps, _ = zs.score(lm, builder, [(i, t) for i, (t, _) in enumerate(rows)], batch_size=batch_size)
     cf, _ = zs.score(lm, builder, [(-1 - k, t) for k, t in enumerate(zs.CONTENT_FREE_INPUTS)], batch_size=batch_size)
@@ -311,7 +313,13 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     started = time.time()
-    lm = loading.load(MODEL, "causal-lm", device="cpu", dtype="float32")
+    loaded: list[Any] = []
+
+    def model() -> Any:  # loaded on the first cache miss only: ensembles of cached outputs need no model
+        if not loaded:
+            loaded.append(loading.load(MODEL, "causal-lm", device="cpu", dtype="float32"))
+        return loaded[0]
+
     sets = {name: SEARCH_SETS[name] for name in args.sets}
     splits = {name: data.split(loader(), dev=args.dev, test=args.test, seed=args.seed)
               for name, (loader, _, _) in sets.items()}
@@ -331,7 +339,7 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.time()
         for name, (_, labels, _) in sets.items():
             rows = splits[name][part]
-            logps, cf = scored(lm, rows, labels, TEMPLATES[template], PREFIXES[prefix], spellings, args.batch_size)
+            logps, cf = scored(model, rows, labels, TEMPLATES[template], PREFIXES[prefix], spellings, args.batch_size)
             outputs[config][name] = (logps, cf)
             gold = [g for _, g in rows]
             per_set[name] = {cal: ensemble_metrics([(logps, cf)], gold, labels, cal) for cal in CALIBRATIONS}

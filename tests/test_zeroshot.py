@@ -278,3 +278,18 @@ def test_answer_prefix_is_left_out_without_a_chat_template(tiny_causal_lm_nochat
     tok = AutoTokenizer.from_pretrained(str(tiny_causal_lm_nochat))
     builder = zs.PromptBuilder(tok, ["good", "bad"], zs.DEFAULT_ZERO_SHOT_PROMPT, 512, answer_prefix="it is")
     assert builder.render("the food").endswith("\nAnswer:")  # "Answer:" already starts the answer here
+
+
+def test_classify_scores_the_label_after_the_default_answer_prefix(tiny_causal_lm: Path) -> None:
+    from llmkit import loading
+
+    assert zs.DEFAULT_ANSWER_PREFIX == "Answer:"
+    lm = loading.load(str(tiny_causal_lm), "causal-lm", device="cpu", dtype="float32")
+    records = _run(tiny_causal_lm, TEXTS[:2], loaded=lm, calibrate="none")
+    for prefix, same in (("Answer:", True), ("", False)):
+        builder = zs.PromptBuilder(lm.tokenizer, ["good", "bad"], zs.DEFAULT_ZERO_SHOT_PROMPT, 512,
+                                   answer_prefix=prefix)
+        rows, _ = zs.score(lm, builder, list(enumerate(TEXTS[:2])), batch_size=2)
+        for record, row in zip(records, rows, strict=True):
+            got = {s.label: s.score for s in record.scores}
+            assert ([got["good"], got["bad"]] == pytest.approx(zs.calibrated_probs(row, None), abs=1e-5)) is same
