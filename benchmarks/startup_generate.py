@@ -83,7 +83,7 @@ def main() -> None:
 
     compileall.compile_dir(str(ROOT / "llmkit"), quiet=1)
     gguf = gguf_path()
-    from llmkit.llama_engine import pick_threads
+    from llmkit.engines.llama_cpp import pick_threads
 
     # The same thread count for all: llama.cpp's own default spins extra threads, which on a busy machine
     # dominates everything else (a first run without this: bare script 55 s, llmkit 9.5 s).

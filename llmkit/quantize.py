@@ -460,7 +460,7 @@ def quantize(
         UsageError, MissingDependencyError, ModelNotFoundError, QualityGateError (exit 5).
     """
     from llmkit import loading
-    from llmkit.llama_engine import EngineLoadError, bindings_installed
+    from llmkit.engines.llama_cpp import EngineLoadError, bindings_installed
 
     say = progress or (lambda message: None)
     output = Path(output)

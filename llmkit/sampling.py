@@ -1,8 +1,8 @@
 """What both generate engines share: settings, presets, validation, result records and stop strings.
 
-Torch-free and import-light, so the transformers engine (generate.py), the llama.cpp engine (llama_engine.py)
-and the CLI's `--help` can all use it without importing each other (as mlx-lm's `sample_utils.py` serves
-generate, server and evaluate alike).
+Torch-free and import-light, so the transformers engine (engines/transformers.py), the llama.cpp engine
+(engines/llama_cpp.py) and the CLI's `--help` can all use it without importing each other (as mlx-lm's
+`sample_utils.py` serves generate, server and evaluate alike).
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ class Generation:
         finish_reason: "eos" (the model ended it), "stop" (a --stop string) or "length" (--max-new-tokens).
         prompt_tokens / completion_tokens: token counts (prompt after the chat template).
         seconds: wall time of the batch that produced it; tokens_per_second = completion_tokens / seconds.
-        engine: "transformers" or "llama-cpp"; engine_reason: why that engine ran (see llama_engine.decide_engine).
+        engine: "transformers" or "llama-cpp"; engine_reason: why that engine ran (see engines/choose.py).
         candidates: the n-best list (with scores) when --num-return-sequences > 1.
     """
 

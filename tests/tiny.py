@@ -311,7 +311,7 @@ def build_gguf_causal_lm(
     import numpy as np
     from gguf import GGUFWriter
 
-    from llmkit.llama_engine import read_gguf_values
+    from llmkit.engines.llama_cpp import read_gguf_values
 
     meta = read_gguf_values(tokenizer_from, GGUF_TOKENIZER_KEYS)
     tokens = meta["tokenizer.ggml.tokens"][:vocab_size]

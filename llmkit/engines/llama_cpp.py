@@ -9,7 +9,8 @@ Results are the same `Generation` records as the transformers engine: the prompt
 template (rendered with jinja2 the way transformers renders it), stop strings cut the text the same way, and the
 finish reason and token counts follow the same rules (the end-of-sequence token is not counted).
 
-`decide_engine()` picks the engine and says why; `generate()` runs it.
+What it cannot run is said here (`bindings_installed`, `gguf_for`, `unsupported_settings`, `bindings_have_gpu`);
+when auto prefers it is engines/choose.py's rule. `generate()` runs it.
 """
 
 from __future__ import annotations
@@ -31,17 +32,17 @@ from llmkit.errors import LlmkitError, MissingDependencyError, UsageError
 from llmkit.sampling import Generation, GenerationSettings, StopStream, stream_seed
 from llmkit.sampling import settings_record as settings_record  # the one record both engines write
 
-ENGINES = ("auto", "transformers", "llama-cpp")
+NAME = "llama-cpp"
 BINDINGS_MODULE = "xllamacpp"
 INSTALL_HINT = 'pip install "llmkit[llama]" (or: make install-llama)'
 LOOKUP_MATCH = 3  # --lookup: tokens that must match earlier context before its continuation is drafted
 DEFAULT_CONTEXT = 4096  # least tokens of KV cache shared by all parallel sequences (prompt + answer); capped by the model
 PROMPT_ALLOWANCE = 512  # prompt tokens each parallel sequence is given room for, on top of --max-new-tokens
-# transformers' order: repetition penalty, then temperature, top-k, top-p, min-p, typical-p. llama.cpp's default
-# applies temperature last, which changes what top-p/min-p keep; this order makes the knobs mean the same thing.
 GGUF_INFO_CACHE_VERSION = "1"  # bump when GGUFInfo's fields change
 from llmkit.threads import THREADS_ENV, pick_threads  # noqa: E402,F401  (one thread rule for torch and llama.cpp)
 
+# transformers' order: repetition penalty, then temperature, top-k, top-p, min-p, typical-p. llama.cpp's default
+# applies temperature last, which changes what top-p/min-p keep; this order makes the knobs mean the same thing.
 SAMPLER_ORDER = ("penalties", "temperature", "top_k", "top_p", "min_p", "typ_p")
 # Settings that only the transformers engine has (beam search and n-best lists, n-gram blocking).
 UNSUPPORTED = {
@@ -57,7 +58,7 @@ class EngineLoadError(LlmkitError):
     """llama.cpp refused the file (e.g. a tokenizer it does not know); `--engine auto` falls back to transformers."""
 
 
-# --- which engine ------------------------------------------------------------------------------------------------
+# --- what it can run ---------------------------------------------------------------------------------------------
 
 
 def bindings_installed() -> bool:
@@ -93,18 +94,8 @@ def gguf_for(model_spec: str) -> Path | None:
     return Path(source.location) if source.kind == "gguf" else None
 
 
-def _gpu_wanted(device: str) -> bool:
-    """Whether `device` asks for (or, for auto, would get) a GPU; checked without importing torch."""
-    if device in ("cuda", "mps"):
-        return True
-    if device != "auto":
-        return False
-    from llmkit.loading import nvidia_gpu_visible
-
-    return nvidia_gpu_visible()
-
-
-def _bindings_have_gpu() -> bool:
+def bindings_have_gpu() -> bool:
+    """Whether the installed llama.cpp build has a GPU backend (CUDA, Metal, Vulkan, ...)."""
     import xllamacpp
 
     try:
@@ -113,85 +104,6 @@ def _bindings_have_gpu() -> bool:
         return False
     # ggml device types: 0 CPU, 1 GPU, 2 integrated GPU, 3 accelerator (BLAS and the like, still the CPU)
     return any(int(d.get("type", 0)) in (1, 2) for d in devices)
-
-
-def decide_engine(
-    model_spec: str,
-    settings: GenerationSettings,
-    device: str = "auto",
-    *,
-    requested: str = "auto",
-    dtype: str = "auto",
-) -> tuple[str, str]:
-    """Pick the engine for a generate run, and say why.
-
-    Args:
-        model_spec: what --model names (alias, .gguf file, folder, hub id).
-        settings: the `GenerationSettings` of the run.
-        device: --device (auto|cpu|cuda|mps).
-        requested: --engine (auto|transformers|llama-cpp).
-        dtype: --dtype; an explicit dtype is a transformers setting (llama.cpp runs the GGUF's own types).
-
-    Returns:
-        ("llama-cpp" or "transformers", a one-line reason for the JSON record).
-
-    Raises:
-        UsageError: --engine llama-cpp with a model or setting that llama.cpp cannot run (exit 2).
-        MissingDependencyError: --engine llama-cpp without the bindings installed (exit 4).
-    """
-    if requested not in ENGINES:
-        raise UsageError(f"unknown --engine {requested!r}; use one of {', '.join(ENGINES)}")
-    if requested == "transformers":
-        return "transformers", "asked for with --engine transformers"
-    explicit = requested == "llama-cpp"
-
-    def fallback(why: str, error: LlmkitError) -> tuple[str, str]:
-        if explicit:
-            raise error
-        return "transformers", why
-
-    if not bindings_installed():
-        return fallback(
-            "llama.cpp bindings not installed",
-            MissingDependencyError(f"--engine llama-cpp needs the llama.cpp bindings; install them: {INSTALL_HINT}"),
-        )
-    gguf = gguf_for(model_spec)
-    if gguf is None:
-        return fallback(
-            "not a GGUF model (llama.cpp runs .gguf files and the bundled GGUF alias)",
-            UsageError(
-                f"--engine llama-cpp runs GGUF models (a .gguf file or {_bundled_gguf_aliases()}); "
-                f"{model_spec} is a transformers model: use --engine transformers"
-            ),
-        )
-    missing = unsupported_settings(settings)
-    if missing:
-        return fallback(
-            f"{', '.join(missing)} needs transformers",
-            UsageError(
-                f"llama.cpp has no {', '.join(missing)}; drop it or use --engine transformers (or auto)"
-            ),
-        )
-    if dtype != "auto":
-        return fallback(
-            f"--dtype {dtype} is a transformers setting",
-            UsageError(f"--dtype {dtype} does not apply to llama.cpp (it runs the GGUF's own weight types); "
-                       "drop --dtype or use --engine transformers"),
-        )
-    if _gpu_wanted(device) and not _bindings_have_gpu():
-        return fallback(
-            f"--device {device}: the llama.cpp build here is CPU-only",
-            UsageError(f"the installed llama.cpp build is CPU-only; use --device cpu or --engine transformers "
-                       f"for --device {device}"),
-        )
-    why = "GGUF model, bindings installed, all settings supported"
-    return "llama-cpp", ("asked for with --engine llama-cpp; " + why) if explicit else why
-
-
-def _bundled_gguf_aliases() -> str:
-    from llmkit.loading import BUNDLED
-
-    return "the alias " + ", ".join(m.alias for m in BUNDLED.values() if m.kind == "gguf")
 
 
 # --- the GGUF header: chat template and special tokens -----------------------------------------------------------
