@@ -48,12 +48,20 @@ class _Lookahead:
     def __init__(self, prompts: Iterable[Any]) -> None:
         self._rest = iter(prompts)
         self._head: list[Any] = []
+        self._all_read = False
 
     def available(self, n: int) -> int:
         """How many prompts there are, up to `n` (reads that many ahead)."""
-        if len(self._head) < n:
-            self._head.extend(itertools.islice(self._rest, n - len(self._head)))
+        if len(self._head) < n and not self._all_read:
+            wanted = n - len(self._head)
+            read = list(itertools.islice(self._rest, wanted))
+            self._head.extend(read)
+            self._all_read = len(read) < wanted
         return min(n, len(self._head))
+
+    def known(self) -> list[Any] | None:
+        """Every prompt, when reading ahead has reached the end of them; else None."""
+        return self._head if self._all_read else None
 
     def __iter__(self) -> Iterator[Any]:
         return itertools.chain(self._head, self._rest)
@@ -86,8 +94,9 @@ def generate(
         settings: decoding settings (`build_settings`); default greedy.
         system: system message for chat models.
         raw: send the prompt as is, without the chat template.
-        batch_size: prompts per forward pass; 1 also enables streaming through `on_text`. None: DEFAULT_BATCH_SIZE,
-            or FILE_BATCH_SIZE on llmkit's Llama loop where --engine auto moves a file of prompts there.
+        batch_size: prompts per forward pass; 1 also enables streaming through `on_text`. None: DEFAULT_BATCH_SIZE
+            (on llama.cpp no more than there are prompts), or FILE_BATCH_SIZE on llmkit's Llama loop where
+            --engine auto moves a file of prompts there.
         on_text: called with (prompt index, text delta) as tokens are produced (batch size 1 only).
         loaded: an already loaded `LoadedModel` (reuse across calls; skips loading).
         lookup: prompt-lookup decoding on the llama.cpp engine: draft up to this many tokens copied from the
@@ -108,16 +117,17 @@ def generate(
         raise UsageError("--batch-size must be at least 1")
     if lookup < 0:
         raise UsageError("--lookup must be 0 (off) or a number of draft tokens, e.g. 8")
-    prompts = _Lookahead(prompts)
+    ahead = _Lookahead(prompts)
     options: dict[str, Any] = dict(requested=engine, device=device, dtype=dtype, batch_size=batch_size,
                                    adapter=adapter, loaded=loaded, lookup=lookup, streaming=on_text is not None,
-                                   available=prompts.available, revision=revision)
+                                   available=ahead.available, revision=revision)
     choice = choose.choose_generate(model, settings, **options)
     if choice.engine == choose.LLAMA_CPP:
         from llmkit.engines import llama_cpp
 
         try:  # llama.cpp loads the file before it reads a prompt: a refusal comes before any result
-            yield from llama_cpp.generate(prompts, model=model, settings=settings, system=system, raw=raw,
+            known = ahead.known()  # all read ahead: llama.cpp's context is fitted to them
+            yield from llama_cpp.generate(ahead if known is None else known, model=model, settings=settings, system=system, raw=raw,
                                           batch_size=choice.batch_size, on_text=on_text, reason=choice.reason,
                                           lookup=lookup)
             return
@@ -135,9 +145,9 @@ def generate(
     if choice.engine == choose.LLAMA_LOOP:
         from llmkit.engines import llama_loop
 
-        yield from llama_loop.generate(prompts, model=model, loaded=loaded, device=device, **load, **run)
+        yield from llama_loop.generate(ahead, model=model, loaded=loaded, device=device, **load, **run)
         return
     from llmkit.engines import transformers as hf
 
     lm = loaded or hf.load_generator(model, device=device, dtype=choice.dtype, adapter=adapter, **load)
-    yield from hf.generate(lm, prompts, **run)
+    yield from hf.generate(lm, ahead, **run)

@@ -103,10 +103,23 @@ def test_the_file_rule_counts_prompts_only_when_it_could_apply(tiny_gguf: Path) 
     assert file.asked == [choose.FILE_PROMPTS]
     few = choose.choose_generate(model, GREEDY, device="cpu", available=Counter(choose.FILE_PROMPTS - 1))
     assert (few.engine, few.batch_size) == ("llama-cpp", choose.DEFAULT_BATCH_SIZE)
-    for options in ({"batch_size": 8}, {"lookup": 4}, {"streaming": True}, {"requested": "llama-cpp"}):
-        untouched = Counter(100)
-        choice = choose.choose_generate(model, GREEDY, device="cpu", available=untouched, **options)
-        assert choice.engine == "llama-cpp" and untouched.asked == [], options  # stdin is not read ahead
+    for options in ({"lookup": 4}, {"streaming": True}, {"requested": "llama-cpp"}):
+        counter = Counter(100)
+        choice = choose.choose_generate(model, GREEDY, device="cpu", available=counter, **options)
+        # the file rule does not apply: stdin is read no further than the batch size needs
+        assert (choice.engine, counter.asked) == ("llama-cpp", [choose.DEFAULT_BATCH_SIZE]), options
+    untouched = Counter(100)
+    assert choose.choose_generate(model, GREEDY, device="cpu", batch_size=8, available=untouched).engine == "llama-cpp"
+    assert untouched.asked == []  # --batch-size given: nothing is counted
+
+
+@pytest.mark.skipif(not llama_cpp.bindings_installed(), reason="llmkit[llama] not installed")
+@pytest.mark.parametrize(("prompts", "batch"), [(0, 1), (1, 1), (3, 3), (8, 8), (20, 8)])
+def test_llama_cpp_runs_no_more_parallel_sequences_than_prompts(tiny_gguf: Path, prompts: int, batch: int) -> None:
+    choice = choose.choose_generate(str(tiny_gguf), GREEDY, device="cpu", available=Counter(prompts))
+    assert (choice.engine, choice.batch_size) == ("llama-cpp", batch)
+    given = choose.choose_generate(str(tiny_gguf), GREEDY, device="cpu", batch_size=4, available=Counter(prompts))
+    assert given.batch_size == 4  # --batch-size is the user's
 
 
 def test_adapter_and_lookup_rules(tiny_causal_lm: Path, tmp_path: Path) -> None:

