@@ -122,9 +122,10 @@ def choose_generate(
                 return GenerateChoice(LLAMA_LOOP, FILE_RULE_REASON, batch_size=FILE_BATCH_SIZE, dtype="float32")
             if batch_size is None:
                 # No more parallel sequences than prompts: llama.cpp sets up a slot per sequence and a KV pool for
-                # all of them before the first token. One prompt at 8 sequences (4608 tokens of KV) took 0.14 s
-                # more CPU from start to answer than at 1 sequence with its context fitted (llama_cpp.context_size):
-                # benchmarks/startup_generate.py, 2026-12-07, load average 12.
+                # all of them before the first token. A bare xllamacpp process answering one prompt (1 token) took
+                # 0.66 s CPU / 2.05 s wall at 8 sequences and 4608 tokens of KV against 0.58 / 1.86 at 1 sequence
+                # and 256 (medians of 9, interleaved, 2026-12-07, load average 9-12; /tmp script, same BARE as
+                # benchmarks/startup_generate.py).
                 batch = max(1, count(DEFAULT_BATCH_SIZE))
             return GenerateChoice(LLAMA_CPP, why, batch_size=batch, dtype=dtype)
         reason, error = refusal
