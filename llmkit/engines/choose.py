@@ -30,10 +30,12 @@ DEFAULT_BATCH_SIZE = 8  # prompts per forward pass when many are piped in
 # --engine auto with a GGUF model, a CPU and no --batch-size: this many prompts or more in the first window run on
 # llmkit's float32 Llama loop at FILE_BATCH_SIZE instead of llama.cpp at DEFAULT_BATCH_SIZE. Measured on 64 TREC
 # questions x 64 new tokens, one whole `llmkit generate -i FILE` process each (benchmarks/throughput.py):
-#   2026-11-29: the loop at batch 64 150-184 tokens/s against llama.cpp Q4_1 x8's 84 (README Performance);
-#   2026-12-07: the loop 14.6 s; CTranslate2 4.8.5 float32 21.2 s, int8 13.1 s (int8 gives other answers);
-#   throughput.py's "ctranslate2 float32/int8 x64" rows rerun that comparison.
-# The loop is kept only while that table has it ahead of every peer that gives the same answers.
+#   2026-11-29, quiet: the loop at batch 64 150-184 tokens/s against llama.cpp Q4_1 x8's 84 (README Performance);
+#   2026-12-07, quiet (issue 23): the loop 14.6 s; CTranslate2 4.8.5 float32 21.2 s, int8 13.1 s;
+#   2026-12-07, load average 11-16, 1 thread (benchmarks/results/throughput_ctranslate2.json): the loop 109 s;
+#   CTranslate2 float32 118 s, the same 64 answers; int8 68 s, 0 of 64 answers the same; llama.cpp x8 222 s.
+# The loop is kept only while that table has it ahead of every peer that gives the same answers (transformers'
+# greedy ones): CTranslate2's int8 is faster, but it answers differently.
 FILE_PROMPTS = 32
 FILE_BATCH_SIZE = 64
 # Only small GGUF files: the float32 copy that loop runs is about 4x the file (measured on the 98 MB bundled model).
