@@ -217,6 +217,29 @@ def test_unseeded_sampling_runs_natively_and_varies(tiny_llama: Path, monkeypatc
     assert first != second  # a fresh random base each run (12 tokens from a 100-word vocabulary, 5 prompts)
 
 
+def test_a_loaded_model_the_loop_cannot_run_goes_through_transformers_generate(tiny_llama: Path, monkeypatch) -> None:
+    # The chooser reads config.json; should the loaded model still not be one the loop runs, the loop engine
+    # hands its batches to transformers' generate with the same records.
+    from llmkit import loading
+
+    settings = gen.build_settings(max_new_tokens=8)
+    want, _ = _run(tiny_llama, PROMPTS, monkeypatch, native=False, settings=settings, raw=True)
+    greedy = []
+    monkeypatch.setattr(llama_loop.NativeLlama, "greedy", lambda *a, **k: greedy.append(1))  # must not run
+    monkeypatch.setenv(llama_loop.NATIVE_ENV, "1")
+    loaded = loading.load(str(tiny_llama), "text-generation", device="cpu", dtype="float32")
+    monkeypatch.setattr(llama_loop, "unsupported_model", lambda net: None)  # the chooser takes the loop ...
+    from llmkit.engines import choose
+
+    assert choose.choose_generate("x", settings, loaded=loaded).engine == "llama-loop"
+    checked = []
+    monkeypatch.setattr(llama_loop, "unsupported_model", lambda net: checked.append(net) or "planted")
+    results = list(llama_loop.generate(PROMPTS, model=str(tiny_llama), settings=settings, raw=True, batch_size=4,
+                                       loaded=loaded))  # ... and the engine finds it cannot run it
+    assert checked == [loaded.model] and greedy == []
+    assert [(r.text, r.finish_reason, r.completion_tokens) for r in results] == want
+
+
 def test_a_local_llama_folder_is_built_without_transformers_model_classes(tiny_llama: Path) -> None:
     import subprocess
     import sys
