@@ -183,19 +183,15 @@ def search(
     out = []
     for q, heap in enumerate(best):
         ranked = [(s, i, p) for s, i, p in heap.ranked() if np.isfinite(s)]
-        if quantized and rescore and ranked:
+        if quantized and ranked:
             stack = np.stack([p[1] for _, _, p in ranked])
-            docs = int8.decode(stack) if precision == "int8" and int8 is not None else signs(stack, dimension)
-            rescored = _unit(docs) @ unit_queries[q]
-            ranked = sorted(((float(s), i, p) for s, (_, i, p) in zip(rescored, ranked, strict=True)),
-                            key=lambda t: (-t[0], t[1]))
-        elif quantized:
-            # scores without rescoring are code products / negative Hamming distances: report cosines of the codes
-            stack = np.stack([p[1] for _, _, p in ranked]) if ranked else None
-            if stack is not None:
-                docs = int8.decode(stack) if precision == "int8" and int8 is not None else signs(stack, dimension)
-                cosines = _unit(docs) @ unit_queries[q]
-                ranked = [(float(c), i, p) for c, (_, i, p) in zip(cosines, ranked, strict=True)]
+            docs = int8.decode(stack) if int8 is not None else signs(stack, dimension)
+            cosines = _unit(docs) @ unit_queries[q]
+            # rescored: ranked by the float32 query against the codes; otherwise ranked by the codes alone and
+            # reported as the same cosines
+            ranked = [(float(c), i, p) for c, (_, i, p) in zip(cosines, ranked, strict=True)]
+            if rescore:
+                ranked.sort(key=lambda t: (-t[0], t[1]))
         out.append([Hit(query=texts[q], rank=r + 1, score=float(s), index=i, fields=dict(p[0]))
                     for r, (s, i, p) in enumerate(ranked[:top_k])])
     return out
