@@ -18,14 +18,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from llmkit.engines import Choice
 from llmkit.errors import DataError, UsageError
-from llmkit.pooling import Head
-from llmkit.sentence_modules import SentenceConfig
+
+if TYPE_CHECKING:  # numpy and the pooling code load when a model does, not for `llmkit embed --help`
+    import numpy as np
+
+    from llmkit.pooling import Head
+    from llmkit.sentence_modules import SentenceConfig
 
 DEFAULT_MODEL = "minilm-l6"  # bundled all-MiniLM-L6-v2: works offline
 DEFAULT_BATCH_SIZE = 32  # texts per forward pass (sentence-transformers' encode default)
@@ -79,6 +81,19 @@ def _fast_tokenizer(tokenizer: Any) -> Any:
     copy.no_padding()
     copy.no_truncation()
     return copy
+
+
+def _pad_id(tokenizer: Any, fast: Any) -> int:
+    """The padding id: the transformers tokenizer's, else the pad token the `tokenizers` object knows (pads are
+    masked out, so this only has to be a valid id)."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is not None:
+        return int(pad)
+    for token in ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>"):
+        found = fast.token_to_id(token)
+        if found is not None:
+            return int(found)
+    return 0
 
 
 def _load_encoder(
@@ -190,8 +205,7 @@ class Embedder:
         self.max_length = self._max_length()
         side = getattr(self.encoder.tokenizer, "truncation_side", "right")
         self.tokenizer.enable_truncation(self.max_length, strategy="longest_first", direction=side)
-        pad = getattr(self.encoder.tokenizer, "pad_token_id", None)
-        self.pad_id = int(pad) if pad is not None else 0
+        self.pad_id = _pad_id(self.encoder.tokenizer, self.tokenizer)
         self.prefix_tokens = self._prefix_tokens()
         self.dimension = self._dimension()
 
@@ -229,6 +243,8 @@ class Embedder:
     # --- the work --------------------------------------------------------------------------------------------
 
     def _pad(self, encodings: list[Any]) -> dict[str, np.ndarray]:
+        import numpy as np
+
         longest = max(len(e.ids) for e in encodings)
         ids = np.full((len(encodings), longest), self.pad_id, dtype=np.int64)
         types = np.zeros((len(encodings), longest), dtype=np.int64)
@@ -264,6 +280,8 @@ class Embedder:
         Returns:
             (float32 [n, dimension], tokens per text, truncated per text).
         """
+        import numpy as np
+
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32), [], []
         encodings = self._encode(texts, positions)

@@ -20,11 +20,13 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from llmkit.errors import UsageError
+
+if TYPE_CHECKING:  # numpy loads when a search runs, not for `llmkit embed --help`
+    import numpy as np
 
 PRECISIONS = ("float32", "int8", "binary")
 DEFAULT_PRECISION = "float32"
@@ -53,6 +55,8 @@ class Hit:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
 
@@ -61,35 +65,52 @@ class Int8Codes:
     """sentence-transformers' int8 scheme: per-dimension [min, max] in 255 steps, codes -128..127."""
 
     def __init__(self, calibration: np.ndarray) -> None:
+        import numpy as np
+
         self.starts = calibration.min(axis=0).astype(np.float32)
         steps = (calibration.max(axis=0) - self.starts) / 255
         self.steps = np.where(steps == 0, 1, steps).astype(np.float32)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         return (np.clip(np.floor((x - self.starts) / self.steps), 0, 255) - 128).astype(np.int8)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         # the middle of each step
         return ((codes.astype(np.float32) + 128.5) * self.steps + self.starts).astype(np.float32)
 
 
 def pack_bits(x: np.ndarray) -> np.ndarray:
     """One bit per dimension, set where the value is positive, packed 8 to a byte."""
+    import numpy as np
+
     return np.packbits(x > 0, axis=-1)
 
 
 def signs(bits: np.ndarray, dimension: int) -> np.ndarray:
     """Packed bits -> +-1 float32 vectors of `dimension`."""
+    import numpy as np
+
     return np.unpackbits(bits, axis=-1)[..., :dimension].astype(np.float32) * 2 - 1
 
 
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+@cache
+def _popcount() -> np.ndarray:
+    """Set bits per byte value."""
+    import numpy as np
+
+    return np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 def hamming(query_bits: np.ndarray, doc_bits: np.ndarray) -> np.ndarray:
     """Hamming distances [queries, docs] between packed bit vectors."""
+    import numpy as np
+
     xor = np.bitwise_xor(query_bits[:, None, :], doc_bits[None, :, :])
-    return _POPCOUNT[xor].sum(axis=-1, dtype=np.int32)
+    return _popcount()[xor].sum(axis=-1, dtype=np.int32)
 
 
 class _Best:
@@ -100,6 +121,8 @@ class _Best:
         self.heap: list[tuple[float, int, Any]] = []
 
     def offer(self, scores: np.ndarray, start: int, payloads: Any) -> None:
+        import numpy as np
+
         take = min(self.size, len(scores))
         if take == 0:
             return
@@ -142,6 +165,8 @@ def search(
     Raises:
         UsageError: an unknown precision, top_k < 1, or vectors of another dimension than the queries'.
     """
+    import numpy as np
+
     if precision not in PRECISIONS:
         raise UsageError(f"unknown --precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if top_k < 1:
@@ -200,6 +225,8 @@ def search(
 def chunked(pairs: Iterator[tuple[np.ndarray | None, dict[str, Any]]], dimension: int,
             size: int = 1024) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
     """(vector or None, fields) pairs -> the (vectors, fields) chunks `search` reads (None -> a NaN row)."""
+    import numpy as np
+
     block: list[np.ndarray] = []
     rows: list[dict[str, Any]] = []
     for vector, fields in pairs:

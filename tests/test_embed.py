@@ -441,3 +441,35 @@ def test_bundled_minilm_matches_sentence_transformers() -> None:
     reference = st.SentenceTransformer(str(bundled_location(BUNDLED["minilm-l6"])), device="cpu").encode(texts)
     ours = [r.embedding for r in embed(texts)]
     assert _cosines(np.array(ours), reference).min() >= 0.9999
+
+
+def test_an_engine_handle_with_a_bare_tokenizers_object_gives_the_same_vectors(folders: dict[str, Path],
+                                                                                monkeypatch) -> None:
+    """The interface an engine offers embed (the ONNX Runtime one too): `hidden_states(batch)` on numpy int64
+    arrays and a `tokenizer`, which may be a plain `tokenizers.Tokenizer` without transformers around it."""
+    from llmkit import embed as embed_module
+    from llmkit.engines import Choice, transformers_encoder
+
+    class BareHandle:
+        def __init__(self, inner: transformers_encoder.TransformersEncoder) -> None:
+            self.inner = inner
+            self.tokenizer = inner.tokenizer.backend_tokenizer  # a tokenizers.Tokenizer
+            self.max_positions = inner.max_positions
+            self.calls: list[dict[str, np.ndarray]] = []
+
+        def hidden_states(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+            assert all(v.dtype == np.int64 for v in batch.values())
+            self.calls.append(batch)
+            return self.inner.hidden_states(batch)
+
+    def bare(spec: str, engine: str, **options) -> tuple[BareHandle, Choice]:
+        return BareHandle(transformers_encoder.load_encoder(spec)), Choice("fake", "a test handle")
+
+    reference, _, _ = Embedder(str(folders["weightedmean"])).vectors(TEXTS)
+    monkeypatch.setattr(embed_module, "_load_encoder", bare)
+    embedder = Embedder(str(folders["weightedmean"]))
+    ours, _, _ = embedder.vectors(TEXTS)
+    np.testing.assert_allclose(ours, reference, atol=1e-6)
+    assert embedder.pad_id == 0 and embedder.max_length == 64 and embedder.choice.engine == "fake"
+    assert embedder.encoder.calls and set(embedder.encoder.calls[-1]) == {"input_ids", "attention_mask",
+                                                                          "token_type_ids"}
