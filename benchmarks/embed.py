@@ -20,6 +20,7 @@ Parts (`--parts`, all by default), each printed as a markdown table and saved in
     python benchmarks/embed.py                          # everything (about 15 minutes on a quiet 2-core machine)
     python benchmarks/embed.py --parts speed --repeats 3
     python benchmarks/embed.py --parts memory --memory-sizes 10000,100000
+    python benchmarks/embed.py --parts memory --memory-model DIR   # e.g. tests/tiny.py's build_sentence_encoder
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.perf_counter(
 """
 
 
-def part_memory(sizes: list[int]) -> dict:
+def part_memory(sizes: list[int], model: str) -> dict:
     import numpy as np
 
     WORK.mkdir(parents=True, exist_ok=True)
@@ -224,8 +225,8 @@ def part_memory(sizes: list[int]) -> dict:
             for i in range(size):
                 handle.write(f"{pool[i % len(pool)]} ({i})\n")  # distinct lines of real text
         out = WORK / f"lines-{size}.npy"
-        proc = subprocess.run([sys.executable, "-c", RSS_WRAPPER, sys.executable, "-m", "llmkit", "embed", "-i",
-                               str(inputs), "-o", str(out)], capture_output=True, text=True, check=True, cwd=str(ROOT),
+        proc = subprocess.run([sys.executable, "-c", RSS_WRAPPER, sys.executable, "-m", "llmkit", "embed", "-m", model,
+                               "-i", str(inputs), "-o", str(out)], capture_output=True, text=True, check=True, cwd=str(ROOT),
                               env=dict(os.environ, HF_HUB_OFFLINE="1"))
         kib, seconds = proc.stdout.split()
         rows = np.load(out, mmap_mode="r").shape[0]
@@ -234,7 +235,7 @@ def part_memory(sizes: list[int]) -> dict:
         inputs.unlink()
         out.unlink()
         Path(str(out).replace(".npy", ".ids.jsonl")).unlink(missing_ok=True)
-    return {"runs": table}
+    return {"model": model, "runs": table}
 
 
 # --- main ------------------------------------------------------------------------------------------------------
@@ -258,6 +259,8 @@ def main() -> None:
     parser.add_argument("--speed-texts", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--memory-sizes", default="10000,100000")
+    parser.add_argument("--memory-model", default="minilm-l6",
+                        help="the model of the memory part (streaming does not depend on it: a small one is quicker)")
     parser.add_argument("--int8-model", help="a quantized folder (quantize --method onnx-int8) to time as well")
     args = parser.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -274,7 +277,7 @@ def main() -> None:
         elif part == "quality":
             result = part_quality()
         elif part == "memory":
-            result = part_memory([int(s) for s in args.memory_sizes.split(",")])
+            result = part_memory([int(s) for s in args.memory_sizes.split(",")], args.memory_model)
         else:
             sys.exit(f"unknown part {part!r}")
         result["load_before"], result["load_after"] = before, load()

@@ -178,12 +178,22 @@ class Embedder:
             raise UsageError("--batch-size must be at least 1")
         self.spec = model or DEFAULT_MODEL
         modes = pooling_modes(pooling) if pooling is not None else None
-        config = read_sentence_config(self.spec, revision=revision, allow_pickle=allow_pickle)
-        spec = self.spec
-        if config.encoder_path:
-            from llmkit import loading
+        from llmkit import loading
 
-            spec = str(Path(loading.resolve(self.spec).location) / config.encoder_path)
+        source = loading.resolve(self.spec)
+
+        def load(spec: str) -> tuple[Any, Choice]:
+            return _load_encoder(spec, engine, device=device, dtype=dtype, revision=revision,
+                                 allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+
+        if source.kind == "hub":
+            # loading the model first finds out whether the hub answers (loading.py goes offline when it does not)
+            self.encoder, self.choice = load(self.spec)
+            config = read_sentence_config(self.spec, revision=revision, allow_pickle=allow_pickle)
+        else:
+            config = read_sentence_config(self.spec, revision=revision, allow_pickle=allow_pickle)
+            spec = str(Path(source.location) / config.encoder_path) if config.encoder_path else self.spec
+            self.encoder, self.choice = load(spec)
         head = config.head
         if modes is not None:
             head = replace(head, pooling=modes)
@@ -199,8 +209,6 @@ class Embedder:
         self.prefix = config.default_prompt if prefix is None else prefix
         self.batch_size = batch_size
         self.truncate = truncate
-        self.encoder, self.choice = _load_encoder(spec, engine, device=device, dtype=dtype, revision=revision,
-                                                  allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         self.tokenizer = _fast_tokenizer(self.encoder.tokenizer)
         self.max_length = self._max_length()
         side = getattr(self.encoder.tokenizer, "truncation_side", "right")

@@ -227,7 +227,10 @@ class VectorWriter:
             return
         self._close()
         if isinstance(exc, KeyboardInterrupt) and self.count:
+            from llmkit.console import warn
+
             self.interrupted = True  # kept for --resume; `llmkit models --clean` removes it otherwise
+            warn(f"{self.count} embeddings are kept in {self._tmp}; run again with --resume to go on from them")
             return
         for tmp in (self._tmp, self._rows_tmp):
             if tmp is not None:

@@ -89,6 +89,7 @@ def test_ctrl_c_keeps_the_rows_for_resume(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"v{suffix}"
     proc = subprocess.run([sys.executable, "-c", INTERRUPTED, str(path)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0 and not path.exists()
+    assert "Warning: 3 embeddings are kept in" in proc.stderr and "run again with --resume" in proc.stderr
     source = vectors.resume_source(path)
     assert source is not None and source.count == 3 and source.path.name.startswith(f".v{suffix}.pid")
     block, rows = next(source.chunks())
