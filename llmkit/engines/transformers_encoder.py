@@ -75,6 +75,10 @@ def load_encoder(
     loaded = loading.load(spec, "base", device=device, dtype=dtype, revision=revision, allow_pickle=allow_pickle,
                           trust_remote_code=trust_remote_code)
     model = loaded.model
+    if str(loaded.device) == "cpu":
+        from llmkit.threads import use_free_cores
+
+        use_free_cores()  # torch's threads wait on each other at every operator when other work holds the cores
     if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
         model = model.get_encoder()
     accepted = frozenset(inspect.signature(model.forward).parameters)
