@@ -201,6 +201,8 @@ def _done_filter(source: Any, id_column: str) -> tuple[Any, str]:
 
 def _run_embed(texts: list[str] | None, input_file: Path | None, input_format: str, text_column: str,
                id_column: str, output_file: Path | None, resume: bool, options: dict[str, Any], fmt: str) -> None:
+    from dataclasses import fields
+
     import numpy as np
 
     from llmkit import distributed, output, vectors
@@ -247,7 +249,9 @@ def _run_embed(texts: list[str] | None, input_file: Path | None, input_format: s
                 skipped.add(record.index, result)
                 row = dict(record.fields)
                 row[text_column] = record.text
-                row.update({k: v for k, v in output.to_record(result).items() if k not in ("text", "embedding")})
+                # field by field: `to_record` would walk the vector's floats one by one only to drop them
+                row.update((f.name, getattr(result, f.name)) for f in fields(result)
+                           if f.name not in ("text", "embedding"))
                 writer.write(row, result.embedding, result.dimension)
         if source is not None:
             vectors.remove_leftovers(output_file)
