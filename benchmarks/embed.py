@@ -9,8 +9,8 @@ Parts (`--parts`, all by default), each printed as a markdown table and saved in
   a script that imports sentence-transformers, loads the same folder, encodes and saves the .npy; on 3,000
   mixed-length real texts (1,000 VADER tweets, 1,000 Amazon review snippets, 700 movie snippets, 300 BBC News
   articles, cut at the model's 256 tokens by both). Alternate runs, `--repeats` each, best wall time counts;
-  `--engine onnx` runs too when llmkit has that engine, and `--int8-model DIR` adds a quantized model (speed and
-  cosine to float32).
+  `--engines auto,transformers,onnx` times each engine, and `--int8-model DIR` adds a quantized model (speed and
+  cosine to sentence-transformers' float32 vectors).
 - quality: k-nearest-neighbour topic accuracy on BBC News (2,225 articles, 5 topics): each article's topic is the
   majority of its 5 nearest other articles, searched by llmkit.search at float32, int8 and binary precision
   (with and without rescoring), with the overlap of each one's neighbours with float32's and bytes per vector.
@@ -20,7 +20,7 @@ Parts (`--parts`, all by default), each printed as a markdown table and saved in
     python benchmarks/embed.py                          # everything (about 15 minutes on a quiet 2-core machine)
     python benchmarks/embed.py --parts speed --repeats 3
     python benchmarks/embed.py --parts memory --memory-sizes 10000,100000
-    python benchmarks/embed.py --parts memory --memory-model DIR   # e.g. tests/tiny.py's build_sentence_encoder
+    python benchmarks/embed.py --parts memory --memory-model tiny  # tests/tiny.py's 2-layer encoder, quicker
 """
 
 from __future__ import annotations
@@ -107,8 +107,13 @@ np.save(sys.argv[3], model.encode(texts, batch_size=int(sys.argv[4]), convert_to
 """
 
 
+THREADS: str | None = None  # --threads: the same torch thread count for every process (OMP_NUM_THREADS)
+
+
 def _timed(cmd: list[str]) -> float:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if THREADS:
+        env["OMP_NUM_THREADS"] = THREADS
     started = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=str(ROOT))
     return time.perf_counter() - started
@@ -121,40 +126,34 @@ def _cosine_rows(a_path: Path, b_path: Path) -> float:
     return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
-def part_speed(n: int, repeats: int, int8_model: str | None) -> dict:
-    from llmkit.embed import ENGINES
-
+def part_speed(n: int, repeats: int, engines: list[str], int8_model: str | None) -> dict:
     WORK.mkdir(parents=True, exist_ok=True)
     inputs = WORK / f"mixed-{n}.txt"
     inputs.write_text("\n".join(mixed_texts(n)) + "\n", encoding="utf-8")
+    peer = "sentence-transformers encode"
+    outputs = {peer: WORK / "st.npy"}
     runs: dict[str, list[str]] = {
-        "sentence-transformers encode": [sys.executable, "-c", ST_SCRIPT, minilm_path(), str(inputs),
-                                         str(WORK / "st.npy"), str(BATCH_SIZE)],
-        "llmkit embed (auto)": [sys.executable, "-m", "llmkit", "embed", "-i", str(inputs), "-o",
-                                str(WORK / "llmkit.npy"), "-b", str(BATCH_SIZE)],
+        peer: [sys.executable, "-c", ST_SCRIPT, minilm_path(), str(inputs), str(outputs[peer]), str(BATCH_SIZE)],
     }
-    outputs = {"sentence-transformers encode": WORK / "st.npy", "llmkit embed (auto)": WORK / "llmkit.npy"}
-    for engine in ENGINES:
-        if engine != "auto":
-            name = f"llmkit embed --engine {engine}"
-            outputs[name] = WORK / f"llmkit-{engine}.npy"
-            runs[name] = [*runs["llmkit embed (auto)"][:6], str(outputs[name]), "-b", str(BATCH_SIZE), "--engine",
-                          engine]
+
+    def llmkit(name: str, out: Path, *extra: str) -> None:
+        outputs[name] = out
+        runs[name] = [sys.executable, "-m", "llmkit", "embed", "-i", str(inputs), "-o", str(out), "-b",
+                      str(BATCH_SIZE), *extra]
+
+    for engine in engines:
+        llmkit(f"llmkit embed --engine {engine}", WORK / f"llmkit-{engine}.npy", "--engine", engine)
     if int8_model:
-        name = f"llmkit embed -m {Path(int8_model).name}"
-        outputs[name] = WORK / "llmkit-int8.npy"
-        runs[name] = [*runs["llmkit embed (auto)"][:4], "-m", int8_model, "-o", str(outputs[name]), "-b",
-                      str(BATCH_SIZE)]
+        llmkit(f"llmkit embed -m {Path(int8_model).name}", WORK / "llmkit-int8.npy", "-m", int8_model)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, cmd in runs.items():
             times[name].append(round(_timed(cmd), 2))
     best = {name: min(t) for name, t in times.items()}
-    peer = best["sentence-transformers encode"]
     table = {}
     for name in runs:
-        table[name] = {"best_s": best[name], "runs_s": times[name], "speedup_vs_st": round(peer / best[name], 2),
-                       "min_cosine_vs_st": round(_cosine_rows(outputs[name], outputs["sentence-transformers encode"]), 6)}
+        table[name] = {"best_s": best[name], "runs_s": times[name], "speedup_vs_st": round(best[peer] / best[name], 2),
+                       "min_cosine_vs_st": round(_cosine_rows(outputs[name], outputs[peer]), 6)}
     return {"texts": n, "batch_size": BATCH_SIZE, "repeats": repeats, "runs": table}
 
 
@@ -213,10 +212,23 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.perf_counter(
 """
 
 
+def tiny_encoder() -> str:
+    """tests/tiny.py's sentence-transformers folder (hidden 32, 2 layers, mean pooling, normalised)."""
+    folder = WORK / "tiny-encoder"
+    if not (folder / "modules.json").exists():
+        sys.path.insert(0, str(ROOT / "tests"))
+        import tiny
+
+        tiny.build_sentence_encoder(folder, normalize=True, max_seq_length=128)
+    return str(folder)
+
+
 def part_memory(sizes: list[int], model: str) -> dict:
     import numpy as np
 
     WORK.mkdir(parents=True, exist_ok=True)
+    if model == "tiny":
+        model = tiny_encoder()
     pool = [t for t in mixed_texts(3000) if len(t) < 400]  # short texts, so 100,000 of them take minutes
     table = {}
     for size in sizes:
@@ -260,11 +272,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--memory-sizes", default="10000,100000")
     parser.add_argument("--memory-model", default="minilm-l6",
-                        help="the model of the memory part (streaming does not depend on it: a small one is quicker)")
+                        help="the model of the memory part; 'tiny': tests/tiny.py's 2-layer encoder (streaming does "
+                        "not depend on the model, and 100,000 texts take minutes instead of an hour on a busy machine)")
+    parser.add_argument("--engines", default="auto",
+                        help="llmkit engines to time, e.g. auto,transformers,onnx once the ONNX engine is in")
+    parser.add_argument("--threads", help="torch threads for every timed process (default: each picks its own; "
+                        "llmkit takes the free cores, sentence-transformers one per core)")
     parser.add_argument("--int8-model", help="a quantized folder (quantize --method onnx-int8) to time as well")
     args = parser.parse_args()
+    global THREADS
+    THREADS = args.threads
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     report: dict = {"benchmark": "embed", "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpus": os.cpu_count(),
+                    "threads": args.threads, "argv": sys.argv[1:],
                     "load_at_start": load(), "parts": {}}
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"embed-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -273,7 +293,8 @@ def main() -> None:
         if part == "parity":
             result = part_parity(args.parity_texts)
         elif part == "speed":
-            result = part_speed(args.speed_texts, args.repeats, args.int8_model)
+            result = part_speed(args.speed_texts, args.repeats, [e.strip() for e in args.engines.split(",")],
+                                args.int8_model)
         elif part == "quality":
             result = part_quality()
         elif part == "memory":
