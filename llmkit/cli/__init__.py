@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Fill the [MASK] in each sentence: per mask the top-k tokens, their probabilities and the filled sentence.",
     ),
     "classify": ("llmkit.cli.classify", "Label texts with a text-classification model, or zero-shot with --labels."),
+    "embed": (
+        "llmkit.cli.embed",
+        "Embed texts as vectors (default: the bundled all-MiniLM-L6-v2), or search them with --query.",
+    ),
     "finetune": (
         "llmkit.cli.finetune",
         "Fine-tune a model on a table with the transformers Trainer; the output loads in the other commands.",
