@@ -290,7 +290,8 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     import hashlib
     import json
 
-    from llmkit.loading import llmkit_home
+    from llmkit import tempnames
+    from llmkit.fsutil import llmkit_home
 
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{GGUF_INFO_CACHE_VERSION}"
@@ -300,11 +301,10 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     except (OSError, ValueError, TypeError):
         pass
     info = _read_gguf_info(path)
-    try:  # written under a temporary name, then renamed: a concurrent reader never sees half a file
+    try:  # written under a temporary name (tempnames' rule), then renamed: a reader never sees half a file
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(info)), encoding="utf-8")
-        os.replace(tmp, cache)
+        with tempnames.replacing(cache, suffix=".tmp", journal=tempnames.journal_dir()) as tmp:
+            tmp.write_text(json.dumps(dataclasses.asdict(info)), encoding="utf-8")
     except OSError:  # a read-only home only costs the next run the same 0.1-0.3 s
         pass
     return info
