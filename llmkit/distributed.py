@@ -437,6 +437,7 @@ class ShardedRun:
         tempnames.record(self.folder, tempnames.journal_dir())  # for `llmkit models --clean` after a kill -9
         for suffix in ("done", "failed", "jsonl"):
             self._path(self.rank, suffix).unlink(missing_ok=True)  # this rank's leftovers of an earlier launch
+        if self.peers.is_main:
             # The main rank names this launch; peers copy the name into their markers, so a marker left by an
             # earlier launch with the same key is never taken for this one.
             self.nonce = secrets.token_hex(8)

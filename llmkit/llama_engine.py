@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmkit import signals
 from llmkit.errors import LlmkitError, MissingDependencyError, UsageError
 from llmkit.sampling import Generation, GenerationSettings, StopStream, stream_seed
 from llmkit.sampling import settings_record as settings_record  # the one record both engines write
@@ -504,16 +505,31 @@ def _complete(
     on_text: Callable[[str], None] | None,
     context: int = 0,
     parallel: int = 1,
+    cancel: threading.Event | None = None,
 ) -> _Answer:
     """One prompt through llama.cpp, streamed: stop strings are checked on the text as it grows.
 
+    Args:
+        cancel: once set, the generation ends at its next token (the caller was stopped: Ctrl-C, SIGTERM).
+
     Raises:
         UsageError: the prompt or its answer did not fit llama.cpp's context (never a silently short answer).
+        KeyboardInterrupt: a stop signal arrived while tokens streamed (signals.Interrupted for SIGTERM/SIGHUP).
     """
     view = StopStream(stops, on_text)  # never shows text that may turn out to be a stop string
     state: dict[str, Any] = {"text": "", "chunks": 0, "finish": None, "usage": None, "timings": None, "error": None}
+    raised: list[BaseException] = []
 
     def on_chunk(chunk: dict[str, Any]) -> bool:
+        if (cancel is not None and cancel.is_set()) or signals.pending() is not None:
+            return True  # stopped: end the generation at this token
+        try:
+            return take(chunk)
+        except BaseException as exc:
+            raised.append(exc)
+            return True
+
+    def take(chunk: dict[str, Any]) -> bool:
         if "error" in chunk:
             state["error"] = chunk["error"]
             return True
@@ -532,8 +548,17 @@ def _complete(
 
     body = dict(request, prompt=text, stream=True, timings_per_token=True, stream_options={"include_usage": True})
     started = time.perf_counter()
-    server.handle_completions(body, on_chunk)
+    # On the main thread, a stop signal's handler would run inside this callback or xllamacpp's wrapper around
+    # it, whose C++ frames swallow the exception (with a traceback on stderr) and generate on. So the signal is
+    # only recorded meanwhile: the callback ends the generation at the next token and the block's end raises.
+    with signals.deferred():
+        server.handle_completions(body, on_chunk)
     seconds = time.perf_counter() - started
+    if raised:
+        raise raised[0]
+    stopped_by = signals.pending()
+    if stopped_by is not None:  # a worker thread: the main thread is unwinding; this answer is cut short
+        raise signals.Interrupted(stopped_by)
     if state["error"] is not None:
         error = state["error"]
         message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
@@ -649,18 +674,21 @@ def generate(
     # Many prompts: one request per prompt, `batch_size` in flight; llama.cpp decodes the in-flight ones
     # together (continuous batching), and results come out in input order.
     window = 2 * batch_size
+    cancel = threading.Event()  # set when this generator stops early (an error, Ctrl-C, SIGTERM, SIGHUP)
     with ThreadPoolExecutor(max_workers=batch_size, thread_name_prefix="llmkit-llama") as pool:
         pending: list[tuple[str, Future[_Answer]]] = []
         try:
             for index, prompt in enumerate(prompts):
                 text = prepare(index, prompt)
                 pending.append((prompt, pool.submit(_complete, server, index, text, request_for(index), settings.stop,
-                                                    None, context, batch_size)))
+                                                    None, context, batch_size, cancel)))
                 while len(pending) >= window or (pending and pending[0][1].done()):
                     first_prompt, future = pending.pop(0)
                     yield result(first_prompt, future.result())
             for first_prompt, future in pending:
                 yield result(first_prompt, future.result())
         finally:
+            # The pool's exit waits for the requests in flight: each ends at its next token instead of its last.
+            cancel.set()
             for _, future in pending:
                 future.cancel()

@@ -126,13 +126,18 @@ def handled(on_signal: Callable[[int], None] | None = None) -> Iterator[None]:
 def deferred() -> Iterator[None]:
     """Hold stop signals during the block: `pending()` says one came; the block's end raises `Interrupted`.
 
-    For code with safe points to stop at (a training loop between steps). Nested blocks raise at the outer end.
-    Without `handled()` around it (a Python caller that installed no handlers), signals keep their usual effect.
+    For code with safe points to stop at (a training loop between steps), or main-thread waits inside a native
+    library that would swallow the exception (llama.cpp's callbacks). Nested blocks raise at the outer end.
+    Signals run on the main thread, so off it the block changes nothing. Without `handled()` around it (a Python
+    caller that installed no handlers), signals keep their usual effect.
 
     Raises:
         Interrupted: a stop signal arrived during the block (raised when the block ends normally).
     """
     global _deferring
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     before = _received  # a signal already being handled (this block runs in its cleanup) is not raised again
     _deferring += 1
     try:

@@ -32,6 +32,7 @@ WAIT_LIMIT = 300.0  # seconds a started process may take to reach the awaited st
     ("sig", "code"),
     [(signal.SIGTERM, errors.EXIT_TERMINATED), (signal.SIGHUP, errors.EXIT_HANGUP),
      (signal.SIGINT, errors.EXIT_INTERRUPTED)],
+    ids=["SIGTERM", "SIGHUP", "SIGINT"],
 )
 def test_each_stop_signal_raises_interrupted_with_the_shells_exit_code(sig: int, code: int) -> None:
     before = signal.getsignal(sig)
@@ -211,7 +212,7 @@ def _journal(run_env: dict[str, str]) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=["SIGTERM", "SIGHUP", "SIGINT"])
 def test_classify_stopped_by_a_signal_removes_its_output_temporary(
     sig: int, tiny_classifier: Path, work: Path, started, run_env: dict[str, str]
 ) -> None:
@@ -223,6 +224,25 @@ def test_classify_stopped_by_a_signal_removes_its_output_temporary(
     assert _error_lines(proc.stderr()) == [f"Error: interrupted ({signal.Signals(sig).name})"]
     assert sorted(p.name for p in work.iterdir()) == ["in.txt"]  # no pred.csv, no temporary
     assert _journal(run_env) == []
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_generate_on_llama_cpp_stops_at_the_next_token(batch: int, tiny_gguf: Path, work: Path, started) -> None:
+    # llama.cpp holds the main thread (batch 1) or worker threads (batch 8) while it generates; xllamacpp's
+    # callback wrapper would swallow the handler's exception and generate on to the end of the input.
+    from llmkit import llama_engine
+
+    if not llama_engine.bindings_installed():
+        pytest.skip("the llama.cpp bindings are not installed")
+    (work / "prompts.txt").write_text("".join(f"tell me a long story number {i}\n" for i in range(400)))
+    proc = started(["generate", "-m", str(tiny_gguf), "--engine", "llama-cpp", "-i", "prompts.txt", "-n", "64",
+                    "--batch-size", str(batch), "--json"], work)  # fmt: skip
+    proc.wait_for("the first answer", lambda: proc.stdout().count("\n") >= 1)
+    assert proc.stop(signal.SIGTERM) == 143
+    assert _error_lines(proc.stderr()) == ["Error: interrupted (SIGTERM)"]
+    assert "Exception ignored" not in proc.stderr()
+    assert 1 <= proc.stdout().count("\n") < 400  # stopped, not run to the end of the input
+    assert sorted(p.name for p in work.iterdir()) == ["prompts.txt"]
 
 
 def _trainer_step(folder: Path) -> int:
