@@ -266,12 +266,12 @@ def test_finetune_stopped_by_a_signal_saves_a_checkpoint_that_resume_continues(
 ) -> None:
     rows = [f"{'good fun great' if i % 2 else 'bad awful boring'} {i},{'pos' if i % 2 else 'neg'}" for i in range(64)]
     (work / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
-    # 200 steps: a log line every 10; the signal comes right after the first, far from the end.
-    args = ["finetune", "train.csv", "-m", str(tiny_classifier), "-o", "ft", "--max-steps", "200", "--batch-size", "4",
+    # 100 steps: a log line every 5; the signal comes right after the first, far from the end.
+    args = ["finetune", "train.csv", "-m", str(tiny_classifier), "-o", "ft", "--max-steps", "100", "--batch-size", "4",
             "--validation-split", "0", "--json"]  # fmt: skip
     first = started(args, work)
     logged = first.wait_for("a training log line", _first_logged_step(first))
-    assert logged == 10
+    assert logged == 5
     assert first.stop(signal.SIGTERM) == 143
     assert _error_lines(first.stderr()) == ["Error: interrupted (SIGTERM)"]
     assert "Run the same command with --resume" in first.stderr()
@@ -279,11 +279,11 @@ def test_finetune_stopped_by_a_signal_saves_a_checkpoint_that_resume_continues(
     checkpoint = training.last_checkpoint(work / "ft")
     assert checkpoint is not None
     saved = int(checkpoint.name.split("-")[-1])
-    assert saved >= 10 and _trainer_step(checkpoint) == saved  # saved at a step end after the signal
+    assert saved >= 5 and _trainer_step(checkpoint) == saved  # saved at a step end after the signal
 
     second = started([*args, "--resume"], work)
     resumed = second.wait_for("a training log line", _first_logged_step(second))
-    assert resumed > saved  # continued from the checkpoint (a new run would log step 10 first)
+    assert resumed > saved  # continued from the checkpoint (a new run would log step 5 first)
     assert second.stop(signal.SIGHUP) == 129
     assert _error_lines(second.stderr()) == ["Error: interrupted (SIGHUP)"]
     later = training.last_checkpoint(work / "ft")
@@ -294,7 +294,7 @@ def test_finetune_stopped_by_a_signal_saves_a_checkpoint_that_resume_continues(
 def test_quantize_stopped_by_a_signal_leaves_nothing(
     tiny_classifier: Path, work: Path, started, run_env: dict[str, str]
 ) -> None:
-    (work / "eval.txt").write_text(_texts(300))  # measuring on these keeps the temporary there for a while
+    (work / "eval.txt").write_text(_texts(120))  # measuring on these keeps the temporary there for a while
     proc = started(["quantize", "-m", str(tiny_classifier), "--method", "dynamic-int8", "--eval-data", "eval.txt",
                     "-o", "q"], work)  # fmt: skip
     proc.wait_for("the output's temporary", _temporary(work, "q", proc.pid))
