@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from llmkit import tempnames
+from llmkit import signals, tempnames
 from llmkit.errors import EXIT_FAILURE, LlmkitError, UsageError
 
 T = TypeVar("T")
@@ -510,7 +510,7 @@ class ShardedRun:
 
     def _mark_failed(self, exc: BaseException) -> None:
         if isinstance(exc, KeyboardInterrupt):
-            text = "interrupted"
+            text = signals.describe(exc)  # "interrupted (SIGTERM)": the main rank's error names the signal
         elif isinstance(exc, LlmkitError):
             text = exc.message
         else:

@@ -155,6 +155,28 @@ def test_a_failed_peer_is_a_clear_error_on_the_main_rank(tmp_path: Path) -> None
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_a_peer_stopped_by_a_signal_is_named_with_it_on_the_main_rank(tmp_path: Path) -> None:
+    from llmkit import signals
+
+    main, peer = _runs(tmp_path)
+    with main:
+        main.write(0, "a")
+
+    def stopped_peer() -> None:
+        try:
+            with peer:
+                raise signals.Interrupted(signal.SIGTERM)  # what SIGTERM does to it under `signals.handled()`
+        except signals.Interrupted:
+            pass
+
+    thread = threading.Thread(target=stopped_peer)
+    thread.start()
+    thread.join()
+    with pytest.raises(dist.PeerError, match=r"^process 1 of 2 failed: interrupted \(SIGTERM\)$"):
+        list(main.merged())
+    assert not main.folder.exists()
+
+
 def test_a_peer_that_fails_before_the_main_rank_starts_is_still_named(tmp_path: Path) -> None:
     # The peer fails while the main rank is still loading (no launch name yet): its failure must reach the main
     # rank as that error, not as a peer that "stopped responding" once the timeout runs out.
