@@ -14,13 +14,13 @@ import copy
 import random
 import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from llmkit import tempnames
 from llmkit.errors import DataError, UsageError
 from llmkit.metrics import classification_report, perplexity, round_metric
 
@@ -651,7 +651,7 @@ def _train(
     last = training.last_checkpoint(checkpoints.parent / checkpoints.name.removesuffix(training.CHECKPOINTS_SUFFIX))
     checkpoint = last if resume else None
     trainer.resumed_from_step = int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    training.run_trainer(trainer, checkpoint)  # a stop signal saves a checkpoint first
     model.eval()
     return trainer
 
@@ -953,9 +953,12 @@ def distill(
     timed = [teacher_model, student] + ([baseline_model] if baseline_model is not None else [])
     speeds = measure_speed(timed, val, task, pad_id)
     evals = {"teacher": teacher_eval, "student": student_eval, "baseline": baseline_eval}
+    # Copies saved only to weigh them, beside the output (same disk); a killed run's go with the next run's sweep.
+    work_name = output_dir.parent / f"{output_dir.name}.work"
+    tempnames.sweep(work_name, journal=tempnames.journal_dir())
     with (
         training.atomic_output(output_dir, overwrite=overwrite) as staging,
-        tempfile.TemporaryDirectory(prefix="llmkit-distill-") as work,
+        tempnames.scratch(work_name, journal=tempnames.journal_dir()) as work,
     ):
         student.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))

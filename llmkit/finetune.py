@@ -526,7 +526,7 @@ def finetune(
     if resume and checkpoint is None:
         notes.append(f"--resume: no checkpoint in {ckpt_dir}, started from the beginning")
     started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_output = training.run_trainer(trainer, checkpoint)  # a stop signal saves a checkpoint first
     seconds = time.perf_counter() - started
 
     metrics, report_detail = _evaluate(trainer, val_tok, task, label_map)

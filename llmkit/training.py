@@ -702,6 +702,66 @@ class TimedCheckpoint:
         return _Timed(settings.checkpoint_minutes * 60)
 
 
+class StopOnSignal:
+    """A Trainer callback that ends training at the next step with a checkpoint once a stop signal came.
+
+    Used by `run_trainer` under `signals.deferred()`: SIGTERM, SIGHUP or Ctrl-C during a step is held until the
+    step is complete (weights, optimizer and scheduler agree), then this asks the Trainer to save a checkpoint
+    (`OUTPUT.checkpoints/checkpoint-N`, what `--resume` continues from) and to stop, skipping the epoch-end
+    evaluation. A signal during an evaluation takes effect when it ends.
+    """
+
+    @staticmethod
+    def create() -> Any:
+        from llmkit import signals
+
+        base = _trainer_callback_base()
+
+        class _Stop(base):  # type: ignore[misc, valid-type]
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if signals.pending() is not None:
+                    control.should_save = control.should_training_stop = True
+                    control.should_evaluate = False  # the checkpoint first: an evaluation could take minutes
+
+            def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if signals.pending() is not None:  # came during the evaluation: save once it is done
+                    control.should_save = control.should_training_stop = True
+
+            def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if signals.pending() is not None and control.should_training_stop:
+                    control.should_evaluate = False
+
+        return _Stop()
+
+
+def run_trainer(trainer: Any, checkpoint: Path | None = None) -> Any:
+    """`trainer.train()` that a stop signal ends with a checkpoint `--resume` continues from.
+
+    In one process, SIGTERM/SIGHUP/Ctrl-C (inside `signals.handled()`, as every llmkit command runs) is held
+    until the current step ends; then `StopOnSignal` saves a checkpoint and `signals.Interrupted` is raised. In a
+    multi-process run the ranks could stop at different steps and hang in a collective, so the signal
+    interrupts at once there; the schedule's own checkpoints are what `--resume` finds.
+
+    Args:
+        trainer: a `transformers.Trainer` whose `args.output_dir` is the run's checkpoint folder.
+        checkpoint: the checkpoint to resume from (None: start from the beginning).
+
+    Returns:
+        What `trainer.train()` returns.
+
+    Raises:
+        signals.Interrupted: a stop signal arrived (after the checkpoint was written).
+    """
+    from llmkit import signals
+
+    resume_from = str(checkpoint) if checkpoint is not None else None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return trainer.train(resume_from_checkpoint=resume_from)
+    trainer.add_callback(StopOnSignal.create())
+    with signals.deferred():
+        return trainer.train(resume_from_checkpoint=resume_from)
+
+
 def _trainer_callback_base() -> type:
     from transformers import TrainerCallback
 
@@ -899,6 +959,13 @@ def last_checkpoint(output: Path | str) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
 
 
+def resume_hint(output: Path | str) -> str | None:
+    """What to tell the user after an interrupted run towards `output`: how to continue it, if it can be."""
+    if last_checkpoint(output) is None:
+        return None
+    return "Run the same command with --resume to continue from the last checkpoint."
+
+
 def check_output(output: Path | str, *, overwrite: bool = False, resume: bool = False) -> None:
     """Fail early, before any training, when the output folder or stale checkpoints are in the way.
 
@@ -928,35 +995,54 @@ def atomic_output(
     file system as `output`) is for distributed runs where every process must write to one known folder;
     by default it is a fresh hidden folder beside `output`.
     """
+    from llmkit import signals, tempnames
+
     output = Path(output)
     check_output(output, overwrite=overwrite, resume=True)
     output.parent.mkdir(parents=True, exist_ok=True)
-    if staging is None:
-        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-        make_public(staging)  # mkdtemp makes it 0700; the finished folder gets the user's usual permissions
-    else:
-        staging.mkdir(parents=True, exist_ok=True)
+    journal: Path | None = None
+    given = staging
+    staging = None
     try:
+        with signals.deferred():  # a stop signal between creating it and naming it here would leak it
+            if given is None:
+                # tempnames' rule: a killed earlier run's staging folder for this output goes now, a live run's
+                # stays; this one carries the process id and is journalled for `llmkit models --clean`.
+                journal = tempnames.journal_dir()
+                tempnames.sweep(output, journal=journal)
+                staging = tempnames.temp_dir(output, journal=journal)
+                make_public(staging)  # mkdtemp makes it 0700; the finished folder gets the user's usual permissions
+            else:
+                staging = given
+                staging.mkdir(parents=True, exist_ok=True)
         yield staging
-        if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-            os.rename(output, old / output.name)
-            os.rename(staging, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, output)
+        # Two renames when replacing: a SIGTERM between them would leave no output at all, so it waits.
+        with signals.deferred():
+            if output.exists():
+                # Not a tempnames name on purpose: between the renames this holds the user's only copy, which no
+                # sweep may take for a killed run's leftover.
+                old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+                os.rename(output, old / output.name)
+                os.rename(staging, output)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(staging, output)
     finally:
-        if staging.exists():
+        if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None and journal is not None:
+            tempnames.forget(staging, journal)
 
 
 def write_report(folder: Path | str, report: dict[str, Any], name: str = "report.json") -> Path:
     """Write `report` as indented JSON into `folder` (temp name, then rename) and return its path."""
+    from llmkit import tempnames
+
     folder = Path(folder)
     target = folder / name
-    tmp = folder / f".{name}.tmp"
-    tmp.write_text(json.dumps(_json_safe(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, target)
+    # Inside an output being staged: that folder is the journalled temporary, so this one needs no entry.
+    with tempnames.replacing(target, journal=None) as tmp:
+        tmp.write_text(json.dumps(_json_safe(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return target
 
 

@@ -115,11 +115,19 @@ def distill(
     if output is None:
         raise UsageError("no --output: give the folder to write the student into")
     fmt = out.resolve_format(fmt, json_out)
-    result = _distill.distill(
-        data, output, teacher_spec, settings, train_settings, validation=validation_file, device=device,
-        overwrite=overwrite, resume=resume, progress=True, on_log=out.info, revision=revision,
-        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-    )
+    try:
+        result = _distill.distill(
+            data, output, teacher_spec, settings, train_settings, validation=validation_file, device=device,
+            overwrite=overwrite, resume=resume, progress=True, on_log=out.info, revision=revision,
+            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        )
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: a single-process run saved a checkpoint first
+        from llmkit import training
+
+        hint = training.resume_hint(output)
+        if hint:
+            out.info(hint)
+        raise
     if result is None:
         return  # under `accelerate launch`, the main process alone reports
     if fmt == "rich":

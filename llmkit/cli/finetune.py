@@ -269,9 +269,10 @@ def finetune(
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
-    except KeyboardInterrupt:
-        if output_dir is not None and _tr.last_checkpoint(output_dir) is not None:
-            out.stderr_console().print("Run the same command with --resume to continue from the last checkpoint.")
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: a single-process run saved a checkpoint first
+        hint = _tr.resume_hint(output_dir) if output_dir is not None else None
+        if hint:
+            out.info(hint)
         raise
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under `accelerate launch`, the main process alone reports
