@@ -230,9 +230,9 @@ def test_classify_stopped_by_a_signal_removes_its_output_temporary(
 def test_generate_on_llama_cpp_stops_at_the_next_token(batch: int, tiny_gguf: Path, work: Path, started) -> None:
     # llama.cpp holds the main thread (batch 1) or worker threads (batch 8) while it generates; xllamacpp's
     # callback wrapper would swallow the handler's exception and generate on to the end of the input.
-    from llmkit import llama_engine
+    from llmkit.engines import llama_cpp
 
-    if not llama_engine.bindings_installed():
+    if not llama_cpp.bindings_installed():
         pytest.skip("the llama.cpp bindings are not installed")
     (work / "prompts.txt").write_text("".join(f"tell me a long story number {i}\n" for i in range(400)))
     proc = started(["generate", "-m", str(tiny_gguf), "--engine", "llama-cpp", "-i", "prompts.txt", "-n", "64",
