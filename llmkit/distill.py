@@ -220,6 +220,10 @@ class DistillResult:
     loss_history: list[float] = field(default_factory=list)
     processes: int = 1  # training processes (accelerate launch / torchrun); batch size is per process
     pruning: dict[str, Any] | None = None  # what --prune-ffn/--prune-heads kept (sizes; indices in config.json)
+    # The training log by logging step (loss, its parts loss_kd/loss_hard/..., learning_rate), for curves.png
+    # and `llmkit plot`; baseline_log: the same for the --baseline student.
+    log: list[dict[str, Any]] = field(default_factory=list)
+    baseline_log: list[dict[str, Any]] | None = None
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -1011,14 +1015,12 @@ def distill(
             loss_history=[round(x, 6) for x in history],
             processes=int(trainer.args.world_size),
             pruning=_pruning_summary(student),
+            log=trainer.progress.history,
+            baseline_log=baseline_log,
         )
         from llmkit.output import to_record
 
-        # The training log by step (loss and its KD/hard-label parts, learning rate) for curves and `llmkit plot`.
-        logs: dict[str, Any] = {"log": trainer.progress.history, "evaluations": []}
-        if baseline_log is not None:
-            logs["baseline_log"] = baseline_log
-        report = to_record(result) | logs
+        report = to_record(result)
         training.write_report(staging, report)
         from llmkit.plot import missing_note, training_pictures
 

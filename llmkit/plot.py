@@ -87,6 +87,7 @@ class PlotResult:
     runs: list[str]
     panels: list[str]
     series: int  # lines drawn, over all panels
+    title: str | None = None
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -274,7 +275,8 @@ def plot(sources: Sequence[Path | str], output: Path | str = DEFAULT_OUTPUT, *, 
     fig = figure(runs, title=title)
     width, height = _save_png(fig, output)
     lines = sum(len(ax.get_lines()) for ax in fig.axes)
-    return PlotResult(str(output), width, height, [r.name for r in runs], [ax.get_title() for ax in fig.axes], lines)
+    panels = [ax.get_title() for ax in fig.axes]
+    return PlotResult(str(output), width, height, [r.name for r in runs], panels, lines, fig.get_suptitle() or None)
 
 
 def training_pictures(folder: Path, report: dict[str, Any], name: str) -> list[str]:

@@ -24,7 +24,10 @@ app = command_app()
 def plot(
     runs: Annotated[
         list[Path],
-        typer.Argument(help="Output folders of llmkit finetune or distill (or their report.json files).", show_default=False),
+        typer.Argument(
+            help="Output folders of llmkit finetune or distill (or their report.json files).",
+            show_default=False,
+        ),
     ],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="The PNG to write (replaced once the new one is complete).")
