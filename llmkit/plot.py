@@ -281,21 +281,30 @@ def plot(sources: Sequence[Path | str], output: Path | str = DEFAULT_OUTPUT, *, 
 
 def training_pictures(folder: Path, report: dict[str, Any], name: str) -> list[str]:
     """At the end of training: `curves.png` (and for a classification validation `confusion_matrix.png`) into
-    the output folder being written. Returns the names of the files written; nothing without matplotlib."""
+    the output folder being written. Returns the names of the files written; nothing without matplotlib.
+
+    A picture that cannot be drawn is a warning, never an error: the trained model matters more than its curves.
+    """
     import importlib.util
+
+    from llmkit.console import warn
 
     if importlib.util.find_spec("matplotlib") is None:
         return []
     written = []
-    runs = runs_from_report(report, name)
-    if any(r.series("loss")[0] for r in runs):
-        _save_png(figure(runs), folder / CURVES_FILE)
-        written.append(CURVES_FILE)
-    validation = (report.get("result") or {}).get("validation") if isinstance(report.get("result"), dict) else None
-    if isinstance(validation, dict) and validation.get("confusion_matrix"):
-        write_confusion_matrix(validation["labels"], validation["confusion_matrix"], folder / CONFUSION_FILE,
-                               title=f"{name}: validation")
-        written.append(CONFUSION_FILE)
+    try:
+        runs = runs_from_report(report, name)
+        if any(r.series("loss")[0] for r in runs):
+            _save_png(figure(runs), folder / CURVES_FILE)
+            written.append(CURVES_FILE)
+        result = report.get("result")
+        validation = result.get("validation") if isinstance(result, dict) else None
+        if isinstance(validation, dict) and validation.get("confusion_matrix"):
+            write_confusion_matrix(validation["labels"], validation["confusion_matrix"], folder / CONFUSION_FILE,
+                                   title=f"{name}: validation")
+            written.append(CONFUSION_FILE)
+    except Exception as exc:  # matplotlib failing on odd data must not cost the run its output
+        warn(f"training pictures not drawn: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     return written
 
 

@@ -984,7 +984,10 @@ def check_output(output: Path | str, *, overwrite: bool = False, resume: bool = 
             "or delete that folder to start again"
         )
     if not resume:
-        discard_logs_without_checkpoint(checkpoint_dir(output))
+        from llmkit.distributed import detect
+
+        if detect().is_main:  # one process clears them, before any has started to log (the others never log)
+            discard_logs_without_checkpoint(checkpoint_dir(output))
 
 
 def discard_logs_without_checkpoint(checkpoints: Path) -> None:

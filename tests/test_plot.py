@@ -225,3 +225,18 @@ def test_confusion_matrix_needs_evaluate_and_a_png(tiny_classifier: Path, tmp_pa
     jpg = invoke([*base, "--evaluate", "--confusion-matrix", str(tmp_path / "cm.jpg")])
     assert jpg.exit_code == EXIT_USAGE and "name it .png" in jpg.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_picture_that_fails_to_draw_never_costs_the_trained_model(
+    tiny_encoder: Path, two_runs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args, **kwargs):
+        raise ValueError("no room on the canvas")
+
+    monkeypatch.setattr(plot, "figure", broken)
+    data = two_runs[0].parent / "small.csv"
+    result = invoke(["finetune", str(data), "-m", str(tiny_encoder), "-o", str(tmp_path / "m"), *RUN,
+                     "--max-steps", "2"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "Warning: training pictures not drawn: ValueError: no room on the canvas" in result.stderr
+    assert (tmp_path / "m" / "model.safetensors").exists() and not (tmp_path / "m" / "curves.png").exists()
