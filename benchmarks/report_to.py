@@ -75,9 +75,30 @@ def timed(self, *args, **kwargs):
         spent['cpu'] = time.process_time() - cpu
         spent['wall'] = time.perf_counter() - wall
 cls.train = timed
+# Every tracker callback runs through tracking.StdoutToStderr: time its events, the work a tracker adds to the
+# training loop itself (its writer threads, if any, run beside it on the other core).
+from llmkit import tracking
+events = {'wall': 0.0, 'cpu': 0.0, 'calls': 0}
+wrap = tracking.StdoutToStderr.__getattr__
+def timed_event(self, name):
+    value = wrap(self, name)
+    if not name.startswith('on_') or not callable(value):
+        return value
+    def event(*args, **kwargs):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return value(*args, **kwargs)
+        finally:
+            events['wall'] += time.perf_counter() - wall
+            events['cpu'] += time.thread_time() - cpu
+            events['calls'] += 1
+    return event
+tracking.StdoutToStderr.__getattr__ = timed_event
 from llmkit.cli import app
 app(sys.argv[1:], prog_name='llmkit', standalone_mode=False)
-print(json.dumps({'event': 'timing', 'train_cpu_seconds': spent['cpu'], 'train_wall_seconds': spent['wall']}))
+print(json.dumps({'event': 'timing', 'train_cpu_seconds': spent['cpu'], 'train_wall_seconds': spent['wall'],
+                  'tracker_event_wall_seconds': events['wall'], 'tracker_event_cpu_seconds': events['cpu'],
+                  'tracker_events': events['calls']}))
 """
 
 
@@ -101,6 +122,9 @@ def finetune(data: Path, output: Path, extra: list[str], settings: list[str], th
     timing = next(r for r in records if r.get("event") == "timing")
     return {"train_cpu_seconds": round(timing["train_cpu_seconds"], 3),
             "train_wall_seconds": round(timing["train_wall_seconds"], 3),
+            "tracker_event_cpu_seconds": round(timing["tracker_event_cpu_seconds"], 4),
+            "tracker_event_wall_seconds": round(timing["tracker_event_wall_seconds"], 4),
+            "tracker_events": timing["tracker_events"],
             "process_cpu_seconds": round(cpu, 2), "process_wall_seconds": round(wall, 2), "steps": result["steps"],
             "accuracy": result["metrics"].get("eval_accuracy"), "load_before": before, "load_after": load(),
             "logs": sorted(p.name for p in (output / "runs").iterdir()) if (output / "runs").exists() else []}
@@ -164,7 +188,8 @@ def summarize(runs: list[dict], variants: list[str]) -> dict:
     """Per variant: medians of each timing, and for each tracker the median over rounds of its timing against
     the untracked run of the same round (ratio for train(), extra seconds for the whole process)."""
     out: dict = {}
-    keys = ("train_cpu_seconds", "train_wall_seconds", "process_cpu_seconds", "process_wall_seconds")
+    keys = ("train_cpu_seconds", "train_wall_seconds", "process_cpu_seconds", "process_wall_seconds",
+            "tracker_event_cpu_seconds")
     for variant in variants:
         mine = [r for r in runs if r["variant"] == variant]
         entry: dict = {f"{k}_median": round(statistics.median(r[k] for r in mine), 3) for k in keys}
@@ -177,6 +202,12 @@ def summarize(runs: list[dict], variants: list[str]) -> dict:
                 entry[f"{key}_vs_none_per_round"] = [round(x, 4) for x in ratios]
             extra = [r["process_cpu_seconds"] - p["process_cpu_seconds"] for r, p in zip(mine, peers, strict=True)]
             entry["extra_process_cpu_seconds_median"] = round(statistics.median(extra), 2)
+            # The tracker's own work inside the training loop (its callbacks' CPU time, this thread), against
+            # the untracked run's training CPU: the cost measured directly, not as a difference of two noisy runs.
+            share = [r["tracker_event_cpu_seconds"] / p["train_cpu_seconds"] for r, p in zip(mine, peers, strict=True)]
+            entry["tracker_event_cpu_share_of_training_median"] = round(statistics.median(share), 4)
+            entry["tracker_event_wall_seconds_median"] = round(
+                statistics.median(r["tracker_event_wall_seconds"] for r in mine), 3)
         out[variant] = entry
     return out
 

@@ -696,7 +696,7 @@ def trainer_class() -> Any:
                         env = tracking.environment(training_args.report_to, folder, training_args.run_name)
                         note = tracking.trackio_store_note(env) if "trackio" in training_args.report_to else None
                         if note:
-                            from llmkit.output import warn
+                            from llmkit.console import warn
 
                             warn(note)
                         self._tracking_env = tracking.apply_environment(env)
@@ -1010,7 +1010,8 @@ def atomic_output(
     """Yield a staging folder; on success rename it to `output`, on any failure delete it.
 
     So `output` either does not exist or is complete: a crash, kill or Ctrl-C never leaves it half-written.
-    The tracker logs of the run (`OUTPUT.checkpoints/runs`, see tracking.py) move in as `OUTPUT/runs`. With `overwrite`, an existing `output` is replaced only once the new one is complete. `staging` (same
+    The run's tracker logs (`OUTPUT.checkpoints/runs`, see tracking.py) move in as `OUTPUT/runs`. With
+    `overwrite`, an existing `output` is replaced only once the new one is complete. `staging` (same
     file system as `output`) is for distributed runs where every process must write to one known folder;
     by default it is a fresh hidden folder beside `output`.
     """

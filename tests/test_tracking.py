@@ -336,3 +336,18 @@ def test_build_training_args_passes_the_trackers_and_the_run_name(tmp_path: Path
         training.TrainSettings(run_name="exp"), training.checkpoint_dir(tmp_path / "m"), has_eval=False
     )
     assert named.report_to == [] and named.run_name == "exp"
+
+
+def test_a_trackio_imported_earlier_with_another_store_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    env = tracking.environment(["trackio"], tmp_path / "runs", "exp")
+    monkeypatch.delitem(sys.modules, "trackio.utils", raising=False)
+    assert tracking.trackio_store_note(env) is None  # not imported yet: it will read TRACKIO_DIR
+    monkeypatch.setitem(sys.modules, "trackio.utils", SimpleNamespace(TRACKIO_DIR=tmp_path / "runs" / "trackio"))
+    assert tracking.trackio_store_note(env) is None  # imported for this very folder
+    monkeypatch.setitem(sys.modules, "trackio.utils", SimpleNamespace(TRACKIO_DIR=Path("/elsewhere/trackio")))
+    assert tracking.trackio_store_note(env) == (
+        "trackio was imported earlier in this process and keeps writing to /elsewhere/trackio; "
+        "run each training in its own process to get OUTPUT/runs/trackio"
+    )
