@@ -216,17 +216,18 @@ def picture(data: Path, work: Path, settings: list[str], target: Path, threads: 
     """Full fine-tuning and LoRA on the same data, drawn together by `llmkit plot`."""
     runs = {"full": ["--lr", "1e-4"], "lora": ["--strategy", "lora", "--lr", "5e-4"]}
     settings = [*settings, "--epochs", "2"]  # the last --epochs wins: two epochs, for a longer curve
-    folders = []
+    folders, accuracies = [], {}
     for name, extra in runs.items():
         folder = work / name
-        finetune(data, folder, extra, settings, threads)
+        accuracies[name] = finetune(data, folder, extra, settings, threads)["accuracy"]
         folders.append(str(folder))
     done = subprocess.run([*LLMKIT, "plot", *folders, "-o", str(target), "--title",
                            "MiniLM-L6 on Rotten Tomatoes: full fine-tuning against LoRA", "--json"],
                           capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})  # fmt: skip
     if done.returncode != 0:
         raise SystemExit(f"llmkit plot failed:\n{done.stderr}")
-    return json.loads(done.stdout) | {"command": "llmkit plot full lora -o " + str(target)}
+    return json.loads(done.stdout) | {"command": "llmkit plot full lora -o " + str(target),
+                                      "final_accuracy": accuracies}
 
 
 if __name__ == "__main__":
