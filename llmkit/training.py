@@ -9,6 +9,9 @@ Public pieces, each small and usable alone:
   (`classification_report`, `perplexity`, ...) live in metrics.py and are re-exported here.
 - `check_output`, `checkpoint_dir`, `atomic_output`, `write_report`: a run that dies never leaves an output
   folder that looks finished; checkpoints live beside it (`OUTPUT.checkpoints`) until the final rename.
+- `TrainSettings.report_to`/`run_name` (`--report-to`, `--run-name`): the Trainer's own tracker integrations;
+  `trainer_class()` points them at the run's log folder (tracking.py) and `atomic_output` moves it into
+  `OUTPUT/runs`.
 
 torch, transformers and datasets are imported inside functions so that importing this module stays cheap.
 """
@@ -27,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from llmkit import tracking
 from llmkit.config import check_config_keys, load_config, settings_from  # noqa: F401  (re-exported)
 from llmkit.data import TABLE_SUFFIXES, column_error, decoding_note, open_rows  # noqa: F401  (column_error: re-exported)
 from llmkit.data import require_columns as data_require_columns
@@ -95,9 +99,17 @@ class TrainSettings:
     early_stopping_patience: int | None = None
     group_by_length: bool = True  # sort-ish batches by length: less padding, same data each epoch
     logging_steps: int | None = None  # None: about 20 log points per run
+    # Trackers the Trainer's integrations report to (tracking.py); () = none. A "a,b" string or a list is
+    # accepted (--report-to, a TOML file) and kept as a tuple.
+    report_to: tuple[str, ...] = ()
+    run_name: str | None = None  # None: the output folder's name
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "report_to", tracking.parse_report_to(self.report_to))
 
     def validate(self) -> TrainSettings:
-        """Raise UsageError for impossible values; return self."""
+        """Raise UsageError for impossible values (MissingDependencyError for a tracker not installed);
+        return self."""
         checks = [
             (self.epochs > 0 or self.max_steps > 0, "--epochs must be > 0 (or give --max-steps)"),
             (self.learning_rate > 0, "--learning-rate must be > 0"),
@@ -119,6 +131,9 @@ class TrainSettings:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        tracking.check_installed(self.report_to)
+        if self.run_name is not None and not self.run_name.strip():
+            raise UsageError("--run-name must not be empty")
         return self
 
 
@@ -587,7 +602,9 @@ def build_training_args(
         greater_is_better=greater_is_better if early else None,
         logging_strategy="steps",
         logging_steps=logging_steps,
-        report_to=[],
+        report_to=list(settings.report_to),  # the Trainer's own integrations; tracking.py says where they write
+        run_name=settings.run_name or run_name_for(output_dir),
+        project=tracking.PROJECT,
         disable_tqdm=True,  # llmkit's own progress bar goes to stderr
         log_level="error",
         use_cpu=device == "cpu",
@@ -604,6 +621,11 @@ def build_training_args(
         return TrainingArguments(**kwargs)
     except ValueError as exc:
         raise UsageError(f"training settings rejected: {str(exc).strip().splitlines()[0]}") from None
+
+
+def run_name_for(checkpoints: Path | str) -> str:
+    """The default run name: the output folder's name (`checkpoints` is `checkpoint_dir(output)`)."""
+    return Path(checkpoints).name.removesuffix(CHECKPOINTS_SUFFIX) or "run"
 
 
 def make_compute_metrics(
@@ -659,6 +681,44 @@ def trainer_class() -> Any:
         from transformers import Trainer
 
         class LlmkitTrainer(Trainer):
+            def __init__(self, *args: Any, log_folder: Path | None = None, **kwargs: Any) -> None:
+                """`log_folder`: where the trackers write (default: `runs` in the checkpoint folder)."""
+                # The trackers' callbacks read where to write from the environment, some when the Trainer
+                # builds them (TensorBoard, trackio), some when training begins (MLflow, wandb): set it
+                # from here to the end of train() (tracking.py).
+                self._tracking_env: dict[str, str | None] = {}
+                training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+                self.log_folder: Path | None = None
+                if training_args is not None:
+                    folder = log_folder or tracking.log_folder(training_args.output_dir)
+                    self.log_folder = folder
+                    if training_args.report_to:
+                        env = tracking.environment(training_args.report_to, folder, training_args.run_name)
+                        note = tracking.trackio_store_note(env) if "trackio" in training_args.report_to else None
+                        if note:
+                            from llmkit.console import warn
+
+                            warn(note)
+                        self._tracking_env = tracking.apply_environment(env)
+                try:
+                    super().__init__(*args, **kwargs)
+                except BaseException:
+                    tracking.restore_environment(self._tracking_env)
+                    raise
+                tracking.quiet_stdout(self)  # trackers' banners go to stderr: stdout is llmkit's data
+
+            def train(self, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    return super().train(*args, **kwargs)
+                except BaseException:
+                    if self.is_world_process_zero() and self.log_folder is not None:
+                        discard_logs_without_checkpoint(self.log_folder.parent)
+                    raise
+                finally:
+                    tracking.detach(self)  # the final evaluation is not part of the tracked run
+                    tracking.restore_environment(self._tracking_env)
+                    self._tracking_env = {}
+
             def evaluate(self, *args: Any, **kwargs: Any) -> Any:
                 py_state, np_state = random.getstate(), np.random.get_state()
                 devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
@@ -783,16 +843,20 @@ class ProgressCallback:
         emit: Callable[[dict[str, Any]], None] | None = None,
         description: str = "training",
         perplexity_metric: bool = False,
+        show: bool = True,
     ) -> Any:
         """Args:
         json_log: write each log/eval record as a JSON line (via `emit`, default stdout).
         emit: where JSON records go (default: `output.write_json`).
         description: the bar's label.
         perplexity_metric: add `eval_perplexity` = exp(eval_loss) to evaluation metrics (language models).
+        show: draw the bar and evaluation lines; False keeps only the history (`history`, `evaluations`).
         """
         base = _trainer_callback_base()
         cls = type("LlmkitProgressCallback", (_ProgressMixin, base), {})
-        return cls(json_log=json_log, emit=emit, description=description, perplexity_metric=perplexity_metric)
+        return cls(
+            json_log=json_log, emit=emit, description=description, perplexity_metric=perplexity_metric, show=show
+        )
 
 
 class _ProgressMixin:
@@ -803,7 +867,9 @@ class _ProgressMixin:
         emit: Callable[[dict[str, Any]], None] | None,
         description: str,
         perplexity_metric: bool,
+        show: bool = True,
     ) -> None:
+        self.show = show
         self.json_log = json_log
         self._emit = emit
         self.description = description
@@ -827,7 +893,7 @@ class _ProgressMixin:
             write_json(record)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not state.is_world_process_zero:
+        if not state.is_world_process_zero or not self.show:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -969,6 +1035,8 @@ def resume_hint(output: Path | str) -> str | None:
 def check_output(output: Path | str, *, overwrite: bool = False, resume: bool = False) -> None:
     """Fail early, before any training, when the output folder or stale checkpoints are in the way.
 
+    A fresh run (not `resume`) also removes the tracker logs a killed run left with no checkpoint to resume.
+
     Raises:
         UsageError: `output` exists (without overwrite), or an earlier run's checkpoints exist without resume.
     """
@@ -982,6 +1050,24 @@ def check_output(output: Path | str, *, overwrite: bool = False, resume: bool = 
             f"{checkpoint_dir(output)} holds checkpoints of an interrupted run; add --resume to continue it, "
             "or delete that folder to start again"
         )
+    if not resume:
+        from llmkit.distributed import detect
+
+        if detect().is_main:  # one process clears them, before any has started to log (the others never log)
+            discard_logs_without_checkpoint(checkpoint_dir(output))
+
+
+def discard_logs_without_checkpoint(checkpoints: Path) -> None:
+    """Remove `checkpoints/runs` (tracker logs) when no checkpoint there could continue them, and the
+    checkpoints folder itself when that leaves it empty: a failed run leaves nothing stray behind."""
+    output = checkpoints.parent / checkpoints.name.removesuffix(CHECKPOINTS_SUFFIX)
+    if last_checkpoint(output) is not None:
+        return  # --resume continues these logs
+    shutil.rmtree(tracking.log_folder(checkpoints), ignore_errors=True)
+    try:
+        checkpoints.rmdir()  # only when empty
+    except OSError:
+        pass
 
 
 @contextmanager
@@ -991,7 +1077,8 @@ def atomic_output(
     """Yield a staging folder; on success rename it to `output`, on any failure delete it.
 
     So `output` either does not exist or is complete: a crash, kill or Ctrl-C never leaves it half-written.
-    With `overwrite`, an existing `output` is replaced only once the new one is complete. `staging` (same
+    The run's tracker logs (`OUTPUT.checkpoints/runs`, see tracking.py) move in as `OUTPUT/runs`. With
+    `overwrite`, an existing `output` is replaced only once the new one is complete. `staging` (same
     file system as `output`) is for distributed runs where every process must write to one known folder;
     by default it is a fresh hidden folder beside `output`.
     """
@@ -1016,6 +1103,9 @@ def atomic_output(
                 staging = given
                 staging.mkdir(parents=True, exist_ok=True)
         yield staging
+        logs = tracking.log_folder(checkpoint_dir(output))
+        if logs.is_dir():  # the trackers' logs of the run (--report-to) become OUTPUT/runs
+            tracking.relocate(logs, staging / tracking.LOG_FOLDER, output / tracking.LOG_FOLDER)
         # Two renames when replacing: a SIGTERM between them would leave no output at all, so it waits.
         with signals.deferred():
             if output.exists():

@@ -42,6 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "llmkit.cli.distill",
         "Distill a teacher into a smaller, faster student, and report both side by side.",
     ),
+    "plot": (
+        "llmkit.cli.plot",
+        "Draw training curves from finetune/distill outputs (report.json) into a PNG, several runs overlaid.",
+    ),
     "quantize": (
         "llmkit.cli.quantize",
         "Quantize a model (smaller, often faster) and report what it cost: size, load time, speed and quality.",
