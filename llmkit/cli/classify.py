@@ -15,6 +15,7 @@ from llmkit.cli.options import (
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
+    EncoderEngineOpt,
     FormatOpt,
     InputFormatOpt,
     InputOpt,
@@ -125,6 +126,7 @@ def classify(
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    engine: EncoderEngineOpt = "auto",
     revision: RevisionOpt = None,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -215,6 +217,7 @@ def classify(
             shots=shots,
             example_selection=example_selection,
             seed=seed,
+            engine=engine,
         )
 
     # With several processes (accelerate launch, torchrun) each runs its share; the main one gets all, in order.
