@@ -1,6 +1,7 @@
 """Remove what `llmkit models` lists: `llmkit models --remove NAME` and `--clean` (as `hf cache delete`, `ollama rm`).
 
-Converted GGUF caches (safetensors copies under $LLMKIT_HOME/converted/) are llmkit's own and go without asking;
+Converted GGUF caches (safetensors copies under $LLMKIT_HOME/converted/) and ONNX exports ($LLMKIT_HOME/onnx/,
+see engines/onnx.py) are llmkit's own and go without asking;
 Hugging Face cache entries go through huggingface_hub's own deletion (every revision of that repository);
 built-in models are pip packages, so the answer for them is the pip command. `clean()` also removes the
 temporaries of runs that were killed mid-write (see tempnames.py), wherever their output was going.
@@ -23,7 +24,7 @@ class Freed:
     """One thing removed from disk, and the bytes that freed."""
 
     name: str
-    kind: str  # "converted", "hub-cache" or "stale-temporary"
+    kind: str  # "converted", "onnx-export", "hub-cache" or "stale-temporary"
     path: str
     size_bytes: int
 
@@ -68,6 +69,13 @@ def remove(name: str) -> list[Freed]:
         size = _tree_size(path)
         shutil.rmtree(path)
         return [Freed(name, "converted", str(path), size)]
+    if row["kind"] == "onnx-export":
+        from llmkit.engines import onnx
+
+        gone = onnx.remove_export(name)
+        if gone is None:
+            raise NotFoundError(f"the ONNX export {name} is no longer there")
+        return [Freed(name, "onnx-export", gone[0], gone[1])]
     from huggingface_hub import constants, scan_cache_dir
 
     cache = scan_cache_dir(constants.HF_HUB_CACHE)  # read now: the function's own default is frozen at import
@@ -81,7 +89,8 @@ def remove(name: str) -> list[Freed]:
 
 
 def clean() -> list[Freed]:
-    """Delete every converted GGUF cache and every temporary left by a killed llmkit run.
+    """Delete every converted GGUF cache, every ONNX export (and remembered export failure) and every temporary
+    left by a killed llmkit run.
 
     The Hugging Face cache is left alone (it is shared with other tools; `--remove NAME` takes one entry).
 
@@ -103,4 +112,10 @@ def clean() -> list[Freed]:
             size = _tree_size(folder)
             shutil.rmtree(folder)
             freed.append(Freed(folder.name, "converted", str(folder), size))
+    from llmkit.engines import onnx
+
+    freed += [
+        Freed(Path(r.path).name, "stale-temporary", r.path, r.size_bytes) for r in tempnames.remove_stale(onnx.cache_root())
+    ]
+    freed += [Freed(Path(path).name, "onnx-export", path, size) for path, size in onnx.clean_exports()]
     return freed

@@ -510,6 +510,10 @@ def load(
         if not allow_pickle and "safetensors" in str(exc).lower():
             raise UsageError(f"{spec} has no safetensors weights; pass --allow-pickle if you trust it") from exc
         raise ModelNotFoundError(f"{spec}: weights could not be loaded ({str(exc).splitlines()[0]})") from exc
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":  # a damaged .safetensors file (cut short, bad header)
+            raise
+        raise ModelNotFoundError(f"{spec}: its safetensors weights could not be read ({str(exc).splitlines()[0]})") from exc
 
     model.to(device)
     model.eval()
@@ -640,7 +644,8 @@ LARGER_MODEL_HINT = (
 
 
 def list_models() -> list[dict[str, Any]]:
-    """Built-in aliases (installed or not), llmkit's converted cache and the HF cache, as plain records."""
+    """Built-in aliases (installed or not), llmkit's converted cache and ONNX exports, and the HF cache, as plain
+    records."""
     rows: list[dict[str, Any]] = []
     for model in BUNDLED.values():
         location = bundled_location(model)
@@ -661,6 +666,9 @@ def list_models() -> list[dict[str, Any]]:
                 {"name": folder.name, "kind": "converted", "installed": True, "size_bytes": _tree_size(folder),
                  "path": str(folder), "description": "safetensors cache of a GGUF file"}
             )
+    from llmkit.engines import onnx
+
+    rows += onnx.list_exports()
     for row in cached_hub_models():
         rows.append(dict(row, installed=True, description="Hugging Face cache"))
     return rows
