@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llmkit import tempnames
 from llmkit.errors import NotFoundError, UsageError
@@ -42,6 +43,17 @@ def _tree_size(path: Path) -> int:
     return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+def listed() -> list[dict[str, Any]]:
+    """What `llmkit models` lists: loading.list_models() (built-in aliases, converted GGUF caches, the Hugging Face
+    cache) and the ONNX exports (engines/onnx_cache.py)."""
+    from llmkit.engines import onnx_cache
+    from llmkit.loading import list_models
+
+    rows = list_models()
+    hub = next((i for i, row in enumerate(rows) if row["kind"] == "hub-cache"), len(rows))
+    return rows[:hub] + onnx_cache.list_exports() + rows[hub:]
+
+
 def remove(name: str) -> list[Freed]:
     """Delete one model that `llmkit models` lists.
 
@@ -55,9 +67,9 @@ def remove(name: str) -> list[Freed]:
         UsageError: a built-in model (a pip package: the message names the pip command).
         NotFoundError: no listed model has that name (exit 3).
     """
-    from llmkit.loading import BUNDLED, list_models
+    from llmkit.loading import BUNDLED
 
-    rows = [row for row in list_models() if row["name"] == name]
+    rows = [row for row in listed() if row["name"] == name]
     if not rows:
         raise NotFoundError(f"no model named {name!r} in `llmkit models`; run it to see the names")
     row = rows[0]
@@ -70,9 +82,9 @@ def remove(name: str) -> list[Freed]:
         shutil.rmtree(path)
         return [Freed(name, "converted", str(path), size)]
     if row["kind"] == "onnx-export":
-        from llmkit.engines import onnx
+        from llmkit.engines import onnx_cache
 
-        gone = onnx.remove_export(name)
+        gone = onnx_cache.remove_export(name)
         if gone is None:
             raise NotFoundError(f"the ONNX export {name} is no longer there")
         return [Freed(name, "onnx-export", gone[0], gone[1])]
@@ -112,10 +124,9 @@ def clean() -> list[Freed]:
             size = _tree_size(folder)
             shutil.rmtree(folder)
             freed.append(Freed(folder.name, "converted", str(folder), size))
-    from llmkit.engines import onnx
+    from llmkit.engines import onnx_cache
 
-    freed += [
-        Freed(Path(r.path).name, "stale-temporary", r.path, r.size_bytes) for r in tempnames.remove_stale(onnx.cache_root())
-    ]
-    freed += [Freed(Path(path).name, "onnx-export", path, size) for path, size in onnx.clean_exports()]
+    exports = onnx_cache.cache_root()
+    freed += [Freed(Path(r.path).name, "stale-temporary", r.path, r.size_bytes) for r in tempnames.remove_stale(exports)]
+    freed += [Freed(Path(path).name, "onnx-export", path, size) for path, size in onnx_cache.clean_exports()]
     return freed

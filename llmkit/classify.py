@@ -684,12 +684,12 @@ def output_labels(
     if model is None:
         return [], False
 
-    from llmkit.engines import onnx
+    from llmkit.engines import onnx, onnx_cache
 
     # A local folder's config.json read as transformers reads the labels (no transformers import: the ONNX
     # engine's runs stay torch-free); anything else (hub ids, remote code) through transformers.
     folder = onnx.model_folder(model, revision)
-    plain = onnx.read_json(folder / "config.json") if folder is not None else None
+    plain = onnx_cache.read_json(folder / "config.json") if folder is not None else None
     if plain is not None and not plain.get("auto_map"):
         config: Any = onnx.config_namespace(plain)
     else:

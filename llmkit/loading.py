@@ -644,8 +644,7 @@ LARGER_MODEL_HINT = (
 
 
 def list_models() -> list[dict[str, Any]]:
-    """Built-in aliases (installed or not), llmkit's converted cache and ONNX exports, and the HF cache, as plain
-    records."""
+    """Built-in aliases (installed or not), llmkit's converted cache and the HF cache, as plain records."""
     rows: list[dict[str, Any]] = []
     for model in BUNDLED.values():
         location = bundled_location(model)
@@ -666,9 +665,6 @@ def list_models() -> list[dict[str, Any]]:
                 {"name": folder.name, "kind": "converted", "installed": True, "size_bytes": _tree_size(folder),
                  "path": str(folder), "description": "safetensors cache of a GGUF file"}
             )
-    from llmkit.engines import onnx
-
-    rows += onnx.list_exports()
     for row in cached_hub_models():
         rows.append(dict(row, installed=True, description="Hugging Face cache"))
     return rows

@@ -21,7 +21,7 @@ from helpers import invoke, json_lines
 
 from llmkit import classify as cl
 from llmkit import fill_mask as fm
-from llmkit.engines import Choice, choose, onnx
+from llmkit.engines import Choice, choose, onnx, onnx_cache
 from llmkit.errors import UsageError
 
 # Odd inputs on purpose: accents, CJK, an emoji, a URL, special-token text, a long word and a very long input.
@@ -159,7 +159,7 @@ def test_the_export_fuses_and_keeps_gelu_exact(tiny_classifier: Path) -> None:
     assert manifest["fusions"].get("Attention") == tiny.LAYERS  # eager attention: fused
     assert manifest["fusions"].get("BiasGelu") == tiny.LAYERS and "FastGelu" not in manifest["fusions"]
     assert manifest["max_abs_difference"] < 1e-5
-    assert manifest["versions"]["onnxruntime"] == onnx.versions()["onnxruntime"]
+    assert manifest["versions"]["onnxruntime"] == onnx_cache.versions()["onnxruntime"]
 
 
 def test_a_tanh_gelu_fusion_is_refused_for_an_exact_gelu_model(tmp_path: Path) -> None:
@@ -201,23 +201,23 @@ def test_an_export_is_cached_reused_and_rebuilt_when_damaged(tmp_path: Path) -> 
     first = invoke(["classify", "-m", str(folder), "--json", "i loved it"])
     assert first.exit_code == 0, first.stderr
     assert first.stderr.count("Exported ") == 1 and "to ONNX in" in first.stderr
-    target = onnx.export_dir(folder, "sequence-classification")
-    manifest = json.loads((target / onnx.MANIFEST).read_text())
-    assert manifest["files"][onnx.GRAPH]["checksum"] == onnx.checksum(target / onnx.GRAPH)
+    target = onnx_cache.export_dir(folder, "sequence-classification")
+    manifest = json.loads((target / onnx_cache.MANIFEST).read_text())
+    assert manifest["files"][onnx_cache.GRAPH]["checksum"] == onnx_cache.checksum(target / onnx_cache.GRAPH)
     second = invoke(["classify", "-m", str(folder), "--json", "i loved it"])
     assert second.exit_code == 0 and "Exported" not in second.stderr and second.stderr == ""
     assert json_lines(second.stdout) == json_lines(first.stdout)
-    graph = bytearray((target / onnx.GRAPH).read_bytes())
+    graph = bytearray((target / onnx_cache.GRAPH).read_bytes())
     graph[len(graph) // 2] ^= 0xFF  # one flipped byte somewhere in the weights: same size, another checksum
-    (target / onnx.GRAPH).write_bytes(bytes(graph))
+    (target / onnx_cache.GRAPH).write_bytes(bytes(graph))
     third = invoke(["classify", "-m", str(folder), "--json", "i loved it"])
     assert third.exit_code == 0, third.stderr
     assert "is damaged (model.onnx fails its checksum); exporting it again" in third.stderr
     assert third.stderr.count("Exported ") == 1
     assert json_lines(third.stdout) == json_lines(first.stdout)
-    assert onnx.damage(onnx.Export(target, json.loads((target / onnx.MANIFEST).read_text()))) is None
+    assert onnx_cache.damage(onnx_cache.Export(target, json.loads((target / onnx_cache.MANIFEST).read_text()))) is None
     (folder / "config.json").touch()  # a changed model file: a new key, a new export
-    assert onnx.export_dir(folder, "sequence-classification") != target
+    assert onnx_cache.export_dir(folder, "sequence-classification") != target
 
 
 def test_runs_from_the_cache_import_neither_torch_nor_transformers(
@@ -261,7 +261,7 @@ def test_a_failed_export_runs_transformers_with_one_line_and_is_remembered(
     record = json_lines(result.stdout)[0]
     assert record["engine"] == "transformers"
     assert record["engine_reason"].startswith("auto: the ONNX export failed (torch's ONNX exporter refused")
-    assert onnx.refusal(folder, "sequence-classification") is not None
+    assert onnx_cache.refusal(folder, "sequence-classification") is not None
     monkeypatch.undo()  # the exporter works again, but the failure is remembered: no second try
     again = invoke(["classify", "-m", str(folder), "--json", "i loved it"])
     assert again.exit_code == 0 and "failed before" in again.stderr and "Exported" not in again.stderr
@@ -359,13 +359,13 @@ def test_models_lists_and_removes_exports(tiny_classifier: Path, tiny_mlm: Path)
     assert listed.exit_code == 0
     exports = [r for r in json_lines(listed.stdout) if r["kind"] == "onnx-export"]
     names = {r["name"] for r in exports}
-    cls_name = onnx.export_dir(tiny_classifier, "sequence-classification").name
-    assert cls_name in names and onnx.export_dir(tiny_mlm, "masked-lm").name in names
+    cls_name = onnx_cache.export_dir(tiny_classifier, "sequence-classification").name
+    assert cls_name in names and onnx_cache.export_dir(tiny_mlm, "masked-lm").name in names
     assert all(r["size_bytes"] > 0 and str(r["description"]).startswith("ONNX export of ") for r in exports)
     removed = invoke(["models", "--remove", cls_name, "--json"])
     assert removed.exit_code == 0
     assert [(r["name"], r["kind"]) for r in json_lines(removed.stdout)] == [(cls_name, "onnx-export")]
-    assert not onnx.export_dir(tiny_classifier, "sequence-classification").exists()
+    assert not onnx_cache.export_dir(tiny_classifier, "sequence-classification").exists()
     missing = invoke(["models", "--remove", cls_name])
     assert missing.exit_code == 3
 
@@ -378,7 +378,7 @@ def test_damaged_weights_are_one_error_line(tiny_classifier: Path, tmp_path: Pat
     assert result.exit_code == 3
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
-    assert onnx.refusal(broken, "sequence-classification") is None  # the model's fault, not the exporter's
+    assert onnx_cache.refusal(broken, "sequence-classification") is None  # the model's fault, not the exporter's
 
 
 @pytest.mark.bundled

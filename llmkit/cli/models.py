@@ -71,10 +71,11 @@ def models(
         for item in freed:
             emitter.emit(asdict(item))
         return
+    from llmkit.caches import listed
     from llmkit.console import info
-    from llmkit.loading import LARGER_MODEL_HINT, list_models
+    from llmkit.loading import LARGER_MODEL_HINT
 
-    rows = list_models()
+    rows = listed()
     if fmt == "rich":
         output.stdout_console().print(output.models_table(rows))
         output.stdout_console().print(LARGER_MODEL_HINT, markup=False, highlight=False)

@@ -50,12 +50,12 @@ def choose_encoder(
             on an ONNX-only folder.
     """
     from llmkit import loading
-    from llmkit.engines import onnx
+    from llmkit.engines import onnx, onnx_cache
 
     if requested not in ENCODER_ENGINES:
         raise UsageError(f"unknown --engine {requested!r}; use one of {', '.join(ENCODER_ENGINES)}")
     folder = onnx.model_folder(spec, revision) if adapter is None else None
-    if folder is not None and onnx.onnx_folder(folder) is not None:  # quantize --method onnx-int8 output
+    if folder is not None and onnx_cache.onnx_folder(folder) is not None:  # quantize --method onnx-int8 output
         if requested == "transformers":
             raise UsageError(f"{spec} holds an ONNX graph only (quantize --method onnx-int8); run it with "
                              "--engine auto or onnx")
@@ -69,7 +69,7 @@ def choose_encoder(
         if requested == "onnx":
             raise UsageError(f"--engine onnx cannot run {spec}: {why}; use --engine auto or transformers")
         return Choice("transformers", f"auto: {why}; transformers runs it")
-    config = onnx.read_json(folder / "config.json") if folder is not None else None
+    config = onnx_cache.read_json(folder / "config.json") if folder is not None else None
     found = onnx.head_of_config(config) if config is not None else None
     why = onnx.unsupported(folder, head, config=config, adapter=adapter, dtype=dtype,
                            trust_remote_code=trust_remote_code)
@@ -81,7 +81,7 @@ def choose_encoder(
     elif why is None and found != head and head != "base":  # any encoder gives hidden states
         why = f"it is a {found or 'model of another kind'}, not a {head} model"
     if why is None and folder is not None and head is not None:
-        previous = onnx.refusal(folder, head)
+        previous = onnx_cache.refusal(folder, head)
         if previous is not None:
             why = fallback = f"its ONNX export failed before ({previous}; `llmkit models --clean` lets it try again)"
     if why is None:

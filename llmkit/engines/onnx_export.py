@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from llmkit import tempnames
-from llmkit.engines import onnx
+from llmkit.engines import onnx_cache as cache
 from llmkit.errors import LlmkitError
+from llmkit.tokens import EncoderTokenizer
 
 OPSET = 17
 TOLERANCE = 1e-4  # largest |ORT - torch| allowed, relative to the largest |torch| output (at least 1)
@@ -52,9 +53,9 @@ PROBE_TEXTS = (
 PROBE_PAIR = "This example is about sports."
 
 
-def _refuse(target: Path, reason: str) -> onnx.ExportError:
-    onnx.remember_refusal(target, reason)
-    return onnx.ExportError(reason)
+def _refuse(target: Path, reason: str) -> cache.ExportError:
+    cache.remember_refusal(target, reason)
+    return cache.ExportError(reason)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -107,7 +108,7 @@ def check_tokenizer(tok: Any) -> str | None:
     return None
 
 
-def compare_tokenizers(theirs: Any, mine: onnx.EncoderTokenizer) -> str | None:
+def compare_tokenizers(theirs: Any, mine: EncoderTokenizer) -> str | None:
     """Where the saved tokenizer gives other ids (or text) than transformers' on the probe texts, or None."""
     texts = list(PROBE_TEXTS)
     pairs = [PROBE_PAIR] * len(texts)
@@ -148,7 +149,7 @@ def _dims(config: Any) -> tuple[int, int]:
     return int(heads), int(hidden)
 
 
-def _probe_batches(tok: onnx.EncoderTokenizer, names: list[str]) -> list[dict[str, Any]]:
+def _probe_batches(tok: EncoderTokenizer, names: list[str]) -> list[dict[str, Any]]:
     """Three padded batches unlike each other: mixed lengths with padding, a pair batch without padding, one row."""
     from llmkit.tokens import pad_batch
 
@@ -166,7 +167,7 @@ def _probe_batches(tok: onnx.EncoderTokenizer, names: list[str]) -> list[dict[st
 
 
 def export(spec: str, folder: Path, head: str, target: Path, *, revision: str | None = None,
-           allow_pickle: bool = False, trust_remote_code: bool = False) -> onnx.Export:
+           allow_pickle: bool = False, trust_remote_code: bool = False) -> cache.Export:
     """Export `spec` (in `folder`) for `head` into `target`, checked against transformers; say so on stderr.
 
     Returns:
@@ -197,10 +198,10 @@ def export(spec: str, folder: Path, head: str, target: Path, *, revision: str | 
     journal = loading.llmkit_home() / tempnames.JOURNAL
     tmp = tempnames.temp_dir(target, journal=journal)
     try:
-        tok_path = tmp / onnx.TOKENIZER
+        tok_path = tmp / cache.TOKENIZER
         tok_path.write_text(lm.tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
         settings = tokenizer_settings(lm.tokenizer)
-        mine = onnx.EncoderTokenizer(tok_path, settings)
+        mine = EncoderTokenizer(tok_path, settings)
         from transformers.utils import logging as hf_logging
 
         level = hf_logging.get_verbosity()
@@ -213,28 +214,28 @@ def export(spec: str, folder: Path, head: str, target: Path, *, revision: str | 
             raise _refuse(target, why)
         manifest = _export_graph(lm, head, tmp, mine, target)
         manifest.update(
-            format=onnx.FORMAT_VERSION, spec=spec, source=str(folder), head=head, output=onnx.OUTPUTS[head],
-            tokenizer=settings, versions=onnx.versions(), quantization=None,
+            format=cache.FORMAT_VERSION, spec=spec, source=str(folder), head=head, output=cache.OUTPUTS[head],
+            tokenizer=settings, versions=cache.versions(), quantization=None,
             config=json.loads(lm.model.config.to_json_string(use_diff=False)),
-            files={name: onnx.file_entry(tmp / name) for name in (onnx.GRAPH, onnx.TOKENIZER)},
+            files={name: cache.file_entry(tmp / name) for name in (cache.GRAPH, cache.TOKENIZER)},
         )
         manifest["export_seconds"] = round(time.perf_counter() - started, 1)
-        (tmp / onnx.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        (tmp / cache.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(tmp, target)
         except OSError:
-            if onnx.read_json(target / onnx.MANIFEST) is None:  # not a lost race with another process: a failure
+            if cache.read_json(target / cache.MANIFEST) is None:  # not a lost race with another process: a failure
                 raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         tempnames.forget(tmp, journal)
     info(f"Exported {spec} to ONNX in {manifest['export_seconds']:.1f} s (once: later runs load {target})")
-    return onnx.Export(target, onnx.read_json(target / onnx.MANIFEST) or manifest)
+    return cache.Export(target, cache.read_json(target / cache.MANIFEST) or manifest)
 
 
-def _export_graph(lm: Any, head: str, tmp: Path, tok: onnx.EncoderTokenizer, target: Path) -> dict[str, Any]:
+def _export_graph(lm: Any, head: str, tmp: Path, tok: EncoderTokenizer, target: Path) -> dict[str, Any]:
     """Trace, optimize and check the graph into tmp/model.onnx; returns the manifest's export fields."""
     import inspect
 
@@ -242,7 +243,7 @@ def _export_graph(lm: Any, head: str, tmp: Path, tok: onnx.EncoderTokenizer, tar
     import torch
 
     model = lm.model
-    output = onnx.OUTPUTS[head]
+    output = cache.OUTPUTS[head]
     accepted = inspect.signature(model.forward).parameters
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids")
              if n in accepted and (n != "token_type_ids" or n in tok.model_input_names)]
@@ -276,9 +277,9 @@ def _export_graph(lm: Any, head: str, tmp: Path, tok: onnx.EncoderTokenizer, tar
     with torch.inference_mode():
         for probe in probes:
             wants.append(traced(*(torch.from_numpy(probe[n]) for n in names)).float().numpy())
-    fusions, optimizer_note = _optimize(raw, tmp / onnx.GRAPH, model.config)
+    fusions, optimizer_note = _optimize(raw, tmp / cache.GRAPH, model.config)
     raw.unlink(missing_ok=True)
-    worst = _max_difference(tmp / onnx.GRAPH, probes, wants)
+    worst = _max_difference(tmp / cache.GRAPH, probes, wants)
     scale = max(1.0, max(float(np.abs(w).max()) for w in wants))
     if not worst <= TOLERANCE * scale:
         raise _refuse(target, f"its ONNX graph differs from transformers by {worst:.2g} (more than {TOLERANCE:g} of "
@@ -333,25 +334,28 @@ def _max_difference(graph: Path, probes: list[dict[str, Any]], wants: list[Any])
 # --- int8 ------------------------------------------------------------------------------------------------------
 
 
-def quantize_int8(export: onnx.Export, out: Path, *, per_channel: bool = True) -> dict[str, Any]:
+def quantize_int8(export: cache.Export, out: Path, *, per_channel: bool = True) -> dict[str, Any]:
     """ONNX Runtime dynamic quantization of an export into folder `out` (int8 weights, per output channel;
     activations quantized on the fly): graph, tokenizer and manifest, loadable by `onnx.load` like any model.
 
     Returns:
         The settings recorded in the manifest's "quantization".
     """
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quiet_onnx_logs()
     out.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_dynamic(str(export.graph), str(out / onnx.GRAPH), per_channel=per_channel,
-                         weight_type=QuantType.QInt8)
-    shutil.copyfile(export.folder / onnx.TOKENIZER, out / onnx.TOKENIZER)
+        # The fused operators (Attention, SkipLayerNormalization, ...) are ONNX Runtime's own, which onnx's shape
+        # inference does not type: their outputs are float32.
+        quantize_dynamic(str(export.graph), str(out / cache.GRAPH), per_channel=per_channel,
+                         weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": TensorProto.FLOAT})
+    shutil.copyfile(export.folder / cache.TOKENIZER, out / cache.TOKENIZER)
     settings = {"method": "onnx-int8", "tool": "onnxruntime.quantization.quantize_dynamic",
                 "weight_type": "int8", "per_channel": per_channel, "activations": "uint8, quantized per run"}
     manifest = dict(export.manifest, quantization=settings,
-                    files={name: onnx.file_entry(out / name) for name in (onnx.GRAPH, onnx.TOKENIZER)})
-    (out / onnx.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+                    files={name: cache.file_entry(out / name) for name in (cache.GRAPH, cache.TOKENIZER)})
+    (out / cache.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return settings
