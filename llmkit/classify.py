@@ -671,26 +671,29 @@ def output_labels(
         (label names in the model's order, multi-label).
     """
     from llmkit import loading
+    from llmkit.engines import onnx, onnx_cache
 
+    # A local folder's config.json, read as transformers reads labels and heads (no transformers import: the ONNX
+    # engine's runs stay torch-free); anything else (hub ids, remote code) through transformers.
+    folder = onnx.model_folder(model, revision) if model is not None else None
+    plain = onnx_cache.read_json(folder / "config.json") if folder is not None else None
+    light = plain is not None and not plain.get("auto_map") and onnx.head_of_config(plain) is not None
     if labels is not None:
         if len(labels) == 1 and model is not None and not multi_label:
             # An NLI model scores a single label on its own (entailment vs contradiction), as _NliRunner does;
             # a causal LM cannot, so only its head decides.
+            if light:
+                assert plain is not None
+                return list(labels), onnx.head_of_config(plain) != "causal-lm"
             from llmkit.tasks import CAUSAL_LM, head_of
 
-            config = loading.read_config(model, revision=revision, trust_remote_code=trust_remote_code)
-            return list(labels), head_of(config) != CAUSAL_LM
+            return list(labels), head_of(loading.read_config(model, revision=revision,
+                                                             trust_remote_code=trust_remote_code)) != CAUSAL_LM
         return list(labels), bool(multi_label)
     if model is None:
         return [], False
-
-    from llmkit.engines import onnx, onnx_cache
-
-    # A local folder's config.json read as transformers reads the labels (no transformers import: the ONNX
-    # engine's runs stay torch-free); anything else (hub ids, remote code) through transformers.
-    folder = onnx.model_folder(model, revision)
-    plain = onnx_cache.read_json(folder / "config.json") if folder is not None else None
-    if plain is not None and not plain.get("auto_map"):
+    if light:
+        assert plain is not None
         config: Any = onnx.config_namespace(plain)
     else:
         config = loading.read_config(model, revision=revision, trust_remote_code=trust_remote_code)

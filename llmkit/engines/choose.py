@@ -65,15 +65,15 @@ def choose_encoder(
     if requested == "transformers":
         return Choice("transformers", "asked for with --engine transformers")
     if folder is None and adapter is None:
-        why = onnx.not_local(spec)
+        elsewhere = onnx.not_local(spec)
         if requested == "onnx":
-            raise UsageError(f"--engine onnx cannot run {spec}: {why}; use --engine auto or transformers")
-        return Choice("transformers", f"auto: {why}; transformers runs it")
+            raise UsageError(f"--engine onnx cannot run {spec}: {elsewhere}; use --engine auto or transformers")
+        return Choice("transformers", f"auto: {elsewhere}; transformers runs it")
     config = onnx_cache.read_json(folder / "config.json") if folder is not None else None
     found = onnx.head_of_config(config) if config is not None else None
     why = onnx.unsupported(folder, head, config=config, adapter=adapter, dtype=dtype,
                            trust_remote_code=trust_remote_code)
-    fallback = None  # set where auto wanted ONNX Runtime and this model or machine kept it from it
+    fallback: str | None = None  # set where auto wanted ONNX Runtime and this model or machine kept it from it
     if config is not None and config.get("auto_map"):
         fallback = why
     elif why is None and found == "causal-lm":

@@ -122,7 +122,8 @@ def compare_tokenizers(theirs: Any, mine: EncoderTokenizer) -> str | None:
         return {k: [list(x) if isinstance(x, (list, tuple)) else x for x in v] if isinstance(v, (list, tuple)) else v
                 for k, v in out.items() if k in ("input_ids", "token_type_ids")}
 
-    checks = [("texts", (texts,), {}), ("pairs", (texts, pairs), {}),
+    checks: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+              ("texts", (texts,), {}), ("pairs", (texts, pairs), {}),
               ("no special tokens", (texts,), {"add_special_tokens": False}),
               ("truncation", (texts[7],), {"truncation": True, "max_length": 24})]
     for strategy in ("only_first", "longest_first"):
@@ -153,7 +154,7 @@ def _probe_batches(tok: EncoderTokenizer, names: list[str]) -> list[dict[str, An
     """Three padded batches unlike each other: mixed lengths with padding, a pair batch without padding, one row."""
     from llmkit.tokens import pad_batch
 
-    def batch(texts: list[str], pairs: list[str] | None = None) -> dict[str, Any]:
+    def batch(texts: list[str], pairs: list[str | None] | None = None) -> dict[str, Any]:
         encoded = tok(texts, pairs, truncation="longest_first", max_length=48)
         features = [dict(zip(encoded, row, strict=True)) for row in zip(*encoded.values(), strict=True)]
         padded = pad_batch(features, tok, arrays="numpy")
@@ -161,7 +162,7 @@ def _probe_batches(tok: EncoderTokenizer, names: list[str]) -> list[dict[str, An
 
     return [
         batch([PROBE_TEXTS[0], PROBE_TEXTS[3], PROBE_TEXTS[7]]),
-        batch([PROBE_TEXTS[7][:120]] * 2, [PROBE_TEXTS[1]] * 2),
+        batch([PROBE_TEXTS[7][:120]] * 2, [PROBE_TEXTS[1], PROBE_TEXTS[1]]),
         batch([PROBE_TEXTS[1]]),
     ]
 
