@@ -33,8 +33,7 @@ def models(
     json_out: JsonOpt = False,
     fmt: FormatOpt = "auto",
 ) -> None:
-    """List the built-in model aliases (installed or not), converted GGUF caches, ONNX exports and Hugging Face
-    cached models.
+    """List the built-in models (installed or not), converted GGUF caches, ONNX exports and Hugging Face models.
 
     With --remove NAME or --clean: delete instead of listing, and say what went and the space it freed.
 
