@@ -31,7 +31,11 @@ from llmkit.tokens import pad_batch
 SEQUENCE_CLASSIFICATION = "sequence-classification"  # the head classify runs (classifiers and NLI models)
 
 DEFAULT_ZERO_SHOT_MODEL = "smollm2-135m-instruct"  # bundled: `classify --labels a,b` works offline
-DEFAULT_BATCH_SIZE = 32  # inputs per forward pass
+DEFAULT_BATCH_SIZE = 32  # inputs per forward pass (transformers)
+# Inputs per ONNX Runtime run: on 3,000 mixed-length VADER snippets (benchmarks/onnx_engine.py, MiniLM-L6, 2 cores)
+# batches of 8 took 22.4 s of CPU and 240 MiB at peak, batches of 32 25.6 s and 350 MiB (less padding per batch,
+# smaller activations); 4 gained nothing more (22.1 s).
+ONNX_BATCH_SIZE = 8
 DEFAULT_TOP_K = 1  # labels per input in the output
 DEFAULT_HYPOTHESIS_TEMPLATE = "This example is {}."  # transformers' zero-shot default
 LENGTH_GROUP_WINDOW = 16  # batches read ahead and sorted by length, so padding stays small
@@ -113,7 +117,7 @@ def classify(
     multi_label: bool | None = None,
     min_score: float | None = None,
     hypothesis_template: str = DEFAULT_HYPOTHESIS_TEMPLATE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     truncate: bool = True,
     device: str = "auto",
     dtype: str = "auto",
@@ -141,7 +145,9 @@ def classify(
         multi_label: independent labels (sigmoid / per-label entailment); None: from the model config.
         min_score: abstain (label "UNKNOWN") when the best score is below this.
         hypothesis_template: NLI zero-shot hypothesis, with {} for the label.
-        batch_size: inputs per forward pass.
+        batch_size: inputs per forward pass (None: ONNX_BATCH_SIZE on ONNX Runtime, else DEFAULT_BATCH_SIZE); inputs
+            are read and sorted by length in windows of LENGTH_GROUP_WINDOW times this (times DEFAULT_BATCH_SIZE
+            when None).
         truncate: cut inputs longer than the model's maximum (else raise DataError).
         loaded: an already loaded `LoadedModel` for `model` (skips loading).
         adapter: a peft adapter folder to run on `model` unmerged (`model` None: the adapter's own base).
@@ -169,7 +175,7 @@ def classify(
 
     if top_k < 1:
         raise UsageError("--top-k must be at least 1")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if min_score is not None and not 0 <= min_score <= 1:
         raise UsageError("--min-score must be in [0, 1]")
@@ -264,10 +270,12 @@ def classify(
         runner = _ClassifierRunner(loaded, truncate, multi_label)
     runner.choice = choice
     keep = None if all_scores else top_k
-    for number, (window, complete) in enumerate(_windows(inputs, batch_size * LENGTH_GROUP_WINDOW)):
+    window_size = (batch_size or DEFAULT_BATCH_SIZE) * LENGTH_GROUP_WINDOW
+    batch = batch_size or (ONNX_BATCH_SIZE if on_onnx else DEFAULT_BATCH_SIZE)
+    for number, (window, complete) in enumerate(_windows(inputs, window_size)):
         if number == 0:
-            runner.begin(window, complete, batch_size)
-        yield from runner.finish(window, runner.run(window, batch_size), keep, min_score)
+            runner.begin(window, complete, batch)
+        yield from runner.finish(window, runner.run(window, batch), keep, min_score)
 
 
 def _windows(inputs: Iterable[str | tuple[str, str | None]], size: int) -> Iterator[tuple[list[tuple[int, str, str | None]], bool]]:

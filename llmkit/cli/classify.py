@@ -203,7 +203,7 @@ def classify(
             multi_label=multi_label,
             min_score=min_score,
             hypothesis_template=hypothesis_template,
-            batch_size=batch_size or _cls.DEFAULT_BATCH_SIZE,
+            batch_size=batch_size,  # None: the engine's own default
             truncate=truncate,
             device=device,
             dtype=dtype,

@@ -39,13 +39,7 @@ NAME = "onnx"  # as --engine spells it
 WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-
-
-
-
-# --- where models and exports are -------------------------------------------------------------------------------
-
-
+# --- where models are, and what they are ------------------------------------------------------------------------
 
 
 def model_folder(spec: str, revision: str | None = None) -> Path | None:
@@ -84,8 +78,6 @@ def not_local(spec: str) -> str:
     }.get(kind, "not a model folder")
 
 
-
-
 def head_of_config(config: dict[str, Any]) -> str | None:
     """The head a config.json names, read by suffix alone (no transformers import): "sequence-classification",
     "masked-lm", "causal-lm", "base", or None when it names something else (transformers then decides)."""
@@ -112,29 +104,6 @@ def config_namespace(config: dict[str, Any]) -> SimpleNamespace:
     fields = dict(config, id2label=id2label, label2id=label2id, num_labels=len(id2label))
     fields.setdefault("problem_type", None)
     return SimpleNamespace(**fields)
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# --- checksums ------------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
 
 
 # --- what the engine cannot run ------------------------------------------------------------------------------
@@ -171,11 +140,6 @@ def unsupported(folder: Path | None, head: str | None, *, config: dict[str, Any]
     if not any((folder / name).is_file() for name in WEIGHT_NAMES):
         return "no weights file in the folder (sharded or unusual layout)"
     return None
-
-
-# --- the tokenizer ---------------------------------------------------------------------------------------------
-
-
 
 
 # --- the model ---------------------------------------------------------------------------------------------------
@@ -307,16 +271,3 @@ def load(
     source = loading.ModelSource(spec, "dir", str(folder))
     return loading.LoadedModel(model, tokenizer, source, device, "float32" if not export.manifest.get("quantization")
                                else "int8", time.perf_counter() - started, notes)
-
-
-# --- `llmkit models`: list and remove exports --------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
