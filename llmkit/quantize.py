@@ -855,16 +855,15 @@ def _quantize_onnx(
     float32 outputs), plus top-1 agreement and KL divergence against float32.
     """
     from llmkit import loading
-    from llmkit.engines import onnx, onnx_cache, onnx_export
+    from llmkit.engines import onnx, onnx_export
 
     if task not in ONNX_TASKS:
         raise UsageError(f"--method onnx-int8 quantizes encoders (classifiers, masked LMs, base encoders), not a "
                          f"{task}; for a causal LM use --method gguf or int8-weight")
-    folder = onnx.model_folder(model, revision)
-    config = onnx_cache.read_json(folder / "config.json") if folder is not None else None
-    why = onnx.unsupported(folder, task, config=config)
+    why = onnx.unsupported(model, head=task, revision=revision)
     if why is not None:
         raise UsageError(f"--method onnx-int8 cannot quantize {model}: {why}")
+    folder = onnx.model_folder(model, revision)
     assert folder is not None
     say(f"Loading {model} on ONNX Runtime ({task}; exported once if it is not cached)...")
     original = onnx.load(model, task, revision=revision, allow_pickle=allow_pickle,

@@ -87,9 +87,10 @@ class EncoderTokenizer:
         pairs = text_pair if isinstance(text_pair, list) else [text_pair] * len(texts)
         # transformers treats an empty second text of a single call as none
         inputs = [t if not p else (t, p) for t, p in zip(texts, pairs, strict=True)]
+        limit = int(max_length if max_length is not None else self.model_max_length)
+        truncation = truncation if limit < 1_000_000_000 else None  # no real limit (transformers' 1e30): no cut
         if truncation:
             strategy = "longest_first" if truncation is True else str(truncation)
-            limit = int(max_length if max_length is not None else self.model_max_length)
             self._tok.enable_truncation(limit, stride=0, strategy=strategy, direction=self.truncation_side)
         try:
             encodings = self._tok.encode_batch(inputs, add_special_tokens=add_special_tokens)

@@ -352,6 +352,19 @@ def test_auto_rules_for_what_onnx_runtime_does_not_run(
         choose.choose_encoder(str(tiny_classifier), head, requested="vllm")
 
 
+def test_the_module_answers_the_engine_protocol(tiny_classifier: Path, tiny_causal_lm: Path) -> None:
+    """llmkit.engines.Engine: a name, `unsupported(spec, **settings)` from config files, `load(spec, **options)`."""
+    assert onnx.name == "onnx"
+    head = "sequence-classification"
+    assert onnx.unsupported(str(tiny_classifier), head=head) is None
+    assert onnx.unsupported(str(tiny_classifier), head=head, dtype="float16") == (
+        "--dtype float16: the ONNX engine runs float32 (or an onnx-int8 folder)")
+    assert onnx.unsupported(str(tiny_classifier), head=head, adapter="x") == "a peft adapter runs on transformers"
+    assert onnx.unsupported(str(tiny_causal_lm / "nothing-here")) == "not a model folder"
+    lm = onnx.load(str(tiny_classifier), head=head)
+    assert lm.model.engine == "onnx" and lm.model.output == "logits"
+
+
 def test_models_lists_and_removes_exports(tiny_classifier: Path, tiny_mlm: Path) -> None:
     onnx.load(str(tiny_classifier), "sequence-classification")
     onnx.load(str(tiny_mlm), "masked-lm")

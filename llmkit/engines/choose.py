@@ -52,6 +52,8 @@ def choose_encoder(
     from llmkit import loading
     from llmkit.engines import onnx, onnx_cache
 
+    del trust_remote_code  # remote code goes to transformers whatever the flag: the exporter takes stock classes
+
     if requested not in ENCODER_ENGINES:
         raise UsageError(f"unknown --engine {requested!r}; use one of {', '.join(ENCODER_ENGINES)}")
     folder = onnx.model_folder(spec, revision) if adapter is None else None
@@ -71,8 +73,7 @@ def choose_encoder(
         return Choice("transformers", f"auto: {elsewhere}; transformers runs it")
     config = onnx_cache.read_json(folder / "config.json") if folder is not None else None
     found = onnx.head_of_config(config) if config is not None else None
-    why = onnx.unsupported(folder, head, config=config, adapter=adapter, dtype=dtype,
-                           trust_remote_code=trust_remote_code)
+    why = onnx.folder_unsupported(folder, head, config=config, adapter=adapter, dtype=dtype)
     fallback: str | None = None  # set where auto wanted ONNX Runtime and this model or machine kept it from it
     if config is not None and config.get("auto_map"):
         fallback = why

@@ -31,11 +31,13 @@ from llmkit.engines.onnx_cache import (
     damage,
     export_dir,
     onnx_folder,
+    read_json,
     refusal,
 )
 from llmkit.errors import ModelNotFoundError, UsageError
 
 NAME = "onnx"  # as --engine spells it
+name = NAME  # the engine protocol's attribute (llmkit.engines.Engine): this module is the engine
 WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -116,13 +118,22 @@ def cuda_provider() -> bool:
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
-def unsupported(folder: Path | None, head: str | None, *, config: dict[str, Any] | None, adapter: str | None = None,
-                dtype: str = "auto", trust_remote_code: bool = False) -> str | None:
-    """Why this engine cannot run a model (one line, user-facing), from its files alone; None when it can.
+def unsupported(spec: str, **settings: Any) -> str | None:
+    """The engine protocol's question: why this engine cannot run `spec` for settings["head"] with these settings
+    (adapter, dtype, revision), or None. Config files only; the device is the chooser's (choose.py)."""
+    adapter, revision = settings.get("adapter"), settings.get("revision")
+    folder = model_folder(spec, revision) if adapter is None else None
+    if folder is None and adapter is None:
+        return not_local(spec)
+    config = read_json(folder / "config.json") if folder is not None else None
+    return folder_unsupported(folder, settings.get("head"), config=config, adapter=adapter,
+                              dtype=settings.get("dtype", "auto"))
 
-    The device is the chooser's business (choose.py); this looks at the model and the settings.
-    """
-    del trust_remote_code  # remote code is refused whatever the flag: the exporter needs the stock classes
+
+def folder_unsupported(folder: Path | None, head: str | None, *, config: dict[str, Any] | None,
+                       adapter: str | None = None, dtype: str = "auto") -> str | None:
+    """Why this engine cannot run the model in `folder` (one line, user-facing), from its files alone; None when
+    it can. Remote code is refused whatever --trust-remote-code says: the exporter takes the stock classes."""
     if adapter is not None:
         return "a peft adapter runs on transformers"
     if folder is None:
