@@ -172,8 +172,10 @@ def test_a_tanh_gelu_fusion_is_refused_for_an_exact_gelu_model(tmp_path: Path) -
     from llmkit.engines import onnx_export
 
     torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                 intermediate_size=64, hidden_act="gelu_new")).eval()
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, hidden_act="gelu_new")
+    config._attn_implementation = "eager"  # as the exporter loads models: attention that the optimizer fuses
+    model = BertModel(config).eval()
 
     class Hidden(torch.nn.Module):
         def __init__(self) -> None:
