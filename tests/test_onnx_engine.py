@@ -354,6 +354,25 @@ def test_auto_rules_for_what_onnx_runtime_does_not_run(
         choose.choose_encoder(str(tiny_classifier), head, requested="vllm")
 
 
+def test_a_hub_model_in_the_cache_runs_on_onnx_runtime(tiny_classifier: Path) -> None:
+    """A hub id already downloaded (the Hugging Face cache's snapshot folder) exports like a local folder."""
+    import os
+
+    repo = Path(os.environ["HF_HOME"]) / "hub" / "models--tiny-org--tiny-classifier"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_classifier, snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    assert onnx.model_folder("tiny-org/tiny-classifier") == snapshot
+    result = invoke(["classify", "-m", "tiny-org/tiny-classifier", "--json", "i loved it"])
+    assert result.exit_code == 0, result.stderr
+    assert json_lines(result.stdout)[0]["engine"] == "onnx"
+    assert "Exported tiny-org/tiny-classifier to ONNX" in result.stderr
+    assert onnx_cache.export_dir(snapshot, "sequence-classification").name.startswith("tiny-org--tiny-classifier-cls-")
+    missing = choose.choose_encoder("tiny-org/not-downloaded", "sequence-classification")
+    assert missing.engine == "transformers" and "not downloaded yet" in missing.reason
+
+
 def test_the_module_answers_the_engine_protocol(tiny_classifier: Path, tiny_causal_lm: Path) -> None:
     """llmkit.engines.Engine: a name, `unsupported(spec, **settings)` from config files, `load(spec, **options)`."""
     assert onnx.name == "onnx"

@@ -12,6 +12,7 @@ Below both engines/onnx.py (the runtime) and engines/onnx_export.py (the exporte
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -41,6 +42,7 @@ class ExportError(UsageError):
     """The model could not be exported to ONNX (or the export did not match transformers): exit 2 when
     --engine onnx asked for it; --engine auto runs transformers instead and says why."""
 
+
 @dataclass(frozen=True)
 class Export:
     """An export (or an onnx-int8 folder) on disk and what its manifest says."""
@@ -52,10 +54,12 @@ class Export:
     def graph(self) -> Path:
         return self.folder / GRAPH
 
+
 def cache_root() -> Path:
     from llmkit.loading import llmkit_home
 
     return llmkit_home() / CACHE_DIR
+
 
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
@@ -64,6 +68,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
     return data if isinstance(data, dict) else None
 
+
+@functools.cache
 def versions() -> dict[str, str]:
     """Installed versions of the libraries an export depends on (from their metadata: no import)."""
     out = {}
@@ -73,6 +79,7 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "absent"
     return out
+
 
 def cache_key(folder: Path, head: str) -> str:
     """The key of `folder`'s export for `head`: its files (name, size, modification time), the head, the
@@ -84,6 +91,7 @@ def cache_key(folder: Path, head: str) -> str:
             parts.append(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
+
 def export_dir(folder: Path, head: str) -> Path:
     """Where the export of `folder` for `head` lives (it may not exist)."""
     name = folder.name if folder.name not in ("", "model") else folder.parent.name
@@ -92,13 +100,16 @@ def export_dir(folder: Path, head: str) -> Path:
     short = {"sequence-classification": "cls", "masked-lm": "mlm", "base": "base"}[head]
     return cache_root() / f"{name}-{short}-{cache_key(folder, head)}"
 
+
 def refused_marker(target: Path) -> Path:
     return target.parent / (target.name + REFUSED_SUFFIX)
+
 
 def refusal(folder: Path, head: str) -> str | None:
     """Why the export of `folder` for `head` failed before (same files and versions), or None."""
     data = read_json(refused_marker(export_dir(folder, head)))
     return str(data.get("reason")) if data else None
+
 
 def remember_refusal(target: Path, reason: str) -> None:
     """Write the refusal marker of an export that failed (atomically; a failure to write it is ignored)."""
@@ -110,6 +121,7 @@ def remember_refusal(target: Path, reason: str) -> None:
         os.replace(tmp, marker)
     except OSError:
         pass
+
 
 def onnx_folder(folder: Path) -> Export | None:
     """The export a model folder itself holds (`quantize --method onnx-int8` output), or None."""
@@ -130,8 +142,10 @@ def checksum(path: Path) -> str:
             value = zlib.crc32(chunk, value)
     return f"crc32:{value:08x}"
 
+
 def file_entry(path: Path) -> dict[str, Any]:
     return {"size": path.stat().st_size, "checksum": checksum(path)}
+
 
 def damage(export: Export) -> str | None:
     """What is wrong with an export's files (missing, wrong size or checksum), or None when they are intact."""
@@ -147,6 +161,7 @@ def damage(export: Export) -> str | None:
         if checksum(path) != entry.get("checksum"):
             return f"{name} fails its checksum"
     return None
+
 
 def cached_export(folder: Path, head: str) -> Export | None:
     """The intact cached export of `folder` for `head`, or None. A damaged one is deleted (and said once on
@@ -176,6 +191,7 @@ def _tree_size(path: Path) -> int:
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
+
 def list_exports() -> list[dict[str, Any]]:
     """The cached exports as `llmkit models` rows (name, kind "onnx-export", size, path, what it is)."""
     root = cache_root()
@@ -189,6 +205,7 @@ def list_exports() -> list[dict[str, Any]]:
                      "path": str(folder), "description": what})
     return rows
 
+
 def remove_export(name: str) -> tuple[str, int] | None:
     """Delete the export named `name` (and its refusal marker): (path, bytes freed), or None when no such
     export exists."""
@@ -200,6 +217,7 @@ def remove_export(name: str) -> tuple[str, int] | None:
     shutil.rmtree(target)
     refused_marker(target).unlink(missing_ok=True)
     return str(target), size
+
 
 def clean_exports() -> list[tuple[str, int]]:
     """Delete every export and every refusal marker: (path, bytes freed) each."""
