@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from llmkit import llama_engine, llama_measure
+from llmkit import llama_measure
+from llmkit.engines import llama_cpp
 
-pytestmark = pytest.mark.skipif(not llama_engine.bindings_installed(), reason="llmkit[llama] not installed")
+pytestmark = pytest.mark.skipif(not llama_cpp.bindings_installed(), reason="llmkit[llama] not installed")
 
 TEXT = "The capital of France is Paris. The river Seine flows through the city, past old bridges and new towers."
 
@@ -63,9 +64,9 @@ def test_speed_is_the_timed_run_after_a_warm_up_and_the_load_time_is_llama_cpps(
         yield SimpleNamespace(tokens_per_second=10.0 * settings.max_new_tokens,
                               completion_tokens=settings.max_new_tokens - 1)
 
-    monkeypatch.setattr(llama_engine, "bindings_installed", lambda: True)
-    monkeypatch.setattr(llama_engine, "load_fresh", load_fresh)
-    monkeypatch.setattr(llama_engine, "generate", generate)
+    monkeypatch.setattr(llama_cpp, "bindings_installed", lambda: True)
+    monkeypatch.setattr(llama_cpp, "load_fresh", load_fresh)
+    monkeypatch.setattr(llama_cpp, "generate", generate)
     speed = llama_measure.measure_speed(gguf, "Tell me about Paris.", new_tokens=8, context=512)
     assert speed == llama_measure.LlamaSpeed(load_seconds=1.235, tokens_per_second=80.0, completion_tokens=7)
     warm_up, timed = 4, 8
