@@ -293,3 +293,37 @@ def test_classify_scores_the_label_after_the_default_answer_prefix(tiny_causal_l
         for record, row in zip(records, rows, strict=True):
             got = {s.label: s.score for s in record.scores}
             assert ([got["good"], got["bad"]] == pytest.approx(zs.calibrated_probs(row, None), abs=1e-5)) is same
+
+
+def test_cli_default_zero_shot_scores_each_label_after_answer_colon(tiny_causal_lm: Path) -> None:
+    """`classify --labels` with no prompt options: the assistant turn starts with "Answer:" and each label follows
+    it after a space. Reference: the chat template applied by hand and the whole sequence scored by transformers,
+    so a change of the default prefix, of the prompt or of where the label goes makes the scores differ."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    text = "the food was good and the staff kind"
+    code, records, err = _cli(["-m", str(tiny_causal_lm), "--labels", "good,bad", "--all-scores",
+                               "--calibrate", "none", text])
+    assert code == 0, err
+    got = {s["label"]: s["score"] for s in records[0]["scores"]}
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_causal_lm))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_causal_lm), dtype=torch.float32).eval()
+    question = f"Classify the text as good or bad.\n\nText: {text}\n\nAnswer with the label only."
+    start = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                    tokenize=False)
+
+    def logp(prompt: str, answer: str) -> float:
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        tail = tok(answer, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([ids + tail])).logits[0].log_softmax(-1)
+        return float(sum(out[len(ids) + k - 1, t] for k, t in enumerate(tail)))
+
+    def probs(prompt: str, space: str) -> list[float]:
+        return zs.calibrated_probs([logp(prompt, space + label) for label in ("good", "bad")], None)
+
+    assert [got["good"], got["bad"]] == pytest.approx(probs(start + "Answer:", " "), abs=1e-4)
+    # and not what the label right after the assistant header (no prefix) would score
+    assert [got["good"], got["bad"]] != pytest.approx(probs(start, ""), abs=1e-3)
