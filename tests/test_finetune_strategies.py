@@ -259,3 +259,22 @@ def test_a_merged_lora_with_other_labels_than_its_base_equals_the_adapter(
     # the same seeded training, folded into the weights: the adapter's own scores, from transformers + peft
     reference = _reference_scores(three_label_base, tmp_path / "adapter", "good movie")
     assert _scores(merged[0]) == pytest.approx(reference, abs=1e-4)
+    # the merged folder quantizes as the 2-label model it is, and the int8 model still gives the adapter's answer
+    code, records, stderr = run("quantize", ["--model", str(tmp_path / "merged"), "--method", "dynamic-int8", "-o",
+                                             str(tmp_path / "q"), "--json", "--device", "cpu"])
+    assert code == 0, stderr
+    assert records[0]["top1_agreement"] == 1.0
+    code, rows, stderr = run("classify", ["--model", str(tmp_path / "q"), *args])
+    assert code == 0, stderr
+    assert set(_scores(rows[0])) == {"negative", "positive"}
+    assert rows[0]["label"] == max(reference, key=reference.__getitem__)
+    # ONNX Runtime's int8 takes plain models only: the adapter is refused with the two ways that work, before any
+    # export, and nothing is written
+    code, _, stderr = run("quantize", ["--model", str(tmp_path / "adapter"), "--method", "onnx-int8", "-o",
+                                       str(tmp_path / "onnx"), "--device", "cpu"])
+    assert code == 2
+    assert stderr.strip().splitlines() == [
+        f"Error: --method onnx-int8 quantizes a plain model and {tmp_path / 'adapter'} is a peft adapter: use "
+        "--method dynamic-int8 (it folds a LoRA adapter into its base first), or train with --merge-lora and "
+        "quantize that folder"]
+    assert not (tmp_path / "onnx").exists()
