@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from llmkit import signals, tempnames
-from llmkit.errors import EXIT_FAILURE, LlmkitError, UsageError, explain
+from llmkit.errors import EXIT_FAILURE, LlmkitError, UsageError, explain, library_words
 
 T = TypeVar("T")
 
@@ -811,6 +811,6 @@ def barrier(peers: Peers, name: str, *, timeout: float = DEFAULT_TIMEOUT) -> boo
         else:
             dist.barrier()
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details given"
+        first = library_words(exc)
         raise PeerError(f"barrier {name!r}: {first}") from None
     return True

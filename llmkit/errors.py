@@ -90,6 +90,12 @@ def _first_line(exc: BaseException) -> str:
     return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 3] + "..."
 
 
+def library_words(exc: BaseException) -> str:
+    """A library exception's own words, to quote inside an llmkit message: its first line cut to MESSAGE_CHARS, or
+    "no details given" when it has none. Never its class name: `RuntimeError` tells a user nothing to do."""
+    return _first_line(exc) or "no details given"
+
+
 def _is(exc: BaseException, *names: str) -> bool:
     """True when the exception's class or one of its bases has one of these names (torch, safetensors and the
     like are recognised without importing them)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit import signals, tempnames
-from llmkit.errors import LlmkitError, MissingDependencyError, ModelNotFoundError, UsageError
+from llmkit.errors import LlmkitError, MissingDependencyError, ModelNotFoundError, UsageError, library_words
 from llmkit.fsutil import llmkit_home
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -355,7 +355,7 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
                 tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=str(gguf_path))
                 model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=str(gguf_path))
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details given"
+            first = library_words(exc)
             raise UsageError(
                 f"{gguf_path} is not a GGUF causal LM that transformers can load ({first}); "
                 "check the file, or pass a model folder"
@@ -909,8 +909,8 @@ def load_adapter(
             warnings.simplefilter("ignore", FutureWarning)
             model = PeftModel.from_pretrained(loaded.model, str(info.path), is_trainable=False)
     except (ValueError, RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details given"
-        raise UsageError(f"adapter {adapter_dir} does not fit base {base_spec} ({first[:200]})") from exc
+        first = library_words(exc)
+        raise UsageError(f"adapter {adapter_dir} does not fit base {base_spec} ({first})") from exc
     model.to(loaded.device)
     model.eval()
     tokenizer = loaded.tokenizer

@@ -154,3 +154,11 @@ def test_a_library_bug_names_the_library_and_no_class() -> None:
 def test_an_exception_without_words_or_traceback() -> None:
     message = explain(AssertionError()).message
     assert re.fullmatch(r"llmkit \S+ stopped on an unexpected failure in llmkit\. This is a bug: .*", message), message
+
+
+def test_library_words_quote_the_message_never_the_class() -> None:
+    assert errors.library_words(RuntimeError("\n  first line  \nsecond")) == "first line"
+    assert errors.library_words(RuntimeError()) == "no details given"
+    assert errors.library_words(KeyError("")) == "''"  # what KeyError itself says: still no class name
+    long = errors.library_words(ValueError("x" * 500))
+    assert len(long) == errors.MESSAGE_CHARS and long.endswith("...")
