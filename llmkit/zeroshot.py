@@ -28,7 +28,7 @@ from llmkit.errors import DataError, UsageError
 # Picked on the dev splits of benchmarks/quality_zeroshot.py (never on its test rows); see the README.
 DEFAULT_ZERO_SHOT_PROMPT = "Classify the text as {labels}.\n\nText: {text}\n\nAnswer with the label only."
 # The words the assistant's answer starts with, before the label (chat models). Chosen on the dev rows of seven
-# corpora (sentiment, spam, question type, topic; benchmarks/quality_zeroshot.py --search, docs/zero-shot.md):
+# corpora (sentiment, spam, question type, topic; benchmarks/quality_zeroshot.py --search, docs/zeroshot.md):
 # mean macro-F1 over the task groups 0.680 against 0.549 with the label right after the assistant header.
 DEFAULT_ANSWER_PREFIX = "Answer:"
 CALIBRATIONS = ("auto", "none", "content-free", "inputs")
