@@ -64,7 +64,8 @@ def classify(
     zero_shot_prompt: Annotated[
         str | None,
         typer.Option("--zero-shot-prompt", help="Causal-LM zero-shot: the question, with {text} and {labels} "
-                     f"(default: {_zs.DEFAULT_ZERO_SHOT_PROMPT!r})."),
+                     f"(default: {_zs.DEFAULT_ZERO_SHOT_PROMPT!r}); each label is scored as the answer after "
+                     f"{_zs.DEFAULT_ANSWER_PREFIX!r}."),
     ] = None,
     calibrate: Annotated[
         str,
