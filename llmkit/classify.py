@@ -155,7 +155,6 @@ def classify(
         UsageError: impossible settings, or a model that cannot do what was asked.
         DataError: an input too long with truncate=False.
     """
-    from llmkit import loading
     from llmkit import zeroshot as zs
 
     if top_k < 1:
@@ -187,23 +186,9 @@ def classify(
                 "or --labels a,b,c for zero-shot classification with the bundled model"
             )
         model = DEFAULT_ZERO_SHOT_MODEL
-    if loaded is None and adapter is None:
-        from llmkit import bert_native
-
-        folder = bert_native.native_folder(model)
-        if folder is not None:  # a plain BERT classifier: no transformers import (bert_native.py)
-            loaded = bert_native.load(folder, spec=model, device=device, dtype=dtype)
     if loaded is None:
-        kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code,
-                                      adapter=adapter)
-        task = {"causal-lm": "causal-lm", "sequence-classification": "sequence-classification"}.get(kind)
-        if task is None:
-            raise UsageError(
-                f"{model} has no classification head ({kind}); fine-tune it first (llmkit finetune), or use "
-                "--labels with an NLI model or a causal LM"
-            )
-        loaded = loading.load(model, task, device=device, dtype=dtype, revision=revision,
-                              allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, adapter=adapter)
+        loaded = load_model(model, device=device, dtype=dtype, revision=revision, allow_pickle=allow_pickle,
+                            trust_remote_code=trust_remote_code, adapter=adapter)
     if getattr(loaded.model, "llmkit_numpy", False):
         from llmkit.threads import cpu_threads
 
@@ -244,6 +229,46 @@ def classify(
         if number == 0:
             runner.begin(window, complete, batch_size)
         yield from runner.finish(window, runner.run(window, batch_size), keep, min_score)
+
+
+def load_model(
+    model: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    adapter: str | None = None,
+) -> Any:
+    """The model `classify()` would load for these arguments, to pass as its `loaded=` to many calls.
+
+    Args:
+        model: alias, folder or hub id (`classify()` picks DEFAULT_ZERO_SHOT_MODEL when given labels and no model).
+
+    Returns:
+        A `LoadedModel` (llmkit's numpy BERT for a plain BERT classifier, else transformers).
+
+    Raises:
+        UsageError: a model without a classification or causal-LM head.
+    """
+    from llmkit import loading
+
+    if adapter is None:
+        from llmkit import bert_native
+
+        folder = bert_native.native_folder(model)
+        if folder is not None:  # a plain BERT classifier: no transformers import (bert_native.py)
+            return bert_native.load(folder, spec=model, device=device, dtype=dtype)
+    kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code, adapter=adapter)
+    task = {"causal-lm": "causal-lm", "sequence-classification": "sequence-classification"}.get(kind)
+    if task is None:
+        raise UsageError(
+            f"{model} has no classification head ({kind}); fine-tune it first (llmkit finetune), or use "
+            "--labels with an NLI model or a causal LM"
+        )
+    return loading.load(model, task, device=device, dtype=dtype, revision=revision, allow_pickle=allow_pickle,
+                        trust_remote_code=trust_remote_code, adapter=adapter)
 
 
 def _windows(inputs: Iterable[str | tuple[str, str | None]], size: int) -> Iterator[tuple[list[tuple[int, str, str | None]], bool]]:

@@ -134,31 +134,14 @@ def fill_mask(
         UsageError: an input without a mask, top_k < 1, several masks for a causal LM, or (with
             truncate=False) an input that is too long.
     """
-    from llmkit import loading
-
     if top_k < 1:
         raise UsageError("--top-k must be at least 1")
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     target_words = parse_targets(targets) if targets is not None else ()
     if loaded is None:
-        kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code,
-                                      adapter=adapter)
-        if kind not in ("masked-lm", "causal-lm"):
-            raise UsageError(
-                f"{model} has no masked-LM or causal-LM head ({kind}); use a fill-mask model such as "
-                "bert-base-uncased, or the bundled smollm2-135m-instruct"
-            )
-        loaded = loading.load(
-            model,
-            kind,
-            device=device,
-            dtype=dtype,
-            revision=revision,
-            allow_pickle=allow_pickle,
-            trust_remote_code=trust_remote_code,
-            adapter=adapter,
-        )
+        loaded = load_model(model, device=device, dtype=dtype, revision=revision, allow_pickle=allow_pickle,
+                            trust_remote_code=trust_remote_code, adapter=adapter)
     from llmkit.tasks import CAUSAL_LM, head_of_architectures
 
     net = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model  # peft
@@ -176,6 +159,36 @@ def fill_mask(
             batch = []
     if batch:
         yield from runner.run(batch)
+
+
+def load_model(
+    model: str = DEFAULT_MODEL,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    adapter: str | None = None,
+) -> Any:
+    """The model `fill_mask()` would load for these arguments, to pass as its `loaded=` to many calls.
+
+    Returns:
+        A `LoadedModel` with a masked-LM or causal-LM head.
+
+    Raises:
+        UsageError: a model with neither head.
+    """
+    from llmkit import loading
+
+    kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code, adapter=adapter)
+    if kind not in ("masked-lm", "causal-lm"):
+        raise UsageError(
+            f"{model} has no masked-LM or causal-LM head ({kind}); use a fill-mask model such as "
+            "bert-base-uncased, or the bundled smollm2-135m-instruct"
+        )
+    return loading.load(model, kind, device=device, dtype=dtype, revision=revision, allow_pickle=allow_pickle,
+                        trust_remote_code=trust_remote_code, adapter=adapter)
 
 
 class _Runner:
