@@ -147,9 +147,9 @@ def generate(
 class Generator:
     """One engine, chosen and loaded once, for any number of `run` calls (generate()'s second half).
 
-    `generate()` builds one per call; an executor that feeds batches of a long input to a worker builds one per
-    worker with `for_count`, so the engine is chosen for the whole input (some rules count the prompts) and the
-    model loads once. llama.cpp keeps its loaded model per process itself (`llama_cpp._server`'s cache), and
+    `generate()` builds one per call; an executor that feeds batches of a long input to workers builds one per
+    worker from `choice_for_count`, so the engine is the one the whole input gets (some rules count the prompts)
+    and the model loads once. llama.cpp keeps its loaded model per process itself (`llama_cpp._server`'s cache), and
     gets the prompts as a stream here, so its context size is the same for every batch.
 
     Args:
@@ -180,29 +180,9 @@ class Generator:
 
             self.lm = llama_loop.load(model) or hf.load_generator(model, device=device, dtype="float32", **self.load)
 
-    @classmethod
-    def for_count(cls, model: str, prompts: int, *, settings: GenerationSettings | None = None,
-                  batch_size: int | None = None, device: str = "auto", dtype: str = "auto", revision: str | None = None,
-                  allow_pickle: bool = False, trust_remote_code: bool = False, engine: str = "auto",
-                  adapter: str | None = None, lookup: int = 0) -> Generator:
-        """A `Generator` for a run of `prompts` prompts given in batches: the engine the whole run would get."""
-        from llmkit.engines import choose
-
-        choice = choose.choose_generate(model, settings or GenerationSettings(), requested=engine, device=device,
-                                        dtype=dtype, batch_size=batch_size, adapter=adapter, lookup=lookup,
-                                        available=lambda n: min(n, prompts), revision=revision)
-        return cls(model, choice, device=device, revision=revision, allow_pickle=allow_pickle,
-                   trust_remote_code=trust_remote_code, adapter=adapter)
-
     @property
     def window(self) -> int:
-        """Prompts the engine reads ahead and groups by length: batches of this many run as one long input does."""
-        from llmkit.engines import choose
-        from llmkit.engines import transformers as hf
-
-        if self.choice.engine == choose.LLAMA_CPP:
-            return self.choice.batch_size * 2
-        return self.choice.batch_size * hf.LENGTH_GROUP_WINDOW if self.choice.batch_size > 1 else 1
+        return window_of(self.choice)
 
     def run(self, prompts: Iterable[Any], *, settings: GenerationSettings, system: str | None = None,
             raw: bool = False, on_text: Callable[[int, str], None] | None = None,
@@ -229,3 +209,29 @@ class Generator:
 
         yield from hf.generate(self.lm, prompts, **run)
 
+
+
+def choice_for_count(model: str, prompts: int, *, settings: GenerationSettings | None = None,
+                     batch_size: int | None = None, device: str = "auto", dtype: str = "auto",
+                     revision: str | None = None, engine: str = "auto", adapter: str | None = None,
+                     lookup: int = 0) -> Any:
+    """The engine choice `generate()` makes for `prompts` prompts, for a run that hands them to `Generator`s in
+    batches (some rules count the prompts: a file of 32 or more runs on the loop).
+
+    Returns:
+        A `GenerateChoice`.
+    """
+    from llmkit.engines import choose
+
+    return choose.choose_generate(model, settings or GenerationSettings(), requested=engine, device=device,
+                                  dtype=dtype, batch_size=batch_size, adapter=adapter, lookup=lookup,
+                                  available=lambda n: min(n, prompts), revision=revision)
+
+
+def window_of(choice: Any) -> int:
+    """Prompts an engine reads ahead and groups by length (transformers and the loop: LENGTH_GROUP_WINDOW batches;
+    llama.cpp decodes in flight what it is given): batches of this many consecutive prompts, starting at multiples
+    of it, run as one long input does."""
+    from llmkit.engines import transformers as hf
+
+    return max(1, choice.batch_size) * hf.LENGTH_GROUP_WINDOW

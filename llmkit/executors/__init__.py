@@ -28,6 +28,9 @@ EXECUTORS = ("local", "ray")
 DEFAULT_ACTORS = 2  # model copies on the cluster; one per core of the 2-core machine the goals were measured on
 DEFAULT_ACTOR_CPUS = 1.0  # logical CPUs each actor reserves (Ray also sets its thread count from this)
 DEFAULT_ACTOR_GPUS = 0.0
+# Batches per window for a task that runs its batches in input order without reading ahead (fill-mask): any
+# multiple of its batch size reproduces the one-process batches; this many keep the per-window overhead small.
+BATCHES_PER_WINDOW = 16
 RAY_EXTRA_HINT = "pip install 'llmkit[ray]'"
 # `scheme://...` (s3, gs, abfs, hdfs, file, ...): read and written through pyarrow's file systems.
 _URI = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):/(?P<slashes>/*)(?P<rest>.*)$")
@@ -75,7 +78,10 @@ class RaySettings:
 
 def ray_installed() -> bool:
     """Whether Ray Data can be imported (the `ray` extra); checked without importing it."""
-    return importlib.util.find_spec("ray") is not None and importlib.util.find_spec("ray.data") is not None
+    try:
+        return importlib.util.find_spec("ray") is not None and importlib.util.find_spec("ray.data") is not None
+    except (ImportError, ValueError):  # a `ray` that cannot be imported (blocked, or a broken install)
+        return False
 
 
 def settings_for(
@@ -115,7 +121,7 @@ def settings_for(
 
 
 def location(path: Path | str) -> str:
-    """A path or URI as given on the command line, for pyarrow and Ray Data.
+    """A path or URI as given on the command line, for pyarrow and Ray Data (a path made absolute).
 
     Typer hands `--input s3://bucket/key` over as a `Path`, which folds the `//` into one slash (`s3:/bucket/key`);
     this puts the URI back together (`file:` URIs keep their empty host: `file:///data/x.csv`).
@@ -123,7 +129,8 @@ def location(path: Path | str) -> str:
     text = str(path)
     match = _URI.match(text)
     if match is None or len(match.group("scheme")) == 1:  # `C:/...` is a Windows drive, not a scheme
-        return text
+        # absolute: Ray's readers and writers run in worker processes with working folders of their own
+        return str(Path(text).absolute())
     scheme, rest = match.group("scheme"), match.group("rest")
     if scheme.lower() == "file":
         return f"file:///{rest.lstrip('/')}"

@@ -260,8 +260,27 @@ def _header(location: str, fmt: str) -> list[str]:
     return next(csv.reader(lines[:1], delimiter="," if fmt == "csv" else "\t"), [])
 
 
-def read(location: str, fmt: str, *, text_column: str, required: tuple[str, ...] = ()) -> tuple[Any, list[str]]:
-    """A Ray Dataset of `location` read by Ray Data's readers, and its columns.
+def check_input(location: str, fmt: str, *, text_column: str, required: tuple[str, ...] = ()) -> list[str]:
+    """Check `--input` before any cluster starts: it exists, its first file opens as `fmt`, the columns are there.
+
+    Returns:
+        Its columns (text files: the text column).
+
+    Raises:
+        NotFoundError: no such file or column. DataError: a first file that cannot be read as `fmt`.
+    """
+    from llmkit.data import require_columns
+
+    if fmt == "text":
+        _first_file(location)
+        return [text_column]
+    columns = _header(location, fmt)
+    require_columns(columns, [text_column, *required], location)
+    return columns
+
+
+def read(location: str, fmt: str, columns: list[str]) -> Any:
+    """A Ray Dataset of `location` read by Ray Data's readers (see `check_input` for `columns`).
 
     CSV/TSV cells are read as strings (as llmkit's own reader does: "007" stays "007"), text files as one row per
     line (blank lines kept: they are inputs), JSONL and Parquet with their own types.
@@ -269,23 +288,14 @@ def read(location: str, fmt: str, *, text_column: str, required: tuple[str, ...]
     Args:
         location: a local path or a URI (s3://, gs://, file://, ...); a folder reads every file in it.
         fmt: one of READ_FORMATS (see `read_format`).
-        text_column: the column with the text (text files: the name their lines get).
-        required: other columns that must exist.
-
-    Raises:
-        NotFoundError: no such file or column. DataError: a file that cannot be read as `fmt`.
+        columns: the table's columns.
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import ray.data
 
-    from llmkit.data import require_columns
-
     if fmt == "text":
-        _first_file(location)
-        return ray.data.read_text(location, drop_empty_lines=False, file_extensions=None), [text_column]
-    columns = _header(location, fmt)
-    require_columns(columns, [text_column, *required], location)
+        return ray.data.read_text(location, drop_empty_lines=False, file_extensions=None)
     if fmt in ("csv", "tsv"):
         return ray.data.read_csv(
             location,
@@ -293,10 +303,19 @@ def read(location: str, fmt: str, *, text_column: str, required: tuple[str, ...]
             convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns},
                                                  strings_can_be_null=False, quoted_strings_can_be_null=False),
             file_extensions=None,
-        ), columns
+        )
     if fmt == "jsonl":
-        return ray.data.read_json(location, lines=True, file_extensions=None), columns
-    return ray.data.read_parquet(location, file_extensions=None), columns
+        return ray.data.read_json(location, lines=True, file_extensions=None)
+    return ray.data.read_parquet(location, file_extensions=None)
+
+
+def input_columns(input_file: Path, input_format: str, text_column: str) -> list[str]:
+    """The columns `--input` has, as Ray Data will read it (text lines: just the text column)."""
+    from llmkit.executors import location
+
+    source = location(input_file)
+    fmt = read_format(source, input_format)
+    return [text_column] if fmt == "text" else _header(source, fmt)
 
 
 def from_records(records: list[InputRecord]) -> Any:
@@ -484,8 +503,7 @@ def write_parts(out: Any, target: str, total: int) -> int:
     from llmkit import tempnames
 
     jsonl = target.rstrip("/").lower().endswith(".jsonl")
-    fs, path = _filesystem(target)
-    _refuse_existing(fs, path, target)
+    fs, path = check_output_dir(target)
     if is_uri(target):
         scratch, scratch_path = target, path
     else:
@@ -509,9 +527,16 @@ def write_parts(out: Any, target: str, total: int) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _refuse_existing(fs: Any, path: str, target: str) -> None:
+def check_output_dir(target: str) -> tuple[Any, str]:
+    """Refuse an `--output-dir` that is a file or a folder with something in it (nothing of the user's is
+    overwritten); an empty local folder is removed, so that the finished one can take its name.
+
+    Returns:
+        The file system and the path in it.
+    """
     import pyarrow.fs as pafs
 
+    fs, path = _filesystem(target)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
         raise UsageError(f"--output-dir {target} is a file; name a folder")
@@ -519,6 +544,7 @@ def _refuse_existing(fs: Any, path: str, target: str) -> None:
         raise UsageError(f"--output-dir {target} exists and is not empty; remove it or name another folder")
     if info.type == pafs.FileType.Directory and not is_uri(target):
         os.rmdir(path)  # an empty folder: the finished one is renamed onto its name
+    return fs, path
 
 
 def _check_parts(fs: Any, path: str, total: int, fmt: str) -> int:
@@ -561,18 +587,19 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 def _user_error(exc: BaseException, during: str) -> LlmkitError:
     """The error a user can act on inside what Ray raised: an llmkit error from an actor as it was, a file that
-    cannot be parsed as a DataError, anything else as one line."""
-    for cause in _causes(exc):
+    cannot be parsed as a DataError, anything else as one line. Ray wraps a task's exception in a RayTaskError
+    that also subclasses it, with the task's traceback in its text; the innermost one carries the plain message."""
+    chain = [c for c in _causes(exc) if not type(c).__name__.startswith(("Ray", "UserCode"))] or [exc]
+    for cause in chain:
         if isinstance(cause, LlmkitError):
             return cause
-    for cause in _causes(exc):
+    for cause in reversed(chain):
         name = type(cause).__name__
         if name in ("ArrowInvalid", "ArrowTypeError", "JSONDecodeError", "UnicodeDecodeError", "ParserError"):
             return DataError(f"the input cannot be read: {_first_line(cause)}")
         if isinstance(cause, (FileNotFoundError, PermissionError)):
             return NotFoundError(f"the input cannot be read: {_first_line(cause)}")
-    inner = next((c for c in _causes(exc) if c is not exc and not type(c).__name__.startswith(("Ray", "UserCode"))),
-                 exc)
+    inner = chain[-1]
     return RayRunError(f"Ray failed during {during}: {type(inner).__name__}: {_first_line(inner)}")
 
 
@@ -603,14 +630,16 @@ def map_records(
     """
     from llmkit.console import info
 
+    if isinstance(source, str):
+        fmt = read_format(source, input_format)
+        columns = check_input(source, fmt, text_column=text_column, required=required)
+    if settings.output_dir is not None:
+        check_output_dir(settings.output_dir)
     with warnings.catch_warnings(), cluster(settings) as resources:
         # Ray Data's advice on tuning (UserWarning) is not the user's business here; llmkit's stderr line says
         # what runs where.
         warnings.simplefilter("ignore", UserWarning)
-        if isinstance(source, str):
-            ds, _ = read(source, read_format(source, input_format), text_column=text_column, required=required)
-        else:
-            ds = from_records(source)
+        ds = read(source, fmt, columns) if isinstance(source, str) else from_records(source)
         ds, total, work = windows(ds, text_column=text_column, build=build)
         info(describe(total, work, settings, resources))
         out = run(ds, work, settings, windows=windows_count(total, work.window), parts=settings.output_dir is not None)
@@ -636,9 +665,13 @@ def command_pairs(
     Returns:
         The (record, result) pairs in input order, or None when `--output-dir` took them (already written).
     """
+    from llmkit import distributed
     from llmkit.data import read_inputs
     from llmkit.executors import location
 
+    if distributed.detect().distributed:
+        raise UsageError("--executor ray runs from one process: start llmkit once, not under torchrun or "
+                         "accelerate launch (Ray places the actors)")
     source: str | list[InputRecord]
     if input_file is not None:
         source = location(input_file)
