@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -81,20 +82,53 @@ def cluster(settings: RaySettings) -> Iterator[dict[str, float]]:
     Raises:
         RayRunError: the cluster cannot be reached, or has fewer CPUs/GPUs than the actors reserve.
     """
-    import ray
-    from ray.data import DataContext
-
-    _quiet()
-    context = DataContext.get_current()
-    context.execution_options.preserve_order = True  # blocks come back in input order
-    context.enable_progress_bars = False  # stderr is llmkit's; stdout is data
-    context.print_on_execution_start = False
     address = settings.address or os.environ.get("RAY_ADDRESS") or None
+    with _loopback(address is None):
+        import ray
+        from ray.data import DataContext
+
+        _quiet()
+        context = DataContext.get_current()
+        context.execution_options.preserve_order = True  # blocks come back in input order
+        context.enable_progress_bars = False  # stderr is llmkit's; stdout is data
+        context.print_on_execution_start = False
+        with _session(ray, settings, address) as resources:
+            yield resources
+
+
+@contextmanager
+def _loopback(local: bool) -> Iterator[None]:
+    """A local cluster on 127.0.0.1 only. Ray on Linux replaces 127.0.0.1 by the host's outward address (for
+    clusters of several machines) unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is 0, its switch for one-machine
+    clusters; it is read when ray is imported (and by the cluster's processes, which inherit it)."""
+    if not local or "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" in os.environ:
+        yield
+        return
+    import sys
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")  # ray imported already (a notebook, tests)
+    before = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        constants = sys.modules.get("ray._private.ray_constants")
+        if constants is not None:
+            constants.ENABLE_RAY_CLUSTER = True if before is None else before  # type: ignore[attr-defined]
+
+
+@contextmanager
+def _session(ray: Any, settings: RaySettings, address: str | None) -> Iterator[dict[str, float]]:
+    """ray.init ... ray.shutdown, with the driver's own C++ log kept off stderr."""
+    _quiet()
     options: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                                    configure_logging=True)
     temp = tempfile.mkdtemp(prefix="llmkit-ray-")  # the local cluster's sockets and logs; the driver's own log
     try:
-        with _backend_log(Path(temp) / "driver.log"):
+        with _backend_log(Path(temp) / "driver.log"), _stdout_for_data():
             try:
                 if address is None:
                     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, settings.cpus_needed),
@@ -116,6 +150,40 @@ def cluster(settings: RaySettings) -> Iterator[dict[str, float]]:
                 ray.shutdown()
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+class _MainThreadStdout:
+    """stdout for the main thread only: what another thread prints goes to stderr.
+
+    Ray's driver prints the cluster's warnings (raylet messages such as "8 PYTHON worker processes have been
+    started", out-of-memory kills) from a background thread onto `sys.stdout`, where llmkit's records go.
+    """
+
+    def __init__(self, data: Any) -> None:
+        self._data = data
+
+    def write(self, text: str) -> int:
+        import sys
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            return int(self._data.write(text))
+        return int(sys.stderr.write(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._data, name)
+
+
+@contextmanager
+def _stdout_for_data() -> Iterator[None]:
+    import sys
+
+    original = sys.stdout
+    sys.stdout = _MainThreadStdout(original)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout = original
 
 
 @contextmanager
@@ -333,13 +401,15 @@ def _count_rows(table: Any) -> int:
     return int(table.num_rows)
 
 
-def _numbered(text_column: str, offset: int, *tables: Any) -> Any:
-    """One window: the rows of `tables` (slices, in order) as (index, text, other fields as JSON)."""
+def _numbered(text_column: str, offset: int, bounds: list[tuple[int, int]], *tables: Any) -> Any:
+    """One window: rows `bounds[i]` (start, length) of `tables[i]`, in order, as (index, text, other fields as
+    JSON), the first numbered `offset`."""
     import pyarrow as pa
 
-    if tables and INDEX in tables[0].column_names:  # records this process numbered (text arguments, stdin)
-        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    rows = [row for table in tables for row in table.to_pylist()]
+    pieces = [table.slice(start, length) for table, (start, length) in zip(tables, bounds, strict=True)]
+    if pieces and INDEX in pieces[0].column_names:  # records this process numbered (text arguments, stdin)
+        return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+    rows = [row for piece in pieces for row in piece.to_pylist()]
     texts, fields = [], []
     for row in rows:
         value = row.pop(text_column, None)
@@ -353,7 +423,9 @@ def windows(ds: Any, *, text_column: str, build: Callable[[int], Work]) -> tuple
     """Number `ds`'s rows in input order and cut them into blocks of exactly `Work.window` rows.
 
     The blocks Ray read come back in order (`preserve_order`); one small task per window takes its rows out of
-    them (a window can span two read blocks), so window w holds the rows [w x window, (w + 1) x window).
+    them (a window can span read blocks), so window w holds the rows [w x window, (w + 1) x window). These tasks
+    reserve a CPU each (so Ray runs no more of them at once than it has CPUs, reusing its worker processes) and
+    all finish before the actors start, which then hold the CPUs.
 
     Returns:
         (the windowed dataset, the number of records, the `Work` built for that number).
@@ -366,14 +438,14 @@ def windows(ds: Any, *, text_column: str, build: Callable[[int], Work]) -> tuple
 
     try:
         refs = ds.to_arrow_refs()
-        count = ray.remote(num_cpus=0)(_count_rows)
+        count = ray.remote(num_cpus=1)(_count_rows)
         counts = ray.get([count.remote(ref) for ref in refs])
     except Exception as exc:
         raise _user_error(exc, "reading the input") from None
     total = int(sum(counts))
     work = build(total)
     size = max(1, work.window)
-    numbered = ray.remote(num_cpus=0)(_numbered)
+    numbered = ray.remote(num_cpus=1)(_numbered)
     starts = [0]
     for n in counts:
         starts.append(starts[-1] + n)
@@ -381,27 +453,20 @@ def windows(ds: Any, *, text_column: str, build: Callable[[int], Work]) -> tuple
     block = 0
     for start in range(0, total, size):
         stop = min(total, start + size)
-        parts = []
+        sources, bounds = [], []
         while block < len(refs) and starts[block] < stop:
             lo, hi = max(start, starts[block]), min(stop, starts[block + 1])
             if hi > lo:
-                parts.append(_slice(refs[block], lo - starts[block], hi - lo))
+                sources.append(refs[block])
+                bounds.append((lo - starts[block], hi - lo))
             if starts[block + 1] <= stop:
                 block += 1
             else:
                 break
-        pieces.append(numbered.remote(text_column, start, *parts))
+        pieces.append(numbered.remote(text_column, start, bounds, *sources))
+    if pieces:  # the windows exist before any actor takes a CPU (their errors surface when they are read)
+        ray.wait(pieces, num_returns=len(pieces), fetch_local=False)
     return ray.data.from_arrow_refs(pieces) if pieces else ray.data.from_items([]), total, work
-
-
-def _slice(ref: Any, offset: int, length: int) -> Any:
-    import ray
-
-    return ray.remote(num_cpus=0)(_table_slice).remote(ref, offset, length)
-
-
-def _table_slice(table: Any, offset: int, length: int) -> Any:
-    return table.slice(offset, length)
 
 
 # --- the actors -----------------------------------------------------------------------------------------------
@@ -413,7 +478,14 @@ def _worker_class(work: Work, parts: bool) -> type:
 
     class LlmkitWorker:
         def __init__(self) -> None:
-            self.handle = work.load()
+            # A load that fails for the user's reasons (a model without the head the task needs) is kept and
+            # raised by the first window instead: an error in an actor's constructor reaches the driver only as
+            # text, one raised by a task as the exception itself (a one-line message and its exit code).
+            self.failed: LlmkitError | None = None
+            try:
+                self.handle = work.load()
+            except LlmkitError as exc:
+                self.failed = exc
 
         def __call__(self, table: Any) -> Any:
             import pyarrow as pa
@@ -421,7 +493,12 @@ def _worker_class(work: Work, parts: bool) -> type:
             records = [InputRecord(text=t, index=i, fields=json.loads(f), line=i + 1)
                        for i, t, f in zip(table[INDEX].to_pylist(), table[TEXT].to_pylist(),
                                           table[FIELDS].to_pylist(), strict=True)]
-            results = list(work.run(self.handle, records))
+            try:
+                if self.failed is not None:
+                    raise self.failed
+                results = list(work.run(self.handle, records))
+            except LlmkitError as exc:
+                raise RuntimeError(carry_error(exc, records[0].index if records else 0, len(records))) from None
             if len(results) != len(records):
                 raise RuntimeError(f"the task gave {len(results)} results for {len(records)} records")
             if parts:
@@ -451,7 +528,8 @@ def run(ds: Any, work: Work, settings: RaySettings, *, windows: int, parts: bool
             _worker_class(work, parts),
             batch_size=None,  # a whole block (one window) per call
             batch_format="pyarrow",
-            compute=ActorPoolStrategy(size=max(1, min(settings.actors, windows))),
+            # one window at a time per actor: a killed actor takes only the window it was running with it
+            compute=ActorPoolStrategy(size=max(1, min(settings.actors, windows)), max_tasks_in_flight_per_actor=1),
             num_cpus=settings.actor_cpus,
             num_gpus=settings.actor_gpus or None,
             # A dead actor is restarted (forever) and the blocks it held are run again on the pool (forever): Ray
@@ -585,10 +663,49 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         todo.extend([getattr(item, "cause", None), item.__cause__, item.__context__])
 
 
+_CARRIED = re.compile(r"llmkit-error (\{.*?\})\s*$", re.MULTILINE)
+_INPUT_NUMBER = re.compile(r"\binput (\d+)\b")
+
+
+def carry_error(exc: LlmkitError, start: int, count: int) -> str:
+    """An llmkit error raised in an actor, as text that survives Ray's wrapping (Ray Data keeps a failed window's
+    traceback text, not the exception object): its class, exit code and message, on one line.
+
+    The task numbered the window's inputs from 1; a number up to `count` is made the input's number in the whole
+    input (a window after the first starts past `count`, so a number that is already global is never shifted).
+    """
+    message = exc.message
+    if start:
+        message = _INPUT_NUMBER.sub(
+            lambda m: f"input {int(m.group(1)) + start}" if int(m.group(1)) <= count else m.group(0), message)
+    return "llmkit-error " + json.dumps({"type": type(exc).__name__, "exit_code": exc.exit_code, "message": message})
+
+
+def _carried(exc: BaseException) -> LlmkitError | None:
+    """The llmkit error `carry_error` put into a Ray error's text, rebuilt (its class where llmkit.errors has it)."""
+    from llmkit import errors
+
+    for cause in _causes(exc):
+        match = _CARRIED.search(str(cause))
+        if match is None:
+            continue
+        try:
+            value = json.loads(match.group(1))
+        except ValueError:
+            continue
+        kind = getattr(errors, str(value.get("type")), None)
+        kind = kind if isinstance(kind, type) and issubclass(kind, LlmkitError) else LlmkitError
+        return kind(str(value.get("message", "")), exit_code=int(value.get("exit_code", EXIT_FAILURE)))
+    return None
+
+
 def _user_error(exc: BaseException, during: str) -> LlmkitError:
     """The error a user can act on inside what Ray raised: an llmkit error from an actor as it was, a file that
     cannot be parsed as a DataError, anything else as one line. Ray wraps a task's exception in a RayTaskError
     that also subclasses it, with the task's traceback in its text; the innermost one carries the plain message."""
+    carried = _carried(exc)
+    if carried is not None:
+        return carried
     chain = [c for c in _causes(exc) if not type(c).__name__.startswith(("Ray", "UserCode"))] or [exc]
     for cause in chain:
         if isinstance(cause, LlmkitError):
