@@ -28,8 +28,14 @@ from llmkit import metrics
 from llmkit.errors import DataError, NotFoundError, UsageError
 from llmkit.tokens import pad_batch
 
+SEQUENCE_CLASSIFICATION = "sequence-classification"  # the head classify runs (classifiers and NLI models)
+
 DEFAULT_ZERO_SHOT_MODEL = "smollm2-135m-instruct"  # bundled: `classify --labels a,b` works offline
-DEFAULT_BATCH_SIZE = 32  # inputs per forward pass
+DEFAULT_BATCH_SIZE = 32  # inputs per forward pass (transformers)
+# Inputs per ONNX Runtime run: on 3,000 mixed-length VADER snippets (benchmarks/onnx_engine.py, MiniLM-L6, 2 cores)
+# batches of 8 took 22.4 s of CPU and 240 MiB at peak, batches of 32 25.6 s and 350 MiB (less padding per batch,
+# smaller activations); 4 gained nothing more (22.1 s).
+ONNX_BATCH_SIZE = 8
 DEFAULT_TOP_K = 1  # labels per input in the output
 DEFAULT_HYPOTHESIS_TEMPLATE = "This example is {}."  # transformers' zero-shot default
 LENGTH_GROUP_WINDOW = 16  # batches read ahead and sorted by length, so padding stays small
@@ -61,6 +67,8 @@ class Classification:
         calibration: causal-lm only: the label prior removed from the scores, "inputs" (each label's mean over
             this run's inputs), "content-free" (inputs such as "N/A") or "none".
         shots: causal-lm only: labelled examples in this input's prompt.
+        engine: what ran the model: "onnx" (ONNX Runtime) or "transformers".
+        engine_reason: why that engine ran (the --engine auto rule, see llmkit/engines/choose.py).
     """
 
     text: str
@@ -75,6 +83,8 @@ class Classification:
     error: str | None = None
     calibration: str | None = None
     shots: int | None = None
+    engine: str = "transformers"
+    engine_reason: str = ""
 
 
 def parse_labels(labels: str | None, labels_file: Path | None = None) -> tuple[str, ...] | None:
@@ -107,7 +117,7 @@ def classify(
     multi_label: bool | None = None,
     min_score: float | None = None,
     hypothesis_template: str = DEFAULT_HYPOTHESIS_TEMPLATE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     truncate: bool = True,
     device: str = "auto",
     dtype: str = "auto",
@@ -115,6 +125,7 @@ def classify(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     loaded: Any = None,
+    choice: Any = None,
     adapter: str | None = None,
     zero_shot_method: str = "question",
     zero_shot_prompt: str | None = None,
@@ -123,6 +134,7 @@ def classify(
     shots: int | None = None,
     example_selection: str = "fixed",
     seed: int | None = None,
+    engine: str = "auto",
 ) -> Iterator[Classification]:
     """Classify each input, yielding one `Classification` per input in input order.
 
@@ -134,9 +146,13 @@ def classify(
         multi_label: independent labels (sigmoid / per-label entailment); None: from the model config.
         min_score: abstain (label "UNKNOWN") when the best score is below this.
         hypothesis_template: NLI zero-shot hypothesis, with {} for the label.
-        batch_size: inputs per forward pass.
+        batch_size: inputs per forward pass (None: ONNX_BATCH_SIZE on ONNX Runtime, else DEFAULT_BATCH_SIZE); inputs
+            are read and sorted by length in windows of LENGTH_GROUP_WINDOW times this (times DEFAULT_BATCH_SIZE
+            when None).
         truncate: cut inputs longer than the model's maximum (else raise DataError).
         loaded: an already loaded `LoadedModel` for `model` (skips loading).
+        choice: the engine `Choice` that picked `loaded` (`load_model`'s), named in every record; None: "a model
+            loaded by the caller".
         adapter: a peft adapter folder to run on `model` unmerged (`model` None: the adapter's own base).
         zero_shot_method: causal LM: "question" (the label as the answer) or "channel" (log P(text | label)).
         zero_shot_prompt: causal LM question, with {text} and optionally {labels}; None: the default.
@@ -147,6 +163,8 @@ def classify(
         shots: examples per label (default DEFAULT_SHOTS when `examples` are given).
         example_selection: "fixed" (one seeded draw for all inputs), "random" (seeded per input) or "similar".
         seed: seed for the random example choice (None: 0).
+        engine: auto|onnx|transformers: what runs a classifier or NLI model (auto: ONNX Runtime on the CPU where
+            the model exports, see llmkit/engines/choose.py); causal LMs run on transformers.
 
     Returns:
         An iterator of `Classification`.
@@ -159,7 +177,7 @@ def classify(
 
     if top_k < 1:
         raise UsageError("--top-k must be at least 1")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if min_score is not None and not 0 <= min_score <= 1:
         raise UsageError("--min-score must be in [0, 1]")
@@ -186,21 +204,24 @@ def classify(
                 "or --labels a,b,c for zero-shot classification with the bundled model"
             )
         model = DEFAULT_ZERO_SHOT_MODEL
-    if loaded is None:
-        loaded = load_model(model, device=device, dtype=dtype, revision=revision, allow_pickle=allow_pickle,
-                            trust_remote_code=trust_remote_code, adapter=adapter)
-    if getattr(loaded.model, "llmkit_numpy", False):
-        from llmkit.threads import cpu_threads
+    from llmkit.engines import Choice
 
-        loaded.model.threads = cpu_threads()
-    elif str(loaded.device) == "cpu":
+    if loaded is None:
+        loaded, choice = load_model(model, engine=engine, device=device, dtype=dtype, revision=revision,
+                                    allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, adapter=adapter)
+    elif choice is None:
+        choice = Choice(getattr(loaded.model, "engine", "transformers"), "a model loaded by the caller")
+    on_onnx = getattr(loaded.model, "engine", None) == "onnx"
+    if not on_onnx and str(loaded.device) == "cpu":
         from llmkit.threads import use_free_cores
 
         use_free_cores()
-    from llmkit.tasks import CAUSAL_LM, head_of_architectures
+    causal = False
+    if not on_onnx:
+        from llmkit.tasks import CAUSAL_LM, head_of_architectures
 
-    net = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model  # peft
-    causal = not getattr(net, "llmkit_native", False) and head_of_architectures([type(net).__name__]) == CAUSAL_LM
+        net = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model  # peft
+        causal = head_of_architectures([type(net).__name__]) == CAUSAL_LM
     runner: _Runner
     if causal:
         if labels is None:
@@ -224,42 +245,62 @@ def classify(
         runner = _NliRunner(loaded, list(labels), truncate, hypothesis_template, bool(multi_label))
     else:
         runner = _ClassifierRunner(loaded, truncate, multi_label)
+    runner.choice = choice
     keep = None if all_scores else top_k
-    for number, (window, complete) in enumerate(_windows(inputs, batch_size * LENGTH_GROUP_WINDOW)):
+    window_size = (batch_size or DEFAULT_BATCH_SIZE) * LENGTH_GROUP_WINDOW
+    batch = batch_size or (ONNX_BATCH_SIZE if on_onnx else DEFAULT_BATCH_SIZE)
+    for number, (window, complete) in enumerate(_windows(inputs, window_size)):
         if number == 0:
-            runner.begin(window, complete, batch_size)
-        yield from runner.finish(window, runner.run(window, batch_size), keep, min_score)
+            runner.begin(window, complete, batch)
+        yield from runner.finish(window, runner.run(window, batch), keep, min_score)
 
 
 def load_model(
     model: str,
     *,
+    engine: str = "auto",
     device: str = "auto",
     dtype: str = "auto",
     revision: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     adapter: str | None = None,
-) -> Any:
-    """The model `classify()` would load for these arguments, to pass as its `loaded=` to many calls.
+    warn_fallback: bool = True,
+) -> tuple[Any, Any]:
+    """The model `classify()` loads for these arguments, and the engine `Choice` its records name: what
+    `classify()` runs itself, and what each `--executor ray` actor runs once to pass as `loaded=`/`choice=`.
 
     Args:
         model: alias, folder or hub id (`classify()` picks DEFAULT_ZERO_SHOT_MODEL when given labels and no model).
+        engine: auto|onnx|transformers (llmkit/engines/choose.py `choose_encoder`).
+        warn_fallback: say on stderr (once) when auto wanted ONNX Runtime and could not use it.
 
     Returns:
-        A `LoadedModel` (llmkit's numpy BERT for a plain BERT classifier, else transformers).
+        (a `LoadedModel` or ONNX Runtime handle, the `Choice` that picked it).
 
     Raises:
-        UsageError: a model without a classification or causal-LM head.
+        UsageError: a model without a classification or causal-LM head, or an --engine that cannot run it.
     """
     from llmkit import loading
+    from llmkit.engines import choose
 
-    if adapter is None:
-        from llmkit import bert_native
+    choice = choose.choose_encoder(model, SEQUENCE_CLASSIFICATION, device=device, dtype=dtype, requested=engine,
+                                   adapter=adapter, revision=revision, trust_remote_code=trust_remote_code)
+    if choice.engine == "onnx":
+        from llmkit.engines import onnx as onnx_engine
 
-        folder = bert_native.native_folder(model)
-        if folder is not None:  # a plain BERT classifier: no transformers import (bert_native.py)
-            return bert_native.load(folder, spec=model, device=device, dtype=dtype)
+        try:
+            loaded = onnx_engine.load(model, SEQUENCE_CLASSIFICATION, revision=revision, allow_pickle=allow_pickle,
+                                      trust_remote_code=trust_remote_code, device=choose.onnx_device(device))
+            return loaded, choice
+        except onnx_engine.ExportError as exc:
+            if engine == "onnx":
+                raise
+            choice = choose.fell_back(model, exc.message)
+    if choice.fallback is not None and warn_fallback:
+        from llmkit.console import warn
+
+        warn(choice.fallback)  # once per run: the engine changes speed (and the reason is in every record)
     kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code, adapter=adapter)
     task = {"causal-lm": "causal-lm", "sequence-classification": "sequence-classification"}.get(kind)
     if task is None:
@@ -268,7 +309,7 @@ def load_model(
             "--labels with an NLI model or a causal LM"
         )
     return loading.load(model, task, device=device, dtype=dtype, revision=revision, allow_pickle=allow_pickle,
-                        trust_remote_code=trust_remote_code, adapter=adapter)
+                        trust_remote_code=trust_remote_code, adapter=adapter), choice
 
 
 def _windows(inputs: Iterable[str | tuple[str, str | None]], size: int) -> Iterator[tuple[list[tuple[int, str, str | None]], bool]]:
@@ -303,6 +344,13 @@ class _Runner:
         self.max_tokens = max_input_tokens(self.net, self.tok)
         self.spec = lm.source.spec
         self.multi = False
+        self.onnx = getattr(self.net, "engine", None) == "onnx"
+        self.choice: Any = None  # the engine Choice, set by classify(): every record says which engine ran
+
+    def records(self) -> dict[str, Any]:
+        """The fields every record carries: extras, and the engine with its reason."""
+        engine = {} if self.choice is None else {"engine": self.choice.engine, "engine_reason": self.choice.reason}
+        return {**self.extras(), **engine}
 
     def begin(self, window: list[tuple[int, str, str | None]], complete: bool, batch_size: int) -> None:
         """Called with the first window before it runs; `complete`: it holds every input."""
@@ -332,7 +380,7 @@ class _Runner:
         for index, text, pair in window:
             if index not in scored:
                 yield Classification(text=text, label=None, score=None, scores=[], method=self.method,
-                                     model=self.spec, pair=pair, error="empty input")
+                                     model=self.spec, pair=pair, error="empty input", **self.records())
                 continue
             pairs, cut = scored[index]
             ranked = sorted(pairs, key=lambda p: -p[1])
@@ -348,7 +396,7 @@ class _Runner:
                 pair=pair,
                 active=[lbl for lbl, s in ranked if s >= MULTI_LABEL_THRESHOLD] if self.multi else None,
                 truncated=cut,
-                **self.extras(),
+                **self.records(),
             )
 
     def encode_many(self, items: list[tuple[int, str, str | None]]) -> list[tuple[dict[str, list[int]], bool]]:
@@ -391,14 +439,10 @@ class _Runner:
                                 max_length=self.max_tokens, return_attention_mask=False)
         return {k: list(v) for k, v in features.items()}, cut
 
-    def logits(self, features: list[dict[str, list[int]]]) -> Any:
-        """Classifier logits (float32) for one batch, padded only to its own longest sequence: a numpy array for
-        llmkit's numpy BERT, else a tensor."""
-        return self.logits_many([features])[0]
-
     def logits_many(self, groups: list[list[dict[str, list[int]]]]) -> list[Any]:
-        """`logits` of several batches; llmkit's numpy BERT runs them on its worker threads."""
-        if getattr(self.net, "llmkit_numpy", False):
+        """Classifier logits (float32 numpy) of several batches, each padded only to its own longest sequence;
+        ONNX Runtime runs them on its worker threads."""
+        if self.onnx:
             return list(self.net.many([pad_batch(features, self.tok, arrays="numpy") for features in groups]))
         import torch
 
@@ -406,7 +450,7 @@ class _Runner:
         for features in groups:
             batch = {k: v.to(self.lm.device) for k, v in pad_batch(features, self.tok).items()}
             with torch.inference_mode():
-                out.append(self.net(**batch).logits.float())
+                out.append(self.net(**batch).logits.float().cpu().numpy())
         return out
 
 
@@ -475,22 +519,23 @@ class _NliRunner(_Runner):
         self.multi = multi_label or len(labels) == 1
 
     def run(self, window: list[tuple[int, str, str | None]], batch_size: int) -> dict[int, tuple[list[tuple[str, float]], bool]]:
-        import torch
+        import numpy as np
 
         live = [(i, t) for i, t, _ in window if t.strip()]
         jobs = [(k, j) for k in range(len(live)) for j in range(len(self.labels))]
         encoded = self.encode_many([(live[k][0], live[k][1], self.template.format(self.labels[j])) for k, j in jobs])
-        entail_logits = torch.zeros((len(live), len(self.labels), 2))
-        for positions in _length_batches(jobs, [len(e[0]["input_ids"]) for e in encoded], batch_size):
-            logits = torch.as_tensor(self.logits([encoded[n][0] for n in positions]))
+        entail_logits = np.zeros((len(live), len(self.labels), 2), dtype=np.float32)
+        batches = list(_length_batches(jobs, [len(e[0]["input_ids"]) for e in encoded], batch_size))
+        groups = self.logits_many([[encoded[n][0] for n in positions] for positions in batches])
+        for positions, logits in zip(batches, groups, strict=True):
             for row, n in enumerate(positions):
                 k, j = jobs[n]
                 entail_logits[k, j, 0] = logits[row, self.contradiction]
                 entail_logits[k, j, 1] = logits[row, self.entail]
         if self.multi:
-            probs = entail_logits.softmax(-1)[..., 1]
+            probs = activate(entail_logits, "softmax")[..., 1]
         else:
-            probs = entail_logits[..., 1].softmax(-1)
+            probs = activate(entail_logits[..., 1], "softmax")
         cut_any = [False] * len(live)
         for n, (k, _) in enumerate(jobs):
             cut_any[k] = cut_any[k] or encoded[n][1]
@@ -668,24 +713,30 @@ def output_labels(
         (label names in the model's order, multi-label).
     """
     from llmkit import loading
+    from llmkit.engines import onnx, onnx_cache
 
+    # A local folder's config.json, read as transformers reads labels and heads (no transformers import: the ONNX
+    # engine's runs stay torch-free); anything else (hub ids, remote code) through transformers.
+    folder = onnx.model_folder(model, revision) if model is not None else None
+    plain = onnx_cache.read_json(folder / "config.json") if folder is not None else None
+    light = plain is not None and not plain.get("auto_map") and onnx.head_of_config(plain) is not None
     if labels is not None:
         if len(labels) == 1 and model is not None and not multi_label:
             # An NLI model scores a single label on its own (entailment vs contradiction), as _NliRunner does;
             # a causal LM cannot, so only its head decides.
+            if light:
+                assert plain is not None
+                return list(labels), onnx.head_of_config(plain) != "causal-lm"
             from llmkit.tasks import CAUSAL_LM, head_of
 
-            config = loading.read_config(model, revision=revision, trust_remote_code=trust_remote_code)
-            return list(labels), head_of(config) != CAUSAL_LM
+            return list(labels), head_of(loading.read_config(model, revision=revision,
+                                                             trust_remote_code=trust_remote_code)) != CAUSAL_LM
         return list(labels), bool(multi_label)
     if model is None:
         return [], False
-
-    from llmkit import bert_native
-
-    folder = bert_native.native_folder(model)
-    if folder is not None:
-        config = bert_native.read_config(folder)
+    if light:
+        assert plain is not None
+        config: Any = onnx.config_namespace(plain)
     else:
         config = loading.read_config(model, revision=revision, trust_remote_code=trust_remote_code)
     id2label = getattr(config, "id2label", None) or {}

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmkit import tempnames
+from llmkit import signals, tempnames
 from llmkit.errors import LlmkitError, MissingDependencyError, ModelNotFoundError, UsageError
+from llmkit.fsutil import llmkit_home
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -78,11 +79,6 @@ def quiet_library_logs() -> None:
 
     for name in ("torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def llmkit_home() -> Path:
-    """Where llmkit keeps its own caches: $LLMKIT_HOME, default ~/.cache/llmkit."""
-    return Path(os.environ.get("LLMKIT_HOME") or Path.home() / ".cache" / "llmkit").expanduser()
 
 
 @dataclass(frozen=True)
@@ -348,9 +344,12 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
     if progress:
         info(f"Converting {gguf_path.name} to safetensors once (later loads take about a second)...")
     target.parent.mkdir(parents=True, exist_ok=True)
-    journal = llmkit_home() / tempnames.JOURNAL  # a killed conversion's folder is found by `models --clean`
-    tmp = tempnames.temp_dir(target, journal=journal)
+    journal = tempnames.journal_dir()  # a killed conversion's folder is found by `models --clean`
+    tempnames.sweep(target, journal=journal)  # ... and by the next conversion of the same file
+    tmp: Path | None = None
     try:
+        with signals.deferred():  # a stop signal between creating it and naming it here would leak it
+            tmp = tempnames.temp_dir(target, journal=journal)
         try:
             with _quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=str(gguf_path))
@@ -376,9 +375,10 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
             if not (target / "config.json").exists():  # not a lost race: a real failure
                 raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        tempnames.forget(tmp, journal)
+        if tmp is not None:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+            tempnames.forget(tmp, journal)
     return target
 
 
@@ -521,6 +521,10 @@ def load(
         if not allow_pickle and "safetensors" in str(exc).lower():
             raise UsageError(f"{spec} has no safetensors weights; pass --allow-pickle if you trust it") from exc
         raise ModelNotFoundError(f"{spec}: weights could not be loaded ({str(exc).splitlines()[0]})") from exc
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":  # a damaged .safetensors file (cut short, bad header)
+            raise
+        raise ModelNotFoundError(f"{spec}: its safetensors weights could not be read ({str(exc).splitlines()[0]})") from exc
 
     model.to(device)
     model.eval()

@@ -56,9 +56,7 @@ def sidecar(path: Path) -> Path:
 
 
 def _journal() -> Path:
-    from llmkit.caches import journal_dir
-
-    return journal_dir()
+    return tempnames.journal_dir()
 
 
 # --- .npy with a header written last ---------------------------------------------------------------------------

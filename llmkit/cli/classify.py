@@ -18,6 +18,7 @@ from llmkit.cli.options import (
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
+    EncoderEngineOpt,
     ExecutorOpt,
     FormatOpt,
     InputFormatOpt,
@@ -120,6 +121,11 @@ def classify(
     evaluate: Annotated[
         bool, typer.Option("--evaluate", help="Score against --label-column: accuracy, macro-F1, per class, confusion.")
     ] = False,
+    confusion_matrix: Annotated[
+        Path | None,
+        typer.Option("--confusion-matrix", help="With --evaluate: also draw the confusion matrix into this PNG "
+                     "(pip install 'llmkit[plot]')."),
+    ] = None,
     output_file: Annotated[
         Path | None,
         typer.Option(
@@ -131,6 +137,7 @@ def classify(
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    engine: EncoderEngineOpt = "auto",
     revision: RevisionOpt = None,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -153,7 +160,8 @@ def classify(
     question in its chat template, calibrated against the label's prior (--calibrate), optionally with labelled
     examples in the prompt (--examples, --shots). Tables
     in (CSV/TSV/JSONL/Parquet, --text-column), tables out (--output keeps every input column); --evaluate with
-    --label-column prints accuracy, macro-F1, per-class precision/recall and the confusion matrix.
+    --label-column prints accuracy, macro-F1, per-class precision/recall and the confusion matrix
+    (--confusion-matrix FILE.png also draws it).
     """
     from dataclasses import replace
     from itertools import chain
@@ -180,6 +188,14 @@ def classify(
         raise UsageError("give --pair (one second text for all inputs) or --pair-column, not both")
     if evaluate and label_column is None:
         raise UsageError("--evaluate needs --label-column COL (the column with the true labels)")
+    if confusion_matrix is not None:
+        from llmkit.plot import require_matplotlib
+
+        if not evaluate:
+            raise UsageError("--confusion-matrix draws the evaluation's matrix: add --evaluate --label-column COL")
+        if confusion_matrix.suffix.lower() != ".png":
+            raise UsageError(f"--confusion-matrix {confusion_matrix}: the picture is a PNG; name it .png")
+        require_matplotlib()  # before any model loads
     required = [c for c in (pair_column, label_column) if c]
     columns: list[str] = []
     records: Any = None
@@ -208,7 +224,7 @@ def classify(
         resolved_model, label_list, multi_label, revision=revision, trust_remote_code=trust_remote_code
     )
 
-    def task(mine: Any, loaded: Any = None, calibration: str = calibrate) -> Any:
+    def task(mine: Any, loaded: Any = None, calibration: str = calibrate, choice: Any = None) -> Any:
         def items() -> Any:
             for record in mine:
                 if pair_column is not None and pair_column not in record.fields:
@@ -227,7 +243,7 @@ def classify(
             multi_label=multi_label,
             min_score=min_score,
             hypothesis_template=hypothesis_template,
-            batch_size=batch_size or _cls.DEFAULT_BATCH_SIZE,
+            batch_size=batch_size,  # None: the engine's own default
             truncate=truncate,
             device=device,
             dtype=dtype,
@@ -242,6 +258,8 @@ def classify(
             example_selection=example_selection,
             seed=seed,
             loaded=loaded,
+            choice=choice,
+            engine=engine,
         )
 
     # With several processes (accelerate launch, torchrun) each runs its share; the main one gets all, in order.
@@ -250,7 +268,8 @@ def classify(
                            text_column=text_column, required=tuple(required), model=model, adapter=adapter,
                            labels=label_list, calibrate=calibrate, examples=example_rows is not None,
                            example_selection=example_selection, batch_size=batch_size, device=device, dtype=dtype,
-                           revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+                           revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                           engine=engine)
     else:
         pairs = distributed.map_records(records, task, record_type=InputRecord, result_type=_cls.Classification,
                                         peers=peers, output=output_file)
@@ -294,14 +313,21 @@ def classify(
                 emitter.emit(result, record.fields)
     output.report_skipped(seen, "prediction")
     if evaluate:
-        output.emit_report(tracker.report(), fmt)
+        evaluation = tracker.report()
+        output.emit_report(evaluation, fmt)
+        if confusion_matrix is not None:
+            from llmkit.plot import write_confusion_matrix
+
+            write_confusion_matrix(evaluation.labels, evaluation.confusion, confusion_matrix,
+                                   title=Path(input_file).name if input_file else None)
+            output.info(f"Confusion matrix: {confusion_matrix}")
 
 
 def _ray_pairs(ray: Any, task: Any, *, texts: list[str] | None, input_file: Path | None, input_format: str,
                text_column: str, required: tuple[str, ...], model: str | None, adapter: str | None,
                labels: tuple[str, ...] | None, calibrate: str, examples: bool, example_selection: str,
                batch_size: int | None, device: str, dtype: str, revision: str | None, allow_pickle: bool,
-               trust_remote_code: bool) -> Any:
+               trust_remote_code: bool, engine: str) -> Any:
     """(record, result) pairs computed on Ray: each actor loads the model once and classifies window after window
     through the same `task` as the local run, with the model it loaded."""
     from llmkit import loading
@@ -314,6 +340,9 @@ def _ray_pairs(ray: Any, task: Any, *, texts: list[str] | None, input_file: Path
             raise UsageError("give --model (a text-classification model, e.g. a `llmkit finetune` output) "
                              "or --labels a,b,c for zero-shot classification with the bundled model")
         spec = _cls.DEFAULT_ZERO_SHOT_MODEL
+    load_options = dict(adapter=base_adapter, device=device, dtype=dtype, revision=revision,
+                        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    ray_data.check_encoder_engine(spec, _cls.SEQUENCE_CLASSIFICATION, engine, load_options)  # before any cluster
     window = (batch_size or _cls.DEFAULT_BATCH_SIZE) * _cls.LENGTH_GROUP_WINDOW
     causal = labels is not None and loading.model_heads(spec, revision=revision, trust_remote_code=trust_remote_code,
                                                         adapter=base_adapter)[0] == "causal-lm"
@@ -332,9 +361,9 @@ def _ray_pairs(ray: Any, task: Any, *, texts: list[str] | None, input_file: Path
                                  "content-free (what auto takes for this many inputs) or --executor local")
             calibration = "content-free"
         return Work(
-            load=lambda: _cls.load_model(spec, adapter=base_adapter, device=device, dtype=dtype, revision=revision,
-                                         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code),
-            run=lambda lm, records: task(iter(records), loaded=lm, calibration=calibration),
+            # the engine chosen (and loaded) as a local run chooses it; the records name it as locally
+            load=lambda: _cls.load_model(spec, engine=engine, warn_fallback=False, **load_options),
+            run=lambda lm, records: task(iter(records), loaded=lm[0], choice=lm[1], calibration=calibration),
             window=window,
             result_type=_cls.Classification,
         )

@@ -16,6 +16,7 @@ from llmkit.cli.options import (
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
+    EncoderEngineOpt,
     ExecutorOpt,
     FormatOpt,
     InputFormatOpt,
@@ -59,6 +60,7 @@ def fill_mask_command(
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    engine: EncoderEngineOpt = "auto",
     revision: RevisionOpt = None,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -100,10 +102,14 @@ def fill_mask_command(
     if ray is not None:
         from llmkit.executors import Work, ray_data
 
+        ray_data.check_encoder_engine(spec, _fm.MASKED_LM, engine, load_options)  # before any cluster starts
+
         def build(total: int) -> Work:
             return Work(
-                load=lambda: _fm.load_model(spec, **load_options),
-                run=lambda lm, records: _fm.fill_mask((r.text for r in records), loaded=lm, **run_options),
+                # the engine chosen (and loaded) as a local run chooses it; the records name it as locally
+                load=lambda: _fm.load_model(spec, engine=engine, warn_fallback=False, **load_options),
+                run=lambda lm, records: _fm.fill_mask((r.text for r in records), loaded=lm[0], choice=lm[1],
+                                                      **run_options),
                 window=size * executors.BATCHES_PER_WINDOW,
                 result_type=_fm.MaskPrediction,
             )
@@ -118,7 +124,7 @@ def fill_mask_command(
         distributed.check_shareable_input(peers, texts, input_file)
 
         def task(mine: Any) -> Any:
-            return _fm.fill_mask((record.text for record in mine), **run_options, **load_options)
+            return _fm.fill_mask((record.text for record in mine), engine=engine, **run_options, **load_options)
 
         # With several processes (accelerate launch, torchrun) each runs its share; the main one prints all, in order.
         pairs = distributed.map_records(inputs, task, record_type=InputRecord, result_type=_fm.MaskPrediction,

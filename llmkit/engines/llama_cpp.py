@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmkit import signals
 from llmkit.errors import LlmkitError, MissingDependencyError, UsageError
 from llmkit.sampling import Generation, GenerationSettings, StopStream, stream_seed
 from llmkit.sampling import settings_record as settings_record  # the one record both engines write
@@ -206,7 +207,8 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     import hashlib
     import json
 
-    from llmkit.loading import llmkit_home
+    from llmkit import tempnames
+    from llmkit.fsutil import llmkit_home
 
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{GGUF_INFO_CACHE_VERSION}"
@@ -216,11 +218,10 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     except (OSError, ValueError, TypeError):
         pass
     info = _read_gguf_info(path)
-    try:  # written under a temporary name, then renamed: a concurrent reader never sees half a file
+    try:  # written under a temporary name (tempnames' rule), then renamed: a reader never sees half a file
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(info)), encoding="utf-8")
-        os.replace(tmp, cache)
+        with tempnames.replacing(cache, suffix=".tmp", journal=tempnames.journal_dir()) as tmp:
+            tmp.write_text(json.dumps(dataclasses.asdict(info)), encoding="utf-8")
     except OSError:  # a read-only home only costs the next run the same 0.1-0.3 s
         pass
     return info
@@ -434,16 +435,31 @@ def _complete(
     on_text: Callable[[str], None] | None,
     context: int = 0,
     parallel: int = 1,
+    cancel: threading.Event | None = None,
 ) -> _Answer:
     """One prompt through llama.cpp, streamed: stop strings are checked on the text as it grows.
 
+    Args:
+        cancel: once set, the generation ends at its next token (the caller was stopped: Ctrl-C, SIGTERM).
+
     Raises:
         UsageError: the prompt or its answer did not fit llama.cpp's context (never a silently short answer).
+        KeyboardInterrupt: a stop signal arrived while tokens streamed (signals.Interrupted for SIGTERM/SIGHUP).
     """
     view = StopStream(stops, on_text)  # never shows text that may turn out to be a stop string
     state: dict[str, Any] = {"text": "", "chunks": 0, "finish": None, "usage": None, "timings": None, "error": None}
+    raised: list[BaseException] = []
 
     def on_chunk(chunk: dict[str, Any]) -> bool:
+        if (cancel is not None and cancel.is_set()) or signals.pending() is not None:
+            return True  # stopped: end the generation at this token
+        try:
+            return take(chunk)
+        except BaseException as exc:
+            raised.append(exc)
+            return True
+
+    def take(chunk: dict[str, Any]) -> bool:
         if "error" in chunk:
             state["error"] = chunk["error"]
             return True
@@ -462,8 +478,17 @@ def _complete(
 
     body = dict(request, prompt=text, stream=True, timings_per_token=True, stream_options={"include_usage": True})
     started = time.perf_counter()
-    server.handle_completions(body, on_chunk)
+    # On the main thread, a stop signal's handler would run inside this callback or xllamacpp's wrapper around
+    # it, whose C++ frames swallow the exception (with a traceback on stderr) and generate on. So the signal is
+    # only recorded meanwhile: the callback ends the generation at the next token and the block's end raises.
+    with signals.deferred():
+        server.handle_completions(body, on_chunk)
     seconds = time.perf_counter() - started
+    if raised:
+        raise raised[0]
+    stopped_by = signals.pending()
+    if stopped_by is not None:  # a worker thread: the main thread is unwinding; this answer is cut short
+        raise signals.Interrupted(stopped_by)
     if state["error"] is not None:
         error = state["error"]
         message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
@@ -593,17 +618,20 @@ def generate(
     from concurrent.futures import ThreadPoolExecutor  # here: 10-20 ms of a one-prompt start-up
 
     window = 2 * batch_size
+    cancel = threading.Event()  # set when this generator stops early (an error, Ctrl-C, SIGTERM, SIGHUP)
     with ThreadPoolExecutor(max_workers=batch_size, thread_name_prefix="llmkit-llama") as pool:
         pending: list[tuple[str, Future[_Answer]]] = []
         try:
             for index, prompt, text in rendered():
                 pending.append((prompt, pool.submit(_complete, server, index, text, request_for(index), settings.stop,
-                                                    None, context, batch_size)))
+                                                    None, context, batch_size, cancel)))
                 while len(pending) >= window or (pending and pending[0][1].done()):
                     first_prompt, future = pending.pop(0)
                     yield result(first_prompt, future.result())
             for first_prompt, future in pending:
                 yield result(first_prompt, future.result())
         finally:
+            # The pool's exit waits for the requests in flight: each ends at its next token instead of its last.
+            cancel.set()
             for _, future in pending:
                 future.cancel()

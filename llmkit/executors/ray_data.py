@@ -377,6 +377,23 @@ def read(location: str, fmt: str, columns: list[str]) -> Any:
     return ray.data.read_parquet(location, file_extensions=None)
 
 
+def check_encoder_engine(spec: str, head: str, engine: str, load_options: dict[str, Any]) -> None:
+    """`--engine` on an encoder task (classify, fill-mask), checked here before any cluster starts, by the rules
+    that each actor then applies to load its model (`choose.choose_encoder`): an unknown engine or one that cannot
+    run the model is the local run's one line and exit code, and auto's fallback that is known before loading (a
+    remote-code model, an export that failed before) is said once here, as locally (the actors say nothing)."""
+    from llmkit.engines import choose
+
+    choice = choose.choose_encoder(spec, head, device=load_options["device"], dtype=load_options["dtype"],
+                                   requested=engine, adapter=load_options["adapter"],
+                                   revision=load_options["revision"],
+                                   trust_remote_code=load_options["trust_remote_code"])
+    if choice.fallback is not None:
+        from llmkit.console import warn
+
+        warn(choice.fallback)
+
+
 def input_columns(input_file: Path, input_format: str, text_column: str) -> list[str]:
     """The columns `--input` has, as Ray Data will read it (text lines: just the text column)."""
     from llmkit.executors import location
