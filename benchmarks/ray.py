@@ -10,6 +10,9 @@ Runs, each a fresh `llmkit classify ... --json` process, timed from start to exi
 - local: one process (`--executor local`, the default);
 - ray: `--executor ray --actors 2` on a local Ray cluster started and stopped by the run;
 - ray, one actor killed: the same, with one actor process killed (SIGKILL) once the first records are out;
+- Ray Data + pipeline (the peer issue 32 names): Ray Data's own `read_csv` and `map_batches` over an actor pool
+  of 2, each actor a transformers `pipeline("text-classification", batch_size=32)`, on a local Ray cluster,
+  written by nothing (the labels gathered with `take_all`); its labels are compared with llmkit local's (top label);
 - torchrun (with --torchrun): `torchrun --nproc_per_node 2 -m llmkit classify ...`, the file-coordinated shards
   of llmkit/distributed.py, for the distributed.py decision.
 
@@ -17,7 +20,7 @@ The records of every run are compared with the local run's. Runs alternate (`--r
 of each counts. The machine's load average is recorded before and after, and the JSON goes to
 benchmarks/results/ray-<UTC time>.json. On a busy machine the ratios move: rerun on a quiet one.
 
-    python benchmarks/ray.py [--texts 3000] [--repeats 1] [--torchrun] [--no-kill]
+    python benchmarks/ray.py [--texts 3000] [--repeats 1] [--torchrun] [--no-kill] [--no-peer]
 """
 
 from __future__ import annotations
@@ -82,6 +85,40 @@ def mixed_texts(n: int) -> list[dict[str, str]]:
     return mixed
 
 
+PEER = r"""
+import json, os, sys, tempfile, shutil
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # one machine: the cluster on 127.0.0.1 only
+import ray
+from ray.data import ActorPoolStrategy
+
+source, model = sys.argv[1], sys.argv[2]
+temp = tempfile.mkdtemp(prefix="lkpeer", dir="/tmp")
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+class Classifier:
+    def __init__(self):
+        from transformers import pipeline
+        self.pipe = pipeline("text-classification", model=model, device="cpu")
+
+    def __call__(self, batch):
+        out = self.pipe(list(batch["text"]), batch_size=32, truncation=True)
+        return {"id": batch["id"], "label": [o["label"] for o in out]}
+
+
+try:
+    ds = ray.data.read_csv(source).map_batches(Classifier, compute=ActorPoolStrategy(size=2), num_cpus=1,
+                                                batch_size=128, batch_format="pandas")
+    rows = ds.take_all()
+    for row in sorted(rows, key=lambda r: int(r["id"])):
+        print(json.dumps({"id": str(row["id"]), "label": row["label"]}))
+finally:
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+"""
+
+
 def _descendants(root: int) -> dict[int, str]:
     """pid -> command line of every live process under `root`."""
     table: dict[int, tuple[int, str]] = {}
@@ -112,7 +149,10 @@ def run(command: list[str], *, kill_actor: bool = False) -> dict[str, Any]:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     env.pop("RAY_ADDRESS", None)
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    import tempfile
+
+    errors = tempfile.TemporaryFile("w+")  # a file: only the reader thread reads the stdout pipe
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=errors, text=True,
                                cwd=str(ROOT))
     lines: list[str] = []
 
@@ -132,8 +172,11 @@ def run(command: list[str], *, kill_actor: bool = False) -> dict[str, Any]:
                 killed = {"pid": actors[0], "after_records": len(lines),
                           "at_seconds": round(time.perf_counter() - started, 2)}
         time.sleep(0.05)
-    _, stderr = process.communicate()
+    process.wait()
     reader.join(timeout=30)
+    errors.seek(0)
+    stderr = errors.read()
+    errors.close()
     seconds = time.perf_counter() - started
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{stderr}")
@@ -146,6 +189,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--torchrun", action="store_true", help="Also run torchrun --nproc_per_node 2.")
     parser.add_argument("--no-kill", action="store_true", help="Skip the run with a killed actor.")
+    parser.add_argument("--no-peer", action="store_true", help="Skip Ray Data's map_batches with a pipeline.")
     args = parser.parse_args()
 
     import compileall
@@ -166,6 +210,8 @@ def main() -> None:
     }
     if not args.no_kill:
         runs["ray, 2 actors, one killed"] = runs["ray, 2 actors"]
+    if not args.no_peer:
+        runs["Ray Data map_batches + pipeline, 2 actors"] = [sys.executable, "-c", PEER, str(source), str(model)]
     if args.torchrun:
         runs["torchrun, 2 processes"] = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                                          "-m", "llmkit", *llmkit[3:]]
@@ -189,9 +235,14 @@ def main() -> None:
     rows = []
     for name in runs:
         records = [json.loads(line) for line in outputs[name]]
-        rows.append({"run": name, "best_seconds": best[name], "all_seconds": times[name],
-                     "vs_local": round(best[name] / best["local"], 3), "records": len(records),
-                     "records_equal_local": records == local})
+        row = {"run": name, "best_seconds": best[name], "all_seconds": times[name],
+               "vs_local": round(best[name] / best["local"], 3), "records": len(records)}
+        if name.startswith("Ray Data"):  # another program: its top labels against llmkit's
+            row["top_labels_equal_local"] = sum(
+                a["label"] == b["label"] for a, b in zip(records, local, strict=False))
+        else:
+            row["records_equal_local"] = records == local
+        rows.append(row)
     stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
     result = {
         "benchmark": "benchmarks/ray.py", "utc": stamp, "texts": len(texts),
@@ -204,15 +255,17 @@ def main() -> None:
                      if "ray, 2 actors, one killed" in best else {})},
     }
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"ray-{stamp}.json"
+    out = RESULTS / f"ray_{stamp}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{stamp}; {len(texts)} mixed real texts; best of {args.repeats}; load average "
           f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; {out.relative_to(ROOT)}\n")
     print("| run | seconds (best) | all runs | vs local | records equal to local |")
     print("|---|---:|---|---:|---|")
     for row in rows:
+        same = (f"top label {row['top_labels_equal_local']}/{len(local)}" if "top_labels_equal_local" in row
+                else f"{row['records_equal_local']} ({row['records']})")
         print(f"| {row['run']} | {row['best_seconds']:.1f} | {', '.join(f'{s:.1f}' for s in row['all_seconds'])} | "
-              f"{row['vs_local']:.2f}x | {row['records_equal_local']} ({row['records']}) |")
+              f"{row['vs_local']:.2f}x | {same} |")
     for kill in kills:
         print(f"\nkilled actor pid {kill['pid']} at {kill['at_seconds']} s, after {kill['after_records']} records")
 

@@ -272,9 +272,10 @@ def test_a_killed_actor_is_restarted_and_the_output_is_complete(two_nodes: Clust
     base = ["generate", "-m", str(tiny_causal_lm), "-i", str(source), "-n", "6", "--batch-size", "1", "--json"]
     local = invoke(base)
     assert local.exit_code == 0, local.stderr
+    errors = open(tmp_path / "stderr.txt", "w+")  # a file: only the reader thread reads the stdout pipe
     run = subprocess.Popen([sys.executable, "-m", "llmkit", *base, "--executor", "ray", "--ray-address",
                             two_nodes.address, "--actors", "2"], env=two_nodes.env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+                           stderr=errors, text=True)
     killed: list[tuple[int, int]] = []  # (pid, records out when it was killed)
     lines: list[str] = []
 
@@ -293,11 +294,14 @@ def test_a_killed_actor_is_restarted_and_the_output_is_complete(two_nodes: Clust
                 os.kill(actors[0], signal.SIGKILL)
                 killed.append((actors[0], len(lines)))
             time.sleep(0.05)
-        _, stderr = run.communicate(timeout=RUN_TIMEOUT)
+        run.wait(timeout=RUN_TIMEOUT)
     finally:
         if run.poll() is None:
             run.kill()
-    reader.join(timeout=10)
+        reader.join(timeout=10)
+        errors.seek(0)
+        stderr = errors.read()
+        errors.close()
     assert killed, "no actor was seen alive mid-run"
     assert 0 < killed[0][1] < 120  # killed after the first records, before the last
     assert run.returncode == 0, stderr
@@ -320,15 +324,38 @@ def test_an_unparsable_row_is_one_line(two_nodes: Cluster, tiny_classifier: Path
 # --- bad input, refused before a cluster starts ---------------------------------------------------------------
 
 
-def test_a_missing_column_is_one_line_and_exit_3(tiny_classifier: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def no_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if any Ray cluster is started or joined (the checks must come first)."""
+    from llmkit.executors import ray_data
+
+    def refuse(settings: Any) -> Any:
+        raise AssertionError("a Ray cluster was started before the input was checked")
+
+    monkeypatch.setattr(ray_data, "cluster", refuse)
+
+
+def test_a_missing_column_is_one_line_and_exit_3(tiny_classifier: Path, tmp_path: Path, no_cluster: None) -> None:
     source = _csv(tmp_path / "in.csv", 3)
-    result = invoke(["classify", "-m", str(tiny_classifier), "-i", str(source), "--text-column", "body",
-                     "--executor", "ray"])
-    assert result.exit_code == 3
-    assert result.stderr.strip().startswith(f"Error: {source.absolute()}: no column 'body'")
+    base = ["classify", "-m", str(tiny_classifier), "-i", str(source), "--text-column", "body"]
+    local = invoke(base)
+    result = invoke([*base, "--executor", "ray"])
+    assert result.exit_code == local.exit_code == 3
+    assert result.stderr.strip() == local.stderr.strip() == (
+        f"Error: no column 'body' in {source} (columns: id, text, note); pick the right one with "
+        "--text-column/--label-column")
 
 
-def test_a_missing_or_unreadable_file_is_one_line(tiny_classifier: Path, tmp_path: Path) -> None:
+def test_an_unknown_engine_is_refused_before_a_cluster_starts(tiny_classifier: Path, tmp_path: Path,
+                                                              no_cluster: None) -> None:
+    source = _csv(tmp_path / "in.csv", 3)
+    for command in (["classify", "-m", str(tiny_classifier)], ["fill-mask"]):
+        result = invoke([*command, "-i", str(source), "--engine", "spark", "--executor", "ray"])
+        assert result.exit_code == 2
+        assert result.stderr.strip() == "Error: unknown --engine 'spark'; use one of auto, onnx, transformers"
+
+
+def test_a_missing_or_unreadable_file_is_one_line(tiny_classifier: Path, tmp_path: Path, no_cluster: None) -> None:
     missing = invoke(["classify", "-m", str(tiny_classifier), "-i", str(tmp_path / "nope.csv"), "--executor", "ray"])
     assert missing.exit_code == 3
     assert missing.stderr.strip() == f"Error: --input not found: {tmp_path / 'nope.csv'}"

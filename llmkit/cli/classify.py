@@ -340,8 +340,8 @@ def _ray_pairs(ray: Any, task: Any, *, texts: list[str] | None, input_file: Path
             raise UsageError("give --model (a text-classification model, e.g. a `llmkit finetune` output) "
                              "or --labels a,b,c for zero-shot classification with the bundled model")
         spec = _cls.DEFAULT_ZERO_SHOT_MODEL
-    load_options = dict(adapter=base_adapter, device=device, dtype=dtype, revision=revision,
-                        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    load_options: dict[str, Any] = dict(adapter=base_adapter, device=device, dtype=dtype, revision=revision,
+                                        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     ray_data.check_encoder_engine(spec, _cls.SEQUENCE_CLASSIFICATION, engine, load_options)  # before any cluster
     window = (batch_size or _cls.DEFAULT_BATCH_SIZE) * _cls.LENGTH_GROUP_WINDOW
     causal = labels is not None and loading.model_heads(spec, revision=revision, trust_remote_code=trust_remote_code,
