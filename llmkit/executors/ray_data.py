@@ -358,23 +358,56 @@ def read(location: str, fmt: str, columns: list[str]) -> Any:
         fmt: one of READ_FORMATS (see `read_format`).
         columns: the table's columns.
     """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
     import ray.data
 
     if fmt == "text":
         return ray.data.read_text(location, drop_empty_lines=False, file_extensions=None)
     if fmt in ("csv", "tsv"):
-        return ray.data.read_csv(
-            location,
-            parse_options=pacsv.ParseOptions(delimiter="," if fmt == "csv" else "\t"),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns},
-                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
-            file_extensions=None,
-        )
+        return ray.data.read_csv(location, **_csv_options(fmt, columns), file_extensions=None)
     if fmt == "jsonl":
         return ray.data.read_json(location, lines=True, file_extensions=None)
     return ray.data.read_parquet(location, file_extensions=None)
+
+
+def _csv_options(fmt: str, columns: list[str]) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    return dict(parse_options=pacsv.ParseOptions(delimiter="," if fmt == "csv" else "\t"),
+                convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns},
+                                                     strings_can_be_null=False, quoted_strings_can_be_null=False))
+
+
+def local_read_problem(location: str, fmt: str, columns: list[str]) -> DataError | None:
+    """After Ray failed to read a local `--input` without naming why (Ray 2.60 can report a failed read task
+    only as ObjectRefStreamEndOfStreamError): its files read here with the same pyarrow options, to name what is
+    wrong in the input. Runs only after such a failure, never on the way to a run.
+
+    Returns:
+        The input's error (exit 2), or None when every file reads here (the failure was the cluster's).
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    path = Path(location)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        try:
+            if fmt in ("csv", "tsv"):
+                pacsv.read_csv(file, **_csv_options(fmt, columns))
+            elif fmt == "jsonl":
+                pajson.read_json(file)
+            elif fmt == "parquet":
+                pq.read_table(file)
+            else:
+                file.read_bytes().decode("utf-8")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+            return DataError(f"the input cannot be read: {_first_line(exc)}")
+        except OSError:
+            return None
+    return None
 
 
 def check_encoder_engine(spec: str, head: str, engine: str, load_options: dict[str, Any]) -> None:
@@ -774,7 +807,14 @@ def map_records(
         # what runs where.
         warnings.simplefilter("ignore", UserWarning)
         ds = read(source, fmt, columns) if isinstance(source, str) else from_records(source)
-        ds, total, work = windows(ds, text_column=text_column, build=build)
+        try:
+            ds, total, work = windows(ds, text_column=text_column, build=build)
+        except RayRunError:
+            problem = None if not isinstance(source, str) or is_uri(source) else local_read_problem(
+                source, fmt, columns)
+            if problem is not None:
+                raise problem from None
+            raise
         info(describe(total, work, settings, resources))
         out = run(ds, work, settings, windows=windows_count(total, work.window), parts=settings.output_dir is not None)
         if settings.output_dir is not None:
