@@ -227,7 +227,8 @@ def test_generate_on_two_nodes_keeps_every_field(two_nodes: Cluster, tiny_causal
     assert [r["tags"] for r in ours] == [["a", str(i)] for i in range(40)]
 
 
-@pytest.mark.parametrize("suffix", ["parquet", "jsonl"])
+# the JSONL writer is the same path as Parquet's but for the format; 35-63 s each at load average 10-12: slow
+@pytest.mark.parametrize("suffix", ["parquet", pytest.param("jsonl", marks=pytest.mark.slow)])
 def test_output_dir_parts_hold_the_local_records(two_nodes: Cluster, tiny_encoder: Path, tmp_path: Path,
                                                  suffix: str) -> None:
     import pyarrow.dataset as pads
@@ -266,6 +267,7 @@ def _actors(cluster: Cluster) -> list[int]:
     return [pid for pid in members if "LlmkitWorker" in table.get(pid, (0, ""))[1]]
 
 
+@pytest.mark.slow  # 55-68 s at load average 10-12 (120 prompts, so that the kill lands mid-run): make test-slow
 def test_a_killed_actor_is_restarted_and_the_output_is_complete(two_nodes: Cluster, tiny_causal_lm: Path,
                                                                  tmp_path: Path) -> None:
     source = tmp_path / "in.txt"
