@@ -108,8 +108,10 @@ class Classifier:
 
 
 try:
-    ds = ray.data.read_csv(source).map_batches(Classifier, compute=ActorPoolStrategy(size=2), num_cpus=1,
-                                                batch_size=128, batch_format="pandas")
+    # read first: with both CPUs held by the two actors, read tasks (1 CPU each) would wait forever (seen here)
+    ds = ray.data.read_csv(source).materialize()
+    ds = ds.map_batches(Classifier, compute=ActorPoolStrategy(size=2), num_cpus=1, batch_size=128,
+                        batch_format="pandas")
     rows = ds.take_all()
     for row in sorted(rows, key=lambda r: int(r["id"])):
         print(json.dumps({"id": str(row["id"]), "label": row["label"]}))
