@@ -16,6 +16,7 @@ import tiny
 from helpers import invoke, json_lines
 
 from llmkit.embed import Embedder, embed
+from llmkit.engines.choose import ONNX_REASON
 from llmkit.errors import UsageError
 from llmkit.sentence_modules import pooling_modes, read_folder
 
@@ -120,9 +121,9 @@ def test_records_on_a_pipe_carry_the_vector_the_settings_and_the_engine(folders:
     assert [r["text"] for r in rows] == ["good", "the cat sat on the mat ."]
     first = rows[0]
     assert {k: first[k] for k in ("pooling", "normalized", "dimension", "engine", "error", "truncated")} == {
-        "pooling": "cls+mean", "normalized": True, "dimension": 16, "engine": "transformers", "error": None,
+        "pooling": "cls+mean", "normalized": True, "dimension": 16, "engine": "onnx", "error": None,
         "truncated": False}
-    assert first["engine_reason"] == "auto: transformers, the encoder engine of this build"
+    assert first["engine_reason"] == ONNX_REASON
     assert len(first["embedding"]) == 16 and abs(np.linalg.norm(first["embedding"]) - 1) < 1e-5
     expected, _, _ = Embedder(str(folders["dense-normalize"])).vectors(["good"])
     np.testing.assert_allclose(first["embedding"], expected[0], atol=1e-6)
@@ -191,9 +192,10 @@ def test_prefix_is_put_before_each_input(folders: dict[str, Path]) -> None:
 def test_a_plain_model_says_which_pooling_it_used(tiny_encoder: Path) -> None:
     result = invoke(["embed", "-m", str(tiny_encoder), "good"])
     assert result.exit_code == 0
-    assert result.stderr.strip() == ("Warning: encoder has no pooling information (no modules.json): mean pooling, "
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("Exported ")]  # the first ONNX run
+    assert lines == [("Warning: encoder has no pooling information (no modules.json): mean pooling, "
                                      "not normalised, as sentence-transformers does for a plain model; --pooling and "
-                                     "--normalize choose")
+                                     "--normalize choose")]
     chosen = invoke(["embed", "-m", str(tiny_encoder), "--pooling", "mean", "good"])
     assert chosen.stderr == ""
 
@@ -208,7 +210,7 @@ def test_no_truncate_stops_on_a_long_input(folders: dict[str, Path]) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--engine", "onnxx", "good"], "Error: unknown --engine 'onnxx'; use one of auto, transformers"),
+        (["--engine", "onnxx", "good"], "Error: unknown --engine 'onnxx'; use one of auto, onnx, transformers"),
         (["--pooling", "median", "good"], "Error: unknown --pooling 'median'; use one of cls, max, mean, "
                                           "mean_sqrt_len_tokens, weightedmean, lasttoken"),
         (["--precision", "int4", "-q", "x", "good"], "Error: unknown --precision 'int4'; use one of float32, int8, binary"),
@@ -360,7 +362,7 @@ def test_search_a_table_embedded_on_the_fly(folders: dict[str, Path], table: Pat
     assert [h["rank"] for h in hits] == [1, 2]
     assert hits[0]["text"] == "paris is the capital of france" and hits[0]["id"] == "r1"
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5) and hits[0]["index"] == 1
-    assert hits[0]["topic"] == "1" and hits[0]["precision"] == "float32" and hits[0]["engine"] == "transformers"
+    assert hits[0]["topic"] == "1" and hits[0]["precision"] == "float32" and hits[0]["engine"] == "onnx"
     assert hits[0]["score"] >= hits[1]["score"]
 
 
