@@ -160,21 +160,32 @@ def part_speed(n: int, repeats: int, engines: list[str], int8_model: str | None)
 # --- quality ---------------------------------------------------------------------------------------------------
 
 
-def part_quality() -> dict:
+def _bbc_vectors(model: str, cache: Path, texts: list[str]):
+    import numpy as np
+
+    from llmkit.embed import Embedder
+
+    if cache.exists():
+        return np.load(cache)
+    WORK.mkdir(parents=True, exist_ok=True)
+    vectors, _, _ = Embedder(model, batch_size=BATCH_SIZE).vectors(texts)
+    np.save(cache, vectors)
+    return vectors
+
+
+def _knn_accuracy(rows: list[list[int]], labels: list[str]) -> float:
+    correct = sum(Counter(labels[i] for i in row).most_common(1)[0][0] == labels[q] for q, row in enumerate(rows))
+    return correct / len(labels)
+
+
+def part_quality(int8_model: str | None = None) -> dict:
     import numpy as np
 
     from llmkit import search
-    from llmkit.embed import Embedder
 
     docs = corpora.bbc_news()
     labels = [d["label"] for d in docs]
-    cache = WORK / "bbc-minilm.npy"
-    if cache.exists():
-        vectors = np.load(cache)
-    else:
-        WORK.mkdir(parents=True, exist_ok=True)
-        vectors, _, _ = Embedder("minilm-l6", batch_size=BATCH_SIZE).vectors([d["text"] for d in docs])
-        np.save(cache, vectors)
+    vectors = _bbc_vectors("minilm-l6", WORK / "bbc-minilm.npy", [d["text"] for d in docs])
 
     def corpus():
         for start in range(0, len(vectors), 256):
@@ -190,10 +201,20 @@ def part_quality() -> dict:
         seconds = time.perf_counter() - started
         rows = [[h.index for h in per if h.index != q][:K_NEIGHBOURS] for q, per in enumerate(hits)]
         neighbours[name] = rows
-        correct = sum(Counter(labels[i] for i in row).most_common(1)[0][0] == labels[q] for q, row in enumerate(rows))
-        table[name] = {"knn_accuracy": round(correct / len(docs), 4),
+        table[name] = {"knn_accuracy": round(_knn_accuracy(rows, labels), 4),
                        "bytes_per_vector": search.BYTES_PER_DIMENSION[precision] * vectors.shape[1],
                        "search_s": round(seconds, 2)}
+    if int8_model:  # the onnx-int8 model's own vectors, searched at float32
+        name = f"{Path(int8_model).name} (onnx-int8 model), float32 search"
+        quantized = _bbc_vectors(int8_model, WORK / f"bbc-{Path(int8_model).name}.npy", [d["text"] for d in docs])
+        hits = search.search(quantized, [(quantized, [{"row": i} for i in range(len(quantized))])],
+                             top_k=K_NEIGHBOURS + 1, precision="float32")
+        rows = [[h.index for h in per if h.index != q][:K_NEIGHBOURS] for q, per in enumerate(hits)]
+        neighbours[name] = rows
+        cos = (quantized * vectors).sum(1) / np.linalg.norm(quantized, axis=1) / np.linalg.norm(vectors, axis=1)
+        table[name] = {"knn_accuracy": round(_knn_accuracy(rows, labels), 4),
+                       "bytes_per_vector": search.BYTES_PER_DIMENSION["float32"] * quantized.shape[1],
+                       "search_s": None, "min_cosine_to_float32_model": round(float(cos.min()), 6)}
     base = neighbours["float32"]
     for name, rows in neighbours.items():
         overlap = np.mean([len(set(a) & set(b)) / K_NEIGHBOURS for a, b in zip(rows, base, strict=True)])
@@ -257,10 +278,10 @@ def markdown(name: str, result: dict) -> str:
     runs = result.get("runs")
     if not runs:
         return f"{name}: " + ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("load_before", "load_after"))
-    columns = list(next(iter(runs.values())))
+    columns = list(dict.fromkeys(c for values in runs.values() for c in values))
     lines = [f"| {name} | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for row, values in runs.items():
-        lines.append(f"| {row} | " + " | ".join(str(values[c]) for c in columns) + " |")
+        lines.append(f"| {row} | " + " | ".join(str(values.get(c, "")) for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -274,11 +295,12 @@ def main() -> None:
     parser.add_argument("--memory-model", default="minilm-l6",
                         help="the model of the memory part; 'tiny': tests/tiny.py's 2-layer encoder (streaming does "
                         "not depend on the model, and 100,000 texts take minutes instead of an hour on a busy machine)")
-    parser.add_argument("--engines", default="auto",
-                        help="llmkit engines to time, e.g. auto,transformers,onnx once the ONNX engine is in")
+    parser.add_argument("--engines", default="auto,transformers",
+                        help="llmkit engines to time (auto is ONNX Runtime on the CPU), e.g. auto,transformers,onnx")
     parser.add_argument("--threads", help="torch threads for every timed process (default: each picks its own; "
                         "llmkit takes the free cores, sentence-transformers one per core)")
-    parser.add_argument("--int8-model", help="a quantized folder (quantize --method onnx-int8) to time as well")
+    parser.add_argument("--int8-model", help="a quantized folder (quantize --method onnx-int8) to time as well, "
+                        "and whose own vectors the quality part searches")
     args = parser.parse_args()
     global THREADS
     THREADS = args.threads
@@ -296,7 +318,7 @@ def main() -> None:
             result = part_speed(args.speed_texts, args.repeats, [e.strip() for e in args.engines.split(",")],
                                 args.int8_model)
         elif part == "quality":
-            result = part_quality()
+            result = part_quality(args.int8_model)
         elif part == "memory":
             result = part_memory([int(s) for s in args.memory_sizes.split(",")], args.memory_model)
         else:

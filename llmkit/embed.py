@@ -320,7 +320,7 @@ class Embedder:
         for start in range(0, len(batches), step):  # `step` batches at once on an engine's worker threads
             group = batches[start : start + step]
             padded = [self._pad([encodings[i] for i in rows]) for rows in group]
-            hidden = many(padded) if len(padded) > 1 else [self.encoder.hidden_states(padded[0])]
+            hidden = many(padded) if many is not None and len(padded) > 1 else [self.encoder.hidden_states(padded[0])]
             for rows, batch, states in zip(group, padded, hidden, strict=True):
                 out[rows] = self.head(states, batch["attention_mask"], prefix_tokens=self.prefix_tokens)
         return out, [len(e.ids) for e in encodings], [bool(e.overflowing) for e in encodings]
