@@ -6,7 +6,8 @@ Parts (`--parts`, all by default), each printed as a markdown table and saved in
 - parity: the bundled all-MiniLM-L6-v2 on 1,000 real texts, llmkit's vectors against `SentenceTransformer.encode`
   (cosine per text: min and mean).
 - speed: end to end, fresh processes, CPU, batch size 32 for both: `llmkit embed -i texts.txt -o out.npy` against
-  a script that imports sentence-transformers, loads the same folder, encodes and saves the .npy; on 3,000
+  a script that imports sentence-transformers, loads the same folder, encodes and saves the .npy (wall time and
+  the process's CPU time, user + system, which the machine's load shifts less); on 3,000
   mixed-length real texts (1,000 VADER tweets, 1,000 Amazon review snippets, 700 movie snippets, 300 BBC News
   articles, cut at the model's 256 tokens by both). Alternate runs, `--repeats` each, best wall time counts;
   `--engines auto,transformers,onnx` times each engine, and `--int8-model DIR` adds a quantized model (speed and
@@ -110,13 +111,19 @@ np.save(sys.argv[3], model.encode(texts, batch_size=int(sys.argv[4]), convert_to
 THREADS: str | None = None  # --threads: the same torch thread count for every process (OMP_NUM_THREADS)
 
 
-def _timed(cmd: list[str]) -> float:
+def _timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user + system) of one process; CPU time shifts less with the machine's load."""
+    import resource
+
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     if THREADS:
         env["OMP_NUM_THREADS"] = THREADS
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=str(ROOT))
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def _cosine_rows(a_path: Path, b_path: Path) -> tuple[float, float]:
@@ -148,13 +155,18 @@ def part_speed(n: int, repeats: int, engines: list[str], int8_model: str | None)
     if int8_model:
         llmkit(f"llmkit embed -m {Path(int8_model).name}", WORK / "llmkit-int8.npy", "-m", int8_model)
     times: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, cmd in runs.items():
-            times[name].append(round(_timed(cmd), 2))
+            wall, used = _timed(cmd)
+            times[name].append(round(wall, 2))
+            cpu[name].append(round(used, 2))
     best = {name: min(t) for name, t in times.items()}
+    least = {name: min(t) for name, t in cpu.items()}
     table = {}
     for name in runs:
         table[name] = {"best_s": best[name], "runs_s": times[name], "speedup_vs_st": round(best[peer] / best[name], 2),
+                       "cpu_s": least[name], "cpu_speedup_vs_st": round(least[peer] / least[name], 2),
                        "min_cosine_vs_st": round(_cosine_rows(outputs[name], outputs[peer])[0], 6),
                        "mean_cosine_vs_st": round(_cosine_rows(outputs[name], outputs[peer])[1], 6)}
     return {"texts": n, "batch_size": BATCH_SIZE, "repeats": repeats, "runs": table}
