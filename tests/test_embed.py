@@ -430,8 +430,7 @@ def test_embed_under_torchrun_writes_one_npy_equal_to_one_process(folders: dict[
 # --- the bundled MiniLM ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.bundled
-def test_bundled_minilm_matches_sentence_transformers() -> None:
+def _bundled_minilm_against_sentence_transformers(engine: str) -> None:
     from conftest import bundled_installed
 
     if not bundled_installed("minilm-l6"):
@@ -441,8 +440,21 @@ def test_bundled_minilm_matches_sentence_transformers() -> None:
 
     texts = ["A man is eating food.", "The new movie is awesome", "x", "word " * 300]
     reference = st.SentenceTransformer(str(bundled_location(BUNDLED["minilm-l6"])), device="cpu").encode(texts)
-    ours = [r.embedding for r in embed(texts)]
-    assert _cosines(np.array(ours), reference).min() >= 0.9999
+    records = list(embed(texts, engine=engine))
+    assert {r.engine for r in records} == {"onnx" if engine == "auto" else engine}
+    assert _cosines(np.array([r.embedding for r in records]), reference).min() >= 0.9999
+
+
+@pytest.mark.bundled
+def test_bundled_minilm_matches_sentence_transformers() -> None:
+    """Seconds: the pooling code on the real model, on the transformers engine (no export)."""
+    _bundled_minilm_against_sentence_transformers("transformers")
+
+
+@pytest.mark.slow
+def test_bundled_minilm_on_onnx_runtime_matches_sentence_transformers() -> None:
+    """The default (auto: ONNX Runtime) on the real model; its first run exports MiniLM (30-60 s on 2 cores)."""
+    _bundled_minilm_against_sentence_transformers("auto")
 
 
 def test_an_engine_handle_with_a_bare_tokenizers_object_gives_the_same_vectors(folders: dict[str, Path],
