@@ -6,7 +6,8 @@ Parts (`--parts`, all by default), each printed as a markdown table and saved in
 - parity: the bundled all-MiniLM-L6-v2 on 1,000 real texts, llmkit's vectors against `SentenceTransformer.encode`
   (cosine per text: min and mean).
 - speed: end to end, fresh processes, CPU, batch size 32 for both: `llmkit embed -i texts.txt -o out.npy` against
-  a script that imports sentence-transformers, loads the same folder, encodes and saves the .npy; on 3,000
+  a script that imports sentence-transformers, loads the same folder, encodes and saves the .npy (wall time and
+  the process's CPU time, user + system, which the machine's load shifts less); on 3,000
   mixed-length real texts (1,000 VADER tweets, 1,000 Amazon review snippets, 700 movie snippets, 300 BBC News
   articles, cut at the model's 256 tokens by both). Alternate runs, `--repeats` each, best wall time counts;
   `--engines auto,transformers,onnx` times each engine, and `--int8-model DIR` adds a quantized model (speed and
@@ -110,20 +111,28 @@ np.save(sys.argv[3], model.encode(texts, batch_size=int(sys.argv[4]), convert_to
 THREADS: str | None = None  # --threads: the same torch thread count for every process (OMP_NUM_THREADS)
 
 
-def _timed(cmd: list[str]) -> float:
+def _timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user + system) of one process; CPU time shifts less with the machine's load."""
+    import resource
+
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     if THREADS:
         env["OMP_NUM_THREADS"] = THREADS
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=str(ROOT))
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def _cosine_rows(a_path: Path, b_path: Path) -> float:
+def _cosine_rows(a_path: Path, b_path: Path) -> tuple[float, float]:
+    """(min, mean) cosine between the rows of two .npy files."""
     import numpy as np
 
     a, b = np.load(a_path), np.load(b_path)
-    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return float(cos.min()), float(cos.mean())
 
 
 def part_speed(n: int, repeats: int, engines: list[str], int8_model: str | None) -> dict:
@@ -146,35 +155,52 @@ def part_speed(n: int, repeats: int, engines: list[str], int8_model: str | None)
     if int8_model:
         llmkit(f"llmkit embed -m {Path(int8_model).name}", WORK / "llmkit-int8.npy", "-m", int8_model)
     times: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, cmd in runs.items():
-            times[name].append(round(_timed(cmd), 2))
+            wall, used = _timed(cmd)
+            times[name].append(round(wall, 2))
+            cpu[name].append(round(used, 2))
     best = {name: min(t) for name, t in times.items()}
+    least = {name: min(t) for name, t in cpu.items()}
     table = {}
     for name in runs:
         table[name] = {"best_s": best[name], "runs_s": times[name], "speedup_vs_st": round(best[peer] / best[name], 2),
-                       "min_cosine_vs_st": round(_cosine_rows(outputs[name], outputs[peer]), 6)}
+                       "cpu_s": least[name], "cpu_speedup_vs_st": round(least[peer] / least[name], 2),
+                       "min_cosine_vs_st": round(_cosine_rows(outputs[name], outputs[peer])[0], 6),
+                       "mean_cosine_vs_st": round(_cosine_rows(outputs[name], outputs[peer])[1], 6)}
     return {"texts": n, "batch_size": BATCH_SIZE, "repeats": repeats, "runs": table}
 
 
 # --- quality ---------------------------------------------------------------------------------------------------
 
 
-def part_quality() -> dict:
+def _bbc_vectors(model: str, cache: Path, texts: list[str]):
+    import numpy as np
+
+    from llmkit.embed import Embedder
+
+    if cache.exists():
+        return np.load(cache)
+    WORK.mkdir(parents=True, exist_ok=True)
+    vectors, _, _ = Embedder(model, batch_size=BATCH_SIZE).vectors(texts)
+    np.save(cache, vectors)
+    return vectors
+
+
+def _knn_accuracy(rows: list[list[int]], labels: list[str]) -> float:
+    correct = sum(Counter(labels[i] for i in row).most_common(1)[0][0] == labels[q] for q, row in enumerate(rows))
+    return correct / len(labels)
+
+
+def part_quality(int8_model: str | None = None) -> dict:
     import numpy as np
 
     from llmkit import search
-    from llmkit.embed import Embedder
 
     docs = corpora.bbc_news()
     labels = [d["label"] for d in docs]
-    cache = WORK / "bbc-minilm.npy"
-    if cache.exists():
-        vectors = np.load(cache)
-    else:
-        WORK.mkdir(parents=True, exist_ok=True)
-        vectors, _, _ = Embedder("minilm-l6", batch_size=BATCH_SIZE).vectors([d["text"] for d in docs])
-        np.save(cache, vectors)
+    vectors = _bbc_vectors("minilm-l6", WORK / "bbc-minilm.npy", [d["text"] for d in docs])
 
     def corpus():
         for start in range(0, len(vectors), 256):
@@ -190,10 +216,20 @@ def part_quality() -> dict:
         seconds = time.perf_counter() - started
         rows = [[h.index for h in per if h.index != q][:K_NEIGHBOURS] for q, per in enumerate(hits)]
         neighbours[name] = rows
-        correct = sum(Counter(labels[i] for i in row).most_common(1)[0][0] == labels[q] for q, row in enumerate(rows))
-        table[name] = {"knn_accuracy": round(correct / len(docs), 4),
+        table[name] = {"knn_accuracy": round(_knn_accuracy(rows, labels), 4),
                        "bytes_per_vector": search.BYTES_PER_DIMENSION[precision] * vectors.shape[1],
                        "search_s": round(seconds, 2)}
+    if int8_model:  # the onnx-int8 model's own vectors, searched at float32
+        name = f"{Path(int8_model).name} (onnx-int8 model), float32 search"
+        quantized = _bbc_vectors(int8_model, WORK / f"bbc-{Path(int8_model).name}.npy", [d["text"] for d in docs])
+        hits = search.search(quantized, [(quantized, [{"row": i} for i in range(len(quantized))])],
+                             top_k=K_NEIGHBOURS + 1, precision="float32")
+        rows = [[h.index for h in per if h.index != q][:K_NEIGHBOURS] for q, per in enumerate(hits)]
+        neighbours[name] = rows
+        cos = (quantized * vectors).sum(1) / np.linalg.norm(quantized, axis=1) / np.linalg.norm(vectors, axis=1)
+        table[name] = {"knn_accuracy": round(_knn_accuracy(rows, labels), 4),
+                       "bytes_per_vector": search.BYTES_PER_DIMENSION["float32"] * quantized.shape[1],
+                       "search_s": None, "min_cosine_to_float32_model": round(float(cos.min()), 6)}
     base = neighbours["float32"]
     for name, rows in neighbours.items():
         overlap = np.mean([len(set(a) & set(b)) / K_NEIGHBOURS for a, b in zip(rows, base, strict=True)])
@@ -257,10 +293,10 @@ def markdown(name: str, result: dict) -> str:
     runs = result.get("runs")
     if not runs:
         return f"{name}: " + ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("load_before", "load_after"))
-    columns = list(next(iter(runs.values())))
+    columns = list(dict.fromkeys(c for values in runs.values() for c in values))
     lines = [f"| {name} | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for row, values in runs.items():
-        lines.append(f"| {row} | " + " | ".join(str(values[c]) for c in columns) + " |")
+        lines.append(f"| {row} | " + " | ".join(str(values.get(c, "")) for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -274,11 +310,12 @@ def main() -> None:
     parser.add_argument("--memory-model", default="minilm-l6",
                         help="the model of the memory part; 'tiny': tests/tiny.py's 2-layer encoder (streaming does "
                         "not depend on the model, and 100,000 texts take minutes instead of an hour on a busy machine)")
-    parser.add_argument("--engines", default="auto",
-                        help="llmkit engines to time, e.g. auto,transformers,onnx once the ONNX engine is in")
+    parser.add_argument("--engines", default="auto,transformers",
+                        help="llmkit engines to time (auto is ONNX Runtime on the CPU), e.g. auto,transformers,onnx")
     parser.add_argument("--threads", help="torch threads for every timed process (default: each picks its own; "
                         "llmkit takes the free cores, sentence-transformers one per core)")
-    parser.add_argument("--int8-model", help="a quantized folder (quantize --method onnx-int8) to time as well")
+    parser.add_argument("--int8-model", help="a quantized folder (quantize --method onnx-int8) to time as well, "
+                        "and whose own vectors the quality part searches")
     args = parser.parse_args()
     global THREADS
     THREADS = args.threads
@@ -296,7 +333,7 @@ def main() -> None:
             result = part_speed(args.speed_texts, args.repeats, [e.strip() for e in args.engines.split(",")],
                                 args.int8_model)
         elif part == "quality":
-            result = part_quality()
+            result = part_quality(args.int8_model)
         elif part == "memory":
             result = part_memory([int(s) for s in args.memory_sizes.split(",")], args.memory_model)
         else:

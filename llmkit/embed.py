@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # numpy and the pooling code load when a model does, not for 
 DEFAULT_MODEL = "minilm-l6"  # bundled all-MiniLM-L6-v2: works offline
 DEFAULT_BATCH_SIZE = 32  # texts per forward pass (sentence-transformers' encode default)
 LENGTH_GROUP_WINDOW = 16  # batches read ahead and sorted by length, so padding stays small
-ENGINES = ("auto", "transformers")
+BASE = "base"  # the head embed asks an engine for: the bare encoder's last hidden states
 DEFAULT_MAX_LENGTH = 512  # when neither the model nor its tokenizer names a limit
 EMPTY = "empty input"
 
@@ -106,21 +106,39 @@ def _load_encoder(
     allow_pickle: bool,
     trust_remote_code: bool,
 ) -> tuple[Any, Choice]:
-    """The one place that picks and loads the engine for embeddings.
+    """The one place that picks and loads the engine for embeddings: `engines.choose.choose_encoder` for the
+    base encoder (auto: ONNX Runtime on the CPU, exported once; transformers where it cannot run), then that
+    engine's feature-extraction handle. Every handle offers `hidden_states(batch) -> float32 [b, s, h]` for numpy
+    int64 inputs and a `tokenizer`; optionally `max_positions`, and `many(batches)` with `parallel` (batches it
+    runs at once on worker threads).
 
-    The ONNX Runtime engine (issue 23) plugs in here: ask `engines.choose.choose_encoder(...)` for a `Choice`
-    and load its feature-extraction handle; every handle offers `hidden_states(batch) -> float32 [b, s, h]` for
-    numpy int64 inputs and a `tokenizer`. Until then transformers is the only encoder engine.
+    Raises:
+        UsageError: an unknown --engine, or --engine onnx on what ONNX Runtime cannot run (exit 2).
     """
-    if engine not in ENGINES:
-        raise UsageError(f"unknown --engine {engine!r}; use one of {', '.join(ENGINES)}")
-    from llmkit.engines import transformers_encoder
+    from llmkit.engines import choose
 
-    choice = Choice(transformers_encoder.NAME,
-                    "asked for with --engine transformers" if engine == "transformers"
-                    else "auto: transformers, the encoder engine of this build")
-    encoder = transformers_encoder.load_encoder(spec, device=device, dtype=dtype, revision=revision,
-                                                allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    choice = choose.choose_encoder(spec, BASE, device=device, dtype=dtype, requested=engine, revision=revision,
+                                   trust_remote_code=trust_remote_code)
+    encoder: Any = None
+    if choice.engine == "onnx":
+        from llmkit.engines import onnx
+
+        try:
+            encoder = onnx.load_encoder(spec, revision=revision, allow_pickle=allow_pickle,
+                                        trust_remote_code=trust_remote_code, device=choose.onnx_device(device))
+        except onnx.ExportError as exc:
+            if engine == "onnx":
+                raise
+            choice = choose.fell_back(spec, exc.message)
+    if choice.fallback is not None:
+        from llmkit.console import warn
+
+        warn(choice.fallback)  # once per run: the engine changes speed (the reason is in every record)
+    if encoder is None:
+        from llmkit.engines import transformers_encoder
+
+        encoder = transformers_encoder.load_encoder(spec, device=device, dtype=dtype, revision=revision,
+                                                    allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     return encoder, choice
 
 
@@ -152,7 +170,8 @@ class Embedder:
         prefix: text put before every input (e.g. "query: "); None: the model's default prompt, if any.
         batch_size: texts per forward pass.
         truncate: cut inputs longer than the model's maximum (else `DataError`).
-        engine: auto|transformers.
+        engine: auto|onnx|transformers (auto: ONNX Runtime on the CPU where the model exports, see
+            llmkit/engines/choose.py).
         device, dtype, revision, allow_pickle, trust_remote_code: as for every command (loading.py).
     """
 
@@ -295,11 +314,15 @@ class Embedder:
         encodings = self._encode(texts, positions)
         order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            batch = self._pad([encodings[i] for i in rows])
-            hidden = self.encoder.hidden_states(batch)
-            out[rows] = self.head(hidden, batch["attention_mask"], prefix_tokens=self.prefix_tokens)
+        batches = [order[k : k + self.batch_size] for k in range(0, len(order), self.batch_size)]
+        many = getattr(self.encoder, "many", None)
+        step = max(1, int(getattr(self.encoder, "parallel", 1))) if many is not None else 1
+        for start in range(0, len(batches), step):  # `step` batches at once on an engine's worker threads
+            group = batches[start : start + step]
+            padded = [self._pad([encodings[i] for i in rows]) for rows in group]
+            hidden = many(padded) if many is not None and len(padded) > 1 else [self.encoder.hidden_states(padded[0])]
+            for rows, batch, states in zip(group, padded, hidden, strict=True):
+                out[rows] = self.head(states, batch["attention_mask"], prefix_tokens=self.prefix_tokens)
         return out, [len(e.ids) for e in encodings], [bool(e.overflowing) for e in encodings]
 
     def embed(self, texts: Iterable[str]) -> Iterator[Embedding]:

@@ -870,7 +870,7 @@ def _quantize_onnx(
     labelled --eval-data for a classifier, masked-token perplexity for a masked LM, else agreement with the
     float32 outputs), plus top-1 agreement and KL divergence against float32.
     """
-    from llmkit import loading
+    from llmkit import loading, sentence_modules
     from llmkit.engines import onnx, onnx_export
 
     if task not in ONNX_TASKS:
@@ -901,6 +901,10 @@ def _quantize_onnx(
         say("Quantizing (onnx-int8: ONNX Runtime dynamic quantization, int8 weights per channel)...")
         settings = onnx_export.quantize_int8(original.model.export, tmp)
         shutil.copyfile(folder / "config.json", tmp / "config.json")  # what the model is, for every tool
+        if task == "base":  # a sentence-transformers model keeps its pooling, Dense and Normalize (llmkit embed)
+            copied = sentence_modules.copy_files(folder, tmp)
+            if copied:
+                say(f"Copied the sentence-transformers files: {', '.join(copied)}")
         (tmp / loading.QUANTIZATION_SETTINGS).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
         say("Measuring the int8 model...")
         quantized = onnx.load(str(tmp), task)

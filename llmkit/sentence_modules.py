@@ -221,6 +221,45 @@ def plain(name: str) -> SentenceConfig:
 _HUB_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")
 
 
+def copy_files(source: Path, target: Path) -> list[str]:
+    """Copy what makes `source` a sentence-transformers model into `target`, a converted copy of its transformer
+    (quantize --method onnx-int8): modules.json, config_sentence_transformers.json, sentence_bert_config.json and
+    the folder of every module after the Transformer (1_Pooling, 2_Dense, Normalize, ...), so that `llmkit embed`
+    pools the copy exactly as the original. Nothing is copied from a folder without modules.json.
+
+    Returns:
+        The names copied (files and folders), in order.
+
+    Raises:
+        UsageError: modules.json keeps the transformer in a subfolder (the copy would not match its layout).
+    """
+    source, target = Path(source), Path(target)
+    modules_file = source / MODULES_FILE
+    if not modules_file.exists():
+        return []
+    modules = _read_json(modules_file)
+    if not isinstance(modules, list):
+        raise UsageError(f"{modules_file}: expected a list of modules")
+    import shutil
+
+    copied = []
+    for name in _HUB_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)
+            copied.append(name)
+    for module in sorted(modules, key=lambda m: int(m.get("idx", 0))):
+        path = str(module.get("path", ""))
+        if str(module.get("type", "")).rsplit(".", 1)[-1] == "Transformer":
+            if path:
+                raise UsageError(f"{source.name}: modules.json keeps the transformer in {path}/; give that folder "
+                                 "(its pooling files are not copied with it)")
+            continue
+        if path and (source / path).is_dir():
+            shutil.copytree(source / path, target / path)
+            copied.append(f"{path}/")
+    return copied
+
+
 def hub_folder(repo: str, *, revision: str | None = None) -> Path | None:
     """A local folder with a hub model's sentence-transformers files (from the HF cache or the hub), or None
     when the repo has no `modules.json`."""

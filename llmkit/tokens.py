@@ -102,6 +102,11 @@ class EncoderTokenizer:
             out["token_type_ids"] = [e.type_ids for e in encodings]
         return out if many else {k: v[0] for k, v in out.items()}
 
+    @property
+    def backend_tokenizer(self) -> Any:
+        """The `tokenizers.Tokenizer` underneath, as transformers' fast tokenizers name it (embed copies it)."""
+        return self._tok
+
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         """Token ids -> text, as transformers' `decode` (its clean-up of spaces before punctuation included)."""
         text = self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)

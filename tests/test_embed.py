@@ -16,6 +16,7 @@ import tiny
 from helpers import invoke, json_lines
 
 from llmkit.embed import Embedder, embed
+from llmkit.engines.choose import ONNX_REASON
 from llmkit.errors import UsageError
 from llmkit.sentence_modules import pooling_modes, read_folder
 
@@ -120,9 +121,9 @@ def test_records_on_a_pipe_carry_the_vector_the_settings_and_the_engine(folders:
     assert [r["text"] for r in rows] == ["good", "the cat sat on the mat ."]
     first = rows[0]
     assert {k: first[k] for k in ("pooling", "normalized", "dimension", "engine", "error", "truncated")} == {
-        "pooling": "cls+mean", "normalized": True, "dimension": 16, "engine": "transformers", "error": None,
+        "pooling": "cls+mean", "normalized": True, "dimension": 16, "engine": "onnx", "error": None,
         "truncated": False}
-    assert first["engine_reason"] == "auto: transformers, the encoder engine of this build"
+    assert first["engine_reason"] == ONNX_REASON
     assert len(first["embedding"]) == 16 and abs(np.linalg.norm(first["embedding"]) - 1) < 1e-5
     expected, _, _ = Embedder(str(folders["dense-normalize"])).vectors(["good"])
     np.testing.assert_allclose(first["embedding"], expected[0], atol=1e-6)
@@ -191,9 +192,10 @@ def test_prefix_is_put_before_each_input(folders: dict[str, Path]) -> None:
 def test_a_plain_model_says_which_pooling_it_used(tiny_encoder: Path) -> None:
     result = invoke(["embed", "-m", str(tiny_encoder), "good"])
     assert result.exit_code == 0
-    assert result.stderr.strip() == ("Warning: encoder has no pooling information (no modules.json): mean pooling, "
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("Exported ")]  # the first ONNX run
+    assert lines == [("Warning: encoder has no pooling information (no modules.json): mean pooling, "
                                      "not normalised, as sentence-transformers does for a plain model; --pooling and "
-                                     "--normalize choose")
+                                     "--normalize choose")]
     chosen = invoke(["embed", "-m", str(tiny_encoder), "--pooling", "mean", "good"])
     assert chosen.stderr == ""
 
@@ -208,7 +210,7 @@ def test_no_truncate_stops_on_a_long_input(folders: dict[str, Path]) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--engine", "onnxx", "good"], "Error: unknown --engine 'onnxx'; use one of auto, transformers"),
+        (["--engine", "onnxx", "good"], "Error: unknown --engine 'onnxx'; use one of auto, onnx, transformers"),
         (["--pooling", "median", "good"], "Error: unknown --pooling 'median'; use one of cls, max, mean, "
                                           "mean_sqrt_len_tokens, weightedmean, lasttoken"),
         (["--precision", "int4", "-q", "x", "good"], "Error: unknown --precision 'int4'; use one of float32, int8, binary"),
@@ -360,7 +362,7 @@ def test_search_a_table_embedded_on_the_fly(folders: dict[str, Path], table: Pat
     assert [h["rank"] for h in hits] == [1, 2]
     assert hits[0]["text"] == "paris is the capital of france" and hits[0]["id"] == "r1"
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5) and hits[0]["index"] == 1
-    assert hits[0]["topic"] == "1" and hits[0]["precision"] == "float32" and hits[0]["engine"] == "transformers"
+    assert hits[0]["topic"] == "1" and hits[0]["precision"] == "float32" and hits[0]["engine"] == "onnx"
     assert hits[0]["score"] >= hits[1]["score"]
 
 
@@ -428,8 +430,7 @@ def test_embed_under_torchrun_writes_one_npy_equal_to_one_process(folders: dict[
 # --- the bundled MiniLM ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.bundled
-def test_bundled_minilm_matches_sentence_transformers() -> None:
+def _bundled_minilm_against_sentence_transformers(engine: str) -> None:
     from conftest import bundled_installed
 
     if not bundled_installed("minilm-l6"):
@@ -439,8 +440,21 @@ def test_bundled_minilm_matches_sentence_transformers() -> None:
 
     texts = ["A man is eating food.", "The new movie is awesome", "x", "word " * 300]
     reference = st.SentenceTransformer(str(bundled_location(BUNDLED["minilm-l6"])), device="cpu").encode(texts)
-    ours = [r.embedding for r in embed(texts)]
-    assert _cosines(np.array(ours), reference).min() >= 0.9999
+    records = list(embed(texts, engine=engine))
+    assert {r.engine for r in records} == {"onnx" if engine == "auto" else engine}
+    assert _cosines(np.array([r.embedding for r in records]), reference).min() >= 0.9999
+
+
+@pytest.mark.bundled
+def test_bundled_minilm_matches_sentence_transformers() -> None:
+    """Seconds: the pooling code on the real model, on the transformers engine (no export)."""
+    _bundled_minilm_against_sentence_transformers("transformers")
+
+
+@pytest.mark.slow
+def test_bundled_minilm_on_onnx_runtime_matches_sentence_transformers() -> None:
+    """The default (auto: ONNX Runtime) on the real model; its first run exports MiniLM (30-60 s on 2 cores)."""
+    _bundled_minilm_against_sentence_transformers("auto")
 
 
 def test_an_engine_handle_with_a_bare_tokenizers_object_gives_the_same_vectors(folders: dict[str, Path],
@@ -473,3 +487,103 @@ def test_an_engine_handle_with_a_bare_tokenizers_object_gives_the_same_vectors(f
     assert embedder.pad_id == 0 and embedder.max_length == 64 and embedder.choice.engine == "fake"
     assert embedder.encoder.calls and set(embedder.encoder.calls[-1]) == {"input_ids", "attention_mask",
                                                                           "token_type_ids"}
+
+
+# --- engines: ONNX Runtime (auto) and transformers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken",
+                                  "dense-normalize", "gelu-dense", "prompt-excluded", "short"])
+def test_onnx_runtime_gives_the_vectors_of_the_transformers_engine(folders: dict[str, Path], case: str) -> None:
+    on_onnx = Embedder(str(folders[case]), engine="onnx", batch_size=2)
+    on_torch = Embedder(str(folders[case]), engine="transformers", batch_size=2)
+    assert (on_onnx.choice.engine, on_torch.choice.engine) == ("onnx", "transformers")
+    assert type(on_onnx.encoder).__name__ == "OnnxFeatures"
+    assert (on_onnx.max_length, on_onnx.pad_id, on_onnx.prefix_tokens) == (
+        on_torch.max_length, on_torch.pad_id, on_torch.prefix_tokens)
+    ours, tokens, cut = on_onnx.vectors(TEXTS)
+    reference, ref_tokens, ref_cut = on_torch.vectors(TEXTS)
+    assert (tokens, cut) == (ref_tokens, ref_cut)
+    np.testing.assert_allclose(ours, reference, atol=2e-6)
+    assert _cosines(ours, reference).min() >= 0.999999
+
+
+def test_the_engine_flag_picks_the_engine_and_every_record_says_so(folders: dict[str, Path]) -> None:
+    records = {}
+    for engine in ("auto", "onnx", "transformers"):
+        result = invoke(["embed", "-m", str(folders["dense-normalize"]), "--engine", engine, *TEXTS[:3]])
+        assert result.exit_code == 0, result.stderr
+        records[engine] = json_lines(result.stdout)
+    assert {(r["engine"], r["engine_reason"]) for r in records["auto"]} == {("onnx", ONNX_REASON)}
+    assert {(r["engine"], r["engine_reason"]) for r in records["onnx"]} == {("onnx", "asked for with --engine onnx")}
+    assert {(r["engine"], r["engine_reason"]) for r in records["transformers"]} == {
+        ("transformers", "asked for with --engine transformers")}
+    for a, b in zip(records["onnx"], records["transformers"], strict=True):
+        np.testing.assert_allclose(a["embedding"], b["embedding"], atol=2e-6)
+
+
+def test_onnx_runtime_uses_its_worker_threads_and_keeps_the_order(folders: dict[str, Path]) -> None:
+    """Two batches at a time go to ONNX Runtime's worker threads (`many`); vectors come back in input order."""
+    embedder = Embedder(str(folders["mean"]), engine="onnx", batch_size=2)
+    embedder.encoder.parallel = 2
+    runs: list[int] = []
+    many = embedder.encoder.many
+    embedder.encoder.many = lambda batches: runs.append(len(batches)) or many(batches)  # type: ignore[method-assign]
+    single = embedder.encoder.hidden_states
+    embedder.encoder.hidden_states = lambda batch: runs.append(-1) or single(batch)  # type: ignore[method-assign]
+    ours, _, _ = embedder.vectors(TEXTS)
+    assert runs == [2, -1]  # 6 texts in batches of 2: two batches at once, then the last one alone
+    one_by_one = np.stack([Embedder(str(folders["mean"]), engine="transformers").vectors([t])[0][0] for t in TEXTS])
+    np.testing.assert_allclose(ours, one_by_one, atol=2e-6)
+
+
+def test_onnx_engine_refusals_are_one_line_exit_2(folders: dict[str, Path]) -> None:
+    result = invoke(["embed", "-m", "no-such-org/no-such-model-xyz", "--engine", "onnx", "good"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: --engine onnx cannot run no-such-org/no-such-model-xyz: ")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    dtype = invoke(["embed", "-m", str(folders["mean"]), "--engine", "onnx", "--dtype", "bfloat16", "good"])
+    assert dtype.exit_code == 2
+    assert dtype.stderr.strip() == (f"Error: --engine onnx cannot run {folders['mean']}: --dtype bfloat16: the ONNX "
+                                    "engine runs float32 (or an onnx-int8 folder); use --engine auto or transformers")
+    auto = invoke(["embed", "-m", str(folders["mean"]), "--dtype", "bfloat16", "good"])
+    assert auto.exit_code == 0, auto.stderr
+    assert json_lines(auto.stdout)[0]["engine_reason"] == (
+        "auto: --dtype bfloat16: the ONNX engine runs float32 (or an onnx-int8 folder); transformers runs it")
+
+
+def test_a_failed_export_embeds_on_transformers_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    folder = tiny.build_sentence_encoder(tmp_path / "st", pooling="cls", normalize=True, seed=7)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'aten::frobnicate' to ONNX opset version 17 is not supported.")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    result = invoke(["embed", "-m", str(folder), "good"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Warning: ")
+    assert "aten::frobnicate" in result.stderr and "transformers runs it" in result.stderr
+    record = json_lines(result.stdout)[0]
+    assert record["engine"] == "transformers" and record["engine_reason"].startswith("auto: the ONNX export failed")
+    expected, _, _ = Embedder(str(folder), engine="transformers").vectors(["good"])
+    np.testing.assert_allclose(record["embedding"], expected[0], atol=1e-6)
+    asked = invoke(["embed", "-m", str(folder), "--engine", "onnx", "good"])
+    assert asked.exit_code == 2 and asked.stderr.startswith("Error: --engine onnx cannot run")
+
+
+def test_embedding_from_the_onnx_cache_imports_neither_torch_nor_transformers(folders: dict[str, Path]) -> None:
+    Embedder(str(folders["dense-normalize"]), engine="onnx")  # exported (or found) here, in this process
+    args = ["embed", "-m", str(folders["dense-normalize"]), "good"]
+    script = (
+        "import sys\n"
+        "from llmkit.cli import main\n"
+        f"sys.argv = ['llmkit', *{args!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('transformers' in sys.modules, 'torch' in sys.modules, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[0])["engine"] == "onnx"
+    assert done.stderr.strip().splitlines()[-1] == "False False"

@@ -93,3 +93,41 @@ def test_what_onnx_int8_does_not_quantize(tiny_causal_lm: Path, tiny_classifier:
         assert result.exit_code == EXIT_USAGE, (args, result.stderr)
         assert result.stderr.startswith("Error: ") and message in result.stderr
         assert not (tmp_path / f"out{i}").exists()
+
+
+def test_a_sentence_transformers_folder_keeps_its_pooling_dense_and_normalize(tmp_path: Path) -> None:
+    """The int8 folder of a sentence-transformers model carries modules.json, 1_Pooling, the Dense layers and the
+    other sentence-transformers files, so `llmkit embed` pools it exactly as the float32 model."""
+    import numpy as np
+    import tiny
+
+    from llmkit.embed import Embedder
+
+    source = tiny.build_sentence_encoder(tmp_path / "st", pooling=("cls", "mean"), dense=(24, 16), normalize=True,
+                                         max_seq_length=12, prompts={"query": "query : "},
+                                         default_prompt_name="query", seed=3)
+    out = tmp_path / "st-int8"
+    result = invoke(["quantize", "-m", str(source), "--method", "onnx-int8", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json_lines(result.stdout)[-1]["task"] == "base"
+    assert "Copied the sentence-transformers files: modules.json, config_sentence_transformers.json, " \
+           "sentence_bert_config.json, 1_Pooling/, 2_Dense/, 3_Dense/" in result.stderr
+    for name in ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json",
+                 "1_Pooling/config.json", "2_Dense/config.json", "2_Dense/model.safetensors", "3_Dense/model.safetensors"):
+        assert (out / name).read_bytes() == (source / name).read_bytes(), name
+    texts = ["the cat sat on the mat .", "paris is the capital of france", "a " * 40]
+    embedded = invoke(["embed", "-m", str(out), *texts])
+    assert embedded.exit_code == 0, embedded.stderr
+    records = json_lines(embedded.stdout)
+    assert {(r["engine"], r["pooling"], r["dimension"], r["normalized"]) for r in records} == {
+        ("onnx", "cls+mean", 16, True)}
+    assert records[2]["truncated"] is True  # sentence_bert_config.json's max_seq_length of 12 came along
+    int8 = np.array([r["embedding"] for r in records])
+    float32, _, _ = Embedder(str(source), engine="transformers").vectors(texts)  # the default prompt too
+    cosines = (int8 * float32).sum(1)  # both unit length
+    assert np.allclose(np.linalg.norm(int8, axis=1), 1, atol=1e-5) and cosines.min() >= 0.98
+    quantized = Embedder(str(out))
+    assert (quantized.prefix, quantized.max_length, quantized.choice.reason) == (
+        "query : ", 12, choose.ONNX_FOLDER_REASON)
+    refused = invoke(["embed", "-m", str(out), "--engine", "transformers", "good"])
+    assert refused.exit_code == EXIT_USAGE and "holds an ONNX graph only" in refused.stderr

@@ -17,6 +17,7 @@ from llmkit.cli.options import (
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
+    EncoderEngineOpt,
     ExecutorOpt,
     FormatOpt,
     InputFormatOpt,
@@ -97,7 +98,7 @@ def embed(
         typer.Option("--resume", help="Keep the rows --output already holds (or a killed run left) and embed only "
                      "the inputs not in it."),
     ] = False,
-    engine: Annotated[str, typer.Option("--engine", help="auto|transformers.")] = "auto",
+    engine: EncoderEngineOpt = "auto",
     truncate: TruncateOpt = True,
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",

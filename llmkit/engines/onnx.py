@@ -1,4 +1,4 @@
-"""The ONNX Runtime engine for encoders: classify, fill-mask and (soon) embed, without torch or transformers.
+"""The ONNX Runtime engine for encoders: classify, fill-mask and embed, without torch or transformers.
 
 A model folder is exported once (onnx_export.py: torch.onnx.export, then ONNX Runtime's transformer optimizer)
 into a cache under $LLMKIT_HOME/onnx/, keyed by the model's files (names, sizes, modification times), the head,
@@ -281,3 +281,47 @@ def load(
     source = loading.ModelSource(spec, "dir", str(folder))
     return loading.LoadedModel(model, tokenizer, source, device, "float32" if not export.manifest.get("quantization")
                                else "int8", time.perf_counter() - started, notes)
+
+
+class OnnxFeatures:
+    """The feature-extraction handle `embed` takes (as transformers_encoder.TransformersEncoder offers it): a base
+    export's last hidden states for padded numpy batches, the tokenizer, and the model's position limit.
+
+    Attributes:
+        model: the `OnnxEncoder` (its `config` says the model type, for the position offset of RoBERTa-likes).
+        tokenizer: the export's `EncoderTokenizer` (its `backend_tokenizer` is the `tokenizers` pipeline).
+        max_positions: config.json's max_position_embeddings, if any.
+        parallel: batches worth handing to `many` at once (one per worker thread).
+    """
+
+    name: ClassVar[str] = NAME
+
+    def __init__(self, loaded: Any) -> None:
+        self.model: OnnxEncoder = loaded.model
+        self.tokenizer = loaded.tokenizer
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_positions = int(positions) if isinstance(positions, int) else None
+        self.parallel = self.model.threads
+
+    def hidden_states(self, batch: dict[str, Any]) -> Any:
+        """float32 [batch, length, hidden] for one padded batch of int64 arrays."""
+        return self.model.hidden_states(batch)
+
+    def many(self, batches: list[dict[str, Any]]) -> list[Any]:
+        """`hidden_states` of several batches, run on the worker threads at once, in order."""
+        return self.model.many(batches)
+
+
+def load_encoder(
+    spec: str,
+    *,
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> OnnxFeatures:
+    """`spec` as a base encoder on ONNX Runtime (exported once; an onnx-int8 folder of a base model loads as it
+    is), for embed. Raises as `load` does."""
+    return OnnxFeatures(load(spec, "base", revision=revision, allow_pickle=allow_pickle,
+                             trust_remote_code=trust_remote_code, device=device, threads=threads))
