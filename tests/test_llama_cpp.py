@@ -596,13 +596,14 @@ def test_bundled_lookup_drafts_the_continuation_from_the_prompt() -> None:
     # The prompt ends with tokens seen earlier in it: llama.cpp drafts what followed them, and the model keeps it.
     gguf = llama_cpp.gguf_for("smollm2-135m-instruct")
     text = "Copy: the cat sat on the mat and the dog sat on the log. Copy: the cat sat on the"
-    request = llama_cpp.request_params(gen.build_settings(max_new_tokens=16), context=512)
-    answers = {}
+    settings = gen.build_settings(max_new_tokens=16)
+    answers, timings = {}, {}
     for lookup in (0, 4):
-        server = llama_cpp._server(gguf, parallel=1, context=512, lookup=lookup)
-        answers[lookup] = llama_cpp._complete(server, 0, text, request, (), None, 512, 1)
-    assert answers[0].drafted == 0
-    assert answers[4].drafted > 0 and 0 < answers[4].accepted <= answers[4].drafted
+        generator = llama_cpp.Generator("smollm2-135m-instruct", parallel=1, context=512, lookup=lookup, gguf=gguf)
+        answers[lookup], timings[lookup] = generator.run(text, settings)
+    assert int(timings[0].get("draft_n") or 0) == 0
+    drafted, accepted = int(timings[4].get("draft_n") or 0), int(timings[4].get("draft_n_accepted") or 0)
+    assert drafted > 0 and 0 < accepted <= drafted
     assert answers[4].text == answers[0].text  # greedy: the drafts were checked, the answer is the plain one
 
 
