@@ -12,6 +12,9 @@ refuses is refused by the server too, with the same words:
   the caller may take some of them over (`accepted`: the server honours `stream` and `logprobs`);
 - anything else is refused (`unsupported_parameter`), never dropped silently.
 
+No temperature means greedy decoding (llmkit's default, as in `llmkit generate`); a temperature above 0 samples,
+and so does `top_p` < 1, `top_k` > 0 or `min_p` > 0 given without one (at temperature 1, OpenAI's default).
+
 Errors are `BodyError(code, message, param)`; `where` prefixes each message ("body." in batch lines, nothing in
 the server) and `param` names the field, as OpenAI's error object does.
 
@@ -239,6 +242,10 @@ def parse_settings(body: dict[str, Any], where: str = "", *, known: Sequence[str
         if value <= 0:
             raise bad("repetition_penalty", "must be > 0 (1 is no penalty)")
         out["repetition_penalty"] = float(value)
+    # A sampling knob without a temperature samples (at temperature 1, OpenAI's default), as `llmkit generate
+    # --top-p 0.9` does: under llmkit's greedy default it would otherwise change nothing, silently.
+    if "do_sample" not in out and (out.get("top_p", 1.0) < 1 or out.get("top_k", 0) > 0 or out.get("min_p", 0.0) > 0):
+        out["do_sample"] = True
     return out
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmkit.errors import LlmkitError, MissingDependencyError, UsageError
+from llmkit.errors import ContextLengthError, LlmkitError, MissingDependencyError, UsageError
 from llmkit.sampling import (
     Completion,
     Generation,
@@ -415,13 +415,9 @@ def context_size(parallel: int, max_new_tokens: int, model_context: int | None,
     return min(usual, fitted)
 
 
-class ContextFullError(UsageError):
-    """A prompt, or its answer, did not fit llama.cpp's context (never a silently short answer)."""
-
-
-def _context_full(index: int, done: int, wanted: int, context: int, parallel: int) -> ContextFullError:
+def _context_full(index: int, done: int, wanted: int, context: int, parallel: int) -> ContextLengthError:
     shared = f", shared by {parallel} parallel sequences" if parallel > 1 else ""
-    return ContextFullError(
+    return ContextLengthError(
         f"prompt {index + 1}: llama.cpp's context ({context} tokens{shared}) filled after {done} of the {wanted} "
         f"new tokens asked for; lower --max-new-tokens{' or --batch-size' if parallel > 1 else ''}, shorten the "
         "prompt, or use --engine transformers"
@@ -540,7 +536,7 @@ class Generator:
             A `Completion`.
 
         Raises:
-            ContextFullError: the prompt or its answer did not fit the context.
+            ContextLengthError: the prompt or its answer did not fit the context.
             LlmkitError: llama.cpp failed on the prompt.
         """
         self.check(settings)
@@ -608,7 +604,7 @@ class Generator:
             error = state["error"]
             message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
             if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":
-                raise ContextFullError(
+                raise ContextLengthError(
                     f"prompt {index + 1} needs {error.get('n_prompt_tokens')} tokens of context but llama.cpp has "
                     f"{error.get('n_ctx')}; shorten it or use --engine transformers"
                 )

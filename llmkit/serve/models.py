@@ -1,0 +1,119 @@
+"""The served models: each `-m` loaded once, on the engine the chooser picks, and found by the name a request gives.
+
+Loading runs in a background thread after the server starts listening, so /health can say 503 "loading" until
+every model is ready (what orchestrators wait for) and a request for a model still loading gets 503 with
+Retry-After. What a model can answer follows from its head (tasks.py): a causal LM answers chat (when it has a
+chat template) and completions, an encoder-decoder completions.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmkit.errors import LlmkitError
+from llmkit.serve.settings import ModelArg, ServeSettings
+
+CHAT, COMPLETIONS = "chat.completions", "completions"
+
+
+@dataclass
+class ServedModel:
+    """One loaded model and what it answers.
+
+    Attributes:
+        name: what requests call it (`model` in the body; `id` in /v1/models).
+        spec: the model spec llmkit loaded.
+        endpoints: the API endpoints it answers (CHAT, COMPLETIONS).
+        engine / reason: the engine that runs it, and why (engines/choose.py).
+        generator: the engine's loaded handle (`complete()`), for text generation.
+        created: when it finished loading (Unix time).
+    """
+
+    name: str
+    spec: str
+    endpoints: tuple[str, ...]
+    engine: str
+    reason: str
+    generator: Any = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def card(self) -> dict[str, Any]:
+        """Its /v1/models entry: OpenAI's Model object, plus what llmkit knows of it."""
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "llmkit",
+                "llmkit": {"model": self.spec, "engine": self.engine, "engine_reason": self.reason,
+                           "endpoints": list(self.endpoints)}}
+
+
+def load_model(arg: ModelArg, settings: ServeSettings) -> ServedModel:
+    """Load one `-m` model for serving.
+
+    Raises:
+        LlmkitError: it cannot be found or loaded, or llmkit serves nothing for its kind of model.
+    """
+    from llmkit import generate, loading
+    from llmkit.errors import UsageError
+    from llmkit.tasks import CAUSAL_LM, SEQ2SEQ_LM
+
+    head = loading.detect_task(arg.spec)
+    if head not in (CAUSAL_LM, SEQ2SEQ_LM):
+        raise UsageError(f"{arg.spec} is a {head} model; llmkit serve answers with causal LMs and encoder-decoder "
+                         "models (chat and completions)")
+    generator = generate.load_generator(arg.spec, engine=settings.engine, parallel=settings.max_concurrency,
+                                        max_new_tokens=settings.max_tokens, device=settings.device,
+                                        dtype=settings.dtype)
+    endpoints = (COMPLETIONS,) if head == SEQ2SEQ_LM else (CHAT, COMPLETIONS)
+    return ServedModel(arg.name, arg.spec, endpoints, generator.engine, generator.reason, generator)
+
+
+class Registry:
+    """The models by name, filled by `load_all` (in a background thread) while the server already answers.
+
+    Attributes:
+        error: the error that stopped loading, if one did (the server then stops with it).
+    """
+
+    def __init__(self, args: tuple[ModelArg, ...]) -> None:
+        self.args = args
+        self.models: dict[str, ServedModel] = {}
+        self.error: LlmkitError | None = None
+        self.loaded = threading.Event()  # set when loading ended, well or not
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        """Every model is loaded."""
+        return self.loaded.is_set() and self.error is None
+
+    def load_all(self, settings: ServeSettings, on_loaded: Any = None) -> None:
+        """Load every model in order; the first failure is kept in `error` and stops the rest."""
+        try:
+            for arg in self.args:
+                model = load_model(arg, settings)
+                with self._lock:
+                    self.models[arg.name] = model
+                if on_loaded is not None:
+                    on_loaded(model)
+        except LlmkitError as exc:
+            self.error = exc
+        except Exception as exc:  # an unexpected library failure: still one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self.error = LlmkitError(f"loading failed: {type(exc).__name__}: {first}")
+        finally:
+            self.loaded.set()
+
+    def names(self) -> list[str]:
+        """Every model's name, loaded or not, in `-m` order."""
+        return [a.name for a in self.args]
+
+    def get(self, name: str) -> ServedModel | None:
+        """The loaded model called `name`, or None (unknown, or still loading)."""
+        with self._lock:
+            return self.models.get(name)
+
+    def cards(self) -> list[dict[str, Any]]:
+        """The /v1/models entries of the loaded models, in `-m` order."""
+        with self._lock:
+            return [self.models[a.name].card() for a in self.args if a.name in self.models]
