@@ -80,7 +80,9 @@ def error(status: int, message: str, *, kind: str = "invalid_request_error", par
 def engine_error(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """(status, OpenAI error body) for an exception raised while generating."""
     if isinstance(exc, ContextLengthError):
-        return 400, error_body(exc.message, code="context_length_exceeded")
+        what = exc.message.split(";")[0]  # the engine's facts, without its command-line advice
+        return 400, error_body(f"The prompt and the answer asked for do not fit the model's context ({what}); ask "
+                               "for fewer max_tokens or shorten the prompt", code="context_length_exceeded")
     if isinstance(exc, UsageError):
         return 400, error_body(exc.message, code="invalid_request")
     if isinstance(exc, LlmkitError):
