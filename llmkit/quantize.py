@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from llmkit import tempnames
+from llmkit import signals, tempnames
 from llmkit.errors import DataError, MissingDependencyError, QualityGateError, UsageError
 from llmkit.fsutil import make_public
 from llmkit.int8_format import (  # noqa: F401  (DYNAMIC_WEIGHTS re-exported: the format's file name)
@@ -483,32 +483,35 @@ def quantize(
     say(f"Loading {model} ({task})...")
     original = loading.load(model, task, device=device, dtype=dtype, **common)
     merged_dir: Path | None = None  # methods that reload the model quantize the merged copy saved here
-    if adapter_source.kind == "adapter":
-        from llmkit.adapters import merge_adapter
-
-        # LoRA folds into the base weights; the merged model is both the "original" measured and what is quantized.
-        original.model = merge_adapter(original.model)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        # pid-tagged like the output's own temporary, so a killed run's merged copy is found and removed later
-        merged_dir = tempnames.temp_dir(output.parent / f"{output.name}.merged", journal=_journal())
-        original.model.save_pretrained(str(merged_dir))
-        original.tokenizer.save_pretrained(str(merged_dir))
-    skip_list = default_skip(original.model, task) if skip is None else list(skip)
-    ev = _prepare_eval(original, task, eval_texts, eval_labels)
-    say("Measuring the original...")
-    before, before_out = _measure(original, ev, _original_size(original.source))
-
-    settings: dict[str, Any] = {"method": method, "compute_dtype": str(original.dtype).replace("torch.", "")}
-    notes: list[str] = []
-    original_gguf = None
-    for removed in _remove_stale_temporaries(output):
-        say(
-            f"Removed {removed.path} ({removed.size_bytes / 1e6:.1f} MB), left by process {removed.owner_pid} "
-            "(no longer running) from an earlier run for this output"
-        )
-    tmp = _temporary_output(output, method)
+    tmp: Path | None = None
     converted_cache: Path | None = None
+    # Everything this run writes is a tempnames temporary removed in `finally`, whatever stops it (an error,
+    # Ctrl-C, SIGTERM, SIGHUP); only `_publish` renames the finished output into place.
     try:
+        for removed in _remove_stale_temporaries(output):
+            say(tempnames.describe(removed))
+        if adapter_source.kind == "adapter":
+            from llmkit.adapters import merge_adapter
+
+            # LoRA folds into the base weights; the merged model is both the "original" measured and what is
+            # quantized.
+            original.model = merge_adapter(original.model)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            # pid-tagged like the output's own temporary, so a killed run's merged copy is found and removed later
+            with signals.deferred():  # a stop signal between creating it and naming it here would leak it
+                merged_dir = tempnames.temp_dir(_merged_path(output), journal=tempnames.journal_dir())
+            original.model.save_pretrained(str(merged_dir))
+            original.tokenizer.save_pretrained(str(merged_dir))
+        skip_list = default_skip(original.model, task) if skip is None else list(skip)
+        ev = _prepare_eval(original, task, eval_texts, eval_labels)
+        say("Measuring the original...")
+        before, before_out = _measure(original, ev, _original_size(original.source))
+
+        settings: dict[str, Any] = {"method": method, "compute_dtype": str(original.dtype).replace("torch.", "")}
+        notes: list[str] = []
+        original_gguf = None
+        with signals.deferred():  # a stop signal between creating it and naming it here would leak it
+            tmp = _temporary_output(output, method)
         say(f"Quantizing ({method})...")
         if method == "gguf":
             _write_gguf(
@@ -571,12 +574,13 @@ def quantize(
         _publish(report, tmp, output, method)
         return report
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        tempnames.forget(tmp, _journal())
+        if tmp is not None:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+            tempnames.forget(tmp, tempnames.journal_dir())
         if merged_dir is not None:
             shutil.rmtree(merged_dir, ignore_errors=True)
-            tempnames.forget(merged_dir, _journal())
+            tempnames.forget(merged_dir, tempnames.journal_dir())
         if converted_cache is not None and converted_cache.exists():  # the float copy made for measuring
             shutil.rmtree(converted_cache, ignore_errors=True)
 
@@ -620,18 +624,18 @@ def _original_size(source: Any) -> int | None:
     return None
 
 
-def _journal() -> Path:
-    from llmkit.loading import llmkit_home
-
-    return llmkit_home() / tempnames.JOURNAL
-
-
 def _remove_stale_temporaries(output: Path) -> list[tempnames.Removed]:
     """Temporaries of earlier runs for the same output whose process is gone (a kill -9 mid-write)."""
-    removed = tempnames.remove_stale(output.parent, output.name)
-    for item in removed:
-        tempnames.forget_for(Path(item.path), item.owner_pid, _journal())
+    journal = tempnames.journal_dir()
+    removed = tempnames.sweep(output, journal=journal) + tempnames.sweep(_merged_path(output), journal=journal)
+    if output.suffix == ".gguf":  # its report beside it is written under a temporary name too
+        removed += tempnames.sweep(_gguf_report_path(output), journal=journal)
     return removed
+
+
+def _merged_path(output: Path) -> Path:
+    """The name the merged copy of an adapter's model is a temporary of (never renamed into place)."""
+    return output.parent / f"{output.name}.merged"
 
 
 def _temporary_output(output: Path, method: str) -> Path:
@@ -641,8 +645,8 @@ def _temporary_output(output: Path, method: str) -> Path:
     run (or `llmkit models --clean`) can tell a killed run's leftovers from a live run's file.
     """
     if method == "gguf":
-        return tempnames.temp_file(output, ".gguf", journal=_journal())
-    return tempnames.temp_dir(output, journal=_journal())
+        return tempnames.temp_file(output, ".gguf", journal=tempnames.journal_dir())
+    return tempnames.temp_dir(output, journal=tempnames.journal_dir())
 
 
 def _check_gguf_extras(method: str, gguf_type: str | None, imatrix_texts: list[str] | None) -> None:
@@ -810,7 +814,19 @@ def _publish(report: QuantizeReport, tmp: Path, output: Path, method: str) -> No
     No de-quantized copy of a .gguf is kept: llama.cpp runs the file itself, and a float copy (540 MB for
     SmolLM2) per run piled up under $LLMKIT_HOME/converted.
     """
-    report_path = output.parent / f"{output.stem}.report.json" if method == "gguf" else tmp / REPORT_NAME
-    report_path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, output)
-    make_public(output)
+    text = json.dumps(asdict(report), indent=2) + "\n"
+    if method != "gguf":
+        (tmp / REPORT_NAME).write_text(text, encoding="utf-8")
+        os.replace(tmp, output)
+        make_public(output)
+        return
+    # Two files, two renames: a stop signal waits until both are done, so neither is there without the other.
+    report_path = _gguf_report_path(output)
+    with signals.deferred(), tempnames.replacing(report_path, journal=tempnames.journal_dir()) as report_tmp:
+        report_tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, output)
+        make_public(output)
+
+
+def _gguf_report_path(output: Path) -> Path:
+    return output.parent / f"{output.stem}.report.json"

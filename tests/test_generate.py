@@ -348,7 +348,8 @@ def test_ctrl_c_exits_130_without_traceback(tiny_causal_lm: Path) -> None:
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130
-    assert "Interrupted" in stderr and "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if line.startswith("Error:")] == ["Error: interrupted (SIGINT)"]
+    assert "Traceback" not in stderr
 
 
 def test_length_grouping_cuts_padding_and_runs_first_input_first() -> None:

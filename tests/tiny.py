@@ -369,3 +369,77 @@ def build_gguf_causal_lm(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def build_sentence_encoder(
+    path: Path,
+    *,
+    pooling: str | tuple[str, ...] = "mean",
+    dense: tuple[int, ...] = (),
+    activation: str = "torch.nn.modules.activation.Tanh",
+    normalize: bool = False,
+    legacy_pooling_config: bool = False,
+    include_prompt: bool = True,
+    prompts: dict[str, str] | None = None,
+    default_prompt_name: str | None = None,
+    max_seq_length: int | None = 64,
+    seed: int = 0,
+) -> Path:
+    """A sentence-transformers folder around the tiny BERT encoder, written by hand as sentence-transformers saves
+    one: modules.json, sentence_bert_config.json, 1_Pooling/config.json, Dense layers (config + safetensors
+    weights, seeded) and a Normalize step.
+
+    Args:
+        pooling: one mode or several (concatenated).
+        dense: output sizes of Dense layers after pooling, in order.
+        activation: the Dense layers' activation_function, as sentence-transformers writes it.
+        normalize: add a Normalize module.
+        legacy_pooling_config: write the older `pooling_mode_*_token(s)` booleans instead of `pooling_mode`.
+        include_prompt: Pooling's include_prompt.
+        prompts / default_prompt_name: config_sentence_transformers.json's prompts.
+        max_seq_length: sentence_bert_config.json's limit.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    build_encoder(path, seed=seed)
+    modes = (pooling,) if isinstance(pooling, str) else tuple(pooling)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    (path / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
+    (path / "1_Pooling").mkdir()
+    if legacy_pooling_config:
+        names = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
+                 "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
+                 "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
+        config = {"word_embedding_dimension": HIDDEN, **{key: mode in modes for mode, key in names.items()},
+                  "include_prompt": include_prompt}
+    else:
+        config = {"embedding_dimension": HIDDEN, "pooling_mode": modes[0] if len(modes) == 1 else list(modes),
+                  "include_prompt": include_prompt}
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    size = HIDDEN * len(modes)
+    generator = torch.Generator().manual_seed(seed + 1)
+    for number, out in enumerate(dense, start=2):
+        folder = path / f"{number}_Dense"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(
+            {"in_features": size, "out_features": out, "bias": True, "activation_function": activation}))
+        save_file({"linear.weight": torch.randn(out, size, generator=generator) * 0.2,
+                   "linear.bias": torch.randn(out, generator=generator) * 0.1}, str(folder / "model.safetensors"))
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": folder.name,
+                        "type": "sentence_transformers.models.Dense"})
+        size = out
+    if normalize:
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": f"{len(modules) + 1}_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+    (path / "modules.json").write_text(json.dumps(modules, indent=2))
+    extra: dict = {"__version__": {"sentence_transformers": "6.2.0"}}
+    if prompts:
+        extra["prompts"] = prompts
+        extra["default_prompt_name"] = default_prompt_name
+    (path / "config_sentence_transformers.json").write_text(json.dumps(extra))
+    return path

@@ -77,6 +77,18 @@ TruncateOpt = Annotated[
         help="Cut inputs longer than the model's maximum (with one warning), or stop with an error.",
     ),
 ]
+ReportToOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--report-to",
+        help="Trackers for the training log, comma-separated, through the Trainer's integrations: none, tensorboard, "
+        "trackio, mlflow, wandb (local-first: they write into OUTPUT/runs; wandb offline without an account), "
+        "comet_ml, clearml, swanlab, ... [default: none].",
+    ),
+]
+RunNameOpt = Annotated[
+    str | None, typer.Option("--run-name", help="The run's name in the trackers [default: the output folder's name].")
+]
 TextsArg = Annotated[
     list[str] | None, typer.Argument(help="Input texts; '-' or none (with piped stdin) reads one per line.")
 ]

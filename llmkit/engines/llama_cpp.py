@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmkit import signals
 from llmkit.errors import ContextLengthError, LlmkitError, MissingDependencyError, UsageError
 from llmkit.sampling import (
     Completion,
@@ -216,7 +217,8 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     import hashlib
     import json
 
-    from llmkit.loading import llmkit_home
+    from llmkit import tempnames
+    from llmkit.fsutil import llmkit_home
 
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{GGUF_INFO_CACHE_VERSION}"
@@ -226,11 +228,10 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     except (OSError, ValueError, TypeError):
         pass
     info = _read_gguf_info(path)
-    try:  # written under a temporary name, then renamed: a concurrent reader never sees half a file
+    try:  # written under a temporary name (tempnames' rule), then renamed: a reader never sees half a file
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(info)), encoding="utf-8")
-        os.replace(tmp, cache)
+        with tempnames.replacing(cache, suffix=".tmp", journal=tempnames.journal_dir()) as tmp:
+            tmp.write_text(json.dumps(dataclasses.asdict(info)), encoding="utf-8")
     except OSError:  # a read-only home only costs the next run the same 0.1-0.3 s
         pass
     return info
@@ -570,8 +571,18 @@ class Generator:
         state: dict[str, Any] = {"text": "", "chunks": 0, "finish": None, "usage": None, "timings": None,
                                  "error": None, "cancelled": False}
         entries: list[TokenLogprob] = []
+        raised: list[BaseException] = []
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
+            if signals.pending() is not None:
+                return True  # stopped (Ctrl-C, SIGTERM): end the generation at this token
+            try:
+                return take(chunk)
+            except BaseException as exc:  # xllamacpp's C++ frames would swallow it: kept, raised below
+                raised.append(exc)
+                return True
+
+        def take(chunk: dict[str, Any]) -> bool:
             if "error" in chunk:
                 state["error"] = chunk["error"]
                 return True
@@ -598,8 +609,17 @@ class Generator:
 
         body = dict(request, prompt=text, stream=True, timings_per_token=True, stream_options={"include_usage": True})
         started = time.perf_counter()
-        self.server.handle_completions(body, on_chunk)
+        # On the main thread, a stop signal's handler would run inside this callback or xllamacpp's wrapper around
+        # it, whose C++ frames swallow the exception (with a traceback on stderr) and generate on. So the signal is
+        # only recorded meanwhile: the callback ends the generation at the next token and the block's end raises.
+        with signals.deferred():
+            self.server.handle_completions(body, on_chunk)
         seconds = time.perf_counter() - started
+        if raised:
+            raise raised[0]
+        stopped_by = signals.pending()
+        if stopped_by is not None:  # a worker thread: the main thread is unwinding; this answer is cut short
+            raise signals.Interrupted(stopped_by)
         if state["error"] is not None:
             error = state["error"]
             message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
@@ -705,8 +725,10 @@ def generate(
         for index, prompt in enumerate(prompts):
             yield index, prompt, texts[index] if texts is not None else prepare(index, prompt)
 
+    cancel = threading.Event()  # set when this generator stops early (an error, Ctrl-C, SIGTERM, SIGHUP)
+
     def answer(index: int, text: str, delta: Callable[[str], None] | None) -> Completion:
-        return generator.run(text, settings, index=index, on_text=delta)[0]
+        return generator.run(text, settings, index=index, on_text=delta, cancelled=cancel.is_set)[0]
 
     def result(prompt: str, done: Completion) -> Generation:
         return Generation(
@@ -745,5 +767,7 @@ def generate(
             for first_prompt, future in pending:
                 yield result(first_prompt, future.result())
         finally:
+            # The pool's exit waits for the requests in flight: each ends at its next token instead of its last.
+            cancel.set()
             for _, future in pending:
                 future.cancel()
