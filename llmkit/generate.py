@@ -198,7 +198,9 @@ def load_generator(
         from llmkit.engines import llama_cpp
 
         try:
-            return llama_cpp.Generator(model, parallel=parallel, max_new_tokens=max_new_tokens, reason=choice.reason)
+            # each sequence its own KV cells: an idle one keeps its last prompt's, which must not crowd out the rest
+            return llama_cpp.Generator(model, parallel=parallel, max_new_tokens=max_new_tokens, reason=choice.reason,
+                                       unified=False)
         except llama_cpp.EngineLoadError as exc:
             if engine != "auto":
                 raise

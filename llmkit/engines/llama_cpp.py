@@ -279,17 +279,17 @@ def render_chat(info: GGUFInfo, prompt: Any, *, system: str | None, raw: bool) -
 
 # --- the llama.cpp runtime ---------------------------------------------------------------------------------------
 
-_SERVERS: dict[tuple[str, int, int, int], Any] = {}
+_SERVERS: dict[tuple[str, int, int, int, bool], Any] = {}
 _SERVERS_LOCK = threading.Lock()
 
 
-def _server(gguf: Path, *, parallel: int, context: int, lookup: int = 0) -> Any:
+def _server(gguf: Path, *, parallel: int, context: int, lookup: int = 0, unified: bool = True) -> Any:
     """A loaded llama.cpp model with `parallel` sequences, kept for reuse by later calls in this process.
 
     `lookup` > 0 turns on prompt-lookup decoding: llama.cpp's NGRAM_SIMPLE speculation drafts up to `lookup`
     tokens that followed the last LOOKUP_MATCH tokens earlier in the context, and verifies them in one batch.
     """
-    key = (str(gguf), parallel, context, lookup)
+    key = (str(gguf), parallel, context, lookup, unified)
     with _SERVERS_LOCK:
         if key in _SERVERS:
             return _SERVERS[key]
@@ -300,7 +300,11 @@ def _server(gguf: Path, *, parallel: int, context: int, lookup: int = 0) -> Any:
         params.n_ctx = context
         params.n_parallel = parallel
         params.cpuparams.n_threads = params.cpuparams_batch.n_threads = pick_threads()
-        params.kv_unified = True  # one KV pool for all sequences: a long prompt is not capped at n_ctx / parallel
+        # One KV pool for all sequences (unified): a long prompt is not capped at n_ctx / parallel; a run's prompts
+        # keep every sequence busy, so none holds cells it no longer needs. A server's idle sequences keep their
+        # last prompt's cells, which in one pool would crowd out the busy ones: `unified=False` gives each
+        # sequence its own n_ctx / parallel cells instead.
+        params.kv_unified = unified
         params.warmup = False  # the warm-up decode costs more than it saves for one command's run
         # llama.cpp's default "fit" pass loads the model a first time to size the context to device memory; the
         # context is set above, so that pass only costs start-up (Server() took half the time without it, 3 runs
@@ -453,6 +457,8 @@ class Generator:
         lookup: prompt-lookup decoding, up to this many drafted tokens per step (0: off; see `_server`).
         gguf: the GGUF file (default: resolved from `model`).
         reason: why this engine runs, for the records.
+        unified: one KV pool shared by the sequences (a run of prompts); False: `context / parallel` tokens of
+            its own for each (a server, whose idle sequences keep their cells).
 
     Raises:
         MissingDependencyError: the bindings are not installed.
@@ -463,7 +469,8 @@ class Generator:
     engine = NAME
 
     def __init__(self, model: str, *, parallel: int = 1, context: int | None = None,
-                 max_new_tokens: int = 128, lookup: int = 0, gguf: Path | None = None, reason: str = "") -> None:
+                 max_new_tokens: int = 128, lookup: int = 0, gguf: Path | None = None, reason: str = "",
+                 unified: bool = True) -> None:
         if not bindings_installed():
             raise MissingDependencyError(f"the llama.cpp engine needs its bindings; install them: {INSTALL_HINT}")
         if parallel < 1:
@@ -478,7 +485,7 @@ class Generator:
         self.parallel = parallel
         self.lookup = lookup
         self.context = context or context_size(parallel, max_new_tokens, self.info.context_length)
-        self.server = _server(gguf, parallel=parallel, context=self.context, lookup=lookup)
+        self.server = _server(gguf, parallel=parallel, context=self.context, lookup=lookup, unified=unified)
 
     def unsupported(self, settings: GenerationSettings) -> list[str]:
         """The settings this engine cannot honour, as flag descriptions (empty: all supported)."""

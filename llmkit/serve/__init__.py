@@ -26,7 +26,7 @@ from llmkit.serve.settings import API_KEY_ENV, ModelArg, ServeSettings
 
 __all__ = ["API_KEY_ENV", "ModelArg", "ServeSettings", "run", "check"]
 
-STOP_SIGNALS = ("SIGINT", "SIGTERM")
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # each drains (those this platform has)
 
 
 def check(settings: ServeSettings) -> None:
@@ -152,7 +152,7 @@ def _draining_server(config: Any, state: Any, say: Any) -> Any:
                 say(f"{self.stopped_by}: draining {active} in-flight request(s); a second signal stops at once")
                 self.should_exit = True
 
-            signums = [getattr(signal, name) for name in STOP_SIGNALS]
+            signums = [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
             previous = {sig: signal.signal(sig, stop) for sig in signums}
             try:
                 yield
