@@ -521,6 +521,10 @@ def load(
         if not allow_pickle and "safetensors" in str(exc).lower():
             raise UsageError(f"{spec} has no safetensors weights; pass --allow-pickle if you trust it") from exc
         raise ModelNotFoundError(f"{spec}: weights could not be loaded ({str(exc).splitlines()[0]})") from exc
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":  # a damaged .safetensors file (cut short, bad header)
+            raise
+        raise ModelNotFoundError(f"{spec}: its safetensors weights could not be read ({str(exc).splitlines()[0]})") from exc
 
     model.to(device)
     model.eval()

@@ -56,7 +56,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "models": (
         "llmkit.cli.models",
-        "List the built-in model aliases (installed or not), converted GGUF caches and Hugging Face cached models.",
+        "List the built-in models (installed or not), converted GGUF caches, ONNX exports and Hugging Face models.",
     ),
 }
 

@@ -15,6 +15,7 @@ from llmkit.cli.options import (
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
+    EncoderEngineOpt,
     FormatOpt,
     InputFormatOpt,
     InputOpt,
@@ -130,6 +131,7 @@ def classify(
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    engine: EncoderEngineOpt = "auto",
     revision: RevisionOpt = None,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -215,7 +217,7 @@ def classify(
             multi_label=multi_label,
             min_score=min_score,
             hypothesis_template=hypothesis_template,
-            batch_size=batch_size or _cls.DEFAULT_BATCH_SIZE,
+            batch_size=batch_size,  # None: the engine's own default
             truncate=truncate,
             device=device,
             dtype=dtype,
@@ -229,6 +231,7 @@ def classify(
             shots=shots,
             example_selection=example_selection,
             seed=seed,
+            engine=engine,
         )
 
     # With several processes (accelerate launch, torchrun) each runs its share; the main one gets all, in order.

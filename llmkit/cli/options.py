@@ -89,6 +89,15 @@ ReportToOpt = Annotated[
 RunNameOpt = Annotated[
     str | None, typer.Option("--run-name", help="The run's name in the trackers [default: the output folder's name].")
 ]
+EncoderEngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="auto|onnx|transformers (auto: ONNX Runtime for an encoder on the CPU, exported once into "
+        "$LLMKIT_HOME/onnx; transformers for causal LMs, adapters, remote code, GPUs without onnxruntime-gpu; "
+        "each record's engine_reason says why).",
+    ),
+]
 TextsArg = Annotated[
     list[str] | None, typer.Argument(help="Input texts; '-' or none (with piped stdin) reads one per line.")
 ]
