@@ -104,10 +104,10 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_gguf: Path, tiny_causal_lm: Path) -> Iterator[Server]:
-    """A GGUF model on llama.cpp (16 parallel sequences) and a transformers model, behind a key."""
-    running = Server("-m", f"gguf={tiny_gguf}", "-m", f"hf={tiny_causal_lm}", "--api-key", KEY,
-                     "--max-concurrency", "16", "--max-tokens", "64")
+def server(tiny_gguf: Path, tiny_causal_lm: Path, tiny_encoder: Path) -> Iterator[Server]:
+    """A GGUF model on llama.cpp (16 parallel sequences), a transformers model and an encoder, behind a key."""
+    running = Server("-m", f"gguf={tiny_gguf}", "-m", f"hf={tiny_causal_lm}", "-m", f"emb={tiny_encoder}",
+                     "--api-key", KEY, "--max-concurrency", "16", "--max-tokens", "64")
     try:
         running.wait_healthy()
         yield running
@@ -188,12 +188,54 @@ def test_completions_stream(server: Server) -> None:
 def test_models_lists_every_model_with_its_engine(server: Server) -> None:
     client = server.client()
     cards = {m.id: m for m in client.models.list().data}
-    assert list(cards) == ["gguf", "hf"]
+    assert list(cards) == ["gguf", "hf", "emb"]
     assert cards["gguf"].owned_by == "llmkit" and cards["gguf"].llmkit["engine"] == "llama-cpp"
     assert cards["hf"].llmkit["engine"] == "transformers"
+    assert cards["emb"].llmkit["endpoints"] == ["embeddings"]
     assert client.models.retrieve("hf").id == "hf"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")
+
+
+def test_embeddings_are_llmkit_embeds_vectors(server: Server, tiny_encoder: Path) -> None:
+    texts = ["the cat sat on the mat", "a quick brown fox"]
+    result = invoke(["embed", "-m", str(tiny_encoder), *texts])
+    assert result.exit_code == 0, result.stderr
+    expected = [row["embedding"] for row in json_lines(result.stdout)]
+    # the openai client asks for base64 (float32 bytes) by default and decodes it
+    reply = server.client().embeddings.create(model="emb", input=texts)
+    assert [d.index for d in reply.data] == [0, 1] and reply.model == "emb"
+    for got, want in zip(reply.data, expected, strict=True):
+        assert got.embedding == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert reply.usage.prompt_tokens == reply.usage.total_tokens > 0
+    plain = server.post("/v1/embeddings", {"model": "emb", "input": texts[0], "encoding_format": "float"})
+    assert plain.status_code == 200
+    (row,) = plain.json()["data"]
+    assert row["embedding"] == pytest.approx(expected[0], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize(("body", "param", "code"), [
+    ({"input": "hi", "dimensions": 3}, "dimensions", "unsupported_parameter"),
+    ({"input": "hi", "truncate": True}, "truncate", "unsupported_parameter"),
+    ({"input": [[1, 2, 3]]}, "input", "unsupported_parameter"),
+    ({"input": ["hi", " "]}, "input", "invalid_request"),
+    ({"input": []}, "input", "invalid_request"),
+    ({"input": "hi", "encoding_format": "int8"}, "encoding_format", "invalid_request"),
+])
+def test_embeddings_refuse_what_they_cannot_honour(server: Server, body: dict, param: str, code: str) -> None:
+    r = server.post("/v1/embeddings", {"model": "emb", **body})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param and r.json()["error"]["code"] == code
+
+
+def test_each_model_answers_only_its_own_endpoints(server: Server) -> None:
+    with pytest.raises(openai.BadRequestError) as chat_on_encoder:
+        server.client().chat.completions.create(model="emb", messages=[{"role": "user", "content": "hi"}])
+    assert chat_on_encoder.value.code == "unsupported_model"
+    with pytest.raises(openai.BadRequestError) as embed_on_lm:
+        server.client().embeddings.create(model="gguf", input="hi")
+    assert embed_on_lm.value.code == "unsupported_model"
+    assert "embeddings" in embed_on_lm.value.message
 
 
 def test_wrong_or_missing_key_is_refused_but_health_is_open(server: Server) -> None:
@@ -202,7 +244,7 @@ def test_wrong_or_missing_key_is_refused_but_health_is_open(server: Server) -> N
     assert wrong.value.code == "invalid_api_key"
     assert server.get("/v1/models", key=None).status_code == 401
     assert server.get("/metrics", key="nope").status_code == 401
-    assert server.get("/health", key=None).json() == {"status": "ok", "models": ["gguf", "hf"]}
+    assert server.get("/health", key=None).json() == {"status": "ok", "models": ["gguf", "hf", "emb"]}
 
 
 @pytest.mark.parametrize(("field", "value"), [

@@ -18,6 +18,7 @@ app = command_app()
     epilog="Examples:\n\n"
     "  llmkit serve -m smollm2-135m-instruct\n\n"
     "  LLMKIT_API_KEY=secret llmkit serve -m chat=smollm2-135m-instruct -m ./my-finetuned-model --port 8080\n\n"
+    "  llmkit serve -m smollm2-135m-instruct -m minilm-l6   # chat and embeddings in one server\n\n"
     "  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' "
     "-d '{\"model\": \"smollm2-135m-instruct\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'",
 )
@@ -25,7 +26,8 @@ def serve(
     model: Annotated[
         list[str] | None,
         typer.Option("--model", "-m", help="A model to serve (repeatable): alias, folder, .gguf file or hub id; "
-                     "NAME=MODEL names it for requests' \"model\" field (default: the model as given)."),
+                     "NAME=MODEL names it for requests' \"model\" field (default: the model as given). A causal "
+                     "LM answers chat and completions, an encoder-decoder completions, an encoder embeddings."),
     ] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 opens it to the network "
                                       "(give --api-key then).")] = defaults.DEFAULT_HOST,
@@ -67,7 +69,7 @@ def serve(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
-    """Serve models over an OpenAI-compatible HTTP API (chat, completions, models, health, metrics).
+    """Serve models over an OpenAI-compatible HTTP API (chat, completions, embeddings, models, health, metrics).
 
     Point the `openai` client (base_url="http://127.0.0.1:8000/v1"), curl or any OpenAI-compatible tool at it.
     Requests name a model by its -m name. A field llmkit cannot honour is refused with 400 naming it; no

@@ -2,7 +2,8 @@
 
 The server is Starlette on uvicorn (app.py); each `-m` model is loaded once on the engine `generate` would pick
 (llama.cpp's parallel sequences for GGUF models, transformers otherwise; models.py) and answers
-/v1/chat/completions and /v1/completions (generation.py), with /v1/models, /health and /metrics beside them.
+/v1/chat/completions and /v1/completions (generation.py); an encoder answers /v1/embeddings as `llmkit embed`
+runs it (embeddings.py); /v1/models, /health and /metrics are beside them.
 Safe by default: it listens on 127.0.0.1 only, asks for the API key on every route but /health when one is set,
 sends no CORS headers unless told which origins may call it, and bounds request size, answer length, concurrency
 and the queue (limits.py). SIGTERM (or Ctrl-C) drains: no new connections, in-flight requests finish, exit 0; a

@@ -1,7 +1,7 @@
 """The ASGI application: routes, OpenAI-shaped errors and the middleware stack, on Starlette.
 
 Routes: /health (no key; 503 while loading or draining), /metrics (Prometheus text), /v1/models,
-/v1/chat/completions and /v1/completions (generation.py). Middleware, outermost first: CORS (only with
+/v1/chat/completions and /v1/completions (generation.py), /v1/embeddings (embeddings.py). Middleware, outermost first: CORS (only with
 --allowed-origins, so browsers' preflights are answered before the key is asked for), the timing of every request
 for /metrics, the request-size limit, then the API key. Every error a client can get is OpenAI's error object
 ({"error": {"message", "type", "param", "code"}}) with the status OpenAI uses for it, so its clients raise their
@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from llmkit.errors import ContextLengthError, LlmkitError, UsageError
 from llmkit.openai_api import BodyError, error_body
+from llmkit.serve.embeddings import embed_all, embeddings_body, parse_embeddings
 from llmkit.serve.generation import (
     ClientGone,
     EventStream,
@@ -36,11 +37,11 @@ from llmkit.serve.generation import (
     usage_of,
 )
 from llmkit.serve.limits import Admission, ApiKeyGuard, App, BodyLimit, QueueFull, Receive, Scope, Send
-from llmkit.serve.models import CHAT, COMPLETIONS, Registry
+from llmkit.serve.models import CHAT, COMPLETIONS, EMBEDDINGS, Registry
 from llmkit.serve.settings import RETRY_AFTER_SECONDS, ServeSettings
 from llmkit.serve.telemetry import Telemetry
 
-ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
+ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
 class ServerState:
@@ -144,6 +145,40 @@ def build_app(state: ServerState) -> App:
     async def completions(request: Request) -> Response:
         return await generate(request, COMPLETIONS)
 
+    async def embeddings(request: Request) -> Response:
+        try:
+            body = await read_body(request)
+            served = find_model(body, EMBEDDINGS)
+            if isinstance(served, Response):
+                return served
+            parsed = parse_embeddings(body, served.embedder.dimension)
+        except BodyError as exc:
+            return error(400, exc.message, param=exc.param, code=exc.code)
+        try:
+            release = await state.gate().acquire()
+        except QueueFull:
+            return busy()
+
+        def run() -> tuple[list[Any], int]:
+            with served.lock:  # one batch at a time per model: the Embedder batches a request's inputs itself
+                return embed_all(served.embedder, parsed)
+
+        try:
+            vectors, tokens = await asyncio.get_running_loop().run_in_executor(state.pool, run)
+        except Exception as exc:  # noqa: BLE001 - the engine's failure becomes the client's error
+            status, payload = engine_error(exc)
+            return JSONResponse(payload, status_code=status)
+        finally:
+            release()
+        telemetry.count_tokens(served.name, tokens, 0)
+        return JSONResponse(embeddings_body(parsed, vectors, tokens, model=served.name))
+
+    def busy() -> Response:
+        telemetry.rejected.labels(reason="queue_full").inc()
+        return error(429, f"The server is busy: {settings.max_concurrency} requests are being answered and "
+                     f"{settings.max_queue} are waiting; retry after {RETRY_AFTER_SECONDS} s",
+                     kind="rate_limit_error", code="queue_full", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
     async def generate(request: Request, endpoint: str) -> Response:
         try:
             body = await read_body(request)
@@ -163,11 +198,7 @@ def build_app(state: ServerState) -> App:
         try:
             release = await state.gate().acquire()
         except QueueFull:
-            telemetry.rejected.labels(reason="queue_full").inc()
-            return error(429, f"The server is busy: {settings.max_concurrency} requests are being answered and "
-                         f"{settings.max_queue} are waiting; retry after {RETRY_AFTER_SECONDS} s",
-                         kind="rate_limit_error", code="queue_full",
-                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            return busy()
         started = time.perf_counter()
         run = Run(served.generator, parsed, state.pool, asyncio.get_running_loop())
         try:
@@ -265,6 +296,7 @@ def build_app(state: ServerState) -> App:
             Route("/v1/models/{name:path}", model),
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
         ],
         exception_handlers={HTTPException: not_found, Exception: crashed},
     )

@@ -3,7 +3,8 @@
 Loading runs in a background thread after the server starts listening, so /health can say 503 "loading" until
 every model is ready (what orchestrators wait for) and a request for a model still loading gets 503 with
 Retry-After. What a model can answer follows from its head (tasks.py): a causal LM answers chat (when it has a
-chat template) and completions, an encoder-decoder completions.
+chat template) and completions, an encoder-decoder completions, and an encoder (any other head) embeddings,
+through `llmkit embed`'s Embedder.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from llmkit.errors import LlmkitError
 from llmkit.serve.settings import ModelArg, ServeSettings
 
-CHAT, COMPLETIONS = "chat.completions", "completions"
+CHAT, COMPLETIONS, EMBEDDINGS = "chat.completions", "completions", "embeddings"
 
 
 @dataclass
@@ -26,9 +27,10 @@ class ServedModel:
     Attributes:
         name: what requests call it (`model` in the body; `id` in /v1/models).
         spec: the model spec llmkit loaded.
-        endpoints: the API endpoints it answers (CHAT, COMPLETIONS).
+        endpoints: the API endpoints it answers (CHAT, COMPLETIONS, EMBEDDINGS).
         engine / reason: the engine that runs it, and why (engines/choose.py).
         generator: the engine's loaded handle (`complete()`), for text generation.
+        embedder: `llmkit embed`'s Embedder, for an encoder (one request at a time: `lock`).
         created: when it finished loading (Unix time).
     """
 
@@ -38,6 +40,8 @@ class ServedModel:
     engine: str
     reason: str
     generator: Any = None
+    embedder: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
     created: int = field(default_factory=lambda: int(time.time()))
 
     def card(self) -> dict[str, Any]:
@@ -54,18 +58,28 @@ def load_model(arg: ModelArg, settings: ServeSettings) -> ServedModel:
         LlmkitError: it cannot be found or loaded, or llmkit serves nothing for its kind of model.
     """
     from llmkit import generate, loading
-    from llmkit.errors import UsageError
     from llmkit.tasks import CAUSAL_LM, SEQ2SEQ_LM
 
     head = loading.detect_task(arg.spec)
     if head not in (CAUSAL_LM, SEQ2SEQ_LM):
-        raise UsageError(f"{arg.spec} is a {head} model; llmkit serve answers with causal LMs and encoder-decoder "
-                         "models (chat and completions)")
+        return _load_encoder(arg, settings)
     generator = generate.load_generator(arg.spec, engine=settings.engine, parallel=settings.max_concurrency,
                                         max_new_tokens=settings.max_tokens, device=settings.device,
                                         dtype=settings.dtype)
     endpoints = (COMPLETIONS,) if head == SEQ2SEQ_LM else (CHAT, COMPLETIONS)
     return ServedModel(arg.name, arg.spec, endpoints, generator.engine, generator.reason, generator)
+
+
+def _load_encoder(arg: ModelArg, settings: ServeSettings) -> ServedModel:
+    """An encoder, served for /v1/embeddings as `llmkit embed` runs it."""
+    from llmkit.embed import Embedder
+    from llmkit.errors import UsageError
+
+    if settings.engine == "llama-cpp":
+        raise UsageError(f"{arg.spec} is an encoder, which llama.cpp does not run here; leave --engine auto")
+    embedder = Embedder(arg.spec, engine=settings.engine, device=settings.device, dtype=settings.dtype)
+    return ServedModel(arg.name, arg.spec, (EMBEDDINGS,), embedder.choice.engine, embedder.choice.reason,
+                       embedder=embedder)
 
 
 class Registry:
