@@ -507,3 +507,10 @@ def test_bundled_model_answers_and_a_client_that_leaves_stops_its_generation() -
         assert running.stop() == 0
     finally:
         running.kill()
+
+
+def test_without_the_serve_extra_one_error_line_and_exit_4(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # what `import uvicorn` meets where it is not installed
+    result = invoke(["serve", "--port", "0", "-m", "smollm2-135m-instruct"])
+    assert result.exit_code == 4
+    assert result.stderr.strip() == "Error: llmkit serve needs uvicorn (the serve extra); install it: pip install 'llmkit[serve]'"

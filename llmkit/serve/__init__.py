@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from llmkit.errors import UsageError
+from llmkit.errors import MissingDependencyError, UsageError
 from llmkit.serve.settings import API_KEY_ENV, ModelArg, ServeSettings
 
 __all__ = ["API_KEY_ENV", "ModelArg", "ServeSettings", "run", "check"]
@@ -83,12 +83,17 @@ def run(settings: ServeSettings, *, say: Any = None) -> None:
     Raises:
         UsageError: impossible settings, or the address cannot be listened on.
         LlmkitError: a model could not be loaded (the server stops; in-flight requests finish first).
+        MissingDependencyError: the serve extra (Starlette, uvicorn, prometheus-client) is not installed.
     """
-    import uvicorn
-
-    from llmkit.serve.app import ServerState, build_app
-
     check(settings)
+    try:
+        import uvicorn
+
+        from llmkit.serve.app import ServerState, build_app
+    except ImportError as exc:
+        raise MissingDependencyError(f"llmkit serve needs {exc.name or 'its server libraries'} (the serve extra); install it: "
+                                     "pip install 'llmkit[serve]'") from None
+
     if say is None:
         from llmkit.output import stderr_console
 
