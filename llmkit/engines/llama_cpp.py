@@ -598,10 +598,11 @@ class Generator:
             choice = (chunk.get("choices") or [{}])[0]
             if choice.get("finish_reason") is None:
                 state["chunks"] += 1  # one chunk per sampled token
-            for entry in ((choice.get("logprobs") or {}).get("content") or []) if logprobs is not None else ():
-                entries.append(_token_logprob(entry, logprobs))
-                if on_logprob is not None:
-                    on_logprob(entries[-1])
+            if logprobs is not None:
+                for entry in (choice.get("logprobs") or {}).get("content") or []:
+                    entries.append(_token_logprob(entry, logprobs))
+                    if on_logprob is not None:
+                        on_logprob(entries[-1])
             ended = choice.get("finish_reason")
             state["text"], hit = view.update(state["text"] + (choice.get("text") or ""),
                                              done=bool(ended or state["finish"]))
