@@ -514,3 +514,26 @@ def test_without_the_serve_extra_one_error_line_and_exit_4(monkeypatch: pytest.M
     result = invoke(["serve", "--port", "0", "-m", "smollm2-135m-instruct"])
     assert result.exit_code == 4
     assert result.stderr.strip() == "Error: llmkit serve needs uvicorn (the serve extra); install it: pip install 'llmkit[serve]'"
+
+
+def test_two_gguf_models_in_one_server_each_answer_as_generate_does(tiny_gguf: Path, tmp_path: Path) -> None:
+    import tiny
+
+    from llmkit.loading import BUNDLED, bundled_location
+
+    source = bundled_location(BUNDLED["smollm2-135m-instruct"])
+    assert source is not None
+    other = tiny.build_gguf_causal_lm(tmp_path / "other.gguf", source, seed=1)
+    running = Server("-m", f"a={tiny_gguf}", "-m", f"b={other}", "--max-concurrency", "2", "--max-tokens", "16")
+    try:
+        running.wait_healthy()
+        client = running.client(key="unused")
+        answers = {}
+        for name, path in (("a", tiny_gguf), ("b", other), ("a", tiny_gguf)):
+            reply = client.completions.create(model=name, prompt="hello world", max_tokens=12)
+            assert reply.choices[0].text == _generate(path, "hello world", "--raw", "-n", "12")["text"]
+            answers[name] = reply.choices[0].text
+        assert answers["a"] != answers["b"]  # two models, not one answering for both
+        assert running.stop() == 0
+    finally:
+        running.kill()
