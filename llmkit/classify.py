@@ -134,6 +134,7 @@ def classify(
     example_selection: str = "fixed",
     seed: int | None = None,
     engine: str = "auto",
+    loaded_choice: Any = None,
 ) -> Iterator[Classification]:
     """Classify each input, yielding one `Classification` per input in input order.
 
@@ -162,6 +163,7 @@ def classify(
         seed: seed for the random example choice (None: 0).
         engine: auto|onnx|transformers: what runs a classifier or NLI model (auto: ONNX Runtime on the CPU where
             the model exports, see llmkit/engines/choose.py); causal LMs run on transformers.
+        loaded_choice: the engine `Choice` that `load_classifier` returned with `loaded`, for the records.
 
     Returns:
         An iterator of `Classification`.
@@ -170,7 +172,6 @@ def classify(
         UsageError: impossible settings, or a model that cannot do what was asked.
         DataError: an input too long with truncate=False.
     """
-    from llmkit import loading
     from llmkit import zeroshot as zs
 
     if top_k < 1:
@@ -202,38 +203,14 @@ def classify(
                 "or --labels a,b,c for zero-shot classification with the bundled model"
             )
         model = DEFAULT_ZERO_SHOT_MODEL
-    from llmkit.engines import Choice, choose
+    from llmkit.engines import Choice
 
     if loaded is None:
-        choice = choose.choose_encoder(model, SEQUENCE_CLASSIFICATION, device=device, dtype=dtype, requested=engine,
-                                       adapter=adapter, revision=revision, trust_remote_code=trust_remote_code)
-        if choice.engine == "onnx":
-            from llmkit.engines import onnx as onnx_engine
-
-            try:
-                loaded = onnx_engine.load(model, SEQUENCE_CLASSIFICATION, revision=revision, allow_pickle=allow_pickle,
-                                          trust_remote_code=trust_remote_code, device=choose.onnx_device(device))
-            except onnx_engine.ExportError as exc:
-                if engine == "onnx":
-                    raise
-                choice = choose.fell_back(model, exc.message)
-        if choice.fallback is not None:
-            from llmkit.console import warn
-
-            warn(choice.fallback)  # once per run: the engine changes speed (and the reason is in every record)
+        loaded, choice = load_classifier(model, engine=engine, device=device, dtype=dtype, revision=revision,
+                                         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                         adapter=adapter)
     else:
-        choice = Choice(getattr(loaded.model, "engine", "transformers"), "a model loaded by the caller")
-    if loaded is None:
-        kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code,
-                                      adapter=adapter)
-        task = {"causal-lm": "causal-lm", "sequence-classification": "sequence-classification"}.get(kind)
-        if task is None:
-            raise UsageError(
-                f"{model} has no classification head ({kind}); fine-tune it first (llmkit finetune), or use "
-                "--labels with an NLI model or a causal LM"
-            )
-        loaded = loading.load(model, task, device=device, dtype=dtype, revision=revision,
-                              allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, adapter=adapter)
+        choice = loaded_choice or Choice(getattr(loaded.model, "engine", "transformers"), "a model loaded by the caller")
     on_onnx = getattr(loaded.model, "engine", None) == "onnx"
     if not on_onnx and str(loaded.device) == "cpu":
         from llmkit.threads import use_free_cores
@@ -747,3 +724,57 @@ class GoldTracker:
 
     def report(self) -> Evaluation:
         return evaluate(self.gold, self.predicted, skipped=self.seen - len(self.gold))
+
+
+def load_classifier(
+    model: str,
+    *,
+    engine: str = "auto",
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    adapter: str | None = None,
+) -> tuple[Any, Any]:
+    """Load `model` for `classify` on the engine `engine` picks (ONNX Runtime or transformers), once, for
+    `classify(..., loaded=...)` to reuse (what `llmkit serve` keeps).
+
+    Returns:
+        (the loaded model, the engine `Choice` with its reason).
+
+    Raises:
+        UsageError: the model has no classification head (nor is a causal LM).
+    """
+    from llmkit import loading
+    from llmkit.engines import choose
+
+    loaded: Any = None
+    choice = choose.choose_encoder(model, SEQUENCE_CLASSIFICATION, device=device, dtype=dtype, requested=engine,
+                                   adapter=adapter, revision=revision, trust_remote_code=trust_remote_code)
+    if choice.engine == "onnx":
+        from llmkit.engines import onnx as onnx_engine
+
+        try:
+            loaded = onnx_engine.load(model, SEQUENCE_CLASSIFICATION, revision=revision, allow_pickle=allow_pickle,
+                                      trust_remote_code=trust_remote_code, device=choose.onnx_device(device))
+        except onnx_engine.ExportError as exc:
+            if engine == "onnx":
+                raise
+            choice = choose.fell_back(model, exc.message)
+    if choice.fallback is not None:
+        from llmkit.console import warn
+
+        warn(choice.fallback)  # once per run: the engine changes speed (and the reason is in every record)
+    if loaded is None:
+        kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code,
+                                      adapter=adapter)
+        task = {"causal-lm": "causal-lm", "sequence-classification": "sequence-classification"}.get(kind)
+        if task is None:
+            raise UsageError(
+                f"{model} has no classification head ({kind}); fine-tune it first (llmkit finetune), or use "
+                "--labels with an NLI model or a causal LM"
+            )
+        loaded = loading.load(model, task, device=device, dtype=dtype, revision=revision,
+                              allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, adapter=adapter)
+    return loaded, choice

@@ -118,6 +118,7 @@ def fill_mask(
     loaded: Any = None,
     adapter: str | None = None,
     engine: str = "auto",
+    loaded_choice: Any = None,
 ) -> Iterator[MaskPrediction]:
     """Fill the masks of each text, yielding one `MaskPrediction` per text in input order.
 
@@ -134,6 +135,7 @@ def fill_mask(
         adapter: a peft (LoRA) adapter folder to run on `model` unmerged.
         engine: auto|onnx|transformers: what runs a masked LM (auto: ONNX Runtime on the CPU where the model
             exports, see llmkit/engines/choose.py); causal LMs run on transformers.
+        loaded_choice: the engine `Choice` that `load_fill_mask_model` returned with `loaded`, for the records.
 
     Returns:
         An iterator of `MaskPrediction`.
@@ -142,52 +144,20 @@ def fill_mask(
         UsageError: an input without a mask, top_k < 1, several masks for a causal LM, or (with
             truncate=False) an input that is too long.
     """
-    from llmkit import loading
 
     if top_k < 1:
         raise UsageError("--top-k must be at least 1")
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     target_words = parse_targets(targets) if targets is not None else ()
-    from llmkit.engines import Choice, choose
+    from llmkit.engines import Choice
 
     if loaded is None:
-        choice = choose.choose_encoder(model, MASKED_LM, device=device, dtype=dtype, requested=engine, adapter=adapter,
-                                       revision=revision, trust_remote_code=trust_remote_code)
-        if choice.engine == "onnx":
-            from llmkit.engines import onnx as onnx_engine
-
-            try:
-                loaded = onnx_engine.load(model, MASKED_LM, revision=revision, allow_pickle=allow_pickle,
-                                          trust_remote_code=trust_remote_code, device=choose.onnx_device(device))
-            except onnx_engine.ExportError as exc:
-                if engine == "onnx":
-                    raise
-                choice = choose.fell_back(model, exc.message)
-        if choice.fallback is not None:
-            from llmkit.console import warn
-
-            warn(choice.fallback)  # once per run: the engine changes speed (and the reason is in every record)
+        loaded, choice = load_fill_mask_model(model, engine=engine, device=device, dtype=dtype, revision=revision,
+                                              allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                              adapter=adapter)
     else:
-        choice = Choice(getattr(loaded.model, "engine", "transformers"), "a model loaded by the caller")
-    if loaded is None:
-        kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code,
-                                      adapter=adapter)
-        if kind not in ("masked-lm", "causal-lm"):
-            raise UsageError(
-                f"{model} has no masked-LM or causal-LM head ({kind}); use a fill-mask model such as "
-                "bert-base-uncased, or the bundled smollm2-135m-instruct"
-            )
-        loaded = loading.load(
-            model,
-            kind,
-            device=device,
-            dtype=dtype,
-            revision=revision,
-            allow_pickle=allow_pickle,
-            trust_remote_code=trust_remote_code,
-            adapter=adapter,
-        )
+        choice = loaded_choice or Choice(getattr(loaded.model, "engine", "transformers"), "a model loaded by the caller")
     method = "masked-lm"
     if getattr(loaded.model, "engine", None) != "onnx":
         from llmkit.tasks import CAUSAL_LM, head_of_architectures
@@ -208,6 +178,67 @@ def fill_mask(
             batch = []
     if batch:
         yield from runner.run(batch)
+
+
+def load_fill_mask_model(
+    model: str,
+    *,
+    engine: str = "auto",
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    adapter: str | None = None,
+) -> tuple[Any, Any]:
+    """Load `model` for `fill_mask` on the engine `engine` picks (ONNX Runtime or transformers), once, for
+    `fill_mask(..., loaded=...)` to reuse (what `llmkit serve` keeps).
+
+    Returns:
+        (the loaded model, the engine `Choice` with its reason).
+
+    Raises:
+        UsageError: the model has neither a masked-LM nor a causal-LM head.
+    """
+    from llmkit import loading
+    from llmkit.engines import choose
+
+    loaded: Any = None
+    choice = choose.choose_encoder(model, MASKED_LM, device=device, dtype=dtype, requested=engine, adapter=adapter,
+                                   revision=revision, trust_remote_code=trust_remote_code)
+    if choice.engine == "onnx":
+        from llmkit.engines import onnx as onnx_engine
+
+        try:
+            loaded = onnx_engine.load(model, MASKED_LM, revision=revision, allow_pickle=allow_pickle,
+                                      trust_remote_code=trust_remote_code, device=choose.onnx_device(device))
+        except onnx_engine.ExportError as exc:
+            if engine == "onnx":
+                raise
+            choice = choose.fell_back(model, exc.message)
+    if choice.fallback is not None:
+        from llmkit.console import warn
+
+        warn(choice.fallback)  # once per run: the engine changes speed (and the reason is in every record)
+    if loaded is None:
+        kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code,
+                                      adapter=adapter)
+        if kind not in ("masked-lm", "causal-lm"):
+            raise UsageError(
+                f"{model} has no masked-LM or causal-LM head ({kind}); use a fill-mask model such as "
+                "bert-base-uncased, or the bundled smollm2-135m-instruct"
+            )
+        loaded = loading.load(
+            model,
+            kind,
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+            adapter=adapter,
+        )
+    return loaded, choice
 
 
 class _Runner:

@@ -537,3 +537,46 @@ def test_two_gguf_models_in_one_server_each_answer_as_generate_does(tiny_gguf: P
         assert running.stop() == 0
     finally:
         running.kill()
+
+
+def test_classify_and_fill_mask_give_the_commands_records(tiny_classifier: Path, tiny_mlm: Path) -> None:
+    texts = ["i loved it", "the service was awful"]
+    # transformers on both sides: ONNX Runtime's export would cost this test most of its time (its parity with
+    # transformers is tests/test_onnx_engine.py's)
+    running = Server("-m", f"cls={tiny_classifier}", "-m", f"mlm={tiny_mlm}", "--api-key", KEY, "--engine",
+                     "transformers")
+    try:
+        running.wait_healthy()
+        cards = {c["id"]: c["llmkit"] for c in running.get("/v1/models").json()["data"]}
+        assert cards["cls"]["endpoints"] == ["classify"] and cards["mlm"]["endpoints"] == ["fill-mask"]
+
+        r = running.post("/v1/classify", {"model": "cls", "input": texts, "top_k": 2})
+        assert r.status_code == 200, r.text
+        result = invoke(["classify", "--json", "-m", str(tiny_classifier), "--engine", "transformers", "--top-k", "2",
+                          *texts])
+        assert result.exit_code == 0, result.stderr
+        for got, want in zip(r.json()["data"], json_lines(result.stdout), strict=True):
+            assert got["label"] == want["label"] and got["score"] == pytest.approx(want["score"], abs=1e-5)
+            assert [s["label"] for s in got["scores"]] == [s["label"] for s in want["scores"]]
+            assert got["engine"] == want["engine"] and got["engine_reason"] == want["engine_reason"]
+        assert [d["index"] for d in r.json()["data"]] == [0, 1]
+
+        masked = "the capital of france is [MASK]."
+        r = running.post("/v1/fill-mask", {"model": "mlm", "input": masked, "top_k": 3})
+        assert r.status_code == 200, r.text
+        result = invoke(["fill-mask", "--json", "-m", str(tiny_mlm), "--engine", "transformers", "--top-k", "3",
+                          masked])
+        assert result.exit_code == 0, result.stderr
+        (want,) = json_lines(result.stdout)
+        (got,) = r.json()["data"]
+        assert [f["token"] for f in got["masks"][0]] == [f["token"] for f in want["masks"][0]]
+        assert len(got["masks"][0]) == 3 and got["engine"] == want["engine"] == "transformers"
+
+        assert running.post("/v1/fill-mask", {"model": "mlm", "input": "no mask here"}).status_code == 400
+        bad = running.post("/v1/classify", {"model": "cls", "input": "x", "top_k": 0})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_k"
+        wrong = running.post("/v1/classify", {"model": "mlm", "input": "x"})
+        assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "unsupported_model"
+        assert running.stop() == 0
+    finally:
+        running.kill()

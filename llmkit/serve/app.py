@@ -1,7 +1,8 @@
 """The ASGI application: routes, OpenAI-shaped errors and the middleware stack, on Starlette.
 
 Routes: /health (no key; 503 while loading or draining), /metrics (Prometheus text), /v1/models,
-/v1/chat/completions and /v1/completions (generation.py), /v1/embeddings (embeddings.py). Middleware, outermost first: CORS (only with
+/v1/chat/completions and /v1/completions (generation.py), /v1/embeddings (embeddings.py), and llmkit's own
+/v1/classify and /v1/fill-mask (encoders.py). Middleware, outermost first: CORS (only with
 --allowed-origins, so browsers' preflights are answered before the key is asked for), the timing of every request
 for /metrics, the request-size limit, then the API key. Every error a client can get is OpenAI's error object
 ({"error": {"message", "type", "param", "code"}}) with the status OpenAI uses for it, so its clients raise their
@@ -24,7 +25,8 @@ from starlette.routing import Route
 
 from llmkit.errors import ContextLengthError, LlmkitError, UsageError
 from llmkit.openai_api import BodyError, error_body
-from llmkit.serve.embeddings import embed_all, embeddings_body, parse_embeddings
+from llmkit.serve.embeddings import embeddings_job
+from llmkit.serve.encoders import classify_job, fill_mask_job
 from llmkit.serve.generation import (
     ClientGone,
     EventStream,
@@ -37,11 +39,12 @@ from llmkit.serve.generation import (
     usage_of,
 )
 from llmkit.serve.limits import Admission, ApiKeyGuard, App, BodyLimit, QueueFull, Receive, Scope, Send
-from llmkit.serve.models import CHAT, COMPLETIONS, EMBEDDINGS, Registry
+from llmkit.serve.models import CHAT, CLASSIFY, COMPLETIONS, EMBEDDINGS, FILL_MASK, Registry
 from llmkit.serve.settings import RETRY_AFTER_SECONDS, ServeSettings
 from llmkit.serve.telemetry import Telemetry
 
-ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+          "/v1/classify", "/v1/fill-mask")
 
 
 class ServerState:
@@ -146,12 +149,23 @@ def build_app(state: ServerState) -> App:
         return await generate(request, COMPLETIONS)
 
     async def embeddings(request: Request) -> Response:
+        return await encoder_request(request, EMBEDDINGS, embeddings_job)
+
+    async def classify(request: Request) -> Response:
+        return await encoder_request(request, CLASSIFY, classify_job)
+
+    async def fill_mask(request: Request) -> Response:
+        return await encoder_request(request, FILL_MASK, fill_mask_job)
+
+    async def encoder_request(request: Request, endpoint: str, prepare: Any) -> Response:
+        """An encoder's request: the body read at once, the model run in a worker thread, one request at a time
+        per model (each batches its own inputs)."""
         try:
             body = await read_body(request)
-            served = find_model(body, EMBEDDINGS)
+            served = find_model(body, endpoint)
             if isinstance(served, Response):
                 return served
-            parsed = parse_embeddings(body, served.embedder.dimension)
+            job = prepare(served, body)
         except BodyError as exc:
             return error(400, exc.message, param=exc.param, code=exc.code)
         try:
@@ -159,19 +173,19 @@ def build_app(state: ServerState) -> App:
         except QueueFull:
             return busy()
 
-        def run() -> tuple[list[Any], int]:
-            with served.lock:  # one batch at a time per model: the Embedder batches a request's inputs itself
-                return embed_all(served.embedder, parsed)
+        def run() -> tuple[dict[str, Any], int]:
+            with served.lock:
+                return job()
 
         try:
-            vectors, tokens = await asyncio.get_running_loop().run_in_executor(state.pool, run)
+            payload, tokens = await asyncio.get_running_loop().run_in_executor(state.pool, run)
         except Exception as exc:  # noqa: BLE001 - the engine's failure becomes the client's error
             status, payload = engine_error(exc)
             return JSONResponse(payload, status_code=status)
         finally:
             release()
         telemetry.count_tokens(served.name, tokens, 0)
-        return JSONResponse(embeddings_body(parsed, vectors, tokens, model=served.name))
+        return JSONResponse(payload)
 
     def busy() -> Response:
         telemetry.rejected.labels(reason="queue_full").inc()
@@ -297,6 +311,8 @@ def build_app(state: ServerState) -> App:
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/classify", classify, methods=["POST"]),
+            Route("/v1/fill-mask", fill_mask, methods=["POST"]),
         ],
         exception_handlers={HTTPException: not_found, Exception: crashed},
     )

@@ -25,16 +25,17 @@ class EmbeddingsRequest:
     base64: bool
 
 
-def parse_embeddings(body: dict[str, Any], dimension: int) -> EmbeddingsRequest:
-    """Read an embeddings body for a model whose vectors have `dimension` numbers.
+def parse_texts(body: dict[str, Any], fields: tuple[str, ...], what: str) -> list[str]:
+    """The body's `input` (a string or a non-empty list of non-empty strings), after refusing any field not in
+    `fields` (`what` names the endpoint in the message).
 
     Raises:
-        BodyError: the first field that is missing, malformed or not supported (its name in `param`).
+        BodyError: an unknown field, or an input that is missing, empty or not text.
     """
     for name in body:
-        if name not in FIELDS:
-            raise BodyError("unsupported_parameter", f"{name} is not supported by llmkit's /v1/embeddings (it "
-                            f"takes {', '.join(FIELDS)})", name)
+        if name not in fields:
+            raise BodyError("unsupported_parameter", f"{name} is not supported by llmkit's {what} (it takes "
+                            f"{', '.join(fields)})", name)
     given = body.get("input")
     texts = [given] if isinstance(given, str) else given
     if not isinstance(texts, list) or not texts:
@@ -44,10 +45,20 @@ def parse_embeddings(body: dict[str, Any], dimension: int) -> EmbeddingsRequest:
                         "input")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise BodyError("unsupported_parameter", f"input[{i}] is not a string; llmkit embeds text, not token "
+            raise BodyError("unsupported_parameter", f"input[{i}] is not a string; llmkit takes text, not token "
                             "arrays", "input")
         if not text.strip():
             raise BodyError("invalid_request", f"input[{i}] is empty; every input needs some text", "input")
+    return texts
+
+
+def parse_embeddings(body: dict[str, Any], dimension: int) -> EmbeddingsRequest:
+    """Read an embeddings body for a model whose vectors have `dimension` numbers.
+
+    Raises:
+        BodyError: the first field that is missing, malformed or not supported (its name in `param`).
+    """
+    texts = parse_texts(body, FIELDS, "/v1/embeddings")
     encoding = body.get("encoding_format", "float")
     if encoding not in ("float", "base64"):
         raise BodyError("invalid_request", f"encoding_format {encoding!r}: use float or base64", "encoding_format")
@@ -56,6 +67,17 @@ def parse_embeddings(body: dict[str, Any], dimension: int) -> EmbeddingsRequest:
         raise BodyError("unsupported_parameter", f"dimensions {dimensions}: this model's vectors have {dimension} "
                         "numbers and llmkit does not shorten them; leave dimensions out", "dimensions")
     return EmbeddingsRequest(tuple(texts), encoding == "base64")
+
+
+def embeddings_job(served: Any, body: dict[str, Any]) -> Any:
+    """Read the body now (BodyError at once); the returned call runs the model: (response body, prompt tokens)."""
+    request = parse_embeddings(body, served.embedder.dimension)
+
+    def run() -> tuple[dict[str, Any], int]:
+        vectors, tokens = embed_all(served.embedder, request)
+        return embeddings_body(request, vectors, tokens, model=served.name), tokens
+
+    return run
 
 
 def embed_all(embedder: Any, request: EmbeddingsRequest) -> tuple[list[Any], int]:

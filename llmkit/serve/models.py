@@ -3,8 +3,9 @@
 Loading runs in a background thread after the server starts listening, so /health can say 503 "loading" until
 every model is ready (what orchestrators wait for) and a request for a model still loading gets 503 with
 Retry-After. What a model can answer follows from its head (tasks.py): a causal LM answers chat (when it has a
-chat template) and completions, an encoder-decoder completions, and an encoder (any other head) embeddings,
-through `llmkit embed`'s Embedder.
+chat template) and completions, an encoder-decoder completions, a classifier /v1/classify and a masked LM
+/v1/fill-mask (as `llmkit classify` and `llmkit fill-mask` run them, ONNX Runtime included), and an encoder with no
+head embeddings, through `llmkit embed`'s Embedder.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from llmkit.errors import LlmkitError
 from llmkit.serve.settings import ModelArg, ServeSettings
 
 CHAT, COMPLETIONS, EMBEDDINGS = "chat.completions", "completions", "embeddings"
+CLASSIFY, FILL_MASK = "classify", "fill-mask"
 
 
 @dataclass
@@ -27,10 +29,11 @@ class ServedModel:
     Attributes:
         name: what requests call it (`model` in the body; `id` in /v1/models).
         spec: the model spec llmkit loaded.
-        endpoints: the API endpoints it answers (CHAT, COMPLETIONS, EMBEDDINGS).
+        endpoints: the API endpoints it answers (CHAT, COMPLETIONS, EMBEDDINGS, CLASSIFY, FILL_MASK).
         engine / reason: the engine that runs it, and why (engines/choose.py).
         generator: the engine's loaded handle (`complete()`), for text generation.
         embedder: `llmkit embed`'s Embedder, for an encoder (one request at a time: `lock`).
+        encoder / choice: a classifier or masked LM loaded for `classify` / `fill_mask`, and its engine choice.
         created: when it finished loading (Unix time).
     """
 
@@ -41,6 +44,8 @@ class ServedModel:
     reason: str
     generator: Any = None
     embedder: Any = None
+    encoder: Any = None
+    choice: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -58,9 +63,11 @@ def load_model(arg: ModelArg, settings: ServeSettings) -> ServedModel:
         LlmkitError: it cannot be found or loaded, or llmkit serves nothing for its kind of model.
     """
     from llmkit import generate, loading
-    from llmkit.tasks import CAUSAL_LM, SEQ2SEQ_LM
+    from llmkit.tasks import CAUSAL_LM, MASKED_LM, SEQ2SEQ_LM, SEQUENCE_CLASSIFICATION
 
     head = loading.detect_task(arg.spec)
+    if head in (SEQUENCE_CLASSIFICATION, MASKED_LM):
+        return _load_head(arg, settings, head)
     if head not in (CAUSAL_LM, SEQ2SEQ_LM):
         return _load_encoder(arg, settings)
     generator = generate.load_generator(arg.spec, engine=settings.engine, parallel=settings.max_concurrency,
@@ -68,6 +75,28 @@ def load_model(arg: ModelArg, settings: ServeSettings) -> ServedModel:
                                         dtype=settings.dtype)
     endpoints = (COMPLETIONS,) if head == SEQ2SEQ_LM else (CHAT, COMPLETIONS)
     return ServedModel(arg.name, arg.spec, endpoints, generator.engine, generator.reason, generator)
+
+
+def _load_head(arg: ModelArg, settings: ServeSettings, head: str) -> ServedModel:
+    """A classifier (/v1/classify) or a masked LM (/v1/fill-mask), loaded as those commands load it."""
+    from llmkit.errors import UsageError
+    from llmkit.tasks import MASKED_LM
+
+    if settings.engine == "llama-cpp":
+        raise UsageError(f"{arg.spec} is an encoder, which llama.cpp does not run here; leave --engine auto")
+    engine = "auto" if settings.engine == "auto" else "transformers"
+    options: dict[str, Any] = dict(engine=engine, device=settings.device, dtype=settings.dtype)
+    if head == MASKED_LM:
+        from llmkit.fill_mask import load_fill_mask_model
+
+        loaded, choice = load_fill_mask_model(arg.spec, **options)
+        endpoint = FILL_MASK
+    else:
+        from llmkit.classify import load_classifier
+
+        loaded, choice = load_classifier(arg.spec, **options)
+        endpoint = CLASSIFY
+    return ServedModel(arg.name, arg.spec, (endpoint,), choice.engine, choice.reason, encoder=loaded, choice=choice)
 
 
 def _load_encoder(arg: ModelArg, settings: ServeSettings) -> ServedModel:
