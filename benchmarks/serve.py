@@ -228,15 +228,15 @@ def soak_request(url: str, i: int) -> bool:
 
 
 def soak(server: Process, count: int) -> dict:
-    """`count` requests in a row of several kinds; RSS and fds after the first 100 (a fifth of `count` when it is
-    under 500) and at the end."""
+    """`count` requests in a row of several kinds; RSS and fds after every 100 and at the end. Growth is from the
+    first 100 (a fifth of `count` when it is under 500: allocators and caches warm up first) to the end."""
     first_at = min(100, max(1, count // 5))
     marks: dict[str, dict] = {}
     failures = 0
     started = time.perf_counter()
     for i in range(count):
         failures += soak_request(server.url, i)
-        if i + 1 in (first_at, count):
+        if i + 1 in (first_at, count) or (i + 1) % 100 == 0:
             time.sleep(1.0)  # let the left clients' generations end and their sockets close
             marks[str(i + 1)] = {"rss_mb": round(server.rss_mb(), 1), "fds": server.fds()}
     first, last = marks[str(first_at)], marks[str(count)]

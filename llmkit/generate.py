@@ -198,9 +198,10 @@ def load_generator(
         from llmkit.engines import llama_cpp
 
         try:
-            # each sequence its own KV cells: an idle one keeps its last prompt's, which must not crowd out the rest
+            # each sequence its own KV cells: an idle one keeps its last prompt's, which must not crowd out the rest;
+            # no host-memory cache of past prompts, which would grow with every request
             return llama_cpp.Generator(model, parallel=parallel, max_new_tokens=max_new_tokens, reason=choice.reason,
-                                       unified=False)
+                                       unified=False, keep_prompts=False)
         except llama_cpp.EngineLoadError as exc:
             if engine != "auto":
                 raise

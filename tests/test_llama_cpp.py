@@ -562,6 +562,22 @@ def test_server_skips_the_fit_pass_and_the_warm_up(tiny_gguf: Path, monkeypatch)
 
 
 @needs_bindings
+def test_a_server_keeps_no_host_cache_of_past_prompts(tiny_gguf: Path, monkeypatch) -> None:
+    # llama.cpp's host-memory prompt cache (8 GiB by default) grows a server's RSS with every new prompt
+    import xllamacpp
+
+    from llmkit import generate
+
+    seen = []
+    monkeypatch.setattr(xllamacpp, "Server", lambda params: seen.append((params.cache_ram_mib, params.kv_unified))
+                        or object())
+    monkeypatch.setattr(llama_cpp, "_SERVERS", {})
+    llama_cpp._server(tiny_gguf, parallel=2, context=256)
+    generate.load_generator(str(tiny_gguf), parallel=2, max_new_tokens=16)  # what llmkit serve keeps per model
+    assert seen == [(xllamacpp.CommonParams().cache_ram_mib, True), (0, False)]
+
+
+@needs_bindings
 @pytest.mark.parametrize("lookup", [0, 6])
 def test_lookup_turns_on_llama_cpps_prompt_lookup_drafts(tiny_gguf: Path, monkeypatch, lookup: int) -> None:
     import xllamacpp

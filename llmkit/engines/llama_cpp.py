@@ -279,17 +279,18 @@ def render_chat(info: GGUFInfo, prompt: Any, *, system: str | None, raw: bool) -
 
 # --- the llama.cpp runtime ---------------------------------------------------------------------------------------
 
-_SERVERS: dict[tuple[str, int, int, int, bool], Any] = {}
+_SERVERS: dict[tuple[str, int, int, int, bool, bool], Any] = {}
 _SERVERS_LOCK = threading.Lock()
 
 
-def _server(gguf: Path, *, parallel: int, context: int, lookup: int = 0, unified: bool = True) -> Any:
+def _server(gguf: Path, *, parallel: int, context: int, lookup: int = 0, unified: bool = True,
+            keep_prompts: bool = True) -> Any:
     """A loaded llama.cpp model with `parallel` sequences, kept for reuse by later calls in this process.
 
     `lookup` > 0 turns on prompt-lookup decoding: llama.cpp's NGRAM_SIMPLE speculation drafts up to `lookup`
     tokens that followed the last LOOKUP_MATCH tokens earlier in the context, and verifies them in one batch.
     """
-    key = (str(gguf), parallel, context, lookup, unified)
+    key = (str(gguf), parallel, context, lookup, unified, keep_prompts)
     with _SERVERS_LOCK:
         if key in _SERVERS:
             return _SERVERS[key]
@@ -305,6 +306,12 @@ def _server(gguf: Path, *, parallel: int, context: int, lookup: int = 0, unified
         # last prompt's cells, which in one pool would crowd out the busy ones: `unified=False` gives each
         # sequence its own n_ctx / parallel cells instead.
         params.kv_unified = unified
+        # llama.cpp keeps finished prompts' KV states in host memory (cache_ram_mib, 8 GiB by default) to restore
+        # them for a later prompt with the same start. A server's RSS then grows with every new prompt, 0.4 MB a
+        # request for SmolLM2-135M until that cap (120 requests: 344 -> 385 MB; with 0, flat at 336 MB): a server
+        # (`keep_prompts=False`) turns it off; each sequence still reuses its own last prompt's cells.
+        if not keep_prompts:
+            params.cache_ram_mib = 0
         params.warmup = False  # the warm-up decode costs more than it saves for one command's run
         # llama.cpp's default "fit" pass loads the model a first time to size the context to device memory; the
         # context is set above, so that pass only costs start-up (Server() took half the time without it, 3 runs
@@ -457,6 +464,7 @@ class Generator:
         lookup: prompt-lookup decoding, up to this many drafted tokens per step (0: off; see `_server`).
         gguf: the GGUF file (default: resolved from `model`).
         reason: why this engine runs, for the records.
+        keep_prompts: llama.cpp's host-memory cache of finished prompts (see `_server`); False for a server.
         unified: one KV pool shared by the sequences (a run of prompts); False: `context / parallel` tokens of
             its own for each (a server, whose idle sequences keep their cells).
 
@@ -470,7 +478,7 @@ class Generator:
 
     def __init__(self, model: str, *, parallel: int = 1, context: int | None = None,
                  max_new_tokens: int = 128, lookup: int = 0, gguf: Path | None = None, reason: str = "",
-                 unified: bool = True) -> None:
+                 unified: bool = True, keep_prompts: bool = True) -> None:
         if not bindings_installed():
             raise MissingDependencyError(f"the llama.cpp engine needs its bindings; install them: {INSTALL_HINT}")
         if parallel < 1:
@@ -485,7 +493,8 @@ class Generator:
         self.parallel = parallel
         self.lookup = lookup
         self.context = context or context_size(parallel, max_new_tokens, self.info.context_length)
-        self.server = _server(gguf, parallel=parallel, context=self.context, lookup=lookup, unified=unified)
+        self.server = _server(gguf, parallel=parallel, context=self.context, lookup=lookup, unified=unified,
+                              keep_prompts=keep_prompts)
 
     def unsupported(self, settings: GenerationSettings) -> list[str]:
         """The settings this engine cannot honour, as flag descriptions (empty: all supported)."""
