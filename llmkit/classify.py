@@ -125,6 +125,7 @@ def classify(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     loaded: Any = None,
+    choice: Any = None,
     adapter: str | None = None,
     zero_shot_method: str = "question",
     zero_shot_prompt: str | None = None,
@@ -134,7 +135,6 @@ def classify(
     example_selection: str = "fixed",
     seed: int | None = None,
     engine: str = "auto",
-    loaded_choice: Any = None,
 ) -> Iterator[Classification]:
     """Classify each input, yielding one `Classification` per input in input order.
 
@@ -151,6 +151,8 @@ def classify(
             when None).
         truncate: cut inputs longer than the model's maximum (else raise DataError).
         loaded: an already loaded `LoadedModel` for `model` (skips loading).
+        choice: the engine `Choice` that picked `loaded` (`load_model`'s), named in every record; None: "a model
+            loaded by the caller".
         adapter: a peft adapter folder to run on `model` unmerged (`model` None: the adapter's own base).
         zero_shot_method: causal LM: "question" (the label as the answer) or "channel" (log P(text | label)).
         zero_shot_prompt: causal LM question, with {text} and optionally {labels}; None: the default.
@@ -163,7 +165,6 @@ def classify(
         seed: seed for the random example choice (None: 0).
         engine: auto|onnx|transformers: what runs a classifier or NLI model (auto: ONNX Runtime on the CPU where
             the model exports, see llmkit/engines/choose.py); causal LMs run on transformers.
-        loaded_choice: the engine `Choice` that `load_classifier` returned with `loaded`, for the records.
 
     Returns:
         An iterator of `Classification`.
@@ -206,11 +207,10 @@ def classify(
     from llmkit.engines import Choice
 
     if loaded is None:
-        loaded, choice = load_classifier(model, engine=engine, device=device, dtype=dtype, revision=revision,
-                                         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                                         adapter=adapter)
-    else:
-        choice = loaded_choice or Choice(getattr(loaded.model, "engine", "transformers"), "a model loaded by the caller")
+        loaded, choice = load_model(model, engine=engine, device=device, dtype=dtype, revision=revision,
+                                    allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, adapter=adapter)
+    elif choice is None:
+        choice = Choice(getattr(loaded.model, "engine", "transformers"), "a model loaded by the caller")
     on_onnx = getattr(loaded.model, "engine", None) == "onnx"
     if not on_onnx and str(loaded.device) == "cpu":
         from llmkit.threads import use_free_cores
@@ -253,6 +253,63 @@ def classify(
         if number == 0:
             runner.begin(window, complete, batch)
         yield from runner.finish(window, runner.run(window, batch), keep, min_score)
+
+
+def load_model(
+    model: str,
+    *,
+    engine: str = "auto",
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    adapter: str | None = None,
+    warn_fallback: bool = True,
+) -> tuple[Any, Any]:
+    """The model `classify()` loads for these arguments, and the engine `Choice` its records name: what
+    `classify()` runs itself, and what each `--executor ray` actor runs once to pass as `loaded=`/`choice=`.
+
+    Args:
+        model: alias, folder or hub id (`classify()` picks DEFAULT_ZERO_SHOT_MODEL when given labels and no model).
+        engine: auto|onnx|transformers (llmkit/engines/choose.py `choose_encoder`).
+        warn_fallback: say on stderr (once) when auto wanted ONNX Runtime and could not use it.
+
+    Returns:
+        (a `LoadedModel` or ONNX Runtime handle, the `Choice` that picked it).
+
+    Raises:
+        UsageError: a model without a classification or causal-LM head, or an --engine that cannot run it.
+    """
+    from llmkit import loading
+    from llmkit.engines import choose
+
+    choice = choose.choose_encoder(model, SEQUENCE_CLASSIFICATION, device=device, dtype=dtype, requested=engine,
+                                   adapter=adapter, revision=revision, trust_remote_code=trust_remote_code)
+    if choice.engine == "onnx":
+        from llmkit.engines import onnx as onnx_engine
+
+        try:
+            loaded = onnx_engine.load(model, SEQUENCE_CLASSIFICATION, revision=revision, allow_pickle=allow_pickle,
+                                      trust_remote_code=trust_remote_code, device=choose.onnx_device(device))
+            return loaded, choice
+        except onnx_engine.ExportError as exc:
+            if engine == "onnx":
+                raise
+            choice = choose.fell_back(model, exc.message)
+    if choice.fallback is not None and warn_fallback:
+        from llmkit.console import warn
+
+        warn(choice.fallback)  # once per run: the engine changes speed (and the reason is in every record)
+    kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code, adapter=adapter)
+    task = {"causal-lm": "causal-lm", "sequence-classification": "sequence-classification"}.get(kind)
+    if task is None:
+        raise UsageError(
+            f"{model} has no classification head ({kind}); fine-tune it first (llmkit finetune), or use "
+            "--labels with an NLI model or a causal LM"
+        )
+    return loading.load(model, task, device=device, dtype=dtype, revision=revision, allow_pickle=allow_pickle,
+                        trust_remote_code=trust_remote_code, adapter=adapter), choice
 
 
 def _windows(inputs: Iterable[str | tuple[str, str | None]], size: int) -> Iterator[tuple[list[tuple[int, str, str | None]], bool]]:
@@ -724,57 +781,3 @@ class GoldTracker:
 
     def report(self) -> Evaluation:
         return evaluate(self.gold, self.predicted, skipped=self.seen - len(self.gold))
-
-
-def load_classifier(
-    model: str,
-    *,
-    engine: str = "auto",
-    device: str = "auto",
-    dtype: str = "auto",
-    revision: str | None = None,
-    allow_pickle: bool = False,
-    trust_remote_code: bool = False,
-    adapter: str | None = None,
-) -> tuple[Any, Any]:
-    """Load `model` for `classify` on the engine `engine` picks (ONNX Runtime or transformers), once, for
-    `classify(..., loaded=...)` to reuse (what `llmkit serve` keeps).
-
-    Returns:
-        (the loaded model, the engine `Choice` with its reason).
-
-    Raises:
-        UsageError: the model has no classification head (nor is a causal LM).
-    """
-    from llmkit import loading
-    from llmkit.engines import choose
-
-    loaded: Any = None
-    choice = choose.choose_encoder(model, SEQUENCE_CLASSIFICATION, device=device, dtype=dtype, requested=engine,
-                                   adapter=adapter, revision=revision, trust_remote_code=trust_remote_code)
-    if choice.engine == "onnx":
-        from llmkit.engines import onnx as onnx_engine
-
-        try:
-            loaded = onnx_engine.load(model, SEQUENCE_CLASSIFICATION, revision=revision, allow_pickle=allow_pickle,
-                                      trust_remote_code=trust_remote_code, device=choose.onnx_device(device))
-        except onnx_engine.ExportError as exc:
-            if engine == "onnx":
-                raise
-            choice = choose.fell_back(model, exc.message)
-    if choice.fallback is not None:
-        from llmkit.console import warn
-
-        warn(choice.fallback)  # once per run: the engine changes speed (and the reason is in every record)
-    if loaded is None:
-        kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code,
-                                      adapter=adapter)
-        task = {"causal-lm": "causal-lm", "sequence-classification": "sequence-classification"}.get(kind)
-        if task is None:
-            raise UsageError(
-                f"{model} has no classification head ({kind}); fine-tune it first (llmkit finetune), or use "
-                "--labels with an NLI model or a causal LM"
-            )
-        loaded = loading.load(model, task, device=device, dtype=dtype, revision=revision,
-                              allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, adapter=adapter)
-    return loaded, choice

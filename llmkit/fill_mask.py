@@ -118,7 +118,7 @@ def fill_mask(
     loaded: Any = None,
     adapter: str | None = None,
     engine: str = "auto",
-    loaded_choice: Any = None,
+    choice: Any = None,
 ) -> Iterator[MaskPrediction]:
     """Fill the masks of each text, yielding one `MaskPrediction` per text in input order.
 
@@ -132,10 +132,11 @@ def fill_mask(
         batch_size: inputs per forward pass.
         truncate: cut inputs longer than the model's maximum (else raise).
         loaded: an already loaded `LoadedModel` (skips loading; its head decides the method).
+        choice: the engine `Choice` that picked `loaded` (`load_model`'s), named in every record; None: "a model
+            loaded by the caller".
         adapter: a peft (LoRA) adapter folder to run on `model` unmerged.
         engine: auto|onnx|transformers: what runs a masked LM (auto: ONNX Runtime on the CPU where the model
             exports, see llmkit/engines/choose.py); causal LMs run on transformers.
-        loaded_choice: the engine `Choice` that `load_fill_mask_model` returned with `loaded`, for the records.
 
     Returns:
         An iterator of `MaskPrediction`.
@@ -144,7 +145,6 @@ def fill_mask(
         UsageError: an input without a mask, top_k < 1, several masks for a causal LM, or (with
             truncate=False) an input that is too long.
     """
-
     if top_k < 1:
         raise UsageError("--top-k must be at least 1")
     if batch_size < 1:
@@ -153,11 +153,10 @@ def fill_mask(
     from llmkit.engines import Choice
 
     if loaded is None:
-        loaded, choice = load_fill_mask_model(model, engine=engine, device=device, dtype=dtype, revision=revision,
-                                              allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                                              adapter=adapter)
-    else:
-        choice = loaded_choice or Choice(getattr(loaded.model, "engine", "transformers"), "a model loaded by the caller")
+        loaded, choice = load_model(model, engine=engine, device=device, dtype=dtype, revision=revision,
+                                    allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, adapter=adapter)
+    elif choice is None:
+        choice = Choice(getattr(loaded.model, "engine", "transformers"), "a model loaded by the caller")
     method = "masked-lm"
     if getattr(loaded.model, "engine", None) != "onnx":
         from llmkit.tasks import CAUSAL_LM, head_of_architectures
@@ -180,8 +179,8 @@ def fill_mask(
         yield from runner.run(batch)
 
 
-def load_fill_mask_model(
-    model: str,
+def load_model(
+    model: str = DEFAULT_MODEL,
     *,
     engine: str = "auto",
     device: str = "auto",
@@ -190,20 +189,24 @@ def load_fill_mask_model(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     adapter: str | None = None,
+    warn_fallback: bool = True,
 ) -> tuple[Any, Any]:
-    """Load `model` for `fill_mask` on the engine `engine` picks (ONNX Runtime or transformers), once, for
-    `fill_mask(..., loaded=...)` to reuse (what `llmkit serve` keeps).
+    """The model `fill_mask()` loads for these arguments, and the engine `Choice` its records name: what
+    `fill_mask()` runs itself, and what each `--executor ray` actor runs once to pass as `loaded=`/`choice=`.
+
+    Args:
+        engine: auto|onnx|transformers (llmkit/engines/choose.py `choose_encoder`).
+        warn_fallback: say on stderr (once) when auto wanted ONNX Runtime and could not use it.
 
     Returns:
-        (the loaded model, the engine `Choice` with its reason).
+        (an ONNX Runtime handle or a `LoadedModel` with a masked-LM or causal-LM head, the `Choice`).
 
     Raises:
-        UsageError: the model has neither a masked-LM nor a causal-LM head.
+        UsageError: a model with neither head, or an --engine that cannot run it.
     """
     from llmkit import loading
     from llmkit.engines import choose
 
-    loaded: Any = None
     choice = choose.choose_encoder(model, MASKED_LM, device=device, dtype=dtype, requested=engine, adapter=adapter,
                                    revision=revision, trust_remote_code=trust_remote_code)
     if choice.engine == "onnx":
@@ -212,33 +215,23 @@ def load_fill_mask_model(
         try:
             loaded = onnx_engine.load(model, MASKED_LM, revision=revision, allow_pickle=allow_pickle,
                                       trust_remote_code=trust_remote_code, device=choose.onnx_device(device))
+            return loaded, choice
         except onnx_engine.ExportError as exc:
             if engine == "onnx":
                 raise
             choice = choose.fell_back(model, exc.message)
-    if choice.fallback is not None:
+    if choice.fallback is not None and warn_fallback:
         from llmkit.console import warn
 
         warn(choice.fallback)  # once per run: the engine changes speed (and the reason is in every record)
-    if loaded is None:
-        kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code,
-                                      adapter=adapter)
-        if kind not in ("masked-lm", "causal-lm"):
-            raise UsageError(
-                f"{model} has no masked-LM or causal-LM head ({kind}); use a fill-mask model such as "
-                "bert-base-uncased, or the bundled smollm2-135m-instruct"
-            )
-        loaded = loading.load(
-            model,
-            kind,
-            device=device,
-            dtype=dtype,
-            revision=revision,
-            allow_pickle=allow_pickle,
-            trust_remote_code=trust_remote_code,
-            adapter=adapter,
+    kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code, adapter=adapter)
+    if kind not in ("masked-lm", "causal-lm"):
+        raise UsageError(
+            f"{model} has no masked-LM or causal-LM head ({kind}); use a fill-mask model such as "
+            "bert-base-uncased, or the bundled smollm2-135m-instruct"
         )
-    return loaded, choice
+    return loading.load(model, kind, device=device, dtype=dtype, revision=revision, allow_pickle=allow_pickle,
+                        trust_remote_code=trust_remote_code, adapter=adapter), choice
 
 
 class _Runner:

@@ -53,7 +53,7 @@ def classify_job(served: Any, body: dict[str, Any]) -> Any:
     labels = _words(body, "labels")
 
     def run() -> tuple[dict[str, Any], int]:
-        results = list(classify(texts, loaded=served.encoder, loaded_choice=served.choice, top_k=top_k,
+        results = list(classify(texts, loaded=served.encoder, choice=served.choice, top_k=top_k,
                                 labels=labels))
         return _records(results, served.name), 0
 
@@ -69,7 +69,7 @@ def fill_mask_job(served: Any, body: dict[str, Any]) -> Any:
     targets = _words(body, "targets")
 
     def run() -> tuple[dict[str, Any], int]:
-        results = list(fill_mask(texts, loaded=served.encoder, loaded_choice=served.choice, top_k=top_k,
+        results = list(fill_mask(texts, loaded=served.encoder, choice=served.choice, top_k=top_k,
                                  targets=targets))
         return _records(results, served.name), 0
 

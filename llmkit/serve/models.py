@@ -87,12 +87,12 @@ def _load_head(arg: ModelArg, settings: ServeSettings, head: str) -> ServedModel
     engine = "auto" if settings.engine == "auto" else "transformers"
     options: dict[str, Any] = dict(engine=engine, device=settings.device, dtype=settings.dtype)
     if head == MASKED_LM:
-        from llmkit.fill_mask import load_fill_mask_model
+        from llmkit.fill_mask import load_model as load_fill_mask_model
 
         loaded, choice = load_fill_mask_model(arg.spec, **options)
         endpoint = FILL_MASK
     else:
-        from llmkit.classify import load_classifier
+        from llmkit.classify import load_model as load_classifier
 
         loaded, choice = load_classifier(arg.spec, **options)
         endpoint = CLASSIFY
