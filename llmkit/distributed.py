@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from llmkit import signals, tempnames
-from llmkit.errors import EXIT_FAILURE, LlmkitError, UsageError
+from llmkit.errors import EXIT_FAILURE, LlmkitError, UsageError, explain, library_words
 
 T = TypeVar("T")
 
@@ -511,11 +511,8 @@ class ShardedRun:
     def _mark_failed(self, exc: BaseException) -> None:
         if isinstance(exc, KeyboardInterrupt):
             text = signals.describe(exc)  # "interrupted (SIGTERM)": the main rank's error names the signal
-        elif isinstance(exc, LlmkitError):
-            text = exc.message
-        else:
-            first = str(exc).strip().splitlines()
-            text = f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__
+        else:  # the peer's failure in llmkit's words (errors.explain), as the main process will repeat it
+            text = explain(exc).message
         nonce = self.nonce
         if not self.peers.is_main:
             begin = _read_json(self._begin)
@@ -814,6 +811,6 @@ def barrier(peers: Peers, name: str, *, timeout: float = DEFAULT_TIMEOUT) -> boo
         else:
             dist.barrier()
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = library_words(exc)
         raise PeerError(f"barrier {name!r}: {first}") from None
     return True

@@ -139,19 +139,102 @@ def generate(
         from llmkit.console import warn
 
         warn(choice.fallback)
-    load: dict[str, Any] = dict(revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    run: dict[str, Any] = dict(settings=settings, system=system, raw=raw, batch_size=choice.batch_size,
-                               on_text=on_text, reason=choice.reason)
-    if choice.engine == choose.LLAMA_LOOP:
-        from llmkit.engines import llama_loop
+    runner = Generator(model, choice, device=device, revision=revision, allow_pickle=allow_pickle,
+                       trust_remote_code=trust_remote_code, adapter=adapter, loaded=loaded, preload=False)
+    yield from runner.run(ahead, settings=settings, system=system, raw=raw, on_text=on_text, lookup=lookup)
 
-        yield from llama_loop.generate(ahead, model=model, loaded=loaded, device=device, **load, **run)
-        return
+
+class Generator:
+    """One engine, chosen and loaded once, for any number of `run` calls (generate()'s second half).
+
+    `generate()` builds one per call; an executor that feeds batches of a long input to workers builds one per
+    worker from `choice_for_count`, so the engine is the one the whole input gets (some rules count the prompts)
+    and the model loads once. llama.cpp keeps its loaded model per process itself (`llama_cpp._server`'s cache), and
+    gets the prompts as a stream here, so its context size is the same for every batch.
+
+    Args:
+        model: the model spec.
+        choice: the engine, batch size and dtype (`engines.choose.choose_generate`).
+        device / revision / allow_pickle / trust_remote_code / adapter: as for `generate()`.
+        loaded: an already loaded `LoadedModel` (transformers or the loop), or None to load here.
+        preload: load the loop's model now (for many calls); False lets the loop load it inside its one call and
+            release the transformers weights once packed (generate()'s own single call).
+    """
+
+    def __init__(self, model: str, choice: Any, *, device: str = "auto", revision: str | None = None,
+                 allow_pickle: bool = False, trust_remote_code: bool = False, adapter: str | None = None,
+                 loaded: Any = None, preload: bool = True) -> None:
+        from llmkit.engines import choose
+
+        self.model, self.choice, self.device = model, choice, device
+        self.load: dict[str, Any] = dict(revision=revision, allow_pickle=allow_pickle,
+                                         trust_remote_code=trust_remote_code)
+        self.lm = loaded
+        if loaded is None and choice.engine == choose.TRANSFORMERS:
+            from llmkit.engines import transformers as hf
+
+            self.lm = hf.load_generator(model, device=device, dtype=choice.dtype, adapter=adapter, **self.load)
+        elif loaded is None and choice.engine == choose.LLAMA_LOOP and preload:
+            from llmkit.engines import llama_loop
+            from llmkit.engines import transformers as hf
+
+            self.lm = llama_loop.load(model) or hf.load_generator(model, device=device, dtype="float32", **self.load)
+
+    @property
+    def window(self) -> int:
+        return window_of(self.choice)
+
+    def run(self, prompts: Iterable[Any], *, settings: GenerationSettings, system: str | None = None,
+            raw: bool = False, on_text: Callable[[int, str], None] | None = None,
+            lookup: int = 0) -> Iterator[Generation]:
+        """One `Generation` per prompt, in order, on the chosen engine."""
+        from llmkit.engines import choose
+
+        choice = self.choice
+        run: dict[str, Any] = dict(settings=settings, system=system, raw=raw, batch_size=choice.batch_size,
+                                   on_text=on_text, reason=choice.reason)
+        if choice.engine == choose.LLAMA_CPP:
+            from llmkit.engines import llama_cpp
+
+            # a stream, never a list: the context is then sized alike for every call, and the loaded model kept
+            yield from llama_cpp.generate(iter(prompts), model=self.model, lookup=lookup, **run)
+            return
+        if choice.engine == choose.LLAMA_LOOP:
+            from llmkit.engines import llama_loop
+
+            yield from llama_loop.generate(prompts, model=self.model, loaded=self.lm, device=self.device,
+                                           **self.load, **run)
+            return
+        from llmkit.engines import transformers as hf
+
+        yield from hf.generate(self.lm, prompts, **run)
+
+
+
+def choice_for_count(model: str, prompts: int, *, settings: GenerationSettings | None = None,
+                     batch_size: int | None = None, device: str = "auto", dtype: str = "auto",
+                     revision: str | None = None, engine: str = "auto", adapter: str | None = None,
+                     lookup: int = 0) -> Any:
+    """The engine choice `generate()` makes for `prompts` prompts, for a run that hands them to `Generator`s in
+    batches (some rules count the prompts: a file of 32 or more runs on the loop).
+
+    Returns:
+        A `GenerateChoice`.
+    """
+    from llmkit.engines import choose
+
+    return choose.choose_generate(model, settings or GenerationSettings(), requested=engine, device=device,
+                                  dtype=dtype, batch_size=batch_size, adapter=adapter, lookup=lookup,
+                                  available=lambda n: min(n, prompts), revision=revision)
+
+
+def window_of(choice: Any) -> int:
+    """Prompts an engine reads ahead and groups by length (transformers and the loop: LENGTH_GROUP_WINDOW batches;
+    llama.cpp decodes in flight what it is given): batches of this many consecutive prompts, starting at multiples
+    of it, run as one long input does."""
     from llmkit.engines import transformers as hf
 
-    lm = loaded or hf.load_generator(model, device=device, dtype=choice.dtype, adapter=adapter, **load)
-    run.pop("reason")
-    yield from hf.Generator(lm, reason=choice.reason).generate(ahead, **run)
+    return max(1, choice.batch_size) * hf.LENGTH_GROUP_WINDOW
 
 
 def load_generator(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit import signals, tempnames
-from llmkit.errors import LlmkitError, MissingDependencyError, ModelNotFoundError, UsageError
+from llmkit.errors import LlmkitError, MissingDependencyError, ModelNotFoundError, UsageError, library_words
 from llmkit.fsutil import llmkit_home
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -355,7 +355,7 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
                 tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=str(gguf_path))
                 model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=str(gguf_path))
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = library_words(exc)
             raise UsageError(
                 f"{gguf_path} is not a GGUF causal LM that transformers can load ({first}); "
                 "check the file, or pass a model folder"
@@ -632,7 +632,7 @@ def cached_hub_models() -> list[dict[str, Any]]:
         if type(exc).__name__ != "CacheNotFound":
             from llmkit.console import warn
 
-            warn(f"the Hugging Face cache could not be read ({type(exc).__name__}: {exc}); not listing it")
+            warn(f"the Hugging Face cache could not be read ({str(exc).strip() or 'no reason given'}); not listing it")
         return []
     return [
         {"name": repo.repo_id, "kind": "hub-cache", "size_bytes": repo.size_on_disk, "path": str(repo.repo_path)}
@@ -888,6 +888,11 @@ def load_adapter(
             )
         elif size:
             model_kwargs.update(num_labels=size)
+        if _head_size(info.path) is not None:
+            # The adapter carries its own head (peft's modules_to_save), trained for its labels: the base's head
+            # of another size is replaced by it, not compared with it (a 3-label base under a 2-label adapter).
+            # Only shapes that differ are skipped; the adapter's weights must still fit the rest of the base.
+            model_kwargs.setdefault("ignore_mismatched_sizes", True)
     try:
         loaded = load(base_spec, task, model_kwargs=model_kwargs, **load_options)
     except ModelNotFoundError as exc:
@@ -896,11 +901,16 @@ def load_adapter(
         from llmkit.strategies import accept_prefix_cache
 
         accept_prefix_cache(loaded.model)
+    import warnings
+
     try:
-        model = PeftModel.from_pretrained(loaded.model, str(info.path), is_trainable=False)
+        with warnings.catch_warnings():
+            # peft 0.x asks transformers 5 for `is_gradient_checkpointing`, which warns of its rename on stderr
+            warnings.simplefilter("ignore", FutureWarning)
+            model = PeftModel.from_pretrained(loaded.model, str(info.path), is_trainable=False)
     except (ValueError, RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"adapter {adapter_dir} does not fit base {base_spec} ({first[:200]})") from exc
+        first = library_words(exc)
+        raise UsageError(f"adapter {adapter_dir} does not fit base {base_spec} ({first})") from exc
     model.to(loaded.device)
     model.eval()
     tokenizer = loaded.tokenizer

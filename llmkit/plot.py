@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from llmkit.errors import DataError, MissingDependencyError, NotFoundError
+from llmkit.errors import DataError, MissingDependencyError, NotFoundError, library_words
 
 DEFAULT_OUTPUT = "curves.png"
 CURVES_FILE = "curves.png"  # written into a training output folder
@@ -304,7 +304,7 @@ def training_pictures(folder: Path, report: dict[str, Any], name: str) -> list[s
                                    title=f"{name}: validation")
             written.append(CONFUSION_FILE)
     except Exception as exc:  # matplotlib failing on odd data must not cost the run its output
-        warn(f"training pictures not drawn: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        warn(f"training pictures not drawn ({library_words(exc)}); the model and its report are written")
     return written
 
 

@@ -876,6 +876,10 @@ def _quantize_onnx(
     if task not in ONNX_TASKS:
         raise UsageError(f"--method onnx-int8 quantizes encoders (classifiers, masked LMs, base encoders), not a "
                          f"{task}; for a causal LM use --method gguf or int8-weight")
+    if loading.resolve(model).kind == "adapter":
+        raise UsageError(f"--method onnx-int8 quantizes a plain model and {model} is a peft adapter: use --method "
+                         "dynamic-int8 (it folds a LoRA adapter into its base first), or train with --merge-lora "
+                         "and quantize that folder")
     why = onnx.unsupported(model, head=task, revision=revision)
     if why is not None:
         raise UsageError(f"--method onnx-int8 cannot quantize {model}: {why}")

@@ -34,7 +34,7 @@ from llmkit import tracking
 from llmkit.config import check_config_keys, load_config, settings_from  # noqa: F401  (re-exported)
 from llmkit.data import TABLE_SUFFIXES, column_error, decoding_note, open_rows  # noqa: F401  (column_error: re-exported)
 from llmkit.data import require_columns as data_require_columns
-from llmkit.errors import DataError, MissingDependencyError, NotFoundError, UsageError
+from llmkit.errors import DataError, MissingDependencyError, NotFoundError, UsageError, library_words
 from llmkit.fsutil import make_public
 from llmkit.metrics import (  # noqa: F401  (re-exported: finetune/distill call them as training.X)
     classification_report,
@@ -239,7 +239,7 @@ def read_table(path: Path | str, stats: DataStats | None = None) -> Any:
     try:
         return datasets.Dataset.from_dict(data)
     except Exception as exc:  # mixed types in one column (pyarrow)
-        raise DataError(f"{path}: columns with mixed value types ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"{path}: columns with mixed value types ({library_words(exc)})") from None
 
 
 def _find_split_files(folder: Path) -> dict[str, Path]:
@@ -262,7 +262,7 @@ def _load_hub_dataset(name: str) -> dict[str, Any]:
     except Exception as exc:  # offline, missing, gated: all end the same way for the user
         raise NotFoundError(
             f"{name!r} is neither a data file nor a dataset in the Hugging Face cache "
-            f"({str(exc).splitlines()[0]}); "
+            f"({library_words(exc)}); "
             "give a .csv/.tsv/.jsonl/.json/.parquet file or a folder of train/validation files"
         ) from None
     out = {}

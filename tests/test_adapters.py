@@ -211,6 +211,38 @@ def test_base_given_beside_the_adapter_and_missing_base(tmp_path: Path, sharp_cl
     assert loaded.model.config.num_labels == 2
 
 
+@pytest.fixture(scope="module")
+def three_label_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A classifier base with 3 labels, under which the adapters below learn 2 (issue 28)."""
+    return tiny.build_classifier(tmp_path_factory.mktemp("three") / "base", labels=("neutral", "sad", "happy"), seed=5)
+
+
+@pytest.mark.parametrize("strategy", ["lora", "prefix-tuning"])
+def test_an_adapter_with_fewer_labels_than_its_base_brings_its_own_head(
+    tmp_path: Path, three_label_classifier: Path, strategy: str
+) -> None:
+    """As finetune makes it: the base loaded with the table's 2 labels (a fresh head), the adapter trained on top,
+    its head saved in the adapter (modules_to_save). Loading it must put that head on the base, not compare the
+    two sizes; the planted truth is the in-memory model's own logits."""
+    from transformers import AutoModelForSequenceClassification
+
+    base = AutoModelForSequenceClassification.from_pretrained(
+        str(three_label_classifier), num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
+        ignore_mismatched_sizes=True)
+    extra = {"num_virtual_tokens": 4} if strategy == "prefix-tuning" else {}
+    model = build_peft_model(base, strategy, "classification", **extra)
+    _randomize_adapter(model)
+    folder = tmp_path / strategy
+    save_adapter(model, folder, base_spec=str(three_label_classifier), id2label=LABELS)
+    model.eval()
+    batch = _bert_batch()
+    expected = _logits(model, batch)
+
+    loaded = load_adapter(folder, "sequence-classification", **LOAD)
+    assert loaded.model.config.id2label == LABELS
+    torch.testing.assert_close(_logits(loaded.model, batch), expected)
+
+
 def test_missing_base_is_not_found(tmp_path: Path, sharp_classifier: Path) -> None:
     folder = _make_adapter(sharp_classifier, "lora", "classification", tmp_path / "lora")
     with pytest.raises(ModelNotFoundError, match="the base of adapter"):
@@ -239,8 +271,20 @@ def test_quantize_refuses_prompt_adapters(tmp_path: Path, peaked_lm: Path, strat
         merge_adapter(load_adapter(folder, "causal-lm", **LOAD).model)
 
 
-def test_lora_passes_the_quantize_check(tmp_path: Path, peaked_lm: Path) -> None:
-    refuse_unmergeable(read_adapter(_make_adapter(peaked_lm, "lora", "causal-lm", tmp_path / "lora")))
+def test_lora_passes_the_quantize_check_and_merges_into_a_plain_model(tmp_path: Path, peaked_lm: Path) -> None:
+    folder = _make_adapter(peaked_lm, "lora", "causal-lm", tmp_path / "lora")
+    info = read_adapter(folder)
+    assert (info.kind, info.is_prompt_learning, info.num_virtual_tokens) == ("lora", False, None)
+    assert refuse_unmergeable(info) is None  # what quantize asks before loading anything: LoRA may go on
+    # ... and what it then quantizes: the base's own architecture and parameter names, the LoRA deltas folded in
+    from transformers import AutoModelForCausalLM
+
+    merged = merge_adapter(load_adapter(folder, "causal-lm", **LOAD).model)
+    base = AutoModelForCausalLM.from_pretrained(str(peaked_lm))
+    assert type(merged) is type(base)
+    assert merged.state_dict().keys() == base.state_dict().keys()
+    moved = {k for k, v in merged.state_dict().items() if not torch.equal(v, base.state_dict()[k])}
+    assert moved and all(k.endswith("_proj.weight") for k in moved), moved  # only LoRA's target linears changed
 
 
 def test_not_an_adapter(tmp_path: Path) -> None:

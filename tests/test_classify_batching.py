@@ -73,68 +73,88 @@ def test_use_free_cores_respects_explicit_setting(monkeypatch: pytest.MonkeyPatc
         torch.set_num_threads(before)
 
 
-def test_busy_cores_sees_a_spinning_process_and_not_the_last_minute() -> None:
+class FakeMachine:
+    """A clock, this process's CPU time and /proc/stat's jiffies that move only when the test says so: `others`
+    cores kept busy by other processes, this process's own work added by `work()`. Sleeps advance the clock and
+    are recorded, so a test sees whether busy_cores waited, and for how long."""
+
+    def __init__(self, others: float = 0.0) -> None:
+        self.cpus = os.cpu_count() or 1  # busy_cores scales by os.cpu_count(), as /proc/stat counts every CPU
+        self.ticks = os.sysconf("SC_CLK_TCK")
+        self.others = others
+        self.now, self.own, self.busy, self.total = 1000.0, 5.0, 10**6, 10**7
+        self.sleeps: list[float] = []
+
+    def advance(self, seconds: float, own_busy: float = 0.0) -> None:
+        self.now += seconds
+        self.own += seconds * own_busy
+        self.busy += round(seconds * self.ticks * (self.others + own_busy))
+        self.total += round(seconds * self.ticks * self.cpus)
+
+    def work(self, seconds: float) -> None:
+        """This process keeps one core busy for `seconds`."""
+        self.advance(seconds, own_busy=1.0)
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.advance(seconds)
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeMachine:
+        from types import SimpleNamespace
+
+        clock = SimpleNamespace(perf_counter=lambda: self.now, process_time=lambda: self.own, sleep=self.sleep)
+        monkeypatch.setattr(threads, "time", clock)
+        monkeypatch.setattr(threads, "_cpu_times", lambda: (self.busy, self.total))
+        monkeypatch.setattr(threads, "_mark", None)
+        return self
+
+
+def test_busy_cores_counts_what_runs_now_and_not_the_last_minute(monkeypatch: pytest.MonkeyPatch) -> None:
     """The free-core count follows what runs now, not the 1-minute load average (which still held the previous
     command's load and gave one thread on an idle machine)."""
-    import subprocess
-    import sys
-    import time
-
-    if threads.busy_cores(2) is None:
-        pytest.skip("no /proc/stat here")
-    cpus = os.cpu_count() or 1
-    idle = min(threads.busy_cores(cpus, seconds=0.2) for _ in range(3))  # type: ignore[type-var]
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.3)
-        busy = max(threads.busy_cores(cpus, seconds=0.2) for _ in range(3))  # type: ignore[type-var]
-    finally:
-        spinner.kill()
-        spinner.wait()
-    assert busy is not None and idle is not None
-    assert busy >= idle + 0.6  # one more core kept busy
+    monkeypatch.setattr(os, "getloadavg", lambda: (12.0, 12.0, 12.0))  # a busy last minute, now over
+    machine = FakeMachine(others=0.0).install(monkeypatch)
+    assert threads.busy_cores(2) == 0.0
+    assert machine.sleeps == [threads.SAMPLE_SECONDS]  # no start mark: it sampled a window of its own
+    assert threads.free_cores(cpus=2) == 2
+    machine.others = 1.0  # another process spins on one core from now on
+    assert threads.busy_cores(2) == pytest.approx(1.0, abs=0.01)
+    assert threads.free_cores(cpus=2) == 1
 
 
 def test_busy_cores_from_the_start_mark_leaves_out_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """With a start mark (what `llmkit` takes on entry) the window is the start-up: this process's own work in it
     is not load, another process's is, and no sleep is needed once the window is long enough."""
-    import subprocess
-    import sys
-    import time
+    machine = FakeMachine(others=0.0).install(monkeypatch)
+    threads.mark()
+    machine.work(0.2)  # start-up work of this process: one core busy, but it is ours
+    assert threads.busy_cores(2) == pytest.approx(0.0, abs=0.01)
+    assert machine.sleeps == []  # the window since the mark was long enough: no sleep
 
-    if threads.busy_cores(2) is None:
-        pytest.skip("no /proc/stat here")
-    cpus = os.cpu_count() or 1
+    machine.others = 1.0
+    threads.mark()
+    machine.work(0.2)  # ours again, and another process's core beside it
+    assert threads.busy_cores(2) == pytest.approx(1.0, abs=0.01)
+
+    threads.mark()
+    machine.work(0.01)  # a window shorter than SAMPLE_SECONDS: topped up with a sleep of the rest
+    assert threads.busy_cores(2) == pytest.approx(1.0, abs=0.05)
+    assert machine.sleeps == [pytest.approx(threads.SAMPLE_SECONDS - 0.01)]
+
+    # A stale mark is not used: the window starts afresh, so the long-gone load before it does not count.
+    threads.mark()
+    machine.advance(threads.MARK_MAX_AGE + 1)  # the other process spun all this time...
+    machine.others = 0.0  # ...and has just stopped
+    assert threads.busy_cores(2) == 0.0
+    assert machine.sleeps[-1] == threads.SAMPLE_SECONDS
+
+
+def test_busy_cores_without_proc_stat(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "_cpu_times", lambda: None)
     monkeypatch.setattr(threads, "_mark", None)
-
-    def spin_here(seconds: float) -> None:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            pass
-
-    own = []
-    for _ in range(3):
-        threads.mark()
-        spin_here(0.2)  # start-up work of this process: one core busy, but it is ours
-        started = time.perf_counter()
-        own.append(threads.busy_cores(cpus))
-        assert time.perf_counter() - started < threads.SAMPLE_SECONDS  # the window was long enough: no sleep
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.3)
-        other = []
-        for _ in range(3):
-            threads.mark()
-            time.sleep(0.2)
-            other.append(threads.busy_cores(cpus))
-    finally:
-        spinner.kill()
-        spinner.wait()
-    assert min(own) < 0.5  # type: ignore[type-var]  # our own spinning core is not counted
-    assert max(other) >= min(own) + 0.6  # type: ignore[operator]  # another process's is
-    # A stale mark is not used: this one's counters lie ahead of /proc/stat, so using it would give None.
-    monkeypatch.setattr(threads, "_mark", (time.perf_counter() - threads.MARK_MAX_AGE - 1, 0.0, (10**15, 10**15)))
-    assert threads.busy_cores(cpus) is not None
+    assert threads.busy_cores(2) is None
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.9, 0.0, 0.0))
+    assert threads.free_cores(cpus=2) == 1  # the load average is the fallback where /proc/stat is missing
 
 
 def test_onnx_classifier_takes_its_threads_from_the_same_rule(tiny_classifier: Path, monkeypatch) -> None:

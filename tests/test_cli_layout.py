@@ -118,11 +118,32 @@ def test_outputs_follow_the_umask(tmp_path: Path, tiny_classifier: Path) -> None
 
 
 def test_evaluate_json_report(tmp_path: Path, tiny_classifier: Path) -> None:
+    import torch
+    from sklearn.metrics import confusion_matrix, f1_score
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts = ["a good film", "a bad film", "the king is a good man", "paris is the capital"]
+    # Planted truth: gold labels (as ids, which classify maps to names) agree with transformers' own prediction
+    # on the first three texts and disagree on the last, so accuracy is 3/4 and the matrix is known.
+    tok = AutoTokenizer.from_pretrained(str(tiny_classifier))
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_classifier)).eval()
+    with torch.no_grad():
+        predicted_ids = [int(model(**tok(t, return_tensors="pt")).logits.argmax(-1)) for t in texts]
+    gold_ids = predicted_ids[:3] + [1 - predicted_ids[3]]
     source = tmp_path / "gold.csv"
-    source.write_text("text,label\na good film,0\na bad film,1\n", encoding="utf-8")
+    source.write_text("text,label\n" + "".join(f"{t},{g}\n" for t, g in zip(texts, gold_ids, strict=True)),
+                      encoding="utf-8")
     result = invoke(["classify", "-m", str(tiny_classifier), "-i", str(source), "--label-column", "label",
                      "--evaluate", "--json"])
     assert result.exit_code == 0, result.output
     (report,) = json_lines(result.stdout)
-    assert report["count"] == 2 and 0.0 <= report["accuracy"] <= 1.0
-    assert json.dumps(report)
+    names = model.config.id2label
+    gold, predicted = [names[i] for i in gold_ids], [names[i] for i in predicted_ids]
+    labels = sorted(set(gold) | set(predicted))
+    assert report["count"] == 4 and report["skipped"] == 0
+    assert report["accuracy"] == 0.75
+    assert report["labels"] == labels
+    assert report["confusion"] == confusion_matrix(gold, predicted, labels=labels).tolist()
+    assert report["macro_f1"] == pytest.approx(f1_score(gold, predicted, labels=labels, average="macro",
+                                                        zero_division=0), abs=1e-6)
+    assert json.loads(json.dumps(report)) == report  # plain JSON values only

@@ -225,6 +225,25 @@ def test_student_layers_keep_every_kth_teacher_layer() -> None:
     assert not torch.equal(student.classifier.weight, teacher.classifier.weight)
 
 
+def _causal_lm_perplexity(model_dir: Path, lines: list[str]) -> float:
+    """The reference: transformers' own loss on each validation line (its tokens as the tokenizer gives them),
+    token-weighted over the lines, exponentiated."""
+    import math
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for line in lines:
+            ids = tok(line, return_tensors="pt")["input_ids"]
+            targets = ids.shape[1] - 1
+            total += float(model(input_ids=ids, labels=ids).loss) * targets
+            count += targets
+    return math.exp(total / count)
+
+
 def test_causal_lm_student_distills_and_generates(tiny_causal_lm: Path, tmp_path: Path) -> None:
     text = tmp_path / "corpus.txt"
     text.write_text(
@@ -235,6 +254,9 @@ def test_causal_lm_student_distills_and_generates(tiny_causal_lm: Path, tmp_path
         )
         + "\n"
     )
+    held_out = ["the king is a good man .", "paris is the capital of france .", "a bad movie"]
+    validation = tmp_path / "validation.txt"
+    validation.write_text("\n".join(held_out) + "\n")
     out = tmp_path / "lm-student"
     record = _json(
         _invoke(
@@ -244,6 +266,8 @@ def test_causal_lm_student_distills_and_generates(tiny_causal_lm: Path, tmp_path
                 str(tiny_causal_lm),
                 "--output",
                 str(out),
+                "--validation-file",
+                str(validation),
                 "--student-layers",
                 "1",
                 "--max-steps",
@@ -259,7 +283,11 @@ def test_causal_lm_student_distills_and_generates(tiny_causal_lm: Path, tmp_path
     )
     assert record["task"] == "causal-lm" and record["kept_layers"] == [0]
     teacher, student = record["models"]
-    assert teacher["perplexity"] > 1 and student["perplexity"] > 1 and student["accuracy"] is None
+    assert student["accuracy"] is None
+    # both perplexities are transformers' own on the held-out lines: the teacher's, and the saved student's
+    assert teacher["perplexity"] == pytest.approx(_causal_lm_perplexity(tiny_causal_lm, held_out), rel=1e-4)
+    assert student["perplexity"] == pytest.approx(_causal_lm_perplexity(out, held_out), rel=1e-4)
+    assert student["perplexity"] != pytest.approx(teacher["perplexity"], rel=1e-3)  # a different model
     gen = CliRunner().invoke(
         app,
         [
@@ -276,10 +304,22 @@ def test_causal_lm_student_distills_and_generates(tiny_causal_lm: Path, tmp_path
         ],
     )
     assert gen.exit_code == 0, gen.output
-    assert json.loads(gen.stdout)["completion_tokens"] >= 1
+    assert json.loads(gen.stdout)["completion_tokens"] == 3
 
 
 def test_masked_lm_student_reports_perplexity(tiny_mlm: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    # Planted truth: a teacher whose MLM head says nothing (zero weights and bias; the tied input embeddings go to
+    # zero with it) gives every token the same probability, so its perplexity over whichever tokens get masked is
+    # exactly its vocabulary size.
+    flat = AutoModelForMaskedLM.from_pretrained(str(tiny_mlm))
+    with torch.no_grad():
+        flat.get_output_embeddings().weight.zero_()
+        flat.get_output_embeddings().bias.zero_()
+    teacher_dir = tmp_path / "flat-teacher"
+    flat.save_pretrained(str(teacher_dir))
+    AutoTokenizer.from_pretrained(str(tiny_mlm)).save_pretrained(str(teacher_dir))
     text = tmp_path / "corpus.txt"
     text.write_text(
         "\n".join(
@@ -292,7 +332,7 @@ def test_masked_lm_student_reports_perplexity(tiny_mlm: Path, tmp_path: Path) ->
             [
                 str(text),
                 "--teacher",
-                str(tiny_mlm),
+                str(teacher_dir),
                 "--output",
                 str(tmp_path / "mlm"),
                 "--student-layers",
@@ -307,8 +347,11 @@ def test_masked_lm_student_reports_perplexity(tiny_mlm: Path, tmp_path: Path) ->
         )
     )
     assert record["task"] == "masked-lm"
-    assert all(m["perplexity"] > 1 for m in record["models"])
-    assert record["summary"]["perplexity_ratio"] > 0
+    teacher, student = record["models"]
+    assert teacher["perplexity"] == pytest.approx(flat.config.vocab_size, rel=1e-5)
+    assert student["perplexity"] != pytest.approx(teacher["perplexity"], rel=1e-4)  # trained: no longer flat
+    assert record["summary"]["perplexity_ratio"] == pytest.approx(student["perplexity"] / teacher["perplexity"],
+                                                                  rel=1e-3)
 
 
 def _first_loss(teacher: Path, data: Path, out: Path, *extra: str) -> float:

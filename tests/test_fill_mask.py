@@ -193,11 +193,43 @@ def test_causal_lm_ranks_targets_by_sentence_likelihood(tiny_causal_lm: Path) ->
 
 
 def test_causal_lm_candidates_come_from_the_blank(tiny_causal_lm: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmkit.fill_mask import CAUSAL_CANDIDATES
+
     (record,) = _run(["-m", str(tiny_causal_lm), "--top-k", "4", SENTENCE])
     fills = record["masks"][0]
-    assert len(fills) == 4
-    assert [f["score"] for f in fills] == sorted((f["score"] for f in fills), reverse=True)
-    assert all(f["sequence"] == SENTENCE.replace("[MASK]", f["token"]) for f in fills)
+
+    # The reference, with transformers alone: the words the model finds most likely right after "paris is the",
+    # each sentence filled with one of them scored by its whole likelihood, shares taken among those candidates.
+    tok = AutoTokenizer.from_pretrained(str(tiny_causal_lm))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_causal_lm), dtype=torch.float32).eval()
+    prefix = SENTENCE.split("[MASK]")[0].strip()
+
+    def next_words(context: str) -> list[str]:
+        ids = [tok.bos_token_id] + tok(context, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            ranked = model(input_ids=torch.tensor([ids])).logits[0, -1].argsort(descending=True).tolist()
+        words = [tok.decode([t]).strip() for t in ranked]
+        return list(dict.fromkeys(w for w in words if any(c.isalnum() for c in w)))[:CAUSAL_CANDIDATES]
+
+    def sentence_logp(sentence: str) -> float:
+        ids = [tok.bos_token_id] + tok(sentence, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logp = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+        return float(sum(logp[i - 1, ids[i]] for i in range(1, len(ids))))
+
+    candidates = next_words(prefix)
+    logps = {w: sentence_logp(SENTENCE.replace("[MASK]", w)) for w in candidates}
+    norm = sum(math.exp(v) for v in logps.values())
+    expected = sorted(candidates, key=lambda w: -logps[w])[:4]
+    assert [f["token"] for f in fills] == expected
+    for fill in fills:
+        assert fill["score"] == pytest.approx(math.exp(logps[fill["token"]]) / norm, rel=1e-4)
+        assert fill["sequence"] == SENTENCE.replace("[MASK]", fill["token"])
+    # the blank's own candidates, not those after the whole sentence (what a model asked at the end would offer)
+    assert set(candidates) != set(next_words(SENTENCE.replace("[MASK]", "").strip())[:CAUSAL_CANDIDATES])
 
 
 def test_causal_lm_joint_is_the_sentence_ranking(tiny_causal_lm: Path) -> None:

@@ -252,12 +252,43 @@ def test_chat_template_and_system_message(tiny_causal_lm: Path) -> None:
     assert system == chat + 6  # <|system|> you are a king </s>
 
 
-def test_seq2seq_generates(tiny_seq2seq: Path) -> None:
-    result = invoke(["generate", "-m", str(tiny_seq2seq), "-n", "4", "--json", "hello world", "the king"])
+@pytest.fixture(scope="module")
+def listening_seq2seq(tmp_path_factory: pytest.TempPathFactory, tiny_seq2seq: Path) -> Path:
+    """The tiny T5 with its cross-attention scaled up: the random one answers "they they they they" whatever it
+    is asked, which would hide a prompt that never reached the encoder."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(tiny_seq2seq))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "EncDecAttention" in name:
+                param.mul_(20.0)
+    path = tmp_path_factory.mktemp("seq2seq") / "listening"
+    model.save_pretrained(str(path))
+    AutoTokenizer.from_pretrained(str(tiny_seq2seq)).save_pretrained(str(path))
+    return path
+
+
+def test_seq2seq_generates(listening_seq2seq: Path) -> None:
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    prompts = ["the king", "a good movie", "paris is the capital of france"]
+    result = invoke(["generate", "-m", str(listening_seq2seq), "-n", "4", "--json", *prompts])
     assert result.exit_code == 0, result.stderr
     records = json_lines(result.stdout)
-    assert [r["prompt"] for r in records] == ["hello world", "the king"]
-    assert all(r["completion_tokens"] == 4 and r["text"] for r in records)
+    assert [r["prompt"] for r in records] == prompts
+    assert len({r["text"] for r in records}) == len(prompts)  # each answer depends on its prompt
+    # the reference: transformers' own greedy generate on the same checkpoint, one prompt at a time
+    tok = AutoTokenizer.from_pretrained(str(listening_seq2seq))
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(listening_seq2seq), dtype=torch.float32).eval()
+    for prompt, record in zip(prompts, records, strict=True):
+        with torch.inference_mode():
+            out = model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=4, do_sample=False)
+        assert out[0, 0] == model.generation_config.decoder_start_token_id  # then the new tokens
+        assert record["completion_tokens"] == out.shape[1] - 1 == 4
+        assert record["text"] == tok.decode(out[0], skip_special_tokens=True)
 
 
 # --- CLI: records, formats, passthrough, errors ---------------------------------------------------------------

@@ -39,6 +39,39 @@ def test_teacher_forced_scores_match_transformers_on_the_same_weights(tiny_gguf:
 
 
 def test_speed_and_load_time_come_from_llama_cpp(tiny_gguf: Path) -> None:
+    """A smoke test on the real bindings (timings have no reference value); the wiring is checked exactly below."""
     speed = llama_measure.measure_speed(tiny_gguf, "Tell me about Paris.", new_tokens=8)
     assert speed.load_seconds > 0 and speed.tokens_per_second > 0
     assert 1 <= speed.completion_tokens <= 8
+
+
+def test_speed_is_the_timed_run_after_a_warm_up_and_the_load_time_is_llama_cpps(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With a fake engine: the load seconds are what the fresh load measured, the speed and token count are the
+    second (timed) greedy run's, not the warm-up's, and every call gets the file, prompt and context asked for."""
+    from types import SimpleNamespace
+
+    gguf = tmp_path / "model.gguf"
+    events: list[tuple] = []
+
+    def load_fresh(path: Path, *, context: int) -> tuple[object, float]:
+        events.append(("load", path, context))
+        return object(), 1.23456
+
+    def generate(prompts: list[str], *, model: str, settings, gguf: Path, context: int):
+        events.append(("generate", tuple(prompts), model, settings.max_new_tokens, settings.do_sample, gguf, context))
+        yield SimpleNamespace(tokens_per_second=10.0 * settings.max_new_tokens,
+                              completion_tokens=settings.max_new_tokens - 1)
+
+    monkeypatch.setattr(llama_cpp, "bindings_installed", lambda: True)
+    monkeypatch.setattr(llama_cpp, "load_fresh", load_fresh)
+    monkeypatch.setattr(llama_cpp, "generate", generate)
+    speed = llama_measure.measure_speed(gguf, "Tell me about Paris.", new_tokens=8, context=512)
+    assert speed == llama_measure.LlamaSpeed(load_seconds=1.235, tokens_per_second=80.0, completion_tokens=7)
+    warm_up, timed = 4, 8
+    assert events == [
+        ("load", gguf, 512),
+        ("generate", ("Tell me about Paris.",), str(gguf), warm_up, False, gguf, 512),
+        ("generate", ("Tell me about Paris.",), str(gguf), timed, False, gguf, 512),
+    ]

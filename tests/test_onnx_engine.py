@@ -439,3 +439,20 @@ def test_bundled_minilm_classifier_matches_the_pipeline(tmp_path: Path) -> None:
         expected = {s["label"]: s["score"] for s in want}
         assert [s.score for s in mine.scores] == pytest.approx([expected[s.label] for s in mine.scores],
                                                                abs=SCORE_TOLERANCE)
+
+
+def test_an_export_failure_without_words_names_no_exception_class(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    folder = tiny.build_classifier(tmp_path / "model", seed=6)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError()
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    result = invoke(["classify", "-m", str(folder), "--json", "i loved it"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.startswith("Warning: ") and "(no details given)" in result.stderr
+    assert "RuntimeError" not in result.stderr
+    assert json_lines(result.stdout)[0]["engine"] == "transformers"

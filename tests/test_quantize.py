@@ -82,10 +82,35 @@ def test_dynamic_int8_replaces_linears_keeps_head_and_reloads(dynamic_out, tiny_
     assert record["quantized"]["size_bytes"] < record["original"]["size_bytes"]
 
 
-def test_generate_runs_a_dynamic_int8_folder(dynamic_out) -> None:
-    out, _ = dynamic_out
-    record = run_json("generate", "--model", str(out), "-n", "3", "the capital of")
-    assert record["completion_tokens"] >= 1 and isinstance(record["text"], str)
+def test_generate_runs_a_dynamic_int8_folder(tiny_causal_lm: Path, tmp_path: Path) -> None:
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # The tiny Llama with its weights scaled up, so its greedy text follows the weights (the random one repeats
+    # the prompt's last word whatever its weights hold).
+    peaked = AutoModelForCausalLM.from_pretrained(str(tiny_causal_lm), dtype=torch.float32)
+    with torch.no_grad():
+        for param in peaked.parameters():
+            param.mul_(8.0)
+    source = tmp_path / "peaked"
+    peaked.save_pretrained(str(source))
+    tok = AutoTokenizer.from_pretrained(str(tiny_causal_lm))
+    tok.save_pretrained(str(source))
+    out = tmp_path / "int8"
+    run_json("quantize", "-m", str(source), "--method", "dynamic-int8", "--max-drop", "100", "-o", str(out))
+
+    prompt = "the capital of"
+    record = run_json("generate", "--model", str(out), "-n", "5", "--raw", "--device", "cpu", prompt)
+    # the reference: torch's own dynamic quantization of the same linears (the head kept), transformers' generate
+    names = {n for n, m in peaked.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+    quantize_dynamic(peaked, {n: per_channel_dynamic_qconfig for n in names}, dtype=torch.qint8, inplace=True)
+    ids = tok(prompt, return_tensors="pt")
+    with torch.inference_mode():
+        expected = peaked.eval().generate(**ids, max_new_tokens=5, do_sample=False)[0, ids["input_ids"].shape[1]:]
+    assert record["prompt_tokens"] == ids["input_ids"].shape[1]
+    assert record["completion_tokens"] == len(expected)
+    assert record["text"] == tok.decode(expected, skip_special_tokens=True)
 
 
 def test_skip_none_quantizes_the_head_and_skip_names_a_module(tiny_causal_lm: Path, tmp_path: Path) -> None:

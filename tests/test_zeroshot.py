@@ -239,3 +239,91 @@ def test_cli_bad_zero_shot_settings_exit_2_with_one_line(tiny_causal_lm: Path, t
     assert result.exit_code == (3 if message == "not found" else 2), result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0]
+
+
+def test_answer_prefix_starts_the_assistant_turn_and_the_label_follows_it(tiny_causal_lm: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmkit import loading
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_causal_lm))
+    plain = zs.PromptBuilder(tok, ["good", "bad"], zs.DEFAULT_ZERO_SHOT_PROMPT, 512, answer_prefix="")
+    builder = zs.PromptBuilder(tok, ["good", "bad"], zs.DEFAULT_ZERO_SHOT_PROMPT, 512, answer_prefix="it is")
+    assert builder.render("the food") == plain.render("the food") + "it is"
+    assert builder.answers == [tok(" good", add_special_tokens=False)["input_ids"],
+                               tok(" bad", add_special_tokens=False)["input_ids"]]
+    # few-shot answers are written the way the model is asked to answer
+    assert "it is bad" in builder.render("the food", [("awful", "bad")])
+
+    # the scores are log P(" good" | prompt ending in "it is"), as the model gives it over the whole sequence
+    lm = loading.load(str(tiny_causal_lm), "causal-lm", device="cpu", dtype="float32")
+    (row,), _ = zs.score(lm, builder, [(0, "the food")], batch_size=1)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_causal_lm), dtype=torch.float32).eval()
+    prompt, _ = builder.prompt_ids("the food")
+    want = []
+    for answer in builder.answers:
+        ids = torch.tensor([prompt + answer])
+        with torch.inference_mode():
+            logp = model(input_ids=ids).logits[0].log_softmax(-1)
+        want.append(float(sum(logp[len(prompt) + k - 1, t] for k, t in enumerate(answer))))
+    assert row == pytest.approx(want, abs=1e-4)
+    (plain_row,), _ = zs.score(lm, plain, [(0, "the food")], batch_size=1)
+    assert plain_row != pytest.approx(row, abs=1e-3)
+
+
+def test_answer_prefix_is_left_out_without_a_chat_template(tiny_causal_lm_nochat: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_causal_lm_nochat))
+    builder = zs.PromptBuilder(tok, ["good", "bad"], zs.DEFAULT_ZERO_SHOT_PROMPT, 512, answer_prefix="it is")
+    assert builder.render("the food").endswith("\nAnswer:")  # "Answer:" already starts the answer here
+
+
+def test_classify_scores_the_label_after_the_default_answer_prefix(tiny_causal_lm: Path) -> None:
+    from llmkit import loading
+
+    assert zs.DEFAULT_ANSWER_PREFIX == "Answer:"
+    lm = loading.load(str(tiny_causal_lm), "causal-lm", device="cpu", dtype="float32")
+    records = _run(tiny_causal_lm, TEXTS[:2], loaded=lm, calibrate="none")
+    for prefix, same in (("Answer:", True), ("", False)):
+        builder = zs.PromptBuilder(lm.tokenizer, ["good", "bad"], zs.DEFAULT_ZERO_SHOT_PROMPT, 512,
+                                   answer_prefix=prefix)
+        rows, _ = zs.score(lm, builder, list(enumerate(TEXTS[:2])), batch_size=2)
+        for record, row in zip(records, rows, strict=True):
+            got = {s.label: s.score for s in record.scores}
+            assert ([got["good"], got["bad"]] == pytest.approx(zs.calibrated_probs(row, None), abs=1e-5)) is same
+
+
+def test_cli_default_zero_shot_scores_each_label_after_answer_colon(tiny_causal_lm: Path) -> None:
+    """`classify --labels` with no prompt options: the assistant turn starts with "Answer:" and each label follows
+    it after a space. Reference: the chat template applied by hand and the whole sequence scored by transformers,
+    so a change of the default prefix, of the prompt or of where the label goes makes the scores differ."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    text = "the food was good and the staff kind"
+    code, records, err = _cli(["-m", str(tiny_causal_lm), "--labels", "good,bad", "--all-scores",
+                               "--calibrate", "none", text])
+    assert code == 0, err
+    got = {s["label"]: s["score"] for s in records[0]["scores"]}
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_causal_lm))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_causal_lm), dtype=torch.float32).eval()
+    question = f"Classify the text as good or bad.\n\nText: {text}\n\nAnswer with the label only."
+    start = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                    tokenize=False)
+
+    def logp(prompt: str, answer: str) -> float:
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        tail = tok(answer, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([ids + tail])).logits[0].log_softmax(-1)
+        return float(sum(out[len(ids) + k - 1, t] for k, t in enumerate(tail)))
+
+    def probs(prompt: str, space: str) -> list[float]:
+        return zs.calibrated_probs([logp(prompt, space + label) for label in ("good", "bad")], None)
+
+    assert [got["good"], got["bad"]] == pytest.approx(probs(start + "Answer:", " "), abs=1e-4)
+    # and not what the label right after the assistant header (no prefix) would score
+    assert [got["good"], got["bad"]] != pytest.approx(probs(start, ""), abs=1e-3)

@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from llmkit import __version__
-from llmkit.errors import EXIT_FAILURE, LlmkitError
+from llmkit.errors import DEBUG_ENV, LlmkitError, explain
 
 # name -> (module, the first line of its docstring). tests/test_cli_layout.py checks that the two agree.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -106,7 +106,7 @@ class _LazyBoundary(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         from llmkit import signals
 
-        debug = os.environ.get("LLMKIT_DEBUG", "") not in ("", "0")
+        debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
         # SIGTERM and SIGHUP unwind the command as Ctrl-C does, so every `finally:` removes its temporaries.
         with signals.handled():
             try:
@@ -129,12 +129,12 @@ class _LazyBoundary(TyperGroup):
                     traceback.print_exc()
                 _error_line(signals.describe(exc))
                 raise typer.Exit(signals.exit_code(exc)) from None
-            except Exception as exc:  # a bug or an unexpected library failure: still one line, unless debugging
+            except Exception as exc:  # a library failure the user can fix (errors.LIBRARY_ERRORS), or a bug
                 if debug:
                     traceback.print_exc()
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                _error_line(f"{type(exc).__name__}: {first} (set LLMKIT_DEBUG=1 for the traceback)")
-                raise typer.Exit(EXIT_FAILURE) from None
+                error = explain(exc)
+                _error_line(error.message)
+                raise typer.Exit(error.exit_code) from None
 
 
 def _error_line(message: str) -> None:

@@ -10,18 +10,24 @@ import typer
 from llmkit import classify as _cls  # torch-free at import: defaults for --help
 from llmkit import zeroshot as _zs
 from llmkit.cli.options import (
+    ActorCpusOpt,
+    ActorGpusOpt,
+    ActorsOpt,
     AdapterOpt,
     AllowPickleOpt,
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
     EncoderEngineOpt,
+    ExecutorOpt,
     FormatOpt,
     InputFormatOpt,
     InputOpt,
     JsonOpt,
     LabelColumnOpt,
     ModelOpt,
+    OutputDirOpt,
+    RayAddressOpt,
     RevisionOpt,
     SeedOpt,
     TextColumnOpt,
@@ -64,7 +70,8 @@ def classify(
     zero_shot_prompt: Annotated[
         str | None,
         typer.Option("--zero-shot-prompt", help="Causal-LM zero-shot: the question, with {text} and {labels} "
-                     f"(default: {_zs.DEFAULT_ZERO_SHOT_PROMPT!r})."),
+                     f"(default: {_zs.DEFAULT_ZERO_SHOT_PROMPT!r}); each label is scored as the answer after "
+                     f"{_zs.DEFAULT_ANSWER_PREFIX!r}."),
     ] = None,
     calibrate: Annotated[
         str,
@@ -139,6 +146,12 @@ def classify(
     input_format: InputFormatOpt = "auto",
     json_out: JsonOpt = False,
     fmt: FormatOpt = "auto",
+    executor: ExecutorOpt = "local",
+    actors: ActorsOpt = None,
+    actor_cpus: ActorCpusOpt = None,
+    actor_gpus: ActorGpusOpt = None,
+    ray_address: RayAddressOpt = None,
+    output_dir: OutputDirOpt = None,
 ) -> None:
     """Label texts with a text-classification model, or zero-shot with --labels.
 
@@ -154,11 +167,16 @@ def classify(
     from dataclasses import replace
     from itertools import chain
 
-    from llmkit import distributed, output
+    from llmkit import distributed, executors, output
     from llmkit.data import InputRecord, read_inputs, read_table, table_format
     from llmkit.errors import UsageError
 
     fmt = output.resolve_format(fmt, json_out)
+    ray = executors.settings_for(executor, actors=actors, actor_cpus=actor_cpus, actor_gpus=actor_gpus,
+                                 address=ray_address, output_dir=output_dir)
+    if ray is not None and ray.output_dir is not None and (output_file is not None or evaluate):
+        raise UsageError("--output-dir writes the records where Ray runs; drop --output/--evaluate, or use them "
+                         "without --output-dir (the records are then gathered here)")
     label_list = _cls.parse_labels(labels, labels_file)
     example_rows = None
     if examples is not None:
@@ -181,8 +199,16 @@ def classify(
         require_matplotlib()  # before any model loads
     required = [c for c in (pair_column, label_column) if c]
     columns: list[str] = []
+    records: Any = None
     fmt_name = table_format(input_file, input_format if input_format != "text" else "auto") if input_file else None
-    if input_file is not None and input_format != "text" and fmt_name is not None:
+    if ray is not None:
+        if input_file is not None:
+            from llmkit.executors import ray_data
+
+            columns = ray_data.input_columns(input_file, input_format, text_column)
+        elif required and texts and texts != ["-"]:
+            raise UsageError("--pair-column/--label-column need table input (--input FILE); got text arguments")
+    elif input_file is not None and input_format != "text" and fmt_name is not None:
         table = read_table(input_file, text_column, table_format_name=fmt_name, required=required)
         columns, records = table.columns, table.records
     else:
@@ -192,13 +218,14 @@ def classify(
         if required and input_file is None and texts and texts != ["-"]:
             raise UsageError("--pair-column/--label-column need table input (--input FILE); got text arguments")
     peers = distributed.detect()
-    distributed.check_shareable_input(peers, texts, input_file)
+    if ray is None:
+        distributed.check_shareable_input(peers, texts, input_file)
     resolved_model = model if model is not None or label_list is None else _cls.DEFAULT_ZERO_SHOT_MODEL
     label_names, multi = _cls.output_labels(
         resolved_model, label_list, multi_label, revision=revision, trust_remote_code=trust_remote_code
     )
 
-    def task(mine: Any) -> Any:
+    def task(mine: Any, loaded: Any = None, calibration: str = calibrate, choice: Any = None) -> Any:
         def items() -> Any:
             for record in mine:
                 if pair_column is not None and pair_column not in record.fields:
@@ -226,17 +253,27 @@ def classify(
             trust_remote_code=trust_remote_code,
             zero_shot_method=zero_shot_method,
             zero_shot_prompt=zero_shot_prompt,
-            calibrate=calibrate,
+            calibrate=calibration,
             examples=example_rows,
             shots=shots,
             example_selection=example_selection,
             seed=seed,
+            loaded=loaded,
+            choice=choice,
             engine=engine,
         )
 
     # With several processes (accelerate launch, torchrun) each runs its share; the main one gets all, in order.
-    pairs = distributed.map_records(records, task, record_type=InputRecord, result_type=_cls.Classification,
-                                    peers=peers, output=output_file)
+    if ray is not None:
+        pairs = _ray_pairs(ray, task, texts=texts, input_file=input_file, input_format=input_format,
+                           text_column=text_column, required=tuple(required), model=model, adapter=adapter,
+                           labels=label_list, calibrate=calibrate, examples=example_rows is not None,
+                           example_selection=example_selection, batch_size=batch_size, device=device, dtype=dtype,
+                           revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                           engine=engine)
+    else:
+        pairs = distributed.map_records(records, task, record_type=InputRecord, result_type=_cls.Classification,
+                                        peers=peers, output=output_file)
     if pairs is None:
         return
     tracker = _cls.GoldTracker(label_column, label_names)
@@ -285,3 +322,52 @@ def classify(
             write_confusion_matrix(evaluation.labels, evaluation.confusion, confusion_matrix,
                                    title=Path(input_file).name if input_file else None)
             output.info(f"Confusion matrix: {confusion_matrix}")
+
+
+def _ray_pairs(ray: Any, task: Any, *, texts: list[str] | None, input_file: Path | None, input_format: str,
+               text_column: str, required: tuple[str, ...], model: str | None, adapter: str | None,
+               labels: tuple[str, ...] | None, calibrate: str, examples: bool, example_selection: str,
+               batch_size: int | None, device: str, dtype: str, revision: str | None, allow_pickle: bool,
+               trust_remote_code: bool, engine: str) -> Any:
+    """(record, result) pairs computed on Ray: each actor loads the model once and classifies window after window
+    through the same `task` as the local run, with the model it loaded."""
+    from llmkit import loading
+    from llmkit.errors import UsageError
+    from llmkit.executors import Work, ray_data
+
+    spec, base_adapter = (adapter, None) if adapter is not None and model is None else (model, adapter)
+    if spec is None:
+        if labels is None:
+            raise UsageError("give --model (a text-classification model, e.g. a `llmkit finetune` output) "
+                             "or --labels a,b,c for zero-shot classification with the bundled model")
+        spec = _cls.DEFAULT_ZERO_SHOT_MODEL
+    load_options: dict[str, Any] = dict(adapter=base_adapter, device=device, dtype=dtype, revision=revision,
+                                        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    ray_data.check_encoder_engine(spec, _cls.SEQUENCE_CLASSIFICATION, engine, load_options)  # before any cluster
+    window = (batch_size or _cls.DEFAULT_BATCH_SIZE) * _cls.LENGTH_GROUP_WINDOW
+    causal = labels is not None and loading.model_heads(spec, revision=revision, trust_remote_code=trust_remote_code,
+                                                        adapter=base_adapter)[0] == "causal-lm"
+    if causal and examples and example_selection == "random":
+        raise UsageError("--example-selection random draws each input's examples by its position in one process's "
+                         "run; with --executor ray use fixed or similar, or run with --executor local")
+
+    def build(total: int) -> Work:
+        calibration = calibrate
+        # One process calibrates over the inputs only when they all fit in its first window (auto), or estimates
+        # the priors on that first window (inputs); Ray runs each window apart, so only the first case carries over.
+        if causal and total > window and calibrate in ("auto", "inputs"):
+            if calibrate == "inputs":
+                raise UsageError(f"--calibrate inputs estimates the label priors on the first {window} inputs and "
+                                 f"applies them to all {total}; Ray runs each window apart: use --calibrate "
+                                 "content-free (what auto takes for this many inputs) or --executor local")
+            calibration = "content-free"
+        return Work(
+            # the engine chosen (and loaded) as a local run chooses it; the records name it as locally
+            load=lambda: _cls.load_model(spec, engine=engine, warn_fallback=False, **load_options),
+            run=lambda lm, records: task(iter(records), loaded=lm[0], choice=lm[1], calibration=calibration),
+            window=window,
+            result_type=_cls.Classification,
+        )
+
+    return ray_data.command_pairs(ray, build, texts=texts, input_file=input_file, input_format=input_format,
+                                  text_column=text_column, required=required)

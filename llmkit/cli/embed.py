@@ -10,15 +10,21 @@ import typer
 from llmkit import embed as _emb  # torch-free at import: defaults for --help
 from llmkit import search as _search
 from llmkit.cli.options import (
+    ActorCpusOpt,
+    ActorGpusOpt,
+    ActorsOpt,
     AllowPickleOpt,
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
+    ExecutorOpt,
     FormatOpt,
     InputFormatOpt,
     InputOpt,
     JsonOpt,
     ModelOpt,
+    OutputDirOpt,
+    RayAddressOpt,
     RevisionOpt,
     TextColumnOpt,
     TextsArg,
@@ -103,6 +109,12 @@ def embed(
     input_format: InputFormatOpt = "auto",
     json_out: JsonOpt = False,
     fmt: FormatOpt = "auto",
+    executor: ExecutorOpt = "local",
+    actors: ActorsOpt = None,
+    actor_cpus: ActorCpusOpt = None,
+    actor_gpus: ActorGpusOpt = None,
+    ray_address: RayAddressOpt = None,
+    output_dir: OutputDirOpt = None,
 ) -> None:
     """Embed texts as vectors (default: the bundled all-MiniLM-L6-v2), or search them with --query.
 
@@ -113,10 +125,16 @@ def embed(
     under a temporary name and renamed when complete; --resume skips the rows already there. Under torchrun or
     accelerate launch, each process embeds its share. With --query, prints the --top-k nearest rows of CORPUS.
     """
-    from llmkit import output, search
+    from llmkit import executors, output, search
     from llmkit.errors import UsageError
 
     fmt = output.resolve_format(fmt, json_out)
+    ray = executors.settings_for(executor, actors=actors, actor_cpus=actor_cpus, actor_gpus=actor_gpus,
+                                 address=ray_address, output_dir=output_dir)
+    if ray is not None and (query or resume):
+        raise UsageError(f"{'--query' if query else '--resume'} runs with --executor local; drop --executor ray")
+    if ray is not None and ray.output_dir is not None and output_file is not None:
+        raise UsageError("give --output FILE (gathered here) or --output-dir DIR (parts written by Ray), not both")
     if precision not in search.PRECISIONS:
         raise UsageError(f"unknown --precision {precision!r}; use one of {', '.join(search.PRECISIONS)}")
     if resume and output_file is None:
@@ -132,7 +150,7 @@ def embed(
         return
     if precision != search.DEFAULT_PRECISION:
         raise UsageError("--precision applies to search; add --query TEXT")
-    _run_embed(texts, input_file, input_format, text_column, id_column, output_file, resume, options, fmt)
+    _run_embed(texts, input_file, input_format, text_column, id_column, output_file, resume, options, fmt, ray)
 
 
 def _records(texts: list[str] | None, input_file: Path | None, input_format: str, text_column: str) -> Any:
@@ -200,41 +218,26 @@ def _done_filter(source: Any, id_column: str) -> tuple[Any, str]:
 
 
 def _run_embed(texts: list[str] | None, input_file: Path | None, input_format: str, text_column: str,
-               id_column: str, output_file: Path | None, resume: bool, options: dict[str, Any], fmt: str) -> None:
+               id_column: str, output_file: Path | None, resume: bool, options: dict[str, Any], fmt: str,
+               ray: Any = None) -> None:
     from dataclasses import fields
 
     import numpy as np
 
-    from llmkit import distributed, output, vectors
-    from llmkit.data import InputRecord
-    from llmkit.errors import UsageError
+    from llmkit import output, vectors
 
     if output_file is not None:
         vectors.output_format(output_file)
-    records = _records(texts, input_file, input_format, text_column)
-    peers = distributed.detect()
-    distributed.check_shareable_input(peers, texts, input_file)
-    source = vectors.resume_source(output_file) if resume and output_file is not None else None
-    if source is not None:
-        keep, held = _done_filter(source, id_column)
-        if peers.is_main:
-            output.info(f"--resume: {source.path} holds {held}; embedding the rest")
-        records = (r for r in records if keep(r))
-    embedder = _emb.Embedder(**options)
-    if embedder.note and peers.is_main:
-        output.warn(embedder.note)
-    if source is not None and source.dimension not in (None, embedder.dimension):
-        raise UsageError(f"--resume: {source.path} holds {source.dimension}-dimensional vectors and "
-                         f"{embedder.spec} makes {embedder.dimension}-dimensional ones; resume with the model "
-                         "that wrote it")
-
-    def task(mine: Any) -> Any:
-        return embedder.embed(record.text for record in mine)
-
-    pairs = distributed.map_records(records, task, record_type=InputRecord, result_type=_emb.Embedding,
-                                    peers=peers, output=output_file)
-    if pairs is None:
-        return
+    source = None
+    if ray is not None:
+        pairs = _ray_pairs(ray, texts, input_file, input_format, text_column, options)
+        if pairs is None:
+            return
+    else:
+        pairs, source = _local_pairs(texts, input_file, input_format, text_column, id_column, output_file, resume,
+                                     options)
+        if pairs is None:
+            return
     skipped = _Skipped()
     if output_file is not None:
         writer = vectors.VectorWriter(output_file)
@@ -264,6 +267,56 @@ def _run_embed(texts: list[str] | None, input_file: Path | None, input_format: s
             skipped.add(record.index, result)
             emitter.emit(result, record.fields)
     skipped.report()
+
+
+def _local_pairs(texts: list[str] | None, input_file: Path | None, input_format: str, text_column: str,
+                 id_column: str, output_file: Path | None, resume: bool, options: dict[str, Any]) -> tuple[Any, Any]:
+    """(record, result) pairs of this process (or, under torchrun/accelerate, all processes' on the main one), and
+    what --resume keeps of the output."""
+    from llmkit import distributed, output, vectors
+    from llmkit.data import InputRecord
+    from llmkit.errors import UsageError
+
+    records = _records(texts, input_file, input_format, text_column)
+    peers = distributed.detect()
+    distributed.check_shareable_input(peers, texts, input_file)
+    source = vectors.resume_source(output_file) if resume and output_file is not None else None
+    if source is not None:
+        keep, held = _done_filter(source, id_column)
+        if peers.is_main:
+            output.info(f"--resume: {source.path} holds {held}; embedding the rest")
+        records = (r for r in records if keep(r))
+    embedder = _emb.Embedder(**options)
+    if embedder.note and peers.is_main:
+        output.warn(embedder.note)
+    if source is not None and source.dimension not in (None, embedder.dimension):
+        raise UsageError(f"--resume: {source.path} holds {source.dimension}-dimensional vectors and "
+                         f"{embedder.spec} makes {embedder.dimension}-dimensional ones; resume with the model "
+                         "that wrote it")
+
+    def task(mine: Any) -> Any:
+        return embedder.embed(record.text for record in mine)
+
+    pairs = distributed.map_records(records, task, record_type=InputRecord, result_type=_emb.Embedding,
+                                    peers=peers, output=output_file)
+    return pairs, source
+
+
+def _ray_pairs(ray: Any, texts: list[str] | None, input_file: Path | None, input_format: str, text_column: str,
+               options: dict[str, Any]) -> Any:
+    """(record, result) pairs computed on Ray: each actor loads one `Embedder` and embeds window after window."""
+    from llmkit.executors import Work, ray_data
+
+    def build(total: int) -> Work:
+        return Work(
+            load=lambda: _emb.Embedder(**options),
+            run=lambda embedder, records: embedder.embed(r.text for r in records),
+            window=options["batch_size"] * _emb.LENGTH_GROUP_WINDOW,
+            result_type=_emb.Embedding,
+        )
+
+    return ray_data.command_pairs(ray, build, texts=texts, input_file=input_file, input_format=input_format,
+                                  text_column=text_column)
 
 
 def _text_line(result: Any) -> str:

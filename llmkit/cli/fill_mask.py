@@ -8,17 +8,23 @@ import typer
 
 from llmkit import fill_mask as _fm  # torch-free at import: defaults for --help
 from llmkit.cli.options import (
+    ActorCpusOpt,
+    ActorGpusOpt,
+    ActorsOpt,
     AdapterOpt,
     AllowPickleOpt,
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
     EncoderEngineOpt,
+    ExecutorOpt,
     FormatOpt,
     InputFormatOpt,
     InputOpt,
     JsonOpt,
     ModelOpt,
+    OutputDirOpt,
+    RayAddressOpt,
     RevisionOpt,
     TextColumnOpt,
     TextsArg,
@@ -63,6 +69,12 @@ def fill_mask_command(
     text_column: TextColumnOpt = "text",
     json_out: JsonOpt = False,
     fmt: FormatOpt = "auto",
+    executor: ExecutorOpt = "local",
+    actors: ActorsOpt = None,
+    actor_cpus: ActorCpusOpt = None,
+    actor_gpus: ActorGpusOpt = None,
+    ray_address: RayAddressOpt = None,
+    output_dir: OutputDirOpt = None,
 ) -> None:
     """Fill the [MASK] in each sentence: per mask the top-k tokens, their probabilities and the filled sentence.
 
@@ -72,38 +84,53 @@ def fill_mask_command(
     "method" was used. --targets words that split into several tokens are scored whole (their mask is widened and
     filled left to right); --joint ranks fillings of several masks together.
     """
-    from llmkit import distributed, output
+    from llmkit import distributed, executors, output
     from llmkit.data import InputRecord, read_inputs
 
     fmt = output.resolve_format(fmt, json_out)
     target_words = _fm.parse_targets(targets) if targets is not None else None
-    inputs = read_inputs(texts, input_file=input_file, input_format=input_format, text_field=text_column)
-    peers = distributed.detect()
-    distributed.check_shareable_input(peers, texts, input_file)
+    ray = executors.settings_for(executor, actors=actors, actor_cpus=actor_cpus, actor_gpus=actor_gpus,
+                                 address=ray_address, output_dir=output_dir)
+    spec = model or adapter or _fm.DEFAULT_MODEL
+    base_adapter = adapter if model else None  # --adapter alone: the adapter names its base
+    size = batch_size or _fm.DEFAULT_BATCH_SIZE
+    run_options: dict[str, Any] = dict(model=spec, top_k=top_k, targets=target_words, joint=joint, batch_size=size,
+                                       truncate=truncate)
+    load_options: dict[str, Any] = dict(adapter=base_adapter, device=device, dtype=dtype, revision=revision,
+                                        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
 
-    def task(mine: Any) -> Any:
-        return _fm.fill_mask(
-            (record.text for record in mine),
-            model=model or adapter or _fm.DEFAULT_MODEL,
-            adapter=adapter if model else None,  # --adapter alone: the adapter names its base
-            top_k=top_k,
-            targets=target_words,
-            joint=joint,
-            batch_size=batch_size or _fm.DEFAULT_BATCH_SIZE,
-            truncate=truncate,
-            device=device,
-            dtype=dtype,
-            revision=revision,
-            allow_pickle=allow_pickle,
-            trust_remote_code=trust_remote_code,
-            engine=engine,
-        )
+    if ray is not None:
+        from llmkit.executors import Work, ray_data
 
-    # With several processes (accelerate launch, torchrun) each runs its share; the main one prints all, in order.
-    pairs = distributed.map_records(inputs, task, record_type=InputRecord, result_type=_fm.MaskPrediction,
-                                    peers=peers)
-    if pairs is None:
-        return
+        ray_data.check_encoder_engine(spec, _fm.MASKED_LM, engine, load_options)  # before any cluster starts
+
+        def build(total: int) -> Work:
+            return Work(
+                # the engine chosen (and loaded) as a local run chooses it; the records name it as locally
+                load=lambda: _fm.load_model(spec, engine=engine, warn_fallback=False, **load_options),
+                run=lambda lm, records: _fm.fill_mask((r.text for r in records), loaded=lm[0], choice=lm[1],
+                                                      **run_options),
+                window=size * executors.BATCHES_PER_WINDOW,
+                result_type=_fm.MaskPrediction,
+            )
+
+        pairs = ray_data.command_pairs(ray, build, texts=texts, input_file=input_file, input_format=input_format,
+                                       text_column=text_column)
+        if pairs is None:
+            return
+    else:
+        inputs = read_inputs(texts, input_file=input_file, input_format=input_format, text_field=text_column)
+        peers = distributed.detect()
+        distributed.check_shareable_input(peers, texts, input_file)
+
+        def task(mine: Any) -> Any:
+            return _fm.fill_mask((record.text for record in mine), engine=engine, **run_options, **load_options)
+
+        # With several processes (accelerate launch, torchrun) each runs its share; the main one prints all, in order.
+        pairs = distributed.map_records(inputs, task, record_type=InputRecord, result_type=_fm.MaskPrediction,
+                                        peers=peers)
+        if pairs is None:
+            return
     emitter = output.Emitter(fmt, text=_fm.best_filling, rich=output.mask_view)
     results = []
     for record, result in pairs:

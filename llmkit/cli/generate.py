@@ -9,15 +9,21 @@ import typer
 
 from llmkit import generate as _gen  # torch-free at import: defaults and presets for --help
 from llmkit.cli.options import (
+    ActorCpusOpt,
+    ActorGpusOpt,
+    ActorsOpt,
     AdapterOpt,
     AllowPickleOpt,
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
+    ExecutorOpt,
     FormatOpt,
     InputOpt,
     JsonOpt,
     ModelOpt,
+    OutputDirOpt,
+    RayAddressOpt,
     RevisionOpt,
     SeedOpt,
     TextColumnOpt,
@@ -108,6 +114,12 @@ def generate(
     text_column: TextColumnOpt = "text",
     json_out: JsonOpt = False,
     fmt: FormatOpt = "auto",
+    executor: ExecutorOpt = "local",
+    actors: ActorsOpt = None,
+    actor_cpus: ActorCpusOpt = None,
+    actor_gpus: ActorGpusOpt = None,
+    ray_address: RayAddressOpt = None,
+    output_dir: OutputDirOpt = None,
 ) -> None:
     """Generate text with a causal LM or an encoder-decoder model (default: the bundled SmolLM2 instruct model).
 
@@ -116,7 +128,7 @@ def generate(
     length-grouped batches and print in input order; each JSON record has the text, finish reason
     (eos|length|stop), token counts and tokens/s.
     """
-    from llmkit import distributed, output
+    from llmkit import distributed, executors, output
     from llmkit.data import InputRecord, read_inputs
     from llmkit.errors import UsageError
 
@@ -139,7 +151,23 @@ def generate(
         seed=seed,
     )
     fmt = output.resolve_format(fmt, json_out)
+    ray = executors.settings_for(executor, actors=actors, actor_cpus=actor_cpus, actor_gpus=actor_gpus,
+                                 address=ray_address, output_dir=output_dir)
     peers = distributed.detect()
+    if ray is not None:
+        if input_format == "openai-batch" or (input_format == "auto" and input_file is not None
+                                              and _is_openai_batch(input_file)):
+            raise UsageError("OpenAI batch files run with --executor local; drop --executor ray")
+        pairs = _ray_pairs(ray, settings, texts=texts, input_file=input_file, input_format=input_format,
+                           text_column=text_column, model=model or adapter or _gen.DEFAULT_MODEL,
+                           adapter=adapter if model else None, system=system, raw=raw, batch_size=batch_size,
+                           device=device, dtype=dtype, engine=engine, lookup=lookup or 0, revision=revision,
+                           allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        if pairs is not None:
+            emitter = output.Emitter(fmt, text=lambda g: g.text)
+            for record, result in pairs:
+                emitter.emit(result, record.fields)
+        return
     if input_format == "openai-batch" or (
         input_format == "auto" and input_file is not None and _is_openai_batch(input_file)
     ):
@@ -232,3 +260,38 @@ def _generate_batch(
             if line.get("error") is not None:
                 failed.append(index)
     openai_batch.raise_if_failed(failed, total)
+
+
+def _ray_pairs(ray: Any, settings: Any, *, texts: list[str] | None, input_file: Path | None, input_format: str,
+               text_column: str, model: str, adapter: str | None, system: str | None, raw: bool,
+               batch_size: int | None, device: str, dtype: str, engine: str, lookup: int, revision: str | None,
+               allow_pickle: bool, trust_remote_code: bool) -> Any:
+    """(record, result) pairs computed on Ray: the engine is chosen here for the whole input, each actor loads it
+    once (`generate.Generator`) and answers window after window."""
+    from llmkit.errors import UsageError
+    from llmkit.executors import Work, ray_data
+
+    if settings.do_sample and settings.seed is not None:
+        raise UsageError("--seed gives each prompt the random stream of its position in one process's run; with "
+                         "--executor ray sample without --seed, or run with --executor local")
+    load: dict[str, Any] = dict(device=device, revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                adapter=adapter)
+
+    def build(total: int) -> Work:
+        choice = _gen.choice_for_count(model, total, settings=settings, batch_size=batch_size, device=device,
+                                       dtype=dtype, revision=revision, engine=engine, adapter=adapter, lookup=lookup)
+        if choice.fallback:
+            from llmkit.console import warn
+
+            warn(choice.fallback)
+        return Work(
+            load=lambda: _gen.Generator(model, choice, **load),
+            run=lambda generator, records: generator.run((r.text for r in records), settings=settings,
+                                                         system=system, raw=raw, lookup=lookup),
+            window=_gen.window_of(choice),
+            result_type=_gen.Generation,
+        )
+
+    return ray_data.command_pairs(ray, build, texts=texts, input_file=input_file,
+                                  input_format="auto" if input_format == "openai-batch" else input_format,
+                                  text_column=text_column)

@@ -77,6 +77,38 @@ TruncateOpt = Annotated[
         help="Cut inputs longer than the model's maximum (with one warning), or stop with an error.",
     ),
 ]
+ExecutorOpt = Annotated[
+    str,
+    typer.Option(
+        "--executor",
+        help="local|ray: run in this process (or each process of torchrun/accelerate launch), or on a Ray cluster "
+        "through Ray Data: actors that each load the model once, the same records in the same order "
+        "(pip install 'llmkit[ray]'; docs/ray.md).",
+    ),
+]
+ActorsOpt = Annotated[
+    int | None, typer.Option("--actors", help="--executor ray: actors, each holding one copy of the model [default: 2].",
+                             min=1)
+]
+ActorCpusOpt = Annotated[
+    float | None, typer.Option("--actor-cpus", help="--executor ray: CPUs each actor reserves (and its threads) "
+                               "[default: 1].")
+]
+ActorGpusOpt = Annotated[
+    float | None, typer.Option("--actor-gpus", help="--executor ray: GPUs each actor reserves (fractions share one) "
+                               "[default: 0].", min=0)
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option("--ray-address", envvar="RAY_ADDRESS", help="--executor ray: the cluster to join (host:port, or "
+                 "ray://host:10001); none: a local cluster for this run, stopped after it."),
+]
+OutputDirOpt = Annotated[
+    Path | None,
+    typer.Option("--output-dir", help="--executor ray: write the records as a folder of part files written by Ray "
+                 "(a path or URI, e.g. s3://bucket/out; JSONL parts when the name ends in .jsonl, else Parquet), "
+                 "each with an index column; renamed into place when complete."),
+]
 ReportToOpt = Annotated[
     str | None,
     typer.Option(

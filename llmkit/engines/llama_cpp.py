@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmkit import signals
-from llmkit.errors import ContextLengthError, LlmkitError, MissingDependencyError, UsageError
+from llmkit.errors import ContextLengthError, LlmkitError, MissingDependencyError, UsageError, library_words
 from llmkit.sampling import (
     Completion,
     Generation,
@@ -331,7 +331,8 @@ def _server(gguf: Path, *, parallel: int, context: int, lookup: int = 0, unified
         try:
             server = xllamacpp.Server(params)
         except Exception as exc:
-            raise EngineLoadError(f"llama.cpp could not load {gguf.name} ({exc}); try --engine transformers") from exc
+            words = library_words(exc)
+            raise EngineLoadError(f"llama.cpp could not load {gguf.name} ({words}); try --engine transformers") from exc
         _SERVERS.clear()  # one model at a time: a new configuration releases the old one
         _SERVERS[key] = server
         return server

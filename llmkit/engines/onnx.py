@@ -34,7 +34,7 @@ from llmkit.engines.onnx_cache import (
     read_json,
     refusal,
 )
-from llmkit.errors import ModelNotFoundError, UsageError
+from llmkit.errors import ModelNotFoundError, UsageError, library_words
 
 NAME = "onnx"  # as --engine spells it
 name = NAME  # the engine protocol's attribute (llmkit.engines.Engine): this module is the engine
@@ -181,8 +181,7 @@ class OnnxEncoder:
         try:
             self.session = ort.InferenceSession(str(export.graph), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportError(f"ONNX Runtime could not load {export.graph} ({first})") from exc
+            raise ExportError(f"ONNX Runtime could not load {export.graph} ({library_words(exc)})") from exc
         self.export = export
         self.threads = max(threads, 1)
         self.input_names = [i.name for i in self.session.get_inputs()]

@@ -25,7 +25,7 @@ from typing import Any
 
 from llmkit import tempnames
 from llmkit.engines import onnx_cache as cache
-from llmkit.errors import LlmkitError
+from llmkit.errors import LlmkitError, library_words
 from llmkit.tokens import EncoderTokenizer
 
 OPSET = 17
@@ -59,8 +59,7 @@ def _refuse(target: Path, reason: str) -> cache.ExportError:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+    return library_words(exc)
 
 
 def quiet_onnx_logs() -> None:
