@@ -48,6 +48,10 @@ class UsageError(LlmkitError):
     exit_code = EXIT_USAGE
 
 
+class ContextLengthError(UsageError):
+    """A prompt, or its answer, did not fit the model's context (exit 2); never a silently short answer."""
+
+
 class NotFoundError(LlmkitError):
     """A model, file or column that does not exist (exit 3)."""
 

@@ -235,3 +235,66 @@ def window_of(choice: Any) -> int:
     from llmkit.engines import transformers as hf
 
     return max(1, choice.batch_size) * hf.LENGTH_GROUP_WINDOW
+
+
+def load_generator(
+    model: str = DEFAULT_MODEL,
+    *,
+    engine: str = "auto",
+    parallel: int = 1,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> Any:
+    """Load a model once to answer many prompts from many threads (what `llmkit serve` keeps per model).
+
+    The engine is the one `generate()` picks for a single streamed prompt (engines/choose.py): llama.cpp for a GGUF
+    model, whose `parallel` sequences then decode concurrent prompts together; else transformers, whose callers
+    take turns. Either way `complete()` gives the answer `generate()` gives for the same prompt and settings.
+
+    Args:
+        model: alias, folder, .gguf file or hub id.
+        engine: auto|transformers|llama-cpp.
+        parallel: llama.cpp's parallel sequences (the most prompts decoded together).
+        max_new_tokens: the longest answer that will be asked for (llama.cpp sizes its context for it).
+        device / dtype / revision / allow_pickle / trust_remote_code: as for `generate`.
+
+    Returns:
+        An engine's `Generator` (`llama_cpp.Generator` or `transformers.Generator`): `complete()`, `unsupported()`,
+        `check()`, and `engine`/`reason` attributes.
+
+    Raises:
+        LlmkitError: the model cannot be found or loaded, or the engine asked for cannot run it.
+    """
+    from llmkit.engines import choose
+
+    if parallel < 1:
+        raise UsageError("parallel sequences must be at least 1")
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    options: dict[str, Any] = dict(requested=engine, device=device, dtype=dtype, batch_size=1, streaming=True,
+                                   revision=revision)
+    choice = choose.choose_generate(model, settings, **options)
+    if choice.engine == choose.LLAMA_CPP:
+        from llmkit.engines import llama_cpp
+
+        try:
+            # each sequence its own KV cells: an idle one keeps its last prompt's, which must not crowd out the rest;
+            # no host-memory cache of past prompts, which would grow with every request
+            return llama_cpp.Generator(model, parallel=parallel, max_new_tokens=max_new_tokens, reason=choice.reason,
+                                       unified=False, keep_prompts=False)
+        except llama_cpp.EngineLoadError as exc:
+            if engine != "auto":
+                raise
+            choice = choose.choose_generate(model, settings, **options, llama_cpp_failed=exc.message.split(" (")[0])
+    if choice.fallback:
+        from llmkit.console import warn
+
+        warn(choice.fallback)
+    from llmkit.engines import transformers as hf
+
+    lm = hf.load_generator(model, device=device, dtype=choice.dtype, revision=revision, allow_pickle=allow_pickle,
+                           trust_remote_code=trust_remote_code)
+    return hf.Generator(lm, reason=choice.reason)

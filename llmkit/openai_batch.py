@@ -29,59 +29,42 @@ extra `min_p` and `repetition_penalty`. Fields with no effect on the answer (`mo
 Exit status of a batch run: 0 when every line was answered, `EXIT_BATCH_LINES_FAILED` (6) when the output
 is complete but some lines carry an error; 1-5 keep their meaning (the whole run failed; see errors.py).
 
-This module is torch-free and knows nothing of models: it parses lines, merges settings and formats outputs.
+The bodies themselves are read and the response objects written by openai_api.py, which `llmkit serve` shares:
+a field refused here is refused by the server with the same words. This module adds what is batch-file only (the
+line envelope, line numbers in messages, grouping, output lines). It is torch-free and knows nothing of models.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from llmkit.errors import EXIT_BATCH_LINES_FAILED, LlmkitError
+from llmkit.openai_api import (  # noqa: F401  (the batch reader's names, as they always were)
+    CHAT_ROLES,
+    CHAT_URL,
+    COMPLETIONS_URL,
+    FINISH_REASONS,
+    IGNORED_FIELDS,
+    NO_OP_VALUES,
+    SETTING_FIELDS,
+    Answer,
+    BodyError,
+    completion_body,
+    merge_settings,
+    new_id,
+    parse_messages,
+    parse_prompt,
+    parse_settings,
+    settings_problem,
+)
 
-CHAT_URL = "/v1/chat/completions"
-COMPLETIONS_URL = "/v1/completions"
 SUPPORTED_URLS = (CHAT_URL, COMPLETIONS_URL)
 REQUIRED_FIELDS = ("custom_id", "method", "url", "body")
-
-# body field -> llmkit GenerationSettings field
-SETTING_FIELDS = {
-    "max_tokens": "max_new_tokens",
-    "max_completion_tokens": "max_new_tokens",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "seed": "seed",
-    "stop": "stop",
-    "n": "num_return_sequences",
-    "min_p": "min_p",
-    "repetition_penalty": "repetition_penalty",
-}
-IGNORED_FIELDS = ("model", "user", "metadata", "store", "service_tier")
-# Fields accepted only with a value that changes nothing.
-NO_OP_VALUES: dict[str, tuple[Any, ...]] = {
-    "stream": (None, False),
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
-    "echo": (None, False),
-    "frequency_penalty": (None, 0),
-    "presence_penalty": (None, 0),
-    "logit_bias": (None, {}),
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
-    "parallel_tool_calls": (None,),
-    "response_format": (None, {"type": "text"}),
-    "best_of": (None, 1),
-    "suffix": (None, ""),
-    "stream_options": (None,),
-}
-CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
 
 
 class BatchLinesFailedError(LlmkitError):
@@ -239,166 +222,31 @@ def parse_line(raw: str, *, line: int, index: int) -> BatchRequest | BatchLineEr
         return BatchLineError(index=index, line=line, custom_id=custom_id, code=bad.code, message=bad.message)
 
 
+def _body_part(read: Callable[[], Any], line: int) -> Any:
+    """Run a shared body reader (openai_api), its error prefixed with the line number."""
+    try:
+        return read()
+    except BodyError as exc:
+        raise _Bad(exc.code, f"line {line}: {exc.message}") from None
+
+
 def _messages(body: dict[str, Any], line: int) -> tuple[dict[str, str], ...]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _Bad("invalid_request", f"line {line}: body.messages must be a non-empty list of {{role, content}}")
-    out = []
-    for number, message in enumerate(messages):
-        where = f"line {line}: body.messages[{number}]"
-        if not isinstance(message, dict):
-            raise _Bad("invalid_request", f"{where} must be an object with role and content")
-        role = message.get("role")
-        if role not in CHAT_ROLES:
-            raise _Bad("unsupported_parameter", f"{where}: role {role!r}; llmkit takes system, developer, user and "
-                       "assistant messages")
-        if message.get("tool_calls") or message.get("function_call"):
-            raise _Bad("unsupported_parameter", f"{where}: tool calls are not supported")
-        out.append({"role": CHAT_ROLES[role], "content": _content(message.get("content"), where)})
-    return tuple(out)
-
-
-def _content(content: Any, where: str) -> str:
-    """Message content as text: a string, or a list of text parts (joined); images and audio are refused."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            else:
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise _Bad("unsupported_parameter", f"{where}: content part {kind!r}; llmkit takes text only")
-        return "".join(texts)
-    raise _Bad("invalid_request", f"{where}: content must be a string or a list of text parts")
+    return _body_part(lambda: parse_messages(body, "body."), line)
 
 
 def _prompt(body: dict[str, Any], line: int) -> str:
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if isinstance(prompt, list):
-        raise _Bad("unsupported_parameter", f"line {line}: body.prompt holds {len(prompt)} items; give one prompt "
-                   "(a string) per line")
-    if not isinstance(prompt, str):
-        raise _Bad("invalid_request", f"line {line}: body.prompt must be a string")
-    return prompt
-
-
-def _number(body: dict[str, Any], key: str, line: int, *, integer: bool = False) -> Any:
-    value = body[key]
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok:
-        raise _Bad("invalid_request", f"line {line}: body.{key} must be {'a whole number' if integer else 'a number'}")
-    return value
+    return _body_part(lambda: parse_prompt(body, "body."), line)
 
 
 def _settings(body: dict[str, Any], line: int, *, known: Sequence[str]) -> dict[str, Any]:
     """This line's generation settings (llmkit names), checked; unknown or unusable fields are refused."""
-    for key, value in body.items():
-        if key in SETTING_FIELDS or key in IGNORED_FIELDS or key in known:
-            continue
-        if key in NO_OP_VALUES:
-            if value in NO_OP_VALUES[key]:
-                continue
-            raise _Bad("unsupported_parameter", f"line {line}: body.{key}={json.dumps(value)} is not supported by "
-                       "llmkit; drop it")
-        raise _Bad("unsupported_parameter", f"line {line}: body.{key} is not supported by llmkit (supported: "
-                   f"{', '.join(SETTING_FIELDS)})")
-    out: dict[str, Any] = {}
-    for key in ("max_tokens", "max_completion_tokens"):
-        if body.get(key) is not None:
-            value = _number(body, key, line, integer=True)
-            if value < 1:
-                raise _Bad("invalid_request", f"line {line}: body.{key} must be at least 1")
-            out["max_new_tokens"] = value
-    if body.get("temperature") is not None:
-        value = _number(body, "temperature", line)
-        if value < 0:
-            raise _Bad("invalid_request", f"line {line}: body.temperature must be >= 0 (0 is greedy)")
-        if value == 0:
-            out["do_sample"] = False  # OpenAI's temperature 0: deterministic, the most likely tokens
-        else:
-            out["temperature"] = float(value)
-            out["do_sample"] = True
-    if body.get("top_p") is not None:
-        value = _number(body, "top_p", line)
-        if not 0 < value <= 1:
-            raise _Bad("invalid_request", f"line {line}: body.top_p must be in (0, 1]")
-        out["top_p"] = float(value)
-    if body.get("top_k") is not None:
-        value = _number(body, "top_k", line, integer=True)
-        if value < -1:
-            raise _Bad("invalid_request", f"line {line}: body.top_k must be -1 or 0 (off) or a positive count")
-        out["top_k"] = max(value, 0)  # vLLM's -1 and llmkit's 0 both mean "off"
-    if body.get("seed") is not None:
-        out["seed"] = _number(body, "seed", line, integer=True)
-    if body.get("stop") is not None:
-        stop = body["stop"]
-        if isinstance(stop, str):
-            stop = [stop]
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise _Bad("invalid_request", f"line {line}: body.stop must be a string or a list of strings")
-        out["stop"] = tuple(s for s in stop if s)
-    if body.get("n") is not None:
-        value = _number(body, "n", line, integer=True)
-        if value < 1:
-            raise _Bad("invalid_request", f"line {line}: body.n must be at least 1")
-        out["num_return_sequences"] = value
-    if body.get("min_p") is not None:
-        value = _number(body, "min_p", line)
-        if not 0 <= value <= 1:
-            raise _Bad("invalid_request", f"line {line}: body.min_p must be in [0, 1]")
-        out["min_p"] = float(value)
-    if body.get("repetition_penalty") is not None:
-        value = _number(body, "repetition_penalty", line)
-        if value <= 0:
-            raise _Bad("invalid_request", f"line {line}: body.repetition_penalty must be > 0 (1 is no penalty)")
-        out["repetition_penalty"] = float(value)
-    return out
-
-
-def merge_settings(flags: dict[str, Any], line: dict[str, Any]) -> dict[str, Any]:
-    """The settings one line runs with: the command's flags, then the line's own values on top.
-
-    Args:
-        flags: the command's settings as `GenerationSettings` field values (e.g. `dataclasses.asdict(s)`).
-        line: `BatchRequest.settings`.
-
-    Returns:
-        The merged field values. A line that turns sampling off (temperature 0) also drops the flags' sampling
-        knobs; a line that asks for several answers (n > 1) without sampling is left for validation to refuse
-        (greedy decoding has one answer; use a temperature, as OpenAI's n does).
-    """
-    merged = dict(flags)
-    if line.get("do_sample") is False:
-        for knob in ("temperature", "top_k", "top_p", "min_p", "typical_p"):
-            merged[knob] = None
-    merged.update(line)
-    return merged
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What one choice of a generation needs for the output: its text and why it ended.
-
-    Attributes:
-        text: the generated text.
-        finish_reason: llmkit's reason (`eos`, `stop`, `length`).
-        completion_tokens: tokens generated for this choice.
-    """
-
-    text: str
-    finish_reason: str
-    completion_tokens: int
+    return _body_part(lambda: parse_settings(body, "body.", known=known), line)
 
 
 # --- writing ---------------------------------------------------------------------------------------------------
 
 
-def _new_id(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:24]}"
+_new_id = new_id
 
 
 def response_body(
@@ -420,25 +268,8 @@ def response_body(
         created: Unix time; default now.
         new_id: makes an id from a prefix (tests pass a deterministic one).
     """
-    completion_tokens = sum(a.completion_tokens for a in answers)
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens}
-    created = int(time.time()) if created is None else created
-    if request.is_chat:
-        choices = [
-            {"index": i, "message": {"role": "assistant", "content": a.text}, "logprobs": None,
-             "finish_reason": FINISH_REASONS.get(a.finish_reason, a.finish_reason)}
-            for i, a in enumerate(answers)
-        ]
-        return {"id": new_id("chatcmpl-"), "object": "chat.completion", "created": created, "model": model,
-                "choices": choices, "usage": usage}
-    choices = [
-        {"index": i, "text": a.text, "logprobs": None,
-         "finish_reason": FINISH_REASONS.get(a.finish_reason, a.finish_reason)}
-        for i, a in enumerate(answers)
-    ]
-    return {"id": new_id("cmpl-"), "object": "text_completion", "created": created, "model": model,
-            "choices": choices, "usage": usage}
+    return completion_body(request.is_chat, answers, prompt_tokens=prompt_tokens, model=model, created=created,
+                           new_id=new_id)
 
 
 def success_output(custom_id: str, body: dict[str, Any], *, new_id: Callable[[str], str] = _new_id) -> dict[str, Any]:
@@ -585,38 +416,14 @@ def answer_batch(
     yield from flush()
 
 
-# Flag names in llmkit's settings messages -> the body fields a batch line uses for them.
-_BODY_NAMES = {
-    "--max-new-tokens": "max_tokens",
-    "--num-return-sequences": "n",
-    "--temperature": "temperature",
-    "--top-p": "top_p",
-    "--top-k": "top_k",
-    "--min-p": "min_p",
-    "--repetition-penalty": "repetition_penalty",
-}
-
-
 def check_settings(merged: dict[str, Any]) -> str | None:
     """None when merged settings can run, else why not, in the batch line's own field names.
 
     Args:
         merged: `merge_settings` output (GenerationSettings field values).
     """
-    from llmkit.sampling import GenerationSettings, validate
-
-    try:
-        validate(GenerationSettings(**merged))
-    except LlmkitError as exc:
-        message = exc.message
-        for flag, name in _BODY_NAMES.items():
-            message = message.replace(flag, name)
-        if "n " in message and "beams" in message:
-            message = "n > 1 needs sampling: give the line a temperature above 0 (greedy decoding has one answer)"
-        return message
-    except TypeError as exc:
-        return str(exc)
-    return None
+    problem = settings_problem(merged)
+    return None if problem is None else problem[0]
 
 
 def generate_runner(

@@ -247,6 +247,58 @@ class Generation:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TopLogprob:
+    """One of the most likely tokens at a step, with its log-probability under the model (before sampling).
+
+    Attributes:
+        token: the token's text.
+        logprob: natural log of its probability.
+        bytes: the UTF-8 bytes of `token` (a token can hold part of a character).
+    """
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The log-probability of a generated token and the most likely alternatives at its step.
+
+    Attributes:
+        token / logprob / bytes: as in `TopLogprob`, for the token that was generated.
+        top: the `top_logprobs` most likely tokens at that step, most likely first.
+    """
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] = ()
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One answer to one prompt from a loaded model (`complete()` of an engine's generator).
+
+    Attributes:
+        text: the answer, cut at a stop string.
+        finish_reason: "eos", "stop" or "length" (as in `Generation`).
+        prompt_tokens / completion_tokens: token counts (prompt after the chat template; no end-of-sequence token).
+        seconds: wall time of the answer.
+        logprobs: one entry per counted token when log-probabilities were asked for, else None.
+        cancelled: the caller's `cancelled()` ended it early (the text is what was made until then).
+    """
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    cancelled: bool = False
+
+
 # --- stop strings ------------------------------------------------------------------------------------------------
 
 

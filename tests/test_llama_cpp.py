@@ -562,6 +562,22 @@ def test_server_skips_the_fit_pass_and_the_warm_up(tiny_gguf: Path, monkeypatch)
 
 
 @needs_bindings
+def test_a_server_keeps_no_host_cache_of_past_prompts(tiny_gguf: Path, monkeypatch) -> None:
+    # llama.cpp's host-memory prompt cache (8 GiB by default) grows a server's RSS with every new prompt
+    import xllamacpp
+
+    from llmkit import generate
+
+    seen = []
+    monkeypatch.setattr(xllamacpp, "Server", lambda params: seen.append((params.cache_ram_mib, params.kv_unified))
+                        or object())
+    monkeypatch.setattr(llama_cpp, "_SERVERS", {})
+    llama_cpp._server(tiny_gguf, parallel=2, context=256)
+    generate.load_generator(str(tiny_gguf), parallel=2, max_new_tokens=16)  # what llmkit serve keeps per model
+    assert seen == [(xllamacpp.CommonParams().cache_ram_mib, True), (0, False)]
+
+
+@needs_bindings
 @pytest.mark.parametrize("lookup", [0, 6])
 def test_lookup_turns_on_llama_cpps_prompt_lookup_drafts(tiny_gguf: Path, monkeypatch, lookup: int) -> None:
     import xllamacpp
@@ -596,13 +612,14 @@ def test_bundled_lookup_drafts_the_continuation_from_the_prompt() -> None:
     # The prompt ends with tokens seen earlier in it: llama.cpp drafts what followed them, and the model keeps it.
     gguf = llama_cpp.gguf_for("smollm2-135m-instruct")
     text = "Copy: the cat sat on the mat and the dog sat on the log. Copy: the cat sat on the"
-    request = llama_cpp.request_params(gen.build_settings(max_new_tokens=16), context=512)
-    answers = {}
+    settings = gen.build_settings(max_new_tokens=16)
+    answers, timings = {}, {}
     for lookup in (0, 4):
-        server = llama_cpp._server(gguf, parallel=1, context=512, lookup=lookup)
-        answers[lookup] = llama_cpp._complete(server, 0, text, request, (), None, 512, 1)
-    assert answers[0].drafted == 0
-    assert answers[4].drafted > 0 and 0 < answers[4].accepted <= answers[4].drafted
+        generator = llama_cpp.Generator("smollm2-135m-instruct", parallel=1, context=512, lookup=lookup, gguf=gguf)
+        answers[lookup], timings[lookup] = generator.run(text, settings)
+    assert int(timings[0].get("draft_n") or 0) == 0
+    drafted, accepted = int(timings[4].get("draft_n") or 0), int(timings[4].get("draft_n_accepted") or 0)
+    assert drafted > 0 and 0 < accepted <= drafted
     assert answers[4].text == answers[0].text  # greedy: the drafts were checked, the answer is the plain one
 
 

@@ -50,6 +50,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "llmkit.cli.quantize",
         "Quantize a model (smaller, often faster) and report what it cost: size, load time, speed and quality.",
     ),
+    "serve": (
+        "llmkit.cli.serve",
+        "Serve models over an OpenAI-compatible HTTP API (chat, completions, models, health, metrics).",
+    ),
     "models": (
         "llmkit.cli.models",
         "List the built-in models (installed or not), converted GGUF caches, ONNX exports and Hugging Face models.",

@@ -10,7 +10,9 @@ template (rendered with jinja2 the way transformers renders it), stop strings cu
 finish reason and token counts follow the same rules (the end-of-sequence token is not counted).
 
 What it cannot run is said here (`bindings_installed`, `gguf_for`, `unsupported_settings`, `bindings_have_gpu`);
-when auto prefers it is engines/choose.py's rule. `generate()` runs it.
+when auto prefers it is engines/choose.py's rule. A `Generator` holds a loaded model for many prompts from many
+threads (llama.cpp's parallel sequences); `generate()` runs a run's prompts through one, and `llmkit serve` keeps
+one per GGUF model.
 """
 
 from __future__ import annotations
@@ -28,8 +30,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmkit import signals
-from llmkit.errors import LlmkitError, MissingDependencyError, UsageError, library_words
-from llmkit.sampling import Generation, GenerationSettings, StopStream, stream_seed
+from llmkit.errors import ContextLengthError, LlmkitError, MissingDependencyError, UsageError, library_words
+from llmkit.sampling import (
+    Completion,
+    Generation,
+    GenerationSettings,
+    StopStream,
+    TokenLogprob,
+    TopLogprob,
+    stream_seed,
+)
 from llmkit.sampling import settings_record as settings_record  # the one record both engines write
 
 if TYPE_CHECKING:
@@ -269,17 +279,18 @@ def render_chat(info: GGUFInfo, prompt: Any, *, system: str | None, raw: bool) -
 
 # --- the llama.cpp runtime ---------------------------------------------------------------------------------------
 
-_SERVERS: dict[tuple[str, int, int, int], Any] = {}
+_SERVERS: dict[tuple[str, int, int, int, bool, bool], Any] = {}
 _SERVERS_LOCK = threading.Lock()
 
 
-def _server(gguf: Path, *, parallel: int, context: int, lookup: int = 0) -> Any:
+def _server(gguf: Path, *, parallel: int, context: int, lookup: int = 0, unified: bool = True,
+            keep_prompts: bool = True) -> Any:
     """A loaded llama.cpp model with `parallel` sequences, kept for reuse by later calls in this process.
 
     `lookup` > 0 turns on prompt-lookup decoding: llama.cpp's NGRAM_SIMPLE speculation drafts up to `lookup`
     tokens that followed the last LOOKUP_MATCH tokens earlier in the context, and verifies them in one batch.
     """
-    key = (str(gguf), parallel, context, lookup)
+    key = (str(gguf), parallel, context, lookup, unified, keep_prompts)
     with _SERVERS_LOCK:
         if key in _SERVERS:
             return _SERVERS[key]
@@ -290,7 +301,17 @@ def _server(gguf: Path, *, parallel: int, context: int, lookup: int = 0) -> Any:
         params.n_ctx = context
         params.n_parallel = parallel
         params.cpuparams.n_threads = params.cpuparams_batch.n_threads = pick_threads()
-        params.kv_unified = True  # one KV pool for all sequences: a long prompt is not capped at n_ctx / parallel
+        # One KV pool for all sequences (unified): a long prompt is not capped at n_ctx / parallel; a run's prompts
+        # keep every sequence busy, so none holds cells it no longer needs. A server's idle sequences keep their
+        # last prompt's cells, which in one pool would crowd out the busy ones: `unified=False` gives each
+        # sequence its own n_ctx / parallel cells instead.
+        params.kv_unified = unified
+        # llama.cpp keeps finished prompts' KV states in host memory (cache_ram_mib, 8 GiB by default) to restore
+        # them for a later prompt with the same start. A server's RSS then grows with every new prompt, 0.4 MB a
+        # request for SmolLM2-135M until that cap (120 requests: 344 -> 385 MB; with 0, flat at 336 MB): a server
+        # (`keep_prompts=False`) turns it off; each sequence still reuses its own last prompt's cells.
+        if not keep_prompts:
+            params.cache_ram_mib = 0
         params.warmup = False  # the warm-up decode costs more than it saves for one command's run
         # llama.cpp's default "fit" pass loads the model a first time to size the context to device memory; the
         # context is set above, so that pass only costs start-up (Server() took half the time without it, 3 runs
@@ -407,115 +428,249 @@ def context_size(parallel: int, max_new_tokens: int, model_context: int | None,
     return min(usual, fitted)
 
 
-def _context_full(index: int, done: int, wanted: int, context: int, parallel: int) -> UsageError:
+def _context_full(index: int, done: int, wanted: int, context: int, parallel: int) -> ContextLengthError:
     shared = f", shared by {parallel} parallel sequences" if parallel > 1 else ""
-    return UsageError(
+    return ContextLengthError(
         f"prompt {index + 1}: llama.cpp's context ({context} tokens{shared}) filled after {done} of the {wanted} "
         f"new tokens asked for; lower --max-new-tokens{' or --batch-size' if parallel > 1 else ''}, shorten the "
         "prompt, or use --engine transformers"
     )
 
 
-@dataclass
-class _Answer:
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    seconds: float
-    drafted: int = 0  # --lookup: tokens llama.cpp drafted from the context, and how many of them it kept
-    accepted: int = 0
+def _token_logprob(entry: dict[str, Any], top: int) -> TokenLogprob:
+    """One entry of llama.cpp's `logprobs.content` (probabilities before sampling) as a `TokenLogprob`."""
+    return TokenLogprob(
+        token=str(entry.get("token", "")),
+        logprob=float(entry.get("logprob", 0.0)),
+        bytes=tuple(entry.get("bytes") or ()),
+        top=tuple(TopLogprob(str(t.get("token", "")), float(t.get("logprob", 0.0)), tuple(t.get("bytes") or ()))
+                  for t in (entry.get("top_logprobs") or [])[:top]),
+    )
 
 
-def _complete(
-    server: Any,
-    index: int,
-    text: str,
-    request: dict[str, Any],
-    stops: tuple[str, ...],
-    on_text: Callable[[str], None] | None,
-    context: int = 0,
-    parallel: int = 1,
-    cancel: threading.Event | None = None,
-) -> _Answer:
-    """One prompt through llama.cpp, streamed: stop strings are checked on the text as it grows.
+class Generator:
+    """A GGUF model loaded in llama.cpp once, answering prompts from many threads at a time.
+
+    llama.cpp's own server loop runs inside: each `complete()` call (one per thread) becomes one of its `parallel`
+    sequences, and the loop decodes the sequences in flight together, one token each per step (continuous
+    batching); a call made while every sequence is busy waits in llama.cpp's queue. `generate()` below runs a file
+    of prompts through one, and `llmkit serve` keeps one per GGUF model for all of its requests, so both give the
+    same answer to the same prompt and settings.
 
     Args:
-        cancel: once set, the generation ends at its next token (the caller was stopped: Ctrl-C, SIGTERM).
+        model: the model spec (alias, .gguf file, folder with one .gguf).
+        parallel: sequences decoded together.
+        context: KV cache tokens shared by the sequences (None: `context_size(parallel, max_new_tokens, ...)`).
+        max_new_tokens: the longest answer the context is sized for when `context` is None.
+        lookup: prompt-lookup decoding, up to this many drafted tokens per step (0: off; see `_server`).
+        gguf: the GGUF file (default: resolved from `model`).
+        reason: why this engine runs, for the records.
+        keep_prompts: llama.cpp's host-memory cache of finished prompts (see `_server`); False for a server.
+        unified: one KV pool shared by the sequences (a run of prompts); False: `context / parallel` tokens of
+            its own for each (a server, whose idle sequences keep their cells).
 
     Raises:
-        UsageError: the prompt or its answer did not fit llama.cpp's context (never a silently short answer).
-        KeyboardInterrupt: a stop signal arrived while tokens streamed (signals.Interrupted for SIGTERM/SIGHUP).
+        MissingDependencyError: the bindings are not installed.
+        UsageError: `model` is not a GGUF model.
+        EngineLoadError: llama.cpp refused the file.
     """
-    view = StopStream(stops, on_text)  # never shows text that may turn out to be a stop string
-    state: dict[str, Any] = {"text": "", "chunks": 0, "finish": None, "usage": None, "timings": None, "error": None}
-    raised: list[BaseException] = []
 
-    def on_chunk(chunk: dict[str, Any]) -> bool:
-        if (cancel is not None and cancel.is_set()) or signals.pending() is not None:
-            return True  # stopped: end the generation at this token
-        try:
-            return take(chunk)
-        except BaseException as exc:
-            raised.append(exc)
-            return True
+    engine = NAME
 
-    def take(chunk: dict[str, Any]) -> bool:
-        if "error" in chunk:
-            state["error"] = chunk["error"]
-            return True
-        state["timings"] = chunk.get("timings") or state["timings"]
-        state["usage"] = chunk.get("usage") or state["usage"]
-        choice = (chunk.get("choices") or [{}])[0]
-        if choice.get("finish_reason") is None:
-            state["chunks"] += 1  # one chunk per sampled token
-        ended = choice.get("finish_reason")
-        state["text"], hit = view.update(state["text"] + (choice.get("text") or ""), done=bool(ended or state["finish"]))
-        if hit:
-            state["finish"] = "stop"
-        elif ended:
-            state["finish"] = "length" if ended == "length" else "eos"
-        return state["finish"] == "stop"  # True ends the generation at once
+    def __init__(self, model: str, *, parallel: int = 1, context: int | None = None,
+                 max_new_tokens: int = 128, lookup: int = 0, gguf: Path | None = None, reason: str = "",
+                 unified: bool = True, keep_prompts: bool = True) -> None:
+        if not bindings_installed():
+            raise MissingDependencyError(f"the llama.cpp engine needs its bindings; install them: {INSTALL_HINT}")
+        if parallel < 1:
+            raise UsageError("--batch-size must be at least 1")
+        gguf = gguf or gguf_for(model)
+        if gguf is None:
+            raise UsageError(f"{model} is not a GGUF model; use --engine transformers")
+        self.model = model
+        self.reason = reason
+        self.gguf = gguf
+        self.info = read_gguf_info(gguf)
+        self.parallel = parallel
+        self.lookup = lookup
+        self.context = context or context_size(parallel, max_new_tokens, self.info.context_length)
+        self.server = _server(gguf, parallel=parallel, context=self.context, lookup=lookup, unified=unified,
+                              keep_prompts=keep_prompts)
 
-    body = dict(request, prompt=text, stream=True, timings_per_token=True, stream_options={"include_usage": True})
-    started = time.perf_counter()
-    # On the main thread, a stop signal's handler would run inside this callback or xllamacpp's wrapper around
-    # it, whose C++ frames swallow the exception (with a traceback on stderr) and generate on. So the signal is
-    # only recorded meanwhile: the callback ends the generation at the next token and the block's end raises.
-    with signals.deferred():
-        server.handle_completions(body, on_chunk)
-    seconds = time.perf_counter() - started
-    if raised:
-        raise raised[0]
-    stopped_by = signals.pending()
-    if stopped_by is not None:  # a worker thread: the main thread is unwinding; this answer is cut short
-        raise signals.Interrupted(stopped_by)
-    if state["error"] is not None:
-        error = state["error"]
-        message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
-        if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":
+    def unsupported(self, settings: GenerationSettings) -> list[str]:
+        """The settings this engine cannot honour, as flag descriptions (empty: all supported)."""
+        return unsupported_settings(settings)
+
+    def check(self, settings: GenerationSettings) -> None:
+        """Refuse an answer length that cannot fit the model's context.
+
+        Raises:
+            UsageError: --max-new-tokens reaches the model's trained context.
+        """
+        limit = self.info.context_length
+        if limit and settings.max_new_tokens >= limit:
             raise UsageError(
-                f"prompt {index + 1} needs {error.get('n_prompt_tokens')} tokens of context but llama.cpp has "
-                f"{error.get('n_ctx')}; shorten it or use --engine transformers"
+                f"--max-new-tokens {settings.max_new_tokens} does not fit {self.model}'s context of {limit} tokens "
+                f"(prompt and answer together); ask for fewer than {limit}"
             )
-        if "context size has been exceeded" in message.lower():  # the shared pool ran out mid-answer
-            raise _context_full(index, state["chunks"], request["max_tokens"], context, parallel)
-        raise LlmkitError(f"llama.cpp failed on prompt {index + 1}: {message}")
-    timings = state["timings"] or {}
-    usage = state["usage"] or {}
-    prompt_tokens = int(usage.get("prompt_tokens") or (timings.get("cache_n", 0) + timings.get("prompt_n", 0)))
-    finish = state["finish"] or "eos"
-    if finish == "stop":
-        completion = state["chunks"]
-    else:
-        completion = int(usage.get("completion_tokens", state["chunks"]))
-        if finish == "eos" and completion > 0:
-            completion -= 1  # llama.cpp counts the end-of-sequence token; transformers does not
-    if finish == "length" and completion < request["max_tokens"]:
-        # llama.cpp ends a sequence whose context is full with "length": not the length that was asked for
-        raise _context_full(index, completion, request["max_tokens"], context, parallel)
-    return _Answer(state["text"], finish, prompt_tokens, completion, seconds,
-                   int(timings.get("draft_n") or 0), int(timings.get("draft_n_accepted") or 0))
+
+    def render(self, prompt: Any, *, system: str | None = None, raw: bool = False, index: int = 0) -> str:
+        """The prompt text llama.cpp reads (through the chat template unless `raw`).
+
+        Raises:
+            UsageError: the prompt is empty, or a conversation cannot be rendered.
+        """
+        text = render_chat(self.info, prompt, system=system, raw=raw)
+        if not text:
+            raise UsageError(f"prompt {index + 1} is empty after tokenization; give some text")
+        return text
+
+    def complete(
+        self,
+        prompt: Any,
+        settings: GenerationSettings,
+        *,
+        system: str | None = None,
+        raw: bool = False,
+        index: int = 0,
+        on_text: Callable[[str], None] | None = None,
+        on_logprob: Callable[[TokenLogprob], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        logprobs: int | None = None,
+    ) -> Completion:
+        """Answer one prompt (safe to call from many threads at once).
+
+        Args:
+            prompt: a string or a conversation (see `sampling.chat_messages`).
+            settings: decoding settings (`unsupported` must be empty for them).
+            system / raw: as for `generate`.
+            index: the prompt's position in its run: with a seed, it samples from `stream_seed(seed, index)`.
+            on_text: called with each new piece of text (never part of a stop string).
+            on_logprob: called with each generated token's `TokenLogprob` as it comes (with `logprobs`).
+            cancelled: polled at every token; True ends the answer there (a client that went away).
+            logprobs: also return each token's log-probability and this many alternatives (None: none).
+
+        Returns:
+            A `Completion`.
+
+        Raises:
+            ContextLengthError: the prompt or its answer did not fit the context.
+            LlmkitError: llama.cpp failed on the prompt.
+        """
+        self.check(settings)
+        text = self.render(prompt, system=system, raw=raw, index=index)
+        completion, _ = self.run(text, settings, index=index, on_text=on_text, on_logprob=on_logprob,
+                                 cancelled=cancelled, logprobs=logprobs)
+        return completion
+
+    def run(
+        self,
+        text: str,
+        settings: GenerationSettings,
+        *,
+        index: int = 0,
+        on_text: Callable[[str], None] | None = None,
+        on_logprob: Callable[[TokenLogprob], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        logprobs: int | None = None,
+    ) -> tuple[Completion, dict[str, Any]]:
+        """One rendered prompt through llama.cpp, streamed: stop strings are checked on the text as it grows.
+
+        Returns:
+            (the `Completion`, llama.cpp's timings for it: `draft_n`, `draft_n_accepted`, ...).
+        """
+        request = request_params(settings, context=self.context)
+        if settings.seed is not None:  # each input samples from its own stream (sampling.stream_seed)
+            request["seed"] = stream_seed(settings.seed, index)
+        if logprobs is not None:
+            request["logprobs"] = max(1, logprobs)  # llama.cpp's n_probs; 0 would turn them off altogether
+        view = StopStream(settings.stop, on_text)  # never shows text that may turn out to be a stop string
+        state: dict[str, Any] = {"text": "", "chunks": 0, "finish": None, "usage": None, "timings": None,
+                                 "error": None, "cancelled": False}
+        entries: list[TokenLogprob] = []
+        raised: list[BaseException] = []
+
+        def on_chunk(chunk: dict[str, Any]) -> bool:
+            if signals.pending() is not None:
+                return True  # stopped (Ctrl-C, SIGTERM): end the generation at this token
+            try:
+                return take(chunk)
+            except BaseException as exc:  # xllamacpp's C++ frames would swallow it: kept, raised below
+                raised.append(exc)
+                return True
+
+        def take(chunk: dict[str, Any]) -> bool:
+            if "error" in chunk:
+                state["error"] = chunk["error"]
+                return True
+            state["timings"] = chunk.get("timings") or state["timings"]
+            state["usage"] = chunk.get("usage") or state["usage"]
+            choice = (chunk.get("choices") or [{}])[0]
+            if choice.get("finish_reason") is None:
+                state["chunks"] += 1  # one chunk per sampled token
+            if logprobs is not None:
+                for entry in (choice.get("logprobs") or {}).get("content") or []:
+                    entries.append(_token_logprob(entry, logprobs))
+                    if on_logprob is not None:
+                        on_logprob(entries[-1])
+            ended = choice.get("finish_reason")
+            state["text"], hit = view.update(state["text"] + (choice.get("text") or ""),
+                                             done=bool(ended or state["finish"]))
+            if hit:
+                state["finish"] = "stop"
+            elif ended:
+                state["finish"] = "length" if ended == "length" else "eos"
+            if state["finish"] is None and cancelled is not None and cancelled():
+                state["cancelled"] = True
+                return True
+            return state["finish"] == "stop"  # True ends the generation at once
+
+        body = dict(request, prompt=text, stream=True, timings_per_token=True, stream_options={"include_usage": True})
+        started = time.perf_counter()
+        # On the main thread, a stop signal's handler would run inside this callback or xllamacpp's wrapper around
+        # it, whose C++ frames swallow the exception (with a traceback on stderr) and generate on. So the signal is
+        # only recorded meanwhile: the callback ends the generation at the next token and the block's end raises.
+        with signals.deferred():
+            self.server.handle_completions(body, on_chunk)
+        seconds = time.perf_counter() - started
+        if raised:
+            raise raised[0]
+        stopped_by = signals.pending()
+        if stopped_by is not None:  # a worker thread: the main thread is unwinding; this answer is cut short
+            raise signals.Interrupted(stopped_by)
+        if state["error"] is not None:
+            error = state["error"]
+            message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
+            if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":
+                raise ContextLengthError(
+                    f"prompt {index + 1} needs {error.get('n_prompt_tokens')} tokens of context but llama.cpp has "
+                    f"{error.get('n_ctx')}; shorten it or use --engine transformers"
+                )
+            if "context size has been exceeded" in message.lower():  # the shared pool ran out mid-answer
+                raise _context_full(index, state["chunks"], request["max_tokens"], self.context, self.parallel)
+            raise LlmkitError(f"llama.cpp failed on prompt {index + 1}: {message}")
+        timings = state["timings"] or {}
+        usage = state["usage"] or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or (timings.get("cache_n", 0) + timings.get("prompt_n", 0)))
+        finish = state["finish"] or ("length" if state["cancelled"] else "eos")
+        if finish == "stop" or state["cancelled"]:
+            completion = state["chunks"]
+        else:
+            completion = int(usage.get("completion_tokens", state["chunks"]))
+            if finish == "eos" and completion > 0:
+                completion -= 1  # llama.cpp counts the end-of-sequence token; transformers does not
+        if finish == "length" and completion < request["max_tokens"] and not state["cancelled"]:
+            # llama.cpp ends a sequence whose context is full with "length": not the length that was asked for
+            raise _context_full(index, completion, request["max_tokens"], self.context, self.parallel)
+        return Completion(
+            text=state["text"],
+            finish_reason=finish,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion,
+            seconds=seconds,
+            logprobs=tuple(entries[:completion]) if logprobs is not None else None,
+            cancelled=state["cancelled"],
+        ), timings
 
 
 def generate(
@@ -578,12 +733,7 @@ def generate(
     if context is None:
         longest = max((len(t.encode("utf-8")) for t in texts), default=0) if texts is not None else None
         context = context_size(batch_size, settings.max_new_tokens, info.context_length, longest)
-    server = _server(gguf, parallel=batch_size, context=context, lookup=lookup)
-    request = request_params(settings, context=context)
-
-    def request_for(index: int) -> dict[str, Any]:
-        # each input samples from its own stream (the transformers engine's rule too: sampling.stream_seed)
-        return request if settings.seed is None else dict(request, seed=stream_seed(settings.seed, index))
+    generator = Generator(model, parallel=batch_size, context=context, lookup=lookup, gguf=gguf, reason=reason)
     record = settings_record(settings)
     if lookup:
         record = dict(record, lookup=lookup)
@@ -593,15 +743,20 @@ def generate(
         for index, prompt in enumerate(prompts):
             yield index, prompt, texts[index] if texts is not None else prepare(index, prompt)
 
-    def result(prompt: str, answer: _Answer) -> Generation:
+    cancel = threading.Event()  # set when this generator stops early (an error, Ctrl-C, SIGTERM, SIGHUP)
+
+    def answer(index: int, text: str, delta: Callable[[str], None] | None) -> Completion:
+        return generator.run(text, settings, index=index, on_text=delta, cancelled=cancel.is_set)[0]
+
+    def result(prompt: str, done: Completion) -> Generation:
         return Generation(
             prompt=prompt,
-            text=answer.text,
-            finish_reason=answer.finish_reason,
-            prompt_tokens=answer.prompt_tokens,
-            completion_tokens=answer.completion_tokens,
-            seconds=round(answer.seconds, 4),
-            tokens_per_second=round(answer.completion_tokens / answer.seconds, 2) if answer.seconds > 0 else 0.0,
+            text=done.text,
+            finish_reason=done.finish_reason,
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+            seconds=round(done.seconds, 4),
+            tokens_per_second=round(done.completion_tokens / done.seconds, 2) if done.seconds > 0 else 0.0,
             model=model,
             engine="llama-cpp",
             engine_reason=reason,
@@ -611,7 +766,7 @@ def generate(
     if batch_size == 1:
         for index, prompt, text in rendered():
             delta = (lambda d, i=index: on_text(i, d)) if on_text is not None else None
-            yield result(prompt, _complete(server, index, text, request_for(index), settings.stop, delta, context, 1))
+            yield result(prompt, answer(index, text, delta))
         return
 
     # Many prompts: one request per prompt, `batch_size` in flight; llama.cpp decodes the in-flight ones
@@ -619,13 +774,11 @@ def generate(
     from concurrent.futures import ThreadPoolExecutor  # here: 10-20 ms of a one-prompt start-up
 
     window = 2 * batch_size
-    cancel = threading.Event()  # set when this generator stops early (an error, Ctrl-C, SIGTERM, SIGHUP)
     with ThreadPoolExecutor(max_workers=batch_size, thread_name_prefix="llmkit-llama") as pool:
-        pending: list[tuple[str, Future[_Answer]]] = []
+        pending: list[tuple[str, Future[Completion]]] = []
         try:
             for index, prompt, text in rendered():
-                pending.append((prompt, pool.submit(_complete, server, index, text, request_for(index), settings.stop,
-                                                    None, context, batch_size, cancel)))
+                pending.append((prompt, pool.submit(answer, index, text, None)))
                 while len(pending) >= window or (pending and pending[0][1].done()):
                     first_prompt, future = pending.pop(0)
                     yield result(first_prompt, future.result())

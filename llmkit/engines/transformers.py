@@ -11,17 +11,21 @@ transformers itself is imported inside the functions, only where a run needs it.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from llmkit.errors import UsageError
 from llmkit.sampling import (
     Candidate,
+    Completion,
     Generation,
     GenerationSettings,
     StopStream,
+    TokenLogprob,
+    TopLogprob,
     chat_messages,
     cut_at_stop,
     generation_kwargs,
@@ -135,6 +139,9 @@ def generate(
     on_text: Callable[[int, str], None] | None = None,
     reason: str = "",
     decoder: Any = None,
+    cancelled: Callable[[], bool] | None = None,
+    logprobs: int | None = None,
+    on_logprob: Callable[[TokenLogprob], None] | None = None,
 ) -> Iterator[Generation]:
     """Generate an answer for each prompt with a loaded model, yielding results in input order as they are ready.
 
@@ -145,6 +152,10 @@ def generate(
         reason: why this engine runs, for the records.
         decoder: llmkit's Llama loop (`llama_loop.NativeLlama`) to take the place of `model.generate` for greedy
             steps and per-input sampling; None: transformers' own generate.
+        cancelled: polled at every step; True ends the batch there (a client that went away).
+        logprobs: batch size 1: hand each generated token's log-probability, with this many alternatives, to
+            `on_logprob` as it is made (the model's distribution before sampling; None: off).
+        on_logprob: receives the `TokenLogprob` entries (with `logprobs`).
 
     Returns:
         An iterator of `Generation` with engine="transformers".
@@ -153,6 +164,9 @@ def generate(
 
     from llmkit import loading
     from llmkit.adapters import generation_inputs
+
+    if logprobs is not None and batch_size != 1:
+        raise UsageError("log-probabilities are recorded one prompt at a time (batch size 1)")
     from llmkit.threads import use_free_cores
 
     # torch's threads as llama.cpp's (threads.py): one per free core, or LLMKIT_THREADS. With torch's default of
@@ -219,14 +233,17 @@ def generate(
         prompt_len = padded["input_ids"].shape[1] if inputs.echoes_prompt else 0
         # llmkit's loop takes plain callables; transformers' generate wants its list types (importing transformers
         # only then: 1-2 s of start-up).
-        own_loop = decoder is not None and inputs.echoes_prompt and inputs.model is net
-        if settings.stop:
+        own_loop = decoder is not None and inputs.echoes_prompt and inputs.model is net and logprobs is None
+        if settings.stop or cancelled is not None:
             start = 1 if encoder_decoder else prompt_len
-            extra["stopping_criteria"] = _stop_criteria(tok, settings.stop, start, for_transformers=not own_loop)
-        if sampler is not None and not own_loop:
+            extra["stopping_criteria"] = _stop_criteria(tok, settings.stop, start, for_transformers=not own_loop,
+                                                        cancelled=cancelled)
+        recorder = _LogprobRecorder(tok, logprobs, on_logprob) if logprobs is not None else None
+        processors = [p for p in (recorder, sampler) if p is not None]  # the recorder sees the model's own scores
+        if processors and not own_loop:
             from transformers import LogitsProcessorList
 
-            extra["logits_processor"] = LogitsProcessorList([sampler])
+            extra["logits_processor"] = LogitsProcessorList(processors)
         started = time.perf_counter()
         with torch.inference_mode():
             if own_loop:
@@ -239,6 +256,8 @@ def generate(
                 out = inputs.model.generate(**inputs.kwargs, **gen_kwargs, **extra, streamer=streamer)
         seconds = time.perf_counter() - started
         sequences = out.sequences if want_scores else out
+        if recorder is not None:
+            recorder.finish(int(sequences[0, -1]))
         scores: list[float] | None
         if want_scores and sampler is not None:
             scores = [float(x) for x in sampler.logprob_sums]  # the processed scores only keep the drawn token
@@ -283,8 +302,88 @@ def generate(
         yield from _run_window(pending, batch_size, run_batch)
 
 
-def _stop_criteria(tok: Any, stops: tuple[str, ...], start: int, *, for_transformers: bool = True) -> Any:
-    """Stop each sequence once its new text contains a stop string.
+class Generator:
+    """A transformers model loaded once, answering prompts one at a time for many threads.
+
+    `complete()` holds a lock around each answer: a transformers model is not safe to run from several threads at
+    once, so concurrent callers take turns (llama.cpp's `Generator` decodes them together instead). Each answer
+    runs through `generate` at batch size 1, the path `llmkit generate "a prompt"` takes, so both give the same
+    answer to the same prompt and settings.
+
+    Args:
+        lm: a `loading.LoadedModel` (`load_generator`).
+        reason: why this engine runs, for the records.
+        decoder: llmkit's Llama loop for `generate`'s batches (None: transformers' own generate).
+    """
+
+    engine = NAME
+
+    def __init__(self, lm: Any, *, reason: str = "", decoder: Any = None) -> None:
+        self.lm = lm
+        self.model = lm.source.spec
+        self.reason = reason
+        self.decoder = decoder
+        self._lock = threading.Lock()
+
+    def unsupported(self, settings: GenerationSettings) -> list[str]:
+        """The settings this engine cannot honour: none (transformers is the reference for all of them)."""
+        return []
+
+    def check(self, settings: GenerationSettings) -> None:
+        """Nothing to refuse before running: a prompt too long for the model fails in `complete`."""
+
+    def generate(self, prompts: Iterable[Any], **run: Any) -> Iterator[Generation]:
+        """`generate` (this module's) on the loaded model: a run's prompts in batches."""
+        return generate(self.lm, prompts, decoder=self.decoder, reason=self.reason, **run)
+
+    def complete(
+        self,
+        prompt: Any,
+        settings: GenerationSettings,
+        *,
+        system: str | None = None,
+        raw: bool = False,
+        index: int = 0,
+        on_text: Callable[[str], None] | None = None,
+        on_logprob: Callable[[TokenLogprob], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        logprobs: int | None = None,
+    ) -> Completion:
+        """Answer one prompt (threads take turns); the arguments are those of llama_cpp.Generator.complete.
+
+        With a seed, the answer for `index` samples from `stream_seed(seed, index)`, as prompt number `index` of a
+        `generate` run does.
+        """
+        if settings.seed is not None and index:
+            settings = replace(settings, seed=stream_seed(settings.seed, index))
+        entries: list[TokenLogprob] = []
+
+        def keep(entry: TokenLogprob) -> None:
+            entries.append(entry)
+            if on_logprob is not None:
+                on_logprob(entry)
+
+        with self._lock:
+            (done,) = generate(
+                self.lm, [prompt], settings=settings, system=system, raw=raw, batch_size=1, reason=self.reason,
+                on_text=(lambda _, delta: on_text(delta)) if on_text is not None else None, cancelled=cancelled,
+                logprobs=logprobs, on_logprob=keep if logprobs is not None else None,
+            )
+        stopped = cancelled is not None and cancelled()
+        return Completion(
+            text=done.text,
+            finish_reason=done.finish_reason,
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+            seconds=done.seconds,
+            logprobs=tuple(entries[: done.completion_tokens]) if logprobs is not None else None,
+            cancelled=stopped,
+        )
+
+
+def _stop_criteria(tok: Any, stops: tuple[str, ...], start: int, *, for_transformers: bool = True,
+                   cancelled: Callable[[], bool] | None = None) -> Any:
+    """Stop each sequence once its new text contains a stop string, and every sequence once `cancelled()`.
 
     Decodes only the last few tokens per step (a stop string of n characters spans at most n + 1 tokens), which
     works for any tokenizer; transformers' own `stop_strings` needs a tokenizer whose vocabulary it can parse.
@@ -292,9 +391,13 @@ def _stop_criteria(tok: Any, stops: tuple[str, ...], start: int, *, for_transfor
     """
     import torch
 
-    window = max(len(s) for s in stops) + 2
+    window = max((len(s) for s in stops), default=0) + 2
 
     def stop_on_strings(input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        if cancelled is not None and cancelled():
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if not stops:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         tail = input_ids[:, max(start, input_ids.shape[1] - window) :]
         texts = tok.batch_decode(tail, skip_special_tokens=True)
         return torch.tensor([any(s in t for s in stops) for t in texts], device=input_ids.device)
@@ -308,6 +411,48 @@ def _stop_criteria(tok: Any, stops: tuple[str, ...], start: int, *, for_transfor
             return stop_on_strings(input_ids, scores)
 
     return StoppingCriteriaList([StopOnStrings()])
+
+
+class _LogprobRecorder:
+    """A logits processor (first in the list, so it sees the model's own scores) that records, for one prompt,
+    each generated token's log-probability and the `top` most likely tokens at its step.
+
+    The token a step chose is known at the next step (the last of `input_ids`), or from the final sequence
+    (`finish`); each entry goes to `emit` as soon as it is known.
+    """
+
+    def __init__(self, tok: Any, top: int, emit: Callable[[TokenLogprob], None] | None) -> None:
+        self.tok = tok
+        self.top = top
+        self.emit = emit
+        self.last: Any = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if self.last is not None:
+            self._settle(int(input_ids[0, -1]))
+        self.last = torch.log_softmax(scores[0].float(), dim=-1)
+        return scores
+
+    def finish(self, token: int) -> None:
+        """Settle the last step with the sequence's final token."""
+        if self.last is not None:
+            self._settle(token)
+
+    def _entry(self, token: int, logprob: float) -> TopLogprob:
+        text = self.tok.decode([token])
+        return TopLogprob(text, logprob, tuple(text.encode("utf-8")))
+
+    def _settle(self, token: int) -> None:
+        scores, self.last = self.last, None
+        chosen = self._entry(token, float(scores[token]))
+        top: tuple[TopLogprob, ...] = ()
+        if self.top:
+            values, ids = scores.topk(self.top)
+            top = tuple(self._entry(int(i), float(v)) for v, i in zip(values.tolist(), ids.tolist(), strict=True))
+        if self.emit is not None:
+            self.emit(TokenLogprob(chosen.token, chosen.logprob, chosen.bytes, top))
 
 
 def _run_window(
