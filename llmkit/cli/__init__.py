@@ -38,6 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "llmkit.cli.distill",
         "Distill a teacher into a smaller, faster student, and report both side by side.",
     ),
+    "pretrain": (
+        "llmkit.cli.pretrain",
+        "Pre-train a small BERT (masked LM) or Llama-style GPT (causal LM) from nothing on your own text.",
+    ),
     "quantize": (
         "llmkit.cli.quantize",
         "Quantize a model (smaller, often faster) and report what it cost: size, load time, speed and quality.",
