@@ -25,6 +25,7 @@ from typing import Any
 from llmkit import training
 from llmkit.corpus import Corpus, Packing, pack_blocks, read_corpus, split_blocks
 from llmkit.errors import DataError, NotFoundError, UsageError
+from llmkit.masking import BlockCollator, EpochCallback, Masking, mask_validation, masked_lm_loss
 from llmkit.metrics import perplexity, round_metric
 from llmkit.tokenizer_training import OBJECTIVES, check_reused, train_tokenizer
 from llmkit.training import TrainSettings
@@ -350,42 +351,15 @@ def make_blocks(corpus: Corpus, tokenizer: Any, options: PretrainOptions, seed: 
     )
 
 
-def mask_validation(blocks: list[list[int]], tokenizer: Any, probability: float, seed: int) -> dict[str, Any]:
-    """Masked-LM validation blocks masked once, with a seeded generator, so every evaluation scores the same
-    masks (BERT's 80/10/10 rule via transformers' collator); a block the draw left unmasked gets one mask."""
-    from transformers import DataCollatorForLanguageModeling
-
-    masker = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=probability, seed=seed)
-    masked = masker([{"input_ids": b} for b in blocks])
-    input_ids, labels = masked["input_ids"], masked["labels"]
-    special = set(tokenizer.all_special_ids)
-    for row, block in enumerate(blocks):
-        if (labels[row] != -100).any():
-            continue
-        position = next((i for i, t in enumerate(block) if t not in special), None)
-        if position is not None:
-            labels[row, position] = block[position]
-            input_ids[row, position] = tokenizer.mask_token_id
-    return {"input_ids": input_ids.tolist(), "labels": labels.tolist()}
-
-
-class BlockCollator:
-    """Batches of equal-length blocks: causal LM labels = inputs (the model shifts them); masked LM masks
-    with transformers' collator; rows that carry labels (the pre-masked validation set) pass through."""
-
-    def __init__(self, mlm_collator: Any = None) -> None:
-        self.mlm_collator = mlm_collator
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        batch = {key: torch.stack([torch.as_tensor(e[key]) for e in examples]) for key in examples[0]}
-        if "labels" in batch:
-            return batch
-        if self.mlm_collator is None:
-            batch["labels"] = batch["input_ids"].clone()
-            return batch
-        return dict(self.mlm_collator([{"input_ids": row} for row in batch["input_ids"]]))
+def masking_for(tokenizer: Any, options: PretrainOptions, seed: int) -> Masking:
+    """The masked-LM masking of a run (special tokens are never chosen)."""
+    return Masking(
+        mask_id=int(tokenizer.mask_token_id),
+        vocab_size=len(tokenizer),
+        probability=options.mlm_probability,
+        special_ids=frozenset(int(i) for i in tokenizer.all_special_ids),
+        seed=seed,
+    )
 
 
 # --- model --------------------------------------------------------------------------------------------------
@@ -637,15 +611,23 @@ def pretrain(
     checkpoint = training.last_checkpoint(output) if resume and not dry_run else None
     if resume and checkpoint is None and not dry_run:
         notes.append(f"--resume: no checkpoint in {training.checkpoint_dir(output)}, started from the beginning")
-    tokenizer, tokenizer_kind = _run_tokenizer(text, options, output=output, checkpoint=checkpoint, dry_run=dry_run)
-    blocks = make_blocks(text, tokenizer, options, settings.seed)
+    ckpt_dir = training.checkpoint_dir(output)
+    fresh = not ckpt_dir.exists()
+    try:
+        tokenizer, tokenizer_kind = _run_tokenizer(
+            text, options, output=output, checkpoint=checkpoint, dry_run=dry_run
+        )
+        blocks = make_blocks(text, tokenizer, options, settings.seed)
+        config = model_config(options, tokenizer)
+        if checkpoint is not None:
+            _check_same_model(checkpoint, config)
+        model = build_model(config, objective, settings.seed)
+    except BaseException:
+        if fresh and main:  # the saved tokenizer of a run that never started is not worth keeping
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        raise
     if blocks.dropped:
         notes.append(f"the last {blocks.dropped} token(s), less than a block, were left out")
-
-    config = model_config(options, tokenizer)
-    if checkpoint is not None:
-        _check_same_model(checkpoint, config)
-    model = build_model(config, objective, settings.seed)
     architecture = describe_model(model, options)
     if announce is not None:
         announce(f"model: {architecture.line()}")
@@ -678,9 +660,10 @@ def pretrain(
             notes=notes,
         )
 
-    train_ds, val_ds = block_datasets(blocks, tokenizer, options, settings.seed)
+    masking = masking_for(tokenizer, options, settings.seed) if objective == "mlm" else None
+    train_ds, val_ds = block_datasets(blocks, masking)
     trainer, args, progress = _build_trainer(
-        model, tokenizer, train_ds, val_ds, options, run_settings, output=output, device=device,
+        model, tokenizer, train_ds, val_ds, masking, run_settings, output=output, device=device,
         json_log=json_log, tokens_per_step=tokens_per_step, evaluate_first=checkpoint is None,
     )  # fmt: skip
     resumed_from = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
@@ -765,43 +748,36 @@ def _stderr_line(line: str) -> None:
     stderr_console().print(line, highlight=False, markup=False)
 
 
-def block_datasets(blocks: Blocks, tokenizer: Any, options: PretrainOptions, seed: int) -> tuple[Any, Any]:
-    """Train and validation `datasets.Dataset`s of blocks (validation None when nothing is held out; masked
-    once for mlm, see `mask_validation`)."""
+def block_datasets(blocks: Blocks, masking: Masking | None) -> tuple[Any, Any]:
+    """Train and validation `datasets.Dataset`s of blocks: train rows carry their `index` (the key of their
+    masks); validation is None when nothing is held out, and masked once for mlm (`masking.mask_validation`)."""
     import datasets
 
-    train_ds = datasets.Dataset.from_dict({"input_ids": blocks.train})
+    train_ds = datasets.Dataset.from_dict({"input_ids": blocks.train, "index": list(range(len(blocks.train)))})
     if not blocks.validation:
         return train_ds, None
-    columns = (
-        mask_validation(blocks.validation, tokenizer, options.mlm_probability, seed) if options.objective == "mlm"
-        else {"input_ids": blocks.validation}
-    )  # fmt: skip
+    columns = mask_validation(blocks.validation, masking) if masking else {"input_ids": blocks.validation}
     return train_ds, datasets.Dataset.from_dict(columns)
 
 
 def _build_trainer(
-    model: Any, tokenizer: Any, train_ds: Any, val_ds: Any, options: PretrainOptions, settings: TrainSettings, *,
+    model: Any, tokenizer: Any, train_ds: Any, val_ds: Any, masking: Masking | None, settings: TrainSettings, *,
     output: Path, device: str, json_log: bool, tokens_per_step: int, evaluate_first: bool,
 ) -> tuple[Any, Any, Any]:
     """The Trainer over the blocks, with llmkit's progress (tokens/s) and timed checkpoints."""
-    from transformers import DataCollatorForLanguageModeling
-
-    mlm = options.objective == "mlm"
     args = training.build_training_args(
         settings,
         training.checkpoint_dir(output),
         has_eval=val_ds is not None,
         device=device,
         train_rows=len(train_ds),
+        remove_unused_columns=False,  # the collator reads each row's `index`, and returns model inputs only
         eval_on_start=evaluate_first and val_ds is not None,
     )
     progress = training.ProgressCallback.create(
         json_log=json_log, description="pretrain", perplexity_metric=True, tokens_per_step=tokens_per_step
     )
-    collator = BlockCollator(
-        DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=options.mlm_probability) if mlm else None
-    )
+    collator = BlockCollator(masking)
     trainer = training.trainer_class()(
         model=model,
         args=args,
@@ -809,11 +785,12 @@ def _build_trainer(
         train_dataset=train_ds,
         eval_dataset=val_ds,
         processing_class=tokenizer,
-        callbacks=[progress, training.TimedCheckpoint.create(settings)],
+        callbacks=[progress, training.TimedCheckpoint.create(settings), EpochCallback.create(collator)],
+        compute_loss_func=masked_lm_loss if masking is not None else None,
     )
     training.drop_default_printers(trainer)
-    if mlm:
-        # BERT's masked-LM head computes a plain mean loss and ignores num_items_in_batch (see finetune.py).
+    if masking is not None:
+        # BERT's head would take num_items_in_batch in **kwargs and ignore it; the loss is masked_lm_loss's.
         trainer.model_accepts_loss_kwargs = False
     return trainer, args, progress
 

@@ -7,6 +7,9 @@
   to the text; llama.cpp's GGUF export knows this layout).
 
 Saved with `save_pretrained`, either reloads through `AutoTokenizer` into the same pipeline (tests compare ids).
+Byte-level BPE training is repeatable; WordPiece training is not quite (the trainer breaks ties between equal
+counts in hash-map order, so two runs can differ in a few tokens), which is why a run saves its tokenizer once
+for its other processes and for --resume instead of training it again.
 """
 
 from __future__ import annotations
@@ -43,16 +46,6 @@ def _alphabet_error(vocab_size: int, needed: int, objective: str) -> UsageError:
         f"--vocab-size {vocab_size} is below the tokenizer's alphabet ({needed} tokens: {what}); "
         f"use --vocab-size {needed} or more"
     )
-
-
-def _canonical_order(vocab: dict[str, int], specials: Sequence[str]) -> dict[str, int]:
-    """WordPiece ids in a fixed order: special tokens, single characters, then the rest, alphabetically.
-
-    The WordPiece trainer numbers tokens of equal count in hash-map order, which changes from run to run;
-    WordPiece looks tokens up by text only, so renumbering changes no tokenization and makes the ids repeatable.
-    """
-    rest = sorted((t for t in vocab if t not in specials), key=lambda t: (len(t.removeprefix("##")) != 1, t))
-    return {token: i for i, token in enumerate([*specials, *rest])}
 
 
 def train_tokenizer(texts: Sequence[str], objective: str, vocab_size: int, *, max_length: int) -> Any:
@@ -94,9 +87,7 @@ def train_tokenizer(texts: Sequence[str], objective: str, vocab_size: int, *, ma
         trained = tok.get_vocab()
         if len(trained) > vocab_size:  # the trainer keeps the whole alphabet whatever size was asked for
             raise _alphabet_error(vocab_size, len(trained), objective)
-        return BertTokenizer(
-            vocab=_canonical_order(trained, MLM_SPECIALS), do_lower_case=True, model_max_length=max_length
-        )
+        return BertTokenizer(vocab=trained, do_lower_case=True, model_max_length=max_length)
 
     from transformers import GPT2Tokenizer
 
