@@ -240,9 +240,16 @@ def known_config_keys() -> set[str]:
 
 
 def _reused_tokenizer(spec: str, objective: str, block_size: int) -> Any:
+    """`--tokenizer`: a model spec (alias, model folder, hub id, .gguf), or a folder of tokenizer files alone."""
     from llmkit.loading import load_tokenizer, resolve
 
-    tokenizer = load_tokenizer(resolve(spec))
+    folder = Path(spec).expanduser()
+    if folder.is_dir() and not (folder / "config.json").exists() and any(
+        (folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")
+    ):
+        tokenizer = _load_saved_tokenizer(folder)
+    else:
+        tokenizer = load_tokenizer(resolve(spec))
     check_reused(tokenizer, objective)
     if tokenizer.pad_token is None:  # GPT-style tokenizers often lack one; blocks never need padding anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token

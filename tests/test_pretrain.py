@@ -292,6 +292,11 @@ def test_a_table_corpus_and_a_reused_tokenizer(work: Path, tmp_path: Path, tiny_
     assert json.loads((out / "report.json").read_text())["corpus"]["texts"] == 400
     code, _, stderr = run([str(table), "--objective", "clm", "--dry-run"])
     assert code == 3 and "no column 'text'" in stderr
+    original.save_pretrained(str(tmp_path / "tokenizer-only"))  # a folder of tokenizer files, no model
+    code, records, stderr = run([str(table), "--text-column", "body", "--objective", "clm", "--tokenizer",
+                                 str(tmp_path / "tokenizer-only"), "--dry-run", "--json"])  # fmt: skip
+    assert code == 0, stderr
+    assert final(records)["architecture"]["vocab_size"] == len(original)
 
 
 # --- settings that reach the Trainer -------------------------------------------------------------------------------

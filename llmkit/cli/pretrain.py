@@ -60,7 +60,11 @@ def pretrain(
     ] = None,
     tokenizer: Annotated[
         str | None,
-        typer.Option("--tokenizer", help="Reuse this model's tokenizer (alias, folder, hub id) instead of training one."),
+        typer.Option(
+            "--tokenizer",
+            help="Reuse a tokenizer instead of training one: a model's (alias, folder, hub id) or a folder of "
+            "tokenizer files.",
+        ),
     ] = None,
     vocab_size: Annotated[
         int | None,
