@@ -238,14 +238,17 @@ def test_dry_run_prints_the_plan_and_writes_nothing(work: Path, tmp_path: Path) 
     assert plan["total_tokens"] == plan["steps"] * plan["tokens_per_step"]
     shape = SIZES["clm"]["tiny"]
     assert stderr.startswith(f"model: llama (tiny): {shape['num_hidden_layers']} layers, hidden {shape['hidden_size']}")
-    assert plan["architecture"]["parameters"] > 1_000_000 and plan["precision"] == "fp32"
+    hidden, ffn, vocab = shape["hidden_size"], shape["intermediate_size"], plan["architecture"]["vocab_size"]
+    per_layer = 4 * hidden * hidden + 3 * hidden * ffn + 2 * hidden  # attention, SwiGLU, two RMSNorms
+    expected = shape["num_hidden_layers"] * per_layer + vocab * hidden + hidden  # tied embeddings, final norm
+    assert plan["architecture"]["parameters"] == expected and plan["precision"] == "fp32"
     assert not out.exists() and not training.checkpoint_dir(out).exists()
 
     _, records, _ = run([*base, "--objective", "mlm", "--size", "small"])
     small = final(records)["architecture"]
     _, records, _ = run([*base, "--objective", "mlm", "--size", "tiny"])
     tiny = final(records)["architecture"]
-    assert (small["hidden"], small["layers"]) == (512, 4) and (tiny["hidden"], tiny["layers"]) == (256, 4)
+    assert (small["hidden"], small["layers"]) == (512, 4) and (tiny["hidden"], tiny["layers"]) == (128, 2)
     assert small["parameters"] > 2 * tiny["parameters"] and small["context"] == 128
     _, records, _ = run([*base, "--objective", "mlm", "--epochs", "3"])
     three = final(records)
