@@ -212,6 +212,8 @@ def build_settings(config_file: Path | None, cli: dict[str, Any]) -> dict[str, A
     for flag in ("bf16", "fp16", "fp32"):
         if file_values.pop(flag, False):
             file_values.setdefault("precision", flag)
+    if (cli.get("size") or file_values.get("size")) and (cli.get("model_config") or file_values.get("model_config")):
+        raise UsageError("give --size or --model-config, not both")
     corpus = cli.get("corpus") or file_values.get("corpus")
     if corpus is None:
         raise UsageError("no corpus: give text files, a folder or a table (or `corpus = ...` in --config)")
@@ -230,7 +232,8 @@ def build_settings(config_file: Path | None, cli: dict[str, Any]) -> dict[str, A
 
 def known_config_keys() -> set[str]:
     """Every key a `--config` TOML file may set for pretrain."""
-    train = {f.name for f in fields(TrainSettings)} - {"max_length", "group_by_length"}
+    # max_length is --block-size here; every block has the same length; no early stopping (one pass, usually)
+    train = {f.name for f in fields(TrainSettings)} - {"max_length", "group_by_length", "early_stopping_patience"}
     return train | {f.name for f in fields(PretrainOptions)} | {
         "corpus", "output", "device", "bf16", "fp16", "fp32",
     }  # fmt: skip

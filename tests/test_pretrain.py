@@ -218,6 +218,9 @@ def test_a_model_config_without_the_objectives_head_is_refused(work: Path, tmp_p
                            "--vocab-size", "300", "-o", str(tmp_path / "o")])  # fmt: skip
     assert code == 2 and "has no masked-LM head" in stderr
     assert not (tmp_path / "o").exists() and not training.checkpoint_dir(tmp_path / "o").exists()
+    code, _, stderr = run([str(work / "corpus.txt"), "--objective", "mlm", "--model-config", str(work / "mlm.json"),
+                           "--size", "small", "--dry-run"])  # fmt: skip
+    assert code == 2 and "give --size or --model-config, not both" in stderr
 
 
 # --- the plan ----------------------------------------------------------------------------------------------------
