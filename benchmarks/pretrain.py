@@ -17,7 +17,7 @@ Three parts, each its own command line (a part runs `llmkit pretrain` as a subpr
 benchmarks/results/pretrain_<parts>_<time>.json with `uptime`'s load average before and after each part.
 
     python benchmarks/pretrain.py --quick                      # a minute or two: does everything run?
-    python benchmarks/pretrain.py --parts speed --steps 20     # the speed ratio alone
+    python benchmarks/pretrain.py --parts speed                # the speed ratio alone
     flock /tmp/llmkit-bench.lock python benchmarks/pretrain.py --minutes 15   # the goals (~35 minutes)
 """
 
@@ -45,7 +45,8 @@ RESULTS = HERE / "results"
 LLMKIT = [sys.executable, "-m", "llmkit"]
 SEED = 42
 HELD_OUT = 0.05  # share of articles kept out of training, for the cloze sentences
-VOCAB, BLOCK, BATCH, LR = 8192, 128, 32, 1e-3
+# The tiny preset's own defaults (llmkit.pretrain.SIZE_TRAIN_DEFAULTS: batch 8, peak learning rate 3e-3).
+VOCAB, BLOCK, BATCH, LR = 8192, 128, 8, 3e-3
 # 2% of ~9,500 blocks: ~190 validation blocks (24k tokens) per evaluation. pretrain's default 5% would spend
 # about a quarter of a 15-minute CPU budget evaluating six times.
 VALIDATION_SPLIT = 0.02
@@ -386,8 +387,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="speed,clm,mlm", help="comma-separated: speed, clm, mlm")
     parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of each of the clm/mlm runs")
-    parser.add_argument("--steps", type=int, default=20, help="optimizer steps of each speed run")
-    parser.add_argument("--rounds", type=int, default=2, help="peer/llmkit pairs in the speed part")
+    parser.add_argument("--steps", type=int, default=80, help="optimizer steps of each speed run")
+    parser.add_argument("--rounds", type=int, default=3, help="peer/llmkit pairs in the speed part")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch threads of every run")
     parser.add_argument("--clm-steps", type=int, help="steps of the clm run (default: from --minutes and speed)")
     parser.add_argument("--mlm-steps", type=int, help="steps of the mlm run (default: as --clm-steps)")

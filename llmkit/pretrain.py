@@ -39,16 +39,25 @@ DEFAULT_EVALUATIONS = 5  # evaluations spread over a run when --eval-steps is no
 SAMPLE_NEW_TOKENS = 40  # length of the sample generation in the report
 SAMPLE_PROMPT_TOKENS = 12
 
-# Trainer defaults for training from scratch (finetune's suit a pretrained model): a higher peak rate with
-# warm-up and decay, as small GPT/BERT recipes (nanoGPT, the BERT paper's 1e-4 for base) use.
+# Trainer defaults for training from scratch (finetune's suit a pretrained model): one epoch, warm-up then
+# linear decay, weight decay. Batch size and peak learning rate go with the size (SIZE_TRAIN_DEFAULTS).
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 1.0,
-    "learning_rate": 1e-3,
-    "batch_size": 32,
     "warmup_ratio": 0.05,
     "weight_decay": 0.01,
     "group_by_length": False,  # every block has the same length
 }
+# tiny: measured on BBC News (benchmarks/results/pretrain_hparams_20261207.json): after the same 246k tokens the
+# tiny causal LM reached validation perplexity 728 with batch 8 at 3e-3, against 1,376 with batch 32 at 1e-3
+# and 1,144 with batch 32 at 3e-3 (unigram: 1,311); more, smaller steps learn more from a CPU's few tokens.
+# small and base: the usual ranges for models of their size (GPT-2 small 6e-4, BERT-base 1e-4), not measured.
+SIZE_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tiny": {"batch_size": 8, "learning_rate": 3e-3},
+    "small": {"batch_size": 16, "learning_rate": 1e-3},
+    "base": {"batch_size": 32, "learning_rate": 3e-4},
+}
+CONFIG_TRAIN_DEFAULTS = SIZE_TRAIN_DEFAULTS["small"]  # with --model-config
+
 
 # Size presets. Masked LM: BERT shapes, as Google's BERT-tiny (L2/H128), BERT-small (L4/H512) and bert-base.
 # Causal LM: Llama shapes (rotary positions, SwiGLU, RMSNorm; tied embeddings), the architecture of the bundled
@@ -142,6 +151,7 @@ class PretrainPlan:
     epochs: float
     total_tokens: int
     batch_size: int
+    learning_rate: float
     precision: str
     memory_estimate_bytes: dict[str, int]
     notes: list[str] = field(default_factory=list)
@@ -219,7 +229,7 @@ def build_settings(config_file: Path | None, cli: dict[str, Any]) -> dict[str, A
         raise UsageError("no corpus: give text files, a folder or a table (or `corpus = ...` in --config)")
     output = cli.get("output") or file_values.get("output")
     options = settings_from(PretrainOptions, file_values, cli)
-    settings = settings_from(TrainSettings, {**TRAIN_DEFAULTS, **file_values}, cli)
+    settings = settings_from(TrainSettings, {**train_defaults(options), **file_values}, cli)
     device = cli.get("device") or "auto"
     return {
         "corpus": corpus,
@@ -228,6 +238,12 @@ def build_settings(config_file: Path | None, cli: dict[str, Any]) -> dict[str, A
         "settings": replace(settings, max_length=options.block_size),
         "device": device if device != "auto" else file_values.get("device", "auto"),
     }
+
+
+def train_defaults(options: PretrainOptions) -> dict[str, Any]:
+    """TrainSettings values a run starts from: TRAIN_DEFAULTS with its size's batch size and learning rate."""
+    by_size = CONFIG_TRAIN_DEFAULTS if options.model_config else SIZE_TRAIN_DEFAULTS.get(options.size, {})
+    return {**TRAIN_DEFAULTS, **by_size}
 
 
 def known_config_keys() -> set[str]:
@@ -574,7 +590,7 @@ def pretrain(
     *,
     output: str | Path,
     options: PretrainOptions,
-    settings: TrainSettings = TrainSettings(**TRAIN_DEFAULTS),
+    settings: TrainSettings | None = None,
     device: str = "auto",
     dry_run: bool = False,
     resume: bool = False,
@@ -588,7 +604,7 @@ def pretrain(
         corpus: text file(s) (one text per line), a folder of them, or a table (`options.text_column`).
         output: the folder to create (written under a temporary name and renamed when complete).
         options: objective, size or config, tokenizer, vocabulary, block size, validation share, masking rate.
-        settings: Trainer settings (`max_length` is taken from the block size).
+        settings: Trainer settings (`max_length` is taken from the block size); None: `train_defaults(options)`.
         device: auto|cpu|cuda|mps.
         dry_run: plan only (tokenizer trained in memory; blocks, steps, parameters, memory); nothing written.
         resume: continue from the newest checkpoint in `OUTPUT.checkpoints`.
@@ -607,6 +623,8 @@ def pretrain(
 
     training.quiet_libraries()
     options = options.validate()
+    if settings is None:
+        settings = TrainSettings(**train_defaults(options))
     settings = replace(settings, max_length=options.block_size).validate()
     objective = options.objective or ""
     output = Path(output)
@@ -665,6 +683,7 @@ def pretrain(
             epochs=round(steps * tokens_per_step / (len(blocks.train) * options.block_size), 4),
             total_tokens=steps * tokens_per_step,
             batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
             precision=precision,
             memory_estimate_bytes=training.estimate_memory_bytes(model, run_settings, options.block_size),
             notes=notes,

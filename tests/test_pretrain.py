@@ -248,9 +248,17 @@ def test_dry_run_prints_the_plan_and_writes_nothing(work: Path, tmp_path: Path) 
     assert not out.exists() and not training.checkpoint_dir(out).exists()
 
     _, records, _ = run([*base, "--objective", "mlm", "--size", "small"])
-    small = final(records)["architecture"]
+    small_plan = final(records)
+    small = small_plan["architecture"]
     _, records, _ = run([*base, "--objective", "mlm", "--size", "tiny"])
-    tiny = final(records)["architecture"]
+    tiny_plan = final(records)
+    tiny = tiny_plan["architecture"]
+    # batch size and learning rate go with the size (SIZE_TRAIN_DEFAULTS); flags win
+    assert (tiny_plan["batch_size"], tiny_plan["learning_rate"]) == (8, 3e-3)
+    assert (small_plan["batch_size"], small_plan["learning_rate"]) == (16, 1e-3)
+    assert tiny_plan["tokens_per_step"] == 8 * 128
+    _, records, _ = run([*base, "--objective", "mlm", "--size", "base", "--lr", "1e-4", "-b", "2"])
+    assert (final(records)["batch_size"], final(records)["learning_rate"]) == (2, 1e-4)
     assert (small["hidden"], small["layers"]) == (512, 4) and (tiny["hidden"], tiny["layers"]) == (128, 2)
     assert small["parameters"] > 2 * tiny["parameters"] and small["context"] == 128
     _, records, _ = run([*base, "--objective", "mlm", "--epochs", "3"])

@@ -17,6 +17,10 @@ app = command_app()
 _T = _pt.TRAIN_DEFAULTS
 
 
+def _by_size(key: str) -> str:
+    return ", ".join(f"{size} {values[key]:g}" for size, values in _pt.SIZE_TRAIN_DEFAULTS.items())
+
+
 @app.command(
     "pretrain",
     epilog="Examples:\n\n"
@@ -103,11 +107,11 @@ def pretrain(
     ] = None,
     learning_rate: Annotated[
         float | None,
-        typer.Option("--learning-rate", "--lr", help=f"Peak learning rate [default: {_T['learning_rate']:g}]."),
+        typer.Option("--learning-rate", "--lr", help=f"Peak learning rate [default: by --size: {_by_size('learning_rate')}]."),
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option("--batch-size", "-b", help=f"Blocks per step per device [default: {_T['batch_size']}]."),
+        typer.Option("--batch-size", "-b", help=f"Blocks per step per device [default: by --size: {_by_size('batch_size')}]."),
     ] = None,
     gradient_accumulation: Annotated[
         int | None, typer.Option("--gradient-accumulation", help="Batches per optimizer step [default: 1].")
