@@ -697,7 +697,7 @@ def pretrain(
     )  # fmt: skip
     resumed_from = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
     started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_output = training.run_trainer(trainer, checkpoint)  # a stop signal saves a checkpoint first
     seconds = time.perf_counter() - started
     # Evaluations inside train() (the one before training included) are not training: their time is left out
     # of tokens/s, so the speed is the same whatever --eval-steps is.
@@ -723,6 +723,10 @@ def pretrain(
             else sample_generation(net, tokenizer, source, settings.seed)
         )  # fmt: skip
     before = next((e.perplexity for e in evaluations if e.step == 0), None)
+    from llmkit.plot import missing_note
+
+    if missing_note():
+        notes.append(str(missing_note()))
     result = PretrainResult(
         output=str(output),
         objective=objective,
@@ -756,10 +760,24 @@ def pretrain(
         },
         "options": asdict(options),
         "settings": asdict(run_settings),
+        "task": "masked-lm" if objective == "mlm" else "causal-lm",  # as finetune names them (llmkit plot)
         "log": [r for r in trainer.state.log_history if "loss" in r and "eval_loss" not in r],
+        # every evaluation of the run (the one before training, and those before a --resume), for curves.png
+        "evaluations": _evaluation_records(trainer.state.log_history),
     }
     training.save_trained_model(trainer, tokenizer, args, report, output=output, overwrite=overwrite)
     return result
+
+
+def _evaluation_records(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Trainer's evaluation records (`step`, `eval_loss`, ...) with `eval_perplexity`, one per step."""
+    seen: dict[int, dict[str, Any]] = {}
+    for record in log_history:
+        if "eval_loss" in record:
+            step = int(record.get("step", 0))
+            seen[step] = {"step": step, "epoch": record.get("epoch"), "eval_loss": round_metric(record["eval_loss"]),
+                          "eval_perplexity": round_metric(perplexity(record["eval_loss"]))}  # fmt: skip
+    return [seen[s] for s in sorted(seen)]
 
 
 def _scored_tokens(val_ds: Any, objective: str) -> int:

@@ -111,6 +111,12 @@ def test_clm_run_writes_a_model_folder_and_its_report(clm_run: tuple[Path, dict,
     assert report["result"]["evaluations"] == result["evaluations"]
     assert report["corpus"]["texts"] == 400 and report["validation"]["blocks"] == result["blocks"]["validation"]
     assert report["log"] and all("loss" in r for r in report["log"])
+    assert report["task"] == "causal-lm"
+    assert [(e["step"], e["eval_perplexity"]) for e in report["evaluations"]] == [
+        (e["step"], e["perplexity"]) for e in result["evaluations"]
+    ]
+    assert (out / "curves.png").read_bytes().startswith(b"\x89PNG")  # drawn from that report (llmkit plot's figure)
+    assert f"Curves: {out / 'curves.png'}" in stderr
 
 
 def test_the_saved_tokenizer_and_model_load_with_auto_classes(clm_run: tuple[Path, dict, str]) -> None:
@@ -397,6 +403,34 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
     for name in straight_tensors:
         assert (straight_tensors[name] - resumed_tensors[name]).abs().max() < 1e-6, name
     assert not training.checkpoint_dir(out).exists()
+
+
+def test_report_to_tensorboard_logs_the_run_under_its_name_and_plot_draws_it(work: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gpt"
+    code, records, stderr = run([*_base(work, "clm", 300), *FAST, "-o", str(out), "--report-to", "tensorboard",
+                                 "--run-name", "pre-1"])  # fmt: skip
+    assert code == 0, stderr
+    losses = {r["step"]: r["loss"] for r in records if r.get("event") == "log" and "loss" in r}
+    evals = {e["step"]: e["loss"] for e in final(records)["evaluations"]}
+    assert losses and sorted(evals) == [0, 3, 6]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(out / "runs" / "pre-1"))  # OUTPUT/runs/<--run-name>
+    board.Reload()
+    train = {e.step: e.value for e in board.Scalars("train/loss")}
+    assert train.keys() == losses.keys() and all(train[s] == pytest.approx(losses[s], abs=1e-4) for s in losses)
+    assert {e.step: e.value for e in board.Scalars("eval/loss")} == pytest.approx(evals, abs=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt"]  # the log moved in; no checkpoints left
+    assert "Log for tensorboard: tensorboard --logdir" in stderr
+
+    picture = tmp_path / "again.png"
+    result = invoke(["plot", str(out), "-o", str(picture), "--json"])
+    assert result.exit_code == 0, result.stderr
+    drawn = json_lines(result.stdout)[-1]
+    # the validation panel holds the perplexity of report.json's evaluations
+    assert drawn["runs"] == ["gpt"] and drawn["panels"] == ["Loss", "Learning rate", "Validation metrics"]
+    assert picture.read_bytes().startswith(b"\x89PNG")
 
 
 # --- two processes -------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import typer
 
 from llmkit import pretrain as _pt  # defaults for --help; torch is imported only when it runs
 from llmkit import training as _tr
-from llmkit.cli.options import DeviceOpt, FormatOpt, JsonOpt, command_app
+from llmkit.cli.options import DeviceOpt, FormatOpt, JsonOpt, ReportToOpt, RunNameOpt, command_app
 
 app = command_app()
 
@@ -152,6 +152,8 @@ def pretrain(
         int | None,
         typer.Option("--save-total-limit", help=f"Checkpoints kept [default: {_tr.DEFAULT_SAVE_TOTAL_LIMIT}]."),
     ] = None,
+    report_to: ReportToOpt = None,
+    run_name: RunNameOpt = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the last checkpoint of an interrupted run.")
     ] = False,
@@ -172,8 +174,9 @@ def pretrain(
     packs the text into blocks of --block-size tokens, holds some out, and trains with the transformers
     Trainer (the machinery of finetune: checkpoints, --resume, accelerate). Progress with tokens/s and
     validation perplexity on stderr; the result on stdout; OUTPUT/report.json holds every evaluation (the
-    first before training) and a sample cloze or generation. The output folder appears only when training
-    has finished and loads at once in fill-mask/generate, finetune, distill, quantize and embed.
+    first before training) and a sample cloze or generation, OUTPUT/curves.png the curves (llmkit[plot]),
+    OUTPUT/runs the trackers' logs (--report-to). The output folder appears only when training has finished
+    and loads at once in fill-mask/generate, finetune, distill, quantize and embed.
     """
     from llmkit import output as out
     from llmkit.errors import UsageError
@@ -184,7 +187,8 @@ def pretrain(
         mlm_probability=mlm_probability, text_column=text_column, epochs=epochs, max_steps=max_steps,
         learning_rate=learning_rate, batch_size=batch_size, gradient_accumulation=gradient_accumulation,
         warmup_ratio=warmup_ratio, weight_decay=weight_decay, seed=seed, bf16=bf16, fp16=fp16, fp32=fp32,
-        eval_steps=eval_steps, save_steps=save_steps, save_total_limit=save_total_limit, device=device,
+        eval_steps=eval_steps, save_steps=save_steps, save_total_limit=save_total_limit, report_to=report_to,
+        run_name=run_name, device=device,
     )  # fmt: skip
     kwargs = _pt.build_settings(config, given)
     output_dir = kwargs.pop("output")
@@ -200,9 +204,10 @@ def pretrain(
             overwrite=overwrite,
             json_log=fmt == "json",
         )
-    except KeyboardInterrupt:
-        if output_dir is not None and _tr.last_checkpoint(output_dir) is not None:
-            out.stderr_console().print("Run the same command with --resume to continue from the last checkpoint.")
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: a single-process run saved a checkpoint first
+        hint = _tr.resume_hint(output_dir) if output_dir is not None else None
+        if hint:
+            out.info(hint)
         raise
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under `accelerate launch`, the main process alone reports
@@ -210,3 +215,7 @@ def pretrain(
         out.warn(note)
     emitter = out.Emitter(fmt, text=_pt.describe, rich=_pt.renderable)
     emitter.emit(result, {"event": "plan" if dry_run else "result"})
+    if not dry_run:
+        from llmkit.plot import show_training_summary
+
+        show_training_summary(output_dir, kwargs["settings"].report_to, fmt)
