@@ -422,7 +422,7 @@ def main() -> int:
             rate = results["speed"]["tokens_per_second"]["median"]["llmkit"]
         clm_steps = args.clm_steps or (steps_for(args.minutes, rate) if rate else None)
         mlm_steps = args.mlm_steps or clm_steps
-        if ("clm" in parts or "mlm" in parts) and clm_steps is None:
+        if ("clm" in parts and clm_steps is None) or ("mlm" in parts and mlm_steps is None):
             parser.error("give --clm-steps (or run the speed part, which sets the steps from --minutes)")
         if "clm" in parts:
             print(f"clm: {clm_steps} steps", file=sys.stderr)
