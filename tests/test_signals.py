@@ -291,6 +291,36 @@ def test_finetune_stopped_by_a_signal_saves_a_checkpoint_that_resume_continues(
     assert sorted(p.name for p in work.iterdir()) == ["ft.checkpoints", "train.csv"]
 
 
+def test_pretrain_stopped_by_a_signal_saves_a_checkpoint_that_resume_continues(work: Path, started) -> None:
+    (work / "corpus.txt").write_text(_texts(600))
+    # A BERT far below the tiny preset; 100 steps, a log line every 5: the signal comes right after the first.
+    (work / "bert.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
+                                                "num_attention_heads": 2, "intermediate_size": 64}))  # fmt: skip
+    args = ["pretrain", "corpus.txt", "--objective", "mlm", "--model-config", "bert.json", "--vocab-size", "100",
+            "--block-size", "16", "--batch-size", "4", "--max-steps", "100", "--validation-split", "0", "-o", "bert",
+            "--json"]  # fmt: skip
+    first = started(args, work)
+    logged = first.wait_for("a training log line", _first_logged_step(first))
+    assert logged == 5
+    assert first.stop(signal.SIGTERM) == 143
+    assert _error_lines(first.stderr()) == ["Error: interrupted (SIGTERM)"]
+    assert "Run the same command with --resume" in first.stderr()
+    assert sorted(p.name for p in work.iterdir()) == ["bert.checkpoints", "bert.json", "corpus.txt"]
+    checkpoint = training.last_checkpoint(work / "bert")
+    assert checkpoint is not None
+    saved = int(checkpoint.name.split("-")[-1])
+    assert saved >= 5 and _trainer_step(checkpoint) == saved  # saved at a step end after the signal
+
+    second = started([*args, "--resume"], work)  # its tokenizer comes from the checkpoint
+    resumed = second.wait_for("a training log line", _first_logged_step(second))
+    assert resumed > saved  # continued from the checkpoint (a new run would log step 5 first)
+    assert second.stop(signal.SIGINT) == 130
+    assert _error_lines(second.stderr()) == ["Error: interrupted (SIGINT)"]
+    later = training.last_checkpoint(work / "bert")
+    assert later is not None and int(later.name.split("-")[-1]) >= resumed
+    assert sorted(p.name for p in work.iterdir()) == ["bert.checkpoints", "bert.json", "corpus.txt"]
+
+
 def test_quantize_stopped_by_a_signal_leaves_nothing(
     tiny_classifier: Path, work: Path, started, run_env: dict[str, str]
 ) -> None:

@@ -42,6 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "llmkit.cli.distill",
         "Distill a teacher into a smaller, faster student, and report both side by side.",
     ),
+    "pretrain": (
+        "llmkit.cli.pretrain",
+        "Pre-train a small BERT (masked LM) or Llama-style GPT (causal LM) from nothing on your own text.",
+    ),
     "plot": (
         "llmkit.cli.plot",
         "Draw training curves from finetune/distill outputs (report.json) into a PNG, several runs overlaid.",
