@@ -47,7 +47,7 @@ def test_old_spellings_stay_as_aliases() -> None:
     assert "--label-field" in _options("quantize")
 
 
-@pytest.mark.parametrize("name", list(COMMANDS))
+@pytest.mark.parametrize("name", [name for name in COMMANDS if name != "serve"])  # a server prints no records
 def test_misspelt_format_exits_2_naming_the_choices(name: str) -> None:
     args = [name, "--format", "jsno"]
     if name == "quantize":

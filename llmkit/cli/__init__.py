@@ -56,7 +56,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "serve": (
         "llmkit.cli.serve",
-        "Serve models over an OpenAI-compatible HTTP API (chat, completions, models, health, metrics).",
+        "Serve models over an OpenAI-compatible HTTP API (chat, completions, embeddings, models, health, metrics).",
     ),
     "models": (
         "llmkit.cli.models",
