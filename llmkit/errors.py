@@ -6,7 +6,7 @@ bug and exits 1 (with the traceback only under LLMKIT_DEBUG=1).
 
 from __future__ import annotations
 
-# Exit codes, documented in the README's "Exit codes" table.
+# Exit codes, documented in docs/concepts/exit-codes.md.
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

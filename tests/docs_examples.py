@@ -110,7 +110,7 @@ def same_json(expected: object, actual: object) -> bool:
             k in TIMING_KEYS or k.endswith(TIMING_SUFFIXES) or same_json(expected[k], actual[k]) for k in expected
         )
     if isinstance(expected, list) and isinstance(actual, list):
-        return len(expected) == len(actual) and all(same_json(e, a) for e, a in zip(expected, actual))
+        return len(expected) == len(actual) and all(same_json(e, a) for e, a in zip(expected, actual, strict=True))
     if isinstance(expected, bool) or isinstance(actual, bool):
         return type(expected) is type(actual) and expected == actual
     if isinstance(expected, (int, float)) and isinstance(actual, (int, float)):
@@ -204,7 +204,7 @@ def update(page: Path, slow: bool) -> int:
         outputs.append((example, [run(c.text, cwd) for c in example.commands]))
     for example, printed in reversed(outputs):
         body: list[str] = []
-        for command, actual in zip(example.commands, printed):
+        for command, actual in zip(example.commands, printed, strict=True):
             keep = same_output(command.expected, actual)
             changed += not keep
             body += ["$ " + command.text] + (command.expected if keep else actual)

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import docs_examples
 import pytest
 import yaml
-
-import docs_examples
 from conftest import bundled_installed
+
 from llmkit.cli import COMMANDS, reference
 
 ROOT = Path(__file__).resolve().parents[1]

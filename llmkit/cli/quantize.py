@@ -43,7 +43,7 @@ def quantize(
         typer.Option(
             "--method",
             help="gguf|int8-weight|int4-weight|dynamic-int8|bnb-8bit|bnb-4bit (no default: each trades size, "
-            "speed and quality differently; see the README).",
+            "speed and quality differently; see docs/quantize.md).",
         ),
     ],
     model: ModelOpt = None,
