@@ -167,7 +167,7 @@ def run(command: str, cwd: Path, timeout: float = 600) -> list[str]:
     """What `command` prints (stdout and stderr together), as lines, run by bash in `cwd`."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("COLUMNS", "100")
+    env["COLUMNS"] = "100"  # rich tables and progress bars at a fixed width, whatever the terminal
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)
     return proc.stdout.splitlines()
