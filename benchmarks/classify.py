@@ -106,23 +106,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_model(Path(tmp) / "minilm-cls")
         pipe = pipeline("text-classification", model=str(folder), device="cpu", dtype=torch.float32)
-        # What `llmkit classify -m FOLDER` runs: llmkit's own BERT forward (bert_native.py) for this plain BERT
-        # classifier, in numpy on the CPU; the same forward in torch (what other devices run) and the transformers
-        # model class (`LLMKIT_NATIVE=0`) are timed too.
-        from llmkit import bert_native
+        # What `llmkit classify -m FOLDER` runs on a CPU: the ONNX engine (exported once into $LLMKIT_HOME);
+        # the transformers engine (`--engine transformers`) is timed too.
+        from llmkit.engines import onnx
 
-        native = bert_native.native_folder(str(folder))
-        loaded = bert_native.load(native, spec=str(folder), device="cpu", dtype="float32")
-        loaded_torch = bert_native.load(native, spec=str(folder), device="cpu", dtype="float32", numpy=False)
+        loaded = onnx.load(str(folder), "sequence-classification")
         loaded_tf = loading.load(str(folder), "sequence-classification", device="cpu", dtype="float32")
         token_counts = [len(ids) for ids in loaded.tokenizer(texts)["input_ids"]]
         # Warm-up (first-call allocations), not timed.
         run_pipeline(pipe, texts[:64], args.batch_size)
         run_llmkit(loaded, texts[:64], args.batch_size)
-        run_llmkit(loaded_torch, texts[:64], args.batch_size)
+        run_llmkit(loaded_tf, texts[:64], args.batch_size)
         llmkit_threads = torch.get_num_threads()  # what classify chose (llmkit.threads.use_free_cores)
         times: dict[str, list[float]] = {"pipeline": [], "pipeline-same-threads": [], "llmkit": [],
-                                         "llmkit-torch": [], "llmkit-transformers": []}
+                                         "llmkit-transformers": []}
         for _ in range(args.repeats):
             torch.set_num_threads(default_threads)
             seconds, expected = run_pipeline(pipe, texts, args.batch_size)
@@ -134,13 +131,11 @@ def main() -> None:
             times["llmkit"].append(seconds)
             seconds, got_tf = run_llmkit(loaded_tf, texts, args.batch_size)
             times["llmkit-transformers"].append(seconds)
-            seconds, got_torch = run_llmkit(loaded_torch, texts, args.batch_size)
-            times["llmkit-torch"].append(seconds)
             llmkit_threads = torch.get_num_threads()
 
     same_labels = sum(g.label == e["label"] for g, e in zip(got, expected, strict=True))
     max_diff = max(abs(g.score - e["score"]) for g, e in zip(got, expected, strict=True))
-    for other in (got_tf, got_torch):
+    for other in (got_tf,):
         same_labels = min(same_labels, sum(g.label == e["label"] for g, e in zip(other, expected, strict=True)))
         max_diff = max(max_diff, *(abs(g.score - e["score"]) for g, e in zip(other, expected, strict=True)))
     best = {name: min(values) for name, values in times.items()}
@@ -156,11 +151,9 @@ def main() -> None:
     print(f"| the same pipeline at llmkit's {llmkit_threads} thread(s) | {best['pipeline-same-threads']:.2f} | "
           f"{args.inputs / best['pipeline-same-threads']:.0f} | "
           f"{best['pipeline'] / best['pipeline-same-threads']:.2f}x |")
-    print(f"| llmkit classify, transformers' model class (LLMKIT_NATIVE=0) | {best['llmkit-transformers']:.2f} | "
+    print(f"| llmkit classify --engine transformers | {best['llmkit-transformers']:.2f} | "
           f"{args.inputs / best['llmkit-transformers']:.0f} | {best['pipeline'] / best['llmkit-transformers']:.2f}x |")
-    print(f"| llmkit classify, own BERT forward in torch (other devices) | {best['llmkit-torch']:.2f} | "
-          f"{args.inputs / best['llmkit-torch']:.0f} | {best['pipeline'] / best['llmkit-torch']:.2f}x |")
-    print(f"| llmkit classify (length-grouped, dynamic padding, own BERT forward in numpy) | {best['llmkit']:.2f} | "
+    print(f"| llmkit classify (length-grouped, dynamic padding, ONNX Runtime) | {best['llmkit']:.2f} | "
           f"{args.inputs / best['llmkit']:.0f} | {ratio:.2f}x |")
     print(f"\nagreement: {same_labels}/{args.inputs} labels equal, max score difference {max_diff:.2e}")
     if args.out:

@@ -2,7 +2,7 @@
 
 Goal 6 asks for 200 tokens/s over 64 prompts in one `llmkit generate` process, reasoning from 0.27 GFLOP per token
 and ~170 GFLOP/s for float32 matrix products. This script measures what a decoding step really costs with the
-weights llmkit's own Llama loop uses (llama_native: the de-quantized bundled model, packed for oneDNN), one row per
+weights llmkit's own Llama loop uses (llama_loop: the de-quantized bundled model, packed for oneDNN), one row per
 sequence, the products alone and the whole step:
 
 - the rate of one large square float32 product (2048 x 2048 x 2048; its operands stay in cache), the figure the
@@ -51,18 +51,19 @@ def main() -> None:
 
     import torch
 
-    from llmkit import llama_native, loading, threads
+    from llmkit import loading, threads
+    from llmkit.engines import llama_loop
 
     threads.use_free_cores()
-    loaded = llama_native.load(MODEL)
+    loaded = llama_loop.load(MODEL)
     if loaded is None:  # the converted folder does not exist yet: one plain load writes it
         loading.load(MODEL, task="causal-lm", device="cpu", dtype="float32")
-        loaded = llama_native.load(MODEL)
+        loaded = llama_loop.load(MODEL)
     net = loaded.model.decoder
     hidden = net.embed.shape[1]
     inter = (net.layers[0][5].to_dense() if net.layers[0][5].is_mkldnn else net.layers[0][5]).shape[1]
 
-    linear = llama_native.linear  # the loop's own product: oneDNN on packed weights
+    linear = llama_loop.linear  # the loop's own product: oneDNN on packed weights
     per_token = 0.0
     for _, qkv, out, _, gate_up, down in net.layers:
         for w in (qkv, out, gate_up, down):

@@ -133,15 +133,16 @@ def _export_gguf(gguf_type: str, folder: Path) -> tuple[Path, float]:
 def _candidates(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """name -> {"engine", "weights", "run": (prompts, max_new_tokens) -> list[Generation]} for each candidate."""
     from llmkit import generate as gen
-    from llmkit import llama_engine, loading
+    from llmkit import loading
+    from llmkit.engines import llama_cpp
 
-    bundled = llama_engine.gguf_for(gen.DEFAULT_MODEL)
+    bundled = llama_cpp.gguf_for(gen.DEFAULT_MODEL)
     assert bundled is not None
     cands: dict[str, dict[str, Any]] = {}
 
     def llama(path: Path) -> Callable[..., list[Any]]:
         return lambda prompts, n, batch=args.batch_size: list(
-            llama_engine.generate(prompts, model=gen.DEFAULT_MODEL, settings=gen.build_settings(max_new_tokens=n),
+            llama_cpp.generate(prompts, model=gen.DEFAULT_MODEL, settings=gen.build_settings(max_new_tokens=n),
                                   batch_size=batch, gguf=path, reason="benchmark")
         )
 

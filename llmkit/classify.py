@@ -28,8 +28,14 @@ from llmkit import metrics
 from llmkit.errors import DataError, NotFoundError, UsageError
 from llmkit.tokens import pad_batch
 
+SEQUENCE_CLASSIFICATION = "sequence-classification"  # the head classify runs (classifiers and NLI models)
+
 DEFAULT_ZERO_SHOT_MODEL = "smollm2-135m-instruct"  # bundled: `classify --labels a,b` works offline
-DEFAULT_BATCH_SIZE = 32  # inputs per forward pass
+DEFAULT_BATCH_SIZE = 32  # inputs per forward pass (transformers)
+# Inputs per ONNX Runtime run: on 3,000 mixed-length VADER snippets (benchmarks/onnx_engine.py, MiniLM-L6, 2 cores)
+# batches of 8 took 22.4 s of CPU and 240 MiB at peak, batches of 32 25.6 s and 350 MiB (less padding per batch,
+# smaller activations); 4 gained nothing more (22.1 s).
+ONNX_BATCH_SIZE = 8
 DEFAULT_TOP_K = 1  # labels per input in the output
 DEFAULT_HYPOTHESIS_TEMPLATE = "This example is {}."  # transformers' zero-shot default
 LENGTH_GROUP_WINDOW = 16  # batches read ahead and sorted by length, so padding stays small
@@ -61,6 +67,8 @@ class Classification:
         calibration: causal-lm only: the label prior removed from the scores, "inputs" (each label's mean over
             this run's inputs), "content-free" (inputs such as "N/A") or "none".
         shots: causal-lm only: labelled examples in this input's prompt.
+        engine: what ran the model: "onnx" (ONNX Runtime) or "transformers".
+        engine_reason: why that engine ran (the --engine auto rule, see llmkit/engines/choose.py).
     """
 
     text: str
@@ -75,6 +83,8 @@ class Classification:
     error: str | None = None
     calibration: str | None = None
     shots: int | None = None
+    engine: str = "transformers"
+    engine_reason: str = ""
 
 
 def parse_labels(labels: str | None, labels_file: Path | None = None) -> tuple[str, ...] | None:
@@ -107,7 +117,7 @@ def classify(
     multi_label: bool | None = None,
     min_score: float | None = None,
     hypothesis_template: str = DEFAULT_HYPOTHESIS_TEMPLATE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     truncate: bool = True,
     device: str = "auto",
     dtype: str = "auto",
@@ -123,6 +133,7 @@ def classify(
     shots: int | None = None,
     example_selection: str = "fixed",
     seed: int | None = None,
+    engine: str = "auto",
 ) -> Iterator[Classification]:
     """Classify each input, yielding one `Classification` per input in input order.
 
@@ -134,7 +145,9 @@ def classify(
         multi_label: independent labels (sigmoid / per-label entailment); None: from the model config.
         min_score: abstain (label "UNKNOWN") when the best score is below this.
         hypothesis_template: NLI zero-shot hypothesis, with {} for the label.
-        batch_size: inputs per forward pass.
+        batch_size: inputs per forward pass (None: ONNX_BATCH_SIZE on ONNX Runtime, else DEFAULT_BATCH_SIZE); inputs
+            are read and sorted by length in windows of LENGTH_GROUP_WINDOW times this (times DEFAULT_BATCH_SIZE
+            when None).
         truncate: cut inputs longer than the model's maximum (else raise DataError).
         loaded: an already loaded `LoadedModel` for `model` (skips loading).
         adapter: a peft adapter folder to run on `model` unmerged (`model` None: the adapter's own base).
@@ -147,6 +160,8 @@ def classify(
         shots: examples per label (default DEFAULT_SHOTS when `examples` are given).
         example_selection: "fixed" (one seeded draw for all inputs), "random" (seeded per input) or "similar".
         seed: seed for the random example choice (None: 0).
+        engine: auto|onnx|transformers: what runs a classifier or NLI model (auto: ONNX Runtime on the CPU where
+            the model exports, see llmkit/engines/choose.py); causal LMs run on transformers.
 
     Returns:
         An iterator of `Classification`.
@@ -160,7 +175,7 @@ def classify(
 
     if top_k < 1:
         raise UsageError("--top-k must be at least 1")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if min_score is not None and not 0 <= min_score <= 1:
         raise UsageError("--min-score must be in [0, 1]")
@@ -187,12 +202,27 @@ def classify(
                 "or --labels a,b,c for zero-shot classification with the bundled model"
             )
         model = DEFAULT_ZERO_SHOT_MODEL
-    if loaded is None and adapter is None:
-        from llmkit import bert_native
+    from llmkit.engines import Choice, choose
 
-        folder = bert_native.native_folder(model)
-        if folder is not None:  # a plain BERT classifier: no transformers import (bert_native.py)
-            loaded = bert_native.load(folder, spec=model, device=device, dtype=dtype)
+    if loaded is None:
+        choice = choose.choose_encoder(model, SEQUENCE_CLASSIFICATION, device=device, dtype=dtype, requested=engine,
+                                       adapter=adapter, revision=revision, trust_remote_code=trust_remote_code)
+        if choice.engine == "onnx":
+            from llmkit.engines import onnx as onnx_engine
+
+            try:
+                loaded = onnx_engine.load(model, SEQUENCE_CLASSIFICATION, revision=revision, allow_pickle=allow_pickle,
+                                          trust_remote_code=trust_remote_code, device=choose.onnx_device(device))
+            except onnx_engine.ExportError as exc:
+                if engine == "onnx":
+                    raise
+                choice = choose.fell_back(model, exc.message)
+        if choice.fallback is not None:
+            from llmkit.console import warn
+
+            warn(choice.fallback)  # once per run: the engine changes speed (and the reason is in every record)
+    else:
+        choice = Choice(getattr(loaded.model, "engine", "transformers"), "a model loaded by the caller")
     if loaded is None:
         kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code,
                                       adapter=adapter)
@@ -204,18 +234,17 @@ def classify(
             )
         loaded = loading.load(model, task, device=device, dtype=dtype, revision=revision,
                               allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, adapter=adapter)
-    if getattr(loaded.model, "llmkit_numpy", False):
-        from llmkit.threads import cpu_threads
-
-        loaded.model.threads = cpu_threads()
-    elif str(loaded.device) == "cpu":
+    on_onnx = getattr(loaded.model, "engine", None) == "onnx"
+    if not on_onnx and str(loaded.device) == "cpu":
         from llmkit.threads import use_free_cores
 
         use_free_cores()
-    from llmkit.tasks import CAUSAL_LM, head_of_architectures
+    causal = False
+    if not on_onnx:
+        from llmkit.tasks import CAUSAL_LM, head_of_architectures
 
-    net = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model  # peft
-    causal = not getattr(net, "llmkit_native", False) and head_of_architectures([type(net).__name__]) == CAUSAL_LM
+        net = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model  # peft
+        causal = head_of_architectures([type(net).__name__]) == CAUSAL_LM
     runner: _Runner
     if causal:
         if labels is None:
@@ -239,11 +268,14 @@ def classify(
         runner = _NliRunner(loaded, list(labels), truncate, hypothesis_template, bool(multi_label))
     else:
         runner = _ClassifierRunner(loaded, truncate, multi_label)
+    runner.choice = choice
     keep = None if all_scores else top_k
-    for number, (window, complete) in enumerate(_windows(inputs, batch_size * LENGTH_GROUP_WINDOW)):
+    window_size = (batch_size or DEFAULT_BATCH_SIZE) * LENGTH_GROUP_WINDOW
+    batch = batch_size or (ONNX_BATCH_SIZE if on_onnx else DEFAULT_BATCH_SIZE)
+    for number, (window, complete) in enumerate(_windows(inputs, window_size)):
         if number == 0:
-            runner.begin(window, complete, batch_size)
-        yield from runner.finish(window, runner.run(window, batch_size), keep, min_score)
+            runner.begin(window, complete, batch)
+        yield from runner.finish(window, runner.run(window, batch), keep, min_score)
 
 
 def _windows(inputs: Iterable[str | tuple[str, str | None]], size: int) -> Iterator[tuple[list[tuple[int, str, str | None]], bool]]:
@@ -278,6 +310,13 @@ class _Runner:
         self.max_tokens = max_input_tokens(self.net, self.tok)
         self.spec = lm.source.spec
         self.multi = False
+        self.onnx = getattr(self.net, "engine", None) == "onnx"
+        self.choice: Any = None  # the engine Choice, set by classify(): every record says which engine ran
+
+    def records(self) -> dict[str, Any]:
+        """The fields every record carries: extras, and the engine with its reason."""
+        engine = {} if self.choice is None else {"engine": self.choice.engine, "engine_reason": self.choice.reason}
+        return {**self.extras(), **engine}
 
     def begin(self, window: list[tuple[int, str, str | None]], complete: bool, batch_size: int) -> None:
         """Called with the first window before it runs; `complete`: it holds every input."""
@@ -307,7 +346,7 @@ class _Runner:
         for index, text, pair in window:
             if index not in scored:
                 yield Classification(text=text, label=None, score=None, scores=[], method=self.method,
-                                     model=self.spec, pair=pair, error="empty input")
+                                     model=self.spec, pair=pair, error="empty input", **self.records())
                 continue
             pairs, cut = scored[index]
             ranked = sorted(pairs, key=lambda p: -p[1])
@@ -323,7 +362,7 @@ class _Runner:
                 pair=pair,
                 active=[lbl for lbl, s in ranked if s >= MULTI_LABEL_THRESHOLD] if self.multi else None,
                 truncated=cut,
-                **self.extras(),
+                **self.records(),
             )
 
     def encode_many(self, items: list[tuple[int, str, str | None]]) -> list[tuple[dict[str, list[int]], bool]]:
@@ -366,14 +405,10 @@ class _Runner:
                                 max_length=self.max_tokens, return_attention_mask=False)
         return {k: list(v) for k, v in features.items()}, cut
 
-    def logits(self, features: list[dict[str, list[int]]]) -> Any:
-        """Classifier logits (float32) for one batch, padded only to its own longest sequence: a numpy array for
-        llmkit's numpy BERT, else a tensor."""
-        return self.logits_many([features])[0]
-
     def logits_many(self, groups: list[list[dict[str, list[int]]]]) -> list[Any]:
-        """`logits` of several batches; llmkit's numpy BERT runs them on its worker threads."""
-        if getattr(self.net, "llmkit_numpy", False):
+        """Classifier logits (float32 numpy) of several batches, each padded only to its own longest sequence;
+        ONNX Runtime runs them on its worker threads."""
+        if self.onnx:
             return list(self.net.many([pad_batch(features, self.tok, arrays="numpy") for features in groups]))
         import torch
 
@@ -381,7 +416,7 @@ class _Runner:
         for features in groups:
             batch = {k: v.to(self.lm.device) for k, v in pad_batch(features, self.tok).items()}
             with torch.inference_mode():
-                out.append(self.net(**batch).logits.float())
+                out.append(self.net(**batch).logits.float().cpu().numpy())
         return out
 
 
@@ -450,22 +485,23 @@ class _NliRunner(_Runner):
         self.multi = multi_label or len(labels) == 1
 
     def run(self, window: list[tuple[int, str, str | None]], batch_size: int) -> dict[int, tuple[list[tuple[str, float]], bool]]:
-        import torch
+        import numpy as np
 
         live = [(i, t) for i, t, _ in window if t.strip()]
         jobs = [(k, j) for k in range(len(live)) for j in range(len(self.labels))]
         encoded = self.encode_many([(live[k][0], live[k][1], self.template.format(self.labels[j])) for k, j in jobs])
-        entail_logits = torch.zeros((len(live), len(self.labels), 2))
-        for positions in _length_batches(jobs, [len(e[0]["input_ids"]) for e in encoded], batch_size):
-            logits = torch.as_tensor(self.logits([encoded[n][0] for n in positions]))
+        entail_logits = np.zeros((len(live), len(self.labels), 2), dtype=np.float32)
+        batches = list(_length_batches(jobs, [len(e[0]["input_ids"]) for e in encoded], batch_size))
+        groups = self.logits_many([[encoded[n][0] for n in positions] for positions in batches])
+        for positions, logits in zip(batches, groups, strict=True):
             for row, n in enumerate(positions):
                 k, j = jobs[n]
                 entail_logits[k, j, 0] = logits[row, self.contradiction]
                 entail_logits[k, j, 1] = logits[row, self.entail]
         if self.multi:
-            probs = entail_logits.softmax(-1)[..., 1]
+            probs = activate(entail_logits, "softmax")[..., 1]
         else:
-            probs = entail_logits[..., 1].softmax(-1)
+            probs = activate(entail_logits[..., 1], "softmax")
         cut_any = [False] * len(live)
         for n, (k, _) in enumerate(jobs):
             cut_any[k] = cut_any[k] or encoded[n][1]
@@ -643,24 +679,30 @@ def output_labels(
         (label names in the model's order, multi-label).
     """
     from llmkit import loading
+    from llmkit.engines import onnx, onnx_cache
 
+    # A local folder's config.json, read as transformers reads labels and heads (no transformers import: the ONNX
+    # engine's runs stay torch-free); anything else (hub ids, remote code) through transformers.
+    folder = onnx.model_folder(model, revision) if model is not None else None
+    plain = onnx_cache.read_json(folder / "config.json") if folder is not None else None
+    light = plain is not None and not plain.get("auto_map") and onnx.head_of_config(plain) is not None
     if labels is not None:
         if len(labels) == 1 and model is not None and not multi_label:
             # An NLI model scores a single label on its own (entailment vs contradiction), as _NliRunner does;
             # a causal LM cannot, so only its head decides.
+            if light:
+                assert plain is not None
+                return list(labels), onnx.head_of_config(plain) != "causal-lm"
             from llmkit.tasks import CAUSAL_LM, head_of
 
-            config = loading.read_config(model, revision=revision, trust_remote_code=trust_remote_code)
-            return list(labels), head_of(config) != CAUSAL_LM
+            return list(labels), head_of(loading.read_config(model, revision=revision,
+                                                             trust_remote_code=trust_remote_code)) != CAUSAL_LM
         return list(labels), bool(multi_label)
     if model is None:
         return [], False
-
-    from llmkit import bert_native
-
-    folder = bert_native.native_folder(model)
-    if folder is not None:
-        config = bert_native.read_config(folder)
+    if light:
+        assert plain is not None
+        config: Any = onnx.config_namespace(plain)
     else:
         config = loading.read_config(model, revision=revision, trust_remote_code=trust_remote_code)
     id2label = getattr(config, "id2label", None) or {}

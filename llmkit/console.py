@@ -21,8 +21,10 @@ def stderr_console() -> Any:
 
 
 def warn(message: str) -> None:
-    """One warning line on stderr."""
-    stderr_console().print(f"[yellow]Warning:[/yellow] {message}", markup=True, highlight=False)
+    """One warning line on stderr (the message is plain text: `llmkit[plot]` stays as written)."""
+    from rich.markup import escape
+
+    stderr_console().print(f"[yellow]Warning:[/yellow] {escape(message)}", markup=True, highlight=False)
 
 
 def info(message: str) -> None:

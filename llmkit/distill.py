@@ -14,13 +14,13 @@ import copy
 import random
 import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from llmkit import tempnames, tracking
 from llmkit.errors import DataError, UsageError
 from llmkit.metrics import classification_report, perplexity, round_metric
 
@@ -219,6 +219,10 @@ class DistillResult:
     loss_history: list[float] = field(default_factory=list)
     processes: int = 1  # training processes (accelerate launch / torchrun); batch size is per process
     pruning: dict[str, Any] | None = None  # what --prune-ffn/--prune-heads kept (sizes; indices in config.json)
+    # The training log by logging step (loss, its parts loss_kd/loss_hard/..., learning_rate), for curves.png
+    # and `llmkit plot`; baseline_log: the same for the --baseline student.
+    log: list[dict[str, Any]] = field(default_factory=list)
+    baseline_log: list[dict[str, Any]] | None = None
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -543,6 +547,17 @@ def _make_trainer_class() -> Any:
             self.kd = kd
             self.history: list[float] = []
             self.resumed_from_step = 0
+            self.part_sums: dict[str, float] = {}  # loss parts since the last log, for their means
+            self.part_count = 0
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            # Each logged training loss comes with the means of its parts over the same batches (loss_kd:
+            # T^2 KL to the teacher, loss_hard: cross-entropy on the labels, ...), for the trackers and curves.
+            if "loss" in logs and self.part_count:
+                for name, total in self.part_sums.items():
+                    logs[name] = total / self.part_count
+                self.part_sums, self.part_count = {}, 0
+            super().log(logs, start_time)
 
         def create_optimizer(self, model: Any = None) -> Any:
             optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
@@ -572,8 +587,10 @@ def _make_trainer_class() -> Any:
                 output_attentions=teacher is not None and matching.attention_map is not None,
             )
             logits, target, mask = task_view(task, out.logits, labels, inputs["attention_mask"])
+            parts: dict[str, Any] = {}
             if teacher is None:  # the baseline: the same student on the same data, labels only
                 loss = hard_loss(logits, target)
+                parts["loss_hard"] = loss
             else:
                 t = teacher.batch(inputs["input_ids"], inputs["attention_mask"], example_ids)
                 t_logits, _, _ = task_view(task, t["logits"], None, inputs["attention_mask"])
@@ -584,7 +601,7 @@ def _make_trainer_class() -> Any:
                     hidden = hidden_loss(s_hidden, list(t["hidden"]), inputs["attention_mask"], projections)
                 if "attention" in t:
                     attention = attention_loss(list(out.attentions), list(t["attention"]), inputs["attention_mask"])
-                parts = distillation_loss(
+                split = distillation_loss(
                     logits,
                     t_logits,
                     target if settings.alpha > 0 else None,
@@ -596,13 +613,19 @@ def _make_trainer_class() -> Any:
                     attention=attention,
                     attention_weight=settings.attention_weight,
                 )
-                loss = parts.total
-            value = loss.detach()
+                loss = split.total
+                named = {"loss_kd": split.soft, "loss_hard": split.hard, "loss_hidden": split.hidden,
+                         "loss_attention": split.attention}  # fmt: skip
+                parts = {name: value for name, value in named.items() if value is not None}
+            values = {"loss": loss.detach(), **{name: value.detach() for name, value in parts.items()}}
             if self.args.world_size > 1:
                 # The history is the global batch's loss, as one process with the whole batch would log it
                 # (equal per-process batches: the mean of the processes' means).
-                value = self.accelerator.reduce(value, reduction="mean")
-            self.history.append(float(value))
+                values = {name: self.accelerator.reduce(v, reduction="mean") for name, v in values.items()}
+            self.history.append(float(values.pop("loss")))
+            for name, value in values.items():
+                self.part_sums[name] = self.part_sums.get(name, 0.0) + float(value)
+            self.part_count += 1
             return (loss, out) if return_outputs else loss
 
     return DistillTrainer
@@ -623,8 +646,13 @@ def _train(
     resume: bool,
     progress: bool,
     label: str,
+    log_folder: Path | None = None,
 ) -> Any:
-    """Train `model` in place with the shared TrainingArguments (training.py) (checkpoints: `checkpoints`)."""
+    """Train `model` in place with the shared TrainingArguments (training.py) (checkpoints: `checkpoints`).
+
+    Returns the Trainer; `trainer.progress.history` holds the logged training records (loss, its parts, learning
+    rate, by step). `log_folder`: where --report-to trackers write (default: `runs` beside the checkpoints).
+    """
     from llmkit import training
 
     args = training.build_training_args(
@@ -636,9 +664,8 @@ def _train(
         remove_unused_columns=False,  # the collator needs example_id (the teacher cache key)
     )
     # Checkpoints every --save-steps, else every few minutes of training (the shared schedule), for --resume.
-    callbacks = [training.TimedCheckpoint.create(train_settings)]
-    if progress:
-        callbacks.append(training.ProgressCallback.create(description=label))
+    history = training.ProgressCallback.create(description=label, show=progress)  # the bar, and the log for curves
+    callbacks = [training.TimedCheckpoint.create(train_settings), history]
     trainer = _make_trainer_class()(
         model=model,
         args=args,
@@ -646,12 +673,14 @@ def _train(
         data_collator=lambda batch: collate(batch, task, pad_id),
         callbacks=callbacks,
         kd={"task": task, "settings": settings, "matching": matching, "teacher": teacher},
+        log_folder=log_folder,
     )
+    trainer.progress = history
     training.drop_default_printers(trainer)
     last = training.last_checkpoint(checkpoints.parent / checkpoints.name.removesuffix(training.CHECKPOINTS_SUFFIX))
     checkpoint = last if resume else None
     trainer.resumed_from_step = int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    training.run_trainer(trainer, checkpoint)  # a stop signal saves a checkpoint first
     model.eval()
     return trainer
 
@@ -938,9 +967,9 @@ def distill(
     train_seconds = time.perf_counter() - started
     history = list(trainer.history)
 
-    baseline_model, baseline_eval = None, None
+    baseline_model, baseline_eval, baseline_log = None, None, None
     if initial_student is not None:
-        baseline_model = _train_baseline(
+        baseline_model, baseline_log = _train_baseline(
             initial_student, train, task, settings, train_settings, pad_id, checkpoints, teacher_lm.device,
             resume=resume, progress=progress,
         )
@@ -953,9 +982,12 @@ def distill(
     timed = [teacher_model, student] + ([baseline_model] if baseline_model is not None else [])
     speeds = measure_speed(timed, val, task, pad_id)
     evals = {"teacher": teacher_eval, "student": student_eval, "baseline": baseline_eval}
+    # Copies saved only to weigh them, beside the output (same disk); a killed run's go with the next run's sweep.
+    work_name = output_dir.parent / f"{output_dir.name}.work"
+    tempnames.sweep(work_name, journal=tempnames.journal_dir())
     with (
         training.atomic_output(output_dir, overwrite=overwrite) as staging,
-        tempfile.TemporaryDirectory(prefix="llmkit-distill-") as work,
+        tempnames.scratch(work_name, journal=tempnames.journal_dir()) as work,
     ):
         student.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
@@ -985,10 +1017,18 @@ def distill(
             loss_history=[round(x, 6) for x in history],
             processes=int(trainer.args.world_size),
             pruning=_pruning_summary(student),
+            log=trainer.progress.history,
+            baseline_log=baseline_log,
         )
         from llmkit.output import to_record
 
-        training.write_report(staging, to_record(result))
+        report = to_record(result)
+        training.write_report(staging, report)
+        from llmkit.plot import missing_note, training_pictures
+
+        training_pictures(staging, report, output_dir.name)  # curves.png: loss, its KD/hard parts, learning rate
+        if missing_note():
+            log(f"Note: {missing_note()}.")
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
     return result
 
@@ -1189,16 +1229,21 @@ def _train_baseline(
     resume: bool,
     progress: bool,
 ) -> Any:
-    """Step 5 (--baseline): the same student, data and schedule, trained on labels alone (alpha 1, no teacher)."""
+    """Step 5 (--baseline): the same student, data and schedule, trained on labels alone (alpha 1, no teacher).
+
+    Returns (the trained model, its logged training records). Its tracker run is the student's run name plus
+    `-baseline`, in the same log folder.
+    """
     from llmkit import training
 
     initial_student.train()
-    _train(
+    name = train_settings.run_name or training.run_name_for(checkpoints)
+    trainer = _train(
         initial_student,
         train,
         task,
         replace(settings, alpha=1.0),
-        train_settings,
+        replace(train_settings, run_name=f"{name}-baseline"),
         pad_id,
         None,
         Matching(),
@@ -1207,8 +1252,9 @@ def _train_baseline(
         resume=resume,
         progress=progress,
         label="baseline",
+        log_folder=tracking.log_folder(checkpoints),
     )
-    return initial_student
+    return initial_student, trainer.progress.history
 
 
 def _model_reports(

@@ -18,9 +18,16 @@ folder (`LLMKIT_SHARD_DIR` overrides both). On several nodes that folder must be
 share. KEY names one launch (see `run_key`).
 
 Failure handling: a rank that raises writes a failure marker with its message; each rank touches a heartbeat
-file every second from a background thread. The main rank stops waiting with a `PeerError` naming the rank when
-that rank failed, never started, or its heartbeat stopped for `timeout` seconds (killed, out of memory). Nothing
-is renamed into the output path until every shard is in, so a crash leaves no half-written output.
+file every second from a background thread (the main rank until the folder is removed). The main rank stops
+waiting with a `PeerError` naming the rank when that rank failed, never started, or its heartbeat stopped for
+`timeout` seconds (killed, out of memory). Nothing is renamed into the output path until every shard is in, so a
+crash leaves no half-written output.
+
+Leftovers: the main rank removes the shard folder when the run ends, however it ends: done, failed, or stopped by
+Ctrl-C, SIGTERM or SIGHUP (a launcher SIGTERMs the other ranks when one dies; see llmkit/signals.py). A folder a
+`kill -9` of the main rank left behind is removed by the next launch for the same output once no heartbeat in it
+moved for `timeout` seconds (a running launch keeps beating), and by `llmkit models --clean` (every rank records
+the folder in llmkit's journal of temporaries, tempnames.py).
 
 This module imports no torch at import time; `barrier()` uses torch.distributed only when a process group is
 already initialised (a training run), otherwise files.
@@ -28,6 +35,7 @@ already initialised (a training run), otherwise files.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import heapq
 import json
@@ -44,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from llmkit import signals, tempnames
 from llmkit.errors import EXIT_FAILURE, LlmkitError, UsageError
 
 T = TypeVar("T")
@@ -271,8 +280,67 @@ def shard_dir(output: Path | None, key: str) -> Path:
     return Path(tempfile.gettempdir()) / f"llmkit-shards-{key}"
 
 
+def peer_timeout() -> float:
+    """Seconds without a heartbeat before a peer counts as dead: $LLMKIT_PEER_TIMEOUT, default 300."""
+    return float(os.environ.get("LLMKIT_PEER_TIMEOUT", DEFAULT_TIMEOUT))
+
+
+SHARD_PREFIX = "llmkit-shards-"
+
+
+def shard_folder_stale(folder: Path, timeout: float | None = None) -> bool:
+    """True when `folder` is a shard folder in which nothing moved for `timeout` seconds: its launch is over.
+
+    Every live rank rewrites its heartbeat file each second, so a folder whose newest file (or the folder
+    itself) is older than the peer timeout belongs to no running launch. Anything not named as a shard folder
+    is never stale here.
+
+    Args:
+        folder: the folder to judge.
+        timeout: seconds (default `peer_timeout()`).
+    """
+    if SHARD_PREFIX not in folder.name or not folder.is_dir() or folder.is_symlink():
+        return False
+    limit = peer_timeout() if timeout is None else timeout
+    try:
+        newest = max([folder.stat().st_mtime] + [p.lstat().st_mtime for p in folder.iterdir()])
+    except FileNotFoundError:
+        return False  # removed meanwhile (its own main rank finished)
+    return time.time() - newest > limit
+
+
+def remove_stale_shards(output: Path | None, *, keep: Path | None = None, timeout: float | None = None) -> list[Path]:
+    """Remove the shard folders of earlier launches for `output` whose heartbeats stopped (`shard_folder_stale`).
+
+    Args:
+        output: the output file (its `.NAME.llmkit-shards-*` siblings); None: stdout runs' folders.
+        keep: this launch's own folder, never removed.
+        timeout: seconds without a heartbeat (default `peer_timeout()`).
+
+    Returns:
+        The folders removed.
+    """
+    pattern = shard_dir(output, "")
+    if not pattern.parent.is_dir():
+        return []
+    removed = []
+    for folder in sorted(pattern.parent.glob(f"{pattern.name}*")):
+        if folder != keep and shard_folder_stale(folder, timeout):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _sweep_earlier_launches(output: Path | None, *, keep: Path | None = None, timeout: float | None = None) -> None:
+    from llmkit.console import info
+
+    limit = peer_timeout() if timeout is None else timeout
+    for folder in remove_stale_shards(output, keep=keep, timeout=limit):
+        info(f"Removed {folder}, left by an earlier launch for this output (no heartbeat for {limit:g} s)")
+
+
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(tempnames.prefix(path) + "tmp")  # tempnames' rule; its folder is the journalled temporary
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
@@ -337,10 +405,9 @@ class ShardedRun:
         key: str | None = None,
     ) -> None:
         self.peers = peers
-        if timeout is None:
-            timeout = float(os.environ.get("LLMKIT_PEER_TIMEOUT", DEFAULT_TIMEOUT))
-        self.timeout = timeout
+        self.timeout = peer_timeout() if timeout is None else timeout
         self.key = key or run_key(peers)
+        self.output = None if output is None else Path(output)
         self.folder = shard_dir(output, self.key)
         self.rank = peers.rank
         self._shard: Shard | None = None
@@ -361,7 +428,13 @@ class ShardedRun:
         return self.folder / "begin.json"
 
     def __enter__(self) -> ShardedRun:
+        if self.peers.is_main:
+            _sweep_earlier_launches(self.output, keep=self.folder, timeout=self.timeout)
+            # However this process ends (an error, or a signal before the merge began or during this method),
+            # the folder goes: registered before it exists.
+            atexit.register(self.cleanup)
         self.folder.mkdir(parents=True, exist_ok=True)
+        tempnames.record(self.folder, tempnames.journal_dir())  # for `llmkit models --clean` after a kill -9
         for suffix in ("done", "failed", "jsonl"):
             self._path(self.rank, suffix).unlink(missing_ok=True)  # this rank's leftovers of an earlier launch
         if self.peers.is_main:
@@ -423,13 +496,21 @@ class ShardedRun:
                     f"process {self.rank}: the shard folder {self.folder} was removed; the main process stopped the run"
                 ) from None
         finally:
-            # Beat until the marker is written, so the main rank never takes a finishing peer for a dead one.
-            if self._heartbeat is not None:
-                self._heartbeat.stopped.set()
+            # Beat until the marker is written, so the main rank never takes a finishing peer for a dead one;
+            # the main rank beats on while it merges (until `cleanup`), so no other launch takes it for dead.
+            if not self.peers.is_main:
+                self._stop_heartbeat()
+                tempnames.forget(self.folder, tempnames.journal_dir())
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stopped.set()
+            if self._heartbeat.is_alive() and self._heartbeat is not threading.current_thread():
+                self._heartbeat.join()
 
     def _mark_failed(self, exc: BaseException) -> None:
         if isinstance(exc, KeyboardInterrupt):
-            text = "interrupted"
+            text = signals.describe(exc)  # "interrupted (SIGTERM)": the main rank's error names the signal
         elif isinstance(exc, LlmkitError):
             text = exc.message
         else:
@@ -535,8 +616,15 @@ class ShardedRun:
                 yield item["i"], item["r"]
 
     def cleanup(self) -> None:
-        """(main rank) Remove the shard folder."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """(main rank) Remove the shard folder (idempotent; also run at exit, whatever stopped the process)."""
+        self._stop_heartbeat()
+        for _ in range(3):  # a peer still finishing may add a file between rmtree's listing and its rmdir
+            shutil.rmtree(self.folder, ignore_errors=True)
+            if not self.folder.exists():
+                break
+            time.sleep(POLL_SECONDS)
+        tempnames.forget_all(self.folder, tempnames.journal_dir())  # a killed peer's entry too
+        atexit.unregister(self.cleanup)
         self.closed = True
 
 
@@ -570,6 +658,8 @@ def run_sharded(
     """
     peers = peers or detect()
     if not peers.distributed:
+        if output is not None:  # a crashed launch for the same output may have left its shard folder
+            _sweep_earlier_launches(output)
         return iter(work(iter(items)))
     run = ShardedRun(peers, output=output)
     with run:
@@ -674,6 +764,8 @@ def map_records(
             yield taken.popleft(), result
 
     if not peers.distributed:
+        if output is not None:  # a crashed launch for the same output may have left its shard folder
+            _sweep_earlier_launches(output)
         return pairs(iter(records))
 
     def work(mine: Iterator[Any]) -> Iterator[dict[str, Any]]:

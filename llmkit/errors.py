@@ -6,7 +6,7 @@ bug and exits 1 (with the traceback only under LLMKIT_DEBUG=1).
 
 from __future__ import annotations
 
-# Exit codes, documented in docs/concepts/exit-codes.md.
+# Exit codes, documented in docs/concepts/exit-codes.md (and the signals in docs/interruptions.md).
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -14,7 +14,11 @@ EXIT_NOT_FOUND = 3
 EXIT_MISSING_DEPENDENCY = 4
 EXIT_QUALITY_GATE = 5
 EXIT_BATCH_LINES_FAILED = 6  # generate on an OpenAI batch file: output complete, some lines carry an error
-EXIT_INTERRUPTED = 130
+# Stopped by a signal (llmkit/signals.py): 128 + its number, as a shell reports a process the signal killed. The
+# command stops, removes its own temporaries and prints one `Error: interrupted (SIGxxx)` line.
+EXIT_HANGUP = 129  # SIGHUP: the terminal went away
+EXIT_INTERRUPTED = 130  # SIGINT: Ctrl-C
+EXIT_TERMINATED = 143  # SIGTERM: kill, timeout, systemd, Kubernetes, Slurm, a multi-process launcher
 
 
 class LlmkitError(Exception):

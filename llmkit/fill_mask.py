@@ -30,6 +30,7 @@ DEFAULT_BATCH_SIZE = 16  # inputs per forward pass
 DEFAULT_JOINT_BEAM = 8  # --joint keeps max(top_k, this) partial fillings per step
 CAUSAL_CANDIDATES = 30  # next-token candidates at the blank that a causal LM scores as whole sentences
 MASK = "[MASK]"  # accepted for every model, mapped to the tokenizer's own mask token
+MASKED_LM = "masked-lm"  # the head fill-mask runs on the ONNX engine
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class MaskPrediction:
         joint: with --joint, the top-k fillings of all masks together.
         truncated: the input was longer than the model's maximum and was cut.
         error: why this input has no answers (e.g. "empty input"); None when it has.
+        engine: what ran the model: "onnx" (ONNX Runtime) or "transformers".
+        engine_reason: why that engine ran (the --engine auto rule, see llmkit/engines/choose.py).
     """
 
     text: str
@@ -80,6 +83,8 @@ class MaskPrediction:
     joint: list[JointFill] | None = None
     truncated: bool = False
     error: str | None = None
+    engine: str = "transformers"
+    engine_reason: str = ""
 
 
 def parse_targets(targets: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -112,6 +117,7 @@ def fill_mask(
     trust_remote_code: bool = False,
     loaded: Any = None,
     adapter: str | None = None,
+    engine: str = "auto",
 ) -> Iterator[MaskPrediction]:
     """Fill the masks of each text, yielding one `MaskPrediction` per text in input order.
 
@@ -126,6 +132,8 @@ def fill_mask(
         truncate: cut inputs longer than the model's maximum (else raise).
         loaded: an already loaded `LoadedModel` (skips loading; its head decides the method).
         adapter: a peft (LoRA) adapter folder to run on `model` unmerged.
+        engine: auto|onnx|transformers: what runs a masked LM (auto: ONNX Runtime on the CPU where the model
+            exports, see llmkit/engines/choose.py); causal LMs run on transformers.
 
     Returns:
         An iterator of `MaskPrediction`.
@@ -141,6 +149,27 @@ def fill_mask(
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     target_words = parse_targets(targets) if targets is not None else ()
+    from llmkit.engines import Choice, choose
+
+    if loaded is None:
+        choice = choose.choose_encoder(model, MASKED_LM, device=device, dtype=dtype, requested=engine, adapter=adapter,
+                                       revision=revision, trust_remote_code=trust_remote_code)
+        if choice.engine == "onnx":
+            from llmkit.engines import onnx as onnx_engine
+
+            try:
+                loaded = onnx_engine.load(model, MASKED_LM, revision=revision, allow_pickle=allow_pickle,
+                                          trust_remote_code=trust_remote_code, device=choose.onnx_device(device))
+            except onnx_engine.ExportError as exc:
+                if engine == "onnx":
+                    raise
+                choice = choose.fell_back(model, exc.message)
+        if choice.fallback is not None:
+            from llmkit.console import warn
+
+            warn(choice.fallback)  # once per run: the engine changes speed (and the reason is in every record)
+    else:
+        choice = Choice(getattr(loaded.model, "engine", "transformers"), "a model loaded by the caller")
     if loaded is None:
         kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code,
                                       adapter=adapter)
@@ -159,15 +188,18 @@ def fill_mask(
             trust_remote_code=trust_remote_code,
             adapter=adapter,
         )
-    from llmkit.tasks import CAUSAL_LM, head_of_architectures
+    method = "masked-lm"
+    if getattr(loaded.model, "engine", None) != "onnx":
+        from llmkit.tasks import CAUSAL_LM, head_of_architectures
 
-    net = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model  # peft
-    method = "causal-lm" if head_of_architectures([type(net).__name__]) == CAUSAL_LM else "masked-lm"
+        net = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model  # peft
+        method = "causal-lm" if head_of_architectures([type(net).__name__]) == CAUSAL_LM else "masked-lm"
     runner: _Runner = (
         _CausalRunner(loaded, top_k, target_words, truncate, joint)
         if method == "causal-lm"
         else _MlmRunner(loaded, top_k, target_words, joint, truncate)
     )
+    runner.choice = choice
     batch: list[tuple[int, str]] = []
     for index, text in enumerate(texts):
         batch.append((index, text))
@@ -188,12 +220,18 @@ class _Runner:
         self.top_k, self.targets, self.truncate = top_k, targets, truncate
         self.max_tokens = max_input_tokens(self.net, self.tok)
         self.spec = lm.source.spec
+        self.choice: Any = None  # the engine Choice, set by fill_mask(): every record says which engine ran
+
+    def records(self) -> dict[str, Any]:
+        """The engine fields every record carries."""
+        return {} if self.choice is None else {"engine": self.choice.engine, "engine_reason": self.choice.reason}
 
     def run(self, batch: list[tuple[int, str]]) -> list[MaskPrediction]:
         raise NotImplementedError
 
     def empty(self, text: str) -> MaskPrediction:
-        return MaskPrediction(text=text, method=self.method, model=self.spec, masks=[], error="empty input")
+        return MaskPrediction(text=text, method=self.method, model=self.spec, masks=[], error="empty input",
+                              **self.records())
 
     def too_long(self, index: int, n: int) -> None:
         if not self.truncate:
@@ -255,19 +293,40 @@ class _MlmRunner(_Runner):
             self._pieces_cache[key] = ids
         return self._pieces_cache[key]
 
-    def forward(self, seqs: list[list[int]]) -> Any:
-        """Log-probabilities (float32) for a right-padded batch: [batch, length, vocab]."""
+    def forward(self, seqs: list[list[int]]) -> list[Any]:
+        """MLM logits (float32 numpy [length, vocab]) of each sequence, run right-padded in batches.
+
+        ONNX Runtime runs the batch in length-sorted parts on its worker threads (one core each); transformers runs
+        it whole. Only the rows a caller reads are turned into log-probabilities (`log_softmax`): the whole
+        [batch, length, vocab] would cost more than the forward pass.
+        """
+        import numpy as np
+
+        def padded(rows: list[list[int]]) -> dict[str, Any]:
+            width = max(len(r) for r in rows)
+            ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+            attention = np.zeros((len(rows), width), dtype=np.int64)
+            for row, seq in enumerate(rows):
+                ids[row, : len(seq)] = seq
+                attention[row, : len(seq)] = 1
+            return {"input_ids": ids, "attention_mask": attention}
+
+        if getattr(self.net, "engine", None) == "onnx":
+            order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+            parts = max(1, min(self.net.threads, len(seqs)))
+            size = -(-len(seqs) // parts)
+            chunks = [order[k : k + size] for k in range(0, len(order), size)]
+            out: list[Any] = [None] * len(seqs)
+            for chunk, logits in zip(chunks, self.net.many([padded([seqs[i] for i in c]) for c in chunks]), strict=True):
+                for row, i in enumerate(chunk):
+                    out[i] = logits[row]
+            return out
         import torch
 
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            attention[row, : len(seq)] = 1
+        batch = {k: torch.from_numpy(v).to(self.lm.device) for k, v in padded(seqs).items()}
         with torch.inference_mode():
-            logits = self.net(input_ids=ids.to(self.lm.device), attention_mask=attention.to(self.lm.device)).logits
-        return logits.float().log_softmax(-1)
+            logits = self.net(**batch).logits.float().cpu().numpy()
+        return list(logits)
 
     def chain(self, items: list[tuple[list[int], int, list[int]]]) -> list[tuple[float, list[int]]]:
         """Score fillings of one mask with several pieces: widen the mask, fill left to right.
@@ -283,10 +342,10 @@ class _MlmRunner(_Runner):
         seqs = [s[0] for s in states]
         for step in range(max(len(p) for _, _, p in items)):
             active = [i for i, (_, _, p) in enumerate(states) if len(p) > step]
-            logp = self.forward([seqs[i] for i in active])
+            logits = self.forward([seqs[i] for i in active])
             for row, i in enumerate(active):
                 _, pos, p = states[i]
-                totals[i] += float(logp[row, pos + step, p[step]])
+                totals[i] += float(log_softmax(logits[row][pos + step])[p[step]])
                 seqs[i] = seqs[i][: pos + step] + [p[step]] + seqs[i][pos + step + 1 :]
         return list(zip(totals, seqs, strict=True))
 
@@ -302,7 +361,7 @@ class _MlmRunner(_Runner):
             if text.strip():
                 encoded[index] = self.encode(index, text)
         order = [i for i, _ in batch if i in encoded]
-        logp: Any = self.forward([encoded[i][0] for i in order]) if order else None
+        logits: Any = self.forward([encoded[i][0] for i in order]) if order else None
         rows = {index: row for row, index in enumerate(order)}
         results = []
         for index, text in batch:
@@ -310,16 +369,17 @@ class _MlmRunner(_Runner):
                 results.append(self.empty(text))
                 continue
             ids, cut = encoded[index]
-            row = logp[rows[index]]
+            row = logits[rows[index]]
             positions = [p for p, t in enumerate(ids) if t == self.mask_id]
             spaces = self.spaces(text)
             masks = [
-                self.per_mask(ids, pos, row[pos], space, single=len(positions) == 1)
+                self.per_mask(ids, pos, log_softmax(row[pos]), space, single=len(positions) == 1)
                 for pos, space in zip(positions, spaces + [True] * len(positions), strict=False)
             ]
             joint = self.joint_fill(text, ids) if self.joint else None
             results.append(
-                MaskPrediction(text=text, method=self.method, model=self.spec, masks=masks, joint=joint, truncated=cut)
+                MaskPrediction(text=text, method=self.method, model=self.spec, masks=masks, joint=joint, truncated=cut,
+                               **self.records())
             )
         return results
 
@@ -330,11 +390,9 @@ class _MlmRunner(_Runner):
         return [bool(part) and part[-1].isspace() for part in parts]
 
     def per_mask(self, ids: list[int], pos: int, logp: Any, space: bool, *, single: bool) -> list[Fill]:
-        import torch
-
         if not self.targets:
-            values, tokens = torch.topk(logp, min(self.top_k, logp.shape[-1]))
-            return [self.token_fill(ids, pos, int(t), math.exp(float(v)), single) for v, t in zip(values, tokens, strict=True)]
+            tokens = top_indices(logp, self.top_k)
+            return [self.token_fill(ids, pos, int(t), math.exp(float(logp[t])), single) for t in tokens]
         fills: list[Fill] = []
         multi: list[tuple[str, list[int]]] = []
         seen: set[tuple[int, ...]] = set()
@@ -373,21 +431,23 @@ class _MlmRunner(_Runner):
         spaces = self.spaces(text)
         beams: list[tuple[float, list[int], list[str]]] = [(0.0, ids, [])]
         while self.mask_id in beams[0][1]:
-            logp = self.forward([b[1] for b in beams])
+            logits = self.forward([b[1] for b in beams])
             expansions: list[tuple[float, list[int], list[str]]] = []
             for row, (total, seq, words) in enumerate(beams):
                 pos = seq.index(self.mask_id)
+                logp = log_softmax(logits[row][pos])
                 if not self.targets:
-                    values, tokens = logp[row, pos].topk(width)
-                    for v, t in zip(values.tolist(), tokens.tolist(), strict=True):
-                        expansions.append((total + v, seq[:pos] + [t] + seq[pos + 1 :], words + [self.tok.decode([t])]))
+                    for t in top_indices(logp, width):
+                        t = int(t)
+                        expansions.append((total + float(logp[t]), seq[:pos] + [t] + seq[pos + 1 :],
+                                           words + [self.tok.decode([t])]))
                     continue
                 space = spaces[len(words)] if len(words) < len(spaces) else True
                 multi = []
                 for word in self.targets:
                     pieces = self.pieces(word, space)
                     if len(pieces) == 1:
-                        v = float(logp[row, pos, pieces[0]])
+                        v = float(logp[pieces[0]])
                         expansions.append((total + v, seq[:pos] + pieces + seq[pos + 1 :], words + [word]))
                     elif pieces:
                         multi.append((word, pieces))
@@ -501,9 +561,27 @@ class _CausalRunner(_Runner):
             best = fills[: self.top_k]
             joint = [JointFill(tokens=[f.token], score=f.score, sequence=f.sequence) for f in best] if self.joint else None
             results.append(
-                MaskPrediction(text=text, method=self.method, model=self.spec, masks=[best], joint=joint, truncated=cut)
+                MaskPrediction(text=text, method=self.method, model=self.spec, masks=[best], joint=joint, truncated=cut,
+                               **self.records())
             )
         return results
+
+
+def log_softmax(logits: Any) -> Any:
+    """log_softmax of one vector of logits (numpy float32), as torch computes it: x - max - log(sum(exp(x - max)))."""
+    import numpy as np
+
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def top_indices(values: Any, k: int) -> Any:
+    """Indices of the k largest values, largest first (ties: the lower index first)."""
+    import numpy as np
+
+    k = min(k, values.shape[-1])
+    part = np.argpartition(-values, k - 1)[:k]
+    return part[np.lexsort((part, -values[part]))]
 
 
 def best_filling(result: Any) -> str:

@@ -526,10 +526,14 @@ def finetune(
     if resume and checkpoint is None:
         notes.append(f"--resume: no checkpoint in {ckpt_dir}, started from the beginning")
     started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_output = training.run_trainer(trainer, checkpoint)  # a stop signal saves a checkpoint first
     seconds = time.perf_counter() - started
 
     metrics, report_detail = _evaluate(trainer, val_tok, task, label_map)
+    from llmkit.plot import missing_note
+
+    if missing_note():
+        notes.append(str(missing_note()))
     samples = train_output.metrics.get("train_samples_per_second", 0.0)
     losses = [float(r["loss"]) for r in progress.history if "loss" in r and r["loss"] is not None]
     result = FinetuneResult(
@@ -766,7 +770,8 @@ def _write_output(
     trainer: Any, tokenizer: Any, args: Any, report: dict[str, Any], *, output: Path, overwrite: bool,
     strategy: Strategy, base_spec: str, id2label: dict[int, str] | None = None,
 ) -> None:
-    """Step 5: model, tokenizer, training_args.json and report.json into `output`, all or nothing."""
+    """Step 5: model, tokenizer, training_args.json, report.json and the pictures (curves.png, for classification
+    confusion_matrix.png) into `output`, all or nothing."""
     ckpt_dir = training.checkpoint_dir(output)
     staging = ckpt_dir / "final"
     if trainer.is_world_process_zero():
@@ -778,6 +783,9 @@ def _write_output(
             _save(trainer, tokenizer, folder, strategy, base_spec=base_spec, id2label=id2label)
             (folder / "training_args.json").write_text(args.to_json_string() + "\n", encoding="utf-8")
             training.write_report(folder, report)
+            from llmkit.plot import training_pictures
+
+            training_pictures(folder, report, output.name)  # curves.png (+ confusion_matrix.png)
     elif not (strategy.lora and strategy.merge_lora):
         # Other processes of a distributed run take part in gathering sharded weights (FSDP, DeepSpeed);
         # only the main one writes files.

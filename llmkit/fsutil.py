@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 
+def llmkit_home() -> Path:
+    """Where llmkit keeps its own caches and its journal of temporaries: $LLMKIT_HOME, default ~/.cache/llmkit."""
+    return Path(os.environ.get("LLMKIT_HOME") or Path.home() / ".cache" / "llmkit").expanduser()
+
+
 def make_public(path: Path | str) -> None:
     """Give a temporary output the permissions a plain write would (mkstemp/mkdtemp make it private: 0600/0700).
 

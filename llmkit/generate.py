@@ -1,16 +1,15 @@
 """`llmkit generate`: text generation with causal LMs and encoder-decoder models.
 
-preprocess (chat template, left-padded batches grouped by length) -> `model.generate` -> postprocess (stop
-strings, finish reason, n-best scores), yielding one `Generation` per prompt in input order.
+The task: validate the call, ask the chooser which engine runs (engines/choose.py: llama.cpp for GGUF models,
+transformers, or llmkit's float32 Llama loop for a file of prompts), call that one engine, and yield its
+`Generation` records, one per prompt in input order. How each engine prepares, runs and post-processes a batch
+lives in its module under llmkit/engines/.
 """
 
 from __future__ import annotations
 
 import itertools
-import random
-import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from llmkit.errors import UsageError
@@ -34,81 +33,38 @@ from llmkit.sampling import (  # noqa: F401  (re-exported: the settings API has 
 )
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-DEFAULT_BATCH_SIZE = 8  # prompts per forward pass when many are piped in
-# --engine auto with a GGUF model, a CPU and no --batch-size: this many prompts or more in the first window run on
-# llmkit's float32 Llama loop at FILE_BATCH_SIZE instead of llama.cpp at DEFAULT_BATCH_SIZE (64 TREC questions,
-# 2026-11-29: 150-184 tokens/s against llama.cpp Q4_1 x8's 84; README Performance).
-FILE_PROMPTS = 32
-FILE_BATCH_SIZE = 64
-# Only small GGUF files: the float32 copy that loop runs is about 4x the file (measured on the 98 MB bundled model).
-FILE_MAX_GGUF_BYTES = 300 * 1024**2
-LENGTH_GROUP_WINDOW = 4  # batches read ahead and sorted by length to cut padding
+# The batch-size rules live with the chooser (their measurements beside them); named here as they always were.
+from llmkit.engines.choose import (  # noqa: E402,F401  (re-exported)
+    DEFAULT_BATCH_SIZE,
+    FILE_BATCH_SIZE,
+    FILE_MAX_GGUF_BYTES,
+    FILE_PROMPTS,
+)
 
 
-def format_prompt(tokenizer: Any, prompt: Any, *, system: str | None, raw: bool) -> str:
-    """Apply the chat template (with the optional system message) unless `raw` or the model has none.
+class _Lookahead:
+    """The prompts, with the first few read ahead when a rule of the chooser needs to count them."""
 
-    `prompt` is a string, or a conversation (a sequence of {"role", "content"} messages; see `chat_messages`).
-    """
-    messages = chat_messages(prompt, system=system, raw=raw, has_template=bool(getattr(tokenizer, "chat_template", None)))
-    if messages is None:
-        return prompt
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    def __init__(self, prompts: Iterable[Any]) -> None:
+        self._rest = iter(prompts)
+        self._head: list[Any] = []
+        self._all_read = False
 
+    def available(self, n: int) -> int:
+        """How many prompts there are, up to `n` (reads that many ahead)."""
+        if len(self._head) < n and not self._all_read:
+            wanted = n - len(self._head)
+            read = list(itertools.islice(self._rest, wanted))
+            self._head.extend(read)
+            self._all_read = len(read) < wanted
+        return min(n, len(self._head))
 
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config):
-        value = getattr(source, "eos_token_id", None) if source is not None else None
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return ids
+    def known(self) -> list[Any] | None:
+        """Every prompt, when reading ahead has reached the end of them; else None."""
+        return self._head if self._all_read else None
 
-
-class _TextStream:
-    """A transformers streamer (batch size 1) that hands decoded text deltas to a callback, through StopStream."""
-
-    def __init__(self, tokenizer: Any, callback: Callable[[str], None], stops: tuple[str, ...], skip: int) -> None:
-        self.tokenizer = tokenizer
-        self.view = StopStream(stops, callback)
-        self.skip_prompt_calls = skip  # the first put() carries the prompt (decoder-only) or the start token
-        self.ids: list[int] = []
-
-    def put(self, value: Any) -> None:
-        if self.skip_prompt_calls:
-            self.skip_prompt_calls -= 1
-            return
-        self.ids.extend(int(v) for v in value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-            return
-        self.view.update(text)
-
-    def end(self) -> None:
-        pass
-
-    def finish(self, final_text: str) -> None:
-        """Show whatever the hold-back kept, once the final (stop-trimmed) text is known."""
-        self.view.finish(final_text)
-
-
-@dataclass
-class _Prepared:
-    index: int
-    prompt: str
-    ids: list[int]
-
-
-def _length_grouped(items: list[_Prepared], batch_size: int) -> list[list[_Prepared]]:
-    """Batches of similar length (less padding), run in the order of their earliest input so the first results
-    can be printed as soon as possible."""
-    ordered = sorted(items, key=lambda p: len(p.ids))
-    batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
-    return sorted(batches, key=lambda batch: min(p.index for p in batch))
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.chain(self._head, self._rest)
 
 
 def generate(
@@ -138,311 +94,60 @@ def generate(
         settings: decoding settings (`build_settings`); default greedy.
         system: system message for chat models.
         raw: send the prompt as is, without the chat template.
-        batch_size: prompts per forward pass; 1 also enables streaming through `on_text`. None: DEFAULT_BATCH_SIZE,
-            or FILE_BATCH_SIZE on llmkit's Llama loop where --engine auto moves a file of prompts there.
+        batch_size: prompts per forward pass; 1 also enables streaming through `on_text`. None: DEFAULT_BATCH_SIZE
+            (on llama.cpp no more than there are prompts), or FILE_BATCH_SIZE on llmkit's Llama loop where
+            --engine auto moves a file of prompts there.
         on_text: called with (prompt index, text delta) as tokens are produced (batch size 1 only).
         loaded: an already loaded `LoadedModel` (reuse across calls; skips loading).
         lookup: prompt-lookup decoding on the llama.cpp engine: draft up to this many tokens copied from the
             context (0: off). It pays where answers copy the prompt (rewrite, extract) and weights have batched
             kernels (q8_0); see README "Prompt lookup".
         engine: auto|transformers|llama-cpp (auto: llama.cpp for GGUF models when its bindings are installed
-            and it supports every setting; see `llama_engine.decide_engine`).
+            and it supports every setting; see `engines.choose.choose_generate`).
         adapter: a peft adapter folder (LoRA, prompt or prefix tuning) to run on `model` unmerged; it needs
             the transformers engine.
 
     Returns:
         An iterator of `Generation`, one per prompt, in input order.
     """
+    from llmkit.engines import choose
+
     settings = settings or GenerationSettings()
-    chosen_batch = batch_size
-    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if lookup < 0:
         raise UsageError("--lookup must be 0 (off) or a number of draft tokens, e.g. 8")
-    # Engine dispatch: llama.cpp (no torch import at all) when it can run this model and these settings.
-    from llmkit import llama_engine
+    ahead = _Lookahead(prompts)
+    options: dict[str, Any] = dict(requested=engine, device=device, dtype=dtype, batch_size=batch_size,
+                                   adapter=adapter, loaded=loaded, lookup=lookup, streaming=on_text is not None,
+                                   available=ahead.available, revision=revision)
+    choice = choose.choose_generate(model, settings, **options)
+    if choice.engine == choose.LLAMA_CPP:
+        from llmkit.engines import llama_cpp
 
-    requested = engine
-    if adapter is not None:
-        if requested == "llama-cpp":
-            raise UsageError("--adapter runs on the transformers engine; drop --engine llama-cpp")
-        engine, engine_reason = "transformers", "a peft adapter runs on the transformers engine"
-    else:
-        engine, engine_reason = (
-            llama_engine.decide_engine(model, settings, device, requested=requested, dtype=dtype)
-            if loaded is None
-            else ("transformers", "an already loaded transformers model was passed")
-        )
-    prompts = iter(prompts)
-    head: list[Any] = []
-    if engine == "llama-cpp" and requested == "auto" and chosen_batch is None and not lookup and on_text is None:
-        head = list(itertools.islice(prompts, FILE_PROMPTS))
-        if len(head) >= FILE_PROMPTS and _file_runs_faster_natively(model, settings, device):
-            engine, batch_size = "transformers", FILE_BATCH_SIZE
-            engine_reason = (f"auto: {FILE_PROMPTS}+ prompts on the CPU run on llmkit's float32 Llama loop at batch "
-                             f"{FILE_BATCH_SIZE} (measured about 2x llama.cpp's batch {DEFAULT_BATCH_SIZE} on 64 "
-                             "prompts; --engine llama-cpp keeps llama.cpp)")
-    prompts = itertools.chain(head, prompts)
-    if lookup and engine != "llama-cpp":
-        raise UsageError(f"--lookup runs on the llama.cpp engine, and {model} runs on transformers here "
-                         f"({engine_reason}); give a GGUF model or drop --lookup")
-    if engine == "llama-cpp":
-        try:
-            yield from llama_engine.generate(
-                prompts, model=model, settings=settings, system=system, raw=raw, batch_size=batch_size,
-                on_text=on_text, reason=engine_reason, lookup=lookup,
-            )
+        try:  # llama.cpp loads the file before it reads a prompt: a refusal comes before any result
+            known = ahead.known()  # all read ahead: llama.cpp's context is fitted to them
+            yield from llama_cpp.generate(ahead if known is None else known, model=model, settings=settings, system=system, raw=raw,
+                                          batch_size=choice.batch_size, on_text=on_text, reason=choice.reason,
+                                          lookup=lookup)
             return
-        except llama_engine.EngineLoadError as exc:  # raised before any result, so nothing is printed twice
-            if requested != "auto":
+        except llama_cpp.EngineLoadError as exc:
+            if engine != "auto":
                 raise
-            engine_reason = f"auto: llama.cpp could not load the file ({exc.message.split(' (')[0]}); transformers ran"
-            from llmkit.console import warn
+            choice = choose.choose_generate(model, settings, **options, llama_cpp_failed=exc.message.split(" (")[0])
+    if choice.fallback:
+        from llmkit.console import warn
 
-            # Said once per run: the engine changes speed and can change answers (README "generate --engine").
-            warn(f"{exc.message.split(' (')[0]}; running it with transformers instead (--engine auto)")
+        warn(choice.fallback)
+    load: dict[str, Any] = dict(revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    run: dict[str, Any] = dict(settings=settings, system=system, raw=raw, batch_size=choice.batch_size,
+                               on_text=on_text, reason=choice.reason)
+    if choice.engine == choose.LLAMA_LOOP:
+        from llmkit.engines import llama_loop
 
-    import torch
+        yield from llama_loop.generate(ahead, model=model, loaded=loaded, device=device, **load, **run)
+        return
+    from llmkit.engines import transformers as hf
 
-    from llmkit import llama_native, loading
-
-    # The first window of prompts is read before loading: whether batches will hold more than one prompt decides
-    # the precision. On a CPU bfloat16 pays at batch 1 (memory-bound) and loses at batch 8 (compute-bound on AVX2),
-    # where float32 also lets the native Llama loop run (llama_native.py; README Performance).
-    window = batch_size * LENGTH_GROUP_WINDOW if batch_size > 1 else 1
-    head = list(itertools.islice(prompts, window))
-    on_cpu = loaded is None and loading.pick_device(device) == "cpu"
-    load_dtype = "float32" if dtype == "auto" and on_cpu and min(batch_size, len(head)) > 1 else dtype
-    lm = loaded
-    if on_cpu and adapter is None and load_dtype == "float32" and llama_native.unsupported_settings(settings) is None:
-        lm = llama_native.load(model)  # None unless a local Llama folder it builds exactly (no transformers model)
-    lm = lm or loading.load(
-        model,
-        "text-generation",
-        device=device,
-        dtype=load_dtype,
-        revision=revision,
-        allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code,
-        low_precision=True,
-        adapter=adapter,
-    )
-    net, tok = lm.model, lm.tokenizer
-    encoder_decoder = bool(getattr(net.config, "is_encoder_decoder", False))
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    # Decoder-only models continue from the last position, so pad on the left; encoders do not care.
-    tok.padding_side = "right" if encoder_decoder else "left"
-    eos = _eos_ids(net, tok)
-    gen_kwargs = generation_kwargs(settings)
-    gen_kwargs["pad_token_id"] = tok.pad_token_id
-    want_scores = settings.num_return_sequences > 1
-    if want_scores:
-        gen_kwargs.update(output_scores=True, return_dict_in_generate=True)
-    record = settings_record(settings)
-    if settings.seed is not None:
-        loading.set_seed(settings.seed)
-    # Sampling: each input draws from its own stream (seed + its index), so its answer does not depend on the rest
-    # of its batch; transformers' greedy step (or llmkit's loop) then takes the drawn token (seeded_sampling.py).
-    per_input_streams = settings.do_sample and settings.num_beams == 1
-    # Without --seed the streams start from one random base: the same draws as transformers' own sampling in
-    # distribution, and the same (faster) loop as seeded runs.
-    stream_base = settings.seed if settings.seed is not None else random.SystemRandom().getrandbits(31)
-    if per_input_streams:
-        for knob in ("temperature", "top_k", "top_p", "min_p", "typical_p"):
-            gen_kwargs[knob] = None
-        # greedy generate() refuses num_return_sequences > 1: the rows are repeated by hand instead (run_batch)
-        gen_kwargs.update(do_sample=False, num_return_sequences=1)
-    # Greedy and sampling decoding of Llama models in float32 on the CPU run llmkit's own loop (same tokens,
-    # measured faster).
-    native = net.decoder if isinstance(net, llama_native.NativeModel) else None
-    if native is None and not encoder_decoder:
-        if llama_native.unsupported_model(net) is None and llama_native.unsupported_call(gen_kwargs) is None:
-            native = llama_native.NativeLlama(net, release=loaded is None)  # net is ours alone then
-    # Templated prompts carry their own special tokens; raw prompts get the tokenizer's usual ones.
-    add_special = raw or not getattr(tok, "chat_template", None) or encoder_decoder
-
-    def prepare(index: int, prompt: Any) -> _Prepared:
-        if encoder_decoder and not isinstance(prompt, str):
-            raise UsageError("encoder-decoder models take a plain prompt, not chat messages (/v1/completions lines)")
-        text = prompt if encoder_decoder else format_prompt(tok, prompt, system=system, raw=raw)
-        ids = tok(text, add_special_tokens=add_special)["input_ids"]
-        if not ids:
-            raise UsageError(f"prompt {index + 1} is empty after tokenization; give some text")
-        return _Prepared(index, prompt, ids)
-
-    from llmkit.adapters import generation_inputs
-
-    def run_batch(batch: list[_Prepared]) -> list[Generation]:
-        padded = tok.pad({"input_ids": [p.ids for p in batch]}, return_tensors="pt").to(lm.device)
-        streamer = None
-        if on_text is not None and len(batch) == 1 and settings.num_beams == 1 and settings.num_return_sequences == 1:
-            index = batch[0].index
-            streamer = _TextStream(tok, lambda delta: on_text(index, delta), settings.stop, skip=1)
-        extra: dict[str, Any] = {}
-        sampler = None
-        if per_input_streams:
-            from llmkit.seeded_sampling import make_sampler
-
-            n = settings.num_return_sequences
-            sampler = make_sampler(settings, [stream_seed(stream_base, p.index) for p in batch], n, eos)
-            if n > 1:  # the layout transformers' own expansion has: input b's rows are b*n .. b*n+n-1
-                padded = {k: v.repeat_interleave(n, dim=0) for k, v in padded.items()}
-        # After the per-input expansion above: a prompt/prefix adapter's virtual tokens go in as embeddings or a
-        # starting KV cache (adapters.py);
-        # then the output holds only the new tokens.
-        inputs = generation_inputs(net, padded["input_ids"], padded["attention_mask"])
-        prompt_len = padded["input_ids"].shape[1] if inputs.echoes_prompt else 0
-        # llmkit's loop takes plain callables; transformers' generate wants its list types (importing transformers
-        # only then: 1-2 s of start-up).
-        own_loop = native is not None and inputs.echoes_prompt and inputs.model is net
-        if settings.stop:
-            start = 1 if encoder_decoder else prompt_len
-            extra["stopping_criteria"] = _stop_criteria(tok, settings.stop, start, for_transformers=not own_loop)
-        if sampler is not None and not own_loop:
-            from transformers import LogitsProcessorList
-
-            extra["logits_processor"] = LogitsProcessorList([sampler])
-        started = time.perf_counter()
-        with torch.inference_mode():
-            if own_loop:
-                assert native is not None
-                out = native.greedy(
-                    padded["input_ids"], padded["attention_mask"], max_new_tokens=settings.max_new_tokens, eos=eos,
-                    pad_token_id=tok.pad_token_id, stopping_criteria=extra.get("stopping_criteria"),
-                    streamer=streamer, logits_processor=sampler,
-                )
-            else:
-                out = inputs.model.generate(**inputs.kwargs, **gen_kwargs, **extra, streamer=streamer)
-        seconds = time.perf_counter() - started
-        sequences = out.sequences if want_scores else out
-        scores: list[float] | None
-        if want_scores and sampler is not None:
-            scores = [float(x) for x in sampler.logprob_sums]  # the processed scores only keep the drawn token
-        else:
-            scores = _sequence_scores(inputs.model, out, settings) if want_scores else None
-        # Encoder-decoders start their output with the decoder start token; decoders repeat the prompt first.
-        new_tokens = sequences[:, 1:] if encoder_decoder else sequences[:, prompt_len:]
-        results = []
-        n = settings.num_return_sequences
-        for b, item in enumerate(batch):
-            candidates = []
-            for j in range(n):
-                row = new_tokens[b * n + j].tolist()
-                candidates.append(_postprocess(tok, row, eos, settings, scores[b * n + j] if scores else None))
-            best = candidates[0]
-            if streamer is not None:
-                streamer.finish(best.text)
-            results.append(
-                Generation(
-                    prompt=item.prompt,
-                    text=best.text,
-                    finish_reason=best.finish_reason,
-                    prompt_tokens=len(item.ids),
-                    completion_tokens=best.completion_tokens,
-                    seconds=round(seconds, 4),
-                    tokens_per_second=round(best.completion_tokens / seconds, 2) if seconds > 0 else 0.0,
-                    model=lm.source.spec,
-                    candidates=candidates if n > 1 else None,
-                    settings=record,
-                    engine_reason=engine_reason,
-                )
-            )
-        return results
-
-    pending: list[_Prepared] = []
-    for index, prompt in enumerate(itertools.chain(head, prompts)):
-        pending.append(prepare(index, prompt))
-        if len(pending) >= window:
-            yield from _run_window(pending, batch_size, run_batch)
-            pending = []
-    if pending:
-        yield from _run_window(pending, batch_size, run_batch)
-
-
-def _file_runs_faster_natively(model: str, settings: GenerationSettings, device: str) -> bool:
-    """Whether a file of prompts for this GGUF model would run on llmkit's float32 Llama loop here: a CPU run
-    (no GPU visible for auto), settings the loop supports, and a Llama GGUF of at most FILE_MAX_GGUF_BYTES."""
-    from llmkit import llama_engine, llama_native, loading
-
-    if device not in ("auto", "cpu") or (device == "auto" and loading.accelerator_visible()):
-        return False
-    if llama_native.unsupported_settings(settings) is not None or not llama_native.native_enabled():
-        return False
-    gguf = llama_engine.gguf_for(model)
-    if gguf is None or gguf.stat().st_size > FILE_MAX_GGUF_BYTES:
-        return False
-    return llama_engine.read_gguf_info(gguf).architecture == "llama"
-
-
-def _stop_criteria(tok: Any, stops: tuple[str, ...], start: int, *, for_transformers: bool = True) -> Any:
-    """Stop each sequence once its new text contains a stop string.
-
-    Decodes only the last few tokens per step (a stop string of n characters spans at most n + 1 tokens), which
-    works for any tokenizer; transformers' own `stop_strings` needs a tokenizer whose vocabulary it can parse.
-    A `StoppingCriteriaList` for transformers' generate, else the plain function (llmkit's own loop).
-    """
-    import torch
-
-    window = max(len(s) for s in stops) + 2
-
-    def stop_on_strings(input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        tail = input_ids[:, max(start, input_ids.shape[1] - window) :]
-        texts = tok.batch_decode(tail, skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in stops) for t in texts], device=input_ids.device)
-
-    if not for_transformers:
-        return stop_on_strings
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class StopOnStrings(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            return stop_on_strings(input_ids, scores)
-
-    return StoppingCriteriaList([StopOnStrings()])
-
-
-def _run_window(
-    items: list[_Prepared], batch_size: int, run_batch: Callable[[list[_Prepared]], list[Generation]]
-) -> Iterator[Generation]:
-    """Run length-grouped batches; yield results in input order as soon as the next one in order exists."""
-    done: dict[int, Generation] = {}
-    next_index = items[0].index
-    for batch in _length_grouped(items, batch_size):
-        for item, result in zip(batch, run_batch(batch), strict=True):
-            done[item.index] = result
-        while next_index in done:
-            yield done.pop(next_index)
-            next_index += 1
-
-
-def _sequence_scores(model: Any, out: Any, s: GenerationSettings) -> list[float]:
-    """Beam search: transformers' length-normalised beam scores; sampling: the sum of token log-probs."""
-    if s.num_beams > 1 and getattr(out, "sequences_scores", None) is not None:
-        return [float(x) for x in out.sequences_scores]
-    import torch
-
-    transition = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-    transition = torch.where(torch.isfinite(transition), transition, torch.zeros_like(transition))
-    return [float(x) for x in transition.sum(dim=1)]
-
-
-def _postprocess(tok: Any, row: list[int], eos: set[int], s: GenerationSettings, score: float | None) -> Candidate:
-    finish = "length"
-    for i, token in enumerate(row):
-        if token in eos:
-            row, finish = row[:i], "eos"
-            break
-    pad = tok.pad_token_id
-    while row and row[-1] == pad and pad not in eos:
-        row = row[:-1]
-    text = tok.decode(row, skip_special_tokens=True)
-    text, hit = cut_at_stop(text, s.stop)
-    if hit:
-        finish = "stop"
-    elif finish == "length" and len(row) < s.max_new_tokens:
-        finish = "eos"
-    return Candidate(text=text, score=None if score is None else round(score, 5), completion_tokens=len(row),
-                     finish_reason=finish)
-
+    lm = loaded or hf.load_generator(model, device=device, dtype=choice.dtype, adapter=adapter, **load)
+    yield from hf.generate(lm, ahead, **run)

@@ -11,7 +11,6 @@ template).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -163,11 +162,9 @@ def write_gguf(
     tok = _tokenizer_metadata(tokenizer, config.vocab_size)
 
     from llmkit import tempnames
-    from llmkit.loading import llmkit_home
 
-    journal = llmkit_home() / tempnames.JOURNAL  # a killed write's temporary is found by `models --clean`
-    tmp = tempnames.temp_file(path, ".tmp", journal=journal)
-    try:
+    journal = tempnames.journal_dir()  # a killed write's temporary is found by `models --clean`
+    with tempnames.replacing(path, suffix=".tmp", journal=journal) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "llama")
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(name or getattr(config, "_name_or_path", "") or "model")
@@ -230,10 +227,6 @@ def write_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tempnames.forget(tmp, journal)
     return path
 
 

@@ -48,13 +48,13 @@ class LlamaScores:
 
 def _fresh_server(gguf: Path, context: int) -> tuple[Any, float]:
     """A newly loaded llama.cpp model (one sequence) and the seconds the load took."""
-    from llmkit import llama_engine
+    from llmkit.engines import llama_cpp
 
-    if not llama_engine.bindings_installed():
+    if not llama_cpp.bindings_installed():
         raise MissingDependencyError(
-            f"measuring a .gguf under llama.cpp needs its bindings; install them: {llama_engine.INSTALL_HINT}"
+            f"measuring a .gguf under llama.cpp needs its bindings; install them: {llama_cpp.INSTALL_HINT}"
         )
-    return llama_engine.load_fresh(gguf, context=context)
+    return llama_cpp.load_fresh(gguf, context=context)
 
 
 def measure_speed(gguf: Path, prompt: str, *, new_tokens: int, context: int = 2048) -> LlamaSpeed:
@@ -73,14 +73,14 @@ def measure_speed(gguf: Path, prompt: str, *, new_tokens: int, context: int = 20
     Raises:
         MissingDependencyError: no bindings (exit 4).
     """
-    from llmkit import llama_engine
+    from llmkit.engines import llama_cpp
     from llmkit.sampling import build_settings
 
     _, load_seconds = _fresh_server(gguf, context)
 
     def run(tokens: int) -> Any:
         settings = build_settings("greedy", max_new_tokens=tokens)
-        return next(llama_engine.generate([prompt], model=str(gguf), settings=settings, gguf=gguf, context=context))
+        return next(llama_cpp.generate([prompt], model=str(gguf), settings=settings, gguf=gguf, context=context))
 
     run(4)  # warm-up: first-use allocations and page faults of the mapped file
     result = run(new_tokens)

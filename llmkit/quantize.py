@@ -9,6 +9,10 @@ CPU),
                  saved as int8 tensors + scales in safetensors and rebuilt by loading.py from the saved
                  settings.
 - bnb-8bit/bnb-4bit: bitsandbytes LLM.int8() / NF4, for CUDA.
+- onnx-int8:     ONNX Runtime dynamic quantization (int8 weights per output channel, activations quantized per
+                 run) of the model's ONNX export, for encoders (classifiers, masked LMs, base encoders): a folder
+                 that classify / fill-mask run on ONNX Runtime (see engines/onnx.py). Both sides are measured on
+                 ONNX Runtime, the float32 export against the int8 graph.
 
 The report measures the original and the output the way llmkit runs them (load through loading.py, generate
 through generate.py): size on disk, load time, speed, quality (perplexity, masked-token perplexity, accuracy
@@ -28,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from llmkit import tempnames
+from llmkit import signals, tempnames
 from llmkit.errors import DataError, MissingDependencyError, QualityGateError, UsageError
 from llmkit.fsutil import make_public
 from llmkit.int8_format import (  # noqa: F401  (DYNAMIC_WEIGHTS re-exported: the format's file name)
@@ -38,7 +42,9 @@ from llmkit.int8_format import (  # noqa: F401  (DYNAMIC_WEIGHTS re-exported: th
 )
 from llmkit.metrics import accuracy, perplexity
 
-METHODS = ("gguf", "int8-weight", "int4-weight", "dynamic-int8", "bnb-8bit", "bnb-4bit")
+METHODS = ("gguf", "int8-weight", "int4-weight", "dynamic-int8", "bnb-8bit", "bnb-4bit", "onnx-int8")
+ONNX_TASKS = ("sequence-classification", "masked-lm", "base")  # what --method onnx-int8 quantizes
+ONNX_BATCH_SIZE = 32  # inputs per ONNX Runtime run while measuring, as classify batches them
 TORCHAO_METHODS = ("int8-weight", "int4-weight")
 BNB_METHODS = ("bnb-8bit", "bnb-4bit")
 # --skip default: the output head (lm_head, cls.predictions.decoder, classifier): it sees the widest
@@ -362,6 +368,11 @@ def _check_method(
         raise UsageError(f"{out} already exists; remove it or pick another --output")
     if method == "dynamic-int8" and device not in ("auto", "cpu"):
         raise UsageError("--method dynamic-int8 runs on the CPU only (torch.ao kernels); use --device cpu")
+    if method == "onnx-int8":
+        if device not in ("auto", "cpu"):
+            raise UsageError("--method onnx-int8 makes a model for ONNX Runtime on the CPU; use --device cpu")
+        if skip is not None:
+            raise UsageError("--skip does not apply to --method onnx-int8 (ONNX Runtime quantizes every MatMul)")
     if method in TORCHAO_METHODS:
         try:
             import torchao  # noqa: F401
@@ -460,13 +471,17 @@ def quantize(
         UsageError, MissingDependencyError, ModelNotFoundError, QualityGateError (exit 5).
     """
     from llmkit import loading
-    from llmkit.llama_engine import EngineLoadError, bindings_installed
+    from llmkit.engines.llama_cpp import EngineLoadError, bindings_installed
 
     say = progress or (lambda message: None)
     output = Path(output)
     device = _check_args(method, output, gguf_type, group_size, skip, device, dtype, max_drop, eval_texts, eval_labels)
     _check_gguf_extras(method, gguf_type, imatrix_texts)
     task = loading.detect_task(model, revision=revision, trust_remote_code=trust_remote_code)
+    if method == "onnx-int8":
+        return _quantize_onnx(model, output, task=task, eval_texts=eval_texts, eval_labels=eval_labels,
+                              max_drop=max_drop, revision=revision, allow_pickle=allow_pickle,
+                              trust_remote_code=trust_remote_code, say=say)
     if task == "seq2seq-lm":
         raise UsageError(
             "quantize measures causal LMs, masked LMs, classifiers and encoders; not seq2seq models"
@@ -483,32 +498,35 @@ def quantize(
     say(f"Loading {model} ({task})...")
     original = loading.load(model, task, device=device, dtype=dtype, **common)
     merged_dir: Path | None = None  # methods that reload the model quantize the merged copy saved here
-    if adapter_source.kind == "adapter":
-        from llmkit.adapters import merge_adapter
-
-        # LoRA folds into the base weights; the merged model is both the "original" measured and what is quantized.
-        original.model = merge_adapter(original.model)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        # pid-tagged like the output's own temporary, so a killed run's merged copy is found and removed later
-        merged_dir = tempnames.temp_dir(output.parent / f"{output.name}.merged", journal=_journal())
-        original.model.save_pretrained(str(merged_dir))
-        original.tokenizer.save_pretrained(str(merged_dir))
-    skip_list = default_skip(original.model, task) if skip is None else list(skip)
-    ev = _prepare_eval(original, task, eval_texts, eval_labels)
-    say("Measuring the original...")
-    before, before_out = _measure(original, ev, _original_size(original.source))
-
-    settings: dict[str, Any] = {"method": method, "compute_dtype": str(original.dtype).replace("torch.", "")}
-    notes: list[str] = []
-    original_gguf = None
-    for removed in _remove_stale_temporaries(output):
-        say(
-            f"Removed {removed.path} ({removed.size_bytes / 1e6:.1f} MB), left by process {removed.owner_pid} "
-            "(no longer running) from an earlier run for this output"
-        )
-    tmp = _temporary_output(output, method)
+    tmp: Path | None = None
     converted_cache: Path | None = None
+    # Everything this run writes is a tempnames temporary removed in `finally`, whatever stops it (an error,
+    # Ctrl-C, SIGTERM, SIGHUP); only `_publish` renames the finished output into place.
     try:
+        for removed in _remove_stale_temporaries(output):
+            say(tempnames.describe(removed))
+        if adapter_source.kind == "adapter":
+            from llmkit.adapters import merge_adapter
+
+            # LoRA folds into the base weights; the merged model is both the "original" measured and what is
+            # quantized.
+            original.model = merge_adapter(original.model)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            # pid-tagged like the output's own temporary, so a killed run's merged copy is found and removed later
+            with signals.deferred():  # a stop signal between creating it and naming it here would leak it
+                merged_dir = tempnames.temp_dir(_merged_path(output), journal=tempnames.journal_dir())
+            original.model.save_pretrained(str(merged_dir))
+            original.tokenizer.save_pretrained(str(merged_dir))
+        skip_list = default_skip(original.model, task) if skip is None else list(skip)
+        ev = _prepare_eval(original, task, eval_texts, eval_labels)
+        say("Measuring the original...")
+        before, before_out = _measure(original, ev, _original_size(original.source))
+
+        settings: dict[str, Any] = {"method": method, "compute_dtype": str(original.dtype).replace("torch.", "")}
+        notes: list[str] = []
+        original_gguf = None
+        with signals.deferred():  # a stop signal between creating it and naming it here would leak it
+            tmp = _temporary_output(output, method)
         say(f"Quantizing ({method})...")
         if method == "gguf":
             _write_gguf(
@@ -571,12 +589,13 @@ def quantize(
         _publish(report, tmp, output, method)
         return report
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        tempnames.forget(tmp, _journal())
+        if tmp is not None:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+            tempnames.forget(tmp, tempnames.journal_dir())
         if merged_dir is not None:
             shutil.rmtree(merged_dir, ignore_errors=True)
-            tempnames.forget(merged_dir, _journal())
+            tempnames.forget(merged_dir, tempnames.journal_dir())
         if converted_cache is not None and converted_cache.exists():  # the float copy made for measuring
             shutil.rmtree(converted_cache, ignore_errors=True)
 
@@ -602,9 +621,9 @@ def _check_args(
         raise UsageError("--max-drop must be >= 0 (a percentage)")
     if eval_labels is not None and eval_texts is not None and len(eval_labels) != len(eval_texts):
         raise DataError("--eval-data: every example needs a label (or none of them)")
-    if method == "dynamic-int8":
+    if method in ("dynamic-int8", "onnx-int8"):
         if dtype not in ("auto", "float32"):
-            raise UsageError("--method dynamic-int8 computes in float32 (torch.ao kernels); drop --dtype")
+            raise UsageError(f"--method {method} computes in float32 where it does not in int8; drop --dtype")
         return "cpu"
     return device
 
@@ -620,18 +639,18 @@ def _original_size(source: Any) -> int | None:
     return None
 
 
-def _journal() -> Path:
-    from llmkit.loading import llmkit_home
-
-    return llmkit_home() / tempnames.JOURNAL
-
-
 def _remove_stale_temporaries(output: Path) -> list[tempnames.Removed]:
     """Temporaries of earlier runs for the same output whose process is gone (a kill -9 mid-write)."""
-    removed = tempnames.remove_stale(output.parent, output.name)
-    for item in removed:
-        tempnames.forget_for(Path(item.path), item.owner_pid, _journal())
+    journal = tempnames.journal_dir()
+    removed = tempnames.sweep(output, journal=journal) + tempnames.sweep(_merged_path(output), journal=journal)
+    if output.suffix == ".gguf":  # its report beside it is written under a temporary name too
+        removed += tempnames.sweep(_gguf_report_path(output), journal=journal)
     return removed
+
+
+def _merged_path(output: Path) -> Path:
+    """The name the merged copy of an adapter's model is a temporary of (never renamed into place)."""
+    return output.parent / f"{output.name}.merged"
 
 
 def _temporary_output(output: Path, method: str) -> Path:
@@ -641,8 +660,8 @@ def _temporary_output(output: Path, method: str) -> Path:
     run (or `llmkit models --clean`) can tell a killed run's leftovers from a live run's file.
     """
     if method == "gguf":
-        return tempnames.temp_file(output, ".gguf", journal=_journal())
-    return tempnames.temp_dir(output, journal=_journal())
+        return tempnames.temp_file(output, ".gguf", journal=tempnames.journal_dir())
+    return tempnames.temp_dir(output, journal=tempnames.journal_dir())
 
 
 def _check_gguf_extras(method: str, gguf_type: str | None, imatrix_texts: list[str] | None) -> None:
@@ -810,7 +829,203 @@ def _publish(report: QuantizeReport, tmp: Path, output: Path, method: str) -> No
     No de-quantized copy of a .gguf is kept: llama.cpp runs the file itself, and a float copy (540 MB for
     SmolLM2) per run piled up under $LLMKIT_HOME/converted.
     """
-    report_path = output.parent / f"{output.stem}.report.json" if method == "gguf" else tmp / REPORT_NAME
-    report_path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, output)
-    make_public(output)
+    text = json.dumps(asdict(report), indent=2) + "\n"
+    if method != "gguf":
+        (tmp / REPORT_NAME).write_text(text, encoding="utf-8")
+        os.replace(tmp, output)
+        make_public(output)
+        return
+    # Two files, two renames: a stop signal waits until both are done, so neither is there without the other.
+    report_path = _gguf_report_path(output)
+    with signals.deferred(), tempnames.replacing(report_path, journal=tempnames.journal_dir()) as report_tmp:
+        report_tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, output)
+        make_public(output)
+
+
+def _gguf_report_path(output: Path) -> Path:
+    return output.parent / f"{output.stem}.report.json"
+
+
+# --- onnx-int8: ONNX Runtime's dynamic quantization of the export, both sides measured on ONNX Runtime -----------
+
+
+def _quantize_onnx(
+    model: str,
+    output: Path,
+    *,
+    task: str,
+    eval_texts: list[str] | None,
+    eval_labels: list[str] | None,
+    max_drop: float | None,
+    revision: str | None,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+    say: Any,
+) -> QuantizeReport:
+    """--method onnx-int8: the float32 export (made now if not cached) quantized by ONNX Runtime into `output`.
+
+    Both the float32 export and the int8 folder are measured as classify / fill-mask run them (ONNX Runtime,
+    batches of ONNX_BATCH_SIZE sorted by length): size on disk, load time, examples/s, and quality (accuracy on
+    labelled --eval-data for a classifier, masked-token perplexity for a masked LM, else agreement with the
+    float32 outputs), plus top-1 agreement and KL divergence against float32.
+    """
+    from llmkit import loading
+    from llmkit.engines import onnx, onnx_export
+
+    if task not in ONNX_TASKS:
+        raise UsageError(f"--method onnx-int8 quantizes encoders (classifiers, masked LMs, base encoders), not a "
+                         f"{task}; for a causal LM use --method gguf or int8-weight")
+    why = onnx.unsupported(model, head=task, revision=revision)
+    if why is not None:
+        raise UsageError(f"--method onnx-int8 cannot quantize {model}: {why}")
+    folder = onnx.model_folder(model, revision)
+    assert folder is not None
+    say(f"Loading {model} on ONNX Runtime ({task}; exported once if it is not cached)...")
+    original = onnx.load(model, task, revision=revision, allow_pickle=allow_pickle,
+                         trust_remote_code=trust_remote_code)
+    if original.notes:  # it was exported just now: its load time is that of the cached export, as later runs see
+        original = onnx.load(model, task, revision=revision)
+    ev = _onnx_eval(original, task, eval_texts, eval_labels)
+    say("Measuring the float32 export...")
+    before, before_out = _onnx_measure(original, ev, _disk_size(original.model.export.folder))
+    for removed in _remove_stale_temporaries(output):
+        say(f"Removed {removed.path} ({removed.size_bytes / 1e6:.1f} MB), left by process {removed.owner_pid} "
+            "(no longer running) from an earlier run for this output")
+    tmp = _temporary_output(output, "onnx-int8")
+    try:
+        say("Quantizing (onnx-int8: ONNX Runtime dynamic quantization, int8 weights per channel)...")
+        settings = onnx_export.quantize_int8(original.model.export, tmp)
+        shutil.copyfile(folder / "config.json", tmp / "config.json")  # what the model is, for every tool
+        (tmp / loading.QUANTIZATION_SETTINGS).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        say("Measuring the int8 model...")
+        quantized = onnx.load(str(tmp), task)
+        after, after_out = _onnx_measure(quantized, ev, _disk_size(tmp), reference=before_out)
+        agreement_kl = _onnx_agreement(before_out, after_out, task)
+        notes = ["both models measured on ONNX Runtime (the float32 export and the int8 graph), as classify and "
+                 "fill-mask run them"]
+        report = _report(model, "onnx-int8", output, task, dict(settings), notes, ev, before, after, agreement_kl,
+                         max_drop)
+        if not report.passed:
+            raise QualityGateError(
+                f"quality dropped {report.quality_drop_percent:.2f}% ({before.quality_metric} {before.quality:.4g} "
+                f"-> {after.quality:.4g}), more than --max-drop {max_drop:g}; nothing was written. Keep the "
+                "float32 model (classify runs it on ONNX Runtime already)"
+            )
+        _publish(report, tmp, output, "onnx-int8")
+        return report
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        tempnames.forget(tmp, tempnames.journal_dir())
+
+
+def _onnx_eval(lm: Any, task: str, texts: list[str] | None, labels: list[str] | None) -> _Eval:
+    """The evaluation inputs of `_prepare_eval`, made with the export's own tokenizer (no transformers)."""
+    import numpy as np
+
+    tok = lm.tokenizer
+    if task == "masked-lm":
+        text = "\n".join(t for t in (texts or [SAMPLE_TEXT]) if t.strip())
+        limit = min(EVAL_MAX_TOKENS, int(getattr(lm.model.config, "max_position_embeddings", EVAL_MAX_TOKENS) or
+                                         EVAL_MAX_TOKENS))
+        ids = np.array([tok(text, truncation=True, max_length=limit)["input_ids"]], dtype=np.int64)
+        if ids.shape[1] < 2:
+            raise DataError("--eval-data has fewer than 2 tokens; give some text to measure perplexity on")
+        if tok.mask_token_id is None:
+            raise UsageError("this masked LM's tokenizer has no mask token; it cannot be evaluated")
+        special = np.isin(ids[0], list(tok.special_ids()))
+        chosen = (np.arange(ids.shape[1]) % MASK_EVERY == MASK_EVERY // 2) & ~special
+        masked = ids.copy()
+        masked[0, chosen] = tok.mask_token_id
+        gold = np.full_like(ids, -100)
+        gold[0, chosen] = ids[0, chosen]
+        return _Eval(task, ids=masked, labels=gold)
+    sample = texts or [s.strip() + "." for s in SAMPLE_TEXT.split(". ") if s.strip()]
+    gold_ids = None
+    if labels is not None and task == "sequence-classification":
+        config = lm.model.config
+        label2id = {str(k): int(v) for k, v in (config.label2id or {}).items()}
+        gold_ids = []
+        for label in labels:
+            if label in label2id:
+                gold_ids.append(label2id[label])
+            elif label.isdigit() and int(label) < config.num_labels:
+                gold_ids.append(int(label))
+            else:
+                raise DataError(f"label {label!r} is not one of the model's labels ({', '.join(label2id)})")
+    return _Eval(task, texts=list(sample), gold=gold_ids)
+
+
+def _onnx_outputs(lm: Any, ev: _Eval) -> tuple[Any, float | None]:
+    """(logits or mean-pooled hidden states, masked-token perplexity or None) through ONNX Runtime."""
+    import numpy as np
+
+    from llmkit.tokens import pad_batch
+
+    net = lm.model
+    if ev.task == "masked-lm":
+        mask = np.ones_like(ev.ids)
+        logits = net.logits({"input_ids": ev.ids, "attention_mask": mask})[0]
+        picked = logits[ev.labels[0] != -100]
+        shifted = picked - picked.max(-1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        gold = ev.labels[0][ev.labels[0] != -100]
+        loss = float(-logp[np.arange(len(gold)), gold].mean())
+        ppl = perplexity(loss)
+        return picked, math.inf if ppl is None else ppl
+    encoded = lm.tokenizer(ev.texts, truncation=True, max_length=_onnx_max_tokens(lm))
+    features = [dict(zip(encoded, row, strict=True)) for row in zip(*encoded.values(), strict=True)]
+    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    chunks = [order[k : k + ONNX_BATCH_SIZE] for k in range(0, len(order), ONNX_BATCH_SIZE)]
+    batches = [pad_batch([features[i] for i in chunk], lm.tokenizer, arrays="numpy") for chunk in chunks]
+    rows: list[Any] = [None] * len(features)
+    for chunk, batch, out in zip(chunks, batches, net.many(batches), strict=True):
+        if ev.task == "base":  # sentence embeddings: the mean of the last hidden states over real tokens
+            weights = batch["attention_mask"][..., None].astype(np.float32)
+            out = (out * weights).sum(1) / weights.sum(1)
+        for row, i in enumerate(chunk):
+            rows[i] = out[row]
+    return np.stack(rows), None
+
+
+def _onnx_max_tokens(lm: Any) -> int:
+    from llmkit.scoring import max_input_tokens
+
+    return max_input_tokens(lm.model, lm.tokenizer)
+
+
+def _onnx_measure(lm: Any, ev: _Eval, size: int | None, reference: Any = None) -> tuple[Measurement, Any]:
+    """One model on ONNX Runtime: its outputs, quality and examples/s (after one untimed warm-up pass)."""
+    outputs, loss_quality = _onnx_outputs(lm, ev)
+    if loss_quality is not None:
+        metric, quality = "masked-perplexity", loss_quality
+    elif ev.gold is not None:
+        metric, quality = "accuracy", accuracy(list(ev.gold), outputs.argmax(-1).tolist())
+    else:
+        metric = "agreement"
+        quality = 1.0 if reference is None else _onnx_agreement(reference, outputs, ev.task)[0]
+    started = time.perf_counter()
+    _onnx_outputs(lm, ev)
+    seconds = max(time.perf_counter() - started, 1e-9)
+    count = 1 if ev.task == "masked-lm" else len(ev.texts)
+    measured = Measurement(size, round(lm.load_seconds, 3), count / seconds, "examples/s", quality, metric,
+                           engine="onnxruntime")
+    return measured, outputs
+
+
+def _onnx_agreement(before: Any, after: Any, task: str) -> tuple[float, float]:
+    """(top-1 agreement, mean KL(before || after) in nats) of numpy outputs; encoders: (mean cosine, 0)."""
+    import numpy as np
+
+    if task == "base":
+        norms = np.linalg.norm(before, axis=-1) * np.linalg.norm(after, axis=-1)
+        return float(((before * after).sum(-1) / np.maximum(norms, 1e-12)).mean()), 0.0
+
+    def log_softmax(x: Any) -> Any:
+        shifted = x - x.max(-1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+    logp, logq = log_softmax(before.astype(np.float64)), log_softmax(after.astype(np.float64))
+    kl = float((np.exp(logp) * (logp - logq)).sum(-1).mean())
+    return float((before.argmax(-1) == after.argmax(-1)).mean()), max(kl, 0.0)

@@ -1,8 +1,8 @@
 """What both generate engines share: settings, presets, validation, result records and stop strings.
 
-Torch-free and import-light, so the transformers engine (generate.py), the llama.cpp engine (llama_engine.py)
-and the CLI's `--help` can all use it without importing each other (as mlx-lm's `sample_utils.py` serves
-generate, server and evaluate alike).
+Torch-free and import-light, so the transformers engine (engines/transformers.py), the llama.cpp engine
+(engines/llama_cpp.py) and the CLI's `--help` can all use it without importing each other (as mlx-lm's
+`sample_utils.py` serves generate, server and evaluate alike).
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ class Generation:
         finish_reason: "eos" (the model ended it), "stop" (a --stop string) or "length" (--max-new-tokens).
         prompt_tokens / completion_tokens: token counts (prompt after the chat template).
         seconds: wall time of the batch that produced it; tokens_per_second = completion_tokens / seconds.
-        engine: "transformers" or "llama-cpp"; engine_reason: why that engine ran (see llama_engine.decide_engine).
+        engine: "transformers" or "llama-cpp"; engine_reason: why that engine ran (see engines/choose.py).
         candidates: the n-best list (with scores) when --num-return-sequences > 1.
     """
 
@@ -329,29 +329,67 @@ def chat_messages(prompt: Any, *, system: str | None, raw: bool, has_template: b
 
 
 def render_chat_template(template: str, messages: list[dict[str, str]], **tokens: str) -> str:
-    """`messages` through a model's Jinja chat template with a generation prompt, in the environment transformers'
-    `apply_chat_template` uses (sandboxed, trim_blocks, lstrip_blocks, loop controls, `raise_exception`,
+    """`messages` through a model's Jinja chat template with a generation prompt, as transformers'
+    `apply_chat_template` renders it (trim_blocks, lstrip_blocks, loop controls, `raise_exception`,
     `strftime_now`), so every engine sees the same prompt text. `tokens`: bos_token, eos_token and the like.
+
+    MiniJinja renders it (a Rust engine, sandboxed by construction, that Hugging Face's text-generation-inference
+    uses for the same templates): importing jinja2 took 55-80 ms of CPU, the largest share of llmkit's own
+    start-up before a one-prompt llama.cpp answer, against about 10 ms for minijinja
+    (benchmarks/startup_generate.py). A template MiniJinja cannot compile or render goes to jinja2 in
+    transformers' sandboxed environment, as before; tests/test_sampling.py pins equal output on real templates.
 
     Raises:
         UsageError: the template refused the conversation (its `raise_exception`).
     """
-    return _compiled_chat_template(template).render(messages=messages, add_generation_prompt=True, **tokens)
+    context = dict(tokens, messages=messages, add_generation_prompt=True)
+    compiled = _minijinja_chat_template(template)
+    if compiled is not None:
+        try:
+            return compiled.render_template("chat", **context)
+        except UsageError:
+            raise
+        except Exception:  # noqa: BLE001 - a construct MiniJinja renders otherwise: jinja2 says what is wrong
+            pass
+    return _jinja2_chat_template(template).render(**context)
 
 
 def _refuse(message: str) -> None:
     raise UsageError(f"the model's chat template refused the prompt: {message}")
 
 
-@functools.lru_cache(maxsize=8)
-def _compiled_chat_template(template: str) -> Any:
-    """The compiled template (compiling took 9 ms, once per prompt before: 0.6 s of 64 prompts)."""
+def _strftime_now(fmt: str) -> str:
     import time
 
+    return time.strftime(fmt)
+
+
+@functools.lru_cache(maxsize=8)
+def _minijinja_chat_template(template: str) -> Any:
+    """An environment holding the compiled template as "chat", or None where MiniJinja is missing or cannot
+    compile it."""
+    try:
+        import minijinja
+    except ImportError:
+        return None
+    env = minijinja.Environment(trim_blocks=True, lstrip_blocks=True)
+    env.add_function("raise_exception", _refuse)  # type: ignore[attr-defined]  # (its stubs lack it)
+    env.add_function("strftime_now", _strftime_now)  # type: ignore[attr-defined]
+    try:
+        env.add_template("chat", template)
+    except Exception:  # noqa: BLE001 - syntax MiniJinja lacks: jinja2 renders it
+        return None
+    return env
+
+
+@functools.lru_cache(maxsize=8)
+def _jinja2_chat_template(template: str) -> Any:
+    """The template compiled by jinja2 in transformers' environment (compiling took 9 ms, once per prompt
+    before: 0.6 s of 64 prompts)."""
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.globals["raise_exception"] = _refuse
-    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+    env.globals["strftime_now"] = _strftime_now
     return env.from_string(template)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llmkit.loading import llmkit_home
+from llmkit import tempnames
+from llmkit.fsutil import llmkit_home
 
 CACHE_VERSION = "1"  # bump when the stored layout changes
 CACHE_BATCH_SIZE = 16  # examples per teacher forward pass while filling the cache
@@ -79,15 +78,12 @@ def load_or_fill(
         if on_progress:
             on_progress(ids[-1] + 1, count)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Written under a temporary name, then renamed: a killed run never leaves a truncated cache behind.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # Written under a temporary name (tempnames' rule), then renamed: a stopped run never leaves a truncated
+    # cache behind, and a killed one's temporary is removed by the next fill or `llmkit models --clean`.
+    journal = tempnames.journal_dir()
+    tempnames.sweep(path, journal=journal)
+    with tempnames.replacing(path, suffix=".tmp", journal=journal) as tmp:
+        save_file(tensors, str(tmp))
     return tensors, False
 
 

@@ -6,8 +6,12 @@ is still writing. Each temporary name carries its writer's process id (`.q.gguf.
 temporary of a temporary keeps the marker: `..q.gguf.pid4242.k3j9x1.gguf.pid4242.a8s7d6.tmp`). It is stale
 when that process is gone, a zombie, or started after the temporary was last written (its pid was reused).
 
-A journal folder (llmkit's is $LLMKIT_HOME/temporaries) records where each temporary was made, so that
-`llmkit models --clean` can find a killed run's leftovers wherever its output was going.
+A journal folder (llmkit's is $LLMKIT_HOME/temporaries, `journal_dir()`) records where each temporary was made,
+so that `llmkit models --clean` can find a killed run's leftovers wherever its output was going.
+
+The one rule for every file llmkit writes: `sweep(target)` first (a killed earlier run's temporaries for the same
+output go, a live run's stay), then write through `replacing(target)` (a named, journalled temporary, renamed into
+place only when complete, removed on any failure, Ctrl-C, SIGTERM or SIGHUP).
 """
 
 from __future__ import annotations
@@ -17,8 +21,13 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from llmkit import signals
+from llmkit.fsutil import llmkit_home, make_public
 
 # `.<target name>.pid<pid>.<random><suffix>`, with one or more leading dots (a temporary of a temporary).
 _OWNED = re.compile(r"^\.+(?P<target>.+?)\.pid(?P<pid>\d+)\.")
@@ -35,6 +44,19 @@ class Removed:
     owner_pid: int
 
 
+def journal_dir() -> Path:
+    """llmkit's journal of temporaries ($LLMKIT_HOME/temporaries), read by `llmkit models --clean`."""
+    return llmkit_home() / JOURNAL
+
+
+def describe(removed: Removed) -> str:
+    """One line for a stale temporary a run removed before writing the same output."""
+    return (
+        f"Removed {removed.path} ({removed.size_bytes / 1e6:.1f} MB), left by process {removed.owner_pid} "
+        "(no longer running) from an earlier run for this output"
+    )
+
+
 def prefix(target: Path) -> str:
     """The hidden name prefix of this process's temporaries for `target`."""
     return f".{target.name}.pid{os.getpid()}."
@@ -45,7 +67,8 @@ def _entry(journal: Path, path: Path, pid: int | None = None) -> Path:
     return journal / f"{os.getpid() if pid is None else pid}.{digest}"
 
 
-def _record(journal: Path | None, path: Path) -> None:
+def record(path: Path, journal: Path | None) -> None:
+    """Record `path` in the journal as this process's (temp_file/temp_dir do it; a folder named otherwise may too)."""
     if journal is not None:
         journal.mkdir(parents=True, exist_ok=True)
         _entry(journal, path).write_text(str(path.absolute()), encoding="utf-8")
@@ -55,6 +78,13 @@ def forget(path: Path, journal: Path | None) -> None:
     """Drop `path` from the journal (call once the temporary was renamed into place or deleted)."""
     if journal is not None:
         _entry(journal, path).unlink(missing_ok=True)
+
+
+def forget_all(path: Path, journal: Path | None) -> None:
+    """Drop every process's journal entry for `path` (a shared folder its last user removed)."""
+    if journal is not None and journal.is_dir():
+        for entry in journal.glob(f"*.{_entry(journal, path).name.split('.', 1)[1]}"):
+            entry.unlink(missing_ok=True)
 
 
 def forget_for(path: Path, pid: int, journal: Path | None) -> None:
@@ -77,7 +107,7 @@ def temp_file(target: Path, suffix: str = "", *, journal: Path | None = None) ->
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=prefix(target), suffix=suffix, dir=target.parent)
     os.close(fd)
-    _record(journal, Path(name))
+    record(Path(name), journal)
     return Path(name)
 
 
@@ -85,7 +115,7 @@ def temp_dir(target: Path, *, journal: Path | None = None) -> Path:
     """Create an empty temporary folder beside `target`, named after it and this process (mode 0700)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix=prefix(target), dir=target.parent))
-    _record(journal, path)
+    record(path, journal)
     return path
 
 
@@ -185,8 +215,13 @@ def remove_stale(directory: Path, target_name: str | None = None) -> list[Remove
     return removed
 
 
-def sweep_journal(journal: Path) -> list[Removed]:
+def sweep_journal(journal: Path, *, shared_stale: Callable[[Path], bool] | None = None) -> list[Removed]:
     """Delete every temporary in the journal whose writer is gone, wherever it lies, and its journal entry.
+
+    Args:
+        journal: the journal folder.
+        shared_stale: for a recorded path whose name carries no owner (a folder several processes share, such
+            as a launch's shard folder): whether it is stale. Such a path is kept, with its entry, until it is.
 
     Returns:
         What was removed, with the bytes each freed (entries whose temporary no longer exists free nothing).
@@ -204,6 +239,13 @@ def sweep_journal(journal: Path) -> list[Removed]:
             continue
         parsed = owner(path)
         exists = path.exists() or path.is_symlink()
+        if exists and parsed is None and shared_stale is not None:
+            if shared_stale(path):
+                size = _size(path)
+                _remove(path)
+                removed.append(Removed(str(path), size, int(pid_text)))
+                entry.unlink(missing_ok=True)
+            continue
         if exists and owner_alive(int(pid_text), path):
             continue
         if not exists and owner_alive(int(pid_text), entry):
@@ -214,3 +256,76 @@ def sweep_journal(journal: Path) -> list[Removed]:
             removed.append(Removed(str(path), size, parsed[1]))
         entry.unlink(missing_ok=True)
     return removed
+
+
+def sweep(target: Path, *, journal: Path | None) -> list[Removed]:
+    """Delete the stale temporaries of `target` beside it (a killed earlier run's), and their journal entries.
+
+    A live writer's temporaries for the same target are left alone (see `owner_alive`).
+
+    Args:
+        target: the output about to be written.
+        journal: the journal the temporaries were recorded in (None: none).
+
+    Returns:
+        What was removed, with the bytes each freed (`describe` words one for the user).
+    """
+    removed = remove_stale(Path(target).parent, Path(target).name)
+    for item in removed:
+        forget_for(Path(item.path), item.owner_pid, journal)
+    return removed
+
+
+@contextmanager
+def replacing(target: Path, *, suffix: str = "", folder: bool = False, journal: Path | None) -> Iterator[Path]:
+    """A temporary beside `target` to write into; renamed onto `target` when the block ends without an error.
+
+    The temporary carries this process's marker and is journalled until it is renamed or removed, so a `kill -9`
+    leaves something the next run (`sweep`) or `llmkit models --clean` can tell from a live writer's file. On any
+    exception (an error, Ctrl-C, SIGTERM/SIGHUP through llmkit.signals) the temporary is removed and `target`
+    is left as it was. The result gets the permissions a plain write would (the user's umask).
+
+    Args:
+        target: the file (or, with `folder`, the folder) to create or replace.
+        suffix: kept at the end of the temporary's name (tools that look at the extension).
+        folder: make an empty folder instead of an empty file (`target` must not be a non-empty folder).
+        journal: where the temporary is recorded (`journal_dir()` for llmkit's own; None: not recorded).
+
+    Yields:
+        The temporary's path.
+    """
+    target = Path(target)
+    tmp: Path | None = None
+    try:
+        with signals.deferred():  # a stop signal between creating it and naming it here would leak it
+            tmp = temp_dir(target, journal=journal) if folder else temp_file(target, suffix, journal=journal)
+        yield tmp
+        make_public(tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp is not None:
+            if tmp.exists() or tmp.is_symlink():
+                _remove(tmp)
+            forget(tmp, journal)
+
+
+@contextmanager
+def scratch(target: Path, *, journal: Path | None) -> Iterator[Path]:
+    """A temporary folder named after `target`, for work files: removed when the block ends, never renamed.
+
+    Args:
+        target: the name it is a temporary of (beside it; `sweep(target)` removes a killed run's).
+        journal: where it is recorded while it exists (`journal_dir()` for llmkit's own; None: not recorded).
+
+    Yields:
+        The folder's path.
+    """
+    folder: Path | None = None
+    try:
+        with signals.deferred():  # a stop signal between creating it and naming it here would leak it
+            folder = temp_dir(Path(target), journal=journal)
+        yield folder
+    finally:
+        if folder is not None:
+            _remove(folder)
+            forget(folder, journal)

@@ -123,7 +123,7 @@ def pick_threads() -> int:
 
 
 def cpu_threads() -> int:
-    """Threads for llmkit's own CPU work outside torch (the numpy BERT): $LLMKIT_THREADS, else
+    """Threads for CPU work outside torch (the ONNX engine's batches at once): $LLMKIT_THREADS, else
     $OMP_NUM_THREADS, else `free_cores()`."""
     requested = requested_threads()
     if requested is not None:

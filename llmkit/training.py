@@ -9,6 +9,9 @@ Public pieces, each small and usable alone:
   (`classification_report`, `perplexity`, ...) live in metrics.py and are re-exported here.
 - `check_output`, `checkpoint_dir`, `atomic_output`, `write_report`: a run that dies never leaves an output
   folder that looks finished; checkpoints live beside it (`OUTPUT.checkpoints`) until the final rename.
+- `TrainSettings.report_to`/`run_name` (`--report-to`, `--run-name`): the Trainer's own tracker integrations;
+  `trainer_class()` points them at the run's log folder (tracking.py) and `atomic_output` moves it into
+  `OUTPUT/runs`.
 
 torch, transformers and datasets are imported inside functions so that importing this module stays cheap.
 """
@@ -27,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from llmkit import tracking
 from llmkit.config import check_config_keys, load_config, settings_from  # noqa: F401  (re-exported)
 from llmkit.data import TABLE_SUFFIXES, column_error, decoding_note, open_rows  # noqa: F401  (column_error: re-exported)
 from llmkit.data import require_columns as data_require_columns
@@ -95,9 +99,17 @@ class TrainSettings:
     early_stopping_patience: int | None = None
     group_by_length: bool = True  # sort-ish batches by length: less padding, same data each epoch
     logging_steps: int | None = None  # None: about 20 log points per run
+    # Trackers the Trainer's integrations report to (tracking.py); () = none. A "a,b" string or a list is
+    # accepted (--report-to, a TOML file) and kept as a tuple.
+    report_to: tuple[str, ...] = ()
+    run_name: str | None = None  # None: the output folder's name
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "report_to", tracking.parse_report_to(self.report_to))
 
     def validate(self) -> TrainSettings:
-        """Raise UsageError for impossible values; return self."""
+        """Raise UsageError for impossible values (MissingDependencyError for a tracker not installed);
+        return self."""
         checks = [
             (self.epochs > 0 or self.max_steps > 0, "--epochs must be > 0 (or give --max-steps)"),
             (self.learning_rate > 0, "--learning-rate must be > 0"),
@@ -119,6 +131,9 @@ class TrainSettings:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        tracking.check_installed(self.report_to)
+        if self.run_name is not None and not self.run_name.strip():
+            raise UsageError("--run-name must not be empty")
         return self
 
 
@@ -587,7 +602,9 @@ def build_training_args(
         greater_is_better=greater_is_better if early else None,
         logging_strategy="steps",
         logging_steps=logging_steps,
-        report_to=[],
+        report_to=list(settings.report_to),  # the Trainer's own integrations; tracking.py says where they write
+        run_name=settings.run_name or run_name_for(output_dir),
+        project=tracking.PROJECT,
         disable_tqdm=True,  # llmkit's own progress bar goes to stderr
         log_level="error",
         use_cpu=device == "cpu",
@@ -604,6 +621,11 @@ def build_training_args(
         return TrainingArguments(**kwargs)
     except ValueError as exc:
         raise UsageError(f"training settings rejected: {str(exc).strip().splitlines()[0]}") from None
+
+
+def run_name_for(checkpoints: Path | str) -> str:
+    """The default run name: the output folder's name (`checkpoints` is `checkpoint_dir(output)`)."""
+    return Path(checkpoints).name.removesuffix(CHECKPOINTS_SUFFIX) or "run"
 
 
 def make_compute_metrics(
@@ -659,6 +681,44 @@ def trainer_class() -> Any:
         from transformers import Trainer
 
         class LlmkitTrainer(Trainer):
+            def __init__(self, *args: Any, log_folder: Path | None = None, **kwargs: Any) -> None:
+                """`log_folder`: where the trackers write (default: `runs` in the checkpoint folder)."""
+                # The trackers' callbacks read where to write from the environment, some when the Trainer
+                # builds them (TensorBoard, trackio), some when training begins (MLflow, wandb): set it
+                # from here to the end of train() (tracking.py).
+                self._tracking_env: dict[str, str | None] = {}
+                training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+                self.log_folder: Path | None = None
+                if training_args is not None:
+                    folder = log_folder or tracking.log_folder(training_args.output_dir)
+                    self.log_folder = folder
+                    if training_args.report_to:
+                        env = tracking.environment(training_args.report_to, folder, training_args.run_name)
+                        note = tracking.trackio_store_note(env) if "trackio" in training_args.report_to else None
+                        if note:
+                            from llmkit.console import warn
+
+                            warn(note)
+                        self._tracking_env = tracking.apply_environment(env)
+                try:
+                    super().__init__(*args, **kwargs)
+                except BaseException:
+                    tracking.restore_environment(self._tracking_env)
+                    raise
+                tracking.quiet_stdout(self)  # trackers' banners go to stderr: stdout is llmkit's data
+
+            def train(self, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    return super().train(*args, **kwargs)
+                except BaseException:
+                    if self.is_world_process_zero() and self.log_folder is not None:
+                        discard_logs_without_checkpoint(self.log_folder.parent)
+                    raise
+                finally:
+                    tracking.detach(self)  # the final evaluation is not part of the tracked run
+                    tracking.restore_environment(self._tracking_env)
+                    self._tracking_env = {}
+
             def evaluate(self, *args: Any, **kwargs: Any) -> Any:
                 py_state, np_state = random.getstate(), np.random.get_state()
                 devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
@@ -702,6 +762,66 @@ class TimedCheckpoint:
         return _Timed(settings.checkpoint_minutes * 60)
 
 
+class StopOnSignal:
+    """A Trainer callback that ends training at the next step with a checkpoint once a stop signal came.
+
+    Used by `run_trainer` under `signals.deferred()`: SIGTERM, SIGHUP or Ctrl-C during a step is held until the
+    step is complete (weights, optimizer and scheduler agree), then this asks the Trainer to save a checkpoint
+    (`OUTPUT.checkpoints/checkpoint-N`, what `--resume` continues from) and to stop, skipping the epoch-end
+    evaluation. A signal during an evaluation takes effect when it ends.
+    """
+
+    @staticmethod
+    def create() -> Any:
+        from llmkit import signals
+
+        base = _trainer_callback_base()
+
+        class _Stop(base):  # type: ignore[misc, valid-type]
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if signals.pending() is not None:
+                    control.should_save = control.should_training_stop = True
+                    control.should_evaluate = False  # the checkpoint first: an evaluation could take minutes
+
+            def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if signals.pending() is not None:  # came during the evaluation: save once it is done
+                    control.should_save = control.should_training_stop = True
+
+            def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if signals.pending() is not None and control.should_training_stop:
+                    control.should_evaluate = False
+
+        return _Stop()
+
+
+def run_trainer(trainer: Any, checkpoint: Path | None = None) -> Any:
+    """`trainer.train()` that a stop signal ends with a checkpoint `--resume` continues from.
+
+    In one process, SIGTERM/SIGHUP/Ctrl-C (inside `signals.handled()`, as every llmkit command runs) is held
+    until the current step ends; then `StopOnSignal` saves a checkpoint and `signals.Interrupted` is raised. In a
+    multi-process run the ranks could stop at different steps and hang in a collective, so the signal
+    interrupts at once there; the schedule's own checkpoints are what `--resume` finds.
+
+    Args:
+        trainer: a `transformers.Trainer` whose `args.output_dir` is the run's checkpoint folder.
+        checkpoint: the checkpoint to resume from (None: start from the beginning).
+
+    Returns:
+        What `trainer.train()` returns.
+
+    Raises:
+        signals.Interrupted: a stop signal arrived (after the checkpoint was written).
+    """
+    from llmkit import signals
+
+    resume_from = str(checkpoint) if checkpoint is not None else None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return trainer.train(resume_from_checkpoint=resume_from)
+    trainer.add_callback(StopOnSignal.create())
+    with signals.deferred():
+        return trainer.train(resume_from_checkpoint=resume_from)
+
+
 def _trainer_callback_base() -> type:
     from transformers import TrainerCallback
 
@@ -723,16 +843,20 @@ class ProgressCallback:
         emit: Callable[[dict[str, Any]], None] | None = None,
         description: str = "training",
         perplexity_metric: bool = False,
+        show: bool = True,
     ) -> Any:
         """Args:
         json_log: write each log/eval record as a JSON line (via `emit`, default stdout).
         emit: where JSON records go (default: `output.write_json`).
         description: the bar's label.
         perplexity_metric: add `eval_perplexity` = exp(eval_loss) to evaluation metrics (language models).
+        show: draw the bar and evaluation lines; False keeps only the history (`history`, `evaluations`).
         """
         base = _trainer_callback_base()
         cls = type("LlmkitProgressCallback", (_ProgressMixin, base), {})
-        return cls(json_log=json_log, emit=emit, description=description, perplexity_metric=perplexity_metric)
+        return cls(
+            json_log=json_log, emit=emit, description=description, perplexity_metric=perplexity_metric, show=show
+        )
 
 
 class _ProgressMixin:
@@ -743,7 +867,9 @@ class _ProgressMixin:
         emit: Callable[[dict[str, Any]], None] | None,
         description: str,
         perplexity_metric: bool,
+        show: bool = True,
     ) -> None:
+        self.show = show
         self.json_log = json_log
         self._emit = emit
         self.description = description
@@ -767,7 +893,7 @@ class _ProgressMixin:
             write_json(record)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not state.is_world_process_zero:
+        if not state.is_world_process_zero or not self.show:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -899,8 +1025,17 @@ def last_checkpoint(output: Path | str) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
 
 
+def resume_hint(output: Path | str) -> str | None:
+    """What to tell the user after an interrupted run towards `output`: how to continue it, if it can be."""
+    if last_checkpoint(output) is None:
+        return None
+    return "Run the same command with --resume to continue from the last checkpoint."
+
+
 def check_output(output: Path | str, *, overwrite: bool = False, resume: bool = False) -> None:
     """Fail early, before any training, when the output folder or stale checkpoints are in the way.
+
+    A fresh run (not `resume`) also removes the tracker logs a killed run left with no checkpoint to resume.
 
     Raises:
         UsageError: `output` exists (without overwrite), or an earlier run's checkpoints exist without resume.
@@ -915,6 +1050,24 @@ def check_output(output: Path | str, *, overwrite: bool = False, resume: bool = 
             f"{checkpoint_dir(output)} holds checkpoints of an interrupted run; add --resume to continue it, "
             "or delete that folder to start again"
         )
+    if not resume:
+        from llmkit.distributed import detect
+
+        if detect().is_main:  # one process clears them, before any has started to log (the others never log)
+            discard_logs_without_checkpoint(checkpoint_dir(output))
+
+
+def discard_logs_without_checkpoint(checkpoints: Path) -> None:
+    """Remove `checkpoints/runs` (tracker logs) when no checkpoint there could continue them, and the
+    checkpoints folder itself when that leaves it empty: a failed run leaves nothing stray behind."""
+    output = checkpoints.parent / checkpoints.name.removesuffix(CHECKPOINTS_SUFFIX)
+    if last_checkpoint(output) is not None:
+        return  # --resume continues these logs
+    shutil.rmtree(tracking.log_folder(checkpoints), ignore_errors=True)
+    try:
+        checkpoints.rmdir()  # only when empty
+    except OSError:
+        pass
 
 
 @contextmanager
@@ -924,39 +1077,62 @@ def atomic_output(
     """Yield a staging folder; on success rename it to `output`, on any failure delete it.
 
     So `output` either does not exist or is complete: a crash, kill or Ctrl-C never leaves it half-written.
-    With `overwrite`, an existing `output` is replaced only once the new one is complete. `staging` (same
+    The run's tracker logs (`OUTPUT.checkpoints/runs`, see tracking.py) move in as `OUTPUT/runs`. With
+    `overwrite`, an existing `output` is replaced only once the new one is complete. `staging` (same
     file system as `output`) is for distributed runs where every process must write to one known folder;
     by default it is a fresh hidden folder beside `output`.
     """
+    from llmkit import signals, tempnames
+
     output = Path(output)
     check_output(output, overwrite=overwrite, resume=True)
     output.parent.mkdir(parents=True, exist_ok=True)
-    if staging is None:
-        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-        make_public(staging)  # mkdtemp makes it 0700; the finished folder gets the user's usual permissions
-    else:
-        staging.mkdir(parents=True, exist_ok=True)
+    journal: Path | None = None
+    given = staging
+    staging = None
     try:
+        with signals.deferred():  # a stop signal between creating it and naming it here would leak it
+            if given is None:
+                # tempnames' rule: a killed earlier run's staging folder for this output goes now, a live run's
+                # stays; this one carries the process id and is journalled for `llmkit models --clean`.
+                journal = tempnames.journal_dir()
+                tempnames.sweep(output, journal=journal)
+                staging = tempnames.temp_dir(output, journal=journal)
+                make_public(staging)  # mkdtemp makes it 0700; the finished folder gets the user's usual permissions
+            else:
+                staging = given
+                staging.mkdir(parents=True, exist_ok=True)
         yield staging
-        if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-            os.rename(output, old / output.name)
-            os.rename(staging, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, output)
+        logs = tracking.log_folder(checkpoint_dir(output))
+        if logs.is_dir():  # the trackers' logs of the run (--report-to) become OUTPUT/runs
+            tracking.relocate(logs, staging / tracking.LOG_FOLDER, output / tracking.LOG_FOLDER)
+        # Two renames when replacing: a SIGTERM between them would leave no output at all, so it waits.
+        with signals.deferred():
+            if output.exists():
+                # Not a tempnames name on purpose: between the renames this holds the user's only copy, which no
+                # sweep may take for a killed run's leftover.
+                old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+                os.rename(output, old / output.name)
+                os.rename(staging, output)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(staging, output)
     finally:
-        if staging.exists():
+        if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None and journal is not None:
+            tempnames.forget(staging, journal)
 
 
 def write_report(folder: Path | str, report: dict[str, Any], name: str = "report.json") -> Path:
     """Write `report` as indented JSON into `folder` (temp name, then rename) and return its path."""
+    from llmkit import tempnames
+
     folder = Path(folder)
     target = folder / name
-    tmp = folder / f".{name}.tmp"
-    tmp.write_text(json.dumps(_json_safe(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, target)
+    # Inside an output being staged: that folder is the journalled temporary, so this one needs no entry.
+    with tempnames.replacing(target, journal=None) as tmp:
+        tmp.write_text(json.dumps(_json_safe(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return target
 
 

@@ -139,7 +139,7 @@ def test_the_cycle_finder_finds_a_cycle_and_only_a_cycle():
 def test_the_graph_counts_imports_inside_functions():
     graph = import_graph()
     # both are imported only inside functions: a graph of top-level imports would miss them
-    assert "llmkit.llama_engine" in graph["llmkit.generate"]
+    assert "llmkit.engines.llama_cpp" in graph["llmkit.generate"]
     assert "llmkit.int8_format" in graph["llmkit.loading"]
 
 
@@ -150,10 +150,49 @@ def test_llmkit_has_no_import_cycle():
 
 def test_the_engines_share_a_torch_free_module_and_not_each_other():
     graph = import_graph()
-    assert "llmkit.generate" not in graph["llmkit.llama_engine"]
-    assert {"llmkit.sampling"} <= graph["llmkit.generate"] & graph["llmkit.llama_engine"]
+    assert "llmkit.generate" not in graph["llmkit.engines.llama_cpp"]
+    assert {"llmkit.sampling"} <= graph["llmkit.generate"] & graph["llmkit.engines.llama_cpp"]
     assert graph["llmkit.sampling"] <= {"llmkit.errors"}
     assert "llmkit.quantize" not in graph["llmkit.loading"]
+
+
+# The task modules and the CLI above them (STYLE.md "The shape"). Engines sit below every task: an engine that
+# reaches up into one (as the Llama loop once took classify.pad_batch) cannot serve another task without dragging
+# the first along, and the import graph grows cycles.
+TASK_MODULES = ("llmkit.generate", "llmkit.classify", "llmkit.fill_mask", "llmkit.embed", "llmkit.finetune",
+                "llmkit.distill", "llmkit.quantize", "llmkit.zeroshot", "llmkit.openai_batch", "llmkit.cli")
+
+
+def tasks_reached_by_engines(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """engine module -> the task modules it imports, directly or through other llmkit modules (none expected)."""
+    found: dict[str, set[str]] = {}
+    for engine in sorted(m for m in graph if m == "llmkit.engines" or m.startswith("llmkit.engines.")):
+        seen: set[str] = set()
+        todo = [engine]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        tasks = {m for m in seen if m in TASK_MODULES or m.startswith("llmkit.cli.")}
+        if tasks:
+            found[engine] = tasks
+    return found
+
+
+def test_the_engine_check_finds_a_task_reached_through_a_shared_module():
+    planted = {"llmkit.engines.x": {"llmkit.tokens"}, "llmkit.tokens": {"llmkit.classify"}, "llmkit.classify": set(),
+               "llmkit.engines.y": {"llmkit.cli.generate"}, "llmkit.engines.z": {"llmkit.sampling"},
+               "llmkit.generate": {"llmkit.engines.z"}}
+    assert tasks_reached_by_engines(planted) == {"llmkit.engines.x": {"llmkit.classify"},
+                                                 "llmkit.engines.y": {"llmkit.cli.generate"}}
+
+
+def test_no_engine_imports_a_task_module():
+    graph = import_graph()
+    assert {"llmkit.engines.choose", "llmkit.engines.llama_cpp", "llmkit.engines.llama_loop",
+            "llmkit.engines.transformers"} <= set(graph)
+    assert tasks_reached_by_engines(graph) == {}
 
 
 def test_no_private_name_crosses_modules():
@@ -166,12 +205,13 @@ def test_no_private_name_crosses_modules():
     assert not stale, f"fixed, remove from KNOWN_PRIVATE_CROSSINGS: {stale}"
 
 
-def test_the_shared_module_and_the_llama_engine_import_without_torch():
+def test_the_shared_module_and_the_engines_import_without_torch():
     import subprocess
     import sys
 
     code = (
-        "import sys, llmkit.sampling, llmkit.llama_engine, llmkit.int8_format; "
+        "import sys, llmkit.sampling, llmkit.engines.llama_cpp, llmkit.int8_format, llmkit.engines.choose, "
+        "llmkit.engines.transformers, llmkit.engines.llama_loop; "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -69,7 +69,7 @@ def test_clean_takes_converted_caches_and_dead_writers_temporaries(home: Path, t
     converted(home, "a-1", 100)
     converted(home, "b-2", 200)
     repo = hub_repo(tmp_path, "org/kept", 50)
-    journal = caches.journal_dir()
+    journal = tempnames.journal_dir()
     writer = (
         "import sys, time\nfrom pathlib import Path\nfrom llmkit import tempnames\n"
         "p = tempnames.temp_file(Path(sys.argv[1]), '.gguf', journal=Path(sys.argv[2]))\n"

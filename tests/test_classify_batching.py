@@ -137,9 +137,9 @@ def test_busy_cores_from_the_start_mark_leaves_out_this_process(monkeypatch: pyt
     assert threads.busy_cores(cpus) is not None
 
 
-def test_numpy_classifier_takes_its_threads_from_the_same_rule(tiny_classifier: Path, monkeypatch) -> None:
-    """LLMKIT_THREADS, then OMP_NUM_THREADS, then the free cores: the numpy BERT's worker count, set by classify."""
-    from llmkit import bert_native
+def test_onnx_classifier_takes_its_threads_from_the_same_rule(tiny_classifier: Path, monkeypatch) -> None:
+    """LLMKIT_THREADS, then OMP_NUM_THREADS, then the free cores: how many batches the ONNX engine runs at once."""
+    from llmkit.engines import onnx
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv(threads.THREADS_ENV, "3")
@@ -150,8 +150,9 @@ def test_numpy_classifier_takes_its_threads_from_the_same_rule(tiny_classifier: 
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(threads, "free_cores", lambda: 2)
     assert threads.cpu_threads() == 2
-    lm = bert_native.load(tiny_classifier, spec=str(tiny_classifier), device="cpu", dtype="float32")
-    assert getattr(lm.model, "llmkit_numpy", False) and lm.model.threads == 1
+    lm = onnx.load(str(tiny_classifier), "sequence-classification")
+    assert lm.model.engine == "onnx" and lm.model.threads == 2
     monkeypatch.setenv(threads.THREADS_ENV, "3")
-    assert len(list(cl.classify(["i loved it", "bad"], loaded=lm))) == 2
+    lm = onnx.load(str(tiny_classifier), "sequence-classification")
     assert lm.model.threads == 3
+    assert len(list(cl.classify(["i loved it", "bad"], loaded=lm))) == 2

@@ -14,7 +14,7 @@ import pytest
 from llmkit.cli import COMMANDS, load_command
 from tests.helpers import invoke, json_lines
 
-MODEL_COMMANDS = ["generate", "fill-mask", "classify", "finetune", "distill", "quantize"]
+MODEL_COMMANDS = ["generate", "fill-mask", "classify", "embed", "finetune", "distill", "quantize"]
 
 
 def _options(name: str) -> set[str]:
@@ -32,7 +32,7 @@ def test_every_model_command_has_the_loading_flags(name: str) -> None:
     assert {"--revision", "--allow-pickle", "--trust-remote-code", "--device"} <= _options(name)
 
 
-@pytest.mark.parametrize("name", ["generate", "fill-mask", "classify", "finetune", "distill", "quantize"])
+@pytest.mark.parametrize("name", ["generate", "fill-mask", "classify", "embed", "finetune", "distill", "quantize"])
 def test_text_column_is_spelt_the_same_everywhere(name: str) -> None:
     assert "--text-column" in _options(name)
 

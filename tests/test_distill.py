@@ -673,3 +673,33 @@ def test_text_and_rich_formats(teacher: Path, small_data: Path, tmp_path: Path) 
     assert rich.exit_code == 0, rich.output
     assert "Distillation report" in rich.stdout and "KL to teacher" in rich.stdout
     assert "teacher layers [0] of 2" in rich.stdout
+
+
+def test_the_log_splits_the_loss_into_kd_and_hard_parts_for_trackers_and_curves(
+    teacher: Path, small_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    out = tmp_path / "small"
+    record = _json(_invoke([str(small_data), "--teacher", str(teacher), "--output", str(out), "--student-layers", "1",
+                            "--max-steps", "4", "--alpha", "0.3", "--baseline", "--report-to", "tensorboard",
+                            "--json", *FAST]))  # fmt: skip
+    log = [r for r in record["log"] if "loss" in r]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    for r in log:  # loss = alpha * hard + (1 - alpha) * KD, each part the mean over the same batches
+        assert r["loss"] == pytest.approx(0.3 * r["loss_hard"] + 0.7 * r["loss_kd"], abs=1e-5)
+        assert r["learning_rate"] > 0
+    assert [r["step"] for r in record["baseline_log"] if "loss" in r] == [1, 2, 3, 4]
+    assert all(r["loss"] == pytest.approx(r["loss_hard"]) for r in record["baseline_log"] if "loss" in r)
+    assert (out / "curves.png").exists()
+    # the student and its baseline are two runs in OUTPUT/runs, the student's with its parts
+    runs = {}
+    for name in ("small", "small-baseline"):
+        accumulator = EventAccumulator(str(out / "runs" / name))
+        accumulator.Reload()
+        runs[name] = accumulator
+    kd = {e.step: e.value for e in runs["small"].Scalars("train/loss_kd")}
+    assert kd == pytest.approx({r["step"]: r["loss_kd"] for r in log}, abs=1e-5)
+    assert [e.step for e in runs["small-baseline"].Scalars("train/loss")] == [1, 2, 3, 4]
+    assert "train/loss_kd" not in runs["small-baseline"].Tags()["scalars"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -154,35 +155,82 @@ def test_a_failed_peer_is_a_clear_error_on_the_main_rank(tmp_path: Path) -> None
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_a_peer_stopped_by_a_signal_is_named_with_it_on_the_main_rank(tmp_path: Path) -> None:
+    from llmkit import signals
+
+    main, peer = _runs(tmp_path)
+    with main:
+        main.write(0, "a")
+
+    def stopped_peer() -> None:
+        try:
+            with peer:
+                raise signals.Interrupted(signal.SIGTERM)  # what SIGTERM does to it under `signals.handled()`
+        except signals.Interrupted:
+            pass
+
+    thread = threading.Thread(target=stopped_peer)
+    thread.start()
+    thread.join()
+    with pytest.raises(dist.PeerError, match=r"^process 1 of 2 failed: interrupted \(SIGTERM\)$"):
+        list(main.merged())
+    assert not main.folder.exists()
+
+
 def test_a_peer_that_fails_before_the_main_rank_starts_is_still_named(tmp_path: Path) -> None:
     # The peer fails while the main rank is still loading (no launch name yet): its failure must reach the main
     # rank as that error, not as a peer that "stopped responding" once the timeout runs out.
     items = [f"row {i}" for i in range(8)]
-    main, peer = _runs(tmp_path, timeout=3)
+    main, peer = _runs(tmp_path, timeout=120)  # a timeout this run never reaches unless the failure is lost
+    waiting = threading.Event()
+    peer_nonce = peer._peer_nonce
+
+    def failed_and_waiting() -> str:
+        waiting.set()  # called only by a rank that failed before the main rank named the launch
+        return peer_nonce()
+
+    peer._peer_nonce = failed_and_waiting  # type: ignore[method-assign]
     thread = _rank_thread(peer, items, fail_at=0)
-    time.sleep(0.5)  # the peer has failed by now; the main rank has not entered yet
-    started = time.monotonic()
+    assert waiting.wait(120)  # the peer has failed; the main rank has not entered yet
+    assert not main.folder.joinpath("begin.json").exists()
     with main:
         for index, item in main.shard(items, block_size=2):
             main.write(index, item)
     with pytest.raises(dist.PeerError, match=r"process 1 of 2 failed: ValueError: bad row on purpose"):
         list(main.merged())
-    assert time.monotonic() - started < 3
     thread.join()
     assert not (tmp_path / "out.jsonl").exists()
 
 
-def test_a_silent_peer_times_out_instead_of_hanging(tmp_path: Path) -> None:
+class _Clock:
+    """A stand-in for distributed.py's `time`: `sleep` advances `monotonic` without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.time = time.time
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_silent_peer_times_out_instead_of_hanging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     main, peer = _runs(tmp_path, timeout=1.5)
     peer.__enter__()
     assert peer._heartbeat is not None
     peer._heartbeat.stopped.set()  # as if the process had been killed: no marker, no more heartbeats
+    peer._heartbeat.join()
     with main:
         main.write(0, "a")
-    started = time.monotonic()
-    with pytest.raises(dist.PeerError, match="process 1 of 2 stopped responding"):
+    clock = _Clock()
+    monkeypatch.setattr(dist, "time", clock)  # the main rank's polls, on a clock that only its sleeps move
+    with pytest.raises(dist.PeerError, match=r"process 1 of 2 stopped responding \(no heartbeat for 1.5 s"):
         list(main.merged())
-    assert time.monotonic() - started < 10
+    # it gave up on the first poll past the timeout: 1.5 s of 0.1 s polls, neither earlier nor later
+    assert 1.5 < clock.now - 1000.0 <= 1.5 + 2 * dist.POLL_SECONDS
+    assert not main.folder.exists()
 
 
 def test_a_peer_that_never_starts_times_out(tmp_path: Path) -> None:
@@ -214,6 +262,86 @@ def test_a_marker_from_an_earlier_launch_is_not_merged(tmp_path: Path) -> None:
         main.write(0, "fresh")
     with pytest.raises(dist.PeerError, match="finished another launch"):
         list(main.merged())
+
+
+def _old_shard_folder(parent: Path, name: str, age: float) -> Path:
+    """A shard folder as a launch leaves it, with every file (and the folder) last touched `age` s ago."""
+    folder = parent / name
+    folder.mkdir()
+    for file in ("begin.json", "rank-00000.part", "rank-00000.alive", "rank-00001.alive"):
+        (folder / file).write_text("1")
+    stamp = time.time() - age
+    for path in [*folder.iterdir(), folder]:
+        os.utime(path, (stamp, stamp))
+    return folder
+
+
+def test_the_next_launch_removes_dead_launches_shard_folders_for_its_output(tmp_path: Path) -> None:
+    dead = _old_shard_folder(tmp_path, ".out.jsonl.llmkit-shards-dead", age=60)
+    running = _old_shard_folder(tmp_path, ".out.jsonl.llmkit-shards-live", age=60)
+    (running / "rank-00001.alive").write_text("2")  # one of its ranks beat just now: that launch is running
+    other = _old_shard_folder(tmp_path, ".other.jsonl.llmkit-shards-dead", age=60)  # another output's
+    main, peer = _runs(tmp_path, timeout=30)
+    thread = _rank_thread(peer, ["a", "b"], block=1)
+    with main:
+        assert not dead.exists()  # gone before this launch's own folder was made
+        assert running.exists() and other.exists()
+        for index, item in main.shard(["a", "b"], block_size=1):
+            main.write(index, {"text": item, "rank": 0})
+    assert [r["text"] for r in main.merged()] == ["a", "b"]
+    thread.join()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.jsonl.llmkit-shards-dead",
+                                                          ".out.jsonl.llmkit-shards-live"]
+
+
+def test_a_single_process_run_removes_them_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMKIT_PEER_TIMEOUT", "30")
+    dead = _old_shard_folder(tmp_path, ".out.jsonl.llmkit-shards-dead", age=60)
+    young = _old_shard_folder(tmp_path, ".out.jsonl.llmkit-shards-young", age=5)  # may still be beating
+    assert list(dist.run_sharded(["a"], lambda mine: mine, peers=dist.Peers(), output=tmp_path / "out.jsonl")) == ["a"]
+    assert not dead.exists() and young.exists()
+
+
+def test_models_clean_removes_a_journalled_dead_launchs_shard_folder(tmp_path: Path, monkeypatch) -> None:
+    from llmkit import caches, tempnames
+
+    monkeypatch.setenv("LLMKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LLMKIT_PEER_TIMEOUT", "30")
+    dead = _old_shard_folder(tmp_path, ".a.jsonl.llmkit-shards-k1", age=60)
+    running = _old_shard_folder(tmp_path, ".b.jsonl.llmkit-shards-k2", age=0)
+    for folder in (dead, running):
+        tempnames.record(folder, tempnames.journal_dir())  # as each rank of a launch does
+    freed = caches.clean()
+    assert [(f.kind, f.path, f.size_bytes) for f in freed] == [("stale-temporary", str(dead), 4)]
+    assert not dead.exists() and running.exists()
+    assert len(list(tempnames.journal_dir().iterdir())) == 1  # the running launch's entry stays
+
+
+def test_the_main_rank_stopped_by_sigterm_while_waiting_removes_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmkit import signals
+
+    main, peer = _runs(tmp_path, timeout=120)
+    peer.__enter__()  # a peer still working: the main rank waits for it
+    assert peer._heartbeat is not None
+
+    class Terminated(_Clock):
+        def sleep(self, seconds: float) -> None:  # the main rank's first poll: what a launcher does to it then
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+
+    try:
+        with signals.handled():
+            with main:
+                main.write(0, "a")
+            assert main.folder.exists()
+            monkeypatch.setattr(dist, "time", Terminated())
+            with pytest.raises(signals.Interrupted):
+                list(main.merged())
+    finally:
+        peer._heartbeat.stopped.set()
+    assert not main.folder.exists() and main.closed
 
 
 def test_records_must_come_in_input_order(tmp_path: Path) -> None:
@@ -475,6 +603,58 @@ def test_classify_under_accelerate_launch_writes_one_table_equal_to_one_process(
         if a[0] != "id":
             assert [float(x) for x in a[3:] if x] == pytest.approx([float(x) for x in b[3:] if x], abs=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "one.csv", "two.csv"]  # no shard leftovers
+
+
+def _rank_pid(journal: Path, rank: int) -> int | None:
+    """The pid of `rank` among the processes that recorded a shard folder in `journal` (from their environment)."""
+    for entry in journal.glob("*.*") if journal.is_dir() else []:
+        pid = entry.name.split(".")[0]
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return int(pid)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds rank 1 through /proc")
+def test_a_rank_killed_under_accelerate_launch_leaves_no_output_and_no_shard_folder(
+    tiny_classifier: Path, tmp_path: Path
+) -> None:
+    # Rank 1 is killed (kill -9) while it writes its shard; the launcher then SIGTERMs rank 0, which must remove
+    # the launch's shard folder on the way out: nothing is left beside the output but the input.
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    words = "good bad movie plot fun boring great awful ok food".split()
+    (work / "in.txt").write_text("\n".join(f"{words[i % 10]} {words[(i * 7) % 10]} {i}" for i in range(30_000)) + "\n")
+    env = _env({"LLMKIT_PEER_TIMEOUT": "600", "LLMKIT_HOME": str(home)})  # rank 0 would wait 10 min on its own
+    launcher = subprocess.Popen(
+        [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+         "-m", "llmkit", "classify", "-m", str(tiny_classifier), "-i", "in.txt", "-o", "pred.jsonl"],
+        cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300  # a bound for start-up on a loaded machine, not a timing check
+        victim = None
+        while victim is None:
+            parts = list(work.glob(".pred.jsonl.llmkit-shards-*/rank-00001.part"))
+            if parts and parts[0].stat().st_size > 0:  # rank 1 is writing its share
+                victim = _rank_pid(home / "temporaries", 1)
+            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "rank 1 never started writing"
+            time.sleep(0.02)
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=300)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert launcher.returncode != 0
+    assert "exitcode  : -9" in stderr and "exitcode  : 143" in stderr  # rank 1 killed; rank 0 stopped by SIGTERM
+    assert "Error: interrupted (SIGTERM)" in stderr  # rank 0's one line
+    assert sorted(p.name for p in work.iterdir()) == ["in.txt"]  # no pred.jsonl, no shard folder
 
 
 def test_generate_under_torchrun_prints_each_record_once_in_order(tiny_causal_lm: Path, tmp_path: Path) -> None:

@@ -71,3 +71,11 @@ def test_help_does_not_import_pydantic(args: list[str]) -> None:
                           check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_embed_help_does_not_import_numpy() -> None:
+    """`llmkit embed --help` stays as light as the other commands' (numpy loads with the model)."""
+    code = ("import sys\nfrom llmkit.cli import load_command\nload_command('embed')\n"
+            "print(sorted(m for m in ('numpy', 'torch', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from llmkit import llama_engine, llama_measure
+from llmkit import llama_measure
+from llmkit.engines import llama_cpp
 
-pytestmark = pytest.mark.skipif(not llama_engine.bindings_installed(), reason="llmkit[llama] not installed")
+pytestmark = pytest.mark.skipif(not llama_cpp.bindings_installed(), reason="llmkit[llama] not installed")
 
 TEXT = "The capital of France is Paris. The river Seine flows through the city, past old bridges and new towers."
 

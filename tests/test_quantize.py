@@ -269,7 +269,7 @@ def test_gguf_round_trips_through_reader_and_transformers(
     assert not cache.exists()
     assert not cache.parent.exists() or [p.name for p in cache.parent.iterdir() if p.name.startswith(".")] == []
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporaries either
-    from llmkit.llama_engine import bindings_installed as llama_here
+    from llmkit.engines.llama_cpp import bindings_installed as llama_here
 
     assert record["original"]["engine"] == "transformers"
     if llama_here():
@@ -310,7 +310,7 @@ def test_gguf_round_trips_through_reader_and_transformers(
     if gguf_type == "q8_0":  # llmkit's own generate loads the file directly
         record = run_json("generate", "--model", str(out), "-n", "3", "the capital of")
         assert record["completion_tokens"] >= 1
-        from llmkit.llama_engine import bindings_installed
+        from llmkit.engines.llama_cpp import bindings_installed
 
         assert reader.fields["tokenizer.ggml.pre"].contents() == "gpt-2"  # a name llama.cpp knows ("gpt2" is not)
         if bindings_installed():  # llama.cpp itself loads and runs the exported file

@@ -116,7 +116,7 @@ def test_a_gguf_llama_cpp_cannot_load_is_measured_de_quantized_and_no_copy_stays
     tiny_causal_lm_bpe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from llmkit import llama_measure, loading
-    from llmkit.llama_engine import EngineLoadError
+    from llmkit.engines.llama_cpp import EngineLoadError
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise EngineLoadError("unknown tokenizer")

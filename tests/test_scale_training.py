@@ -109,12 +109,12 @@ def test_finetune_on_two_processes_equals_one_and_resumes(data: Path, tmp_path: 
     single = _records(one.stdout)
 
     out = tmp_path / "two"
-    two_args = [*args, "-o", str(out), "--batch-size", "4"]
+    two_args = [*args, "-o", str(out), "--batch-size", "4", "--report-to", "tensorboard"]
     crashed = _launch(two_args, tmp_path, LLMKIT_TEST_INTERRUPT_AT_STEP="2")
     assert crashed.returncode != 0
     assert not out.exists()  # nothing that looks finished
     checkpoints = sorted(p.name for p in (tmp_path / "two.checkpoints").iterdir())
-    assert checkpoints == ["checkpoint-2"]
+    assert checkpoints == ["checkpoint-2", "runs"]  # the tracker logs stay with the checkpoint for --resume
 
     resumed = _launch([*two_args, "--resume"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -138,6 +138,17 @@ def test_finetune_on_two_processes_equals_one_and_resumes(data: Path, tmp_path: 
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
     assert not (tmp_path / "two.checkpoints").exists()
+    # The same settings reached both ranks; the main one alone reported: one event file per launch, with the
+    # losses of steps 1-2 (before the interruption) and 3-4 (resumed), each once.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = out / "runs" / "two"
+    assert len(list(board.glob("events.out.tfevents.*"))) == 2
+    accumulator = EventAccumulator(str(board))
+    accumulator.Reload()
+    events = accumulator.Scalars("train/loss")
+    assert [e.step for e in events] == [1, 2, 3, 4]
+    assert {e.step: e.value for e in events} == pytest.approx(got, abs=1e-5)
 
 
 def test_gradient_accumulation_logs_the_same_loss_as_one_big_batch(data: Path, tmp_path: Path) -> None:

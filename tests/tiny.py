@@ -6,6 +6,7 @@ that llmkit loads like any local model. Seeds are fixed, so the same folder come
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 WORDS = (
@@ -311,7 +312,7 @@ def build_gguf_causal_lm(
     import numpy as np
     from gguf import GGUFWriter
 
-    from llmkit.llama_engine import read_gguf_values
+    from llmkit.engines.llama_cpp import read_gguf_values
 
     meta = read_gguf_values(tokenizer_from, GGUF_TOKENIZER_KEYS)
     tokens = meta["tokenizer.ggml.tokens"][:vocab_size]
@@ -369,3 +370,184 @@ def build_gguf_causal_lm(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def build_sentence_encoder(
+    path: Path,
+    *,
+    pooling: str | tuple[str, ...] = "mean",
+    dense: tuple[int, ...] = (),
+    activation: str = "torch.nn.modules.activation.Tanh",
+    normalize: bool = False,
+    legacy_pooling_config: bool = False,
+    include_prompt: bool = True,
+    prompts: dict[str, str] | None = None,
+    default_prompt_name: str | None = None,
+    max_seq_length: int | None = 64,
+    seed: int = 0,
+) -> Path:
+    """A sentence-transformers folder around the tiny BERT encoder, written by hand as sentence-transformers saves
+    one: modules.json, sentence_bert_config.json, 1_Pooling/config.json, Dense layers (config + safetensors
+    weights, seeded) and a Normalize step.
+
+    Args:
+        pooling: one mode or several (concatenated).
+        dense: output sizes of Dense layers after pooling, in order.
+        activation: the Dense layers' activation_function, as sentence-transformers writes it.
+        normalize: add a Normalize module.
+        legacy_pooling_config: write the older `pooling_mode_*_token(s)` booleans instead of `pooling_mode`.
+        include_prompt: Pooling's include_prompt.
+        prompts / default_prompt_name: config_sentence_transformers.json's prompts.
+        max_seq_length: sentence_bert_config.json's limit.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    build_encoder(path, seed=seed)
+    modes = (pooling,) if isinstance(pooling, str) else tuple(pooling)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    (path / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
+    (path / "1_Pooling").mkdir()
+    if legacy_pooling_config:
+        names = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
+                 "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
+                 "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
+        config = {"word_embedding_dimension": HIDDEN, **{key: mode in modes for mode, key in names.items()},
+                  "include_prompt": include_prompt}
+    else:
+        config = {"embedding_dimension": HIDDEN, "pooling_mode": modes[0] if len(modes) == 1 else list(modes),
+                  "include_prompt": include_prompt}
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    size = HIDDEN * len(modes)
+    generator = torch.Generator().manual_seed(seed + 1)
+    for number, out in enumerate(dense, start=2):
+        folder = path / f"{number}_Dense"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(
+            {"in_features": size, "out_features": out, "bias": True, "activation_function": activation}))
+        save_file({"linear.weight": torch.randn(out, size, generator=generator) * 0.2,
+                   "linear.bias": torch.randn(out, generator=generator) * 0.1}, str(folder / "model.safetensors"))
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": folder.name,
+                        "type": "sentence_transformers.models.Dense"})
+        size = out
+    if normalize:
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": f"{len(modules) + 1}_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+    (path / "modules.json").write_text(json.dumps(modules, indent=2))
+    extra: dict = {"__version__": {"sentence_transformers": "6.2.0"}}
+    if prompts:
+        extra["prompts"] = prompts
+        extra["default_prompt_name"] = default_prompt_name
+    (path / "config_sentence_transformers.json").write_text(json.dumps(extra))
+    return path
+# --- encoder families, each saved with its own transformers tokenizer class (as hub checkpoints are) ----------
+
+ENCODER_FAMILIES = ("bert", "roberta", "distilbert", "electra", "xlm-roberta", "deberta-v2")
+_SENTENCES = [" ".join(WORDS[i : i + 12]) for i in range(0, len(WORDS), 6)]
+
+
+def _wordpiece_vocab() -> dict[str, int]:
+    vocab: dict[str, int] = {}
+    for token in [*SPECIALS_BERT, *WORDS, "##s", "##ing", "##ed", "##ly", "super", "##cal", "##i", "caf", "##e", "北", "京"]:
+        vocab.setdefault(token, len(vocab))
+    return vocab
+
+
+def _unigram_vocab(specials: list[str]) -> list[tuple[str, float]]:
+    """A sentencepiece-style Unigram vocabulary: specials, "▁word" pieces, then single characters as fallback."""
+    pieces: list[tuple[str, float]] = [(s, 0.0) for s in specials]
+    seen = {p for p, _ in pieces}
+    for word in WORDS:
+        for piece in (f"\u2581{word}", word):
+            if piece not in seen:
+                seen.add(piece)
+                pieces.append((piece, -float(len(pieces)) / 100))
+    for ch in sorted({c for w in WORDS for c in w} | set("\u2581.,!?'")):
+        if ch not in seen:
+            seen.add(ch)
+            pieces.append((ch, -20.0))
+    return pieces
+
+
+def _byte_level_bpe(specials: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab, merges) of a small byte-level BPE trained in-process, with the specials first."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_SENTENCES * 4, trainer=trainer)
+    data = json.loads(tok.to_str())
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in data["model"]["merges"]]
+    return dict(data["model"]["vocab"]), merges
+
+
+def encoder_tokenizer(family: str):
+    """The tokenizer class a hub checkpoint of `family` carries, built from a tiny vocabulary."""
+    from transformers import (
+        BertTokenizer,
+        DebertaV2Tokenizer,
+        DistilBertTokenizer,
+        RobertaTokenizer,
+        XLMRobertaTokenizer,
+    )
+
+    if family in ("bert", "electra"):
+        return BertTokenizer(vocab=_wordpiece_vocab(), do_lower_case=True, model_max_length=MAX_POSITIONS)
+    if family == "distilbert":
+        return DistilBertTokenizer(vocab=_wordpiece_vocab(), do_lower_case=True, model_max_length=MAX_POSITIONS)
+    if family == "roberta":
+        vocab, merges = _byte_level_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        return RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_POSITIONS)
+    if family == "xlm-roberta":
+        return XLMRobertaTokenizer(vocab=_unigram_vocab(["<s>", "<pad>", "</s>", "<unk>", "<mask>"]),
+                                   model_max_length=MAX_POSITIONS)
+    if family == "deberta-v2":
+        return DebertaV2Tokenizer(vocab=_unigram_vocab(["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]),
+                                  model_max_length=MAX_POSITIONS)
+    raise ValueError(family)
+
+
+def build_family(path: Path, family: str, head: str = "sequence-classification", *,
+                 labels=("negative", "neutral", "positive"), seed: int = 0) -> Path:
+    """A tiny `family` model with `head` ("sequence-classification", "masked-lm" or "base") and that family's
+    own tokenizer class. Weights are drawn wide (initializer_range 0.5), so a slip in a forward moves the scores."""
+    import torch
+    import transformers as tf
+
+    tokenizer = encoder_tokenizer(family)
+    common = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, initializer_range=0.5)
+    if head == "sequence-classification":
+        common.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={label: i for i, label in enumerate(labels)})
+    sizes = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                 intermediate_size=INTERMEDIATE)
+    if family == "bert":
+        config, prefix = tf.BertConfig(**sizes, max_position_embeddings=MAX_POSITIONS, **common), "Bert"
+    elif family == "electra":
+        config, prefix = tf.ElectraConfig(**sizes, embedding_size=16, max_position_embeddings=MAX_POSITIONS,
+                                          **common), "Electra"
+    elif family == "distilbert":
+        config = tf.DistilBertConfig(dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS, hidden_dim=INTERMEDIATE,
+                                     max_position_embeddings=MAX_POSITIONS, **common)
+        prefix = "DistilBert"
+    elif family in ("roberta", "xlm-roberta"):
+        cls = tf.RobertaConfig if family == "roberta" else tf.XLMRobertaConfig
+        config = cls(**sizes, max_position_embeddings=MAX_POSITIONS + 2, type_vocab_size=1,
+                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **common)
+        prefix = "Roberta" if family == "roberta" else "XLMRoberta"
+    elif family == "deberta-v2":
+        config = tf.DebertaV2Config(**sizes, max_position_embeddings=MAX_POSITIONS, relative_attention=True,
+                                    position_buckets=16, pos_att_type=["p2c", "c2p"], type_vocab_size=0, **common)
+        prefix = "DebertaV2"
+    else:
+        raise ValueError(family)
+    suffix = {"sequence-classification": "ForSequenceClassification", "masked-lm": "ForMaskedLM", "base": "Model"}[head]
+    torch.manual_seed(seed)
+    model = getattr(tf, prefix + suffix)(config)
+    return _save(model, tokenizer, path)

@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from llmkit import __version__
-from llmkit.errors import EXIT_FAILURE, EXIT_INTERRUPTED, LlmkitError
+from llmkit.errors import EXIT_FAILURE, LlmkitError
 
 # name -> (module, the first line of its docstring). tests/test_cli_layout.py checks that the two agree.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Fill the [MASK] in each sentence: per mask the top-k tokens, their probabilities and the filled sentence.",
     ),
     "classify": ("llmkit.cli.classify", "Label texts with a text-classification model, or zero-shot with --labels."),
+    "embed": (
+        "llmkit.cli.embed",
+        "Embed texts as vectors (default: the bundled all-MiniLM-L6-v2), or search them with --query.",
+    ),
     "finetune": (
         "llmkit.cli.finetune",
         "Fine-tune a model on a table with the transformers Trainer; the output loads in the other commands.",
@@ -38,13 +42,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "llmkit.cli.distill",
         "Distill a teacher into a smaller, faster student, and report both side by side.",
     ),
+    "plot": (
+        "llmkit.cli.plot",
+        "Draw training curves from finetune/distill outputs (report.json) into a PNG, several runs overlaid.",
+    ),
     "quantize": (
         "llmkit.cli.quantize",
         "Quantize a model (smaller, often faster) and report what it cost: size, load time, speed and quality.",
     ),
     "models": (
         "llmkit.cli.models",
-        "List the built-in model aliases (installed or not), converted GGUF caches and Hugging Face cached models.",
+        "List the built-in models (installed or not), converted GGUF caches, ONNX exports and Hugging Face models.",
     ),
 }
 
@@ -92,33 +100,37 @@ class _LazyBoundary(TyperGroup):
             self._listing = False
 
     def invoke(self, ctx: Any) -> Any:
+        from llmkit import signals
+
         debug = os.environ.get("LLMKIT_DEBUG", "") not in ("", "0")
-        try:
-            return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, TyperException):  # typer's own usage errors and exits
-            raise
-        except LlmkitError as exc:
-            if debug:
-                traceback.print_exc()
-            _error_line(exc.message)
-            raise typer.Exit(exc.exit_code) from None
-        except BrokenPipeError:
-            from llmkit.output import silence_stdout_after_broken_pipe
+        # SIGTERM and SIGHUP unwind the command as Ctrl-C does, so every `finally:` removes its temporaries.
+        with signals.handled():
+            try:
+                return super().invoke(ctx)
+            except (typer.Exit, typer.Abort, TyperException):  # typer's own usage errors and exits
+                raise
+            except LlmkitError as exc:
+                if debug:
+                    traceback.print_exc()
+                _error_line(exc.message)
+                raise typer.Exit(exc.exit_code) from None
+            except BrokenPipeError:
+                from llmkit.output import silence_stdout_after_broken_pipe
 
-            # The reader went away (`| head -1`): stop quietly, it got what it wanted.
-            silence_stdout_after_broken_pipe()
-            raise typer.Exit(0) from None
-        except KeyboardInterrupt:
-            from llmkit.output import stderr_console
-
-            stderr_console().print("Interrupted.", highlight=False)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        except Exception as exc:  # a bug or an unexpected library failure: still one line, unless debugging
-            if debug:
-                traceback.print_exc()
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            _error_line(f"{type(exc).__name__}: {first} (set LLMKIT_DEBUG=1 for the traceback)")
-            raise typer.Exit(EXIT_FAILURE) from None
+                # The reader went away (`| head -1`): stop quietly, it got what it wanted.
+                silence_stdout_after_broken_pipe()
+                raise typer.Exit(0) from None
+            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (signals.Interrupted)
+                if debug:
+                    traceback.print_exc()
+                _error_line(signals.describe(exc))
+                raise typer.Exit(signals.exit_code(exc)) from None
+            except Exception as exc:  # a bug or an unexpected library failure: still one line, unless debugging
+                if debug:
+                    traceback.print_exc()
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                _error_line(f"{type(exc).__name__}: {first} (set LLMKIT_DEBUG=1 for the traceback)")
+                raise typer.Exit(EXIT_FAILURE) from None
 
 
 def _error_line(message: str) -> None:

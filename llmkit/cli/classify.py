@@ -15,6 +15,7 @@ from llmkit.cli.options import (
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
+    EncoderEngineOpt,
     FormatOpt,
     InputFormatOpt,
     InputOpt,
@@ -114,6 +115,11 @@ def classify(
     evaluate: Annotated[
         bool, typer.Option("--evaluate", help="Score against --label-column: accuracy, macro-F1, per class, confusion.")
     ] = False,
+    confusion_matrix: Annotated[
+        Path | None,
+        typer.Option("--confusion-matrix", help="With --evaluate: also draw the confusion matrix into this PNG "
+                     "(pip install 'llmkit[plot]')."),
+    ] = None,
     output_file: Annotated[
         Path | None,
         typer.Option(
@@ -125,6 +131,7 @@ def classify(
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    engine: EncoderEngineOpt = "auto",
     revision: RevisionOpt = None,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -141,7 +148,8 @@ def classify(
     question in its chat template, calibrated against the label's prior (--calibrate), optionally with labelled
     examples in the prompt (--examples, --shots). Tables
     in (CSV/TSV/JSONL/Parquet, --text-column), tables out (--output keeps every input column); --evaluate with
-    --label-column prints accuracy, macro-F1, per-class precision/recall and the confusion matrix.
+    --label-column prints accuracy, macro-F1, per-class precision/recall and the confusion matrix
+    (--confusion-matrix FILE.png also draws it).
     """
     from dataclasses import replace
     from itertools import chain
@@ -163,6 +171,14 @@ def classify(
         raise UsageError("give --pair (one second text for all inputs) or --pair-column, not both")
     if evaluate and label_column is None:
         raise UsageError("--evaluate needs --label-column COL (the column with the true labels)")
+    if confusion_matrix is not None:
+        from llmkit.plot import require_matplotlib
+
+        if not evaluate:
+            raise UsageError("--confusion-matrix draws the evaluation's matrix: add --evaluate --label-column COL")
+        if confusion_matrix.suffix.lower() != ".png":
+            raise UsageError(f"--confusion-matrix {confusion_matrix}: the picture is a PNG; name it .png")
+        require_matplotlib()  # before any model loads
     required = [c for c in (pair_column, label_column) if c]
     columns: list[str] = []
     fmt_name = table_format(input_file, input_format if input_format != "text" else "auto") if input_file else None
@@ -201,7 +217,7 @@ def classify(
             multi_label=multi_label,
             min_score=min_score,
             hypothesis_template=hypothesis_template,
-            batch_size=batch_size or _cls.DEFAULT_BATCH_SIZE,
+            batch_size=batch_size,  # None: the engine's own default
             truncate=truncate,
             device=device,
             dtype=dtype,
@@ -215,6 +231,7 @@ def classify(
             shots=shots,
             example_selection=example_selection,
             seed=seed,
+            engine=engine,
         )
 
     # With several processes (accelerate launch, torchrun) each runs its share; the main one gets all, in order.
@@ -260,4 +277,11 @@ def classify(
                 emitter.emit(result, record.fields)
     output.report_skipped(seen, "prediction")
     if evaluate:
-        output.emit_report(tracker.report(), fmt)
+        evaluation = tracker.report()
+        output.emit_report(evaluation, fmt)
+        if confusion_matrix is not None:
+            from llmkit.plot import write_confusion_matrix
+
+            write_confusion_matrix(evaluation.labels, evaluation.confusion, confusion_matrix,
+                                   title=Path(input_file).name if input_file else None)
+            output.info(f"Confusion matrix: {confusion_matrix}")

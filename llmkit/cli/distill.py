@@ -14,7 +14,9 @@ from llmkit.cli.options import (
     DeviceOpt,
     FormatOpt,
     JsonOpt,
+    ReportToOpt,
     RevisionOpt,
+    RunNameOpt,
     SeedOpt,
     TrustRemoteCodeOpt,
     command_app,
@@ -76,6 +78,8 @@ def distill(
     text_column: Annotated[str | None, typer.Option("--text-column", help="Column with the text (default: text).")] = None,
     label_column: Annotated[str | None, typer.Option("--label-column", help="Column with the label (default: label).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML file with any of these settings (flags win).")] = None,
+    report_to: ReportToOpt = None,
+    run_name: RunNameOpt = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run (OUTPUT.checkpoints).")
     ] = False,
@@ -98,7 +102,8 @@ def distill(
     plus (1 - alpha) x T^2 KL(teacher_T || student_T); --hidden-weight/--attention-weight add intermediate
     matching. Tasks: sequence classification, causal LM, masked LM. The report (parameters, size on disk,
     latency, throughput, accuracy/macro-F1 or perplexity, KL to the teacher; --baseline adds the student
-    trained without the teacher) goes to stdout and OUTPUT/report.json.
+    trained without the teacher) goes to stdout and OUTPUT/report.json, the curves (loss, its KD and
+    hard-label parts, learning rate) to OUTPUT/curves.png, the trackers' logs (--report-to) to OUTPUT/runs.
     """
     from llmkit import output as out
     from llmkit.errors import UsageError
@@ -109,20 +114,31 @@ def distill(
         cache_teacher=cache_teacher, baseline=baseline, epochs=epochs, max_steps=max_steps,
         learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
         validation_split=validation_split, text_column=text_column, label_column=label_column, seed=seed,
-        prune_ffn=prune_ffn, prune_heads=prune_heads,
+        prune_ffn=prune_ffn, prune_heads=prune_heads, report_to=report_to, run_name=run_name,
     )
     teacher_spec, settings, train_settings = _distill.build_settings(config, given)
     if output is None:
         raise UsageError("no --output: give the folder to write the student into")
     fmt = out.resolve_format(fmt, json_out)
-    result = _distill.distill(
-        data, output, teacher_spec, settings, train_settings, validation=validation_file, device=device,
-        overwrite=overwrite, resume=resume, progress=True, on_log=out.info, revision=revision,
-        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-    )
+    try:
+        result = _distill.distill(
+            data, output, teacher_spec, settings, train_settings, validation=validation_file, device=device,
+            overwrite=overwrite, resume=resume, progress=True, on_log=out.info, revision=revision,
+            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        )
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: a single-process run saved a checkpoint first
+        from llmkit import training
+
+        hint = training.resume_hint(output)
+        if hint:
+            out.info(hint)
+        raise
     if result is None:
         return  # under `accelerate launch`, the main process alone reports
     if fmt == "rich":
         out.stdout_console().print(_distill.render(result))
-        return
-    out.Emitter(fmt, text=_distill.text_lines).emit(result)
+    else:
+        out.Emitter(fmt, text=_distill.text_lines).emit(result)
+    from llmkit.plot import show_training_summary
+
+    show_training_summary(output, train_settings.report_to, fmt)

@@ -13,6 +13,7 @@ from llmkit.cli.options import (
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
+    EncoderEngineOpt,
     FormatOpt,
     InputFormatOpt,
     InputOpt,
@@ -53,6 +54,7 @@ def fill_mask_command(
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    engine: EncoderEngineOpt = "auto",
     revision: RevisionOpt = None,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -94,6 +96,7 @@ def fill_mask_command(
             revision=revision,
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
+            engine=engine,
         )
 
     # With several processes (accelerate launch, torchrun) each runs its share; the main one prints all, in order.

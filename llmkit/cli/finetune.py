@@ -16,7 +16,9 @@ from llmkit.cli.options import (
     FormatOpt,
     JsonOpt,
     ModelOpt,
+    ReportToOpt,
     RevisionOpt,
+    RunNameOpt,
     TrustRemoteCodeOpt,
     command_app,
 )
@@ -210,6 +212,8 @@ def finetune(
             help="Batch rows of similar length (less padding) [default: on].",
         ),
     ] = None,
+    report_to: ReportToOpt = None,
+    run_name: RunNameOpt = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the last checkpoint of an interrupted run.")
     ] = False,
@@ -232,7 +236,8 @@ def finetune(
     Classification/regression (labels saved in config.json for `llmkit classify`), causal-lm (text,
     prompt/completion with the loss on the completion, or chat messages) and masked-lm. Full fine-tuning,
     --train-only head|top-N|ffn, or a peft adapter (--strategy lora|prompt-tuning|prefix-tuning). Progress on stderr; the result (and with --json the training
-    log) on stdout; OUTPUT/report.json holds the validation report. The output folder appears only when
+    log) on stdout; OUTPUT/report.json holds the validation report and the training log, OUTPUT/curves.png its
+    curves (llmkit[plot]), OUTPUT/runs the trackers' logs (--report-to). The output folder appears only when
     training has finished; an interrupted run continues with the same command plus --resume.
     """
     from llmkit import output as out
@@ -245,7 +250,7 @@ def finetune(
         gradient_accumulation=gradient_accumulation, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
         max_length=max_length, seed=seed, bf16=bf16, fp16=fp16, fp32=fp32, eval_steps=eval_steps,
         save_steps=save_steps, save_total_limit=save_total_limit, early_stopping_patience=early_stopping_patience,
-        group_by_length=group_by_length,
+        group_by_length=group_by_length, report_to=report_to, run_name=run_name,
         text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
         prompt_column=prompt_column, completion_column=completion_column, messages_column=messages_column,
         train_only=train_only, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
@@ -269,9 +274,10 @@ def finetune(
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
-    except KeyboardInterrupt:
-        if output_dir is not None and _tr.last_checkpoint(output_dir) is not None:
-            out.stderr_console().print("Run the same command with --resume to continue from the last checkpoint.")
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: a single-process run saved a checkpoint first
+        hint = _tr.resume_hint(output_dir) if output_dir is not None else None
+        if hint:
+            out.info(hint)
         raise
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under `accelerate launch`, the main process alone reports
@@ -279,3 +285,7 @@ def finetune(
         out.warn(note)
     emitter = out.Emitter(fmt, text=_ft.describe, rich=_ft.renderable)
     emitter.emit(result, {"event": "plan" if dry_run else "result"})
+    if not dry_run:
+        from llmkit.plot import show_training_summary
+
+        show_training_summary(output_dir, kwargs["settings"].report_to, fmt)

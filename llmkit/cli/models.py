@@ -1,4 +1,5 @@
-"""`llmkit models`: the built-in aliases, converted GGUF caches and Hugging Face cached models; --remove/--clean."""
+"""`llmkit models`: the built-in aliases, converted GGUF caches, ONNX exports and Hugging Face cached models;
+--remove/--clean."""
 
 from __future__ import annotations
 
@@ -17,21 +18,22 @@ def models(
         list[str] | None,
         typer.Option(
             "--remove",
-            help="Delete this listed model (a converted GGUF cache or a Hugging Face cache entry; repeatable).",
+            help="Delete this listed model (a converted GGUF cache, an ONNX export or a Hugging Face cache entry; "
+            "repeatable).",
         ),
     ] = None,
     clean: Annotated[
         bool,
         typer.Option(
             "--clean",
-            help="Delete every converted GGUF cache and the temporaries of killed llmkit runs (the Hugging Face "
-            "cache is left alone).",
+            help="Delete every converted GGUF cache, every ONNX export and the temporaries of killed llmkit runs "
+            "(the Hugging Face cache is left alone).",
         ),
     ] = False,
     json_out: JsonOpt = False,
     fmt: FormatOpt = "auto",
 ) -> None:
-    """List the built-in model aliases (installed or not), converted GGUF caches and Hugging Face cached models.
+    """List the built-in models (installed or not), converted GGUF caches, ONNX exports and Hugging Face models.
 
     With --remove NAME or --clean: delete instead of listing, and say what went and the space it freed.
 
@@ -68,10 +70,11 @@ def models(
         for item in freed:
             emitter.emit(asdict(item))
         return
+    from llmkit.caches import listed
     from llmkit.console import info
-    from llmkit.loading import LARGER_MODEL_HINT, list_models
+    from llmkit.loading import LARGER_MODEL_HINT
 
-    rows = list_models()
+    rows = listed()
     if fmt == "rich":
         output.stdout_console().print(output.models_table(rows))
         output.stdout_console().print(LARGER_MODEL_HINT, markup=False, highlight=False)

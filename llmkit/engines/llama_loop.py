@@ -1,34 +1,37 @@
-"""Greedy decoding of Llama-architecture causal LMs in plain torch, for `llmkit generate`'s transformers engine.
+"""llmkit's float32 Llama loop: greedy decoding (and per-input sampling) of Llama-architecture causal LMs in plain
+torch, the engine `--engine auto` picks for a file of prompts on a CPU (engines/choose.py, FILE_PROMPTS).
 
 Why: on a CPU, batched generation is bound by the weight matrices' products, and transformers' per-step machinery
-(a growing DynamicCache, mask building, hooks) adds to it. This module takes the weights of an already loaded
-`LlamaForCausalLM` and runs the textbook decoder loop: one fused QKV and one fused gate/up product per layer,
-RoPE, grouped-query SDPA over a KV cache allocated once for the whole run, RMSNorm and SiLU, with the linear
-weights pre-packed for oneDNN (`to_mkldnn`), which halves the time of the 49,152-row output projection at batch
-8-64 on AVX2. Rows that have finished (EOS or a stop string) leave the batch, so long answers do not pay for
-short ones. Measured in benchmarks/generate.py (README Performance).
+(a growing DynamicCache, mask building, hooks) adds to it. This module takes the weights of a Llama (read straight
+from model.safetensors, or from an already loaded `LlamaForCausalLM`) and runs the textbook decoder loop: one fused
+QKV and one fused gate/up product per layer, RoPE, grouped-query SDPA over a KV cache allocated once for the whole
+run, RMSNorm and SiLU, with the linear weights pre-packed for oneDNN (`to_mkldnn`), which halves the time of the
+49,152-row output projection at batch 8-64 on AVX2. Rows that have finished (EOS or a stop string) leave the
+batch, so long answers do not pay for short ones. Measured in benchmarks/generate.py and benchmarks/throughput.py
+(against llama.cpp and CTranslate2; README Performance); the chooser keeps it only where that table has it ahead.
 
 Used only where it gives transformers' greedy answers: float32 weights on the CPU, a plain `LlamaForCausalLM`
 (no attention or MLP bias, SiLU, default/linear/llama3 RoPE), greedy search or llmkit's sampling (one random
-stream per input: seeded_sampling.py), with no repetition penalty, n-gram ban, beams or n-best,
-and no adapter. Everything else runs through
-`model.generate` as before. Parity with transformers' greedy output (token for token, with left padding, stop
-strings, EOS and streaming) is pinned by tests/test_llama_native.py on tiny models and on the bundled SmolLM2.
-`LLMKIT_NATIVE=0` turns the path off. Built from a folder (`load`), the model is read one matrix at a time and
-holds about one copy (0.98 GB RSS for the bundled SmolLM2 after loading). Packed from a transformers model, the
-packed weights are a second copy of the linear layers: when `llmkit generate` loaded that model for this run,
-each of its matrices is dropped once packed, but weights transformers mapped from a safetensors file stay mapped
-(clean pages the kernel can reclaim), so the peak RSS at batch 8 is 1.56 GB against 1.05 GB through `generate`.
+stream per input: seeded_sampling.py), with no repetition penalty, n-gram ban, beams or n-best, and no adapter.
+The batches, stop strings, streaming and records are the transformers engine's (engines/transformers.py): this
+loop only takes the place of `model.generate`. Parity with transformers' greedy output (token for token, with left
+padding, stop strings, EOS and streaming) is pinned by tests/test_llama_loop.py on tiny models and on the bundled
+SmolLM2. `LLMKIT_NATIVE=0` turns the loop off. Built from a folder (`load`), the model is read one matrix at a
+time and holds about one copy (0.98 GB RSS for the bundled SmolLM2 after loading). Packed from a transformers
+model, the packed weights are a second copy of the linear layers: when the model was loaded for this run, each of
+its matrices is dropped once packed, but weights transformers mapped from a safetensors file stay mapped (clean
+pages the kernel can reclaim), so the peak RSS at batch 8 is 1.56 GB against 1.05 GB through `generate`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 # one switch and one list of folders to leave to transformers, shared by every engine
 from llmkit.engines import NATIVE_ENV, NOT_NATIVE_FILES, native_enabled
 
+NAME = "llama-loop"
 ARCHITECTURE = "LlamaForCausalLM"
 WEIGHTS = "model.safetensors"
 ROPE_TYPES = ("default", "linear", "llama3")  # an inverse-frequency table fixed at load; "dynamic" etc. change it
@@ -162,15 +165,75 @@ def unsupported_config(config: dict[str, Any]) -> str | None:
     """Why a config.json cannot be built straight from its weights by `NativeLlama.from_folder`, or None."""
     if config.get("architectures") != [ARCHITECTURE] or config.get("model_type") != "llama":
         return f"not a plain {ARCHITECTURE}"
+    why = unsupported_architecture(config)
+    if why is not None:
+        return why
+    if _rope_type(config) != "default":
+        return "scaled RoPE"  # transformers' own table is used for those (NativeLlama(net))
+    return None
+
+
+def unsupported_architecture(config: dict[str, Any]) -> str | None:
+    """Why a model with this config.json, once loaded by transformers, is not one the loop runs (the config half
+    of `unsupported_model`, answered before anything loads), or None."""
+    if config.get("model_type") != "llama":
+        return f"not a {ARCHITECTURE}"
     if config.get("auto_map") or config.get("quantization_config"):
         return "remote code or a quantized model"
     if config.get("attention_bias") or config.get("mlp_bias"):
         return "biased projections"
     if config.get("hidden_act", "silu") != "silu" or config.get("pretraining_tp", 1) != 1:
         return "an activation or tensor-parallel layout other than Llama's"
-    if _rope_type(config) != "default":
-        return "scaled RoPE"  # transformers' own table is used for those (NativeLlama(net))
+    if _rope_type(config) not in ROPE_TYPES:
+        return f"{_rope_type(config)} RoPE"
     return None
+
+
+def unsupported_source(spec: str, *, revision: str | None = None) -> str | None:
+    """Why the model `spec` names is not a plain Llama the loop runs, read from its files before anything loads
+    (config.json, a converted GGUF's config.json, or the GGUF header), or None when it is.
+
+    A hub model whose config.json is not in the local cache cannot be told apart: it runs through transformers.
+    """
+    import json
+    from pathlib import Path
+
+    from llmkit import loading
+
+    try:
+        source = loading.resolve(spec)
+    except Exception:  # noqa: BLE001 - loading.load reports bad specs with its own messages
+        return "not a model llmkit can find"
+    folder: Path | None = None
+    if source.kind == "dir":
+        folder = Path(source.location)
+    elif source.kind == "gguf":
+        gguf = Path(source.location)
+        folder = loading.converted_dir(gguf)
+        if not (folder / "config.json").is_file():  # not converted yet: the header names the architecture
+            from llmkit.engines.llama_cpp import read_gguf_info
+
+            try:
+                architecture = read_gguf_info(gguf).architecture
+            except Exception:  # noqa: BLE001 - a damaged file: transformers' conversion says what is wrong
+                return "an unreadable GGUF file"
+            return None if architecture == "llama" else f"a {architecture or 'unknown'} GGUF model"
+    elif source.kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source.location, "config.json", revision=revision)
+        if not isinstance(cached, str):
+            return "a hub model whose config.json is not cached here"
+        folder = Path(cached).parent
+    else:
+        return f"a {source.kind} model"
+    if (folder / "adapter_config.json").exists() or (folder / loading.QUANTIZATION_SETTINGS).exists():
+        return "an adapter or a quantized model"
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "no readable config.json"
+    return unsupported_architecture(config) if isinstance(config, dict) else "no readable config.json"
 
 
 class NativeModel:
@@ -182,6 +245,51 @@ class NativeModel:
         self.config = SimpleNamespace(is_encoder_decoder=False, eos_token_id=config.get("eos_token_id"))
         self.generation_config = SimpleNamespace(eos_token_id=generation.get("eos_token_id"))
         self.decoder = decoder
+
+
+def generate(
+    prompts: Iterable[Any],
+    *,
+    model: str,
+    settings: Any,
+    system: str | None = None,
+    raw: bool = False,
+    batch_size: int = 64,
+    on_text: Callable[[int, str], None] | None = None,
+    reason: str = "",
+    loaded: Any = None,
+    device: str = "cpu",
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> Iterator[Any]:
+    """Generate with the loop: load the model (straight from its folder where `load` can, else through
+    transformers, then pack it) and run the transformers engine's batches with this loop as their decoder.
+
+    Args:
+        prompts / settings / system / raw / batch_size / on_text: as for `llmkit.generate.generate`.
+        model: the model spec; reason: why the loop runs, for the records.
+        loaded: an already loaded float32 transformers `LoadedModel` to pack (kept usable), or None.
+        device / revision / allow_pickle / trust_remote_code: for loading through transformers.
+
+    Returns:
+        An iterator of `Generation` (engine "transformers": the loop gives transformers' greedy tokens).
+    """
+    from llmkit.engines import transformers as hf
+
+    lm = loaded or load(model) or hf.load_generator(model, device=device, dtype="float32", revision=revision,
+                                                    allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    net = lm.model
+    if isinstance(net, NativeModel):
+        decoder: NativeLlama | None = net.decoder
+    elif unsupported_model(net) is None:
+        decoder = NativeLlama(net, release=loaded is None)  # net is ours alone then
+    else:
+        # The files said Llama but the loaded model is not one the loop runs exactly (e.g. a swapped layer):
+        # transformers' own generate gives the answers, as the chooser would have picked had it known.
+        decoder = None
+    yield from hf.generate(lm, prompts, settings=settings, system=system, raw=raw, batch_size=batch_size,
+                           on_text=on_text, reason=reason, decoder=decoder)
 
 
 def load(spec: str) -> Any:
@@ -232,7 +340,7 @@ def load(spec: str) -> Any:
     except Exception:  # noqa: BLE001 - damaged or unusual weights: transformers loads them and says what is wrong
         return None
     tokenizer = NativeChatTokenizer.for_folder(folder) or loading.load_tokenizer(source)
-    notes = [f"run by llmkit's own Llama decoder from {folder} (llama_native.py); {NATIVE_ENV}=0 uses transformers"]
+    notes = [f"run by llmkit's own Llama decoder from {folder} (engines/llama_loop.py); {NATIVE_ENV}=0 uses transformers"]
     return loading.LoadedModel(NativeModel(config, generation, decoder), tokenizer, source, "cpu", torch.float32,
                                time.perf_counter() - started, notes)
 
