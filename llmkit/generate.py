@@ -101,7 +101,7 @@ def generate(
         loaded: an already loaded `LoadedModel` (reuse across calls; skips loading).
         lookup: prompt-lookup decoding on the llama.cpp engine: draft up to this many tokens copied from the
             context (0: off). It pays where answers copy the prompt (rewrite, extract) and weights have batched
-            kernels (q8_0); see README "Prompt lookup".
+            kernels (q8_0); see docs/concepts/engines.md ("Prompt lookup").
         engine: auto|transformers|llama-cpp (auto: llama.cpp for GGUF models when its bindings are installed
             and it supports every setting; see `engines.choose.choose_generate`).
         adapter: a peft adapter folder (LoRA, prompt or prefix tuning) to run on `model` unmerged; it needs

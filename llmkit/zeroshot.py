@@ -25,7 +25,7 @@ from typing import Any
 
 from llmkit.errors import DataError, UsageError
 
-# Picked on the dev splits of benchmarks/quality_zeroshot.py (never on its test rows); see the README.
+# Picked on the dev splits of benchmarks/quality_zeroshot.py (never on its test rows); see docs/quality.md.
 DEFAULT_ZERO_SHOT_PROMPT = "Classify the text as {labels}.\n\nText: {text}\n\nAnswer with the label only."
 # The words the assistant's answer starts with, before the label (chat models). Chosen on the dev rows of seven
 # corpora (sentiment, spam, question type, topic; benchmarks/quality_zeroshot.py --search, docs/zeroshot.md):
@@ -36,12 +36,12 @@ DEFAULT_CALIBRATION = "auto"
 ZERO_SHOT_METHODS = ("question", "channel")
 DEFAULT_ZERO_SHOT_METHOD = "question"
 EXAMPLE_SELECTIONS = ("random", "fixed", "similar")
-DEFAULT_EXAMPLE_SELECTION = "fixed"  # measured better than per-input random on tweets, and runs once (README)
+DEFAULT_EXAMPLE_SELECTION = "fixed"  # measured better than per-input random on tweets, and runs once (docs/quality.md)
 DEFAULT_SHOTS = 4  # examples per label with --examples
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # Zhao et al. 2021's content-free inputs, averaged
 MIN_CALIBRATION_INPUTS = 16  # auto calibrates over the inputs only when there are at least this many
 EXAMPLE_MAX_TOKENS = 96  # a few-shot example's text is cut to this many tokens, so k x labels examples fit
-LABEL_SPELLINGS = False  # also count "Positive" for the label "positive" (see the README's benchmark)
+LABEL_SPELLINGS = False  # also count "Positive" for the label "positive" (see docs/quality.md)
 KV_TOKEN_BUDGET = 32_768  # prompt rows x padded length per forward when labels need more than one token
 _FIELDS = {"labels", "text"}
 

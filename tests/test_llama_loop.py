@@ -282,7 +282,7 @@ def test_streaming_at_batch_one_in_float32(tiny_llama: Path, monkeypatch) -> Non
 
 
 def test_batch_one_on_auto_keeps_bfloat16_through_transformers(tiny_llama: Path, monkeypatch) -> None:
-    # bfloat16 is the faster precision at batch 1 on a CPU (README Performance); the native loop is float32 only.
+    # bfloat16 is the faster precision at batch 1 on a CPU (docs/performance.md); the native loop is float32 only.
     _, used = _run(tiny_llama, ["the cat"], monkeypatch, native=True, settings=gen.build_settings(max_new_tokens=4),
                    raw=True)
     assert not used

@@ -44,8 +44,8 @@ def quantize(
         typer.Option(
             "--method",
             help="gguf|int8-weight|int4-weight|dynamic-int8|bnb-8bit|bnb-4bit|onnx-int8 (no default: each trades "
-            "size, speed and quality differently; see the README). onnx-int8: encoders (classifiers, masked LMs) "
-            "for ONNX Runtime on the CPU.",
+            "size, speed and quality differently; see docs/quantize.md). onnx-int8: encoders (classifiers, masked "
+            "LMs) for ONNX Runtime on the CPU.",
         ),
     ],
     model: ModelOpt = None,

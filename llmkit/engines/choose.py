@@ -30,7 +30,7 @@ DEFAULT_BATCH_SIZE = 8  # prompts per forward pass when many are piped in
 # --engine auto with a GGUF model, a CPU and no --batch-size: this many prompts or more in the first window run on
 # llmkit's float32 Llama loop at FILE_BATCH_SIZE instead of llama.cpp at DEFAULT_BATCH_SIZE. Measured on 64 TREC
 # questions x 64 new tokens, one whole `llmkit generate -i FILE` process each (benchmarks/throughput.py):
-#   2026-11-29, quiet: the loop at batch 64 150-184 tokens/s against llama.cpp Q4_1 x8's 84 (README Performance);
+#   2026-11-29, quiet: the loop at batch 64 150-184 tokens/s against llama.cpp Q4_1 x8's 84 (docs/performance.md);
 #   2026-12-07, quiet (issue 23): the loop 14.6 s; CTranslate2 4.8.5 float32 21.2 s, int8 13.1 s;
 #   2026-12-07, load average 11-16, 1 thread (benchmarks/results/throughput_ctranslate2.json): the loop 109 s;
 #   CTranslate2 float32 118 s, the same 64 answers; int8 68 s, 0 of 64 answers the same; llama.cpp x8 222 s.
@@ -108,7 +108,7 @@ def choose_generate(
         reason = "an already loaded transformers model was passed"
     elif llama_cpp_failed is not None:
         reason = f"auto: llama.cpp could not load the file ({llama_cpp_failed}); transformers ran"
-        # said once per run: the engine changes speed and can change answers (README "generate --engine")
+        # said once per run: the engine changes speed and can change answers (docs/concepts/engines.md)
         fallback = f"{llama_cpp_failed}; running it with transformers instead (--engine auto)"
     elif requested == TRANSFORMERS:
         reason = "asked for with --engine transformers"
@@ -147,7 +147,7 @@ def _dtype_by_batch(dtype: str, device: str, batch: int, count: Callable[[int], 
     """--dtype auto on a CPU: float32 where batches will hold more than one prompt, else auto (bfloat16).
 
     bfloat16 pays at batch 1 (memory-bound) and loses at batch 8 (compute-bound on AVX2), where float32 also lets
-    the Llama loop run (README Performance). A model passed in already loaded keeps its own dtype.
+    the Llama loop run (docs/performance.md). A model passed in already loaded keeps its own dtype.
     """
     if dtype != "auto" or loaded is not None or batch <= 1 or not _on_cpu(device):
         return dtype

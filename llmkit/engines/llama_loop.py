@@ -8,7 +8,7 @@ QKV and one fused gate/up product per layer, RoPE, grouped-query SDPA over a KV 
 run, RMSNorm and SiLU, with the linear weights pre-packed for oneDNN (`to_mkldnn`), which halves the time of the
 49,152-row output projection at batch 8-64 on AVX2. Rows that have finished (EOS or a stop string) leave the
 batch, so long answers do not pay for short ones. Measured in benchmarks/generate.py and benchmarks/throughput.py
-(against llama.cpp and CTranslate2; README Performance); the chooser keeps it only where that table has it ahead.
+(against llama.cpp and CTranslate2; docs/performance.md); the chooser keeps it only where that table has it ahead.
 
 Used only where it gives transformers' greedy answers: float32 weights on the CPU, a plain `LlamaForCausalLM`
 (no attention or MLP bias, SiLU, default/linear/llama3 RoPE), greedy search or llmkit's sampling (one random
