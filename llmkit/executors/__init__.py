@@ -79,9 +79,12 @@ class RaySettings:
 def ray_installed() -> bool:
     """Whether Ray Data can be imported (the `ray` extra); checked without importing it."""
     try:
-        return importlib.util.find_spec("ray") is not None and importlib.util.find_spec("ray.data") is not None
+        spec = importlib.util.find_spec("ray")  # find_spec("ray.data") would import ray itself (seconds)
     except (ImportError, ValueError):  # a `ray` that cannot be imported (blocked, or a broken install)
         return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    return any((Path(folder) / "data" / "__init__.py").is_file() for folder in spec.submodule_search_locations)
 
 
 def settings_for(
