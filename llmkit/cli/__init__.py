@@ -109,7 +109,9 @@ class _LazyBoundary(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:
         from llmkit import signals
+        from llmkit.loading import quiet_library_logs
 
+        quiet_library_logs()  # torchao's and torch's import-time warnings, whichever path imports them first
         debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
         # SIGTERM and SIGHUP unwind the command as Ctrl-C does, so every `finally:` removes its temporaries.
         with signals.handled():
