@@ -284,23 +284,11 @@ def load_model(
     from llmkit import loading
     from llmkit.engines import choose
 
-    choice = choose.choose_encoder(model, SEQUENCE_CLASSIFICATION, device=device, dtype=dtype, requested=engine,
-                                   adapter=adapter, revision=revision, trust_remote_code=trust_remote_code)
-    if choice.engine == "onnx":
-        from llmkit.engines import onnx as onnx_engine
-
-        try:
-            loaded = onnx_engine.load(model, SEQUENCE_CLASSIFICATION, revision=revision, allow_pickle=allow_pickle,
-                                      trust_remote_code=trust_remote_code, device=choose.onnx_device(device))
-            return loaded, choice
-        except onnx_engine.ExportError as exc:
-            if engine == "onnx":
-                raise
-            choice = choose.fell_back(model, exc.message)
-    if choice.fallback is not None and warn_fallback:
-        from llmkit.console import warn
-
-        warn(choice.fallback)  # once per run: the engine changes speed (and the reason is in every record)
+    onnx_loaded, choice = choose.load_chosen_encoder(
+        model, SEQUENCE_CLASSIFICATION, engine=engine, device=device, dtype=dtype, adapter=adapter, revision=revision,
+        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, warn_fallback=warn_fallback)
+    if onnx_loaded is not None:
+        return onnx_loaded, choice
     kind, _ = loading.model_heads(model, revision=revision, trust_remote_code=trust_remote_code, adapter=adapter)
     task = {"causal-lm": "causal-lm", "sequence-classification": "sequence-classification"}.get(kind)
     if task is None:

@@ -345,6 +345,42 @@ def choose_encoder(
     return Choice("onnx", ONNX_REASON)
 
 
+def load_chosen_encoder(
+    spec: str,
+    head: str,
+    *,
+    engine: str = "auto",
+    device: str = "auto",
+    dtype: str = "auto",
+    adapter: str | None = None,
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    warn_fallback: bool = True,
+) -> tuple[Any, Choice]:
+    """Choose the engine for an encoder task and, when it is ONNX Runtime, load it: (the ONNX handle, its Choice),
+    or (None, the Choice) when transformers is to run (the caller loads it its own way). A failed export under
+    auto falls back to transformers; the fallback is said once on stderr when `warn_fallback`."""
+    choice = choose_encoder(spec, head, device=device, dtype=dtype, requested=engine, adapter=adapter,
+                            revision=revision, trust_remote_code=trust_remote_code)
+    if choice.engine == "onnx":
+        from llmkit.engines import onnx as onnx_engine
+
+        try:
+            loaded = onnx_engine.load(spec, head, revision=revision, allow_pickle=allow_pickle,
+                                      trust_remote_code=trust_remote_code, device=onnx_device(device))
+            return loaded, choice
+        except onnx_engine.ExportError as exc:
+            if engine == "onnx":
+                raise
+            choice = fell_back(spec, exc.message)
+    if choice.fallback is not None and warn_fallback:
+        from llmkit.console import warn
+
+        warn(choice.fallback)  # once per run: the engine changes speed (and the reason is in every record)
+    return None, choice
+
+
 def fell_back(spec: str, failure: str) -> Choice:
     """The choice when auto picked ONNX Runtime and the export (or the graph) failed: transformers, saying why."""
     message = f"{spec} could not run on ONNX Runtime ({failure}); transformers runs it (--engine auto)"
