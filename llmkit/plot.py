@@ -102,7 +102,7 @@ def read_runs(path: Path | str) -> list[Run]:
     path = Path(path)
     report_path = path / "report.json" if path.is_dir() else path
     if not report_path.is_file():
-        raise NotFoundError(f"{path}: no report.json (give a folder written by llmkit finetune or distill)")
+        raise NotFoundError(f"{path}: no report.json (give a folder written by llmkit finetune, distill or pretrain)")
     try:
         report = json.loads(report_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -253,7 +253,7 @@ def plot(sources: Sequence[Path | str], output: Path | str = DEFAULT_OUTPUT, *, 
     """Draw the runs of one or more training outputs, overlaid, into the PNG `output`.
 
     Args:
-        sources: finetune/distill output folders (or their report.json files).
+        sources: finetune, distill or pretrain output folders (or their report.json files).
         output: the picture to write (replaced if it exists, only once the new one is complete).
         title: a title over the panels.
 

@@ -48,7 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "plot": (
         "llmkit.cli.plot",
-        "Draw training curves from finetune/distill outputs (report.json) into a PNG, several runs overlaid.",
+        "Draw training curves from finetune, distill or pretrain outputs (report.json) into a PNG, several runs overlaid.",
     ),
     "quantize": (
         "llmkit.cli.quantize",

@@ -25,7 +25,7 @@ def plot(
     runs: Annotated[
         list[Path],
         typer.Argument(
-            help="Output folders of llmkit finetune or distill (or their report.json files).",
+            help="Output folders of llmkit finetune, distill or pretrain (or their report.json files).",
             show_default=False,
         ),
     ],
@@ -36,7 +36,7 @@ def plot(
     json_out: JsonOpt = False,
     fmt: FormatOpt = "auto",
 ) -> None:
-    """Draw training curves from finetune/distill outputs (report.json) into a PNG, several runs overlaid.
+    """Draw training curves from finetune, distill or pretrain outputs (report.json) into a PNG, several runs overlaid.
 
     Panels: the loss by step (training, validation, and for distill its KD and hard-label parts), the learning
     rate, and the validation metrics (accuracy and macro-F1, perplexity, MSE, ...). Each run gets its own colour,
