@@ -150,15 +150,21 @@ def choose_generate(
 # server runs on the loop, one at a time or together. Measured on 16 TREC questions x 64 greedy tokens, both
 # engines in one process, passes alternated (benchmarks/serve_engines.py; CPU ms per token is this process's CPU
 # time, robust to the load):
-#   SERVE_MEASURED
+#   2026-12-07, loaded machine (load average 12-14 on 2 cores; benchmarks/results/serve_engines_20261207-194054.json),
+#   CPU ms per token, 2 rounds: llama.cpp Q4_1 one at a time 19.1 / 17.4, 16 parallel sequences 14.2 / 14.3 (1.3x
+#   less); the loop at batch 1 59.7 / 64.1, at batch 16 11.2 / 11.0: 1.3x less CPU per token than llama.cpp's 16
+#   sequences and 1.6-1.7x less than llama.cpp one at a time, the loop's 16 answers the same at batch 1 and 16.
+#   Its cost: one request alone takes 3-3.5x llama.cpp's CPU (float32 weights, 4x the file, read per token), so
+#   the rule asks for a server sized for many concurrent requests. Wall-clock tokens/s under that load are not
+#   comparable (each process got what the scheduler gave it); rerun quietly.
 # llama.cpp batches the bundled Q4_1 file poorly: its fast batched matmul (llamafile's tinyBLAS, ggml-cpu
 # llamafile/sgemm.cpp) takes F32, F16, BF16, Q8_0, Q4_0, Q5_0 and IQ4_NL weights, not Q4_1, so 16 sequences run
 # the row-by-row Q4_1 dot products. Below that concurrency llama.cpp stays: faster for one stream, and the answers
 # `llmkit generate "a prompt"` gives.
 SERVE_LOOP_MIN_CONCURRENCY = 16
 SERVE_RULE_REASON = (f"auto: served with {SERVE_LOOP_MIN_CONCURRENCY}+ concurrent requests, this GGUF model runs on "
-                     "llmkit's float32 Llama loop, greedy requests in dynamic batches (measured SERVE_RATIO llama.cpp's "
-                     "16 parallel sequences on this CPU; --engine llama-cpp keeps llama.cpp)")
+                     "llmkit's float32 Llama loop, greedy requests in dynamic batches (measured 1.3x less CPU per "
+                     "token than llama.cpp's 16 parallel sequences on a 2-core CPU; --engine llama-cpp keeps llama.cpp)")
 
 
 def choose_served(model: str, *, requested: str = "auto", device: str = "auto", dtype: str = "auto",

@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llmkit.errors import UsageError
@@ -137,6 +137,11 @@ class RowStreams:
         pass
 
 
+def _to_row(on_text: Callable[[int, str], None], index: int) -> Callable[[str], None]:
+    """`on_text` bound to one prompt's index (a row's streamed deltas)."""
+    return lambda delta: on_text(index, delta)
+
+
 @dataclass
 class _Prepared:
     index: int
@@ -166,6 +171,7 @@ def generate(
     cancelled: Callable[[], bool] | None = None,
     logprobs: int | None = None,
     on_logprob: Callable[[TokenLogprob], None] | None = None,
+    stream_rows: bool = False,
 ) -> Iterator[Generation]:
     """Generate an answer for each prompt with a loaded model, yielding results in input order as they are ready.
 
@@ -180,6 +186,8 @@ def generate(
         logprobs: batch size 1: hand each generated token's log-probability, with this many alternatives, to
             `on_logprob` as it is made (the model's distribution before sampling; None: off).
         on_logprob: receives the `TokenLogprob` entries (with `logprobs`).
+        stream_rows: on llmkit's loop, stream every row of a batch through `on_text` (the server's batches;
+            otherwise only batches of one stream, and the others' text comes with their results).
 
     Returns:
         An iterator of `Generation` with engine="transformers".
@@ -242,11 +250,11 @@ def generate(
         if on_text is not None and len(batch) == 1 and settings.num_beams == 1 and settings.num_return_sequences == 1:
             index = batch[0].index
             streamer = _TextStream(tok, lambda delta: on_text(index, delta), settings.stop, skip=1)
-        elif on_text is not None and decoder is not None and settings.num_return_sequences == 1:
+        elif stream_rows and on_text is not None and decoder is not None and settings.num_return_sequences == 1:
             # llmkit's loop streams every row of a batch (what the server's batches need); if the loop does not
-            # run this batch after all (see own_loop), the text comes at the end, as it always has
-            streamer = RowStreams([_TextStream(tok, lambda delta, i=p.index: on_text(i, delta), settings.stop,
-                                               skip=0) for p in batch])
+            # run this batch after all (see own_loop), the text comes at the end
+            streamer = RowStreams([_TextStream(tok, _to_row(on_text, p.index), settings.stop, skip=0)
+                                   for p in batch])
         extra: dict[str, Any] = {}
         sampler = None
         if per_input_streams:
@@ -335,6 +343,9 @@ def generate(
         yield from _run_window(pending, batch_size, run_batch)
 
 
+BATCH_GATHER_SECONDS = 0.05  # the longest a greedy call waits for others to share its batch (Generator)
+
+
 @dataclass
 class _Waiting:
     """A greedy `complete()` call waiting for a batch (Generator with max_batch > 1)."""
@@ -346,6 +357,7 @@ class _Waiting:
     on_text: Callable[[str], None] | None
     cancelled: Callable[[], bool] | None
     done: threading.Event
+    arrived: float = field(default_factory=time.monotonic)
     result: Completion | None = None
     error: BaseException | None = None
 
@@ -452,6 +464,13 @@ class Generator:
             with self._lock:
                 if mine.done.is_set():
                     break
+                # requests sent together reach the server over a few milliseconds: a batch waits for its first
+                # call's BATCH_GATHER_SECONDS to pass, so that they share it instead of the first running alone
+                with self._waiting_lock:
+                    wait = self._waiting[0].arrived + BATCH_GATHER_SECONDS - time.monotonic()
+                    full = len(self._waiting) >= self.max_batch
+                if wait > 0 and not full:
+                    time.sleep(wait)
                 with self._waiting_lock:
                     key = self._waiting[0].key
                     batch = [w for w in self._waiting if w.key == key][: self.max_batch]
@@ -477,7 +496,7 @@ class Generator:
             done = list(generate(
                 self.lm, [w.prompt for w in batch], settings=first.settings, system=first.system, raw=first.raw,
                 batch_size=len(batch), reason=self.reason, decoder=self.decoder,
-                on_text=on_text if any(streams) else None,
+                on_text=on_text if any(streams) else None, stream_rows=True,
                 cancelled=lambda: all(w.gone() for w in batch),
             ))
             for w, d in zip(batch, done, strict=True):
