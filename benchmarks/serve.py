@@ -191,7 +191,8 @@ def measured(server: Process, url: str, questions: list[str], tokens: int, clien
 
 
 def median_pass(passes: list[dict]) -> dict:
-    """The pass with the median tokens/s (its own numbers, not a mix of passes)."""
+    """The pass with the median tokens/s (its own numbers, not a mix of passes; of an even count, the faster of
+    the middle two). Every pass is kept in the results file."""
     return sorted(passes, key=lambda r: r["tokens_per_second"])[len(passes) // 2]
 
 
