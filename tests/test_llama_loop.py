@@ -461,6 +461,30 @@ def test_concurrent_greedy_calls_run_as_batches_with_their_one_at_a_time_answers
     assert {w.finish_reason for w in want} == {"length", "stop", "eos"}
 
 
+def test_one_bad_prompt_in_a_batch_fails_alone(tiny_llama: Path) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = gen.build_settings(max_new_tokens=6)
+    batched = _served(tiny_llama, 8)
+    prompts: list = ["hello", None, "the cat", "good day"]  # None: no text to tokenize
+    gate = threading.Barrier(len(prompts))
+
+    def call(prompt):
+        gate.wait()
+        try:
+            return batched.complete(prompt, settings, raw=True).text
+        except Exception as exc:  # noqa: BLE001 - the failure is the answer here
+            return type(exc)
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        got = list(pool.map(call, prompts))
+    alone = _served(tiny_llama, 1)
+    assert [g for i, g in enumerate(got) if i != 1] == [alone.complete(p, settings, raw=True).text
+                                                      for p in ("hello", "the cat", "good day")]
+    assert isinstance(got[1], type) and issubclass(got[1], Exception)
+
+
 def test_batched_generator_leaves_sampling_and_logprobs_to_single_runs(tiny_llama: Path) -> None:
     batched = _served(tiny_llama, 16)
     sizes: list[int] = []

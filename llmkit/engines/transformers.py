@@ -499,9 +499,12 @@ class Generator:
         first = batch[0]
         streams = [w.on_text for w in batch]
 
+        streamed: list[bool] = []
+
         def on_text(i: int, delta: str) -> None:
             callback = streams[i]
             if callback is not None:
+                streamed.append(True)
                 callback(delta)
 
         try:
@@ -515,7 +518,13 @@ class Generator:
             ))
             for w, d in zip(batch, done, strict=True):
                 w.result = _completion(d, None, w.gone())
-        except BaseException as exc:  # noqa: BLE001 - each caller raises it in its own thread
+        except Exception as exc:  # noqa: BLE001 - each caller raises it in its own thread
+            if len(batch) > 1 and not streamed:
+                # one request's failure (a prompt too long or empty, found before any token) is not the others':
+                # each runs again alone, and only the failing one gets its error
+                for w in batch:
+                    self._run_batch([w])
+                return
             for w in batch:
                 w.error = exc
         finally:
