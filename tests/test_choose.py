@@ -114,6 +114,23 @@ def test_the_file_rule_counts_prompts_only_when_it_could_apply(tiny_gguf: Path) 
 
 
 @pytest.mark.skipif(not llama_cpp.bindings_installed(), reason="llmkit[llama] not installed")
+def test_serve_puts_a_gguf_model_on_the_loop_from_its_concurrency_rule(tiny_gguf: Path,
+                                                                         tiny_causal_lm: Path) -> None:
+    model, most = str(tiny_gguf), choose.SERVE_LOOP_MIN_CONCURRENCY
+    served = choose.choose_served(model, device="cpu", concurrency=most)
+    assert (served.engine, served.batch_size, served.dtype, served.reason) == (
+        "llama-loop", most, "float32", choose.SERVE_RULE_REASON)
+    below = choose.choose_served(model, device="cpu", concurrency=most - 1)
+    assert (below.engine, below.batch_size) == ("llama-cpp", 1)
+    # --engine llama-cpp keeps llama.cpp; a --dtype other than float32 leaves generate's choice (transformers)
+    for options, engine in (({"requested": "llama-cpp"}, "llama-cpp"), ({"dtype": "bfloat16"}, "transformers")):
+        assert choose.choose_served(model, device="cpu", concurrency=most, **options).engine == engine, options
+    # not a GGUF model: what generate picks for one streamed prompt (transformers, bfloat16: no loop)
+    other = choose.choose_served(str(tiny_causal_lm), device="cpu", concurrency=most)
+    assert (other.engine, other.dtype) == ("transformers", "auto")
+
+
+@pytest.mark.skipif(not llama_cpp.bindings_installed(), reason="llmkit[llama] not installed")
 @pytest.mark.parametrize(("prompts", "batch"), [(0, 1), (1, 1), (3, 3), (8, 8), (20, 8)])
 def test_llama_cpp_runs_no_more_parallel_sequences_than_prompts(tiny_gguf: Path, prompts: int, batch: int) -> None:
     choice = choose.choose_generate(str(tiny_gguf), GREEDY, device="cpu", available=Counter(prompts))

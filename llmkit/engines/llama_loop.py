@@ -540,6 +540,11 @@ class NativeLlama:
                                 _pack(take(p + "mlp.down_proj.weight"))))
             del qkv, gate_up
 
+    @staticmethod
+    def supports(settings: Any) -> bool:
+        """Whether this loop gives transformers' tokens for these `GenerationSettings` (`unsupported_settings`)."""
+        return unsupported_settings(settings) is None
+
     def _rms(self, x: Any, weight: Any) -> Any:
         import torch
 
@@ -647,7 +652,9 @@ class NativeLlama:
         A row that produced an EOS token (kept) or met `stopping_criteria` is finished: it leaves the batch and
         its later positions hold `pad_token_id`. Stops when every row has finished or after `max_new_tokens`.
         `logits_processor` (llmkit's per-input sampler) sees every row in batch order, as in transformers' loop;
-        rows that have finished get zero logits there, and what it draws for them is dropped.
+        rows that have finished get zero logits there, and what it draws for them is dropped. A `streamer` with a
+        `put_rows(rows, tokens)` method gets each step's tokens with their batch rows (rows leave as they finish);
+        any other streamer gets transformers' calls (batch size 1).
         """
         import torch
 
@@ -674,7 +681,11 @@ class NativeLlama:
             out[rows, prompt_len + produced] = token
             produced += 1
             if streamer is not None:
-                streamer.put(token.cpu())
+                # a streamer of several rows (transformers.RowStreams) is told which batch row each token is for
+                if hasattr(streamer, "put_rows"):
+                    streamer.put_rows(rows.tolist(), token.tolist())
+                else:
+                    streamer.put(token.cpu())
             finished = torch.isin(token, eos_ids)
             if stopping_criteria is not None:
                 finished |= stopping_criteria(out[rows, : prompt_len + produced], None)

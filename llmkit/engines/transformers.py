@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llmkit.errors import UsageError
@@ -99,7 +99,10 @@ class _TextStream:
         if self.skip_prompt_calls:
             self.skip_prompt_calls -= 1
             return
-        self.ids.extend(int(v) for v in value.reshape(-1).tolist())
+        self.put_ids(int(v) for v in value.reshape(-1).tolist())
+
+    def put_ids(self, ids: Iterable[int]) -> None:
+        self.ids.extend(ids)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
             return
@@ -111,6 +114,32 @@ class _TextStream:
     def finish(self, final_text: str) -> None:
         """Show whatever the hold-back kept, once the final (stop-trimmed) text is known."""
         self.view.finish(final_text)
+
+
+class RowStreams:
+    """A streamer for a batch on llmkit's Llama loop: each batch row's tokens go to that row's `_TextStream`.
+
+    The loop calls `put_rows(rows, tokens)` at each step (llama_loop.NativeLlama.greedy); the prompt's `put` and
+    `end` carry nothing a row needs.
+    """
+
+    def __init__(self, streams: list[_TextStream]) -> None:
+        self.streams = streams
+
+    def put(self, value: Any) -> None:
+        """The prompt (the loop's first call): nothing to show."""
+
+    def put_rows(self, rows: list[int], tokens: list[int]) -> None:
+        for row, token in zip(rows, tokens, strict=True):
+            self.streams[row].put_ids([token])
+
+    def end(self) -> None:
+        pass
+
+
+def _to_row(on_text: Callable[[int, str], None], index: int) -> Callable[[str], None]:
+    """`on_text` bound to one prompt's index (a row's streamed deltas)."""
+    return lambda delta: on_text(index, delta)
 
 
 @dataclass
@@ -142,6 +171,7 @@ def generate(
     cancelled: Callable[[], bool] | None = None,
     logprobs: int | None = None,
     on_logprob: Callable[[TokenLogprob], None] | None = None,
+    stream_rows: bool = False,
 ) -> Iterator[Generation]:
     """Generate an answer for each prompt with a loaded model, yielding results in input order as they are ready.
 
@@ -156,6 +186,8 @@ def generate(
         logprobs: batch size 1: hand each generated token's log-probability, with this many alternatives, to
             `on_logprob` as it is made (the model's distribution before sampling; None: off).
         on_logprob: receives the `TokenLogprob` entries (with `logprobs`).
+        stream_rows: on llmkit's loop, stream every row of a batch through `on_text` (the server's batches;
+            otherwise only batches of one stream, and the others' text comes with their results).
 
     Returns:
         An iterator of `Generation` with engine="transformers".
@@ -214,10 +246,15 @@ def generate(
 
     def run_batch(batch: list[_Prepared]) -> list[Generation]:
         padded = tok.pad({"input_ids": [p.ids for p in batch]}, return_tensors="pt").to(lm.device)
-        streamer = None
+        streamer: Any = None
         if on_text is not None and len(batch) == 1 and settings.num_beams == 1 and settings.num_return_sequences == 1:
             index = batch[0].index
             streamer = _TextStream(tok, lambda delta: on_text(index, delta), settings.stop, skip=1)
+        elif stream_rows and on_text is not None and decoder is not None and settings.num_return_sequences == 1:
+            # llmkit's loop streams every row of a batch (what the server's batches need); if the loop does not
+            # run this batch after all (see own_loop), the text comes at the end
+            streamer = RowStreams([_TextStream(tok, _to_row(on_text, p.index), settings.stop, skip=0)
+                                   for p in batch])
         extra: dict[str, Any] = {}
         sampler = None
         if per_input_streams:
@@ -253,6 +290,8 @@ def generate(
                     streamer=streamer, logits_processor=sampler,
                 )
             else:
+                if isinstance(streamer, RowStreams):
+                    streamer = None
                 out = inputs.model.generate(**inputs.kwargs, **gen_kwargs, **extra, streamer=streamer)
         seconds = time.perf_counter() - started
         sequences = out.sequences if want_scores else out
@@ -273,7 +312,9 @@ def generate(
                 row = new_tokens[b * n + j].tolist()
                 candidates.append(_postprocess(tok, row, eos, settings, scores[b * n + j] if scores else None))
             best = candidates[0]
-            if streamer is not None:
+            if isinstance(streamer, RowStreams):
+                streamer.streams[b].finish(best.text)
+            elif streamer is not None:
                 streamer.finish(best.text)
             results.append(
                 Generation(
@@ -302,28 +343,66 @@ def generate(
         yield from _run_window(pending, batch_size, run_batch)
 
 
-class Generator:
-    """A transformers model loaded once, answering prompts one at a time for many threads.
+BATCH_GATHER_SECONDS = 0.05  # a batch waits while greedy calls keep coming less than this apart (Generator._gather)
+BATCH_GATHER_MAX_SECONDS = 1.0  # ... for up to this long after its first call
 
-    `complete()` holds a lock around each answer: a transformers model is not safe to run from several threads at
-    once, so concurrent callers take turns (llama.cpp's `Generator` decodes them together instead). Each answer
-    runs through `generate` at batch size 1, the path `llmkit generate "a prompt"` takes, so both give the same
-    answer to the same prompt and settings.
+
+@dataclass
+class _Waiting:
+    """A greedy `complete()` call waiting for a batch (Generator with max_batch > 1)."""
+
+    prompt: Any
+    settings: GenerationSettings
+    system: str | None
+    raw: bool
+    on_text: Callable[[str], None] | None
+    cancelled: Callable[[], bool] | None
+    done: threading.Event
+    arrived: float = field(default_factory=time.monotonic)
+    result: Completion | None = None
+    error: BaseException | None = None
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """What a batch shares: one `generate` run has one set of settings, system message and template use."""
+        return (self.settings, self.system, self.raw)
+
+    def gone(self) -> bool:
+        return self.cancelled is not None and self.cancelled()
+
+
+class Generator:
+    """A transformers model loaded once, answering prompts for many threads.
+
+    A transformers model is not safe to run from several threads at once, so `complete()` runs one `generate`
+    at a time. By default each answer is its own run at batch size 1, the path `llmkit generate "a prompt"` takes,
+    so both give the same answer to the same prompt and settings, and concurrent callers take turns.
+
+    With `max_batch` > 1 and llmkit's Llama loop as the decoder (what `llmkit serve` loads for many concurrent
+    requests: engines/choose.py, SERVE_LOOP_MIN_CONCURRENCY), greedy calls without log-probabilities are batched
+    dynamically: the calls that are waiting when the model comes free (up to `max_batch`, with the same settings)
+    run as one batch, each row streaming its own text. The loop gives each row the tokens it gives that prompt
+    alone (greedy; tests/test_llama_loop.py), so an answer does not depend on what it was batched with. Other
+    calls (sampling, log-probabilities) run alone at batch size 1, between batches.
 
     Args:
         lm: a `loading.LoadedModel` (`load_generator`).
         reason: why this engine runs, for the records.
         decoder: llmkit's Llama loop for `generate`'s batches (None: transformers' own generate).
+        max_batch: the most greedy calls decoded together (1: none are).
     """
 
     engine = NAME
 
-    def __init__(self, lm: Any, *, reason: str = "", decoder: Any = None) -> None:
+    def __init__(self, lm: Any, *, reason: str = "", decoder: Any = None, max_batch: int = 1) -> None:
         self.lm = lm
         self.model = lm.source.spec
         self.reason = reason
         self.decoder = decoder
-        self._lock = threading.Lock()
+        self.max_batch = max_batch if decoder is not None else 1
+        self._lock = threading.Lock()  # held while the model runs
+        self._waiting: list[_Waiting] = []
+        self._waiting_lock = threading.Lock()
 
     def unsupported(self, settings: GenerationSettings) -> list[str]:
         """The settings this engine cannot honour: none (transformers is the reference for all of them)."""
@@ -349,11 +428,15 @@ class Generator:
         cancelled: Callable[[], bool] | None = None,
         logprobs: int | None = None,
     ) -> Completion:
-        """Answer one prompt (threads take turns); the arguments are those of llama_cpp.Generator.complete.
+        """Answer one prompt; the arguments are those of llama_cpp.Generator.complete.
 
         With a seed, the answer for `index` samples from `stream_seed(seed, index)`, as prompt number `index` of a
         `generate` run does.
         """
+        # the loop where it gives transformers' tokens for these settings, transformers' generate elsewhere
+        decoder = self.decoder if self.decoder is not None and self.decoder.supports(settings) else None
+        if self.max_batch > 1 and decoder is not None and not settings.do_sample and logprobs is None:
+            return self._batched(_Waiting(prompt, settings, system, raw, on_text, cancelled, threading.Event()))
         if settings.seed is not None and index:
             settings = replace(settings, seed=stream_seed(settings.seed, index))
         entries: list[TokenLogprob] = []
@@ -367,18 +450,92 @@ class Generator:
             (done,) = generate(
                 self.lm, [prompt], settings=settings, system=system, raw=raw, batch_size=1, reason=self.reason,
                 on_text=(lambda _, delta: on_text(delta)) if on_text is not None else None, cancelled=cancelled,
-                logprobs=logprobs, on_logprob=keep if logprobs is not None else None,
+                logprobs=logprobs, on_logprob=keep if logprobs is not None else None, decoder=decoder,
             )
         stopped = cancelled is not None and cancelled()
-        return Completion(
-            text=done.text,
-            finish_reason=done.finish_reason,
-            prompt_tokens=done.prompt_tokens,
-            completion_tokens=done.completion_tokens,
-            seconds=done.seconds,
-            logprobs=tuple(entries[: done.completion_tokens]) if logprobs is not None else None,
-            cancelled=stopped,
-        )
+        return _completion(done, tuple(entries[: done.completion_tokens]) if logprobs is not None else None,
+                           stopped)
+
+    def _batched(self, mine: _Waiting) -> Completion:
+        """Queue a greedy call; whichever waiting thread gets the model runs the next batch, until this one's
+        answer is in (no thread of its own: nothing to stop when the server does)."""
+        with self._waiting_lock:
+            self._waiting.append(mine)
+        while not mine.done.is_set():
+            with self._lock:
+                if mine.done.is_set():
+                    break
+                self._gather()
+                with self._waiting_lock:
+                    key = self._waiting[0].key
+                    batch = [w for w in self._waiting if w.key == key][: self.max_batch]
+                    self._waiting = [w for w in self._waiting if all(w is not b for b in batch)]
+                self._run_batch(batch)
+        if mine.error is not None:
+            raise mine.error
+        assert mine.result is not None
+        return mine.result
+
+    def _gather(self) -> None:
+        """Let the requests sent together join one batch (held with the model's lock, which no one else can use).
+
+        They reach the engine spread out by the server's work on each (265-772 ms for 16 on a loaded 2-core
+        machine), and a batch of the first one or two costs about the wall time of a full one: so the batch waits
+        while calls keep arriving less than BATCH_GATHER_SECONDS apart, for up to BATCH_GATHER_MAX_SECONDS from
+        its first call, or until it is full. A call alone waits BATCH_GATHER_SECONDS.
+        """
+        while True:
+            with self._waiting_lock:
+                now = time.monotonic()
+                first, last = self._waiting[0].arrived, self._waiting[-1].arrived
+                if len(self._waiting) >= self.max_batch:
+                    return
+            wait = min(last + BATCH_GATHER_SECONDS, first + BATCH_GATHER_MAX_SECONDS) - now
+            if wait <= 0:
+                return
+            time.sleep(wait)
+
+    def _run_batch(self, batch: list[_Waiting]) -> None:
+        first = batch[0]
+        streams = [w.on_text for w in batch]
+
+        streamed: list[bool] = []
+
+        def on_text(i: int, delta: str) -> None:
+            callback = streams[i]
+            if callback is not None:
+                streamed.append(True)
+                callback(delta)
+
+        try:
+            # A client that left stops the batch only when every row's client has left (the loop has no per-row
+            # cancel); its row's tokens are dropped with it.
+            done = list(generate(
+                self.lm, [w.prompt for w in batch], settings=first.settings, system=first.system, raw=first.raw,
+                batch_size=len(batch), reason=self.reason, decoder=self.decoder,
+                on_text=on_text if any(streams) else None, stream_rows=True,
+                cancelled=lambda: all(w.gone() for w in batch),
+            ))
+            for w, d in zip(batch, done, strict=True):
+                w.result = _completion(d, None, w.gone())
+        except Exception as exc:  # noqa: BLE001 - each caller raises it in its own thread
+            if len(batch) > 1 and not streamed:
+                # one request's failure (a prompt too long or empty, found before any token) is not the others':
+                # each runs again alone, and only the failing one gets its error
+                for w in batch:
+                    self._run_batch([w])
+                return
+            for w in batch:
+                w.error = exc
+        finally:
+            for w in batch:
+                w.done.set()
+
+
+def _completion(done: Generation, logprobs: tuple[TokenLogprob, ...] | None, stopped: bool) -> Completion:
+    return Completion(text=done.text, finish_reason=done.finish_reason, prompt_tokens=done.prompt_tokens,
+                      completion_tokens=done.completion_tokens, seconds=done.seconds, logprobs=logprobs,
+                      cancelled=stopped)
 
 
 def _stop_criteria(tok: Any, stops: tuple[str, ...], start: int, *, for_transformers: bool = True,

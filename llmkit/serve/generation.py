@@ -3,7 +3,8 @@
 The body is read by openai_api.py (the reader `generate` uses for batch files), so a field llmkit cannot honour is
 refused with 400 and the field's name, never dropped. Each of the `n` choices is one `complete()` call on the
 model's loaded generator, made from a worker thread: llama.cpp decodes the calls of concurrent requests together in
-its parallel sequences, transformers takes them in turn. Text and log-probabilities come back through callbacks,
+its parallel sequences, llmkit's Llama loop (a GGUF model served with --max-concurrency 16 or more) runs the greedy
+calls waiting when it comes free as one batch, transformers takes them in turn. Text and log-probabilities come back through callbacks,
 which hand them to the event loop; a stream sends each piece as it comes, as OpenAI's `chat.completion.chunk` /
 `text_completion` events. A client that goes away sets the run's cancel flag, and the engine stops at its next
 token.
