@@ -603,3 +603,16 @@ def test_embedding_from_the_onnx_cache_imports_neither_torch_nor_transformers(fo
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[0])["engine"] == "onnx"
     assert done.stderr.strip().splitlines()[-1] == "False False"
+
+
+def test_json_lines_on_stdout_carry_the_npy_vectors_as_shortest_float32_text(folders: dict[str, Path],
+                                                                                 tmp_path: Path) -> None:
+    piped = invoke(["embed", "-m", str(folders["mean"]), *TEXTS[:2]])
+    saved = invoke(["embed", "-m", str(folders["mean"]), "-o", str(tmp_path / "v.npy"), *TEXTS[:2]])
+    assert piped.exit_code == 0 and saved.exit_code == 0, piped.stderr + saved.stderr
+    array = np.load(tmp_path / "v.npy")
+    lines = piped.stdout.splitlines()
+    for line, row in zip(lines, array, strict=True):
+        assert line.split('"embedding":[')[1].rstrip("]}").split(",") == [str(v) for v in row]
+    np.testing.assert_array_equal(np.array([r["embedding"] for r in json_lines(piped.stdout)], np.float32), array)
+    assert list(json_lines(piped.stdout)[0])[:2] == ["text", "model"] and list(json_lines(piped.stdout)[0])[-1] == "embedding"
