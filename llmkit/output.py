@@ -84,6 +84,20 @@ def write_json(record: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def json_line(record: dict[str, Any]) -> str:
+    """A plain record (see `to_record`) as one JSON line without its newline, by orjson: a numpy float32 array is
+    written as a list of its values' shortest float32 text (0.012573021, which reads back as the same float32;
+    json.dumps of the same values as Python floats writes 17 digits). 3,000 x 384 floats: 0.04 s against 0.65 s.
+    Falls back to json.dumps for what orjson refuses (an integer beyond 64 bits)."""
+    import orjson
+
+    try:
+        return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        plain = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in record.items()}
+        return json.dumps(_plain(plain), ensure_ascii=False)
+
+
 def write_text(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()

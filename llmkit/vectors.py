@@ -144,9 +144,11 @@ class VectorWriter:
             self._rows.write(json.dumps(_plain(row), ensure_ascii=False) + "\n")
         elif self.fmt == "jsonl":
             assert self._handle is not None
-            record = dict(row)
-            record[EMBEDDING] = None if vector is None else [float(x) for x in vector]
-            self._handle.write(json.dumps(_plain(record), ensure_ascii=False) + "\n")
+            from llmkit.output import json_line
+
+            record = _plain(row)
+            record[EMBEDDING] = None if vector is None else np.asarray(vector, np.float32)
+            self._handle.write(json_line(record) + "\n")
         else:
             record = dict(row)
             record[EMBEDDING] = None if vector is None else np.asarray(vector, np.float32)

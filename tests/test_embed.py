@@ -523,16 +523,32 @@ def test_the_engine_flag_picks_the_engine_and_every_record_says_so(folders: dict
 
 
 def test_onnx_runtime_uses_its_worker_threads_and_keeps_the_order(folders: dict[str, Path]) -> None:
-    """Two batches at a time go to ONNX Runtime's worker threads (`many`); vectors come back in input order."""
+    """All batches of a window go to ONNX Runtime's worker threads at once (`many`), pooled there on two threads;
+    vectors come back in input order."""
+    import threading
+
     embedder = Embedder(str(folders["mean"]), engine="onnx", batch_size=2)
-    embedder.encoder.parallel = 2
+    embedder.encoder.model.threads = 2
     runs: list[int] = []
     many = embedder.encoder.many
-    embedder.encoder.many = lambda batches: runs.append(len(batches)) or many(batches)  # type: ignore[method-assign]
+    embedder.encoder.many = lambda batches, finish: runs.append(len(batches)) or many(batches, finish)  # type: ignore[method-assign]
     single = embedder.encoder.hidden_states
     embedder.encoder.hidden_states = lambda batch: runs.append(-1) or single(batch)  # type: ignore[method-assign]
+    pooled_on: set[str] = set()
+    head = embedder.head
+
+    class Spy:
+        def __getattr__(self, name: str):
+            return getattr(head, name)
+
+        def __call__(self, *args, **kwargs):
+            pooled_on.add(threading.current_thread().name)
+            return head(*args, **kwargs)
+
+    embedder.head = Spy()  # type: ignore[assignment]
     ours, _, _ = embedder.vectors(TEXTS)
-    assert runs == [2, -1]  # 6 texts in batches of 2: two batches at once, then the last one alone
+    assert runs == [3]  # 6 texts in batches of 2: the three batches in one call
+    assert threading.current_thread().name not in pooled_on and pooled_on  # pooled on the worker threads
     one_by_one = np.stack([Embedder(str(folders["mean"]), engine="transformers").vectors([t])[0][0] for t in TEXTS])
     np.testing.assert_allclose(ours, one_by_one, atol=2e-6)
 
@@ -587,3 +603,16 @@ def test_embedding_from_the_onnx_cache_imports_neither_torch_nor_transformers(fo
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[0])["engine"] == "onnx"
     assert done.stderr.strip().splitlines()[-1] == "False False"
+
+
+def test_json_lines_on_stdout_carry_the_npy_vectors_as_shortest_float32_text(folders: dict[str, Path],
+                                                                                 tmp_path: Path) -> None:
+    piped = invoke(["embed", "-m", str(folders["mean"]), *TEXTS[:2]])
+    saved = invoke(["embed", "-m", str(folders["mean"]), "-o", str(tmp_path / "v.npy"), *TEXTS[:2]])
+    assert piped.exit_code == 0 and saved.exit_code == 0, piped.stderr + saved.stderr
+    array = np.load(tmp_path / "v.npy")
+    lines = piped.stdout.splitlines()
+    for line, row in zip(lines, array, strict=True):
+        assert line.split('"embedding":[')[1].rstrip("]}").split(",") == [str(v) for v in row]
+    np.testing.assert_array_equal(np.array([r["embedding"] for r in json_lines(piped.stdout)], np.float32), array)
+    assert list(json_lines(piped.stdout)[0])[:2] == ["text", "model"] and list(json_lines(piped.stdout)[0])[-1] == "embedding"

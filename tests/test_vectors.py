@@ -106,3 +106,24 @@ def test_the_newer_of_output_and_leftover_wins(tmp_path: Path) -> None:
     _write(path, 2)  # a finished output written after the interrupted run
     source = vectors.resume_source(path)
     assert source is not None and source.path == path
+
+
+def test_jsonl_vectors_are_the_shortest_float32_text_and_read_back_exactly(tmp_path: Path) -> None:
+    data = (np.random.default_rng(3).standard_normal((3, 8)) / 7).astype(np.float32)
+    path = tmp_path / "v.jsonl"
+    with vectors.VectorWriter(path) as writer:
+        for i, row in enumerate(data):
+            writer.write({"id": i, "note": "café"}, row, 8)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert '"note":"café"' in lines[0]  # UTF-8 as written, not \u escapes
+    for line, row in zip(lines, data, strict=True):
+        numbers = line.split('"embedding":[')[1].rstrip("]}").split(",")
+        assert numbers == [str(v) for v in row]  # numpy's shortest float32 text, not the 17 digits of a double
+        np.testing.assert_array_equal(np.array(json.loads(line)["embedding"], dtype=np.float32), row)
+
+
+def test_json_line_falls_back_to_json_for_what_orjson_refuses() -> None:
+    from llmkit.output import json_line
+
+    record = {"big": 2**70, "embedding": np.array([0.5, 0.25], dtype=np.float32)}
+    assert json.loads(json_line(record)) == {"big": 2**70, "embedding": [0.5, 0.25]}

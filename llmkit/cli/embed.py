@@ -266,7 +266,13 @@ def _run_embed(texts: list[str] | None, input_file: Path | None, input_format: s
         emitter = output.Emitter(fmt, text=_text_line, rich=_rich_line)
         for record, result in pairs:
             skipped.add(record.index, result)
-            emitter.emit(result, record.fields)
+            if fmt == "json":  # the record as to_record makes it, the vector written as float32 (output.json_line)
+                line = output.to_record({f.name: getattr(result, f.name) for f in fields(result)
+                                         if f.name != "embedding"}, record.fields)
+                line["embedding"] = None if result.embedding is None else np.asarray(result.embedding, np.float32)
+                output.write_text(output.json_line(line))
+            else:
+                emitter.emit(result, record.fields)
     skipped.report()
 
 

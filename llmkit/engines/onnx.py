@@ -18,6 +18,7 @@ Importing this module is cheap: onnxruntime and tokenizers are imported when a m
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -208,17 +209,27 @@ class OnnxEncoder:
         """The last hidden states [batch, length, hidden] of a base-model export."""
         return self.run(batch)
 
-    def many(self, batches: list[dict[str, Any]]) -> list[Any]:
-        """`run` on each batch, `threads` at a time (onnxruntime releases the GIL while it runs), in order."""
+    def many(self, batches: list[dict[str, Any]], finish: Callable[[dict[str, Any], Any], Any] | None = None) -> list[Any]:
+        """`run` on each batch, `threads` at a time (onnxruntime releases the GIL while it runs), in order.
+
+        Args:
+            batches: padded batches; hand over many at once: a worker takes the next one as soon as it is free.
+            finish: `finish(batch, output)` runs on the worker thread right after each batch, and its result is
+                returned instead of the output (embed pools there, so only `threads` hidden states live at once).
+        """
+        def one(batch: dict[str, Any]) -> Any:
+            output = self.run(batch)
+            return output if finish is None else finish(batch, output)
+
         workers = max(1, min(self.threads, len(batches)))
         if workers == 1:
-            return [self.run(b) for b in batches]
+            return [one(b) for b in batches]
         from concurrent.futures import ThreadPoolExecutor
 
         # the biggest batches first, so that a worker left without work at the end idles only for a small one
         order = sorted(range(len(batches)), key=lambda i: -batches[i]["input_ids"].size)
         with ThreadPoolExecutor(workers) as pool:
-            done = dict(zip(order, pool.map(lambda i: self.run(batches[i]), order), strict=True))
+            done = dict(zip(order, pool.map(lambda i: one(batches[i]), order), strict=True))
         return [done[i] for i in range(len(batches))]
 
 
@@ -291,7 +302,6 @@ class OnnxFeatures:
         model: the `OnnxEncoder` (its `config` says the model type, for the position offset of RoBERTa-likes).
         tokenizer: the export's `EncoderTokenizer` (its `backend_tokenizer` is the `tokenizers` pipeline).
         max_positions: config.json's max_position_embeddings, if any.
-        parallel: batches worth handing to `many` at once (one per worker thread).
     """
 
     name: ClassVar[str] = NAME
@@ -301,15 +311,15 @@ class OnnxFeatures:
         self.tokenizer = loaded.tokenizer
         positions = getattr(self.model.config, "max_position_embeddings", None)
         self.max_positions = int(positions) if isinstance(positions, int) else None
-        self.parallel = self.model.threads
 
     def hidden_states(self, batch: dict[str, Any]) -> Any:
         """float32 [batch, length, hidden] for one padded batch of int64 arrays."""
         return self.model.hidden_states(batch)
 
-    def many(self, batches: list[dict[str, Any]]) -> list[Any]:
-        """`hidden_states` of several batches, run on the worker threads at once, in order."""
-        return self.model.many(batches)
+    def many(self, batches: list[dict[str, Any]], finish: Callable[[dict[str, Any], Any], Any] | None = None) -> list[Any]:
+        """`hidden_states` of several batches, run on the worker threads at once, in order (`finish`: see
+        `OnnxEncoder.many`)."""
+        return self.model.many(batches, finish)
 
 
 def load_encoder(
