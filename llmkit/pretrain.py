@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit import training
+from llmkit.allocator import keep_freed_memory
 from llmkit.corpus import Corpus, Packing, pack_blocks, read_corpus, split_blocks
 from llmkit.errors import DataError, NotFoundError, UsageError
 from llmkit.masking import BlockCollator, EpochCallback, Masking, mask_validation, masked_lm_loss
@@ -633,6 +634,8 @@ def pretrain(
     device = pick_device(device)
     precision = training.resolve_precision(settings.precision, device)
     main = int(os.environ.get("RANK", "0")) == 0
+    if device == "cpu" and not dry_run:
+        keep_freed_memory()  # each step's logits would otherwise be a fresh mmap, faulted in page by page
 
     text = read_corpus(corpus, text_column=options.text_column)
     notes = text.notes()
