@@ -3,9 +3,12 @@
 glibc's malloc serves each block above its mmap threshold (adaptive, at most 32 MiB by default) with a fresh
 `mmap` and gives it back with `munmap` when freed. A training step allocates and frees tensors of that size
 every time (the logits of 8 blocks x 128 tokens x 8,192 vocabulary entries are 32 MiB, and their gradient as
-much again), so every step faults in, and the kernel zeroes, tens of thousands of new pages. Measured on the
-tiny causal-LM preset, one torch thread, 40 steps: 33,000 minor page faults and 60 ms of system time per step
-of 276 ms CPU; with the settings below, 250 faults, no system time, 220 ms (1.25x tokens per CPU-second).
+much again), so a step faults in, and the kernel zeroes, thousands of new pages. Measured on the tiny
+causal-LM preset, one torch thread (benchmarks/pretrain_allocator.py, loaded machine): at vocabulary 8192,
+33,800 minor page faults and 65 ms of system time per step of 282 ms CPU, against 645 faults, 2 ms and 215 ms
+with the settings below; at 4096 (glibc's adaptive threshold catches more of the smaller logits) 4,500-8,300
+faults and 9-19 ms, 170-194 ms against 157-163 ms. `llmkit pretrain` against a plain Trainer loop on the same
+shapes (benchmarks/pretrain.py): 1.00x tokens per CPU-second before this, 1.20x with it (median of 3 rounds).
 PyTorch's CPU performance guide gives the same reason for swapping in jemalloc or tcmalloc; `mallopt` gets
 the effect from the allocator already loaded, with no preload.
 
