@@ -44,9 +44,23 @@ DATA = HERE / ".data" / "pretrain"
 RESULTS = HERE / "results"
 LLMKIT = [sys.executable, "-m", "llmkit"]
 SEED = 42
+CANDIDATES = 50  # fill-mask --top-k: the first 5 are what it prints; the best 5 whole words are among them
 HELD_OUT = 0.05  # share of articles kept out of training, for the cloze sentences
-# The tiny preset's own defaults (llmkit.pretrain.SIZE_TRAIN_DEFAULTS: batch 8, peak learning rate 3e-3).
-VOCAB, BLOCK, BATCH, LR = 8192, 128, 8, 3e-3
+
+
+def defaults(objective: str) -> dict:
+    """What `llmkit pretrain --objective OBJECTIVE --size tiny` uses when given no flags: the budgeted runs take
+    these as a user gets them, and the peer of the speed part the clm ones."""
+    from llmkit.pretrain import DEFAULT_BLOCK_SIZE, PretrainOptions, train_defaults
+
+    options = PretrainOptions(objective=objective, size="tiny")
+    train = train_defaults(options)
+    return {"vocab": options.vocab_size, "block": DEFAULT_BLOCK_SIZE, "batch": train["batch_size"],
+            "lr": train["learning_rate"], "warmup": train["warmup_ratio"], "weight_decay": train["weight_decay"]}  # fmt: skip
+
+
+CLM = defaults("clm")
+VOCAB, BLOCK, BATCH, LR = CLM["vocab"], CLM["block"], CLM["batch"], CLM["lr"]
 # 2% of ~9,500 blocks: ~190 validation blocks (24k tokens) per evaluation. pretrain's default 5% would spend
 # about a quarter of a 15-minute CPU budget evaluating six times.
 VALIDATION_SPLIT = 0.02
@@ -137,14 +151,14 @@ def peer(train_file: str, tokenizer_dir: str, steps: int, threads: int) -> dict:
     model = LlamaForCausalLM(config)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=BATCH, max_steps=steps, learning_rate=LR,
-                                 warmup_steps=0.05, weight_decay=0.01, seed=SEED, save_strategy="no", report_to=[],
+                                 warmup_steps=CLM["warmup"], weight_decay=CLM["weight_decay"], seed=SEED, save_strategy="no", report_to=[],
                                  use_cpu=True, disable_tqdm=True, logging_steps=max(1, steps),
                                  dataloader_num_workers=0)  # fmt: skip
         trainer = Trainer(model=model, args=args, train_dataset=lm, data_collator=default_data_collator)
-        return timed_train(trainer.train, steps)
+        return timed_train(trainer.train, steps * BATCH * BLOCK)
 
 
-def timed_train(train, steps: int) -> dict:
+def timed_train(train, tokens: int) -> dict:
     """Wall and CPU (this process's user + system) seconds of one `Trainer.train()`, as tokens/s.
 
     CPU seconds are what the run itself consumed; on a machine shared with other work they vary much less than
@@ -153,12 +167,11 @@ def timed_train(train, steps: int) -> dict:
     wall, cpu = time.perf_counter(), time.process_time()
     train()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    tokens = steps * BATCH * BLOCK
     return {"seconds": round(wall, 3), "cpu_seconds": round(cpu, 3), "tokens_per_second": round(tokens / wall, 1),
             "tokens_per_cpu_second": round(tokens / cpu, 1)}  # fmt: skip
 
 
-def llmkit_child(args: list[str], steps: int, threads: int) -> dict:
+def llmkit_child(args: list[str], tokens: int, threads: int) -> dict:
     """`llmkit pretrain ARGS` in this process, with `Trainer.train()` timed as the peer's is."""
     import torch
 
@@ -172,7 +185,7 @@ def llmkit_child(args: list[str], steps: int, threads: int) -> dict:
 
     def train(self, *a, **k):  # the same timer around the same call
         out: list = []
-        seen.append(timed_train(lambda: out.append(original(self, *a, **k)), steps))
+        seen.append(timed_train(lambda: out.append(original(self, *a, **k)), tokens))
         return out[0]
 
     cls.train = train
@@ -201,7 +214,8 @@ def part_speed(data: dict, steps: int, rounds: int, threads: int, work: Path) ->
         args = [data["train_file"], "--objective", "clm", "--size", "tiny", "--tokenizer", str(tokenizer_dir),
                 "--block-size", str(BLOCK), "--batch-size", str(BATCH), "--lr", str(LR), "--max-steps", str(steps),
                 "--validation-split", "0", "--seed", str(SEED), "-o", str(work / f"speed-{n}")]  # fmt: skip
-        done = subprocess.run([sys.executable, __file__, "--llmkit-child", json.dumps(args), str(steps), str(threads)],
+        done = subprocess.run([sys.executable, __file__, "--llmkit-child", json.dumps(args), str(steps * BATCH * BLOCK),
+                               str(threads)],
                               capture_output=True, text=True, env=env(threads))  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"llmkit failed: {done.stderr[-2000:]}")
@@ -247,17 +261,31 @@ def unigram_perplexity(output: Path, train_file: str) -> dict:
     return {"perplexity": round(math.exp(nll / n), 2), "tokens_scored": int(n)}
 
 
-def steps_for(minutes: float, tokens_per_second: float) -> int:
-    return max(1, int(minutes * 60 * (1 - OVERHEAD) * tokens_per_second / (BATCH * BLOCK)))
+def steps_for(minutes: float, tokens_per_second: float, tokens_per_step: int = BATCH * BLOCK) -> int:
+    return max(1, int(minutes * 60 * (1 - OVERHEAD) * tokens_per_second / tokens_per_step))
+
+
+def mlm_speed(data: dict, steps: int, threads: int, work: Path) -> dict:
+    """tokens/s of the tiny mlm defaults (timed as the speed part times clm), to size the mlm run's budget."""
+    mlm = defaults("mlm")
+    args = [data["train_file"], "--objective", "mlm", "--size", "tiny", "--max-steps", str(steps),
+            "--validation-split", "0", "--seed", str(SEED), "-o", str(work / "mlm-speed")]  # fmt: skip
+    load = load_average()
+    done = subprocess.run([sys.executable, __file__, "--llmkit-child", json.dumps(args),
+                           str(steps * mlm["batch"] * mlm["block"]), str(threads)],
+                          capture_output=True, text=True, env=env(threads))  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"llmkit mlm failed: {done.stderr[-2000:]}")
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "steps": steps, "load_before": load,
+            "tokens_per_step": mlm["batch"] * mlm["block"]}  # fmt: skip
 
 
 def part_clm(data: dict, steps: int, threads: int, work: Path) -> dict:
     out = work / "clm"
     started = time.perf_counter()
     result = run_llmkit(
-        [data["train_file"], "--objective", "clm", "--size", "tiny", "--vocab-size", str(VOCAB), "--block-size",
-         str(BLOCK), "--batch-size", str(BATCH), "--lr", str(LR), "--max-steps", str(steps), "--seed", str(SEED),
-         "--validation-split", str(VALIDATION_SPLIT), "-o", str(out)],
+        [data["train_file"], "--objective", "clm", "--size", "tiny", "--max-steps", str(steps), "--seed", str(SEED),
+         "--validation-split", str(VALIDATION_SPLIT), "-o", str(out)],  # the rest: the defaults a user gets
         threads,
     )  # fmt: skip
     wall = time.perf_counter() - started
@@ -299,9 +327,8 @@ def part_mlm(data: dict, steps: int, threads: int, work: Path, cloze_limit: int)
     out = work / "mlm"
     started = time.perf_counter()
     result = run_llmkit(
-        [data["train_file"], "--objective", "mlm", "--size", "tiny", "--vocab-size", str(VOCAB), "--block-size",
-         str(BLOCK), "--batch-size", str(BATCH), "--lr", str(LR), "--max-steps", str(steps), "--seed", str(SEED),
-         "--validation-split", str(VALIDATION_SPLIT), "-o", str(out)],
+        [data["train_file"], "--objective", "mlm", "--size", "tiny", "--max-steps", str(steps), "--seed", str(SEED),
+         "--validation-split", str(VALIDATION_SPLIT), "-o", str(out)],  # the rest: the defaults a user gets
         threads,
     )  # fmt: skip
     wall = time.perf_counter() - started
@@ -309,17 +336,22 @@ def part_mlm(data: dict, steps: int, threads: int, work: Path, cloze_limit: int)
     items = cloze_items(data["test"], tokenizer, cloze_limit)
     inputs = work / "cloze.txt"
     inputs.write_text("\n".join(i["text"] for i in items) + "\n", encoding="utf-8")
-    done = subprocess.run([*LLMKIT, "fill-mask", "--model", str(out), "-i", str(inputs), "--top-k", "5", "--json"],
+    done = subprocess.run([*LLMKIT, "fill-mask", "--model", str(out), "-i", str(inputs), "--top-k", str(CANDIDATES), "--json"],
                           capture_output=True, text=True, env=env(threads))  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"fill-mask failed: {done.stderr[-2000:]}")
     predictions = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(predictions) == len(items)
-    top5 = top1 = 0
+    top5 = top1 = words5 = words1 = 0
     for item, record in zip(items, predictions, strict=True):
-        guesses = [p["token"].strip().lower() for p in record["masks"][0]]
+        ranked = [p["token"].strip().lower() for p in record["masks"][0]]
+        guesses = ranked[:5]  # what `fill-mask --top-k 5` prints
         top5 += item["answer"] in guesses
         top1 += item["answer"] == guesses[0]
+        # the model's 5 best whole words (alphabetic, not ## pieces): the baseline's own candidate set
+        words = [t for t in ranked if t.isalpha()][:5]
+        words5 += item["answer"] in words
+        words1 += bool(words) and item["answer"] == words[0]
     # The baseline: the 5 commonest whole-word (alphabetic, not ##) tokens of the training text, always.
     counts: Counter = Counter()
     texts = Path(data["train_file"]).read_text(encoding="utf-8").splitlines()
@@ -332,6 +364,7 @@ def part_mlm(data: dict, steps: int, threads: int, work: Path, cloze_limit: int)
     return {"command": f"llmkit pretrain {data['train_file']} --objective mlm --size tiny --max-steps {steps} ...",
             "wall_seconds": round(wall, 1), "result": result, "cloze_sentences": n,
             "top5_accuracy": round(top5 / n, 4), "top1_accuracy": round(top1 / n, 4),
+            "whole_word_top5_accuracy": round(words5 / n, 4), "whole_word_top1_accuracy": round(words1 / n, 4),
             "baseline_tokens": common, "baseline_top5_accuracy": round(base5 / n, 4),
             "baseline_top1_accuracy": round(base1 / n, 4), "examples": [
                 {**item, "top5": [p["token"] for p in record["masks"][0]]}
@@ -376,7 +409,9 @@ def table(results: dict) -> str:
         else:
             m = results["mlm"]
             lines.append(f"cloze on {m['cloze_sentences']} held-out sentences: top-5 {m['top5_accuracy']:.1%} "
-                         f"(top-1 {m['top1_accuracy']:.1%}); most-frequent-token baseline "
+                         f"(top-1 {m['top1_accuracy']:.1%}); its best 5 whole words: top-5 "
+                         f"{m['whole_word_top5_accuracy']:.1%} (top-1 {m['whole_word_top1_accuracy']:.1%}); "
+                         f"most-frequent-token baseline "
                          f"{', '.join(m['baseline_tokens'])}: top-5 {m['baseline_top5_accuracy']:.1%} "
                          f"(top-1 {m['baseline_top1_accuracy']:.1%})")  # fmt: skip
         lines.append("")
@@ -391,7 +426,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="peer/llmkit pairs in the speed part")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch threads of every run")
     parser.add_argument("--clm-steps", type=int, help="steps of the clm run (default: from --minutes and speed)")
-    parser.add_argument("--mlm-steps", type=int, help="steps of the mlm run (default: as --clm-steps)")
+    parser.add_argument("--mlm-steps", type=int, help="steps of the mlm run (default: from --minutes and a timed "
+                        "mlm run after the speed part)")
     parser.add_argument("--cloze", type=int, default=1000, help="held-out cloze sentences scored")
     parser.add_argument("--quick", action="store_true", help="300 articles, 3-step speed runs, 10-step models")
     parser.add_argument("--peer", nargs=4, help=argparse.SUPPRESS)
@@ -421,9 +457,14 @@ def main() -> int:
             results["load"]["after_speed"] = load_average()
             rate = results["speed"]["tokens_per_second"]["median"]["llmkit"]
         clm_steps = args.clm_steps or (steps_for(args.minutes, rate) if rate else None)
-        mlm_steps = args.mlm_steps or clm_steps
+        mlm_steps = args.mlm_steps
+        if mlm_steps is None and "mlm" in parts and rate:
+            print("speed: llmkit mlm", file=sys.stderr)
+            results["mlm_speed"] = mlm_speed(data, args.steps, args.threads, work)
+            mlm_steps = steps_for(args.minutes, results["mlm_speed"]["tokens_per_second"],
+                                  results["mlm_speed"]["tokens_per_step"])  # fmt: skip
         if ("clm" in parts and clm_steps is None) or ("mlm" in parts and mlm_steps is None):
-            parser.error("give --clm-steps (or run the speed part, which sets the steps from --minutes)")
+            parser.error("give --clm-steps/--mlm-steps (or run the speed part, which sets them from --minutes)")
         if "clm" in parts:
             print(f"clm: {clm_steps} steps", file=sys.stderr)
             results["clm"] = part_clm(data, clm_steps, args.threads, work)

@@ -263,8 +263,11 @@ def test_dry_run_prints_the_plan_and_writes_nothing(work: Path, tmp_path: Path) 
     _, records, _ = run([*base, "--objective", "mlm", "--size", "tiny"])
     tiny_plan = final(records)
     tiny = tiny_plan["architecture"]
-    # batch size and learning rate go with the size (SIZE_TRAIN_DEFAULTS); flags win
-    assert (tiny_plan["batch_size"], tiny_plan["learning_rate"]) == (8, 3e-3)
+    # batch size and learning rate go with the size (SIZE_TRAIN_DEFAULTS) and, for the tiny BERT, the objective
+    # (OBJECTIVE_TRAIN_DEFAULTS); flags win
+    assert (tiny_plan["batch_size"], tiny_plan["learning_rate"]) == (8, 1e-3)
+    _, records, _ = run([*base, "--objective", "clm", "--size", "tiny"])
+    assert (final(records)["batch_size"], final(records)["learning_rate"]) == (8, 3e-3)
     assert (small_plan["batch_size"], small_plan["learning_rate"]) == (16, 1e-3)
     assert tiny_plan["tokens_per_step"] == 8 * 128
     _, records, _ = run([*base, "--objective", "mlm", "--size", "base", "--lr", "1e-4", "-b", "2"])
@@ -326,7 +329,13 @@ def test_a_table_corpus_and_a_reused_tokenizer(work: Path, tmp_path: Path, tiny_
 # --- settings that reach the Trainer -------------------------------------------------------------------------------
 
 
-def test_training_flags_reach_the_trainer(work: Path, tmp_path: Path) -> None:
+def test_training_flags_reach_the_trainer(work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import llmkit.pretrain
+
+    kept: list[bool] = []  # a CPU run keeps freed memory in the process (allocator.py); a plan does not
+    monkeypatch.setattr(llmkit.pretrain, "keep_freed_memory", lambda: kept.append(True) or True)
+    code, _, stderr = run([*_base(work, "clm", 300), "--device", "cpu", "--dry-run"])
+    assert code == 0 and kept == [], stderr
     out = tmp_path / "flags"
     code, records, stderr = run([
         *_base(work, "clm", 300), "--block-size", "16", "--batch-size", "4", "--max-steps", "2", "--lr", "0.003",
@@ -334,6 +343,7 @@ def test_training_flags_reach_the_trainer(work: Path, tmp_path: Path) -> None:
         "--validation-split", "0.2", "--seed", "5", "--device", "cpu", "--fp32", "-o", str(out),
     ])  # fmt: skip
     assert code == 0, stderr
+    assert kept == [True]
     args = json.loads((out / "training_args.json").read_text())
     assert (args["learning_rate"], args["warmup_steps"], args["weight_decay"]) == (0.003, 0.25, 0.1)
     assert (args["gradient_accumulation_steps"], args["save_total_limit"], args["seed"]) == (2, 3, 5)
@@ -343,10 +353,11 @@ def test_training_flags_reach_the_trainer(work: Path, tmp_path: Path) -> None:
 
 
 def test_seed_and_mlm_probability_change_the_run(work: Path, tmp_path: Path) -> None:
-    def before(seed: str, probability: str) -> tuple[float, int]:
+    def before(seed: str, probability: str | None) -> tuple[float, int]:
         out = tmp_path / f"s{seed}-{probability}"
+        rate = ["--mlm-probability", probability] if probability else []
         code, records, stderr = run([*_base(work, "mlm", 300), "--block-size", "32", "--max-steps", "1", "--seed",
-                                     seed, "--mlm-probability", probability, "-o", str(out)])  # fmt: skip
+                                     seed, *rate, "-o", str(out)])  # fmt: skip
         assert code == 0, stderr
         report = json.loads((out / "report.json").read_text())
         return final(records)["perplexity_before"], report["validation"]["scored_tokens"]
@@ -356,6 +367,19 @@ def test_seed_and_mlm_probability_change_the_run(work: Path, tmp_path: Path) -> 
     _, masked_45 = before("1", "0.45")
     assert first != second  # another initialisation
     assert 2 * masked_15 < masked_45 < 4 * masked_15
+    _, masked_default = before("1", None)
+    assert 1.5 * masked_15 < masked_default < 2.5 * masked_15  # the default masks 30%, twice BERT's 15%
+
+
+def test_the_tiny_bert_trains_without_dropout_and_the_larger_ones_with() -> None:
+    from llmkit.pretrain import PretrainOptions, model_config
+    from llmkit.tokenizer_training import train_tokenizer
+
+    tokenizer = train_tokenizer(_texts(), "mlm", 300, max_length=32)
+    tiny = model_config(PretrainOptions(objective="mlm"), tokenizer)
+    assert (tiny.hidden_dropout_prob, tiny.attention_probs_dropout_prob) == (0.0, 0.0)
+    small = model_config(PretrainOptions(objective="mlm", size="small"), tokenizer)
+    assert (small.hidden_dropout_prob, small.attention_probs_dropout_prob) == (0.1, 0.1)
 
 
 def test_existing_output_needs_overwrite(clm_run: tuple[Path, dict, str], work: Path) -> None:

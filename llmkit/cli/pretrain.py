@@ -18,7 +18,12 @@ _T = _pt.TRAIN_DEFAULTS
 
 
 def _by_size(key: str) -> str:
-    return ", ".join(f"{size} {values[key]:g}" for size, values in _pt.SIZE_TRAIN_DEFAULTS.items())
+    parts = []
+    for size, values in _pt.SIZE_TRAIN_DEFAULTS.items():
+        other = [f"{objective} {tuned[key]:g}" for (objective, at), tuned in _pt.OBJECTIVE_TRAIN_DEFAULTS.items()
+                 if at == size and key in tuned]  # fmt: skip
+        parts.append(f"{size} {values[key]:g}" + (f" ({', '.join(other)})" if other else ""))
+    return ", ".join(parts)
 
 
 @app.command(
