@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import bundled_installed
@@ -264,9 +265,9 @@ def test_an_unsupported_field_is_a_bad_request_naming_it(server: Server, field: 
     assert field in refused.value.message
 
 
-def test_sixteen_concurrent_streams_finish_with_their_one_at_a_time_text(server: Server) -> None:
+def _alone_and_together(client: Any) -> tuple[list[str], list[str]]:
+    """16 short chat prompts answered one at a time (not streamed), then as 16 concurrent streams (greedy)."""
     prompts = [f"{w} {v}" for w in ("the", "a", "king", "queen") for v in ("dog", "cat", "sun", "moon")]
-    client = server.client()
 
     def once(prompt: str, stream: bool) -> str:
         messages = [{"role": "user", "content": prompt}]
@@ -279,6 +280,11 @@ def test_sixteen_concurrent_streams_finish_with_their_one_at_a_time_text(server:
     alone = [once(p, stream=False) for p in prompts]
     with ThreadPoolExecutor(16) as pool:
         together = list(pool.map(lambda p: once(p, stream=True), prompts))
+    return alone, together
+
+
+def test_sixteen_concurrent_streams_finish_with_their_one_at_a_time_text(server: Server) -> None:
+    alone, together = _alone_and_together(server.client())
     assert together == alone
     assert len(set(alone)) > 1  # the prompts differ, and so do their answers
 
@@ -297,19 +303,7 @@ def test_served_with_16_concurrent_requests_a_gguf_model_runs_on_the_loop_in_bat
         expected = _generate(tiny_gguf, "hello world", "-n", "12", "--engine", "transformers", "--dtype", "float32")
         assert reply.choices[0].message.content == expected["text"]
         assert reply.usage.completion_tokens == expected["completion_tokens"]
-        prompts = [f"{w} {v}" for w in ("the", "a", "king", "queen") for v in ("dog", "cat", "sun", "moon")]
-
-        def once(prompt: str, stream: bool) -> str:
-            messages = [{"role": "user", "content": prompt}]
-            if not stream:
-                return client.chat.completions.create(model="gguf", messages=messages, max_tokens=32).choices[0] \
-                    .message.content
-            return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-                model="gguf", messages=messages, max_tokens=32, stream=True) if c.choices)
-
-        alone = [once(p, stream=False) for p in prompts]
-        with ThreadPoolExecutor(16) as pool:
-            together = list(pool.map(lambda p: once(p, stream=True), prompts))
+        alone, together = _alone_and_together(client)
         assert together == alone and len(set(alone)) > 1
         scored = client.chat.completions.create(model="gguf", messages=[{"role": "user", "content": "hello world"}],
                                                 max_tokens=12, logprobs=True, top_logprobs=2)
