@@ -335,7 +335,8 @@ def read_inputs(
     Args:
         texts: positional arguments; `["-"]` means stdin.
         input_file: `--input FILE`.
-        input_format: auto (by file suffix, else one text per line), text, jsonl, csv or tsv.
+        input_format: auto (a file by its suffix, else one text per line; stdin as `sniff_stdin` finds it), text,
+            jsonl, csv or tsv.
         text_field: the field/column holding the text for jsonl/csv/tsv.
         stdin: the stream to read for `-` or when no text is given and stdin is not a terminal.
 
@@ -361,8 +362,12 @@ def read_inputs(
         return iter([InputRecord(text=text, index=i, line=i + 1) for i, text in enumerate(texts)])
 
     if use_stdin:
-        fmt = "text" if input_format == "auto" else input_format
-        rows = stream_rows(getattr(stdin, "buffer", None) or stdin, fmt, "<stdin>", text_column=text_field)
+        stream: Any = getattr(stdin, "buffer", None) or stdin
+        if input_format == "auto":
+            fmt, stream = sniff_stdin(stream, text_field)
+        else:
+            fmt = input_format
+        rows = stream_rows(stream, fmt, "<stdin>", text_column=text_field)
     else:
         assert input_file is not None
         fmt = format_for(input_file, input_format) or "text"
@@ -372,6 +377,43 @@ def read_inputs(
     if fmt in ("csv", "tsv"):
         require_columns(rows.columns, [text_field], rows.source)
     return _records(rows, text_field, per_row_check=fmt == "jsonl")
+
+
+def sniff_stdin(stream: Iterable[Any], text_field: str) -> tuple[str, Iterator[Any]]:
+    """The format of stdin under `--input-format auto`, from its first line (which is kept for reading).
+
+    JSON lines when the first line is a JSON object holding the text field; with a `--text-column` other than the
+    default, TSV or CSV when the first line is a header naming that column; otherwise one text per line.
+
+    Raises:
+        UsageError: a `--text-column` other than the default, and stdin is neither (the column would be ignored).
+    """
+    lines = iter(stream)
+    first = next(lines, None)
+    if first is None:
+        return "text", iter(())
+    rest = _chain_line(first, lines)
+    head = (first.decode("utf-8", errors="replace") if isinstance(first, bytes) else first)
+    head = head.removeprefix("\ufeff").strip()
+    if head.startswith("{"):
+        try:
+            obj = json.loads(head)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and text_field in obj:
+            return "jsonl", rest
+    if text_field == DEFAULT_FIELD:
+        return "text", rest
+    for fmt, delimiter in (("tsv", "\t"), ("csv", ",")):
+        if text_field in next(csv.reader([head], delimiter=delimiter), []):
+            return fmt, rest
+    raise UsageError(f"--text-column {text_field!r}: stdin is neither JSON lines with that field nor a CSV/TSV "
+                     "header naming it; give --input-format jsonl|csv|tsv, or drop --text-column for one text per line")
+
+
+def _chain_line(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
 
 
 def _records(rows: Rows, text_field: str, *, per_row_check: bool = False) -> Iterator[InputRecord]:

@@ -60,6 +60,21 @@ def test_generate_reads_the_text_column(tiny_causal_lm: Path, tmp_path: Path) ->
     assert record["prompt"] == "hello there" and record["id"] == 3
 
 
+def test_generate_reads_the_text_column_of_json_lines_on_stdin(tiny_causal_lm: Path) -> None:
+    # Piped JSON lines were once read as one prompt per line, braces and all, with --text-column ignored.
+    result = invoke(["generate", "-m", str(tiny_causal_lm), "-n", "2", "--text-column", "prompt", "--json"],
+                    input=json.dumps({"id": 3, "prompt": "hello there"}) + "\n")
+    assert result.exit_code == 0, result.stderr
+    (record,) = json_lines(result.stdout)
+    assert record["prompt"] == "hello there" and record["id"] == 3
+
+
+def test_a_text_column_plain_stdin_lacks_is_exit_2(tiny_causal_lm: Path) -> None:
+    result = invoke(["generate", "-m", str(tiny_causal_lm), "-n", "2", "--text-column", "prompt"], input="hello\n")
+    assert result.exit_code == 2
+    assert "Error: --text-column 'prompt': stdin is neither JSON lines with that field" in result.stderr
+
+
 @pytest.mark.parametrize("flag", ["--label-column", "--label-field"])
 def test_quantize_reads_the_gold_column_under_both_spellings(tiny_classifier: Path, tmp_path: Path, flag: str) -> None:
     data = tmp_path / "eval.csv"

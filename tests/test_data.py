@@ -171,3 +171,41 @@ def test_csv_row_with_more_cells_than_the_header_is_an_error(tmp_path: Path) -> 
     path.write_text("text,label\na,b,c\n")
     with pytest.raises(DataError, match="bad.csv:2: 3 cells but the header has 2 columns"):
         list(read_table(path).records)
+
+
+# --- stdin under --input-format auto: its first line says what it is ---------------------------------------------
+
+
+def test_stdin_json_lines_holding_the_text_column_are_read_as_records() -> None:
+    stream = io.StringIO('{"prompt": "p1", "id": 7}\n{"prompt": "p2", "id": 8}\n')
+    records = list(read_inputs(["-"], text_field="prompt", stdin=stream))
+    assert [(r.text, r.fields) for r in records] == [("p1", {"id": 7}), ("p2", {"id": 8})]
+
+
+def test_stdin_json_lines_under_the_default_text_column_are_records() -> None:
+    records = list(read_inputs([], stdin=io.BytesIO(b'\xef\xbb\xbf{"text": "a", "k": 1}\n')))  # type: ignore[arg-type]
+    assert [(r.text, r.fields) for r in records] == [("a", {"k": 1})]
+
+
+def test_stdin_json_without_the_text_column_stays_one_text_per_line() -> None:
+    line = '{"role": "user"} is the shape I need'
+    records = list(read_inputs([], stdin=io.StringIO(f"{line}\n" + '{"a": 1}\n')))
+    assert [r.text for r in records] == [line, '{"a": 1}']
+
+
+@pytest.mark.parametrize(("text", "fields"), [
+    ("id\tprompt\n1\thello\n", {"id": "1"}),
+    ("id,prompt\n1,hello\n", {"id": "1"}),
+])
+def test_stdin_with_a_header_naming_the_text_column_is_a_table(text: str, fields: dict[str, str]) -> None:
+    records = list(read_inputs(["-"], text_field="prompt", stdin=io.StringIO(text)))
+    assert [(r.text, r.fields) for r in records] == [("hello", fields)]
+
+
+def test_a_text_column_that_stdin_does_not_have_is_an_error_not_ignored() -> None:
+    with pytest.raises(UsageError, match="--text-column 'prompt': stdin is neither JSON lines with that field"):
+        read_inputs(["-"], text_field="prompt", stdin=io.StringIO("just a line\n"))
+
+
+def test_plain_stdin_lines_under_the_default_column_are_texts() -> None:
+    assert [r.text for r in read_inputs(["-"], stdin=io.StringIO("a,b\nc\n"))] == ["a,b", "c"]

@@ -107,8 +107,9 @@ def generate(
     input_file: InputOpt = None,
     input_format: Annotated[
         str,
-        typer.Option("--input-format", help="auto|text|jsonl|csv|tsv|openai-batch (auto: by file suffix, else "
-                     "lines; a .jsonl file whose first line has custom_id, method, url and body is an OpenAI batch "
+        typer.Option("--input-format", help="auto|text|jsonl|csv|tsv|openai-batch (auto: a file by its suffix; "
+                     "stdin by its first line: JSON lines holding the text column, a CSV/TSV header naming "
+                     "--text-column, else one text per line; a .jsonl file whose first line has custom_id, method, url and body is an OpenAI batch "
                      "file: one batch output object per line, exit 6 if some lines failed)."),
     ] = "auto",
     text_column: TextColumnOpt = "text",

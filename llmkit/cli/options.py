@@ -58,7 +58,9 @@ InputOpt = Annotated[
     typer.Option("--input", "-i", help="Read inputs from FILE (text lines, .jsonl, .json, .csv, .tsv, .parquet)."),
 ]
 InputFormatOpt = Annotated[
-    str, typer.Option("--input-format", help="auto|text|jsonl|csv|tsv|parquet (auto: by file suffix, else lines).")
+    str, typer.Option("--input-format", help="auto|text|jsonl|csv|tsv|parquet (auto: a file by its suffix; stdin "
+                 "by its first line: JSON lines holding the text column, a CSV/TSV header naming --text-column, "
+                 "else one text per line).")
 ]
 TextColumnOpt = Annotated[
     str,
