@@ -298,14 +298,27 @@ def _load_saved_tokenizer(folder: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(folder))
 
 
+def process_state(device: str) -> Any:
+    """accelerate's `PartialState` of this process, for the device the run trains on.
+
+    On the CPU it must be asked for: a plain `PartialState()` on a machine without a GPU reports one
+    undistributed process in every rank of an `accelerate launch` (each its own main process) until the
+    Trainer's arguments set it up for the CPU, which is after the tokenizer is made.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu")
+
+
 def _run_tokenizer(
-    corpus: Corpus, options: PretrainOptions, *, output: Path, checkpoint: Path | None, dry_run: bool
+    corpus: Corpus, options: PretrainOptions, *, output: Path, checkpoint: Path | None, dry_run: bool, device: str
 ) -> tuple[Any, str]:
     """The run's tokenizer and a description of it.
 
     A resumed run takes the one saved in its checkpoint. Otherwise the main process trains (or loads) it and
     saves it in OUTPUT.checkpoints/tokenizer, where the other processes of a distributed run read it: the
-    WordPiece trainer is not deterministic, so each process training its own could number tokens differently.
+    WordPiece trainer is not deterministic, so each process training its own could number tokens differently
+    (and two processes saving into one folder at once fail).
     """
     assert options.objective is not None
     kind = (
@@ -325,9 +338,7 @@ def _run_tokenizer(
 
     if dry_run:
         return make(), kind
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state(device)
     saved = training.checkpoint_dir(output) / TOKENIZER_FOLDER
     with state.main_process_first():
         if state.is_main_process:
@@ -661,7 +672,7 @@ def pretrain(
     fresh = not ckpt_dir.exists()
     try:
         tokenizer, tokenizer_kind = _run_tokenizer(
-            text, options, output=output, checkpoint=checkpoint, dry_run=dry_run
+            text, options, output=output, checkpoint=checkpoint, dry_run=dry_run, device=device
         )
         blocks = make_blocks(text, tokenizer, options, settings.seed)
         config = model_config(options, tokenizer)

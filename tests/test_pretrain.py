@@ -471,6 +471,26 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(not LAUNCHER.exists() and shutil.which("accelerate") is None, reason="no accelerate CLI")
+def test_one_process_of_a_cpu_launch_is_the_main_one(tmp_path: Path) -> None:
+    # The main process alone trains and saves the tokenizer, before the Trainer exists. A bare PartialState()
+    # made every rank of a CPU launch its own main process: both trained a tokenizer (WordPiece numbers tokens
+    # differently from run to run) and both replaced OUTPUT.checkpoints/tokenizer at once ("Directory not
+    # empty" from rmtree).
+    script = tmp_path / "ranks.py"
+    script.write_text("import os\nfrom llmkit.pretrain import process_state\nstate = process_state('cpu')\n"
+                      "print('rank', os.environ['RANK'], state.num_processes, state.process_index, "
+                      "state.is_main_process)\n")  # fmt: skip
+    cmd = [str(LAUNCHER if LAUNCHER.exists() else "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(_free_port()), str(script)]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert lines == ["rank 0 2 0 True", "rank 1 2 1 False"]
+
+
+@pytest.mark.skipif(not LAUNCHER.exists() and shutil.which("accelerate") is None, reason="no accelerate CLI")
 def test_two_processes_train_the_same_model_as_one(work: Path, tmp_path: Path) -> None:
     # 2 x 4 blocks against 1 x 8: the same global batches and masks. The 2-process run trains the tokenizer
     # once, in the main process; the 1-process run reuses it (WordPiece training is not repeatable, so a second
