@@ -25,9 +25,10 @@ LAUNCHER = Path(sys.executable).parent / "accelerate"
 
 # Shapes far below the presets, so a run takes seconds; dropout off so 1 and 2 processes compare exactly.
 TINY_CONFIGS = {
-    "mlm": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "intermediate_size": 64, "max_position_embeddings": 64, "hidden_dropout_prob": 0.0,
-            "attention_probs_dropout_prob": 0.0},
+    # the architecture of the mlm presets (ModernBERT), so the other commands are tried on what users get
+    "mlm": {"model_type": "modernbert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 64, "max_position_embeddings": 64,
+            "layer_types": ["full_attention", "full_attention"]},
     "clm": {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
             "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 256,
             "tie_word_embeddings": True},  # quantize's llama.cpp check writes 32 tokens after a ~60-token prompt
@@ -156,8 +157,9 @@ def test_mlm_run_reports_a_cloze_and_works_in_fill_mask_finetune_distill_quantiz
     mlm_run: tuple[Path, dict, str], work: Path, tmp_path: Path
 ) -> None:
     out, result, stderr = mlm_run
-    assert stderr.startswith("model: bert (")
-    assert result["architecture"]["model_type"] == "bert" and result["perplexity_after"] < result["perplexity_before"]
+    assert stderr.startswith("model: modernbert (")
+    assert result["architecture"]["model_type"] == "modernbert"
+    assert result["perplexity_after"] < result["perplexity_before"]
     cloze = result["sample"]
     assert "[MASK]" in cloze["text"] and len(cloze["top"]) == 5 and cloze["answer"]
     folder = str(out)
@@ -371,15 +373,21 @@ def test_seed_and_mlm_probability_change_the_run(work: Path, tmp_path: Path) -> 
     assert 1.5 * masked_15 < masked_default < 2.5 * masked_15  # the default masks 30%, twice BERT's 15%
 
 
-def test_the_tiny_bert_trains_without_dropout_and_the_larger_ones_with() -> None:
+def test_the_mlm_presets_are_modernbert_with_whole_block_attention_and_no_dropout() -> None:
+    # BERT's learned absolute positions kept a tiny BERT at the unigram plateau (benchmarks/pretrain_mlm_check.py)
     from llmkit.pretrain import PretrainOptions, model_config
     from llmkit.tokenizer_training import train_tokenizer
 
     tokenizer = train_tokenizer(_texts(), "mlm", 300, max_length=32)
-    tiny = model_config(PretrainOptions(objective="mlm"), tokenizer)
-    assert (tiny.hidden_dropout_prob, tiny.attention_probs_dropout_prob) == (0.0, 0.0)
-    small = model_config(PretrainOptions(objective="mlm", size="small"), tokenizer)
-    assert (small.hidden_dropout_prob, small.attention_probs_dropout_prob) == (0.1, 0.1)
+    for size, shape in SIZES["mlm"].items():
+        config = model_config(PretrainOptions(objective="mlm", size=size, block_size=32), tokenizer)
+        assert config.model_type == "modernbert"
+        assert (config.num_hidden_layers, config.hidden_size) == (shape["num_hidden_layers"], shape["hidden_size"])
+        assert config.layer_types == ["full_attention"] * shape["num_hidden_layers"]
+        assert (config.attention_dropout, config.mlp_dropout, config.embedding_dropout) == (0.0, 0.0, 0.0)
+        assert (config.vocab_size, config.max_position_embeddings) == (len(tokenizer), 32)
+        assert (config.pad_token_id, config.cls_token_id, config.sep_token_id) == (
+            tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id)  # fmt: skip
 
 
 def test_existing_output_needs_overwrite(clm_run: tuple[Path, dict, str], work: Path) -> None:
@@ -510,7 +518,7 @@ def test_two_processes_train_the_same_model_as_one(work: Path, tmp_path: Path) -
     records = [json.loads(line) for line in two.stdout.splitlines() if line.startswith("{")]
     results = [r for r in records if r.get("event") == "result"]
     assert len(results) == 1 and results[0]["processes"] == 2  # the main process alone reports
-    assert two.stderr.count("model: bert") == 1
+    assert two.stderr.count("model: modernbert") == 1
     one = invoke([*args, "--tokenizer", str(two_out), "-o", str(tmp_path / "one"), "--batch-size", "8"])
     assert one.exit_code == 0, one.stderr
     single = json_lines(one.stdout)[-1]
