@@ -10,9 +10,10 @@ Two parts, each its own command line (every model trains in its own process, one
   (articles no run trained on) with 15% of their tokens replaced by [MASK]: masked-token perplexity, against a
   unigram model of the training blocks (add-one smoothed) on the same tokens.
 - synthetic: a corpus where the masked word is fixed by its context ("the capital of X is Y ." with 200 fixed
-  random X -> Y pairs): top-1 accuracy on "the capital of X is [MASK] ." (chance: 1/200) and on the fixed
-  words ("the [MASK] of X is Y .", ...; a guess without context gets at most 1 in 5), for the same BERT and the
-  default preset after a few hundred steps.
+  random X -> Y pairs): the masked-token perplexity on held-out blocks, and top-1 accuracy on "the capital of X
+  is [MASK] ." (chance: 1/200) and on the fixed words ("the [MASK] of X is Y .", ...; a guess without context
+  gets at most 1 in 5), each probe placed between other lines as in the packed training blocks, for the same
+  BERT and the default preset after a few hundred steps.
 
     python benchmarks/pretrain_mlm_check.py --part reference --steps 800
     python benchmarks/pretrain_mlm_check.py --part synthetic --steps 300
@@ -223,6 +224,8 @@ def part_synthetic(steps: int, work: Path) -> dict:
     mlm = defaults("mlm")
     common = [str(corpus), "--objective", "mlm", "--vocab-size", "1000", "--max-steps", str(steps), "--seed",
               str(SEED), "--eval-steps", str(steps)]  # fmt: skip
+    sentences = [f"the capital of {x} is {y} .".split() for x, y in zip(xs, ys, strict=True)]
+    context = [" ".join(sentences[(i * 7) % len(sentences)]) for i in range(3)]
     runs: dict = {}
     for name, extra in (
         ("llmkit pretrain, BERT", ["--model-config", str(bert_config), "-b", str(mlm["batch"]), "--lr", str(mlm["lr"])]),
@@ -234,13 +237,14 @@ def part_synthetic(steps: int, work: Path) -> dict:
         tok, model = AutoTokenizer.from_pretrained(str(out)), AutoModelForMaskedLM.from_pretrained(str(out)).eval()
 
         def top1(words: list[str], at: int, tok=tok, model=model) -> bool:
-            enc = tok(" ".join([*words[:at], tok.mask_token, *words[at + 1 :]]), return_tensors="pt")
+            # inside other lines, as in the packed training blocks ("... . [SEP] the capital of ...")
+            probe = " ".join([*words[:at], tok.mask_token, *words[at + 1 :]])
+            enc = tok(f" {tok.sep_token} ".join([*context, probe, *context]), return_tensors="pt")
             with torch.inference_mode():
                 logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[0]
             where = int((enc["input_ids"][0] == tok.mask_token_id).nonzero()[0])
             return bool(tok.convert_ids_to_tokens(int(logits[where].argmax())) == words[at])
 
-        sentences = [f"the capital of {x} is {y} .".split() for x, y in zip(xs, ys, strict=True)]
         capital = sum(top1(words, 5) for words in sentences) / len(sentences)
         # the fixed words: "the", "capital", "of", "is", "." (a unigram guess gets one of them right at most)
         fixed = sum(top1(words, i) for words in sentences for i in (0, 1, 2, 4, 6)) / (5 * len(sentences))
