@@ -1,4 +1,4 @@
-"""`llmkit pretrain`: a small BERT (masked LM) or Llama (causal LM) trained from nothing on your own text.
+"""`llmkit pretrain`: a small BERT-style encoder (ModernBERT, masked LM) or Llama (causal LM) trained from nothing.
 
 The steps: read the corpus (corpus.py) -> train a tokenizer on it (tokenizer_training.py) or reuse one -> a
 model from a size preset or a config file -> pack the text into fixed-length blocks and hold some out ->
@@ -881,7 +881,7 @@ def _build_trainer(
     )
     training.drop_default_printers(trainer)
     if masking is not None:
-        # BERT's head would take num_items_in_batch in **kwargs and ignore it; the loss is masked_lm_loss's.
+        # a masked-LM head would take num_items_in_batch in **kwargs and ignore it; the loss is masked_lm_loss's.
         trainer.model_accepts_loss_kwargs = False
     return trainer, args, progress
 

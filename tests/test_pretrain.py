@@ -373,7 +373,7 @@ def test_seed_and_mlm_probability_change_the_run(work: Path, tmp_path: Path) -> 
     assert 1.5 * masked_15 < masked_default < 2.5 * masked_15  # the default masks 30%, twice BERT's 15%
 
 
-def test_the_mlm_presets_are_modernbert_with_whole_block_attention_and_no_dropout() -> None:
+def test_the_mlm_presets_are_modernbert_with_whole_block_attention_and_no_dropout(tmp_path: Path) -> None:
     # BERT's learned absolute positions kept a tiny BERT at the unigram plateau (benchmarks/pretrain_mlm_check.py)
     from llmkit.pretrain import PretrainOptions, model_config
     from llmkit.tokenizer_training import train_tokenizer
@@ -388,6 +388,11 @@ def test_the_mlm_presets_are_modernbert_with_whole_block_attention_and_no_dropou
         assert (config.vocab_size, config.max_position_embeddings) == (len(tokenizer), 32)
         assert (config.pad_token_id, config.cls_token_id, config.sep_token_id) == (
             tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id)  # fmt: skip
+    # --model-config: ModernBERT's own cls/sep ids (50281, 50282) are replaced by the tokenizer's
+    config_file = tmp_path / "modernbert.json"
+    config_file.write_text(json.dumps(TINY_CONFIGS["mlm"]), encoding="utf-8")
+    config = model_config(PretrainOptions(objective="mlm", model_config=str(config_file), block_size=32), tokenizer)
+    assert (config.cls_token_id, config.sep_token_id) == (tokenizer.cls_token_id, tokenizer.sep_token_id)
 
 
 def test_existing_output_needs_overwrite(clm_run: tuple[Path, dict, str], work: Path) -> None:
