@@ -56,7 +56,8 @@ def defaults(objective: str) -> dict:
     options = PretrainOptions(objective=objective, size="tiny")
     train = train_defaults(options)
     return {"vocab": options.vocab_size, "block": DEFAULT_BLOCK_SIZE, "batch": train["batch_size"],
-            "lr": train["learning_rate"], "warmup": train["warmup_ratio"], "weight_decay": train["weight_decay"]}  # fmt: skip
+            "lr": train["learning_rate"], "warmup": train["warmup_ratio"], "weight_decay": train["weight_decay"],
+            "mlm_probability": options.mlm_probability}  # fmt: skip
 
 
 CLM = defaults("clm")

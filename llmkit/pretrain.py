@@ -1,4 +1,4 @@
-"""`llmkit pretrain`: a small BERT (masked LM) or Llama (causal LM) trained from nothing on your own text.
+"""`llmkit pretrain`: a small BERT-style encoder (ModernBERT, masked LM) or Llama (causal LM) trained from nothing.
 
 The steps: read the corpus (corpus.py) -> train a tokenizer on it (tokenizer_training.py) or reuse one -> a
 model from a size preset or a config file -> pack the text into fixed-length blocks and hold some out ->
@@ -61,26 +61,30 @@ SIZE_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "small": {"batch_size": 16, "learning_rate": 1e-3},
     "base": {"batch_size": 32, "learning_rate": 3e-4},
 }
-# Where an objective's model wants other values than its size's. The tiny BERT (post-norm) at 3e-3 stayed on the
-# unigram plateau; after 500 steps at 1e-3 its masked-token perplexity was 707 against 859 at 3e-3 (BBC News,
-# vocabulary 4096, 30% masked).
+# Where an objective's model wants other values than its size's. The tiny ModernBERT at the size's 3e-3 stayed on
+# the unigram plateau: after 800 steps (BBC News, vocabulary 4096, 30% masked, batch 8) its perplexity on held-out
+# blocks with 15% of the tokens masked was 931 (unigram: 939), against 549 at 1e-3 and 751 at 5e-4.
 OBJECTIVE_TRAIN_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("mlm", "tiny"): {"learning_rate": 1e-3},
 }
 CONFIG_TRAIN_DEFAULTS = SIZE_TRAIN_DEFAULTS["small"]  # with --model-config
 
 
-# Size presets. Masked LM: BERT shapes, as Google's BERT-tiny (L2/H128), BERT-small (L4/H512) and bert-base.
+# Size presets. Masked LM: ModernBERT (pre-norm layers, rotary positions, GeGLU, no biases; tied embeddings) with
+# the depth and width of Google's BERT-tiny (L2/H128), BERT-small (L4/H512) and bert-base (L12/H768), and a GeGLU
+# width of 1.5-2x hidden, as ModernBERT's own. Not BERT itself: a BERT trained from nothing on a CPU budget never
+# left the unigram plateau (on BBC News after 4,800 steps, and on a corpus where the masked word is fixed by its
+# neighbours after 400), post-norm or pre-norm (RoBERTa-PreLayerNorm), at every masking rate, batch and learning
+# rate tried: learned absolute positions start as noise, so nothing tells a masked token where its neighbours
+# are; rotary positions do from the first step (benchmarks/pretrain_mlm_check.py).
 # Causal LM: Llama shapes (rotary positions, SwiGLU, RMSNorm; tied embeddings), the architecture of the bundled
 # SmolLM2, which llmkit's generate, quantize and GGUF export all handle. tiny trains in minutes on 2 CPU cores.
+# ModernBERT has no dropout by default (minutes of training never see a block twice: nothing to regularise).
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "mlm": {
-        # tiny without dropout: minutes of training never see a block twice, so there is nothing to regularise
-        # (as "cramming" BERTs do); after 400 steps its masked-token perplexity was 705 against 720 with 0.1.
-        "tiny": {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512,
-                 "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
-        "small": {"num_hidden_layers": 4, "hidden_size": 512, "num_attention_heads": 8, "intermediate_size": 2048},
-        "base": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072},
+        "tiny": {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 256},
+        "small": {"num_hidden_layers": 4, "hidden_size": 512, "num_attention_heads": 8, "intermediate_size": 768},
+        "base": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 1152},
     },
     "clm": {
         "tiny": {"num_hidden_layers": 4, "hidden_size": 128, "num_attention_heads": 4, "intermediate_size": 384},
@@ -89,7 +93,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 SIZE_NAMES = tuple(SIZES["mlm"])
-ARCHITECTURES = {"mlm": "bert", "clm": "llama"}
+ARCHITECTURES = {"mlm": "modernbert", "clm": "llama"}
 TOKENIZER_FOLDER = "tokenizer"  # inside OUTPUT.checkpoints: the run's tokenizer, for other processes and --resume
 
 
@@ -298,14 +302,27 @@ def _load_saved_tokenizer(folder: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(folder))
 
 
+def process_state(device: str) -> Any:
+    """accelerate's `PartialState` of this process, for the device the run trains on.
+
+    On the CPU it must be asked for: a plain `PartialState()` on a machine without a GPU reports one
+    undistributed process in every rank of an `accelerate launch` (each its own main process) until the
+    Trainer's arguments set it up for the CPU, which is after the tokenizer is made.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu")
+
+
 def _run_tokenizer(
-    corpus: Corpus, options: PretrainOptions, *, output: Path, checkpoint: Path | None, dry_run: bool
+    corpus: Corpus, options: PretrainOptions, *, output: Path, checkpoint: Path | None, dry_run: bool, device: str
 ) -> tuple[Any, str]:
     """The run's tokenizer and a description of it.
 
     A resumed run takes the one saved in its checkpoint. Otherwise the main process trains (or loads) it and
     saves it in OUTPUT.checkpoints/tokenizer, where the other processes of a distributed run read it: the
-    WordPiece trainer is not deterministic, so each process training its own could number tokens differently.
+    WordPiece trainer is not deterministic, so each process training its own could number tokens differently
+    (and two processes saving into one folder at once fail).
     """
     assert options.objective is not None
     kind = (
@@ -325,9 +342,7 @@ def _run_tokenizer(
 
     if dry_run:
         return make(), kind
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state(device)
     saved = training.checkpoint_dir(output) / TOKENIZER_FOLDER
     with state.main_process_first():
         if state.is_main_process:
@@ -452,6 +467,9 @@ def model_config(options: PretrainOptions, tokenizer: Any) -> Any:
             config = AutoConfig.for_model(model_type, **{**values, **special})
         except (ValueError, KeyError) as exc:
             raise UsageError(f"--model-config: {str(exc).splitlines()[0]}") from None
+        for key in ("cls_token_id", "sep_token_id"):  # ModernBERT's (its defaults are its own vocabulary's)
+            if getattr(config, key, None) is not None and getattr(tokenizer, key, None) is not None:
+                setattr(config, key, getattr(tokenizer, key))
         context = getattr(config, "max_position_embeddings", None)
         if context is not None and context < options.block_size:
             raise UsageError(
@@ -460,9 +478,17 @@ def model_config(options: PretrainOptions, tokenizer: Any) -> Any:
         return config
     shape: dict[str, Any] = dict(SIZES[objective][options.size])
     if objective == "mlm":
-        from transformers import BertConfig
+        from transformers import ModernBertConfig
 
-        return BertConfig(**shape, max_position_embeddings=options.block_size, **special)
+        return ModernBertConfig(
+            **shape,
+            max_position_embeddings=options.block_size,
+            # every layer attends to the whole block (ModernBERT's sliding layers matter for 8k contexts)
+            layer_types=["full_attention"] * shape["num_hidden_layers"],
+            cls_token_id=tokenizer.cls_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+            **special,
+        )
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -661,7 +687,7 @@ def pretrain(
     fresh = not ckpt_dir.exists()
     try:
         tokenizer, tokenizer_kind = _run_tokenizer(
-            text, options, output=output, checkpoint=checkpoint, dry_run=dry_run
+            text, options, output=output, checkpoint=checkpoint, dry_run=dry_run, device=device
         )
         blocks = make_blocks(text, tokenizer, options, settings.seed)
         config = model_config(options, tokenizer)
@@ -855,7 +881,7 @@ def _build_trainer(
     )
     training.drop_default_printers(trainer)
     if masking is not None:
-        # BERT's head would take num_items_in_batch in **kwargs and ignore it; the loss is masked_lm_loss's.
+        # a masked-LM head would take num_items_in_batch in **kwargs and ignore it; the loss is masked_lm_loss's.
         trainer.model_accepts_loss_kwargs = False
     return trainer, args, progress
 

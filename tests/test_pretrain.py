@@ -25,9 +25,10 @@ LAUNCHER = Path(sys.executable).parent / "accelerate"
 
 # Shapes far below the presets, so a run takes seconds; dropout off so 1 and 2 processes compare exactly.
 TINY_CONFIGS = {
-    "mlm": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "intermediate_size": 64, "max_position_embeddings": 64, "hidden_dropout_prob": 0.0,
-            "attention_probs_dropout_prob": 0.0},
+    # the architecture of the mlm presets (ModernBERT), so the other commands are tried on what users get
+    "mlm": {"model_type": "modernbert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 64, "max_position_embeddings": 64,
+            "layer_types": ["full_attention", "full_attention"]},
     "clm": {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
             "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 256,
             "tie_word_embeddings": True},  # quantize's llama.cpp check writes 32 tokens after a ~60-token prompt
@@ -156,8 +157,9 @@ def test_mlm_run_reports_a_cloze_and_works_in_fill_mask_finetune_distill_quantiz
     mlm_run: tuple[Path, dict, str], work: Path, tmp_path: Path
 ) -> None:
     out, result, stderr = mlm_run
-    assert stderr.startswith("model: bert (")
-    assert result["architecture"]["model_type"] == "bert" and result["perplexity_after"] < result["perplexity_before"]
+    assert stderr.startswith("model: modernbert (")
+    assert result["architecture"]["model_type"] == "modernbert"
+    assert result["perplexity_after"] < result["perplexity_before"]
     cloze = result["sample"]
     assert "[MASK]" in cloze["text"] and len(cloze["top"]) == 5 and cloze["answer"]
     folder = str(out)
@@ -371,15 +373,26 @@ def test_seed_and_mlm_probability_change_the_run(work: Path, tmp_path: Path) -> 
     assert 1.5 * masked_15 < masked_default < 2.5 * masked_15  # the default masks 30%, twice BERT's 15%
 
 
-def test_the_tiny_bert_trains_without_dropout_and_the_larger_ones_with() -> None:
+def test_the_mlm_presets_are_modernbert_with_whole_block_attention_and_no_dropout(tmp_path: Path) -> None:
+    # BERT's learned absolute positions kept a tiny BERT at the unigram plateau (benchmarks/pretrain_mlm_check.py)
     from llmkit.pretrain import PretrainOptions, model_config
     from llmkit.tokenizer_training import train_tokenizer
 
     tokenizer = train_tokenizer(_texts(), "mlm", 300, max_length=32)
-    tiny = model_config(PretrainOptions(objective="mlm"), tokenizer)
-    assert (tiny.hidden_dropout_prob, tiny.attention_probs_dropout_prob) == (0.0, 0.0)
-    small = model_config(PretrainOptions(objective="mlm", size="small"), tokenizer)
-    assert (small.hidden_dropout_prob, small.attention_probs_dropout_prob) == (0.1, 0.1)
+    for size, shape in SIZES["mlm"].items():
+        config = model_config(PretrainOptions(objective="mlm", size=size, block_size=32), tokenizer)
+        assert config.model_type == "modernbert"
+        assert (config.num_hidden_layers, config.hidden_size) == (shape["num_hidden_layers"], shape["hidden_size"])
+        assert config.layer_types == ["full_attention"] * shape["num_hidden_layers"]
+        assert (config.attention_dropout, config.mlp_dropout, config.embedding_dropout) == (0.0, 0.0, 0.0)
+        assert (config.vocab_size, config.max_position_embeddings) == (len(tokenizer), 32)
+        assert (config.pad_token_id, config.cls_token_id, config.sep_token_id) == (
+            tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id)  # fmt: skip
+    # --model-config: ModernBERT's own cls/sep ids (50281, 50282) are replaced by the tokenizer's
+    config_file = tmp_path / "modernbert.json"
+    config_file.write_text(json.dumps(TINY_CONFIGS["mlm"]), encoding="utf-8")
+    config = model_config(PretrainOptions(objective="mlm", model_config=str(config_file), block_size=32), tokenizer)
+    assert (config.cls_token_id, config.sep_token_id) == (tokenizer.cls_token_id, tokenizer.sep_token_id)
 
 
 def test_existing_output_needs_overwrite(clm_run: tuple[Path, dict, str], work: Path) -> None:
@@ -471,15 +484,35 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(not LAUNCHER.exists() and shutil.which("accelerate") is None, reason="no accelerate CLI")
+def test_one_process_of_a_cpu_launch_is_the_main_one(tmp_path: Path) -> None:
+    # The main process alone trains and saves the tokenizer, before the Trainer exists. A bare PartialState()
+    # made every rank of a CPU launch its own main process: both trained a tokenizer (WordPiece numbers tokens
+    # differently from run to run) and both replaced OUTPUT.checkpoints/tokenizer at once ("Directory not
+    # empty" from rmtree).
+    script = tmp_path / "ranks.py"
+    script.write_text("import os\nfrom llmkit.pretrain import process_state\nstate = process_state('cpu')\n"
+                      "print('rank', os.environ['RANK'], state.num_processes, state.process_index, "
+                      "state.is_main_process)\n")  # fmt: skip
+    cmd = [str(LAUNCHER if LAUNCHER.exists() else "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(_free_port()), str(script)]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert lines == ["rank 0 2 0 True", "rank 1 2 1 False"]
+
+
+@pytest.mark.skipif(not LAUNCHER.exists() and shutil.which("accelerate") is None, reason="no accelerate CLI")
 def test_two_processes_train_the_same_model_as_one(work: Path, tmp_path: Path) -> None:
     # 2 x 4 blocks against 1 x 8: the same global batches and masks. The 2-process run trains the tokenizer
     # once, in the main process; the 1-process run reuses it (WordPiece training is not repeatable, so a second
     # process training its own could number tokens differently and the weights would not match).
-    # BERT's 15% masking: at the 30% default a single process alone gave one of three training losses (5.4377,
-    # 5.4386, 5.4394) from run to run on the same inputs, seed and thread count (cause not found yet; see the
-    # session note), so the exact comparison would fail for that, not for the process count.
+    # (This compared at 15% masking for a while: at 30% it failed in 4 of 6 runs. The cause was not the masking
+    # rate: both processes were each their own main process while the tokenizer was made, so each trained its
+    # own WordPiece, and rank 1 trained on token ids numbered differently from the saved tokenizer's.)
     args = ["pretrain", *_base(work, "mlm", 300), "--block-size", "32", "--max-steps", "3", "--eval-steps", "3",
-            "--mlm-probability", "0.15", "--seed", "0"]  # fmt: skip
+            "--seed", "0"]  # fmt: skip
     two_out = tmp_path / "two"
     cmd = [str(LAUNCHER if LAUNCHER.exists() else "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
@@ -490,7 +523,7 @@ def test_two_processes_train_the_same_model_as_one(work: Path, tmp_path: Path) -
     records = [json.loads(line) for line in two.stdout.splitlines() if line.startswith("{")]
     results = [r for r in records if r.get("event") == "result"]
     assert len(results) == 1 and results[0]["processes"] == 2  # the main process alone reports
-    assert two.stderr.count("model: bert") == 1
+    assert two.stderr.count("model: modernbert") == 1
     one = invoke([*args, "--tokenizer", str(two_out), "-o", str(tmp_path / "one"), "--batch-size", "8"])
     assert one.exit_code == 0, one.stderr
     single = json_lines(one.stdout)[-1]

@@ -48,7 +48,7 @@ def pretrain(
     ] = None,
     objective: Annotated[
         str | None,
-        typer.Option("--objective", help="mlm (a BERT masked LM) or clm (a Llama-style causal LM); required."),
+        typer.Option("--objective", help="mlm (a BERT-style masked LM: ModernBERT) or clm (a Llama-style causal LM); required."),
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder to create for the model.")] = None,
     size: Annotated[
@@ -173,7 +173,7 @@ def pretrain(
     json_out: JsonOpt = False,
     fmt: FormatOpt = "auto",
 ) -> None:
-    """Pre-train a small BERT (masked LM) or Llama-style GPT (causal LM) from nothing on your own text.
+    """Pre-train a small BERT-style encoder (ModernBERT, masked LM) or Llama-style GPT (causal LM) from nothing.
 
     Trains a tokenizer on the corpus (or reuses one), builds the model from a size preset or a config,
     packs the text into blocks of --block-size tokens, holds some out, and trains with the transformers
