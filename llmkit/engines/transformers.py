@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -403,6 +404,12 @@ class Generator:
         self._lock = threading.Lock()  # held while the model runs
         self._waiting: list[_Waiting] = []
         self._waiting_lock = threading.Lock()
+        self._admissions: Counter[int] = Counter()  # prefills by how many requests joined the decode together
+        self._steps: Counter[int] = Counter()  # decode steps by how many requests each advanced
+
+    def batch_stats(self) -> dict[str, dict[int, int]]:
+        """The batches run so far (/metrics): {"admissions": {rows: prefills}, "steps": {rows: decode steps}}."""
+        return {"admissions": dict(self._admissions), "steps": dict(self._steps)}
 
     def unsupported(self, settings: GenerationSettings) -> list[str]:
         """The settings this engine cannot honour: none (transformers is the reference for all of them)."""
@@ -470,6 +477,7 @@ class Generator:
                     key = self._waiting[0].key
                     batch = [w for w in self._waiting if w.key == key][: self.max_batch]
                     self._waiting = [w for w in self._waiting if all(w is not b for b in batch)]
+                self._admissions[len(batch)] += 1
                 self._run_batch(batch)
         if mine.error is not None:
             raise mine.error

@@ -58,6 +58,9 @@ class ServerState:
         self.settings = settings
         self.registry = Registry(settings.models)
         self.telemetry = Telemetry()
+        registry = self.registry
+        self.telemetry.watch_batches(lambda: [(name, getattr(registry.get(name), "generator", None))
+                                              for name in registry.names()])
         self.admission: Admission | None = None  # made on the event loop's first request (asyncio objects)
         # One thread per choice being generated: max_concurrency requests of up to n choices each run at once.
         self.pool = ThreadPoolExecutor(max_workers=settings.max_concurrency * 8, thread_name_prefix="llmkit-serve")
