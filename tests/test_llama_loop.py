@@ -442,9 +442,6 @@ def test_concurrent_greedy_calls_run_as_batches_with_their_one_at_a_time_answers
     alone = _served(tiny_llama, 1)
     want = [alone.complete(p, settings, raw=True) for p in PROMPTS * 2]
     batched = _served(tiny_llama, 16)
-    sizes: list[int] = []
-    run = batched._run_batch
-    batched._run_batch = lambda batch: (sizes.append(len(batch)), run(batch))[1]  # type: ignore[method-assign]
     streamed: dict[int, list[str]] = {i: [] for i in range(len(want))}
     gate = threading.Barrier(len(want))
 
@@ -457,7 +454,8 @@ def test_concurrent_greedy_calls_run_as_batches_with_their_one_at_a_time_answers
     assert [(g.text, g.finish_reason, g.completion_tokens) for g in got] == \
         [(w.text, w.finish_reason, w.completion_tokens) for w in want]
     assert ["".join(streamed[i]) for i in range(len(want))] == [w.text for w in want]  # each row streamed its own
-    assert sum(sizes) == len(want) and max(sizes) > 1
+    admissions = batched.batch_stats()["admissions"]
+    assert sum(rows * times for rows, times in admissions.items()) == len(want) and max(admissions) > 1
     assert {w.finish_reason for w in want} == {"length", "stop", "eos"}
 
 
@@ -487,12 +485,81 @@ def test_one_bad_prompt_in_a_batch_fails_alone(tiny_llama: Path) -> None:
 
 def test_batched_generator_leaves_sampling_and_logprobs_to_single_runs(tiny_llama: Path) -> None:
     batched = _served(tiny_llama, 16)
-    sizes: list[int] = []
-    run = batched._run_batch
-    batched._run_batch = lambda batch: (sizes.append(len(batch)), run(batch))[1]  # type: ignore[method-assign]
     sampled = gen.build_settings(max_new_tokens=8, temperature=0.9, top_k=20, seed=3)
     first = batched.complete("the cat", sampled, raw=True)
     assert batched.complete("the cat", sampled, raw=True).text == first.text
     scored = batched.complete("the cat", gen.build_settings(max_new_tokens=8), raw=True, logprobs=2)
     assert scored.logprobs is not None and len(scored.logprobs) == scored.completion_tokens
-    assert sizes == []  # none of them went through a batch
+    assert batched.batch_stats() == {"admissions": {}, "steps": {}}  # none of them went through a batch
+
+
+# --- continuous batching (llama_loop.RunningBatch, driven by Generator with max_batch) ------------------------------
+
+
+def test_rows_join_a_running_batch_at_step_boundaries_with_their_lone_tokens(tiny_llama: Path) -> None:
+    # Rows join after 0, 2 and 5 steps (a prompt longer than the running rows' slots, and a group sharing a
+    # prefix), and leave at their own budgets: each must make the tokens transformers makes for it alone.
+    import torch
+
+    model, tok = _load(tiny_llama)
+    joins = {0: [("hello", 10), ("a", 4)],
+             2: [("the cat sat on the mat and then the dog", 8), ("good day to you my friend", 12)],
+             5: [("the cat sat on the mat and ran", 6), ("the cat sat on the mat and then", 9)]}
+    batch = llama_loop.RunningBatch(llama_loop.NativeLlama(model), tok.pad_token_id)
+    made: dict[str, list[int]] = {}
+    sizes = []
+    step = 0
+    with torch.inference_mode():
+        while step <= max(joins) or len(batch):
+            if step in joins:
+                prompts = [p for p, _ in joins[step]]
+                batch.admit([tok(p)["input_ids"] for p in prompts], prompts, [n for _, n in joins[step]])
+            sizes.append(len(batch))
+            tokens = batch.tokens()
+            for prompt, token in zip(batch.handles, tokens.tolist(), strict=True):
+                made.setdefault(prompt, []).append(token)
+            batch.advance(tokens, [b > 0 for b in batch.budgets])
+            step += 1
+        for prompt, new in (row for rows in joins.values() for row in rows):
+            ids = tok(prompt, return_tensors="pt")
+            want = model.generate(**ids, max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id,
+                                  eos_token_id=-1)[0, ids["input_ids"].shape[1]:].tolist()
+            assert made[prompt] == want, prompt
+    assert sizes[:7] == [2, 2, 4, 4, 3, 5, 5]  # joined mid-run; "a" left after its 4 tokens
+    assert batch.written == 0 and batch.cache == []  # empty again: nothing held
+
+
+def test_a_call_arriving_while_a_batch_runs_joins_it_and_is_answered_first(tiny_llama: Path) -> None:
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    long, short = gen.build_settings(max_new_tokens=30), gen.build_settings(max_new_tokens=3)
+    alone = _served(tiny_llama, 1)
+    answers = {p: alone.complete(p, long, raw=True) for p in PROMPTS}
+    slow = max(PROMPTS, key=lambda p: answers[p].completion_tokens)  # a prompt that runs long
+    assert answers[slow].completion_tokens >= 10
+    batched = _served(tiny_llama, 8)
+    order: list[str] = []
+
+    def hold(_: str) -> None:  # the long call's first token waits (on the loop) until the short call is queued
+        deadline = time.monotonic() + 30
+        while not batched._waiting and not order and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def run_long():
+        done = batched.complete(slow, long, raw=True, on_text=hold)
+        order.append("long")
+        return done
+
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(run_long)
+        while not batched.batch_stats()["steps"]:
+            time.sleep(0.005)
+        second = batched.complete("good day", short, raw=True)
+        order.append("short")
+        got = first.result()
+    assert order == ["short", "long"]  # not held until the running batch ended
+    assert (got.text, got.completion_tokens) == (answers[slow].text, answers[slow].completion_tokens)
+    want = alone.complete("good day", short, raw=True)
+    assert (second.text, second.finish_reason) == (want.text, want.finish_reason)
+    assert batched.batch_stats()["admissions"] == {1: 2} and batched.batch_stats()["steps"].get(2, 0) >= 1

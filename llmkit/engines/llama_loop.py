@@ -756,9 +756,9 @@ class RunningBatch:
             first = int(used[0]) if len(used) else self.written
         kept = self.written - first  # slots of the running rows still needed
         room = max(kept, width)  # the new `written`: both blocks end there
-        self.handles += [handles[int(i)] for i in order]
-        self.budgets += [budgets[int(i)] for i in order]
-        capacity = room + max(self.budgets) + 1
+        new_handles = self.handles + [handles[int(i)] for i in order]
+        new_budgets = self.budgets + [budgets[int(i)] for i in order]
+        capacity = room + max(new_budgets) + 1
         cache = [torch.zeros(old + n, d.kv_heads, capacity, d.head_dim) for _ in fresh]
         valid = torch.zeros(old + n, capacity, dtype=torch.bool)
         for c, running, new in zip(cache, self.cache or [None] * len(fresh), fresh, strict=True):
@@ -769,6 +769,7 @@ class RunningBatch:
             valid[:old, room - kept : room] = self.valid[:, first : self.written]
         valid[old:, room - width : room] = fresh_valid
         self.cache, self.valid, self.written = cache, valid, room
+        self.handles, self.budgets = new_handles, new_budgets
         self.hidden = hidden if not old else torch.cat([self.hidden, hidden])
         self.next_pos = next_pos if not old else torch.cat([self.next_pos, next_pos])
 
