@@ -553,7 +553,8 @@ def test_a_call_arriving_while_a_batch_runs_joins_it_and_is_answered_first(tiny_
 
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(run_long)
-        while not batched.batch_stats()["steps"]:
+        deadline = time.monotonic() + 30
+        while not batched.batch_stats()["steps"] and time.monotonic() < deadline:  # the long call is decoding
             time.sleep(0.005)
         second = batched.complete("good day", short, raw=True)
         order.append("short")
@@ -563,3 +564,31 @@ def test_a_call_arriving_while_a_batch_runs_joins_it_and_is_answered_first(tiny_
     want = alone.complete("good day", short, raw=True)
     assert (second.text, second.finish_reason) == (want.text, want.finish_reason)
     assert batched.batch_stats()["admissions"] == {1: 2} and batched.batch_stats()["steps"].get(2, 0) >= 1
+
+
+def test_the_batch_keeps_the_thread_count_chosen_at_load_without_sampling_the_load_again(tiny_llama: Path,
+                                                                                         monkeypatch) -> None:
+    # use_free_cores() only ever lowers torch's threads and samples /proc/stat for 30 ms: called per batch, one
+    # busy moment left a server on one thread for good, and every batch stalled 30 ms first.
+    import torch
+
+    from llmkit import threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(threads, "free_cores", lambda *a, **k: 2)
+        batched = _served(tiny_llama, 8)  # chooses 2 threads at load
+
+        def no_sampling(*args, **kwargs):
+            raise AssertionError("the load was sampled again")
+
+        monkeypatch.setattr(threads, "busy_cores", no_sampling)
+        monkeypatch.setattr(threads, "free_cores", lambda *a, **k: 1)
+        torch.set_num_threads(1)  # as a busy moment's unbatched call leaves it
+        seen: list[int] = []
+        batched.complete("hello", gen.build_settings(max_new_tokens=3), raw=True,
+                         on_text=lambda _: seen.append(torch.get_num_threads()))
+        assert seen and set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)

@@ -422,6 +422,15 @@ class Generator:
         self._waiting: list[_Row] = []
         self._driving = False  # a caller's thread is stepping the batch
         self._batch: Any = None  # llama_loop.RunningBatch, made on the first batched call
+        # torch's threads for the batch, chosen once here, at load, as the llama.cpp engine chooses its own
+        # (threads.py): choosing at each batch sampled /proc/stat for 30 ms with the batch stalled, and could only
+        # lower the count (use_free_cores never raises it), so one busy moment - such as the clients' own
+        # threads sending 16 requests - left a long-running server on one thread for good
+        self._threads = 0
+        if self.max_batch > 1:
+            from llmkit.threads import use_free_cores
+
+            self._threads = use_free_cores()
         self._admissions: Counter[int] = Counter()  # prefills by how many requests joined the decode together
         self._steps: Counter[int] = Counter()  # decode steps by how many requests each advanced
 
@@ -505,18 +514,17 @@ class Generator:
 
     def _drive(self, mine: _Row) -> None:
         """Step the batch (admitting the waiting calls at each step boundary) until `mine` is done."""
-        from llmkit.engines.llama_loop import RunningBatch
-        from llmkit.threads import use_free_cores
+        import torch
 
-        use_free_cores()
+        from llmkit.engines.llama_loop import RunningBatch
+
+        torch.set_num_threads(self._threads)  # an unbatched call in between may have chosen fewer
         tok = self.lm.tokenizer
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         if self._batch is None:
             self._batch = RunningBatch(self.decoder, tok.pad_token_id)
         eos = _eos_ids(self.lm.model, tok)
-        import torch
-
         while not mine.done.is_set():
             with self._lock, torch.inference_mode():
                 try:
