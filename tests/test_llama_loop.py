@@ -424,7 +424,7 @@ def test_bundled_smollm2_native_tokenizer_equals_transformers() -> None:
     _assert_same_tokenizer(*_tokenizer_pair(folder))
 
 
-# --- the server's dynamic batches (engines/transformers.Generator with max_batch) ----------------------------------
+# --- the server's batches (engines/transformers.Generator with max_batch) ---------------------------------------------
 
 
 def _served(folder: Path, max_batch: int):
@@ -592,3 +592,25 @@ def test_the_batch_keeps_the_thread_count_chosen_at_load_without_sampling_the_lo
         assert seen and set(seen) == {2}
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_idle_batch_waits_for_the_requests_the_server_says_are_arriving(tiny_llama: Path) -> None:
+    # The second call comes 300 ms after the first (past the 50 ms gap), and the server counts it as arriving
+    # until then: both start in one prefill instead of the first one alone.
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = gen.build_settings(max_new_tokens=4)
+    batched = _served(tiny_llama, 8)
+    batched.arriving = lambda: 0 if len(batched._waiting) >= 2 else 1  # the second is on its way until queued
+
+    def later():
+        time.sleep(0.3)
+        return batched.complete("good day", settings, raw=True)
+
+    with ThreadPoolExecutor(1) as pool:
+        second = pool.submit(later)
+        first = batched.complete("hello", settings, raw=True)
+        second.result()
+    assert batched.batch_stats()["admissions"] == {2: 1}
+    assert first.text == _served(tiny_llama, 1).complete("hello", settings, raw=True).text
