@@ -614,3 +614,32 @@ def test_an_idle_batch_waits_for_the_requests_the_server_says_are_arriving(tiny_
         second.result()
     assert batched.batch_stats()["admissions"] == {2: 1}
     assert first.text == _served(tiny_llama, 1).complete("hello", settings, raw=True).text
+
+
+def test_a_client_that_leaves_takes_only_its_row_out_of_the_batch(tiny_llama: Path) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = gen.build_settings(max_new_tokens=20)
+    alone = _served(tiny_llama, 1)
+    stay = max(PROMPTS, key=lambda p: alone.complete(p, settings, raw=True).completion_tokens)
+    want = alone.complete(stay, settings, raw=True)
+    batched = _served(tiny_llama, 8)
+    left = threading.Event()
+    gate = threading.Barrier(2)
+
+    def leaver():
+        gate.wait()
+        return batched.complete("good day", settings, raw=True, on_text=lambda _: left.set(), cancelled=left.is_set)
+
+    def stayer():
+        gate.wait()
+        return batched.complete(stay, settings, raw=True)
+
+    with ThreadPoolExecutor(2) as pool:
+        gone, kept = pool.submit(leaver), pool.submit(stayer)
+        gone_done, kept_done = gone.result(), kept.result()
+    assert gone_done.cancelled and gone_done.completion_tokens < 3  # out after the token it was streaming
+    assert not kept_done.cancelled and (kept_done.text, kept_done.completion_tokens) == (want.text,
+                                                                                        want.completion_tokens)
+    assert want.completion_tokens > 3 and batched.batch_stats()["steps"].get(1, 0) >= 1  # the other went on alone
