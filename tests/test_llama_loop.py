@@ -541,10 +541,13 @@ def test_a_call_arriving_while_a_batch_runs_joins_it_and_is_answered_first(tiny_
     batched = _served(tiny_llama, 8)
     order: list[str] = []
 
-    def hold(_: str) -> None:  # the long call's first token waits (on the loop) until the short call is queued
+    held: list[bool] = []
+
+    def hold(_: str) -> None:  # the long call's first text waits (on the loop) until the short call is queued
         deadline = time.monotonic() + 30
-        while not batched._waiting and not order and time.monotonic() < deadline:
+        while not held and not batched._waiting and time.monotonic() < deadline:
             time.sleep(0.005)
+        held.append(True)
 
     def run_long():
         done = batched.complete(slow, long, raw=True, on_text=hold)

@@ -540,6 +540,10 @@ class NativeLlama:
                                 _pack(take(p + "mlp.down_proj.weight"))))
             del qkv, gate_up
 
+    def running_batch(self, pad_token_id: int) -> RunningBatch:
+        """An empty `RunningBatch` on this decoder (continuous batching: engines/transformers.Generator)."""
+        return RunningBatch(self, pad_token_id)
+
     @staticmethod
     def supports(settings: Any) -> bool:
         """Whether this loop gives transformers' tokens for these `GenerationSettings` (`unsupported_settings`)."""

@@ -518,14 +518,12 @@ class Generator:
         """Step the batch (admitting the waiting calls at each step boundary) until `mine` is done."""
         import torch
 
-        from llmkit.engines.llama_loop import RunningBatch
-
         torch.set_num_threads(self._threads)  # an unbatched call in between may have chosen fewer
         tok = self.lm.tokenizer
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         if self._batch is None:
-            self._batch = RunningBatch(self.decoder, tok.pad_token_id)
+            self._batch = self.decoder.running_batch(tok.pad_token_id)
         eos = _eos_ids(self.lm.model, tok)
         while not mine.done.is_set():
             with self._lock, torch.inference_mode():
@@ -537,7 +535,7 @@ class Generator:
                         self._step(tok, eos)
                 except Exception as exc:  # noqa: BLE001 - each caller raises it in its own thread
                     rows = list(self._batch.handles)
-                    self._batch = RunningBatch(self.decoder, tok.pad_token_id)
+                    self._batch = self.decoder.running_batch(tok.pad_token_id)
                     self._finish(rows, error=exc)
 
     def _gather(self) -> None:
