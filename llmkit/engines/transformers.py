@@ -424,8 +424,8 @@ class Generator:
         self._batch: Any = None  # llama_loop.RunningBatch, made on the first batched call
         # torch's threads for the batch, chosen once here, at load, as the llama.cpp engine chooses its own
         # (threads.py): choosing at each batch sampled /proc/stat for 30 ms with the batch stalled, and could only
-        # lower the count (use_free_cores never raises it), so one busy moment - such as the clients' own
-        # threads sending 16 requests - left a long-running server on one thread for good
+        # lower the count (use_free_cores never raises it), so one busy moment (other processes, or the clients'
+        # own threads sending their requests) could leave a long-running server on one thread for good
         self._threads = 0
         if self.max_batch > 1:
             from llmkit.threads import use_free_cores
@@ -544,9 +544,10 @@ class Generator:
         They reach the engine spread out by the server's work on each (265-772 ms for 16 on a loaded 2-core
         machine): the batch waits while calls keep arriving less than BATCH_GATHER_SECONDS apart, and while the
         server says more requests are on their way (`arriving`), for up to BATCH_GATHER_MAX_SECONDS from its
-        first call, or until it is full. Later calls join it as it runs, but a decode started while the server
-        still parses the rest slows that parsing (the loop takes the cores): 16 requests sent together split 1+15
-        or 3+13 and those rounds gave 1.4-1.5x one-at-a-time llama.cpp's tokens/s against 1.95x for 16 together.
+        first call, or until it is full. Later calls join it as it runs, but on a loaded 2-core machine the rounds
+        whose 16 requests split 3+13 gave 1.44-1.47x one-at-a-time llama.cpp's tokens/s against 1.95x for 16
+        together (serve_20261207-224144.json; a decode that has started competes for the cores with the server
+        still reading the rest). Requests that have not reached the server yet can still split it.
         """
         while True:
             with self._rows:
