@@ -180,11 +180,31 @@ def run_load(url: str, model: str, questions: list[str], tokens: int, clients: i
     }
 
 
+BATCH_METRICS = ("llmkit_batch_admissions_total", "llmkit_decode_steps_total")
+
+
+def batch_counts(url: str) -> dict[str, dict[str, float]]:
+    """The server's batch counters from /metrics ({metric: {rows: count}}; empty for an engine without them)."""
+    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).text
+    counts: dict[str, dict[str, float]] = {name: {} for name in BATCH_METRICS}
+    for line in text.splitlines():
+        found = re.match(r'(\w+)\{model="[^"]*",rows="(\d+)"\} (\S+)', line)
+        if found and found.group(1) in counts:
+            counts[found.group(1)][found.group(2)] = float(found.group(3))
+    return counts
+
+
 def measured(server: Process, url: str, questions: list[str], tokens: int, clients: int) -> dict:
-    """`run_load` with the server's CPU seconds over the pass, per completion token (robust to other load)."""
+    """`run_load` with the server's CPU seconds over the pass, per completion token (robust to other load), and
+    the batches the server ran in it (/metrics: requests prefilled together, decode steps by rows)."""
+    before = batch_counts(url)
     cpu = server.cpu_seconds()
     result = run_load(url, MODEL, questions, tokens, clients, KEY)
     spent = server.cpu_seconds() - cpu
+    after = batch_counts(url)
+    result["batches"] = {name.removeprefix("llmkit_").removesuffix("_total"): {
+        rows: int(count - before[name].get(rows, 0)) for rows, count in sorted(after[name].items(), key=lambda x: int(x[0]))
+        if count - before[name].get(rows, 0)} for name in BATCH_METRICS}
     result["server_cpu_seconds"] = round(spent, 2)
     result["server_cpu_ms_per_token"] = round(1000 * spent / max(1, result["completion_tokens"]), 2)
     return result
@@ -364,7 +384,8 @@ def main() -> None:
         if reference is not None:
             passes["alone_llama_cpp"].append(measured(reference, reference.url, questions, args.tokens, 1))
         print(" | ".join(f"{k} {v[-1]['tokens_per_second']} tok/s {v[-1]['server_cpu_ms_per_token']} CPU ms/token"
-                         for k, v in passes.items() if v) + f" | load {load()}", file=sys.stderr, flush=True)
+                         for k, v in passes.items() if v) + f" | load {load()} | concurrent pass's prefills by rows "
+              f"{passes['together'][-1]['batches']['batch_admissions']}", file=sys.stderr, flush=True)
     alone, together = median_pass(passes["alone"]), median_pass(passes["together"])
     together["same_text_as_alone"] = sum(a == b for a, b in zip(alone["texts"], together["texts"], strict=True))
     report["llmkit"] = {"one_at_a_time": strip(alone), "concurrent": strip(together),

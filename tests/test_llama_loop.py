@@ -424,7 +424,7 @@ def test_bundled_smollm2_native_tokenizer_equals_transformers() -> None:
     _assert_same_tokenizer(*_tokenizer_pair(folder))
 
 
-# --- the server's dynamic batches (engines/transformers.Generator with max_batch) ----------------------------------
+# --- the server's batches (engines/transformers.Generator with max_batch) ---------------------------------------------
 
 
 def _served(folder: Path, max_batch: int):
@@ -442,9 +442,6 @@ def test_concurrent_greedy_calls_run_as_batches_with_their_one_at_a_time_answers
     alone = _served(tiny_llama, 1)
     want = [alone.complete(p, settings, raw=True) for p in PROMPTS * 2]
     batched = _served(tiny_llama, 16)
-    sizes: list[int] = []
-    run = batched._run_batch
-    batched._run_batch = lambda batch: (sizes.append(len(batch)), run(batch))[1]  # type: ignore[method-assign]
     streamed: dict[int, list[str]] = {i: [] for i in range(len(want))}
     gate = threading.Barrier(len(want))
 
@@ -457,7 +454,8 @@ def test_concurrent_greedy_calls_run_as_batches_with_their_one_at_a_time_answers
     assert [(g.text, g.finish_reason, g.completion_tokens) for g in got] == \
         [(w.text, w.finish_reason, w.completion_tokens) for w in want]
     assert ["".join(streamed[i]) for i in range(len(want))] == [w.text for w in want]  # each row streamed its own
-    assert sum(sizes) == len(want) and max(sizes) > 1
+    admissions = batched.batch_stats()["admissions"]
+    assert sum(rows * times for rows, times in admissions.items()) == len(want) and max(admissions) > 1
     assert {w.finish_reason for w in want} == {"length", "stop", "eos"}
 
 
@@ -487,12 +485,164 @@ def test_one_bad_prompt_in_a_batch_fails_alone(tiny_llama: Path) -> None:
 
 def test_batched_generator_leaves_sampling_and_logprobs_to_single_runs(tiny_llama: Path) -> None:
     batched = _served(tiny_llama, 16)
-    sizes: list[int] = []
-    run = batched._run_batch
-    batched._run_batch = lambda batch: (sizes.append(len(batch)), run(batch))[1]  # type: ignore[method-assign]
     sampled = gen.build_settings(max_new_tokens=8, temperature=0.9, top_k=20, seed=3)
     first = batched.complete("the cat", sampled, raw=True)
     assert batched.complete("the cat", sampled, raw=True).text == first.text
     scored = batched.complete("the cat", gen.build_settings(max_new_tokens=8), raw=True, logprobs=2)
     assert scored.logprobs is not None and len(scored.logprobs) == scored.completion_tokens
-    assert sizes == []  # none of them went through a batch
+    assert batched.batch_stats() == {"admissions": {}, "steps": {}}  # none of them went through a batch
+
+
+# --- continuous batching (llama_loop.RunningBatch, driven by Generator with max_batch) ------------------------------
+
+
+def test_rows_join_a_running_batch_at_step_boundaries_with_their_lone_tokens(tiny_llama: Path) -> None:
+    # Rows join after 0, 2 and 5 steps (a prompt longer than the running rows' slots, and a group sharing a
+    # prefix), and leave at their own budgets: each must make the tokens transformers makes for it alone.
+    import torch
+
+    model, tok = _load(tiny_llama)
+    joins = {0: [("hello", 10), ("a", 4)],
+             2: [("the cat sat on the mat and then the dog", 8), ("good day to you my friend", 12)],
+             5: [("the cat sat on the mat and ran", 6), ("the cat sat on the mat and then", 9)]}
+    batch = llama_loop.RunningBatch(llama_loop.NativeLlama(model), tok.pad_token_id)
+    made: dict[str, list[int]] = {}
+    sizes = []
+    step = 0
+    with torch.inference_mode():
+        while step <= max(joins) or len(batch):
+            if step in joins:
+                prompts = [p for p, _ in joins[step]]
+                batch.admit([tok(p)["input_ids"] for p in prompts], prompts, [n for _, n in joins[step]])
+            sizes.append(len(batch))
+            tokens = batch.tokens()
+            for prompt, token in zip(batch.handles, tokens.tolist(), strict=True):
+                made.setdefault(prompt, []).append(token)
+            batch.advance(tokens, [b > 0 for b in batch.budgets])
+            step += 1
+        for prompt, new in (row for rows in joins.values() for row in rows):
+            ids = tok(prompt, return_tensors="pt")
+            want = model.generate(**ids, max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id,
+                                  eos_token_id=-1)[0, ids["input_ids"].shape[1]:].tolist()
+            assert made[prompt] == want, prompt
+    assert sizes[:7] == [2, 2, 4, 4, 3, 5, 5]  # joined mid-run; "a" left after its 4 tokens
+    assert batch.written == 0 and batch.cache == []  # empty again: nothing held
+
+
+def test_a_call_arriving_while_a_batch_runs_joins_it_and_is_answered_first(tiny_llama: Path) -> None:
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    long, short = gen.build_settings(max_new_tokens=30), gen.build_settings(max_new_tokens=3)
+    alone = _served(tiny_llama, 1)
+    answers = {p: alone.complete(p, long, raw=True) for p in PROMPTS}
+    slow = max(PROMPTS, key=lambda p: answers[p].completion_tokens)  # a prompt that runs long
+    assert answers[slow].completion_tokens >= 10
+    batched = _served(tiny_llama, 8)
+    order: list[str] = []
+
+    held: list[bool] = []
+
+    def hold(_: str) -> None:  # the long call's first text waits (on the loop) until the short call is queued
+        deadline = time.monotonic() + 30
+        while not held and not batched._waiting and time.monotonic() < deadline:
+            time.sleep(0.005)
+        held.append(True)
+
+    def run_long():
+        done = batched.complete(slow, long, raw=True, on_text=hold)
+        order.append("long")
+        return done
+
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(run_long)
+        deadline = time.monotonic() + 30
+        while not batched.batch_stats()["steps"] and time.monotonic() < deadline:  # the long call is decoding
+            time.sleep(0.005)
+        second = batched.complete("good day", short, raw=True)
+        order.append("short")
+        got = first.result()
+    assert order == ["short", "long"]  # not held until the running batch ended
+    assert (got.text, got.completion_tokens) == (answers[slow].text, answers[slow].completion_tokens)
+    want = alone.complete("good day", short, raw=True)
+    assert (second.text, second.finish_reason) == (want.text, want.finish_reason)
+    assert batched.batch_stats()["admissions"] == {1: 2} and batched.batch_stats()["steps"].get(2, 0) >= 1
+
+
+def test_the_batch_keeps_the_thread_count_chosen_at_load_without_sampling_the_load_again(tiny_llama: Path,
+                                                                                         monkeypatch) -> None:
+    # use_free_cores() only ever lowers torch's threads and samples /proc/stat for 30 ms: called per batch, one
+    # busy moment left a server on one thread for good, and every batch stalled 30 ms first.
+    import torch
+
+    from llmkit import threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(threads, "free_cores", lambda *a, **k: 2)
+        batched = _served(tiny_llama, 8)  # chooses 2 threads at load
+
+        def no_sampling(*args, **kwargs):
+            raise AssertionError("the load was sampled again")
+
+        monkeypatch.setattr(threads, "busy_cores", no_sampling)
+        monkeypatch.setattr(threads, "free_cores", lambda *a, **k: 1)
+        torch.set_num_threads(1)  # as a busy moment's unbatched call leaves it
+        seen: list[int] = []
+        batched.complete("hello", gen.build_settings(max_new_tokens=3), raw=True,
+                         on_text=lambda _: seen.append(torch.get_num_threads()))
+        assert seen and set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_an_idle_batch_waits_for_the_requests_the_server_says_are_arriving(tiny_llama: Path) -> None:
+    # The second call comes 300 ms after the first (past the 50 ms gap), and the server counts it as arriving
+    # until then: both start in one prefill instead of the first one alone.
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = gen.build_settings(max_new_tokens=4)
+    batched = _served(tiny_llama, 8)
+    batched.arriving = lambda: 0 if len(batched._waiting) >= 2 else 1  # the second is on its way until queued
+
+    def later():
+        time.sleep(0.3)
+        return batched.complete("good day", settings, raw=True)
+
+    with ThreadPoolExecutor(1) as pool:
+        second = pool.submit(later)
+        first = batched.complete("hello", settings, raw=True)
+        second.result()
+    assert batched.batch_stats()["admissions"] == {2: 1}
+    assert first.text == _served(tiny_llama, 1).complete("hello", settings, raw=True).text
+
+
+def test_a_client_that_leaves_takes_only_its_row_out_of_the_batch(tiny_llama: Path) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = gen.build_settings(max_new_tokens=20)
+    alone = _served(tiny_llama, 1)
+    stay = max(PROMPTS, key=lambda p: alone.complete(p, settings, raw=True).completion_tokens)
+    want = alone.complete(stay, settings, raw=True)
+    batched = _served(tiny_llama, 8)
+    left = threading.Event()
+    gate = threading.Barrier(2)
+
+    def leaver():
+        gate.wait()
+        return batched.complete("good day", settings, raw=True, on_text=lambda _: left.set(), cancelled=left.is_set)
+
+    def stayer():
+        gate.wait()
+        return batched.complete(stay, settings, raw=True)
+
+    with ThreadPoolExecutor(2) as pool:
+        gone, kept = pool.submit(leaver), pool.submit(stayer)
+        gone_done, kept_done = gone.result(), kept.result()
+    assert gone_done.cancelled and gone_done.completion_tokens < 3  # out after the token it was streaming
+    assert not kept_done.cancelled and (kept_done.text, kept_done.completion_tokens) == (want.text,
+                                                                                        want.completion_tokens)
+    assert want.completion_tokens > 3 and batched.batch_stats()["steps"].get(1, 0) >= 1  # the other went on alone

@@ -305,6 +305,12 @@ def test_served_with_16_concurrent_requests_a_gguf_model_runs_on_the_loop_in_bat
         assert reply.usage.completion_tokens == expected["completion_tokens"]
         alone, together = _alone_and_together(client)
         assert together == alone and len(set(alone)) > 1
+        # /metrics counts the batches: 16 + 1 requests prefilled, and decode steps that advanced several at once
+        metrics = running.get("/metrics", key="unused").text
+        admitted = re.findall(r'llmkit_batch_admissions_total\{model="gguf",rows="(\d+)"\} (\S+)', metrics)
+        assert sum(int(rows) * float(times) for rows, times in admitted) == 16 + 16 + 1
+        steps = re.findall(r'llmkit_decode_steps_total\{model="gguf",rows="(\d+)"\} (\S+)', metrics)
+        assert max(int(rows) for rows, _ in steps) > 1
         scored = client.chat.completions.create(model="gguf", messages=[{"role": "user", "content": "hello world"}],
                                                 max_tokens=12, logprobs=True, top_logprobs=2)
         assert scored.choices[0].message.content == expected["text"]  # transformers' generate, the same tokens

@@ -145,7 +145,7 @@ def choose_generate(
 
 # llmkit serve, --engine auto, a GGUF model the loop runs (file_runs_on_loop) on a CPU: with --max-concurrency of
 # SERVE_LOOP_MIN_CONCURRENCY or more, the model is served by llmkit's float32 Llama loop, greedy requests decoded
-# in dynamic batches (engines/transformers.Generator, max_batch), instead of by llama.cpp's parallel sequences.
+# in continuous batches (engines/transformers.Generator, max_batch), instead of by llama.cpp's parallel sequences.
 # Decided per server at start, never per request, so an answer does not depend on the load: every request of that
 # server runs on the loop, one at a time or together. Measured on 16 TREC questions x 64 greedy tokens, both
 # engines in one process, passes alternated (benchmarks/serve_engines.py; CPU ms per token is this process's CPU
@@ -163,7 +163,7 @@ def choose_generate(
 # `llmkit generate "a prompt"` gives.
 SERVE_LOOP_MIN_CONCURRENCY = 16
 SERVE_RULE_REASON = (f"auto: served with {SERVE_LOOP_MIN_CONCURRENCY}+ concurrent requests, this GGUF model runs on "
-                     "llmkit's float32 Llama loop, greedy requests in dynamic batches (measured 1.3x less CPU per "
+                     "llmkit's float32 Llama loop, greedy requests in continuous batches (measured 1.3x less CPU per "
                      "token than llama.cpp's 16 parallel sequences on a 2-core CPU; --engine llama-cpp keeps llama.cpp)")
 
 

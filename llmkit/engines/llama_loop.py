@@ -540,6 +540,10 @@ class NativeLlama:
                                 _pack(take(p + "mlp.down_proj.weight"))))
             del qkv, gate_up
 
+    def running_batch(self, pad_token_id: int) -> RunningBatch:
+        """An empty `RunningBatch` on this decoder (continuous batching: engines/transformers.Generator)."""
+        return RunningBatch(self, pad_token_id)
+
     @staticmethod
     def supports(settings: Any) -> bool:
         """Whether this loop gives transformers' tokens for these `GenerationSettings` (`unsupported_settings`)."""
@@ -704,3 +708,99 @@ class NativeLlama:
         if streamer is not None:
             streamer.end()
         return out[:, : prompt_len + produced]
+
+
+class RunningBatch:
+    """Rows decoded together that join and leave at step boundaries: continuous batching, for a server.
+
+    Each call to `admit` prefills its prompts together (`NativeLlama._prefill`, left padding as in `greedy`) and
+    lays their KV rows into the running cache so that every prompt ends at the slot the next step writes: the
+    alignment `greedy` gives prompts of different lengths at the start, done at a later step. A row's positions
+    count its own tokens and its attention mask covers only its own slots, so a row decodes the tokens it decodes
+    alone (greedy; tests/test_llama_loop.py). `tokens()` gives each row's next token; `advance(token, keep)` drops
+    the rows not kept (their clients get their answers at once) and runs one step for the rest.
+
+    Each row has a budget (the most tokens it may still make): the cache is sized at each `admit` for the rows'
+    largest budget, so no step runs past it until the next `admit` reallocates it.
+    """
+
+    def __init__(self, decoder: NativeLlama, pad_token_id: int) -> None:
+        self.decoder = decoder
+        self.pad_token_id = pad_token_id
+        self.handles: list[Any] = []  # the caller's row objects, in batch order
+        self.budgets: list[int] = []
+        self.cache: list[Any] = []
+        self.valid: Any = None
+        self.hidden: Any = None
+        self.next_pos: Any = None
+        self.written = 0  # cache slots [0, written) hold keys/values; the next step writes slot `written`
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+    def admit(self, prompts: list[list[int]], handles: list[Any], budgets: list[int]) -> None:
+        """Prefill `prompts` (token ids) as one left-padded batch and add them as rows (`handles`, in order)."""
+        import torch
+
+        d = self.decoder
+        n, width = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(n, width, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+        fresh = [torch.zeros(n, d.kv_heads, width, d.head_dim) for _ in range(2 * len(d.layers))]
+        fresh_valid = torch.zeros(n, width, dtype=torch.bool)
+        order, hidden, next_pos = d._prefill(ids, mask, fresh, fresh_valid)
+        # the rows as they stand, and the new ones (in `_prefill`'s order: its cache rows are sorted by length)
+        old = len(self.handles)
+        first = self.written
+        if old:
+            used = self.valid[:, : self.written].any(0).nonzero()
+            first = int(used[0]) if len(used) else self.written
+        kept = self.written - first  # slots of the running rows still needed
+        room = max(kept, width)  # the new `written`: both blocks end there
+        new_handles = self.handles + [handles[int(i)] for i in order]
+        new_budgets = self.budgets + [budgets[int(i)] for i in order]
+        capacity = room + max(new_budgets) + 1
+        cache = [torch.zeros(old + n, d.kv_heads, capacity, d.head_dim) for _ in fresh]
+        valid = torch.zeros(old + n, capacity, dtype=torch.bool)
+        for c, running, new in zip(cache, self.cache or [None] * len(fresh), fresh, strict=True):
+            if old:
+                c[:old, :, room - kept : room] = running[:, :, first : self.written]
+            c[old:, :, room - width : room] = new
+        if old:
+            valid[:old, room - kept : room] = self.valid[:, first : self.written]
+        valid[old:, room - width : room] = fresh_valid
+        self.cache, self.valid, self.written = cache, valid, room
+        self.handles, self.budgets = new_handles, new_budgets
+        self.hidden = hidden if not old else torch.cat([self.hidden, hidden])
+        self.next_pos = next_pos if not old else torch.cat([self.next_pos, next_pos])
+
+    def tokens(self) -> Any:
+        """Each row's next token (greedy), in batch order; each row's budget goes down by one."""
+        d = self.decoder
+        self.budgets = [b - 1 for b in self.budgets]
+        return linear(d._rms(self.hidden, d.norm), d.head).argmax(-1)
+
+    def advance(self, token: Any, keep: list[bool]) -> None:
+        """Drop the rows not kept, then run the others' `token` (from `tokens()`) through one step."""
+        import torch
+
+        if not all(keep):
+            finished = torch.tensor([not k for k in keep])
+            rows = torch.arange(len(keep))
+            rows, token, self.next_pos, self.valid, self.cache = _drop_rows(
+                finished, self.written, rows, token, self.next_pos, self.valid, self.cache)
+            self.hidden = None
+            self.handles = [self.handles[int(i)] for i in rows]
+            self.budgets = [self.budgets[int(i)] for i in rows]
+        if not self.handles:
+            self.cache, self.valid, self.hidden, self.next_pos, self.written = [], None, None, None, 0
+            return
+        step = self.written
+        self.valid[:, step] = True
+        self.hidden = self.decoder.forward(token[:, None], self.next_pos[:, None], self.cache, step,
+                                           self.valid[:, None, None, : step + 1])
+        self.next_pos = self.next_pos + 1
+        self.written += 1

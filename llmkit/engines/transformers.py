@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -137,6 +138,16 @@ class RowStreams:
         pass
 
 
+def decoder_prompt_ids(tok: Any, prompt: Any, *, system: str | None, raw: bool, index: int = 0) -> list[int]:
+    """A decoder-only model's input ids for a prompt, as `generate` makes them: the chat template (unless `raw`
+    or the tokenizer has none) with its own special tokens, else the tokenizer's usual ones."""
+    add_special = raw or not getattr(tok, "chat_template", None)
+    ids = tok(format_prompt(tok, prompt, system=system, raw=raw), add_special_tokens=add_special)["input_ids"]
+    if not ids:
+        raise UsageError(f"prompt {index + 1} is empty after tokenization; give some text")
+    return list(ids)
+
+
 def _to_row(on_text: Callable[[int, str], None], index: int) -> Callable[[str], None]:
     """`on_text` bound to one prompt's index (a row's streamed deltas)."""
     return lambda delta: on_text(index, delta)
@@ -238,8 +249,9 @@ def generate(
     def prepare(index: int, prompt: Any) -> _Prepared:
         if encoder_decoder and not isinstance(prompt, str):
             raise UsageError("encoder-decoder models take a plain prompt, not chat messages (/v1/completions lines)")
-        text = prompt if encoder_decoder else format_prompt(tok, prompt, system=system, raw=raw)
-        ids = tok(text, add_special_tokens=add_special)["input_ids"]
+        if not encoder_decoder:
+            return _Prepared(index, prompt, decoder_prompt_ids(tok, prompt, system=system, raw=raw, index=index))
+        ids = tok(prompt, add_special_tokens=add_special)["input_ids"]
         if not ids:
             raise UsageError(f"prompt {index + 1} is empty after tokenization; give some text")
         return _Prepared(index, prompt, ids)
@@ -343,13 +355,13 @@ def generate(
         yield from _run_window(pending, batch_size, run_batch)
 
 
-BATCH_GATHER_SECONDS = 0.05  # a batch waits while greedy calls keep coming less than this apart (Generator._gather)
-BATCH_GATHER_MAX_SECONDS = 1.0  # ... for up to this long after its first call
+BATCH_GATHER_SECONDS = 0.05  # an idle loop's first batch waits while calls keep coming less than this apart
+BATCH_GATHER_MAX_SECONDS = 1.0  # ... for up to this long after its first call (Generator._gather)
 
 
 @dataclass
-class _Waiting:
-    """A greedy `complete()` call waiting for a batch (Generator with max_batch > 1)."""
+class _Row:
+    """A greedy `complete()` call on the continuous batch (Generator with max_batch > 1): waiting, then a row."""
 
     prompt: Any
     settings: GenerationSettings
@@ -359,13 +371,12 @@ class _Waiting:
     cancelled: Callable[[], bool] | None
     done: threading.Event
     arrived: float = field(default_factory=time.monotonic)
+    ids: list[int] = field(default_factory=list)
+    made: list[int] = field(default_factory=list)  # the tokens generated so far
+    stream: _TextStream | None = None
+    started: float = 0.0
     result: Completion | None = None
     error: BaseException | None = None
-
-    @property
-    def key(self) -> tuple[Any, ...]:
-        """What a batch shares: one `generate` run has one set of settings, system message and template use."""
-        return (self.settings, self.system, self.raw)
 
     def gone(self) -> bool:
         return self.cancelled is not None and self.cancelled()
@@ -380,10 +391,16 @@ class Generator:
 
     With `max_batch` > 1 and llmkit's Llama loop as the decoder (what `llmkit serve` loads for many concurrent
     requests: engines/choose.py, SERVE_LOOP_MIN_CONCURRENCY), greedy calls without log-probabilities are batched
-    dynamically: the calls that are waiting when the model comes free (up to `max_batch`, with the same settings)
-    run as one batch, each row streaming its own text. The loop gives each row the tokens it gives that prompt
-    alone (greedy; tests/test_llama_loop.py), so an answer does not depend on what it was batched with. Other
-    calls (sampling, log-probabilities) run alone at batch size 1, between batches.
+    continuously (llama_loop.RunningBatch): at every step boundary the calls waiting join the running batch (up to
+    `max_batch` rows; their prompts prefilled together, then decoded with the rest), and a row that has finished
+    (EOS, a stop string, its max_tokens, its client gone) leaves it, its caller answered at once. Each row keeps
+    its own settings (max_tokens, stop strings, template), streams its own text, and gets the tokens the loop gives
+    that prompt alone (greedy; tests/test_llama_loop.py), whatever it was batched with. When nothing runs, the
+    first batch waits while calls keep arriving (`_gather`), so that requests sent together share one prefill.
+    Other calls (sampling, log-probabilities) run alone at batch size 1, between steps.
+
+    The batch is driven by the callers' own threads (no thread of its own: nothing to stop when the server does):
+    one caller at a time steps it until its own row is done, then the next waiting caller takes over.
 
     Args:
         lm: a `loading.LoadedModel` (`load_generator`).
@@ -400,9 +417,28 @@ class Generator:
         self.reason = reason
         self.decoder = decoder
         self.max_batch = max_batch if decoder is not None else 1
-        self._lock = threading.Lock()  # held while the model runs
-        self._waiting: list[_Waiting] = []
-        self._waiting_lock = threading.Lock()
+        self._lock = threading.Lock()  # held while the model runs (one step, or one whole unbatched call)
+        self._rows = threading.Condition()  # guards _waiting, _driving; notified when a row is done
+        self._waiting: list[_Row] = []
+        self._driving = False  # a caller's thread is stepping the batch
+        self._batch: Any = None  # llama_loop.RunningBatch, made on the first batched call
+        # torch's threads for the batch, chosen once here, at load, as the llama.cpp engine chooses its own
+        # (threads.py): choosing at each batch sampled /proc/stat for 30 ms with the batch stalled, and could only
+        # lower the count (use_free_cores never raises it), so one busy moment (other processes, or the clients'
+        # own threads sending their requests) could leave a long-running server on one thread for good
+        self._threads = 0
+        if self.max_batch > 1:
+            from llmkit.threads import use_free_cores
+
+            self._threads = use_free_cores()
+        self._admissions: Counter[int] = Counter()  # prefills by how many requests joined the decode together
+        self._steps: Counter[int] = Counter()  # decode steps by how many requests each advanced
+        # set by a server: how many requests it has received and not yet handed to an engine (see _gather)
+        self.arriving: Callable[[], int] | None = None
+
+    def batch_stats(self) -> dict[str, dict[int, int]]:
+        """The batches run so far (/metrics): {"admissions": {rows: prefills}, "steps": {rows: decode steps}}."""
+        return {"admissions": dict(self._admissions), "steps": dict(self._steps)}
 
     def unsupported(self, settings: GenerationSettings) -> list[str]:
         """The settings this engine cannot honour: none (transformers is the reference for all of them)."""
@@ -436,7 +472,7 @@ class Generator:
         # the loop where it gives transformers' tokens for these settings, transformers' generate elsewhere
         decoder = self.decoder if self.decoder is not None and self.decoder.supports(settings) else None
         if self.max_batch > 1 and decoder is not None and not settings.do_sample and logprobs is None:
-            return self._batched(_Waiting(prompt, settings, system, raw, on_text, cancelled, threading.Event()))
+            return self._batched(_Row(prompt, settings, system, raw, on_text, cancelled, threading.Event()))
         if settings.seed is not None and index:
             settings = replace(settings, seed=stream_seed(settings.seed, index))
         entries: list[TokenLogprob] = []
@@ -456,81 +492,151 @@ class Generator:
         return _completion(done, tuple(entries[: done.completion_tokens]) if logprobs is not None else None,
                            stopped)
 
-    def _batched(self, mine: _Waiting) -> Completion:
-        """Queue a greedy call; whichever waiting thread gets the model runs the next batch, until this one's
-        answer is in (no thread of its own: nothing to stop when the server does)."""
-        with self._waiting_lock:
+    def _batched(self, mine: _Row) -> Completion:
+        """Queue a greedy call for the continuous batch; drive the batch while no one else does, until this call's
+        answer is in (then the next waiting caller drives)."""
+        with self._rows:
             self._waiting.append(mine)
-        while not mine.done.is_set():
-            with self._lock:
-                if mine.done.is_set():
-                    break
-                self._gather()
-                with self._waiting_lock:
-                    key = self._waiting[0].key
-                    batch = [w for w in self._waiting if w.key == key][: self.max_batch]
-                    self._waiting = [w for w in self._waiting if all(w is not b for b in batch)]
-                self._run_batch(batch)
+            while not mine.done.is_set() and self._driving:
+                self._rows.wait()
+            drive = not mine.done.is_set()
+            if drive:
+                self._driving = True
+        if drive:
+            try:
+                self._drive(mine)
+            finally:
+                with self._rows:
+                    self._driving = False
+                    self._rows.notify_all()
         if mine.error is not None:
             raise mine.error
         assert mine.result is not None
         return mine.result
 
+    def _drive(self, mine: _Row) -> None:
+        """Step the batch (admitting the waiting calls at each step boundary) until `mine` is done."""
+        import torch
+
+        torch.set_num_threads(self._threads)  # an unbatched call in between may have chosen fewer
+        tok = self.lm.tokenizer
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        if self._batch is None:
+            self._batch = self.decoder.running_batch(tok.pad_token_id)
+        eos = _eos_ids(self.lm.model, tok)
+        while not mine.done.is_set():
+            with self._lock, torch.inference_mode():
+                try:
+                    if not len(self._batch):
+                        self._gather()
+                    self._admit(tok)
+                    if len(self._batch):
+                        self._step(tok, eos)
+                except Exception as exc:  # noqa: BLE001 - each caller raises it in its own thread
+                    rows = list(self._batch.handles)
+                    self._batch = self.decoder.running_batch(tok.pad_token_id)
+                    self._finish(rows, error=exc)
+
     def _gather(self) -> None:
-        """Let the requests sent together join one batch (held with the model's lock, which no one else can use).
+        """Let the requests sent together share the first prefill of an idle loop.
 
         They reach the engine spread out by the server's work on each (265-772 ms for 16 on a loaded 2-core
-        machine), and a batch of the first one or two costs about the wall time of a full one: so the batch waits
-        while calls keep arriving less than BATCH_GATHER_SECONDS apart, for up to BATCH_GATHER_MAX_SECONDS from
-        its first call, or until it is full. A call alone waits BATCH_GATHER_SECONDS.
+        machine): the batch waits while calls keep arriving less than BATCH_GATHER_SECONDS apart, and while the
+        server says more requests are on their way (`arriving`), for up to BATCH_GATHER_MAX_SECONDS from its
+        first call, or until it is full. Later calls join it as it runs, but on a loaded 2-core machine the rounds
+        whose 16 requests split 3+13 gave 1.44-1.47x one-at-a-time llama.cpp's tokens/s against 1.95x for 16
+        together (serve_20261207-224144.json; a decode that has started competes for the cores with the server
+        still reading the rest). Requests that have not reached the server yet can still split it.
         """
         while True:
-            with self._waiting_lock:
+            with self._rows:
+                if not self._waiting:
+                    return
                 now = time.monotonic()
                 first, last = self._waiting[0].arrived, self._waiting[-1].arrived
                 if len(self._waiting) >= self.max_batch:
                     return
-            wait = min(last + BATCH_GATHER_SECONDS, first + BATCH_GATHER_MAX_SECONDS) - now
+            deadline = first + BATCH_GATHER_MAX_SECONDS
+            coming = self.arriving is not None and self.arriving() > 0
+            wait = (deadline if coming else min(last + BATCH_GATHER_SECONDS, deadline)) - now
             if wait <= 0:
                 return
-            time.sleep(wait)
+            time.sleep(min(wait, 0.01) if coming else wait)  # while requests are coming, look again soon
 
-    def _run_batch(self, batch: list[_Waiting]) -> None:
-        first = batch[0]
-        streams = [w.on_text for w in batch]
-
-        streamed: list[bool] = []
-
-        def on_text(i: int, delta: str) -> None:
-            callback = streams[i]
-            if callback is not None:
-                streamed.append(True)
-                callback(delta)
-
+    def _admit(self, tok: Any) -> None:
+        """Prefill the waiting calls (as many as the batch has room for) and add them to the running batch."""
+        batch = self._batch
+        with self._rows:
+            room = self.max_batch - len(batch)
+            joining, self._waiting = self._waiting[:room], self._waiting[room:]
+        ready, failed, gone = [], [], []
+        for row in joining:
+            if row.gone():  # its client left while it waited: answered (cancelled) without running
+                row.started = time.perf_counter()
+                gone.append(row)
+                continue
+            try:
+                row.ids = decoder_prompt_ids(tok, row.prompt, system=row.system, raw=row.raw)
+            except Exception as exc:  # noqa: BLE001 - this request's failure is not the others'
+                row.error = exc
+                failed.append(row)
+                continue
+            if row.on_text is not None:
+                row.stream = _TextStream(tok, row.on_text, row.settings.stop, skip=0)
+            row.started = time.perf_counter()
+            ready.append(row)
+        self._finish(failed)
+        self._finish(gone, tok=tok)
+        if not ready:
+            return
         try:
-            # A client that left stops the batch only when every row's client has left (the loop has no per-row
-            # cancel); its row's tokens are dropped with it.
-            done = list(generate(
-                self.lm, [w.prompt for w in batch], settings=first.settings, system=first.system, raw=first.raw,
-                batch_size=len(batch), reason=self.reason, decoder=self.decoder,
-                on_text=on_text if any(streams) else None, stream_rows=True,
-                cancelled=lambda: all(w.gone() for w in batch),
-            ))
-            for w, d in zip(batch, done, strict=True):
-                w.result = _completion(d, None, w.gone())
-        except Exception as exc:  # noqa: BLE001 - each caller raises it in its own thread
-            if len(batch) > 1 and not streamed:
-                # one request's failure (a prompt too long or empty, found before any token) is not the others':
-                # each runs again alone, and only the failing one gets its error
-                for w in batch:
-                    self._run_batch([w])
-                return
-            for w in batch:
-                w.error = exc
-        finally:
-            for w in batch:
-                w.done.set()
+            batch.admit([r.ids for r in ready], ready, [max(1, r.settings.max_new_tokens) for r in ready])
+        except Exception as exc:  # noqa: BLE001 - a failed prefill fails the rows it would have added (the
+            self._finish(ready, error=exc)  # batch is as it was: RunningBatch.admit changes it only at its end)
+            return
+        self._admissions[len(ready)] += 1
 
+    def _step(self, tok: Any, eos: set[int]) -> None:
+        """One decode step: each row's next token; rows that finish leave (and are answered) before the rest run
+        one step further."""
+        batch = self._batch
+        self._steps[len(batch)] += 1
+        tokens = batch.tokens()
+        keep, finished = [], []
+        for row, token, budget in zip(batch.handles, tokens.tolist(), batch.budgets, strict=True):
+            row.made.append(token)
+            if row.stream is not None:
+                row.stream.put_ids([token])
+            stops = row.settings.stop
+            window = max((len(s) for s in stops), default=0) + 2
+            end = (token in eos or budget <= 0 or row.gone()
+                   or (bool(stops) and any(s in tok.decode(row.made[-window:], skip_special_tokens=True)
+                                           for s in stops)))
+            keep.append(not end)
+            if end:
+                finished.append(row)
+        self._finish(finished, tok=tok, eos=eos)
+        batch.advance(tokens, keep)
+
+    def _finish(self, rows: list[_Row], *, tok: Any = None, eos: set[int] | None = None,
+                error: BaseException | None = None) -> None:
+        """Answer `rows`: their results from the tokens made (with `tok`), or `error`; wake their callers."""
+        for row in rows:
+            if error is not None:
+                row.error = error
+            elif row.error is None:
+                best = _postprocess(tok, row.made, eos or set(), row.settings, None)
+                if row.stream is not None:
+                    row.stream.finish(best.text)
+                row.result = Completion(text=best.text, finish_reason=best.finish_reason,
+                                        prompt_tokens=len(row.ids), completion_tokens=best.completion_tokens,
+                                        seconds=round(time.perf_counter() - row.started, 4), logprobs=None,
+                                        cancelled=row.gone())
+            row.done.set()
+        if rows:
+            with self._rows:
+                self._rows.notify_all()
 
 def _completion(done: Generation, logprobs: tuple[TokenLogprob, ...] | None, stopped: bool) -> Completion:
     return Completion(text=done.text, finish_reason=done.finish_reason, prompt_tokens=done.prompt_tokens,

@@ -111,6 +111,7 @@ def run(settings: ServeSettings, *, say: Any = None) -> None:
     started = time.perf_counter()
 
     def loaded(model: Any) -> None:
+        state.attach(model)
         say(f"Loaded {model.name} on {model.engine} ({model.reason})")
 
     def load() -> None:

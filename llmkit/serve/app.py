@@ -58,10 +58,21 @@ class ServerState:
         self.settings = settings
         self.registry = Registry(settings.models)
         self.telemetry = Telemetry()
+        registry = self.registry
+        self.telemetry.watch_batches(lambda: [(name, getattr(registry.get(name), "generator", None))
+                                              for name in registry.names()])
         self.admission: Admission | None = None  # made on the event loop's first request (asyncio objects)
         # One thread per choice being generated: max_concurrency requests of up to n choices each run at once.
         self.pool = ThreadPoolExecutor(max_workers=settings.max_concurrency * 8, thread_name_prefix="llmkit-serve")
         self.draining = False
+        # generation requests received and not yet handed to an engine (parsing): the Llama loop's batch waits
+        # for them before it starts (engines/transformers.Generator._gather)
+        self.arriving = 0
+
+    def attach(self, model: Any) -> None:
+        """Tell a loaded model's engine about the requests on their way (where it batches them)."""
+        if hasattr(model.generator, "arriving"):
+            model.generator.arriving = lambda: self.arriving
 
     def gate(self) -> Admission:
         if self.admission is None:
@@ -194,6 +205,7 @@ def build_app(state: ServerState) -> App:
                      kind="rate_limit_error", code="queue_full", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     async def generate(request: Request, endpoint: str) -> Response:
+        state.arriving += 1
         try:
             body = await read_body(request)
             served = find_model(body, endpoint)
@@ -209,6 +221,8 @@ def build_app(state: ServerState) -> App:
             return error(400, exc.message, param=exc.param, code=exc.code)
         except UsageError as exc:
             return error(400, exc.message, code="invalid_request")
+        finally:
+            state.arriving -= 1  # on its way to the queue now (or answered): no batch waits for it any more
         try:
             release = await state.gate().acquire()
         except QueueFull:

@@ -6,6 +6,9 @@ their counts. Names follow Prometheus' conventions: `_total` for counters (added
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 # Request latency from a few milliseconds (an error, /v1/models) to minutes (a long answer in a busy queue).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -35,6 +38,13 @@ class Telemetry:
                                      buckets=LATENCY_BUCKETS, registry=r)
         self.models_loaded = Gauge("llmkit_models_loaded", "Models loaded and answering", registry=r)
 
+    def watch_batches(self, generators: Any) -> None:
+        """Expose the batch counts of the engines `generators()` returns ([(model name, generator)]) that keep
+        them (`batch_stats()`: the Llama loop's continuous batches): `llmkit_batch_admissions_total{model,rows}`
+        (prefills, by how many requests joined the decode in one) and `llmkit_decode_steps_total{model,rows}`
+        (decode steps, by how many requests each advanced)."""
+        self.registry.register(_BatchCollector(generators))
+
     def render(self) -> tuple[bytes, str]:
         """(the text exposition of every metric, its content type)."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -51,3 +61,28 @@ class Telemetry:
         self.requests.labels(route=route, status=str(status)).inc()
         self.latency.labels(route=route).observe(seconds)
 
+
+
+class _BatchCollector:
+    """A prometheus_client collector of the engines' batch counts, read at each scrape."""
+
+    def __init__(self, generators: Any) -> None:
+        self.generators = generators
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        admissions = CounterMetricFamily("llmkit_batch_admissions", "Prefills of requests joining the decode, by "
+                                         "how many requests joined together", labels=["model", "rows"])
+        steps = CounterMetricFamily("llmkit_decode_steps", "Decode steps, by how many requests each advanced",
+                                    labels=["model", "rows"])
+        for name, generator in self.generators():
+            stats = getattr(generator, "batch_stats", None)
+            if stats is None:
+                continue
+            counts = stats()
+            for family, key in ((admissions, "admissions"), (steps, "steps")):
+                for rows, count in sorted(counts[key].items()):
+                    family.add_metric([name, str(rows)], count)
+        yield admissions
+        yield steps
