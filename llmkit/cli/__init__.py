@@ -44,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "pretrain": (
         "llmkit.cli.pretrain",
-        "Pre-train a small BERT (masked LM) or Llama-style GPT (causal LM) from nothing on your own text.",
+        "Pre-train a small BERT-style encoder (ModernBERT, masked LM) or Llama-style GPT (causal LM) from nothing.",
     ),
     "plot": (
         "llmkit.cli.plot",
