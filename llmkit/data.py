@@ -15,6 +15,7 @@ copies into its output record so results can be joined back to their inputs (ids
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import sys
 from collections.abc import Iterable, Iterator
@@ -392,7 +393,7 @@ def sniff_stdin(stream: Iterable[Any], text_field: str) -> tuple[str, Iterator[A
     first = next(lines, None)
     if first is None:
         return "text", iter(())
-    rest = _chain_line(first, lines)
+    rest = itertools.chain([first], lines)
     head = (first.decode("utf-8", errors="replace") if isinstance(first, bytes) else first)
     head = head.removeprefix("\ufeff").strip()
     if head.startswith("{"):
@@ -409,11 +410,6 @@ def sniff_stdin(stream: Iterable[Any], text_field: str) -> tuple[str, Iterator[A
             return fmt, rest
     raise UsageError(f"--text-column {text_field!r}: stdin is neither JSON lines with that field nor a CSV/TSV "
                      "header naming it; give --input-format jsonl|csv|tsv, or drop --text-column for one text per line")
-
-
-def _chain_line(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
-    yield first
-    yield from rest
 
 
 def _records(rows: Rows, text_field: str, *, per_row_check: bool = False) -> Iterator[InputRecord]:
