@@ -646,3 +646,25 @@ def test_a_client_that_leaves_takes_only_its_row_out_of_the_batch(tiny_llama: Pa
     assert not kept_done.cancelled and (kept_done.text, kept_done.completion_tokens) == (want.text,
                                                                                         want.completion_tokens)
     assert want.completion_tokens > 3 and batched.batch_stats()["steps"].get(1, 0) >= 1  # the other went on alone
+
+
+def test_packed_weights_give_the_products_of_the_plain_weights() -> None:
+    """_pack lays a weight out once for oneDNN's batched kernel: every row count still gets x @ W.T (to float32
+    rounding), and from 2 rows up the same bits as oneDNN's plain layout, which the parity tests were pinned on."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    weight = torch.randn(96, 64) * 0.3
+    packed = llama_loop._pack(weight)
+    if not packed.is_mkldnn:
+        pytest.skip("this torch has no oneDNN linear")
+    plain = weight.to_mkldnn()
+    inputs = torch.randn(40, 64)
+    for rows in (1, 2, 7, 16, 17, 40):
+        x = inputs[:rows]
+        got = llama_loop.linear(x, packed)
+        torch.testing.assert_close(got, F.linear(x.double(), weight.double()).float(), rtol=1e-5, atol=1e-5)
+        if rows > 1:
+            assert torch.equal(got, llama_loop.linear(x, plain)), rows
+    assert torch.equal(llama_loop.linear(inputs[:2, None], packed)[:, 0], llama_loop.linear(inputs[:2], packed))
