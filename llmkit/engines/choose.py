@@ -150,20 +150,22 @@ def choose_generate(
 # server runs on the loop, one at a time or together. Measured on 16 TREC questions x 64 greedy tokens, both
 # engines in one process, passes alternated (benchmarks/serve_engines.py; CPU ms per token is this process's CPU
 # time, robust to the load):
-#   2026-12-07, loaded machine (load average 12-14 on 2 cores; benchmarks/results/serve_engines_20261207-194054.json),
-#   CPU ms per token, 2 rounds: llama.cpp Q4_1 one at a time 19.1 / 17.4, 16 parallel sequences 14.2 / 14.3 (1.3x
-#   less); the loop at batch 1 59.7 / 64.1, at batch 16 11.2 / 11.0: 1.3x less CPU per token than llama.cpp's 16
-#   sequences and 1.6-1.7x less than llama.cpp one at a time, the loop's 16 answers the same at batch 1 and 16.
-#   Its cost: one request alone takes 3-3.5x llama.cpp's CPU (float32 weights, 4x the file, read per token), so
-#   the rule asks for a server sized for many concurrent requests. Wall-clock tokens/s under that load are not
-#   comparable (each process got what the scheduler gave it); rerun quietly.
+#   2026-12-08, quiet (load average 1.2-1.6; benchmarks/results/serve_engines_20261208-003621.json), with the loop's
+#   weights in oneDNN's blocked layout (llama_loop._pack), CPU ms per token, 2 rounds: llama.cpp Q4_1 one at a
+#   time 24.1 / 23.5, 16 parallel sequences 15.6 / 15.1; the loop at batch 1 64.2 / 70.8, at batch 16 7.9 / 7.4:
+#   2x less CPU per token than llama.cpp's 16 sequences and 3x less than llama.cpp one at a time (tokens/s: the
+#   loop at 16 194.6 / 209.6, llama.cpp one at a time 65.3 / 69.0, 16 sequences 115.1 / 120.4), the loop's 16
+#   answers the same at batch 1 and 16. (2026-12-07, before the blocked layout, loaded: the loop at 16 11.2 / 11.0
+#   CPU ms per token against llama.cpp's 14.2 / 14.3; serve_engines_20261207-194054.json.)
+#   Its cost: one request alone takes about 3x llama.cpp's CPU (float32 weights, 4x the file, read per token), so
+#   the rule asks for a server sized for many concurrent requests.
 # llama.cpp batches the bundled Q4_1 file poorly: its fast batched matmul (llamafile's tinyBLAS, ggml-cpu
 # llamafile/sgemm.cpp) takes F32, F16, BF16, Q8_0, Q4_0, Q5_0 and IQ4_NL weights, not Q4_1, so 16 sequences run
 # the row-by-row Q4_1 dot products. Below that concurrency llama.cpp stays: faster for one stream, and the answers
 # `llmkit generate "a prompt"` gives.
 SERVE_LOOP_MIN_CONCURRENCY = 16
 SERVE_RULE_REASON = (f"auto: served with {SERVE_LOOP_MIN_CONCURRENCY}+ concurrent requests, this GGUF model runs on "
-                     "llmkit's float32 Llama loop, greedy requests in continuous batches (measured 1.3x less CPU per "
+                     "llmkit's float32 Llama loop, greedy requests in continuous batches (measured 2x less CPU per "
                      "token than llama.cpp's 16 parallel sequences on a 2-core CPU; --engine llama-cpp keeps llama.cpp)")
 
 
