@@ -69,6 +69,8 @@ class Classification:
         shots: causal-lm only: labelled examples in this input's prompt.
         engine: what ran the model: "onnx" (ONNX Runtime) or "transformers".
         engine_reason: why that engine ran (the --engine auto rule, see llmkit/engines/choose.py).
+        model: the model as the user named it (with a peft adapter, the adapter folder).
+        base_model: the base model a peft adapter runs on; None without an adapter.
     """
 
     text: str
@@ -85,6 +87,7 @@ class Classification:
     shots: int | None = None
     engine: str = "transformers"
     engine_reason: str = ""
+    base_model: str | None = None
 
 
 def parse_labels(labels: str | None, labels_file: Path | None = None) -> tuple[str, ...] | None:
@@ -196,7 +199,7 @@ def classify(
     if examples is not None and labels is not None:
         zs.check_examples(examples, labels)
     if loaded is not None:
-        model = loaded.source.spec
+        model = loaded.spec
     elif model is None:
         if labels is None:
             raise UsageError(
@@ -330,15 +333,15 @@ class _Runner:
         self.lm, self.net, self.tok = lm, lm.model, lm.tokenizer
         self.truncate = truncate
         self.max_tokens = max_input_tokens(self.net, self.tok)
-        self.spec = lm.source.spec
+        self.spec, self.base_spec = lm.spec, lm.base_spec  # an adapter as named, and its base
         self.multi = False
         self.onnx = getattr(self.net, "engine", None) == "onnx"
         self.choice: Any = None  # the engine Choice, set by classify(): every record says which engine ran
 
     def records(self) -> dict[str, Any]:
-        """The fields every record carries: extras, and the engine with its reason."""
+        """The fields every record carries: extras, the engine with its reason, and an adapter's base."""
         engine = {} if self.choice is None else {"engine": self.choice.engine, "engine_reason": self.choice.reason}
-        return {**self.extras(), **engine}
+        return {**self.extras(), **engine, "base_model": self.base_spec}
 
     def begin(self, window: list[tuple[int, str, str | None]], complete: bool, batch_size: int) -> None:
         """Called with the first window before it runs; `complete`: it holds every input."""

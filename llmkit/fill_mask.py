@@ -74,6 +74,8 @@ class MaskPrediction:
         error: why this input has no answers (e.g. "empty input"); None when it has.
         engine: what ran the model: "onnx" (ONNX Runtime) or "transformers".
         engine_reason: why that engine ran (the --engine auto rule, see llmkit/engines/choose.py).
+        model: the model as the user named it (with a peft adapter, the adapter folder).
+        base_model: the base model a peft adapter runs on; None without an adapter.
     """
 
     text: str
@@ -85,6 +87,7 @@ class MaskPrediction:
     error: str | None = None
     engine: str = "transformers"
     engine_reason: str = ""
+    base_model: str | None = None
 
 
 def parse_targets(targets: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -231,12 +234,13 @@ class _Runner:
         self.lm, self.net, self.tok = lm, lm.model, lm.tokenizer
         self.top_k, self.targets, self.truncate = top_k, targets, truncate
         self.max_tokens = max_input_tokens(self.net, self.tok)
-        self.spec = lm.source.spec
+        self.spec, self.base_spec = lm.spec, lm.base_spec  # an adapter as named, and its base
         self.choice: Any = None  # the engine Choice, set by fill_mask(): every record says which engine ran
 
     def records(self) -> dict[str, Any]:
-        """The engine fields every record carries."""
-        return {} if self.choice is None else {"engine": self.choice.engine, "engine_reason": self.choice.reason}
+        """The fields every record carries: the engine with its reason, and an adapter's base."""
+        engine = {} if self.choice is None else {"engine": self.choice.engine, "engine_reason": self.choice.reason}
+        return {**engine, "base_model": self.base_spec}
 
     def run(self, batch: list[tuple[int, str]]) -> list[MaskPrediction]:
         raise NotImplementedError

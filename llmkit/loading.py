@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +218,11 @@ def pick_dtype(dtype: str, device: str, *, low_precision: bool) -> Any:
 
 @dataclass
 class LoadedModel:
-    """A model ready to run, with what was decided while loading it."""
+    """A model ready to run, with what was decided while loading it.
+
+    `source` is where the weights came from: with a peft adapter, the base's; `adapter` then names the adapter
+    as the user gave it, and `spec` / `base_spec` are what records call `model` / `base_model`.
+    """
 
     model: Any
     tokenizer: Any
@@ -227,6 +231,17 @@ class LoadedModel:
     dtype: Any
     load_seconds: float
     notes: list[str] = field(default_factory=list)
+    adapter: str | None = None
+
+    @property
+    def spec(self) -> str:
+        """The model as the user named it: the adapter folder when one runs on a base, else the model's spec."""
+        return self.adapter or self.source.spec
+
+    @property
+    def base_spec(self) -> str | None:
+        """The base an adapter runs on (its spec as the adapter or --model names it); None without an adapter."""
+        return self.source.spec if self.adapter else None
 
 
 def _auto_class(task: str, config: Any) -> Any:
@@ -460,7 +475,8 @@ def load(
                                        model_kwargs=model_kwargs)
         if adapter is not None:
             return load_adapter(adapter, task, base=spec, **options)
-        return load_adapter(source.location, task, **options)
+        # loaded from the resolved folder, named in records as the user typed it (`spec`, not the absolute path)
+        return replace(load_adapter(source.location, task, **options), adapter=spec)
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device, low_precision=low_precision)
     notes: list[str] = []
@@ -858,8 +874,9 @@ def load_adapter(
         load_options: passed to `loading.load` (device, dtype, revision, allow_pickle, ...).
 
     Returns:
-        loading.LoadedModel whose `model` is the peft model (eval mode) and whose tokenizer is the adapter
-        folder's when it has one (finetune saves it there), else the base's.
+        loading.LoadedModel whose `model` is the peft model (eval mode), whose tokenizer is the adapter
+        folder's when it has one (finetune saves it there), else the base's, whose `source` is the base's and
+        whose `adapter` is `adapter_dir`.
 
     Raises:
         UsageError: no base known, a task mismatch, or an adapter that does not fit the base.
@@ -917,6 +934,4 @@ def load_adapter(
     if (info.path / "tokenizer_config.json").is_file():
         tokenizer = load_tokenizer(ModelSource(str(info.path), "dir", str(info.path)))
     notes = [*loaded.notes, f"{info.kind} adapter {info.path} on base {base_spec} (not merged)"]
-    from dataclasses import replace
-
-    return replace(loaded, model=model, tokenizer=tokenizer, notes=notes)
+    return replace(loaded, model=model, tokenizer=tokenizer, notes=notes, adapter=str(adapter_dir))

@@ -231,6 +231,8 @@ class Generation:
         seconds: wall time of the batch that produced it; tokens_per_second = completion_tokens / seconds.
         engine: "transformers" or "llama-cpp"; engine_reason: why that engine ran (see engines/choose.py).
         candidates: the n-best list (with scores) when --num-return-sequences > 1.
+        model: the model as the user named it (with a peft adapter, the adapter folder).
+        base_model: the base model a peft adapter runs on; None without an adapter.
     """
 
     prompt: str
@@ -245,6 +247,7 @@ class Generation:
     engine_reason: str = ""
     candidates: list[Candidate] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    base_model: str | None = None
 
 
 @dataclass(frozen=True)

@@ -311,4 +311,52 @@ def test_fill_mask_runs_a_lora_adapter_unmerged(tmp_path: Path, tiny_mlm: Path) 
     base = CliRunner().invoke(app, ["fill-mask", "--model", str(tiny_mlm), *args])
     assert stacked.exit_code == 0 and base.exit_code == 0, stacked.output + base.output
     assert _json.loads(stacked.stdout) == _json.loads(with_adapter.stdout)
-    assert _json.loads(with_adapter.stdout) != _json.loads(base.stdout)  # the adapter changes the answers
+    assert _json.loads(with_adapter.stdout)["masks"] != _json.loads(base.stdout)["masks"]  # the adapter changes the answers
+    # the records say which adapter answered, and on which base
+    assert [(r["model"], r["base_model"]) for r in map(_json.loads, (with_adapter.stdout, base.stdout))] == [
+        (str(folder), str(tiny_mlm)), (str(tiny_mlm), None)]
+
+
+def _json_records(args: list[str]) -> list[dict]:
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("command", ["classify", "generate"])
+def test_records_name_the_adapter_the_user_gave_and_its_base_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sharp_classifier: Path, peaked_lm: Path, command: str
+) -> None:
+    """`--model ./ADAPTER` (and `--model BASE --adapter ./ADAPTER`): `model` is the adapter as typed, not the base
+    it found in the adapter's config; `base_model` is that base. A plain model's records have `base_model` null."""
+    base, task = (sharp_classifier, "classification") if command == "classify" else (peaked_lm, "causal-lm")
+    _make_adapter(base, "lora", task, tmp_path / "my-adapter")
+    monkeypatch.chdir(tmp_path)  # a relative spec, so "as typed" differs from the resolved path
+    args = [command, "the movie was good", "--json", "--device", "cpu"]
+    if command == "generate":
+        args += ["--max-new-tokens", "2"]
+
+    alone = _json_records([*args, "--model", "./my-adapter"])
+    stacked = _json_records([*args, "--model", str(base), "--adapter", "./my-adapter"])
+    plain = _json_records([*args, "--model", str(base)])
+
+    for records in (alone, stacked):
+        assert [(r["model"], r["base_model"]) for r in records] == [("./my-adapter", str(base))]
+    assert [(r["model"], r["base_model"]) for r in plain] == [(str(base), None)]
+    assert list(alone[0])[-1] == "base_model"  # appended: the fields before it keep their order
+
+
+def test_loaded_model_names_the_adapter_and_its_base(tmp_path: Path, sharp_classifier: Path) -> None:
+    from llmkit.loading import load
+
+    folder = _make_adapter(sharp_classifier, "lora", "classification", tmp_path / "lora")
+    direct = load_adapter(folder, "sequence-classification", **LOAD)
+    assert (direct.spec, direct.base_spec) == (str(folder), str(sharp_classifier))
+    stacked = load(str(sharp_classifier), "sequence-classification", adapter=str(folder), **LOAD)
+    assert (stacked.spec, stacked.base_spec) == (str(folder), str(sharp_classifier))
+    plain = load(str(sharp_classifier), "sequence-classification", **LOAD)
+    assert (plain.spec, plain.base_spec, plain.adapter) == (str(sharp_classifier), None, None)

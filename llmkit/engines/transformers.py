@@ -337,10 +337,11 @@ def generate(
                     completion_tokens=best.completion_tokens,
                     seconds=round(seconds, 4),
                     tokens_per_second=round(best.completion_tokens / seconds, 2) if seconds > 0 else 0.0,
-                    model=lm.source.spec,
+                    model=lm.spec,
                     candidates=candidates if n > 1 else None,
                     settings=record,
                     engine_reason=reason,
+                    base_model=lm.base_spec,
                 )
             )
         return results
@@ -413,7 +414,7 @@ class Generator:
 
     def __init__(self, lm: Any, *, reason: str = "", decoder: Any = None, max_batch: int = 1) -> None:
         self.lm = lm
-        self.model = lm.source.spec
+        self.model = lm.spec
         self.reason = reason
         self.decoder = decoder
         self.max_batch = max_batch if decoder is not None else 1
