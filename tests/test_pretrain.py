@@ -490,9 +490,12 @@ def test_one_process_of_a_cpu_launch_is_the_main_one(tmp_path: Path) -> None:
     # differently from run to run) and both replaced OUTPUT.checkpoints/tokenizer at once ("Directory not
     # empty" from rmtree).
     script = tmp_path / "ranks.py"
+    # one write per rank, line and newline together: the launcher runs the ranks unbuffered on one pipe, and
+    # print()'s separate writes of each argument interleaved ("rankrank 0  12 ...") in about half the runs
     script.write_text("import os\nfrom llmkit.pretrain import process_state\nstate = process_state('cpu')\n"
-                      "print('rank', os.environ['RANK'], state.num_processes, state.process_index, "
-                      "state.is_main_process)\n")  # fmt: skip
+                      "line = f\"rank {os.environ['RANK']} {state.num_processes} {state.process_index} "
+                      "{state.is_main_process}\\n\"\n"
+                      "os.write(1, line.encode())\n")  # fmt: skip
     cmd = [str(LAUNCHER if LAUNCHER.exists() else "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
            str(_free_port()), str(script)]  # fmt: skip
