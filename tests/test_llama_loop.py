@@ -648,6 +648,31 @@ def test_a_client_that_leaves_takes_only_its_row_out_of_the_batch(tiny_llama: Pa
     assert want.completion_tokens > 3 and batched.batch_stats()["steps"].get(1, 0) >= 1  # the other went on alone
 
 
+def test_every_call_runs_on_the_generators_one_model_thread(tiny_llama: Path) -> None:
+    # Each thread that runs a torch operation gets its own OpenMP pool, and libgomp throttles every pool once it
+    # manages more threads than cores: with callers' threads driving the batch in turn, a served loop decoded on
+    # 1.5 of 2 cores. Greedy rows and sampled (unbatched) calls from six threads all run on one model thread.
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    batched = _served(tiny_llama, 8)
+    greedy = gen.build_settings(max_new_tokens=6)
+    sampled = gen.build_settings(max_new_tokens=6, temperature=1.0, seed=3)
+    ran_on: list[str] = []
+
+    def call(k: int):
+        return batched.complete(PROMPTS[k % len(PROMPTS)], sampled if k % 3 == 0 else greedy, raw=True,
+                                on_text=lambda _: ran_on.append(threading.current_thread().name))
+
+    with ThreadPoolExecutor(6) as pool:
+        done = list(pool.map(call, range(6)))
+    assert all(d.completion_tokens > 0 for d in done) and ran_on
+    assert len(set(ran_on)) == 1 and ran_on[0].startswith("llmkit-model"), set(ran_on)
+    alone = _served(tiny_llama, 1)
+    for k in (1, 2, 4, 5):  # the greedy ones: their one-at-a-time answers
+        assert done[k].text == alone.complete(PROMPTS[k % len(PROMPTS)], greedy, raw=True).text
+
+
 def test_packed_weights_give_the_products_of_the_plain_weights() -> None:
     """_pack lays a weight out once for oneDNN's batched kernel: every row count still gets x @ W.T (to float32
     rounding), and from 2 rows up the same bits as oneDNN's plain layout, which the parity tests were pinned on."""

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -358,8 +359,6 @@ def generate(
 
 BATCH_GATHER_SECONDS = 0.05  # an idle loop's first batch waits while calls keep coming less than this apart
 BATCH_GATHER_MAX_SECONDS = 1.0  # ... for up to this long after its first call (Generator._gather)
-
-
 @dataclass
 class _Row:
     """A greedy `complete()` call on the continuous batch (Generator with max_batch > 1): waiting, then a row."""
@@ -400,8 +399,14 @@ class Generator:
     first batch waits while calls keep arriving (`_gather`), so that requests sent together share one prefill.
     Other calls (sampling, log-probabilities) run alone at batch size 1, between steps.
 
-    The batch is driven by the callers' own threads (no thread of its own: nothing to stop when the server does):
-    one caller at a time steps it until its own row is done, then the next waiting caller takes over.
+    Every call runs on one thread of the Generator's own (the model thread: a one-worker ThreadPoolExecutor,
+    joined when the interpreter exits); callers queue their calls and wait. Why: each thread that runs a torch
+    operation gets its own OpenMP thread pool, and libgomp throttles the spinning of every pool once it manages
+    more threads than there are cores, so with callers driving the batch in turn (as they did) each step waited
+    on sleeping workers: `llmkit serve` decoded 16 rows on 1.5 of 2 cores, and on its own model thread on 1.95.
+    The loop alone at batch 16 made 292-315 tokens/s on 1.99 cores, and 256-265 on 1.56 beside three idle
+    threads that had each run one torch product (benchmarks/omp_pools.py, omp_pools_20261208-014439.json).
+    Unbatched calls run between two steps of the batch.
 
     Args:
         lm: a `loading.LoadedModel` (`load_generator`).
@@ -419,9 +424,11 @@ class Generator:
         self.decoder = decoder
         self.max_batch = max_batch if decoder is not None else 1
         self._lock = threading.Lock()  # held while the model runs (one step, or one whole unbatched call)
-        self._rows = threading.Condition()  # guards _waiting, _driving; notified when a row is done
+        self._rows = threading.Condition()  # guards _waiting and the model thread's queue; notified when rows finish
         self._waiting: list[_Row] = []
-        self._driving = False  # a caller's thread is stepping the batch
+        self._executor: ThreadPoolExecutor | None = None  # the model thread, made by the first call
+        self._drive_queued = False  # a _drive task is queued or running on the model thread
+        self._jobs_queued = 0  # unbatched calls queued or running there (the batch lets them in between steps)
         self._batch: Any = None  # llama_loop.RunningBatch, made on the first batched call
         # torch's threads for the batch, chosen once here, at load, as the llama.cpp engine chooses its own
         # (threads.py): choosing at each batch sampled /proc/stat for 30 ms with the batch stalled, and could only
@@ -483,50 +490,78 @@ class Generator:
             if on_logprob is not None:
                 on_logprob(entry)
 
-        with self._lock:
+        def run() -> Completion:
             (done,) = generate(
                 self.lm, [prompt], settings=settings, system=system, raw=raw, batch_size=1, reason=self.reason,
                 on_text=(lambda _, delta: on_text(delta)) if on_text is not None else None, cancelled=cancelled,
                 logprobs=logprobs, on_logprob=keep if logprobs is not None else None, decoder=decoder,
             )
-        stopped = cancelled is not None and cancelled()
-        return _completion(done, tuple(entries[: done.completion_tokens]) if logprobs is not None else None,
-                           stopped)
+            stopped = cancelled is not None and cancelled()
+            return _completion(done, tuple(entries[: done.completion_tokens]) if logprobs is not None else None,
+                               stopped)
+
+        with self._rows:
+            self._jobs_queued += 1
+            future = self._model_thread().submit(self._unbatched, run)
+        return future.result()
+
+    def _unbatched(self, run: Callable[[], Completion]) -> Completion:
+        try:
+            with self._lock:
+                return run()
+        finally:
+            with self._rows:
+                self._jobs_queued -= 1
+
+    def _model_thread(self) -> ThreadPoolExecutor:
+        """The executor whose one thread runs every call (with self._rows held)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="llmkit-model")
+        return self._executor
 
     def _batched(self, mine: _Row) -> Completion:
-        """Queue a greedy call for the continuous batch; drive the batch while no one else does, until this call's
-        answer is in (then the next waiting caller drives)."""
+        """Queue a greedy call for the continuous batch, stepped on the model thread; its answer."""
         with self._rows:
             self._waiting.append(mine)
-            while not mine.done.is_set() and self._driving:
-                self._rows.wait()
-            drive = not mine.done.is_set()
-            if drive:
-                self._driving = True
-        if drive:
-            try:
-                self._drive(mine)
-            finally:
-                with self._rows:
-                    self._driving = False
-                    self._rows.notify_all()
+            if not self._drive_queued:
+                self._drive_queued = True
+                self._model_thread().submit(self._drive)
+        mine.done.wait()
         if mine.error is not None:
             raise mine.error
         assert mine.result is not None
         return mine.result
 
-    def _drive(self, mine: _Row) -> None:
-        """Step the batch (admitting the waiting calls at each step boundary) until `mine` is done."""
+    def _drive(self) -> None:
+        """Step the batch (admitting the waiting calls at each step boundary) until it is empty; when unbatched
+        calls are queued meanwhile, queue this again behind them and return (they run between two steps)."""
         import torch
 
-        torch.set_num_threads(self._threads)  # an unbatched call in between may have chosen fewer
-        tok = self.lm.tokenizer
-        if tok.pad_token_id is None:
-            tok.pad_token = tok.eos_token
-        if self._batch is None:
-            self._batch = self.decoder.running_batch(tok.pad_token_id)
-        eos = _eos_ids(self.lm.model, tok)
-        while not mine.done.is_set():
+        try:
+            if self._threads:
+                torch.set_num_threads(self._threads)  # an unbatched call may have chosen fewer
+            tok = self.lm.tokenizer
+            if tok.pad_token_id is None:
+                tok.pad_token = tok.eos_token
+            if self._batch is None:
+                self._batch = self.decoder.running_batch(tok.pad_token_id)
+            eos = _eos_ids(self.lm.model, tok)
+        except BaseException as exc:  # noqa: BLE001 - each waiting caller raises it in its own thread
+            with self._rows:
+                waiting, self._waiting, self._drive_queued = self._waiting, [], False
+            self._finish(waiting, error=exc)
+            return
+        while True:
+            with self._rows:
+                if not (self._waiting or len(self._batch)):
+                    self._drive_queued = False
+                    return
+                if self._jobs_queued:
+                    try:
+                        self._model_thread().submit(self._drive)
+                        return
+                    except RuntimeError:  # no new tasks while the interpreter exits: finish the batch first
+                        pass
             with self._lock, torch.inference_mode():
                 try:
                     if not len(self._batch):
