@@ -34,6 +34,8 @@ DEFAULT_BATCH_SIZE = 8  # prompts per forward pass when many are piped in
 #   2026-12-07, quiet (issue 23): the loop 14.6 s; CTranslate2 4.8.5 float32 21.2 s, int8 13.1 s;
 #   2026-12-07, load average 11-16, 1 thread (benchmarks/results/throughput_ctranslate2.json): the loop 109 s;
 #   CTranslate2 float32 118 s, the same 64 answers; int8 68 s, 0 of 64 answers the same; llama.cpp x8 222 s.
+#   2026-12-08, quiet, 2 threads, best of 3, with the loop's blocked weight layout (throughput_20261208-quiet.json):
+#   the loop 11.7 s; CTranslate2 float32 18.2 s, int8 11.4 s (0 of 64 answers the same); llama.cpp x8 28.5 s.
 # The loop is kept only while that table has it ahead of every peer that gives the same answers (transformers'
 # greedy ones): CTranslate2's int8 is faster, but it answers differently.
 FILE_PROMPTS = 32
