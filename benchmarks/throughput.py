@@ -114,6 +114,22 @@ def questions(n: int, seed: int = 7) -> list[str]:
     return [r["text"] for r in rows[:n]]
 
 
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def loop_and_prompt_ids(count: int) -> tuple:
+    """llmkit's Llama loop on the float32 copy (its decoder), and `count` questions as chat-template token ids."""
+    from llmkit.engines import llama_loop
+
+    lm = llama_loop.load(str(float32_copy()))
+    assert lm is not None, "the float32 copy did not load on the loop"
+    tok = lm.tokenizer
+    ids = [tok(tok.apply_chat_template([{"role": "user", "content": q}]), add_special_tokens=False)["input_ids"]
+           for q in questions(count)]
+    return lm.model.decoder, ids
+
+
 def float32_copy() -> Path:
     """llmkit's de-quantized float32 transformers copy of the bundled GGUF (written once, as generate does)."""
     sys.path.insert(0, str(ROOT))
