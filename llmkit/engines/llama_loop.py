@@ -7,7 +7,8 @@ from model.safetensors, or from an already loaded `LlamaForCausalLM`) and runs t
 QKV and one fused gate/up product per layer, RoPE, grouped-query SDPA over a KV cache allocated once for the whole
 run, RMSNorm and SiLU, with the linear weights laid out once for oneDNN (`_pack`: its blocked layout, 1.31x the
 plain oneDNN layout at batch 16, which itself halved the time of the 49,152-row output projection at batch 8-64 on
-AVX2). Rows that have finished (EOS or a stop string) leave the batch, so long answers do not pay for short ones. Measured in benchmarks/generate.py and benchmarks/throughput.py
+AVX2). Rows that have finished (EOS or a stop string) leave the batch, so long answers do not pay for short ones.
+Measured in benchmarks/generate.py and benchmarks/throughput.py
 (against llama.cpp and CTranslate2; docs/performance.md); the chooser keeps it only where that table has it ahead.
 
 Used only where it gives transformers' greedy answers: float32 weights on the CPU, a plain `LlamaForCausalLM`
